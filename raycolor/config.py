@@ -1,0 +1,80 @@
+"""Frozen configuration dataclasses: the only way settings reach the library.
+
+The CLI and jobs/ map flags one-to-one onto these and call one function with them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+# Pillow's own default is ~89 Mpx; archives hold big scans, so allow a little more by default.
+DEFAULT_MAX_PIXELS = 178_956_970
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    render_size: int = 224  # side of the square the model sees (like DeOldify's render_factor)
+    skips: bool = True  # U-Net skips from VGG stages 1-4 into the decoder
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    s3_endpoint: str | None = None  # overrides AWS_ENDPOINT_URL for S3-compatible stores
+    retries: int = 5  # attempts per object read/write before an item becomes an error row
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: tuple[str, ...]
+    output: str
+    val: tuple[str, ...] = ()
+    val_fraction: float = 0.1  # hold-out fraction chosen by hashing each path, when no --val
+    epochs: int = 10
+    image_size: int = 224
+    batch_size: int = 32  # per worker
+    workers: int = 1
+    use_gpu: bool = False
+    weights: str | None = "imagenet"  # "imagenet", a local VGG16 state-dict path, or None
+    skips: bool = True
+    freeze_encoder_epochs: int = 2  # stage 1: encoder frozen (feature extraction)
+    finetune_blocks: int = 2  # stage 2: how many top VGG blocks to unfreeze
+    lr: float = 1e-3
+    finetune_lr: float = 1e-4
+    loss: Literal["smooth_l1", "mse"] = "smooth_l1"
+    weight_decay: float = 0.0
+    num_to_keep: int = 2
+    max_failures: int = 1
+    seed: int = 0
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    storage: StorageConfig = field(default_factory=StorageConfig)
+
+
+@dataclass(frozen=True)
+class ColorizeConfig:
+    inputs: tuple[str, ...]
+    output: str
+    checkpoint: str
+    render_size: int | None = None  # None: the checkpoint's own render size
+    format: Literal["png", "jpeg"] = "png"
+    png_level: int = 1  # zlib level; 1 is ~3x faster than Pillow's default 6 and still lossless
+    jpeg_quality: int = 92
+    batch_size: int = 32
+    gpus: int = 0  # 0: CPU actor pool sized to the cluster's CPUs
+    cpu_actors: int | None = None  # CPU-mode pool size; None: derived from the cluster
+    parquet_images: bool = False  # also store the encoded image bytes in the manifest
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    storage: StorageConfig = field(default_factory=StorageConfig)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    checkpoint: str
+    data: tuple[str, ...]
+    render_size: int | None = None
+    batch_size: int = 32
+    gpus: int = 0
+    gallery: str | None = None  # path of a grey | colorized | original PNG
+    gallery_rows: int = 8
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    storage: StorageConfig = field(default_factory=StorageConfig)
