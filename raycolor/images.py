@@ -1,0 +1,483 @@
+"""Image decoding and encoding: the one decode policy used everywhere.
+
+Pure Pillow + NumPy (no Ray, no torch), so it can be imported anywhere cheaply.
+
+Decode policy of :func:`decode_rgb` (bytes in, ``uint8`` ``(H, W, 3)`` C-contiguous,
+writeable array out, or a :class:`DecodeError` with a typed ``reason``):
+
+* **Formats**: JPEG (incl. MPO), PNG (incl. APNG), WebP, TIFF, BMP, GIF. Other formats
+  Pillow knows (PSD, EPS, JPEG 2000, ICO, ...) are refused as ``"unsupported"``; EPS
+  in particular is never handed to Ghostscript.
+* **Multi-frame** files (animated GIF / WebP / APNG, multi-page TIFF, MPO): the first
+  frame only.
+* **EXIF orientation** is applied (``PIL.ImageOps.exif_transpose``; orientations 2..8),
+  so the array is upright. Malformed EXIF is ignored (decoded as orientation 1), it
+  does not fail the image.
+* **Modes** -> RGB:
+
+  - ``RGB``: as is. ``1``, ``L``, ``RGBX``, ``YCbCr``, ``LAB``, ``HSV``: ``Image.convert``.
+  - Alpha (``LA``, ``La``, ``RGBA``, ``RGBa``, ``PA``, ``P`` with ``transparency`` or an
+    RGBA palette, ``1``/``L``/``RGB`` with a ``transparency`` colour key): composited
+    on **white** (a fully transparent pixel becomes ``(255, 255, 255)``).
+  - ``CMYK``: through the embedded ICC profile to sRGB when there is one and LittleCMS
+    can use it, otherwise Pillow's naive ``convert("RGB")``; never an error.
+  - 16-bit grey (``I;16``, ``I;16L``, ``I;16B``, ``I;16N``): ``round(v / 257)``, so
+    65535 -> 255 and 32768 -> 128 (scaled, never clipped).
+  - ``I`` (32-bit int): if every value is in ``[0, 65535]`` it is treated as 16-bit
+    (``/ 257``); otherwise it is stretched linearly from its min..max to 0..255.
+  - ``F`` (float): NaN/inf -> 0; values in ``[0, 1]`` are scaled by 255, values in
+    ``[0, 255]`` are kept, values in ``[0, 65535]`` are divided by 257, anything else
+    is stretched from min..max to 0..255.
+  - 48-bit RGB PNG / TIFF: Pillow itself exposes these as 8-bit ``RGB`` (high byte).
+  - Anything else: ``DecodeError("unsupported")``.
+
+* **max_pixels**: ``width * height`` from the header is checked before any pixel data is
+  decoded; over the limit -> ``"too_large"``. ``None`` disables the check, including
+  Pillow's own decompression-bomb limit. Pillow's ``DecompressionBombError`` /
+  ``DecompressionBombWarning`` are mapped to ``"too_large"`` if they ever escape.
+  Pillow's global ``Image.MAX_IMAGE_PIXELS`` is never changed permanently: Pillow's
+  warning is silenced for images this module has decided to accept, and only when
+  ``max_pixels`` exceeds Pillow's hard limit (``2 * MAX_IMAGE_PIXELS``, or ``None``) is
+  the global lifted, under a module lock, for the duration of that one open/load and
+  then restored.
+* **Errors** (``DecodeError.reason``):
+
+  - ``"not_an_image"``: empty input, or bytes no image plugin recognises (HTML, text).
+  - ``"truncated"``: it starts like a supported image (signature / header parses) but
+    the data is cut short or corrupt: Pillow's "image file is truncated", "broken data
+    stream", ``SyntaxError``, ``EOFError``, ... ``ImageFile.LOAD_TRUNCATED_IMAGES`` is
+    never set, so partially decoded images are never returned. (A file whose pixel
+    data is complete but whose trailer is missing, e.g. a PNG without IEND, decodes.)
+  - ``"too_large"``: over ``max_pixels`` (or Pillow's bomb limit).
+  - ``"unsupported"``: a real image in a format / pixel mode / codec this policy does not
+    decode.
+
+Encoding: PNG is lossless (``compress_level=level``, default 1: ~3x faster than
+Pillow's 6); JPEG uses ``quality``, 4:2:0 chroma subsampling, ``optimize=False``.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import threading
+import warnings
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Literal, get_args
+
+import numpy as np
+from PIL import (
+    BmpImagePlugin,  # noqa: F401  (importing registers the plugin with Image.OPEN)
+    GifImagePlugin,  # noqa: F401
+    Image,
+    ImageOps,
+    JpegImagePlugin,  # noqa: F401
+    PngImagePlugin,  # noqa: F401
+    TiffImagePlugin,  # noqa: F401
+    UnidentifiedImageError,
+)
+
+from raycolor.config import DEFAULT_MAX_PIXELS
+
+try:  # WebP support is optional in Pillow builds
+    from PIL import WebPImagePlugin  # noqa: F401
+except ImportError:  # pragma: no cover
+    pass
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
+    "DecodeError",
+    "DecodeReason",
+    "decode_rgb",
+    "encode",
+    "encode_jpeg",
+    "encode_png",
+    "extension",
+]
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"}
+)
+
+DecodeReason = Literal["truncated", "not_an_image", "too_large", "unsupported"]
+_REASONS: frozenset[str] = frozenset(get_args(DecodeReason))
+
+# Pillow format ids Image.open may use (MPO comes back through the JPEG factory).
+_WANTED_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")
+_FORMATS: tuple[str, ...] = tuple(f for f in _WANTED_FORMATS if f in Image.OPEN)
+
+# Strong signatures of the supported formats: used to tell "truncated" from
+# "not_an_image" when Pillow cannot even parse the header.
+_SIGNATURES: tuple[bytes, ...] = (
+    b"\xff\xd8\xff",  # JPEG
+    b"\x89PNG\r\n\x1a\n",  # PNG
+    b"GIF87a",
+    b"GIF89a",
+    b"II*\x00",  # TIFF little-endian
+    b"MM\x00*",  # TIFF big-endian
+    b"II+\x00",  # BigTIFF
+    b"MM\x00+",
+)
+
+_GREY16_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+_ALPHA_MODES = frozenset({"LA", "La", "RGBA", "RGBa", "PA"})
+_CONVERT_MODES = frozenset({"1", "L", "RGBX", "YCbCr", "LAB", "HSV"})
+_COLOR_KEY_MODES = frozenset({"1", "L", "RGB", "P"})
+
+# Same mapping as PIL.ImageOps.exif_transpose (used if that fails on odd metadata).
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_EXIF_ORIENTATION = 0x0112
+
+# Serialises our own changes to process-global state (warning filters, Pillow's
+# MAX_IMAGE_PIXELS). Only header parsing, or the load of an image above Pillow's own
+# warning limit, runs under it; ordinary decodes proceed in parallel.
+_PIL_GLOBALS_LOCK = threading.Lock()
+
+_TRUNCATION_ERRORS = (OSError, SyntaxError, EOFError, ValueError, IndexError, struct.error, zlib.error)
+_UNSUPPORTED_HINTS = ("not supported", "unsupported", "not available", "unknown pixel mode", "unknown raw mode")
+
+
+class DecodeError(ValueError):
+    """An input that cannot be decoded into an RGB array; ``reason`` says why."""
+
+    reason: DecodeReason
+    detail: str
+
+    def __init__(self, reason: DecodeReason, detail: str) -> None:
+        if reason not in _REASONS:
+            raise ValueError(f"unknown decode error reason {reason!r}")
+        # args == (reason, detail) keeps the exception picklable (Ray ships them).
+        super().__init__(reason, detail)
+        self.reason = reason
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}"
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode encoded image bytes to an upright ``uint8`` RGB array ``(H, W, 3)``.
+
+    See the module docstring for the policy. Raises :class:`DecodeError`.
+    """
+    if data is None or len(data) == 0:
+        raise DecodeError("not_an_image", "empty input")
+    if max_pixels is not None and max_pixels < 1:
+        raise ValueError(f"max_pixels must be positive or None, got {max_pixels}")
+
+    lift = _needs_lift(max_pixels)
+    im = _open(data, max_pixels, lift)
+    try:
+        width, height = im.size
+        if width < 1 or height < 1:
+            raise DecodeError("not_an_image", f"image has no pixels ({width}x{height})")
+        pixels = width * height
+        if max_pixels is not None and pixels > max_pixels:
+            raise DecodeError(
+                "too_large", f"{width}x{height} = {pixels} pixels exceeds the limit of {max_pixels}"
+            )
+        _load(im, pixels, lift)
+        im = _apply_orientation(im)
+        return _to_rgb_array(im)
+    finally:
+        im.close()
+
+
+def _needs_lift(max_pixels: int | None) -> bool:
+    """Whether Pillow's hard bomb limit would refuse images this call accepts."""
+    pil_max = Image.MAX_IMAGE_PIXELS
+    if pil_max is None:
+        return False
+    return max_pixels is None or max_pixels > 2 * pil_max
+
+
+@contextmanager
+def _pillow_guard(lift: bool, *, quiet: bool = False) -> Iterator[None]:
+    """Silence Pillow's bomb warning (and lift its hard limit if asked) for one call.
+
+    ``quiet`` silences every warning (used when re-parsing a file already refused).
+    """
+    with _PIL_GLOBALS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Warning if quiet else Image.DecompressionBombWarning)
+        if not lift:
+            yield
+            return
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _open(data: bytes, max_pixels: int | None, lift: bool) -> Image.Image:
+    try:
+        with _pillow_guard(lift):
+            return Image.open(io.BytesIO(data), formats=_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DecodeError("too_large", str(e)) from None
+    except UnidentifiedImageError:
+        reason, detail = _diagnose_unidentified(data)
+        raise DecodeError(reason, detail) from None
+    except MemoryError:
+        raise
+    except Exception as e:  # a plugin raised something Image.open does not catch
+        reason = "truncated" if _has_signature(data) else "not_an_image"
+        raise DecodeError(reason, f"cannot parse header: {type(e).__name__}: {e}") from None
+
+
+def _has_signature(data: bytes) -> bool:
+    head = bytes(data[:16])
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return True
+    return head.startswith(_SIGNATURES)
+
+
+def _diagnose_unidentified(data: bytes) -> tuple[DecodeReason, str]:
+    """Classify bytes Image.open(formats=_FORMATS) could not identify (failure path only)."""
+    prefix = bytes(data[:16])
+    Image.init()
+    ours = [(f, Image.OPEN[f]) for f in _FORMATS]
+    others = [(f, v) for f, v in list(Image.OPEN.items()) if f not in _FORMATS]
+    for fmt, (factory, accept) in ours + others:
+        if accept is None:  # plugins without a signature check would match anything
+            continue
+        try:
+            verdict = accept(prefix)
+        except Exception:
+            continue
+        if not verdict:
+            continue
+        if fmt not in _FORMATS:
+            return "unsupported", f"{fmt} images are not supported"
+        if isinstance(verdict, str):
+            return "unsupported", f"{fmt}: {verdict}"
+        try:  # reproduce the plugin's own complaint, which Image.open swallows
+            with _pillow_guard(False, quiet=True):
+                factory(io.BytesIO(data), "").close()
+        except MemoryError:
+            raise
+        except Exception as e:
+            msg = str(e)
+            if any(hint in msg.lower() for hint in _UNSUPPORTED_HINTS):
+                return "unsupported", f"{fmt}: {msg}"
+            return "truncated", f"{fmt} header is truncated or corrupt: {msg}"
+        return "truncated", f"{fmt} header is truncated or corrupt"
+    if _has_signature(data):
+        return "truncated", "header is truncated or corrupt"
+    return "not_an_image", f"not a recognised image ({len(data)} bytes starting {prefix[:8]!r})"
+
+
+def _load(im: Image.Image, pixels: int, lift: bool) -> None:
+    pil_max = Image.MAX_IMAGE_PIXELS
+    # Pillow re-checks the size while loading some formats (TIFF, GIF): guard those
+    # loads only when that check could fire, so ordinary decodes run in parallel.
+    guard = lift or (pil_max is not None and pixels > pil_max)
+    try:
+        with _pillow_guard(lift) if guard else nullcontext():
+            im.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DecodeError("too_large", str(e)) from None
+    except _TRUNCATION_ERRORS as e:
+        msg = str(e)
+        if isinstance(e, OSError) and any(hint in msg.lower() for hint in _UNSUPPORTED_HINTS):
+            raise DecodeError("unsupported", f"{im.format}: {msg}") from None
+        raise DecodeError(
+            "truncated", f"{im.format} pixel data is truncated or corrupt: {type(e).__name__}: {msg}"
+        ) from None
+
+
+def _apply_orientation(im: Image.Image) -> Image.Image:
+    try:
+        orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # malformed EXIF: keep the stored orientation
+        return im
+    method = _ORIENTATION_TRANSPOSE.get(orientation)
+    if method is None:
+        return im
+    try:
+        out = ImageOps.exif_transpose(im)
+    except MemoryError:
+        raise
+    except Exception:  # odd metadata can trip the tag rewrite; the pixels still rotate
+        out = im.transpose(method)
+    im.close()
+    return out
+
+
+def _to_rgb_array(im: Image.Image) -> np.ndarray:
+    mode = im.mode
+    if mode in _GREY16_MODES:
+        return _grey_to_rgb(_scale_16bit(np.asarray(im)))
+    if mode == "I":
+        return _grey_to_rgb(_scale_int32(np.asarray(im)))
+    if mode == "F":
+        return _grey_to_rgb(_scale_float(np.asarray(im)))
+    if _has_alpha(im):
+        return _composite_on_white(im)
+    if mode == "P":
+        im = im.convert("RGB")
+    elif mode == "CMYK":
+        im = _cmyk_to_rgb(im)
+    elif mode in _CONVERT_MODES:
+        im = im.convert("RGB")
+    elif mode != "RGB":
+        raise DecodeError("unsupported", f"pixel mode {mode!r} of {im.format} image")
+    return _writeable_contiguous(np.asarray(im))
+
+
+def _has_alpha(im: Image.Image) -> bool:
+    if im.mode in _ALPHA_MODES:
+        return True
+    if im.mode in _COLOR_KEY_MODES and im.info.get("transparency") is not None:
+        return True
+    palette = im.palette if im.mode == "P" else None
+    return palette is not None and palette.mode == "RGBA"
+
+
+def _composite_on_white(im: Image.Image) -> np.ndarray:
+    if im.mode != "RGBA":
+        # La / RGBa are premultiplied: convert through RGBA un-premultiplies them.
+        im = (im.convert("LA") if im.mode == "La" else im).convert("RGBA")
+    white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+    out = Image.alpha_composite(white, im).convert("RGB")
+    return _writeable_contiguous(np.asarray(out))
+
+
+_SRGB_PROFILE = None
+
+
+def _cmyk_to_rgb(im: Image.Image) -> Image.Image:
+    icc = im.info.get("icc_profile")
+    if icc:
+        try:
+            from PIL import ImageCms
+
+            global _SRGB_PROFILE
+            if _SRGB_PROFILE is None:
+                _SRGB_PROFILE = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            out = ImageCms.profileToProfile(im, src, _SRGB_PROFILE, outputMode="RGB")
+            if out is not None and out.mode == "RGB":
+                return out
+        except MemoryError:
+            raise
+        except Exception:  # no LittleCMS, a broken or non-CMYK profile: fall back
+            pass
+    return im.convert("RGB")
+
+
+def _scale_16bit(a: np.ndarray) -> np.ndarray:
+    # round(v / 257) in integers: 65535 -> 255, 32768 -> 128, 257 -> 1.
+    return ((a.astype(np.uint32) + 128) // 257).astype(np.uint8)
+
+
+def _stretch(a: np.ndarray) -> np.ndarray:
+    lo, hi = float(a.min()), float(a.max())
+    if hi <= lo:
+        return np.zeros(a.shape, np.uint8)
+    scaled = (a.astype(np.float64) - lo) * (255.0 / (hi - lo))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _scale_int32(a: np.ndarray) -> np.ndarray:
+    if a.size and a.min() >= 0 and a.max() <= 65535:
+        return _scale_16bit(a)
+    return _stretch(a)
+
+
+def _scale_float(a: np.ndarray) -> np.ndarray:
+    a = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    if a.size == 0:
+        return a.astype(np.uint8)
+    lo, hi = float(a.min()), float(a.max())
+    if lo >= 0.0 and hi <= 1.0:
+        scaled = a * 255.0
+    elif lo >= 0.0 and hi <= 255.0:
+        scaled = a
+    elif lo >= 0.0 and hi <= 65535.0:
+        scaled = a / 257.0
+    else:
+        return _stretch(a)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _grey_to_rgb(grey: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
+
+
+def _writeable_contiguous(a: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(a, dtype=np.uint8)
+    if not a.flags.writeable:
+        a = a.copy()
+    return a
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def _rgb_image(rgb: np.ndarray) -> Image.Image:
+    arr = np.asarray(rgb)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"expected a uint8 (H, W, 3) array, got {arr.dtype} {arr.shape}")
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"cannot encode an empty image {arr.shape}")
+    return Image.fromarray(np.ascontiguousarray(arr))
+
+
+def encode_png(rgb: np.ndarray, *, level: int = 1) -> bytes:
+    """Lossless PNG of a uint8 ``(H, W, 3)`` array; ``level`` is the zlib level 0..9."""
+    if not 0 <= level <= 9:
+        raise ValueError(f"png level must be in 0..9, got {level}")
+    buf = io.BytesIO()
+    _rgb_image(rgb).save(buf, format="PNG", compress_level=level)
+    return buf.getvalue()
+
+
+def encode_jpeg(rgb: np.ndarray, *, quality: int = 92) -> bytes:
+    """Baseline JPEG (4:2:0, no Huffman optimisation) of a uint8 ``(H, W, 3)`` array."""
+    if not 1 <= quality <= 100:
+        raise ValueError(f"jpeg quality must be in 1..100, got {quality}")
+    buf = io.BytesIO()
+    _rgb_image(rgb).save(buf, format="JPEG", quality=quality, subsampling="4:2:0", optimize=False)
+    return buf.getvalue()
+
+
+def _check_format(fmt: str) -> Literal["png", "jpeg"]:
+    if fmt == "png":
+        return "png"
+    if fmt in ("jpeg", "jpg"):
+        return "jpeg"
+    raise ValueError(f"unknown output format {fmt!r} (expected 'png' or 'jpeg')")
+
+
+def encode(
+    rgb: np.ndarray,
+    fmt: Literal["png", "jpeg"],
+    *,
+    png_level: int = 1,
+    jpeg_quality: int = 92,
+) -> bytes:
+    """Encode with the output format chosen in the config (``ColorizeConfig.format``)."""
+    if _check_format(fmt) == "png":
+        return encode_png(rgb, level=png_level)
+    return encode_jpeg(rgb, quality=jpeg_quality)
+
+
+def extension(fmt: Literal["png", "jpeg"]) -> str:
+    """File suffix for an output format: ``".png"`` or ``".jpg"``."""
+    return ".png" if _check_format(fmt) == "png" else ".jpg"
