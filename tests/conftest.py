@@ -1,0 +1,143 @@
+"""Shared fixtures: a real S3 API (moto in server mode, no mocking of S3 calls) and a local Ray.
+
+* ``s3_server`` (session): starts ``moto.server.ThreadedMotoServer`` on 127.0.0.1 and a free port
+  and, for the whole session, puts ``AWS_ENDPOINT_URL`` and dummy credentials/region into
+  ``os.environ``. Setting them at session level (not per test) means every process started later
+  -- notably Ray workers, which inherit the driver's environment at ``ray.init`` -- talks to moto
+  whatever the order in which fixtures are requested.
+* ``s3_env`` (function): the handle tests use: ``.endpoint``, ``.bucket(name)`` (creates a fresh,
+  uniquely named bucket and returns its name) and ``.fs()`` (a new ``s3fs.S3FileSystem`` on the
+  endpoint, bypassing s3fs's instance and listing caches). It re-asserts the environment with
+  ``monkeypatch`` so that a test that changes those variables cannot leak into the next one.
+* ``ray_local`` (session): ``ray.init(num_cpus=2, include_dashboard=False)``, shut down at the
+  end. It depends on ``s3_server`` so the S3 environment is in place *before* Ray starts and its
+  workers inherit it; tests may request ``ray_local`` and ``s3_env`` in either order.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+# Variables that could point boto at real credentials or another endpoint.
+AWS_ENV_UNSET = (
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env_for(endpoint: str) -> dict[str, str]:
+    return {"AWS_ENDPOINT_URL": endpoint, **AWS_ENV}
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """Endpoint URL of a moto S3 server for the session; the AWS env vars point at it meanwhile."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in (*_env_for(endpoint), *AWS_ENV_UNSET)}
+    os.environ.update(_env_for(endpoint))
+    for k in AWS_ENV_UNSET:
+        os.environ.pop(k, None)
+    try:
+        yield endpoint
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()
+
+
+@dataclass
+class S3Env:
+    endpoint: str
+
+    def client(self):
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=AWS_ENV["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"],
+            region_name=AWS_ENV["AWS_DEFAULT_REGION"],
+        )
+
+    def bucket(self, name: str = "test") -> str:
+        """Create a fresh bucket whose name starts with ``name`` and return its (unique) name."""
+        stem = "".join(c if c.isalnum() or c == "-" else "-" for c in name.lower()).strip("-") or "b"
+        bucket = f"{stem[:40]}-{uuid.uuid4().hex[:12]}"
+        self.client().create_bucket(Bucket=bucket)
+        return bucket
+
+    def fs(self):
+        """A new s3fs filesystem on the moto endpoint (no instance cache, no listing cache)."""
+        import s3fs
+
+        return s3fs.S3FileSystem(
+            endpoint_url=self.endpoint,
+            key=AWS_ENV["AWS_ACCESS_KEY_ID"],
+            secret=AWS_ENV["AWS_SECRET_ACCESS_KEY"],
+            skip_instance_cache=True,
+            use_listings_cache=False,
+        )
+
+
+@pytest.fixture
+def s3_env(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> S3Env:
+    """Handle on the session's moto S3 server; buckets made with ``.bucket()`` are unique per call."""
+    for k, v in _env_for(s3_server).items():
+        monkeypatch.setenv(k, v)
+    for k in AWS_ENV_UNSET:
+        monkeypatch.delenv(k, raising=False)
+    return S3Env(endpoint=s3_server)
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_server: str) -> Iterator[None]:
+    """A local Ray with 2 CPUs for the session.
+
+    Depends on ``s3_server`` so that AWS_ENDPOINT_URL and the dummy credentials are already in
+    ``os.environ`` when ``ray.init`` starts the raylet: Ray workers inherit that environment, so
+    code running in tasks/actors reaches moto without any per-call configuration.
+    """
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+        started = True
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()

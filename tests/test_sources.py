@@ -1,0 +1,496 @@
+"""raycolor.sources: listings (folders, tars, manifests), range reads, sanitising, atomic writes.
+
+Local cases use tmp_path; S3 cases use a real moto server (see conftest.py), never mocks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from raycolor import sources
+from raycolor.sources import (
+    InputError,
+    Item,
+    exists,
+    filesystem,
+    join_uri,
+    list_items,
+    output_key,
+    read_item,
+    sanitize_relpath,
+    write_bytes_atomic,
+)
+
+
+def _payload(name: str, n: int = 700) -> bytes:
+    # distinct, deterministic, non-trivial bytes per name (not images: sources never decodes)
+    out = b""
+    block = name.encode()
+    while len(out) < n:
+        block = hashlib.sha256(block).digest()
+        out += block
+    return out[:n]
+
+
+def _write(path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def _make_tar(members: dict[str, bytes], *, extra=None) -> bytes:
+    """An uncompressed tar with regular-file members (+ optional extra TarInfo objects)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for info in extra or ():
+            tar.addfile(info)
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------------
+# Pure functions
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("a/b/x.jpg", "a/b/x.jpg"),
+        ("../evil.jpg", "evil.jpg"),
+        ("../../../../etc/passwd", "etc/passwd"),
+        ("a/../../b.jpg", "a/b.jpg"),  # '..' dropped, never resolved
+        ("/abs.jpg", "abs.jpg"),
+        ("//server/share/x.png", "server/share/x.png"),
+        ("a\\b\\x.png", "a/b/x.png"),
+        ("..\\..\\x.png", "x.png"),
+        ("C:\\x", "x"),
+        ("C:\\Users\\me\\..\\pic.jpg", "Users/me/pic.jpg"),
+        ("C:x.jpg", "x.jpg"),
+        ("c:/d:/x.jpg", "x.jpg"),
+        ("./a/./b//c.jpg", "a/b/c.jpg"),
+        ("dir/ha\x00lf\x1f\x7f.jpg", "dir/half.jpg"),
+        (".\x00./x.jpg", "x.jpg"),  # control chars removed before '..' is recognised
+        ("my photos/été 1950.jpg", "my photos/été 1950.jpg"),
+        ("写真/猫.png", "写真/猫.png"),
+        ("a/12:30.jpg", "a/12:30.jpg"),  # colon kept where it is not a drive
+        ("", "unnamed"),
+        ("..", "unnamed"),
+        ("/", "unnamed"),
+        ("\x00\x01", "unnamed"),
+        ("bad\udcff.jpg", "bad\ufffd.jpg"),  # undecodable tar bytes (surrogateescape)
+    ],
+)
+def test_sanitize_relpath_table(name, expected):
+    got = sanitize_relpath(name)
+    assert got == expected
+    assert not got.startswith("/") and "\\" not in got
+    assert ".." not in got.split("/") and "" not in got.split("/")
+    assert sanitize_relpath(got) == got  # idempotent
+
+
+NASTY = ["../x.png", "/etc/x.png", "..\\..\\x.png", "C:\\x.png", "a/../../../x.png", "", "..", "\x00/..", "ok/y.png"]
+
+
+@pytest.mark.parametrize("base", ["/out/run", "/out/run/", "s3://bucket/out", "s3://bucket/out/", "s3://bucket", "rel/out"])
+@pytest.mark.parametrize("key", NASTY)
+def test_join_uri_stays_under_base(base, key):
+    got = join_uri(base, "images", key)
+    root = base.rstrip("/") + "/"
+    assert got.startswith(root)
+    rest = got[len(root) :]
+    assert rest.startswith("images")
+    assert ".." not in rest.split("/") and "" not in rest.split("/")
+    assert os.path.normpath(os.path.join("/out/run", rest)).startswith("/out/run/images")
+
+
+def test_join_uri_basics():
+    assert join_uri("s3://b/out", "images", "a/x.png") == "s3://b/out/images/a/x.png"
+    assert join_uri("s3://b/", "x.png") == "s3://b/x.png"
+    assert join_uri("/", "x.png") == "/x.png"
+    assert join_uri("/out", "") == "/out"
+
+
+def test_output_key():
+    assert output_key("a/b/x.JPG", ".png") == "a/b/x.png"
+    assert output_key("x.jpeg", ".jpg") == "x.jpg"
+    assert output_key("x.tar/dir/y.tif", "png") == "x.tar/dir/y.png"
+    assert output_key("noext", ".png") == "noext.png"
+    assert output_key("../a/.hidden", ".png") == "a/.hidden.png"
+    assert output_key("a.b/c", ".png") == "a.b/c.png"
+
+
+def test_sources_does_not_import_ray_or_torch():
+    code = "import sys, raycolor.sources; bad = {'ray', 'torch'} & set(sys.modules); assert not bad, bad"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ------------------------------------------------------------------------------------------
+# Local
+# ------------------------------------------------------------------------------------------
+
+
+def test_local_folder_listing(tmp_path):
+    root = tmp_path / "photos"
+    files = {
+        "a.jpg": _payload("a"),
+        "B.JPEG": _payload("b"),
+        "sub/c.Png": _payload("c"),
+        "sub/deeper/d.webp": _payload("d"),
+        "sub/e.TIFF": _payload("e"),
+        "f.bmp": _payload("f"),
+        "g.tif": _payload("g"),
+    }
+    for rel, data in files.items():
+        _write(root / rel, data)
+    for junk in ("notes.txt", "sub/readme.md", "h.gif", "sub/archive.tar", "jpg", "sub/.DS_Store"):
+        _write(root / junk, b"junk")
+
+    items = list_items([str(root)])
+    assert [it.relpath for it in items] == sorted(files)
+    for it in items:
+        assert it.source == it.uri == str(root / it.relpath)
+        assert (it.offset, it.size) == (0, -1)
+        assert read_item(it) == files[it.relpath]
+
+    # file:// and a trailing slash name the same folder; the same sources are dropped
+    again = list_items([f"file://{root}/", str(root)])
+    assert again == items
+
+    single = list_items([str(root / "sub" / "c.Png")])
+    assert single == [Item(source=str(root / "sub/c.Png"), relpath="c.Png", uri=str(root / "sub/c.Png"))]
+
+
+def test_missing_and_empty_inputs(tmp_path):
+    with pytest.raises(InputError, match="input not found: .*nope"):
+        list_items([str(tmp_path / "nope")])
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "x.txt").write_text("hi")
+    with pytest.raises(InputError, match="no images found"):
+        list_items([str(tmp_path / "empty")])
+    (tmp_path / "x.gif").write_bytes(b"GIF")
+    with pytest.raises(InputError, match="not an image"):
+        list_items([str(tmp_path / "x.gif")])
+    with pytest.raises(InputError, match="no inputs"):
+        list_items([])
+    (tmp_path / "bad.tar").write_bytes(b"not a tar at all" * 100)
+    with pytest.raises(InputError, match="tar"):
+        list_items([str(tmp_path / "bad.tar")])
+    with pytest.raises(InputError, match="unknown URI scheme|no filesystem"):
+        list_items(["nosuchproto://x/y.jpg"])
+
+
+def test_tar_listing_and_range_reads(tmp_path):
+    members = {
+        "dir/x.jpg": _payload("x", 1500),
+        "dir/y.PNG": _payload("y", 512),  # exactly one block
+        "z.webp": _payload("z", 1),
+        "readme.txt": b"not an image",
+        "l" * 150 + ".jpg": _payload("long", 3000),  # GNU long name header before the member
+    }
+    tar_path = tmp_path / "shard.tar"
+    tar_path.write_bytes(_make_tar(members))
+
+    items = list_items([str(tar_path)])
+    images = [n for n in members if not n.endswith(".txt")]
+    assert [it.relpath for it in items] == [f"shard.tar/{n}" for n in images]  # archive order
+    for it, name in zip(items, images):
+        assert it.source == f"{tar_path}#{name}"
+        assert it.uri == str(tar_path)
+        assert it.size == len(members[name])
+        assert read_item(it) == members[name]
+    assert not list(tmp_path.glob("shard.tar/*")) and sorted(os.listdir(tmp_path)) == ["shard.tar"]
+
+
+def test_tar_hostile_members(tmp_path):
+    good = _payload("good")
+    link = tarfile.TarInfo("link.jpg")
+    link.type = tarfile.SYMTYPE
+    link.linkname = "/etc/passwd"
+    hard = tarfile.TarInfo("hard.jpg")
+    hard.type = tarfile.LNKTYPE
+    hard.linkname = "../evil.jpg"
+    dev = tarfile.TarInfo("dev.jpg")
+    dev.type = tarfile.CHRTYPE
+    folder = tarfile.TarInfo("folder.jpg")
+    folder.type = tarfile.DIRTYPE
+    data = _make_tar(
+        {"../evil.jpg": _payload("evil"), "/abs.jpg": _payload("abs"), "a\\..\\..\\win.jpg": good},
+        extra=[link, hard, dev, folder],
+    )
+    tar_path = tmp_path / "shard.tar"
+    tar_path.write_bytes(data)
+    items = list_items([str(tar_path)])
+    assert [it.relpath for it in items] == ["shard.tar/evil.jpg", "shard.tar/abs.jpg", "shard.tar/a/win.jpg"]
+    assert read_item(items[0]) == _payload("evil")
+    assert read_item(items[1]) == _payload("abs")
+    assert read_item(items[2]) == good
+    assert sorted(os.listdir(tmp_path)) == ["shard.tar"]  # nothing extracted
+
+
+def test_truncated_tar_member_is_a_read_error_not_a_retry(tmp_path, monkeypatch):
+    data = _make_tar({"x.jpg": _payload("x", 5000)})
+    tar_path = tmp_path / "t.tar"
+    tar_path.write_bytes(data)
+    (item,) = list_items([str(tar_path)])
+    tar_path.write_bytes(data[: item.offset + 100])
+    calls = []
+    monkeypatch.setattr(sources.time, "sleep", calls.append)
+    with pytest.raises(OSError, match="short read"):
+        read_item(item)
+    assert calls == []
+
+
+def test_read_item_retries_transient_errors_only(tmp_path, monkeypatch):
+    (tmp_path / "x.jpg").write_bytes(b"pixels")
+    (item,) = list_items([str(tmp_path / "x.jpg")])
+    fs, _ = filesystem(item.uri)
+    sleeps: list[float] = []
+    monkeypatch.setattr(sources.time, "sleep", sleeps.append)
+    real = type(fs).cat_file
+    failures = [ConnectionResetError(104, "Connection reset by peer"), TimeoutError("read timed out")]
+
+    def flaky(self, path, *a, **kw):
+        if failures:
+            raise failures.pop(0)
+        return real(self, path, *a, **kw)
+
+    monkeypatch.setattr(type(fs), "cat_file", flaky)
+    assert read_item(item, retries=5) == b"pixels"
+    assert len(sleeps) == 2 and sleeps[1] >= sleeps[0] > 0
+
+    failures[:] = [ConnectionResetError(104, "reset")] * 3
+    with pytest.raises(ConnectionResetError):
+        read_item(item, retries=2)
+
+    sleeps.clear()
+    failures.clear()
+    gone = Item(source="/nope/x.jpg", relpath="x.jpg", uri=str(tmp_path / "gone.jpg"))
+    with pytest.raises(FileNotFoundError):
+        read_item(gone)
+    assert sleeps == []
+
+
+@pytest.mark.parametrize(
+    "exc, transient",
+    [
+        (ConnectionResetError(104, "reset"), True),
+        (TimeoutError(), True),
+        (OSError(5, "Internal Server Error 500"), True),
+        (FileNotFoundError("x"), False),
+        (PermissionError("x"), False),
+        (ValueError("bad"), False),
+    ],
+)
+def test_is_transient(exc, transient):
+    assert sources._is_transient(exc) is transient
+
+
+def test_botocore_style_errors_are_classified():
+    class ClientError(Exception):
+        def __init__(self, status, code):
+            super().__init__(code)
+            self.response = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+
+    assert sources._is_transient(ClientError(503, "SlowDown"))
+    assert sources._is_transient(ClientError(500, "InternalError"))
+    assert not sources._is_transient(ClientError(403, "AccessDenied"))
+    try:  # s3fs-style wrapping: OSError raised from the botocore error
+        try:
+            raise ClientError(503, "SlowDown")
+        except ClientError as inner:
+            raise OSError("wrapped") from inner
+    except OSError as wrapped:
+        assert sources._is_transient(wrapped)
+
+
+def test_manifests(tmp_path):
+    a, b = tmp_path / "imgs" / "a.jpg", tmp_path / "imgs" / "sub" / "b.png"
+    _write(a, _payload("a"))
+    _write(b, _payload("b"))
+    txt = tmp_path / "list.txt"
+    txt.write_text(
+        f"# a comment\n\n{a}\n  imgs/sub/b.png  \nfile://{a}\ns3://some-bucket/p/q/c.jpg\r\n# end\n"
+    )
+    items = list_items([str(txt)])
+    assert [(it.source, it.relpath) for it in items] == [
+        (str(a), str(a).lstrip("/")),
+        (str(b), "imgs/sub/b.png"),  # relative entry: resolved next to the manifest, relpath as written
+        ("s3://some-bucket/p/q/c.jpg", "p/q/c.jpg"),  # path after the bucket
+    ]  # the file:// duplicate of a is dropped
+    assert read_item(items[1]) == _payload("b")
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pqt = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"uri": [str(b), None, "", "s3://bkt/z.tif"], "other": [1, 2, 3, 4]}), pqt)
+    items = list_items([str(pqt)])
+    assert [(it.source, it.relpath) for it in items] == [(str(b), str(b).lstrip("/")), ("s3://bkt/z.tif", "z.tif")]
+
+    nocol = tmp_path / "nocol.parquet"
+    pq.write_table(pa.table({"path": ["x"]}), nocol)
+    with pytest.raises(InputError, match="uri"):
+        list_items([str(nocol)])
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n\n")
+    with pytest.raises(InputError, match="empty manifest"):
+        list_items([str(empty)])
+    badproto = tmp_path / "badproto.txt"
+    badproto.write_text("nosuchproto://x/y.jpg\n")
+    with pytest.raises(InputError, match="line 1"):
+        list_items([str(badproto)])
+
+
+def test_manifest_makes_no_listing_calls(tmp_path, monkeypatch):
+    txt = tmp_path / "list.txt"
+    txt.write_text("".join(f"s3://bucket/huge/prefix/{i}.jpg\n" for i in range(1000)))
+    fs, _ = filesystem(str(txt))
+
+    def boom(*a, **kw):
+        raise AssertionError("manifest must not list")
+
+    for name in ("find", "ls", "walk", "glob", "exists"):
+        monkeypatch.setattr(type(fs), name, boom)
+    items = list_items([str(txt)])
+    assert len(items) == 1000 and items[7].relpath == "huge/prefix/7.jpg"
+
+
+def test_duplicates_and_collisions(tmp_path):
+    for rel in ("x.jpg", "x.PNG", "sub/y.jpg"):
+        _write(tmp_path / "one" / rel, _payload(rel))
+    _write(tmp_path / "two" / "sub" / "y.jpg", _payload("other y"))
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+
+    items = list_items([one, two, one, str(tmp_path / "one" / "x.jpg")])
+    assert len({it.source for it in items}) == len(items) == 4
+    h = lambda src: hashlib.sha1(src.encode()).hexdigest()[:8]  # noqa: E731
+    # first keeps its name; later ones get __<8 hex of sha1(source)> before the extension.
+    # x.PNG and x.jpg would both become x.png; the two sub/y.jpg are different sources.
+    assert [(it.source, it.relpath) for it in items] == [
+        (f"{one}/sub/y.jpg", "sub/y.jpg"),
+        (f"{one}/x.PNG", "x.PNG"),
+        (f"{one}/x.jpg", f"x__{h(one + '/x.jpg')}.jpg"),
+        (f"{two}/sub/y.jpg", f"sub/y__{h(two + '/sub/y.jpg')}.jpg"),
+    ]
+    assert len({output_key(it.relpath, ".png").lower() for it in items}) == 4
+    assert list_items([one, two]) == items  # deterministic
+
+
+# ------------------------------------------------------------------------------------------
+# Writes
+# ------------------------------------------------------------------------------------------
+
+
+def test_write_bytes_atomic_local(tmp_path):
+    target = tmp_path / "out" / "images" / "a" / "x.png"
+    write_bytes_atomic(str(target), b"first")
+    assert target.read_bytes() == b"first"
+    write_bytes_atomic(f"file://{target}", b"second, longer")
+    assert target.read_bytes() == b"second, longer"
+    assert sorted(os.listdir(target.parent)) == ["x.png"]  # no temp files left
+    assert exists(str(target)) and not exists(str(target.parent / "y.png"))
+    mode = target.stat().st_mode & 0o777
+    assert mode == 0o666 & ~_umask()
+
+
+def test_write_bytes_atomic_local_failure_leaves_nothing(tmp_path, monkeypatch):
+    target = tmp_path / "x.png"
+    target.write_bytes(b"old")
+
+    def fail(src, dst):
+        raise PermissionError("nope")
+
+    monkeypatch.setattr(sources.os, "replace", fail)
+    with pytest.raises(PermissionError):
+        write_bytes_atomic(str(target), b"new")
+    assert sorted(os.listdir(tmp_path)) == ["x.png"] and target.read_bytes() == b"old"
+
+
+def _umask() -> int:
+    out = subprocess.run(["sh", "-c", "umask"], capture_output=True, text=True, check=True).stdout
+    return int(out.strip(), 8)
+
+
+# ------------------------------------------------------------------------------------------
+# S3 (moto server)
+# ------------------------------------------------------------------------------------------
+
+
+def test_s3_prefix_listing_read_write_exists(s3_env):
+    bucket = s3_env.bucket("photos")
+    fs = s3_env.fs()
+    files = {"in/a.jpg": _payload("a"), "in/sub/B.JPG": _payload("b"), "in/sub/c.tiff": _payload("c")}
+    for key, data in files.items():
+        fs.pipe_file(f"{bucket}/{key}", data)
+    fs.pipe_file(f"{bucket}/in/notes.txt", b"x")
+    fs.pipe_file(f"{bucket}/inbox/decoy.jpg", b"not under in/")
+
+    items = list_items([f"s3://{bucket}/in"])
+    assert [it.relpath for it in items] == ["a.jpg", "sub/B.JPG", "sub/c.tiff"]
+    for it in items:
+        assert it.source == it.uri == f"s3://{bucket}/in/{it.relpath}"
+        assert read_item(it) == files[f"in/{it.relpath}"]
+    assert list_items([f"s3://{bucket}/in/"]) == items
+    assert [it.relpath for it in list_items([f"s3://{bucket}/in/sub/c.tiff"])] == ["c.tiff"]
+
+    # explicit endpoint argument overrides the environment
+    assert list_items([f"s3://{bucket}/in"], s3_endpoint=s3_env.endpoint) == items
+
+    out = join_uri(f"s3://{bucket}/out", "images", output_key("../sub/B.JPG", ".png"))
+    assert out == f"s3://{bucket}/out/images/sub/B.png"
+    assert not exists(out)
+    write_bytes_atomic(out, b"png-1")
+    assert exists(out)
+    write_bytes_atomic(out, b"png-2")
+    assert s3_env.fs().cat_file(f"{bucket}/out/images/sub/B.png") == b"png-2"
+    assert read_item(Item(source=out, relpath="B.png", uri=out)) == b"png-2"
+
+    with pytest.raises(InputError, match=f"input not found: s3://{bucket}/missing"):
+        list_items([f"s3://{bucket}/missing"])
+    with pytest.raises(InputError, match="input not found"):
+        list_items([f"s3://{s3_env.bucket('x')}-nonexistent/p"])
+    with pytest.raises(FileNotFoundError):
+        read_item(Item(source="s", relpath="s.jpg", uri=f"s3://{bucket}/nope.jpg"), retries=2)
+    # messages are one line and never show userinfo credentials
+    with pytest.raises(InputError) as err:
+        list_items([f"s3://AKIDSECRET:hunter2@{bucket}/x.jpg"])
+    assert "hunter2" not in str(err.value) and "AKIDSECRET" not in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_s3_tar_and_manifest(s3_env):
+    bucket = s3_env.bucket("shards")
+    fs = s3_env.fs()
+    members = {"dir/x.jpg": _payload("x", 4000), "../evil.jpg": _payload("e"), "y.png": _payload("y", 10)}
+    fs.pipe_file(f"{bucket}/shards/shard-0.tar", _make_tar(members))
+    fs.pipe_file(f"{bucket}/loose/z.jpg", _payload("z"))
+
+    items = list_items([f"s3://{bucket}/shards/shard-0.tar"])
+    assert [it.relpath for it in items] == ["shard-0.tar/dir/x.jpg", "shard-0.tar/evil.jpg", "shard-0.tar/y.png"]
+    assert items[0].source == f"s3://{bucket}/shards/shard-0.tar#dir/x.jpg"
+    for it, name in zip(items, members):
+        assert it.uri == f"s3://{bucket}/shards/shard-0.tar"
+        assert read_item(it) == members[name]
+
+    fs.pipe_file(
+        f"{bucket}/lists/m.txt",
+        f"s3://{bucket}/loose/z.jpg\n../loose/z.jpg\nrel/w.jpg\n".encode(),
+    )
+    m = list_items([f"s3://{bucket}/lists/m.txt"])
+    # relative entries resolve next to the manifest: "../loose/z.jpg" is the same source as the
+    # first line (dropped); no existence check is made for rel/w.jpg (a manifest is trusted)
+    assert [(it.source, it.relpath) for it in m] == [
+        (f"s3://{bucket}/loose/z.jpg", "loose/z.jpg"),
+        (f"s3://{bucket}/lists/rel/w.jpg", "rel/w.jpg"),
+    ]
+    assert read_item(m[0]) == _payload("z")
