@@ -1,0 +1,29 @@
+# The two set-up commands: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	# torch's CPU/CUDA wheels are large: pinned here to the versions this project is tested with
+	$(BIN)/pip install 'torch==2.14.1' 'torchvision==0.29.1' || $(BIN)/pip install 'torch>=2.4' 'torchvision>=0.19'
+	$(BIN)/pip install -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/raycolor demo --output demo-output
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q --durations=15
+
+bench: $(STAMP)
+	$(BIN)/python bench/colorize_throughput.py
+
+clean:
+	rm -rf demo-output .pytest_cache

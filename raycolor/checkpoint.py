@@ -1,0 +1,104 @@
+"""The model checkpoint format: a directory (local or any fsspec URI) holding
+
+    config.json   {"format": "raycolor", "version": 1, "arch", "skips", "render_size", "normalization", "model_id", ...}
+    weights.pt    the state dict, loadable with torch.load(weights_only=True)
+
+weights.pt is written first and config.json last, so a directory without config.json is incomplete.
+model_id is the SHA-256 of weights.pt: it names the model in manifests and detects corrupt or partial files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import asdict, dataclass
+
+import fsspec
+import torch
+
+from raycolor import color
+from raycolor.model import ARCH, Colorizer
+
+FORMAT = "raycolor"
+VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "weights.pt"
+
+
+class CheckpointError(ValueError):
+    """The checkpoint is missing, incomplete, corrupt or of an unknown format."""
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    arch: str
+    skips: bool
+    render_size: int
+    model_id: str
+    normalization: dict
+    format: str = FORMAT
+    version: int = VERSION
+    extra: dict | None = None  # e.g. training epoch and metrics; never needed to load
+
+
+def _fs(uri: str):
+    fs, path = fsspec.core.url_to_fs(uri)
+    return fs, path.rstrip("/")
+
+
+def state_bytes(state: dict) -> bytes:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+def save(uri: str, model: Colorizer, *, render_size: int, extra: dict | None = None) -> CheckpointMeta:
+    model = getattr(model, "module", model)  # unwrap DDP
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    data = state_bytes(state)
+    meta = CheckpointMeta(
+        arch=ARCH,
+        skips=model.skips,
+        render_size=render_size,
+        model_id=hashlib.sha256(data).hexdigest()[:16],
+        normalization={"l_cent": color.L_CENT, "l_norm": color.L_NORM, "ab_norm": color.AB_NORM},
+        extra=extra,
+    )
+    fs, path = _fs(uri)
+    fs.makedirs(path, exist_ok=True)
+    fs.pipe_file(f"{path}/{WEIGHTS_NAME}", data)
+    fs.pipe_file(f"{path}/{CONFIG_NAME}", json.dumps(asdict(meta), indent=2).encode())
+    return meta
+
+
+def read_meta(uri: str) -> CheckpointMeta:
+    fs, path = _fs(uri)
+    try:
+        raw = json.loads(fs.cat_file(f"{path}/{CONFIG_NAME}"))
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint at {uri} (missing {CONFIG_NAME}; an interrupted save?)") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"invalid {CONFIG_NAME} in {uri}: {e}") from None
+    if raw.get("format") != FORMAT or raw.get("version") != VERSION:
+        raise CheckpointError(f"{uri} is not a raycolor v{VERSION} checkpoint")
+    if raw.get("arch") != ARCH:
+        raise CheckpointError(f"{uri} holds architecture {raw.get('arch')!r}, this version reads {ARCH!r}")
+    fields = CheckpointMeta.__dataclass_fields__
+    return CheckpointMeta(**{k: v for k, v in raw.items() if k in fields})
+
+
+def load(uri: str, *, map_location: str | torch.device = "cpu") -> tuple[Colorizer, CheckpointMeta]:
+    """Load a checkpoint directory; the model is returned in eval mode."""
+    meta = read_meta(uri)
+    fs, path = _fs(uri)
+    try:
+        data = fs.cat_file(f"{path}/{WEIGHTS_NAME}")
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {uri} has no {WEIGHTS_NAME}") from None
+    if hashlib.sha256(data).hexdigest()[:16] != meta.model_id:
+        raise CheckpointError(f"checkpoint {uri} is corrupt: {WEIGHTS_NAME} does not match its model_id")
+    state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    model = Colorizer(skips=meta.skips)
+    model.load_state_dict(state)
+    return model.eval().to(map_location), meta

@@ -1,0 +1,78 @@
+"""Full-resolution colorization in pure torch: the one path an image takes through the model.
+
+    RGB uint8 (H, W, 3) -> L full-res (1, H, W) ─┬─ resize -> L (1, r, r) -> model -> ab (2, r, r)
+                                                 └────────── + bilinear-upsampled ab (2, H, W) -> RGB uint8
+
+The three steps are separate functions so a pipeline can run them in different processes
+(prepare and compose on CPU workers, predict on the GPU actor) while sharing this code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from raycolor import color
+
+
+def _as_chw(rgb: np.ndarray | torch.Tensor) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(rgb)) if isinstance(rgb, np.ndarray) else rgb
+    return t.permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+
+
+def full_l(rgb: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 RGB (H, W, 3) -> float32 L (1, H, W)."""
+    return color.rgb_uint8_to_l(_as_chw(rgb))
+
+
+def render_l(L: torch.Tensor, render_size: int) -> torch.Tensor:
+    """L (..., 1, H, W) -> (..., 1, r, r): the square the model sees (aspect is restored by compose)."""
+    squeeze = L.dim() == 3
+    x = L.unsqueeze(0) if squeeze else L
+    # antialias: archive scans are often 10x the render size and aliasing shows up as colour noise
+    x = F.interpolate(x, size=(render_size, render_size), mode="bilinear", align_corners=False, antialias=True)
+    return x.squeeze(0) if squeeze else x
+
+
+def prepare(rgb: np.ndarray | torch.Tensor, render_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 RGB (H, W, 3) -> (L full-res (1, H, W), L at render size (1, r, r))."""
+    L = full_l(rgb)
+    return L, render_l(L, render_size)
+
+
+@torch.inference_mode()
+def predict_ab(model: torch.nn.Module, l_small: torch.Tensor) -> torch.Tensor:
+    """(N, 1, r, r) L -> (N, 2, r, r) float32 ab, on the model's device (bf16 autocast on CUDA)."""
+    device = next(model.parameters()).device
+    x = l_small.to(device, non_blocking=True)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        ab = model(x)
+    return ab.float()
+
+
+def compose(L: torch.Tensor, ab_small: torch.Tensor) -> torch.Tensor:
+    """L (1, H, W) full-res + ab (2, r, r) -> uint8 RGB (H, W, 3); the output keeps L exactly."""
+    H, W = L.shape[-2:]
+    ab = F.interpolate(ab_small.unsqueeze(0).to(L), size=(H, W), mode="bilinear", align_corners=False)[0]
+    ab = color.fit_ab_to_gamut(L, ab)
+    return color.lab_to_rgb_uint8(torch.cat([L, ab], dim=0)).permute(1, 2, 0).contiguous()
+
+
+def colorize_rgb(
+    model: torch.nn.Module, images: Sequence[np.ndarray | torch.Tensor], *, render_size: int
+) -> list[np.ndarray]:
+    """Full-res uint8 RGB images of any sizes -> colorized uint8 RGB images of the same sizes."""
+    if not images:
+        return []
+    prepared = [prepare(img, render_size) for img in images]
+    ab = predict_ab(model, torch.stack([small for _, small in prepared])).cpu()
+    return [compose(L, ab[i]).numpy() for i, (L, _) in enumerate(prepared)]
+
+
+def grey_baseline(rgb: np.ndarray | torch.Tensor) -> np.ndarray:
+    """The ab = 0 baseline: the input's lightness as a grey RGB image."""
+    L = full_l(rgb)
+    return color.lab_to_rgb_uint8(torch.cat([L, torch.zeros(2, *L.shape[-2:])], dim=0)).permute(1, 2, 0).numpy()

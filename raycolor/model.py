@@ -1,0 +1,143 @@
+"""The colorizer: torchvision VGG16 features as encoder, a light U-Net decoder predicting bounded ab.
+
+Contract: forward(L) with L in Lab units [0, 100], shape (N, 1, H, W), H and W multiples of 16,
+returns ab in Lab units, shape (N, 2, H, W), |ab| < AB_NORM.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from raycolor import color
+
+ARCH = "vgg16-unet"
+
+# VGG16 `features` indices of the five blocks. Each block begins with the previous block's max-pool,
+# so block k outputs the last ReLU before pool k (conv1_2 .. conv5_3): exactly the U-Net skip tensors.
+VGG_BLOCKS: tuple[tuple[int, int], ...] = ((0, 4), (4, 9), (9, 16), (16, 23), (23, 30))
+_ENCODER_LEN = VGG_BLOCKS[-1][1]  # conv1_1 .. conv5_3 + ReLU; VGG's last pool and classifier are unused
+_ENCODER_CHANNELS = (64, 128, 256, 512, 512)
+# decoder widths at 1/8, 1/4, 1/2, 1/1 of the input: small, so the decoder costs ~15 % of the encoder's FLOPs
+_DECODER_CHANNELS = (128, 64, 32, 16)
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class WeightsUnavailableError(RuntimeError):
+    """The requested pretrained weights could not be obtained (offline, or a bad file)."""
+
+
+class _UpBlock(nn.Module):
+    def __init__(self, c_in: int, c_skip: int, c_out: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in + c_skip, c_out, 3, padding=1)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        if skip is not None:
+            x = torch.cat([x, skip], dim=1)
+        return F.relu(self.conv2(F.relu(self.conv1(x))))
+
+
+class Colorizer(nn.Module):
+    def __init__(self, *, skips: bool = True) -> None:
+        super().__init__()
+        from torchvision.models.vgg import cfgs, make_layers
+
+        self.skips = skips
+        # exactly torchvision's vgg16().features, built without the 120M-parameter classifier we never use
+        self.encoder = make_layers(cfgs["D"], batch_norm=False)[:_ENCODER_LEN]
+        self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.reduce = nn.Conv2d(_ENCODER_CHANNELS[-1], 256, 1)
+        # U-Net skips: the decoder sees VGG's own edges at 1/8..1/1 resolution, which sharpens colour
+        # boundaries for ~1.5 GFLOP at 224 px (kept as default after docs/quality.md's comparison).
+        ins = (256,) + _DECODER_CHANNELS[:-1]
+        skip_ch = tuple(reversed(_ENCODER_CHANNELS[:-1])) if skips else (0, 0, 0, 0)
+        self.up = nn.ModuleList(_UpBlock(i, s, o) for i, s, o in zip(ins, skip_ch, _DECODER_CHANNELS))
+        self.head = nn.Conv2d(_DECODER_CHANNELS[-1], 2, 1)
+
+    def grey_input(self, L: torch.Tensor) -> torch.Tensor:
+        # a pretrained VGG16 expects ImageNet-normalised RGB: give it the grey image with lightness L
+        g = color.l_to_grey(L)  # (N, 1, H, W) in [0, 1]
+        return (g - self.mean) / self.std  # (N, 3, H, W)
+
+    def forward(self, L: torch.Tensor) -> torch.Tensor:
+        x = self.grey_input(L)
+        feats = []
+        for a, b in VGG_BLOCKS:
+            x = self.encoder[a:b](x)
+            feats.append(x)
+        # feats: (N,64,H,W) (N,128,H/2,W/2) (N,256,H/4,W/4) (N,512,H/8,W/8) (N,512,H/16,W/16)
+        x = F.relu(self.reduce(feats[-1]))  # (N, 256, H/16, W/16)
+        for up, skip in zip(self.up, reversed(feats[:-1])):
+            x = up(x, skip if self.skips else None)
+        return torch.tanh(self.head(x)) * color.AB_NORM  # (N, 2, H, W)
+
+    def encoder_block_params(self, block: int) -> list[nn.Parameter]:
+        a, b = VGG_BLOCKS[block]
+        return [p for m in self.encoder[a:b] for p in m.parameters()]
+
+    def decoder_params(self) -> list[nn.Parameter]:
+        enc = {id(p) for p in self.encoder.parameters()}
+        return [p for p in self.parameters() if id(p) not in enc]
+
+
+def set_trainable_encoder_blocks(model: Colorizer, n: int) -> None:
+    """Freeze the encoder except its top `n` VGG blocks (0 = feature extraction, 5 = everything)."""
+    if not 0 <= n <= len(VGG_BLOCKS):
+        raise ValueError(f"trainable encoder blocks must be in 0..{len(VGG_BLOCKS)}, got {n}")
+    for block in range(len(VGG_BLOCKS)):
+        trainable = block >= len(VGG_BLOCKS) - n
+        for p in model.encoder_block_params(block):
+            p.requires_grad_(trainable)
+
+
+def vgg16_state_dict_to_encoder(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A torchvision-format VGG16 state dict -> the encoder's keys (features.N.* with N < 30)."""
+    out = {}
+    for key, value in state.items():
+        if not key.startswith("features."):
+            continue
+        index = int(key.split(".")[1])
+        if index < _ENCODER_LEN:
+            out[key.removeprefix("features.")] = value
+    if not out:
+        raise WeightsUnavailableError("the weights file holds no VGG16 'features.*' tensors")
+    return out
+
+
+def _load_weights(weights: str | os.PathLike) -> dict[str, torch.Tensor]:
+    if str(weights) == "imagenet":
+        from torchvision.models import VGG16_Weights
+
+        try:
+            return VGG16_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+        except Exception as e:  # urllib/socket errors differ by platform; all mean the same to a user
+            raise WeightsUnavailableError(
+                f"could not download the ImageNet VGG16 weights ({type(e).__name__}); when offline, fetch "
+                f"{VGG16_Weights.IMAGENET1K_V1.url} elsewhere and pass its path with --weights PATH, "
+                "or train from scratch with --weights none"
+            ) from None
+    path = Path(weights)
+    if not path.is_file():
+        raise WeightsUnavailableError(f"weights file not found: {path} (expected a torchvision VGG16 state dict)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise WeightsUnavailableError(f"could not read VGG16 weights from {path}: {e}") from None
+
+
+def build_colorizer(*, weights: str | os.PathLike | None = None, skips: bool = True) -> Colorizer:
+    """weights: "imagenet" (torchvision VGG16_Weights.IMAGENET1K_V1), a local VGG16 state-dict path, or None."""
+    model = Colorizer(skips=skips)
+    if weights is not None and str(weights).lower() != "none":
+        model.encoder.load_state_dict(vgg16_state_dict_to_encoder(_load_weights(weights)))
+    return model

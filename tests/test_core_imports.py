@@ -1,0 +1,14 @@
+import subprocess
+import sys
+
+CORE = ["color", "model", "colorize", "checkpoint", "config", "images", "sources", "metrics"]
+
+
+def test_core_modules_do_not_import_ray():
+    code = (
+        "import importlib, sys\n"
+        f"for name in {CORE!r}:\n"
+        "    importlib.import_module('raycolor.' + name)\n"
+        "assert 'ray' not in sys.modules, sorted(m for m in sys.modules if m.startswith('ray.'))[:5]\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

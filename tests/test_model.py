@@ -1,0 +1,105 @@
+import pytest
+import torch
+
+from raycolor import color
+from raycolor.model import (
+    VGG_BLOCKS,
+    WeightsUnavailableError,
+    build_colorizer,
+    set_trainable_encoder_blocks,
+)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_colorizer(weights=None)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (48, 80)])
+def test_output_shape_and_bounds(model, size):
+    L = torch.rand(2, 1, *size) * 100
+    with torch.no_grad():
+        ab = model(L)
+    assert ab.shape == (2, 2, *size)
+    assert ab.abs().max() <= color.AB_NORM
+
+
+def test_without_skips():
+    m = build_colorizer(weights=None, skips=False)
+    assert m(torch.rand(1, 1, 32, 32) * 100).shape == (1, 2, 32, 32)
+    assert sum(p.numel() for p in m.parameters()) < sum(p.numel() for p in build_colorizer().parameters())
+
+
+def _grads(model):
+    model.zero_grad(set_to_none=True)
+    model(torch.rand(1, 1, 32, 32) * 100).square().mean().backward()
+    return [[p.grad is not None for p in model.encoder_block_params(b)] for b in range(len(VGG_BLOCKS))]
+
+
+def test_freeze_then_unfreeze_top_blocks(model):
+    set_trainable_encoder_blocks(model, 0)
+    assert not any(any(g) for g in _grads(model))
+    assert all(p.grad is not None for p in model.decoder_params())
+    set_trainable_encoder_blocks(model, 2)
+    grads = _grads(model)
+    assert [all(g) for g in grads] == [False, False, False, True, True]
+    assert [any(g) for g in grads] == [False, False, False, True, True]
+    with pytest.raises(ValueError):
+        set_trainable_encoder_blocks(model, 6)
+
+
+def test_loads_a_local_torchvision_state_dict(tmp_path):
+    from torchvision.models import vgg16
+
+    torch.manual_seed(1)
+    ref = vgg16(weights=None)
+    path = tmp_path / "vgg16.pth"
+    torch.save(ref.state_dict(), path)
+    m = build_colorizer(weights=path)
+    torch.testing.assert_close(m.encoder[28].weight, ref.features[28].weight)
+    torch.testing.assert_close(m.encoder[0].bias, ref.features[0].bias)
+
+
+def test_bad_weights_give_one_clear_error(tmp_path):
+    with pytest.raises(WeightsUnavailableError, match="not found"):
+        build_colorizer(weights=tmp_path / "missing.pth")
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a state dict")
+    with pytest.raises(WeightsUnavailableError, match="could not read"):
+        build_colorizer(weights=junk)
+
+
+def test_imagenet_offline_message(monkeypatch, tmp_path):
+    # an empty torch hub cache and no network: the message must say how to pass a local file
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    from torchvision.models import VGG16_Weights
+
+    def offline(*a, **k):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(VGG16_Weights.IMAGENET1K_V1.__class__, "get_state_dict", offline)
+    with pytest.raises(WeightsUnavailableError, match="--weights PATH"):
+        build_colorizer(weights="imagenet")
+
+
+def test_overfits_one_tiny_batch():
+    # colour follows position, texture is random: learnable from L alone
+    torch.manual_seed(0)
+    m = build_colorizer(weights=None)
+    S = 16
+    y = torch.linspace(0, 1, S).view(1, 1, S, 1).expand(4, 1, S, S)
+    x = torch.linspace(0, 1, S).view(1, 1, 1, S).expand(4, 1, S, S)
+    tex = torch.rand(4, 1, S, S) * 0.3 + 0.35
+    rgb = torch.cat([tex + 0.4 * (y - 0.5), tex + 0.3 * (x - 0.5), tex - 0.3 * (y - 0.5)], 1).clamp(0, 1)
+    lab = color.rgb_to_lab(rgb)
+    L, ab = lab[:, :1], color.normalize_ab(lab[:, 1:])
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(120):
+        loss = torch.nn.functional.mse_loss(color.normalize_ab(m(L)), ab)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] / 10
