@@ -14,10 +14,9 @@ import io
 import json
 from dataclasses import asdict, dataclass
 
-import fsspec
 import torch
 
-from raycolor import color
+from raycolor import color, sources
 from raycolor.model import ARCH, Colorizer
 
 FORMAT = "raycolor"
@@ -42,8 +41,8 @@ class CheckpointMeta:
     extra: dict | None = None  # e.g. training epoch and metrics; never needed to load
 
 
-def _fs(uri: str):
-    fs, path = fsspec.core.url_to_fs(uri)
+def _fs(uri: str, s3_endpoint: str | None):
+    fs, path = sources.filesystem(uri, s3_endpoint=s3_endpoint)
     return fs, path.rstrip("/")
 
 
@@ -53,7 +52,9 @@ def state_bytes(state: dict) -> bytes:
     return buf.getvalue()
 
 
-def save(uri: str, model: Colorizer, *, render_size: int, extra: dict | None = None) -> CheckpointMeta:
+def save(
+    uri: str, model: Colorizer, *, render_size: int, extra: dict | None = None, s3_endpoint: str | None = None
+) -> CheckpointMeta:
     model = getattr(model, "module", model)  # unwrap DDP
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     data = state_bytes(state)
@@ -65,19 +66,21 @@ def save(uri: str, model: Colorizer, *, render_size: int, extra: dict | None = N
         normalization={"l_cent": color.L_CENT, "l_norm": color.L_NORM, "ab_norm": color.AB_NORM},
         extra=extra,
     )
-    fs, path = _fs(uri)
+    fs, path = _fs(uri, s3_endpoint)
     fs.makedirs(path, exist_ok=True)
     fs.pipe_file(f"{path}/{WEIGHTS_NAME}", data)
     fs.pipe_file(f"{path}/{CONFIG_NAME}", json.dumps(asdict(meta), indent=2).encode())
     return meta
 
 
-def read_meta(uri: str) -> CheckpointMeta:
-    fs, path = _fs(uri)
+def read_meta(uri: str, *, s3_endpoint: str | None = None) -> CheckpointMeta:
+    fs, path = _fs(uri, s3_endpoint)
     try:
         raw = json.loads(fs.cat_file(f"{path}/{CONFIG_NAME}"))
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {uri} (missing {CONFIG_NAME}; an interrupted save?)") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {uri}: {sources.redact(e, uri)}") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"invalid {CONFIG_NAME} in {uri}: {e}") from None
     if raw.get("format") != FORMAT or raw.get("version") != VERSION:
@@ -88,10 +91,12 @@ def read_meta(uri: str) -> CheckpointMeta:
     return CheckpointMeta(**{k: v for k, v in raw.items() if k in fields})
 
 
-def load(uri: str, *, map_location: str | torch.device = "cpu") -> tuple[Colorizer, CheckpointMeta]:
+def load(
+    uri: str, *, map_location: str | torch.device = "cpu", s3_endpoint: str | None = None
+) -> tuple[Colorizer, CheckpointMeta]:
     """Load a checkpoint directory; the model is returned in eval mode."""
-    meta = read_meta(uri)
-    fs, path = _fs(uri)
+    meta = read_meta(uri, s3_endpoint=s3_endpoint)
+    fs, path = _fs(uri, s3_endpoint)
     try:
         data = fs.cat_file(f"{path}/{WEIGHTS_NAME}")
     except FileNotFoundError:

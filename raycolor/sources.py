@@ -197,6 +197,11 @@ def _redact(text: object, uri: str | None = None) -> str:
     return " ".join(text.split())
 
 
+def redact(text: object, uri: str | None = None) -> str:
+    """Public name of the scrubber: use it on any text built from an exception before it is shown or stored."""
+    return _redact(text, uri)
+
+
 def _s3_endpoint(s3_endpoint: str | None) -> str | None:
     return s3_endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
