@@ -1,0 +1,201 @@
+"""Bulk colorization through Ray Data on a real local Ray cluster and a real (moto) S3 server."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as pads
+import pytest
+import torch
+from PIL import Image
+
+from raycolor import checkpoint, images
+from raycolor.colorize import full_l
+from raycolor.config import ColorizeConfig
+from raycolor.model import build_colorizer
+from raycolor.ray_colorize import colorize, read_manifest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("ckpt")
+    checkpoint.save(str(d), build_colorizer(weights=None), render_size=32)
+    return str(d)
+
+
+def make_inputs(root: Path) -> tuple[int, int]:
+    """20 images of mixed sizes and modes, 3 of them bad; returns (good, bad)."""
+    rng = np.random.default_rng(0)
+    (root / "sub").mkdir(parents=True)
+    for i in range(8):
+        arr = rng.integers(0, 256, (30 + 7 * i, 50 - 3 * i, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(root / ("sub" if i % 2 else "") / f"rgb{i}.JPG")
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (33, 21), dtype=np.uint8), "L").save(root / f"grey{i}.png")
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (17, 40, 4), dtype=np.uint8), "RGBA").save(root / f"rgba{i}.png")
+    Image.fromarray(rng.integers(0, 256, (25, 25, 3), dtype=np.uint8)).convert("P").save(root / "pal.png")
+    Image.fromarray((rng.integers(0, 65536, (20, 30))).astype(np.uint16)).save(root / "deep.tif")
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+    (root / "truncated.jpg").write_bytes(buf.getvalue()[:300])
+    (root / "page.jpg").write_text("<html>not an image</html>")
+    (root / "empty.png").write_bytes(b"")
+    (root / "notes.txt").write_text("ignored: not an image extension")
+    return 17, 3
+
+
+def lightness(data: bytes) -> torch.Tensor:
+    return full_l(images.decode_rgb(data))
+
+
+def test_folder_in_folder_out(ray_local, ckpt, tmp_path):
+    good, bad = make_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    s = colorize(ColorizeConfig(inputs=(str(tmp_path / "in"),), output=str(out), checkpoint=ckpt, batch_size=4))
+    assert (s.inputs, s.ok, s.error, s.skipped) == (20, good, bad, 0)
+    pngs = sorted(out.glob("images/**/*.png"))
+    assert len(pngs) == good
+    assert (out / "images/sub/rgb1.png").exists()  # relative path kept, extension replaced
+    rows = pads.dataset(str(out / "manifest"), format="parquet").to_table().to_pylist()
+    assert len(rows) == 20 and len({r["source"] for r in rows}) == 20
+    for r in rows:
+        assert r["model_id"] == s.model_id
+        if r["status"] == "error":
+            assert r["output"] is None and r["error"].split(":")[0] in {"truncated", "not_an_image"}
+            continue
+        src = Path(r["source"]).read_bytes()
+        dst = Path(r["output"]).read_bytes()
+        assert Image.open(io.BytesIO(dst)).size == (r["width"], r["height"])
+        assert (lightness(dst) - lightness(src)).abs().max() <= 1.0  # L kept within one unit
+    done = json.loads((out / "_SUCCESS.json").read_text())
+    assert (done["inputs"], done["ok"], done["error"], done["skipped"]) == (20, good, bad, 0)
+    assert done["model_id"] == s.model_id and done["images_per_s"] > 0
+    assert not list(out.rglob("*.tmp*"))  # no temp files left behind
+
+    again = colorize(ColorizeConfig(inputs=(str(tmp_path / "in"),), output=str(out), checkpoint=ckpt))
+    assert (again.skipped, again.processed, again.ok) == (20, 0, good)
+    assert read_manifest(str(out)).num_rows == 20
+
+
+def test_s3_in_and_out_with_tar_and_manifest(ray_local, s3_env, ckpt, tmp_path):
+    fs = s3_env.fs()
+    bucket = s3_env.bucket("colorize")
+    rng = np.random.default_rng(1)
+
+    def jpeg(h, w):
+        b = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(b, "JPEG")
+        return b.getvalue()
+
+    for i in range(3):
+        fs.pipe(f"{bucket}/photos/p{i}.jpg", jpeg(20 + i, 30))
+    tar_buf = io.BytesIO()
+    with tarfile.open(fileobj=tar_buf, mode="w") as tf:
+        for name, (h, w) in {"a/m0.jpg": (16, 24), "m1.jpg": (40, 12)}.items():
+            data = jpeg(h, w)
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    fs.pipe(f"{bucket}/shards/shard-000.tar", tar_buf.getvalue())
+    fs.pipe(f"{bucket}/loose/x.jpg", jpeg(10, 10))
+    fs.pipe(f"{bucket}/lists/list.txt", f"s3://{bucket}/loose/x.jpg\n".encode())
+
+    inputs = (f"s3://{bucket}/photos", f"s3://{bucket}/shards/shard-000.tar", f"s3://{bucket}/lists/list.txt")
+    out = f"s3://{bucket}/out"
+    s = colorize(ColorizeConfig(inputs=inputs, output=out, checkpoint=ckpt, format="jpeg", batch_size=2))
+    assert (s.inputs, s.ok, s.error) == (6, 6, 0)
+    keys = sorted(k.split("/out/images/", 1)[1] for k in fs.find(f"{bucket}/out/images"))
+    assert keys == ["loose/x.jpg", "p0.jpg", "p1.jpg", "p2.jpg", "shard-000.tar/a/m0.jpg", "shard-000.tar/m1.jpg"]
+    m1 = Image.open(io.BytesIO(fs.cat(f"{bucket}/out/images/shard-000.tar/m1.jpg")))
+    assert m1.size == (12, 40)
+    table = read_manifest(out)
+    assert table.num_rows == 6 and set(table.column("status").to_pylist()) == {"ok"}
+    assert f"s3://{bucket}/shards/shard-000.tar#a/m0.jpg" in table.column("source").to_pylist()
+    assert json.loads(fs.cat(f"{bucket}/out/_SUCCESS.json"))["ok"] == 6
+
+
+def test_parquet_images_column_and_names_cannot_escape(ray_local, ckpt, tmp_path):
+    from tests.badimages import make_tar_with_bad_members
+
+    make_tar_with_bad_members(tmp_path / "in" / "evil.tar")
+    out = tmp_path / "out"
+    s = colorize(
+        ColorizeConfig(inputs=(str(tmp_path / "in" / "evil.tar"),), output=str(out), checkpoint=ckpt, parquet_images=True)
+    )
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix in {".png", ".jpg"} and "in" not in p.parts]
+    assert written and all(out in p.parents for p in written)
+    rows = read_manifest(str(out), columns=None).to_pylist()
+    assert len(rows) == s.inputs
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert ok
+    tbl = pads.dataset(str(out / "manifest"), format="parquet").to_table()
+    assert "image" in tbl.column_names
+    for r in tbl.to_pylist():
+        if r["status"] == "ok":
+            assert r["image"] == Path(r["output"]).read_bytes()
+
+
+DRIVER = textwrap.dedent(
+    """
+    import sys, ray
+    from raycolor.config import ColorizeConfig
+    from raycolor.ray_colorize import colorize
+    ray.init(num_cpus=2, include_dashboard=False)
+    colorize(ColorizeConfig(inputs=(sys.argv[1],), output=sys.argv[2], checkpoint=sys.argv[3], batch_size=1))
+    print("DONE")
+    """
+)
+
+
+def test_driver_sigkill_then_rerun_is_exactly_once(ray_local, ckpt, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(2)
+    n = 40
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(src / f"{i:03d}.png")
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(src), str(out), ckpt],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not list((out / "manifest").glob("*.parquet")):
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            time.sleep(0.2)
+        first = len(list((out / "manifest").glob("*.parquet")))
+        assert first >= 1, "no output appeared before the deadline"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        # the killed driver's own Ray cluster must not keep writing while the re-run works
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    time.sleep(1)
+    before = read_manifest(str(out)).num_rows
+    assert 0 < before < n, "the kill must land mid-run for this test to mean anything"
+    s = colorize(ColorizeConfig(inputs=(str(src),), output=str(out), checkpoint=ckpt, batch_size=4))
+    assert s.skipped == before and s.ok == n
+    rows = read_manifest(str(out))
+    srcs = rows.column("source").to_pylist()
+    assert len(srcs) == n and len(set(srcs)) == n
+    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(f"{i:03d}.png" for i in range(n))
