@@ -168,6 +168,18 @@ class Predictor:
         return out
 
 
+def colorized_rgb(batch: dict, i: int) -> np.ndarray:
+    """Row i of a predicted batch -> full-res uint8 RGB (H, W, 3), composing on this CPU if needed."""
+    import torch
+
+    from raycolor.colorize import compose
+
+    h, w = int(batch["height"][i]), int(batch["width"][i])
+    if "rgb" in batch:
+        return np.frombuffer(batch["rgb"][i], dtype=np.uint8).reshape(h, w, 3)
+    return compose(_l_full(batch, i), torch.from_numpy(batch["ab"][i].astype(np.float32))).numpy()
+
+
 def _part_name(sources_in_batch) -> str:
     digest = hashlib.sha1("\n".join(sorted(sources_in_batch)).encode()).hexdigest()[:20]
     return f"part-{digest}.parquet"
@@ -187,8 +199,6 @@ def _finish_batch(
 ) -> dict:
     import torch
 
-    from raycolor.colorize import compose
-
     torch.set_num_threads(1)
     n = len(batch["source"])
     rows: dict[str, list] = {name: [] for name in MANIFEST_SCHEMA.names}
@@ -199,12 +209,7 @@ def _finish_batch(
         out_uri = None
         blob = None
         if err is None:
-            w, h = int(batch["width"][i]), int(batch["height"][i])
-            if "rgb" in batch:
-                rgb = np.frombuffer(batch["rgb"][i], dtype=np.uint8).reshape(h, w, 3)
-            else:
-                ab = torch.from_numpy(batch["ab"][i].astype(np.float32))
-                rgb = compose(_l_full(batch, i), ab).numpy()
+            rgb = colorized_rgb(batch, i)
             blob = images.encode(rgb, fmt, png_level=png_level, jpeg_quality=jpeg_quality)
             out_uri = sources.join_uri(output, "images", sources.output_key(batch["relpath"][i], ext))
             try:
@@ -296,17 +301,18 @@ def _cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def build_dataset(items: list[sources.Item], config: ColorizeConfig, *, output: str, render_size: int, model_id: str):
-    """The lazy Ray Data pipeline for `items` (not yet executed)."""
+def predicted_dataset(items: list[sources.Item], *, checkpoint_uri: str, render_size: int, batch_size: int,
+                      gpus: int, cpu_actors: int | None, max_pixels: int | None, storage, compose_on_device: bool):
+    """Lazy dataset of items -> decode tasks -> model actor pool. Rows: source, relpath, width, height,
+    error ("" when fine) and either l_full + ab (CPU compose) or rgb (composed on the device)."""
     import ray
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
     cpus = _cluster_cpus()
-    use_gpu = config.gpus > 0
-    n_actors = config.gpus if use_gpu else (config.cpu_actors or 1)
-    endpoint, retries = config.storage.s3_endpoint, config.storage.retries
+    n_actors = gpus if gpus > 0 else (cpu_actors or 1)
+    endpoint, retries = storage.s3_endpoint, storage.retries
     # small blocks so every stage has several tasks in flight, but not so small that overhead dominates
-    per_block = max(1, min(config.batch_size, math.ceil(len(items) / (4 * cpus))))
+    per_block = max(1, min(batch_size, math.ceil(len(items) / (4 * cpus))))
     ds = ray.data.from_items(
         [asdict(i) for i in items], override_num_blocks=max(1, math.ceil(len(items) / per_block))
     )
@@ -314,28 +320,43 @@ def build_dataset(items: list[sources.Item], config: ColorizeConfig, *, output: 
         _decode_batch,
         batch_format="numpy",
         batch_size=None,
-        fn_kwargs={"render_size": render_size, "max_pixels": config.max_pixels, "s3_endpoint": endpoint, "retries": retries},
+        fn_kwargs={"render_size": render_size, "max_pixels": max_pixels, "s3_endpoint": endpoint, "retries": retries},
         num_cpus=1,
         # Ray Data fuses a task stage into a following actor stage when their pool sizes match; fused,
         # Pillow decoding would run inside the single model process. A task pool sized to the cluster's
         # CPUs (never the actor count) keeps the stages apart, and is the right cap for decoding anyway.
         compute=TaskPoolStrategy(size=cpus if cpus != n_actors else cpus + 1),
     )
-    ds = ds.map_batches(
+    return ds.map_batches(
         Predictor,
         batch_format="numpy",
-        batch_size=config.batch_size,
+        batch_size=batch_size,
         compute=ActorPoolStrategy(size=n_actors),
-        num_gpus=1 if use_gpu else 0,
+        num_gpus=1 if gpus > 0 else 0,
         num_cpus=1,
         fn_constructor_kwargs={
-            "checkpoint_uri": config.checkpoint,
-            "use_gpu": use_gpu,
-            "compose_on_device": use_gpu,
+            "checkpoint_uri": checkpoint_uri,
+            "use_gpu": gpus > 0,
+            "compose_on_device": compose_on_device,
             # CPU mode: the model gets the cores the CPU tasks leave idle (they are mostly waiting on it)
             "threads": max(1, cpus // n_actors),
             "s3_endpoint": endpoint,
         },
+    )
+
+
+def build_dataset(items: list[sources.Item], config: ColorizeConfig, *, output: str, render_size: int, model_id: str):
+    """The lazy Ray Data pipeline for `items` (not yet executed)."""
+    ds = predicted_dataset(
+        items,
+        checkpoint_uri=config.checkpoint,
+        render_size=render_size,
+        batch_size=config.batch_size,
+        gpus=config.gpus,
+        cpu_actors=config.cpu_actors,
+        max_pixels=config.max_pixels,
+        storage=config.storage,
+        compose_on_device=config.gpus > 0,
     )
     return ds.map_batches(
         _finish_batch,
@@ -349,8 +370,8 @@ def build_dataset(items: list[sources.Item], config: ColorizeConfig, *, output: 
             "jpeg_quality": config.jpeg_quality,
             "parquet_images": config.parquet_images,
             "model_id": model_id,
-            "s3_endpoint": endpoint,
-            "retries": retries,
+            "s3_endpoint": config.storage.s3_endpoint,
+            "retries": config.storage.retries,
         },
     )
 
