@@ -19,8 +19,10 @@ from raycolor import color
 
 
 def _as_chw(rgb: np.ndarray | torch.Tensor) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(rgb)) if isinstance(rgb, np.ndarray) else rgb
-    return t.permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+    if isinstance(rgb, np.ndarray):
+        # arrays from Arrow/Ray batches are read-only views; torch wants to own writable memory
+        rgb = torch.from_numpy(rgb if rgb.flags.writeable and rgb.flags.c_contiguous else rgb.copy())
+    return rgb.permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
 
 
 def full_l(rgb: np.ndarray | torch.Tensor) -> torch.Tensor:

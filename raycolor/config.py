@@ -78,3 +78,12 @@ class EvaluateConfig:
     gallery_rows: int = 8
     max_pixels: int = DEFAULT_MAX_PIXELS
     storage: StorageConfig = field(default_factory=StorageConfig)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    output: str = "demo-output"
+    epochs: int = 6
+    image_size: int = 96
+    workers: int = 2
+    weights: str | None = "imagenet"  # falls back to None (with a message) when the weights cannot be had

@@ -71,7 +71,10 @@ class ColorizeSummary:
 # --------------------------------------------------------------------------------------------
 
 
-def _decode_batch(batch: dict, *, render_size: int, max_pixels: int | None, s3_endpoint, retries: int) -> dict:
+def _decode_batch(
+    batch: dict, *, render_size: int, max_pixels: int | None, s3_endpoint, retries: int, keep_rgb: bool = False
+) -> dict:
+    """keep_rgb: also ship the decoded RGB (raw bytes) downstream, for evaluation against the original."""
     import torch
 
     from raycolor.colorize import prepare
@@ -79,6 +82,7 @@ def _decode_batch(batch: dict, *, render_size: int, max_pixels: int | None, s3_e
     torch.set_num_threads(1)  # one task per CPU slot; torch must not oversubscribe the node
     n = len(batch["source"])
     l_full = np.empty(n, dtype=object)
+    original = np.full(n, b"", dtype=object)
     l_small = np.zeros((n, 1, render_size, render_size), dtype=np.float32)
     width = np.zeros(n, dtype=np.int64)
     height = np.zeros(n, dtype=np.int64)
@@ -104,10 +108,12 @@ def _decode_batch(batch: dict, *, render_size: int, max_pixels: int | None, s3_e
             l_full[i] = b""
             continue
         height[i], width[i] = rgb.shape[:2]
+        if keep_rgb:
+            original[i] = rgb.tobytes()
         L, small = prepare(rgb, render_size)
         l_full[i] = (L[0].numpy() * L_SCALE).round().astype(np.uint16).tobytes()
         l_small[i] = small.numpy()
-    return {
+    out = {
         "source": batch["source"],
         "relpath": batch["relpath"],
         "width": width,
@@ -116,6 +122,9 @@ def _decode_batch(batch: dict, *, render_size: int, max_pixels: int | None, s3_e
         "l_full": l_full,
         "l_small": l_small,
     }
+    if keep_rgb:
+        out["original"] = original
+    return out
 
 
 def _l_full(batch: dict, i: int):
@@ -159,11 +168,11 @@ class Predictor:
                     rgb[i] = compose(L, pred[j]).cpu().numpy().tobytes()
             else:
                 ab[ok] = pred.cpu().numpy().astype(np.float16)
-        out = {k: batch[k] for k in ("source", "relpath", "width", "height", "error")}
+        # pass every other column through (e.g. evaluate's originals); drop what is consumed here
+        out = {k: v for k, v in batch.items() if k != "l_small" and not (self.compose_on_device and k == "l_full")}
         if self.compose_on_device:
             out["rgb"] = rgb
         else:
-            out["l_full"] = batch["l_full"]
             out["ab"] = ab
         return out
 
@@ -302,7 +311,8 @@ def _cluster_cpus() -> int:
 
 
 def predicted_dataset(items: list[sources.Item], *, checkpoint_uri: str, render_size: int, batch_size: int,
-                      gpus: int, cpu_actors: int | None, max_pixels: int | None, storage, compose_on_device: bool):
+                      gpus: int, cpu_actors: int | None, max_pixels: int | None, storage, compose_on_device: bool,
+                      keep_rgb: bool = False):
     """Lazy dataset of items -> decode tasks -> model actor pool. Rows: source, relpath, width, height,
     error ("" when fine) and either l_full + ab (CPU compose) or rgb (composed on the device)."""
     import ray
@@ -320,7 +330,13 @@ def predicted_dataset(items: list[sources.Item], *, checkpoint_uri: str, render_
         _decode_batch,
         batch_format="numpy",
         batch_size=None,
-        fn_kwargs={"render_size": render_size, "max_pixels": max_pixels, "s3_endpoint": endpoint, "retries": retries},
+        fn_kwargs={
+            "render_size": render_size,
+            "max_pixels": max_pixels,
+            "s3_endpoint": endpoint,
+            "retries": retries,
+            "keep_rgb": keep_rgb,
+        },
         num_cpus=1,
         # Ray Data fuses a task stage into a following actor stage when their pool sizes match; fused,
         # Pillow decoding would run inside the single model process. A task pool sized to the cluster's

@@ -1,0 +1,146 @@
+"""Evaluation through the same Ray Data path as colorize: grey-ify, colorize, compare with the original.
+
+Every table has the model next to the grey baseline (ab = 0, i.e. the input's own lightness), so a
+model that does not beat "leave it grey" is visible at once.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from raycolor import checkpoint, gallery, images, sources
+from raycolor.config import EvaluateConfig
+from raycolor.ray_colorize import colorized_rgb, predicted_dataset
+
+METRICS = ("psnr", "ssim", "colourfulness", "colourfulness_original", "delta_cf")
+_THUMB_H = 160
+
+
+@dataclass(frozen=True)
+class EvaluateReport:
+    model_id: str
+    images: int  # evaluated (decodable) images
+    errors: int
+    model: dict  # mean of each metric over images
+    baseline: dict
+    per_image: list  # one dict per image: source, model_<metric>, baseline_<metric>
+    gallery: str | None = None
+
+    def as_json(self) -> dict:
+        return {
+            "model_id": self.model_id,
+            "images": self.images,
+            "errors": self.errors,
+            "model": self.model,
+            "baseline": self.baseline,
+            "gallery": self.gallery,
+        }
+
+
+def _metrics_batch(batch: dict, *, thumbs: bool) -> dict:
+    import torch
+
+    from raycolor.colorize import grey_baseline
+    from raycolor.metrics import image_metrics
+
+    torch.set_num_threads(1)
+    out: dict[str, list] = {"source": [], "error": [], "thumbs": []}
+    for prefix in ("model_", "baseline_"):
+        for m in METRICS:
+            out[prefix + m] = []
+    for i, source in enumerate(batch["source"]):
+        err = batch["error"][i] or ""
+        out["source"].append(source)
+        out["error"].append(err)
+        if err:
+            for prefix in ("model_", "baseline_"):
+                for m in METRICS:
+                    out[prefix + m].append(math.nan)
+            out["thumbs"].append(b"")
+            continue
+        h, w = int(batch["height"][i]), int(batch["width"][i])
+        original = np.frombuffer(batch["original"][i], dtype=np.uint8).reshape(h, w, 3)
+        colorized = colorized_rgb(batch, i)
+        grey = grey_baseline(original)
+        for prefix, img in (("model_", colorized), ("baseline_", grey)):
+            for m, v in image_metrics(img, original).items():
+                out[prefix + m].append(v)
+        # three small PNGs side by side in one blob, for the driver's gallery
+        strip = b""
+        if thumbs:
+            parts = [images.encode_png(gallery.thumbnail(x, _THUMB_H), level=1) for x in (grey, colorized, original)]
+            strip = b"".join(len(p).to_bytes(4, "big") + p for p in parts)
+        out["thumbs"].append(strip)
+    return {k: np.array(v, dtype=object if k in ("source", "error", "thumbs") else np.float64) for k, v in out.items()}
+
+
+def _split_thumbs(blob: bytes) -> list[np.ndarray]:
+    parts, pos = [], 0
+    while pos < len(blob):
+        n = int.from_bytes(blob[pos : pos + 4], "big")
+        parts.append(images.decode_rgb(blob[pos + 4 : pos + 4 + n]))
+        pos += 4 + n
+    return parts
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def evaluate(config: EvaluateConfig) -> EvaluateReport:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()
+    endpoint = config.storage.s3_endpoint
+    meta = checkpoint.read_meta(config.checkpoint, s3_endpoint=endpoint)
+    render_size = config.render_size or meta.render_size
+    if render_size % 16:
+        raise ValueError(f"render size must be a multiple of 16, got {render_size}")
+    items = sources.list_items(config.data, s3_endpoint=endpoint)
+    ds = predicted_dataset(
+        items,
+        checkpoint_uri=config.checkpoint,
+        render_size=render_size,
+        batch_size=config.batch_size,
+        gpus=config.gpus,
+        cpu_actors=None,
+        max_pixels=config.max_pixels,
+        storage=config.storage,
+        compose_on_device=config.gpus > 0,
+        keep_rgb=True,
+    )
+    ds = ds.map_batches(
+        _metrics_batch, batch_format="numpy", batch_size=None, num_cpus=1, fn_kwargs={"thumbs": bool(config.gallery)}
+    )
+    per_image, rows = [], []
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for i, source in enumerate(batch["source"]):
+            rec = {k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in batch.items() if k != "thumbs"}
+            per_image.append(rec)
+            if config.gallery and not rec["error"] and len(rows) < config.gallery_rows:
+                rows.append((source.rsplit("/", 1)[-1], *_split_thumbs(batch["thumbs"][i])))
+    per_image.sort(key=lambda r: r["source"])
+    ok = [r for r in per_image if not r["error"]]
+    if not ok:
+        raise ValueError("no decodable images to evaluate")
+    gallery_uri = None
+    if config.gallery:
+        rows.sort(key=lambda r: r[0])
+        png = images.encode_png(gallery.make_gallery(rows, height=_THUMB_H), level=6)
+        gallery_uri = config.gallery
+        sources.write_bytes_atomic(gallery_uri, png, s3_endpoint=endpoint)
+    return EvaluateReport(
+        model_id=meta.model_id,
+        images=len(ok),
+        errors=len(per_image) - len(ok),
+        model={m: _mean([r["model_" + m] for r in ok]) for m in METRICS},
+        baseline={m: _mean([r["baseline_" + m] for r in ok]) for m in METRICS},
+        per_image=per_image,
+        gallery=gallery_uri,
+    )
