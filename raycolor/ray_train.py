@@ -1,0 +1,797 @@
+"""Distributed training on Ray Train (V2) fed by Ray Data: the one training module that imports Ray.
+
+    list_items(data) ──hash split──┬─ train items ─ Ray Data CPU tasks: read, decode, random-resized crop,
+                                   │                flip, Lab ─ streaming_split(workers, equal) ─┐
+                                   └─ val items ─── Ray Data CPU tasks: read, decode, Lab, squash ─┤
+                                                    resize (the square inference renders)          │
+    TorchTrainer workers (DDP; gloo on CPU, NCCL + bf16 autocast on GPU) <─ iter_torch_batches ────┘
+      per epoch: train -> val sums all_reduced -> rank 0 writes a checkpoint
+      (core format + train_state.pt) via ray.train.report -> OUTPUT/train/checkpoint_*
+      and rewrites OUTPUT/metrics.jsonl
+    driver: at the end copies the latest valid checkpoint's model to OUTPUT/model/ (core format).
+
+Layout of OUTPUT (a local folder or s3://bucket/prefix):
+
+    train/                       the Ray Train run (RunConfig(name="train", storage_path=OUTPUT))
+      checkpoint_manager_snapshot.json   Ray's own record of the reported checkpoints
+      checkpoint_e000003_<time>/  config.json + weights.pt (core format) + train_state.pt
+    metrics.jsonl                one JSON object per finished epoch
+    model/                       the final model: config.json + weights.pt, for `raycolor colorize`
+
+Resume. Ray Train V2 restores by run location: the controller's CheckpointManager reads
+OUTPUT/train/checkpoint_manager_snapshot.json when it starts, and `ray.train.get_checkpoint()` on
+every worker returns the latest checkpoint recorded there, both when the same command is run again
+and when the worker group is restarted after a failure (FailureConfig.max_failures). (V2 no longer
+accepts `resume_from_checkpoint`.) The training state (epoch, stage, AdamW state, metrics history)
+lives in each checkpoint's train_state.pt, so the loop continues where that checkpoint left off.
+A checkpoint is only used after `checkpoint.load` has verified its weights hash and train_state.pt
+has loaded; a corrupt or partial one is skipped (with a warning) in favour of the next older one,
+and if none is usable the run stops with a CheckpointError instead of silently starting over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import hashlib
+import json
+import logging
+import math
+import os
+import posixpath
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from raycolor import checkpoint as core_checkpoint
+from raycolor import color, colorize, images, metrics, sources
+from raycolor.checkpoint import CheckpointError
+from raycolor.config import TrainConfig
+from raycolor.model import VGG_BLOCKS, WeightsUnavailableError, build_colorizer, set_trainable_encoder_blocks
+
+__all__ = ["TrainResult", "fit", "split_items", "validate_config"]
+
+log = logging.getLogger(__name__)
+
+RUN_NAME = "train"  # RunConfig(name): the Ray Train run lives in OUTPUT/train/
+MODEL_DIR = "model"
+METRICS_NAME = "metrics.jsonl"
+TRAIN_STATE_NAME = "train_state.pt"
+CHECKPOINT_PREFIX = "checkpoint_"
+STATE_FORMAT = 1
+
+# Smooth-L1 (Huber) on ab / 110, so errors live in about [-1, 1]. With torch's default beta = 1 the loss
+# would be quadratic over that whole range, i.e. plain MSE/2, which averages the plausible colours of
+# ambiguous objects into brown-grey. beta = 0.05 (about 5.5 ab units, roughly a just-noticeable chroma
+# difference) keeps the quadratic part only where errors are already invisible -- smooth gradients
+# near the optimum -- and is L1 (the median, which keeps saturation and ignores outlier pixels) elsewhere.
+SMOOTH_L1_BETA = 0.05
+CROP_SCALE = (0.3, 1.0)  # random-resized-crop area fraction
+CROP_RATIO = (3 / 4, 4 / 3)  # and aspect ratio, as torchvision's RandomResizedCrop
+PSNR_CAP_DB = 100.0  # a per-image PSNR of identical images (inf) counts as this, so averages stay finite
+_DECODE_BATCH = 8  # images per Ray Data map_batches call
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    epochs_run: int  # epochs trained by this call (0 when the run had already finished)
+    metrics: dict  # the last epoch's metrics line (as in metrics.jsonl)
+    model_uri: str  # OUTPUT/model: the exported final model (core checkpoint format)
+    metrics_uri: str  # OUTPUT/metrics.jsonl
+    elapsed_s: float  # wall time of this call
+    images_per_s: float  # training images per second over the epochs trained by this call (0.0 if none)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Config and data split (driver)
+# ----------------------------------------------------------------------------------------------------
+
+
+def validate_config(config: TrainConfig) -> None:
+    """Raise ValueError with a one-line message for a config that cannot train."""
+    if not config.data or any(not isinstance(d, str) or not d.strip() for d in config.data):
+        raise ValueError("data: give at least one non-empty input URI (folder, image, .tar or manifest)")
+    if not isinstance(config.output, str) or not config.output.strip():
+        raise ValueError("output: give a folder or s3:// prefix for checkpoints and the final model")
+    if config.epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {config.epochs}")
+    if config.image_size < 16 or config.image_size % 16:
+        raise ValueError(f"image_size must be a multiple of 16 (the encoder halves it 4 times), got {config.image_size}")
+    if config.batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {config.batch_size}")
+    if config.workers < 1:
+        raise ValueError(f"workers must be >= 1, got {config.workers}")
+    if not config.val and not 0.0 < config.val_fraction < 1.0:
+        raise ValueError(
+            f"val_fraction must be in (0, 1) when no val data is given, got {config.val_fraction}"
+        )
+    if config.freeze_encoder_epochs < 0:
+        raise ValueError(f"freeze_encoder_epochs must be >= 0, got {config.freeze_encoder_epochs}")
+    if not 0 <= config.finetune_blocks <= len(VGG_BLOCKS):
+        raise ValueError(f"finetune_blocks must be in 0..{len(VGG_BLOCKS)}, got {config.finetune_blocks}")
+    if not config.lr > 0:
+        raise ValueError(f"lr must be > 0, got {config.lr}")
+    if not config.finetune_lr >= 0:
+        raise ValueError(f"finetune_lr must be >= 0, got {config.finetune_lr}")
+    if not config.weight_decay >= 0:
+        raise ValueError(f"weight_decay must be >= 0, got {config.weight_decay}")
+    if config.loss not in ("smooth_l1", "mse"):
+        raise ValueError(f"loss must be 'smooth_l1' or 'mse', got {config.loss!r}")
+    if config.num_to_keep < 1:
+        raise ValueError(f"num_to_keep must be >= 1, got {config.num_to_keep}")
+    if config.max_failures < -1:
+        raise ValueError(f"max_failures must be >= 0 (or -1 for unlimited), got {config.max_failures}")
+    if config.max_pixels is not None and config.max_pixels < 1:
+        raise ValueError(f"max_pixels must be positive, got {config.max_pixels}")
+
+
+def _hash_fraction(source: str) -> float:
+    """A stable number in [0, 1) from the item's source URI (sha1), independent of listing order."""
+    digest = hashlib.sha1(source.encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def split_items(
+    items: Sequence[sources.Item], val_fraction: float
+) -> tuple[list[sources.Item], list[sources.Item]]:
+    """Deterministic hold-out: an item is validation iff sha1(source) maps below val_fraction.
+
+    With >= 2 items both sides get at least one (the lowest-hash item is moved to val, or the highest to
+    train), so tiny data sets still train and validate.
+    """
+    scored = sorted(((_hash_fraction(it.source), i, it) for i, it in enumerate(items)), key=lambda t: t[:2])
+    val = [t for t in scored if t[0] < val_fraction]
+    train = [t for t in scored if t[0] >= val_fraction]
+    if len(scored) >= 2:
+        if not val:
+            val, train = train[:1], train[1:]
+        elif not train:
+            val, train = val[:-1], val[-1:]
+    order = lambda ts: [it for _, _, it in sorted(ts, key=lambda t: t[1])]  # noqa: E731  (listing order)
+    return order(train), order(val)
+
+
+def _items(config: TrainConfig) -> tuple[list[sources.Item], list[sources.Item]]:
+    endpoint = config.storage.s3_endpoint
+    items = sources.list_items(list(config.data), s3_endpoint=endpoint)
+    if config.val:
+        val = sources.list_items(list(config.val), s3_endpoint=endpoint)
+        held = {it.source for it in val}
+        train = [it for it in items if it.source not in held]
+    else:
+        if len(items) < 2:
+            raise ValueError(f"need at least 2 images to hold some out for validation, found {len(items)}")
+        train, val = split_items(items, config.val_fraction)
+    if len(train) < config.workers:
+        raise ValueError(f"{len(train)} training images cannot feed {config.workers} workers")
+    return train, val
+
+
+# ----------------------------------------------------------------------------------------------------
+# Ray Data transforms (CPU tasks)
+# ----------------------------------------------------------------------------------------------------
+
+
+def _decoded(batch: dict[str, np.ndarray], *, s3_endpoint, retries: int, max_pixels, what: str):
+    """Yield uint8 RGB arrays for the rows of `batch`; unreadable/undecodable rows are logged and dropped."""
+    for source, uri, offset, size in zip(batch["source"], batch["uri"], batch["offset"], batch["size"]):
+        item = sources.Item(source=str(source), relpath="x", uri=str(uri), offset=int(offset), size=int(size))
+        try:
+            data = sources.read_item(item, s3_endpoint=s3_endpoint, retries=retries)
+            rgb = images.decode_rgb(data, max_pixels=max_pixels)
+        except images.DecodeError as e:
+            log.warning("dropping undecodable %s image %s (%s)", what, item.source, e)
+            continue
+        except (OSError, ValueError) as e:  # missing object, short read, bad URI: never fatal for training
+            log.warning("dropping unreadable %s image %s (%s)", what, item.source, sources.redact(e, item.uri))
+            continue
+        yield rgb
+
+
+def _lab_batch(labs: list[torch.Tensor], size: int) -> dict[str, np.ndarray]:
+    if not labs:
+        return {"L": np.zeros((0, 1, size, size), np.float32), "ab": np.zeros((0, 2, size, size), np.float32)}
+    lab = torch.stack(labs).to(torch.float32).numpy()
+    return {"L": np.ascontiguousarray(lab[:, :1]), "ab": np.ascontiguousarray(lab[:, 1:])}
+
+
+def _random_box(h: int, w: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of a random crop covering CROP_SCALE of the area (torchvision's recipe)."""
+    area = h * w
+    log_lo, log_hi = math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])
+    for _ in range(10):
+        target = area * rng.uniform(*CROP_SCALE)
+        ratio = math.exp(rng.uniform(log_lo, log_hi))
+        cw, ch = int(round(math.sqrt(target * ratio))), int(round(math.sqrt(target / ratio)))
+        if 0 < cw <= w and 0 < ch <= h:
+            return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw
+    # fallback: the largest centred crop with a ratio in range
+    ratio = w / h
+    if ratio < CROP_RATIO[0]:
+        cw, ch = w, int(round(w / CROP_RATIO[0]))
+    elif ratio > CROP_RATIO[1]:
+        ch, cw = h, int(round(h * CROP_RATIO[1]))
+    else:
+        ch, cw = h, w
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+def train_transform(
+    batch: dict[str, np.ndarray], *, size: int, s3_endpoint=None, retries: int = 5, max_pixels=None
+) -> dict[str, np.ndarray]:
+    """Rows of items -> {"L": (n,1,s,s), "ab": (n,2,s,s)} float32: random-resized crop, h-flip, Lab."""
+    from PIL import Image
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng()  # fresh entropy per call: every epoch sees new crops
+    labs = []
+    for rgb in _decoded(batch, s3_endpoint=s3_endpoint, retries=retries, max_pixels=max_pixels, what="training"):
+        top, left, ch, cw = _random_box(rgb.shape[0], rgb.shape[1], rng)
+        # PIL resizes the crop with an antialiasing (support-scaled) bilinear filter, in C, before the Lab
+        # maths, so big scans cost one resize rather than a full-resolution colour conversion
+        small = Image.fromarray(rgb).resize((size, size), Image.BILINEAR, box=(left, top, left + cw, top + ch))
+        arr = np.array(small)  # a writable copy for torch
+        if rng.random() < 0.5:
+            arr = np.ascontiguousarray(arr[:, ::-1])
+        labs.append(color.rgb_uint8_to_lab(torch.from_numpy(arr).permute(2, 0, 1)))
+    return _lab_batch(labs, size)
+
+
+def val_transform(
+    batch: dict[str, np.ndarray], *, size: int, s3_endpoint=None, retries: int = 5, max_pixels=None
+) -> dict[str, np.ndarray]:
+    """Rows of items -> Lab squashed to size x size exactly as inference renders L (colorize.render_l)."""
+    torch.set_num_threads(1)
+    labs = []
+    for rgb in _decoded(batch, s3_endpoint=s3_endpoint, retries=retries, max_pixels=max_pixels, what="validation"):
+        lab = color.rgb_uint8_to_lab(torch.from_numpy(rgb).permute(2, 0, 1))
+        labs.append(colorize.render_l(lab, size))  # same antialiased bilinear squash for L and ab
+    return _lab_batch(labs, size)
+
+
+def _dataset(items: Sequence[sources.Item], fn, config: TrainConfig):
+    import ray
+
+    rows = [{"source": it.source, "uri": it.uri, "offset": it.offset, "size": it.size} for it in items]
+    blocks = max(1, min(len(rows), max(4 * config.workers, math.ceil(len(rows) / 64)), 4096))
+    ds = ray.data.from_items(rows, override_num_blocks=blocks)
+    return ds.map_batches(
+        fn,
+        batch_size=_DECODE_BATCH,
+        batch_format="numpy",
+        num_cpus=1,
+        fn_kwargs={
+            "size": config.image_size,
+            "s3_endpoint": config.storage.s3_endpoint,
+            "retries": config.storage.retries,
+            "max_pixels": config.max_pixels,
+        },
+    )
+
+
+def _ingest_config():
+    import ray.train
+
+    class IngestConfig(ray.train.DataConfig):
+        """Train split equally (DDP needs the same number of steps on every rank); val split unequally, so
+        no validation image is dropped (ranks only all_reduce sums after their val loop)."""
+
+        def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+            out = [{} for _ in range(world_size)]
+            for name, ds in datasets.items():
+                if name != "val":
+                    part = super().configure({name: ds}, world_size, worker_handles, worker_node_ids, **kwargs)
+                    for i in range(world_size):
+                        out[i][name] = part[i][name]
+                    continue
+                if ds.name is None:
+                    ds.set_name(name)
+                ds = ds.copy(ds)
+                ds.context.execution_options = self.default_ingest_options()
+                for i, split in enumerate(ds.streaming_split(world_size, equal=False)):
+                    out[i][name] = split
+            return out
+
+    # pickled by value with the trainer (it is a local class), so workers need not import it by name
+    return IngestConfig()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checkpoints (driver and workers)
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Restored:
+    name: str
+    model: torch.nn.Module
+    meta: core_checkpoint.CheckpointMeta
+    state: dict
+    files: dict[str, bytes]  # config.json / weights.pt bytes, when asked for
+
+
+def _checkpoint_names(fs, exp_path: str) -> list[str]:
+    import pyarrow.fs as pafs
+
+    infos = fs.get_file_info(pafs.FileSelector(exp_path, allow_not_found=True))
+    return sorted(
+        i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith(CHECKPOINT_PREFIX)
+    )
+
+
+def _load_checkpoint(ckpt, name: str, *, want_files: bool = False) -> _Restored:
+    with ckpt.as_directory() as d:
+        model, meta = core_checkpoint.load(d)  # verifies weights.pt against config.json's model_id
+        try:
+            state = torch.load(os.path.join(d, TRAIN_STATE_NAME), map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise CheckpointError(f"checkpoint {name} has no {TRAIN_STATE_NAME}") from None
+        except Exception as e:
+            raise CheckpointError(f"checkpoint {name}: unreadable {TRAIN_STATE_NAME} ({type(e).__name__}: {e})") from None
+        if not (isinstance(state, dict) and isinstance(state.get("epoch"), int) and "optimizer" in state):
+            raise CheckpointError(f"checkpoint {name}: {TRAIN_STATE_NAME} is not a raycolor training state")
+        files = {}
+        if want_files:
+            for f in (core_checkpoint.WEIGHTS_NAME, core_checkpoint.CONFIG_NAME):
+                with open(os.path.join(d, f), "rb") as fh:
+                    files[f] = fh.read()
+    return _Restored(name=name, model=model, meta=meta, state=state, files=files)
+
+
+def _latest_valid(fs, exp_path: str, *, newest: str | None = None, want_files: bool = False) -> _Restored | None:
+    """The newest checkpoint under exp_path (no newer than `newest`) that loads and verifies.
+
+    None when there is no checkpoint at all; CheckpointError when there are some but none is usable.
+    """
+    from ray.train import Checkpoint
+
+    names = _checkpoint_names(fs, exp_path)
+    if newest is not None:
+        names = [n for n in names if n <= newest]
+    problems = []
+    for name in reversed(names):
+        try:
+            return _load_checkpoint(
+                Checkpoint(path=f"{exp_path}/{name}", filesystem=fs), name, want_files=want_files
+            )
+        except Exception as e:  # a checkpoint that does not load is never used, whatever the reason
+            msg = sources.redact(e)
+            log.warning("skipping unusable checkpoint %s: %s", name, msg)
+            problems.append(f"{name}: {msg}")
+    if problems:
+        raise CheckpointError(
+            f"no usable checkpoint in {exp_path} ({'; '.join(problems[:3])}); "
+            "delete that folder (or choose another output) to train from scratch"
+        )
+    return None
+
+
+def _storage(config: TrainConfig):
+    """(pyarrow filesystem, storage path without scheme) for RunConfig, and the run folder on it."""
+    import pyarrow.fs as pafs
+
+    from fsspec.implementations.local import LocalFileSystem
+
+    fs, path = sources.filesystem(config.output, s3_endpoint=config.storage.s3_endpoint)
+
+    if isinstance(fs, LocalFileSystem):
+        storage_fs, storage_path = pafs.LocalFileSystem(), path
+    else:
+        # s3fs (endpoint, no credentials) wrapped for Ray; it pickles to the controller and workers
+        storage_fs, storage_path = pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path.rstrip("/")
+    return storage_fs, storage_path, f"{storage_path}/{RUN_NAME}"
+
+
+def _normalized_output(output: str) -> str:
+    output = output.strip()
+    if "://" not in output or output.split("://", 1)[0].lower() in ("file", "local"):
+        raw = output.split("://", 1)[1] if "://" in output else output
+        return os.path.abspath(os.path.expanduser(raw))
+    return output.rstrip("/")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Metrics helpers
+# ----------------------------------------------------------------------------------------------------
+
+
+def _finite(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    return x
+
+
+def _metrics_jsonl(history: list[dict]) -> bytes:
+    return "".join(json.dumps(_finite(m), sort_keys=True, allow_nan=False) + "\n" for m in history).encode()
+
+
+def _fmt_duration(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def _fmt(x, spec: str) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
+
+
+def progress_line(m: dict, eta_s: float | None) -> str:
+    return (
+        f"epoch {m['epoch']}/{m['epochs']} [{m['stage']}] train_loss {_fmt(m['train_loss'], '.4f')} "
+        f"val_loss {_fmt(m['val_loss'], '.4f')} val_psnr {_fmt(m['val_psnr'], '.2f')} dB "
+        f"(grey baseline {_fmt(m['baseline_psnr'], '.2f')} dB) {_fmt(m['images_per_s'], '.1f')} img/s "
+        f"ETA {_fmt_duration(eta_s) if eta_s is not None else 'n/a'}"
+    )
+
+
+def _loss_map(pred_ab: torch.Tensor, true_ab: torch.Tensor, kind: str) -> torch.Tensor:
+    p, t = color.normalize_ab(pred_ab.float()), color.normalize_ab(true_ab.float())
+    if kind == "mse":
+        return F.mse_loss(p, t, reduction="none")
+    return F.smooth_l1_loss(p, t, beta=SMOOTH_L1_BETA, reduction="none")
+
+
+def _psnr_sum(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Sum over the batch of per-image PSNR between uint8 (N, 3, H, W) tensors, each capped at PSNR_CAP_DB."""
+    a = a.permute(0, 2, 3, 1).cpu().numpy()
+    b = b.permute(0, 2, 3, 1).cpu().numpy()
+    return float(sum(min(metrics.psnr(x, y), PSNR_CAP_DB) for x, y in zip(a, b)))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The training loop (runs on every Ray Train worker)
+# ----------------------------------------------------------------------------------------------------
+
+
+def stage_of(epoch: int, config: TrainConfig) -> str:
+    """0-based epoch -> "frozen" (encoder frozen) or "finetune" (top finetune_blocks VGG blocks trainable)."""
+    return "frozen" if epoch < config.freeze_encoder_epochs else "finetune"
+
+
+def _restore(model, optimizer, fallback) -> tuple[int, list[dict]]:
+    """Load the latest usable checkpoint Ray hands this worker; (epochs done, metrics history).
+
+    `fallback` (pyarrow fs, run folder, checkpoint name) is what the driver found before starting: used
+    only if Ray has no record of a checkpoint (its snapshot file was removed) while valid ones exist.
+    """
+    import ray.train
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        fs = ckpt.filesystem
+        exp_path, newest = posixpath.split(ckpt.path.rstrip("/"))
+    elif fallback is not None:
+        fs, exp_path, newest = fallback
+        log.warning("Ray Train has no record of a checkpoint; resuming from %s found in %s", newest, exp_path)
+    else:
+        return 0, []
+    restored = _latest_valid(fs, exp_path, newest=newest)
+    if restored is None:  # Ray recorded a checkpoint that no longer exists at all
+        raise CheckpointError(f"the latest checkpoint {ckpt.path} is missing; delete {exp_path} to start over")
+    if restored.name != newest:
+        log.warning("latest checkpoint %s is unusable; resuming from %s", newest, restored.name)
+    model.load_state_dict(restored.model.state_dict())
+    optimizer.load_state_dict(restored.state["optimizer"])
+    return int(restored.state["epoch"]), list(restored.state.get("history", []))
+
+
+def _train_loop(loop_config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+    import torch.distributed as dist
+    from ray.train import Checkpoint
+
+    config: TrainConfig = loop_config["config"]
+    progress: bool = loop_config["progress"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(loop_config["threads"])
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed + rank)
+
+    model = build_colorizer(weights=config.weights, skips=config.skips).to(device)
+    encoder_params = [p for b in range(len(VGG_BLOCKS)) for p in model.encoder_block_params(b)]
+    # two param groups created once, for both stages: frozen encoder params get no grad, so AdamW skips them;
+    # keeping one optimizer keeps its state (and checkpoints) valid across the stage switch
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": model.decoder_params(), "lr": config.lr},
+            {"params": encoder_params, "lr": config.finetune_lr},
+        ],
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+    )
+    start_epoch, history = _restore(model, optimizer, loop_config.get("resume"))
+    if start_epoch >= config.epochs:
+        return  # the run already finished: nothing to train (the driver exports the model)
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    stats_device = device if device.type == "cuda" else torch.device("cpu")
+    metrics_uri = sources.join_uri(config.output, METRICS_NAME)
+    shuffle_buffer = max(config.batch_size * 4, 16)
+
+    ddp, current_stage = None, None
+    epoch_times: list[float] = []
+    for epoch in range(start_epoch, config.epochs):
+        t_epoch = time.perf_counter()
+        stage = stage_of(epoch, config)
+        if stage != current_stage:
+            set_trainable_encoder_blocks(model, 0 if stage == "frozen" else config.finetune_blocks)
+            # DDP registers gradient hooks only for parameters that require grad when it is built, so a stage
+            # change needs a fresh wrapper around the same module (drop the old one and its reducer first)
+            ddp = None
+            gc.collect()
+            ddp = ray.train.torch.prepare_model(model)
+            current_stage = stage
+
+        ddp.train()
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        n_train, steps = 0, 0
+        t0 = time.perf_counter()
+        for batch in train_shard.iter_torch_batches(
+            batch_size=config.batch_size,
+            dtypes=torch.float32,
+            device=device,
+            local_shuffle_buffer_size=shuffle_buffer,
+        ):
+            L, ab = batch["L"], batch["ab"]
+            with torch.autocast(**autocast):
+                pred = ddp(L)
+            loss = _loss_map(pred, ab, config.loss).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach().double().cpu() * len(L)
+            n_train += len(L)
+            steps += 1
+        train_time = time.perf_counter() - t0
+
+        # validation on the plain module: DDP's forward would broadcast buffers, a collective, and the
+        # val shards are uneven
+        model.eval()
+        val = torch.zeros(4, dtype=torch.float64)  # loss sum, psnr sum, baseline psnr sum, images
+        with torch.no_grad():
+            for batch in val_shard.iter_torch_batches(batch_size=config.batch_size, dtypes=torch.float32, device=device):
+                L, ab = batch["L"], batch["ab"]
+                with torch.autocast(**autocast):
+                    pred = model(L)
+                pred = pred.float()
+                val[0] += _loss_map(pred, ab, config.loss).mean(dim=(1, 2, 3)).double().sum().cpu()
+                truth = color.lab_to_rgb_uint8(torch.cat([L, ab], dim=1))
+                # the prediction as `raycolor colorize` shows it: chroma fitted into gamut, L kept
+                shown = color.lab_to_rgb_uint8(torch.cat([L, color.fit_ab_to_gamut(L, pred)], dim=1))
+                grey = color.lab_to_rgb_uint8(torch.cat([L, torch.zeros_like(ab)], dim=1))
+                val[1] += _psnr_sum(shown, truth)
+                val[2] += _psnr_sum(grey, truth)
+                val[3] += len(L)
+        model.train()
+
+        sums = torch.cat([torch.stack([loss_sum, torch.tensor(float(n_train), dtype=torch.float64)]), val])
+        sums = sums.to(stats_device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(sums)
+        t_loss, t_n, v_loss, v_psnr, v_base, v_n = sums.cpu().tolist()
+        # train throughput: all ranks' images over this rank's training wall time (ranks run in lockstep)
+        images_per_s = t_n / train_time if train_time > 0 else 0.0
+        epoch_times.append(time.perf_counter() - t_epoch)
+        line = {
+            "epoch": epoch + 1,
+            "epochs": config.epochs,
+            "stage": stage,
+            "train_loss": t_loss / t_n if t_n else None,
+            "val_loss": v_loss / v_n if v_n else None,
+            "val_psnr": v_psnr / v_n if v_n else None,
+            "baseline_psnr": v_base / v_n if v_n else None,
+            "images_per_s": images_per_s,
+            "train_images": int(t_n),
+            "val_images": int(v_n),
+            "steps": steps,  # optimizer steps per rank this epoch
+            "train_time_s": train_time,
+            "epoch_time_s": epoch_times[-1],
+            "resumed_from": start_epoch,
+            "workers": world,
+        }
+        line = _finite(line)
+        history.append(line)
+
+        with tempfile.TemporaryDirectory(prefix="raycolor-ckpt-") as tmp:
+            ckpt, name = None, None
+            if rank == 0:
+                core_checkpoint.save(
+                    tmp, model, render_size=config.image_size, extra={"epoch": epoch + 1, "metrics": line}
+                )
+                state = {
+                    "format": STATE_FORMAT,
+                    "epoch": epoch + 1,
+                    "stage": stage,
+                    "optimizer": optimizer.state_dict(),
+                    "history": history,
+                }
+                torch.save(state, os.path.join(tmp, TRAIN_STATE_NAME))
+                ckpt = Checkpoint.from_directory(tmp)
+                # epoch first so names sort by progress; the time keeps a re-trained epoch's name unique
+                name = f"{CHECKPOINT_PREFIX}e{epoch + 1:06d}_{time.strftime('%Y%m%d-%H%M%S')}_{time.time_ns() % 10**9:09d}"
+            ray.train.report(line, checkpoint=ckpt, checkpoint_dir_name=name)
+
+        if rank == 0:
+            sources.write_bytes_atomic(
+                metrics_uri, _metrics_jsonl(history), s3_endpoint=config.storage.s3_endpoint, retries=config.storage.retries
+            )
+            if progress:
+                remaining = config.epochs - epoch - 1
+                eta = remaining * (sum(epoch_times) / len(epoch_times))
+                # sys.stdout.write, not print: Ray Train V2 patches print() into its logger, which reaches
+                # the driver's console twice
+                sys.stdout.write(progress_line(line, eta) + "\n")
+                sys.stdout.flush()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Driver
+# ----------------------------------------------------------------------------------------------------
+
+
+def _check_weights(config: TrainConfig) -> None:
+    """Fail fast on the driver: the workers would hit the same WeightsUnavailableError after starting up."""
+    if config.weights is None or str(config.weights).lower() == "none":
+        return
+    build_colorizer(weights=config.weights, skips=config.skips)  # raises WeightsUnavailableError
+
+
+def _worker_resources(config: TrainConfig) -> tuple[dict, int]:
+    """(resources per worker, torch threads per CPU worker).
+
+    GPU: 1 GPU + 1 CPU each. CPU: share the cluster's CPUs between the workers but leave at least one CPU
+    (a quarter on big machines) to the Ray Data decode tasks, or they could never be scheduled.
+    """
+    import ray
+
+    if config.use_gpu:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if gpus < config.workers:
+            log.warning("asked for %d GPU workers but the cluster has %s GPUs now", config.workers, gpus)
+        return {"CPU": 1, "GPU": 1}, 1
+    total = float(ray.cluster_resources().get("CPU", 1))
+    reserve = max(1.0, total // 4)
+    per_worker = max(0.1, (total - reserve) / config.workers)
+    return {"CPU": math.floor(per_worker * 100) / 100}, max(1, int(per_worker))
+
+
+def _unwrap_failure(err: BaseException) -> BaseException | None:
+    """The user-level cause of a Ray Train failure that deserves its own type on the driver."""
+    failures = getattr(err, "worker_failures", None) or {}
+    for exc in failures.values():
+        if isinstance(exc, (WeightsUnavailableError, CheckpointError)):
+            return exc
+    cause = getattr(err, "controller_failure", None)
+    if isinstance(cause, (WeightsUnavailableError, CheckpointError)):
+        return cause
+    return None
+
+
+def _export_model(restored: _Restored, config: TrainConfig) -> str:
+    """Copy the checkpoint's core files to OUTPUT/model: config.json removed first, weights, config last."""
+    model_uri = sources.join_uri(config.output, MODEL_DIR)
+    endpoint, retries = config.storage.s3_endpoint, config.storage.retries
+    config_uri = sources.join_uri(model_uri, core_checkpoint.CONFIG_NAME)
+    fs, cfg_path = sources.filesystem(config_uri, s3_endpoint=endpoint)
+    try:
+        fs.rm(cfg_path)  # readers now see an incomplete checkpoint until the new config.json lands
+    except FileNotFoundError:
+        pass
+    sources.write_bytes_atomic(
+        sources.join_uri(model_uri, core_checkpoint.WEIGHTS_NAME),
+        restored.files[core_checkpoint.WEIGHTS_NAME],
+        s3_endpoint=endpoint,
+        retries=retries,
+    )
+    sources.write_bytes_atomic(config_uri, restored.files[core_checkpoint.CONFIG_NAME], s3_endpoint=endpoint, retries=retries)
+    return model_uri
+
+
+def fit(config: TrainConfig, *, progress: bool = True) -> TrainResult:
+    """Train (or resume training) the colorizer on Ray Train; export the final model to OUTPUT/model.
+
+    Raises ValueError (bad config), sources.InputError (bad data URIs), WeightsUnavailableError,
+    CheckpointError (OUTPUT holds checkpoints but none is usable), ray.train.TrainingFailedError.
+    """
+    import ray
+    import ray.train
+    from ray.data import DataContext
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    t_start = time.perf_counter()
+    validate_config(config)
+    config = dataclasses.replace(config, output=_normalized_output(config.output))
+    _check_weights(config)
+    train_items, val_items = _items(config)
+    if not ray.is_initialized():
+        ray.init()
+    storage_fs, storage_path, exp_path = _storage(config)
+
+    latest = _latest_valid(storage_fs, exp_path)
+    start_epoch = int(latest.state["epoch"]) if latest else 0
+    if progress:
+        print(
+            f"raycolor train: {len(train_items)} training / {len(val_items)} validation images, "
+            f"{config.workers} {'GPU' if config.use_gpu else 'CPU'} worker(s), output {config.output}"
+            + (f", resuming after epoch {start_epoch}" if start_epoch else ""),
+            flush=True,
+        )
+
+    if start_epoch < config.epochs:
+        resources, threads = _worker_resources(config)
+        data_ctx = DataContext.get_current()
+        saved_bars = data_ctx.enable_progress_bars
+        data_ctx.enable_progress_bars = False  # the epoch lines are the progress report
+        try:
+            datasets = {
+                "train": _dataset(train_items, train_transform, config).randomize_block_order(),
+                "val": _dataset(val_items, val_transform, config),
+            }
+            trainer = TorchTrainer(
+                _train_loop,
+                train_loop_config={
+                    "config": config,
+                    "progress": progress,
+                    "threads": threads,
+                    "resume": (storage_fs, exp_path, latest.name) if latest else None,
+                },
+                torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
+                scaling_config=ray.train.ScalingConfig(
+                    num_workers=config.workers, use_gpu=config.use_gpu, resources_per_worker=resources
+                ),
+                run_config=ray.train.RunConfig(
+                    name=RUN_NAME,
+                    storage_path=storage_path,
+                    storage_filesystem=storage_fs,
+                    checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.num_to_keep),
+                    failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+                ),
+                datasets=datasets,
+                dataset_config=_ingest_config(),
+            )
+        finally:
+            data_ctx.enable_progress_bars = saved_bars
+        try:
+            trainer.fit()
+        except ray.train.TrainingFailedError as e:
+            cause = _unwrap_failure(e)
+            if cause is not None:
+                raise type(cause)(*cause.args) from e
+            raise
+
+    final = _latest_valid(storage_fs, exp_path, want_files=True)
+    if final is None:
+        raise CheckpointError(f"training finished without a checkpoint in {exp_path}")
+    model_uri = _export_model(final, config)
+    history = list(final.state.get("history", []))
+    metrics_uri = sources.join_uri(config.output, METRICS_NAME)
+    sources.write_bytes_atomic(
+        metrics_uri, _metrics_jsonl(history), s3_endpoint=config.storage.s3_endpoint, retries=config.storage.retries
+    )
+    trained = [m for m in history if m.get("epoch", 0) > start_epoch]
+    images = sum(m.get("train_images") or 0 for m in trained)
+    seconds = sum(m.get("train_time_s") or 0.0 for m in trained)
+    return TrainResult(
+        epochs_run=len(trained),
+        metrics=history[-1] if history else {},
+        model_uri=model_uri,
+        metrics_uri=metrics_uri,
+        elapsed_s=time.perf_counter() - t_start,
+        images_per_s=images / seconds if seconds > 0 else 0.0,
+    )
