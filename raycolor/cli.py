@@ -84,7 +84,8 @@ def _run(address: str | None, s3_endpoint: str | None, call: Callable[[], Any], 
 
     try:
         if connect:
-            typer.echo(runtime.connect(address, s3_endpoint=s3_endpoint))
+            # stderr, so stdout stays machine-readable (evaluate --json)
+            typer.echo(runtime.connect(address, s3_endpoint=s3_endpoint), err=True)
         return call()
     except _usage_errors() as e:
         typer.echo(f"error: {redact(e)}", err=True)

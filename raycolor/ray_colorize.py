@@ -398,8 +398,6 @@ def colorize(
     """Colorize every input under config.output; resumable. on_rows(t, n) sees each finished batch."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init()
     start = time.time()
     endpoint, retries = config.storage.s3_endpoint, config.storage.retries
     output = _absolute(config.output)
@@ -407,11 +405,13 @@ def colorize(
     render_size = config.render_size or meta.render_size
     if render_size % 16:
         raise ValueError(f"render size must be a multiple of 16, got {render_size}")
+    items = sources.list_items(config.inputs, s3_endpoint=endpoint)
+    if not ray.is_initialized():
+        ray.init()
     if config.gpus and ray.cluster_resources().get("GPU", 0) < config.gpus:
         raise ValueError(
             f"--gpus {config.gpus} but the cluster has {int(ray.cluster_resources().get('GPU', 0))} GPU(s)"
         )
-    items = sources.list_items(config.inputs, s3_endpoint=endpoint)
     done = set(read_manifest(output, s3_endpoint=endpoint, columns=["source"]).column("source").to_pylist())
     todo = [i for i in items if i.source not in done]
     first_output: float | None = None

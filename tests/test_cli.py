@@ -1,0 +1,183 @@
+"""The CLI is a thin layer: flags map onto config dataclasses (heavy functions patched, as fastapi-cli
+tests do), user errors exit 2 with one line, and one real end-to-end run on tiny data."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from raycolor import __version__, checkpoint, ray_colorize, ray_evaluate, ray_train, runtime
+from raycolor.cli import app
+from raycolor.config import ColorizeConfig, EvaluateConfig, StorageConfig, TrainConfig
+from raycolor.model import build_colorizer
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Record what each heavy function receives; connect to nothing."""
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(runtime, "connect", lambda address, **kw: f"connected {address}")
+
+    def fit(config):
+        seen["train"] = config
+        return SimpleNamespace(
+            epochs_run=1, metrics={"val_psnr": 20.0}, images_per_s=1.0, elapsed_s=1.0, model_uri="m", metrics_uri="j"
+        )
+
+    def colorize(config):
+        seen["colorize"] = config
+        return ray_colorize.ColorizeSummary(
+            inputs=3, ok=2, error=1, skipped=0, processed=3, elapsed_s=1.0, images_per_s=3.0,
+            first_output_s=0.5, output="out", model_id="abc",
+        )
+
+    def evaluate(config):
+        seen["evaluate"] = config
+        return ray_evaluate.EvaluateReport(
+            model_id="abc", images=2, errors=0, model={"psnr": 25.0}, baseline={"psnr": 22.0}, per_image=[]
+        )
+
+    monkeypatch.setattr(ray_train, "fit", fit)
+    monkeypatch.setattr(ray_colorize, "colorize", colorize)
+    monkeypatch.setattr(ray_evaluate, "evaluate", evaluate)
+    return seen
+
+
+def test_version():
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.output.strip() == f"raycolor {__version__}"
+
+
+def test_help_lists_commands_with_examples():
+    r = runner.invoke(app, ["--help"])
+    assert r.exit_code == 0
+    for cmd in ("train", "colorize", "evaluate", "demo"):
+        assert cmd in r.output
+    assert "Example" in runner.invoke(app, ["colorize", "--help"]).output
+
+
+def test_train_flags_map_onto_train_config(calls):
+    r = runner.invoke(
+        app,
+        [
+            "train", "--data", "a/", "--data", "s3://b/c", "--output", "s3://runs/x", "--val", "v/",
+            "--epochs", "3", "--image-size", "64", "--batch-size", "8", "--workers", "2", "--gpu",
+            "--weights", "none", "--no-skips", "--freeze-encoder-epochs", "1", "--finetune-blocks", "3",
+            "--lr", "0.01", "--finetune-lr", "0.001", "--loss", "mse", "--num-to-keep", "4",
+            "--max-failures", "2", "--seed", "7", "--s3-endpoint", "http://127.0.0.1:9000", "--address", "ray://h:1",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert r.output.splitlines()[0] == "connected ray://h:1"
+    assert calls["train"] == TrainConfig(
+        data=("a/", "s3://b/c"), output="s3://runs/x", val=("v/",), epochs=3, image_size=64, batch_size=8,
+        workers=2, use_gpu=True, weights=None, skips=False, freeze_encoder_epochs=1, finetune_blocks=3,
+        lr=0.01, finetune_lr=0.001, loss="mse", num_to_keep=4, max_failures=2, seed=7,
+        storage=StorageConfig(s3_endpoint="http://127.0.0.1:9000"),
+    )
+
+
+def test_colorize_flags_map_onto_colorize_config(calls):
+    r = runner.invoke(
+        app,
+        [
+            "colorize", "in1/", "list.txt", "--output", "out/", "--checkpoint", "ck/", "--render-size", "256",
+            "--format", "jpeg", "--jpeg-quality", "80", "--batch-size", "64", "--gpus", "2", "--parquet-images",
+            "--max-pixels", "1000", "--retries", "3",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert calls["colorize"] == ColorizeConfig(
+        inputs=("in1/", "list.txt"), output="out/", checkpoint="ck/", render_size=256, format="jpeg",
+        jpeg_quality=80, batch_size=64, gpus=2, parquet_images=True, max_pixels=1000,
+        storage=StorageConfig(retries=3),
+    )
+    assert "images/s" in r.output and "errors" in r.output
+
+
+def test_evaluate_json_has_model_and_baseline(calls):
+    r = runner.invoke(app, ["evaluate", "--checkpoint", "ck", "--data", "d1", "--data", "d2", "--json", "--gallery", "g.png"])
+    assert r.exit_code == 0, r.output
+    assert calls["evaluate"] == EvaluateConfig(checkpoint="ck", data=("d1", "d2"), gallery="g.png")
+    report = json.loads(r.stdout)
+    assert report["model"]["psnr"] == 25.0 and report["baseline"]["psnr"] == 22.0
+
+
+def test_bad_flag_values_are_usage_errors(calls):
+    r = runner.invoke(app, ["colorize", "x", "--output", "o", "--checkpoint", "c", "--format", "gif"])
+    assert r.exit_code == 2
+    assert "colorize" not in calls
+
+
+# -- error paths through the real functions (no patching of the failing code) --------------------
+
+
+@pytest.fixture
+def no_connect(monkeypatch):
+    monkeypatch.setattr(runtime, "connect", lambda address, **kw: "local")
+
+
+def _one_line_error(r) -> str:
+    assert r.exit_code == 2, r.output
+    lines = [line for line in r.output.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, r.output
+    return lines[0]
+
+
+def test_missing_checkpoint_is_exit_2(no_connect, tmp_path):
+    r = runner.invoke(app, ["colorize", str(tmp_path), "--output", str(tmp_path / "o"), "--checkpoint", str(tmp_path / "nope")])
+    assert "no checkpoint" in _one_line_error(r)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("ck")
+    checkpoint.save(str(d), build_colorizer(weights=None), render_size=32)
+    return str(d)
+
+
+def test_unknown_input_is_exit_2(no_connect, tiny_ckpt, tmp_path):
+    r = runner.invoke(app, ["colorize", str(tmp_path / "missing"), "--output", str(tmp_path / "o"), "--checkpoint", tiny_ckpt])
+    assert "not found" in _one_line_error(r)
+
+
+def test_invalid_checkpoint_is_exit_2(no_connect, tmp_path):
+    (tmp_path / "config.json").write_text("{oops")
+    r = runner.invoke(app, ["colorize", str(tmp_path), "--output", str(tmp_path / "o"), "--checkpoint", str(tmp_path)])
+    assert "invalid" in _one_line_error(r)
+
+
+@pytest.mark.slow
+def test_more_gpus_than_the_cluster_has_is_exit_2(ray_local, tiny_ckpt, tmp_path):
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    r = runner.invoke(
+        app, ["colorize", str(tmp_path), "--output", str(tmp_path / "o"), "--checkpoint", tiny_ckpt, "--gpus", "4"]
+    )
+    assert r.output.splitlines()[0].startswith("Using the Ray runtime")
+    assert "--gpus 4" in _one_line_error(r)
+
+
+@pytest.mark.slow
+def test_end_to_end_colorize_and_evaluate_through_the_cli(ray_local, tiny_ckpt, tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "in").mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (20 + i, 30, 3), dtype=np.uint8)).save(tmp_path / "in" / f"{i}.jpg")
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["colorize", str(tmp_path / "in"), "--output", str(out), "--checkpoint", tiny_ckpt, "--format", "jpeg"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["0.jpg", "1.jpg", "2.jpg"]
+    assert json.loads((out / "_SUCCESS.json").read_text())["ok"] == 3
+    r = runner.invoke(app, ["evaluate", "--checkpoint", tiny_ckpt, "--data", str(tmp_path / "in"), "--json"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)  # stdout holds exactly the JSON object
+    assert report["images"] == 3 and set(report) >= {"model", "baseline"}
