@@ -93,13 +93,11 @@ def _run(address: str | None, s3_endpoint: str | None, call: Callable[[], Any], 
 
 
 def _table(title: str, rows: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title, show_header=False, title_justify="left")
+    """A plain two-column summary: paths are printed whole (never wrapped), so they can be copied."""
+    width = max(len(k) for k in rows)
+    typer.echo(title)
     for key, value in rows.items():
-        table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
-    Console().print(table)
+        typer.echo(f"  {key:<{width}}  {value:.3f}" if isinstance(value, float) else f"  {key:<{width}}  {value}")
 
 
 @app.command(
@@ -275,16 +273,11 @@ def evaluate(
 
         typer.echo(json.dumps(report.as_json(), allow_nan=True))
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"raycolor evaluate ({report.images} images, {report.errors} errors)", title_justify="left")
-    table.add_column("metric")
-    table.add_column("model", justify="right")
-    table.add_column("grey baseline", justify="right")
+    typer.echo(f"raycolor evaluate: {report.images} images, {report.errors} errors")
+    width = max(len(k) for k in report.model)
+    typer.echo(f"  {'metric':<{width}}  {'model':>9}  {'grey baseline':>13}")
     for key in report.model:
-        table.add_row(key, f"{report.model[key]:.3f}", f"{report.baseline[key]:.3f}")
-    Console().print(table)
+        typer.echo(f"  {key:<{width}}  {report.model[key]:>9.3f}  {report.baseline[key]:>13.3f}")
     if report.gallery:
         typer.echo(f"gallery: {report.gallery}")
 
