@@ -1,0 +1,230 @@
+"""Hardening acceptance: bad inputs, a killed model actor, S3 faults, unsafe checkpoints, names that try to
+escape OUTPUT, and credentials that must never show up anywhere.
+
+Real local Ray (``ray_local``), real moto S3 server (``s3_env``) and, for faults, tests/faultproxy.py in
+front of it. Nothing of Ray or S3 is mocked.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import signal
+import tarfile
+import threading
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from raycolor import checkpoint, images, sources
+from raycolor.colorize import full_l
+from raycolor.config import ColorizeConfig, StorageConfig
+from raycolor.model import build_colorizer
+from raycolor.ray_colorize import colorize, read_manifest
+from tests import badimages
+from tests.faultproxy import FaultProxy, always, combine, first_n, random_faults
+
+slow = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("ckpt")
+    checkpoint.save(str(d), build_colorizer(weights=None), render_size=32)
+    return str(d)
+
+
+@pytest.fixture
+def fast_backoff(monkeypatch):
+    """Our own backoff between attempts, shrunk in this (driver) process; workers keep the default."""
+    monkeypatch.setattr(sources, "_BACKOFF_BASE_S", 0.01)
+
+
+def _lightness(rgb: np.ndarray) -> np.ndarray:
+    return full_l(rgb)[0].numpy()
+
+
+def _jpeg(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def _noise(h: int, w: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _tar(path: Path, members: dict[str, bytes]) -> None:
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+
+
+def _tar_member(path: Path, name: str) -> bytes:
+    with tarfile.open(path) as tf:
+        return tf.extractfile(name).read()
+
+
+def _files(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+def _plasma_allocated_bytes() -> int:
+    """Bytes of shared memory the object store (plasma) of this Ray cluster has touched so far.
+
+    The raylet holds the store's (deleted) /dev/shm file open; its allocated blocks only grow, so the
+    difference across a run is how far that run pushed the store's high-water mark.
+    """
+    import ray
+
+    pid = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
+    total = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if "plasma" in os.readlink(f"/proc/{pid}/fd/{fd}"):
+                total += os.stat(f"/proc/{pid}/fd/{fd}").st_blocks * 512
+        except OSError:
+            continue
+    return total
+
+
+def _one_row_per_source(rows: list[dict], expected_sources) -> dict[str, dict]:
+    srcs = [r["source"] for r in rows]
+    assert len(srcs) == len(set(srcs)), "a source has more than one manifest row"
+    assert set(srcs) == set(expected_sources)
+    return {r["source"]: r for r in rows}
+
+
+# --------------------------------------------------------------------------------------------
+# 1. bad-input corpus through the Ray pipeline; 5a. names cannot escape OUTPUT
+# --------------------------------------------------------------------------------------------
+
+# names that try to leave OUTPUT: tar member name -> where its output must land under images/
+NASTY_TAR = {
+    "..\\..\\win.jpg": "names.tar/win.png",
+    "C:\\temp\\drive.jpg": "names.tar/temp/drive.png",
+    "a/../../../up.jpg": "names.tar/a/up.png",
+    "/etc/abs2.jpg": "names.tar/etc/abs2.png",
+    "dir with space/ñandú 写真.jpg": "names.tar/dir with space/ñandú 写真.png",
+}
+ESCAPE_NAMES = ("evil", "abs", "abs2", "win", "drive", "up", "good")
+
+
+def _escape_candidates(*dirs: Path) -> set[Path]:
+    return {d / f"{n}{ext}" for d in dirs for n in ESCAPE_NAMES for ext in (".png", ".jpg")}
+
+
+@slow
+def test_bad_corpus_one_row_each_right_output_or_reason(ray_local, ckpt, tmp_path):
+    src = tmp_path / "in" / "corpus"
+    expected = badimages.make_corpus(src)  # {name: reason or None}
+    sub = src / "sub dír ñ"
+    sub.mkdir()
+    (sub / "ünï cödé 写真.JPG").write_bytes(_jpeg(_noise(9, 14, 11)))
+    expected["sub dír ñ/ünï cödé 写真.JPG"] = None
+    evil_tar = tmp_path / "in" / "evil.tar"
+    badimages.make_tar_with_bad_members(evil_tar)
+    names_tar = tmp_path / "in" / "names.tar"
+    _tar(names_tar, {name: _jpeg(_noise(10, 12, i)) for i, name in enumerate(NASTY_TAR)})
+
+    # source -> (expected reason or None, encoded input bytes)
+    # (a folder lists sources.IMAGE_SUFFIXES only: the corpus' animated.gif is not an input)
+    want: dict[str, tuple[str | None, bytes]] = {
+        str(src / name): (reason, (src / name).read_bytes())
+        for name, reason in expected.items()
+        if Path(name).suffix.lower() in sources.IMAGE_SUFFIXES
+    }
+    assert len(want) == len(expected) - 1
+    # symlink member: never an item; '../evil.jpg' and '/abs.jpg' are regular files, read safely
+    for member in ("ok/good.jpg", "../evil.jpg", "/abs.jpg"):
+        want[f"{evil_tar}#{member}"] = (None, _tar_member(evil_tar, member))
+    for member in NASTY_TAR:
+        want[f"{names_tar}#{member}"] = (None, _tar_member(names_tar, member))
+
+    out = tmp_path / "deep" / "a" / "out"
+    cwd = Path.cwd()
+    watch = _escape_candidates(Path("/"), cwd, tmp_path, out.parent, out.parent.parent)
+    existed = {p for p in watch if p.exists()}
+    before = _files(tmp_path)
+    plasma0 = _plasma_allocated_bytes()
+
+    s = colorize(
+        ColorizeConfig(
+            inputs=(str(src), str(evil_tar), str(names_tar)),
+            output=str(out),
+            checkpoint=ckpt,
+            max_pixels=badimages.BOMB_LIMIT,
+            batch_size=4,
+        )
+    )
+
+    # memory stays bounded: the object store's high-water mark grows by < 8 MB. Decoding the bomb
+    # (5 Mpx) would put its 10 MB uint16 L plane there twice (decode -> model), ~20 MB.
+    grown = _plasma_allocated_bytes() - plasma0
+    assert grown < 8 * 2**20, f"the object store grew by {grown / 2**20:.1f} MiB"
+
+    n_err = sum(1 for reason, _ in want.values() if reason)
+    assert (s.inputs, s.ok, s.error, s.skipped) == (len(want), len(want) - n_err, n_err, 0)
+    rows = _one_row_per_source(read_manifest(str(out)).to_pylist(), want)
+    assert f"{evil_tar}#link.jpg" not in rows
+
+    upright_l = _lightness(badimages.upright_orientation_image())
+    grey16_l = _lightness(np.repeat(np.array([badimages.GREY16_EXPECTED] * 2, np.uint8)[:, :, None], 3, axis=2))
+    ok_outputs = set()
+    for source, (reason, data) in want.items():
+        r = rows[source]
+        if reason:
+            assert r["status"] == "error" and r["output"] is None, source
+            assert r["error"].startswith(f"{reason}:"), (source, r["error"])
+            continue
+        assert r["status"] == "ok" and r["error"] is None, (source, r["error"])
+        out_path = Path(r["output"])
+        assert out in out_path.parents and out_path.is_file(), r["output"]
+        ok_outputs.add(out_path)
+        decoded = images.decode_rgb(data, max_pixels=badimages.BOMB_LIMIT)
+        result = np.asarray(Image.open(out_path).convert("RGB"))
+        assert result.shape == decoded.shape and (r["width"], r["height"]) == decoded.shape[1::-1], source
+        got_l = _lightness(result)
+        # the colorized output keeps the decoded input's lightness (within one L unit)
+        assert np.abs(got_l - _lightness(decoded)).max() <= 1.0, source
+        name = source.rsplit("/", 1)[-1]
+        if name.startswith("orient_"):
+            # upright: the right size, and each corner has the upright picture's lightness
+            h, w = upright_l.shape
+            assert (w, h) == badimages.ORIENT_SIZE and result.shape[:2] == (h, w)
+            for y, x in ((2, 2), (2, w - 3), (h - 3, 2), (h - 3, w - 3)):
+                assert abs(got_l[y, x] - upright_l[y, x]) < 6, (name, y, x, got_l[y, x], upright_l[y, x])
+        elif name == "cmyk.jpg":
+            w = result.shape[1]
+            for cols, rgb in ((slice(2, w // 2 - 2), badimages.CMYK_LEFT_RGB), (slice(w // 2 + 2, w - 2), badimages.CMYK_RIGHT_RGB)):
+                ref = float(_lightness(np.array([[rgb]], np.uint8))[0, 0])
+                assert abs(float(got_l[:, cols].mean()) - ref) < 4, (name, rgb)
+        elif name in ("grey16.png", "grey16.tif", "rgb48.tif"):
+            assert np.abs(got_l - grey16_l).max() <= 1.0, name
+    # the names with spaces and non-ASCII letters keep their names
+    assert (out / "images" / "photo with space.png").is_file()
+    assert (out / "images" / "fotografía_ü.png").is_file()
+    assert (out / "images" / "sub dír ñ" / "ünï cödé 写真.png").is_file()
+    for member, rel in NASTY_TAR.items():
+        assert rows[f"{names_tar}#{member}"]["output"] == str(out / "images" / rel)
+
+    # 5a. every file the run wrote is under OUTPUT: the images above, the manifest, _SUCCESS.json
+    new = _files(tmp_path) - before
+    assert all(out in p.parents for p in new), sorted(map(str, new - {p for p in new if out in p.parents}))
+    assert _files(out / "images") == ok_outputs
+    assert {p.name for p in new if p.parent == out} == {"_SUCCESS.json"}
+    assert all(p.suffix == ".parquet" for p in _files(out / "manifest"))
+    assert {p for p in watch if p.exists()} == existed, "an output escaped OUTPUT"
+    done = json.loads((out / "_SUCCESS.json").read_text())
+    assert (done["inputs"], done["ok"], done["error"]) == (s.inputs, s.ok, s.error)
