@@ -228,3 +228,66 @@ def test_bad_corpus_one_row_each_right_output_or_reason(ray_local, ckpt, tmp_pat
     assert {p for p in watch if p.exists()} == existed, "an output escaped OUTPUT"
     done = json.loads((out / "_SUCCESS.json").read_text())
     assert (done["inputs"], done["ok"], done["error"]) == (s.inputs, s.ok, s.error)
+
+
+# --------------------------------------------------------------------------------------------
+# 2. a model actor dies mid-run
+# --------------------------------------------------------------------------------------------
+
+
+def _predictor_actors() -> list[dict]:
+    """ALIVE/RESTARTING Predictor actors, from the GCS (works without the dashboard)."""
+    import ray
+
+    return [
+        a
+        for a in ray._private.state.actors().values()
+        if "Predictor" in a["ActorClassName"] and a["State"] in ("ALIVE", "RESTARTING")
+    ]
+
+
+@slow
+def test_killed_model_actor_is_replaced_and_every_input_done_once(ray_local, ckpt, tmp_path):
+    import ray
+
+    src = tmp_path / "in"
+    src.mkdir()
+    n = 12
+    for i in range(n):
+        Image.fromarray(_noise(24, 32, 100 + i)).save(src / f"{i:03d}.png")
+    out = tmp_path / "out"
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            result["summary"] = colorize(
+                ColorizeConfig(inputs=(str(src),), output=str(out), checkpoint=ckpt, batch_size=1)
+            )
+        except BaseException as e:  # noqa: BLE001 - reported below
+            result["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.time() + 180
+    while time.time() < deadline and thread.is_alive() and not list((out / "manifest").glob("*.parquet")):
+        time.sleep(0.05)
+    assert thread.is_alive(), result
+    while time.time() < deadline and len(actors := _predictor_actors()) != 1:
+        time.sleep(0.05)  # the GCS view can lag a moment behind the actor's first results
+    assert len(actors) == 1, [(a["ActorClassName"], a["State"]) for a in ray._private.state.actors().values()]
+    victim = actors[0]
+    rows_at_kill = read_manifest(str(out)).num_rows
+    os.kill(victim["Pid"], signal.SIGKILL)  # a crash, not ray.kill (which would forbid a restart)
+    thread.join(timeout=240)
+    assert not thread.is_alive(), "colorize did not finish after the actor was killed"
+    assert "error" not in result, "".join(traceback.format_exception(result["error"]))
+    assert rows_at_kill < n, "the kill must land mid-run for this test to mean anything"
+
+    s = result["summary"]
+    assert (s.inputs, s.ok, s.error) == (n, n, 0)
+    rows = _one_row_per_source(read_manifest(str(out)).to_pylist(), [str(p) for p in src.iterdir()])
+    assert {r["status"] for r in rows.values()} == {"ok"}
+    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(f"{i:03d}.png" for i in range(n))
+    # the same actor came back (Ray Data's pool: max_restarts=-1, max_task_retries=-1)
+    after = ray._private.state.actors(actor_id=victim["ActorID"])
+    assert after["NumRestarts"] >= 1, after
