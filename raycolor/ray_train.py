@@ -18,15 +18,18 @@ Layout of OUTPUT (a local folder or s3://bucket/prefix):
     metrics.jsonl                one JSON object per finished epoch
     model/                       the final model: config.json + weights.pt, for `raycolor colorize`
 
-Resume. Ray Train V2 restores by run location: the controller's CheckpointManager reads
-OUTPUT/train/checkpoint_manager_snapshot.json when it starts, and `ray.train.get_checkpoint()` on
-every worker returns the latest checkpoint recorded there, both when the same command is run again
-and when the worker group is restarted after a failure (FailureConfig.max_failures). (V2 no longer
-accepts `resume_from_checkpoint`.) The training state (epoch, stage, AdamW state, metrics history)
-lives in each checkpoint's train_state.pt, so the loop continues where that checkpoint left off.
-A checkpoint is only used after `checkpoint.load` has verified its weights hash and train_state.pt
-has loaded; a corrupt or partial one is skipped (with a warning) in favour of the next older one,
-and if none is usable the run stops with a CheckpointError instead of silently starting over.
+Resume. Ray Train V2 restores by run location: when a TrainController starts, its CheckpointManager
+reads OUTPUT/train/checkpoint_manager_snapshot.json, and `ray.train.get_checkpoint()` on every worker
+returns the latest checkpoint recorded there, both when the same command is run again and when the
+worker group is restarted after a failure (FailureConfig.max_failures). V2 no longer accepts
+`resume_from_checkpoint`. The training state (epoch, stage, AdamW state, metrics history) lives in each
+checkpoint's train_state.pt, so the loop continues where that checkpoint left off.
+Workers resume from the newest checkpoint folder that verifies, which is Ray's registered one or newer:
+rank 0 persists a checkpoint before the controller registers it, so a worker lost in between leaves a
+complete but unregistered folder behind, and re-training that epoch would be wasted. A checkpoint is
+only used after `checkpoint.load` has verified its weights hash and train_state.pt has loaded; a
+corrupt or partial one is skipped (with a warning) in favour of the next older one, and if none is
+usable the run stops with a CheckpointError instead of silently starting over.
 """
 
 from __future__ import annotations
@@ -345,16 +348,14 @@ def _load_checkpoint(ckpt, name: str, *, want_files: bool = False) -> _Restored:
     return _Restored(name=name, model=model, meta=meta, state=state, files=files)
 
 
-def _latest_valid(fs, exp_path: str, *, newest: str | None = None, want_files: bool = False) -> _Restored | None:
-    """The newest checkpoint under exp_path (no newer than `newest`) that loads and verifies.
+def _latest_valid(fs, exp_path: str, *, want_files: bool = False) -> _Restored | None:
+    """The newest checkpoint under exp_path (names sort by epoch, then time) that loads and verifies.
 
     None when there is no checkpoint at all; CheckpointError when there are some but none is usable.
     """
     from ray.train import Checkpoint
 
     names = _checkpoint_names(fs, exp_path)
-    if newest is not None:
-        names = [n for n in names if n <= newest]
     problems = []
     for name in reversed(names):
         try:
@@ -458,28 +459,30 @@ def stage_of(epoch: int, config: TrainConfig) -> str:
     return "frozen" if epoch < config.freeze_encoder_epochs else "finetune"
 
 
-def _restore(model, optimizer, fallback) -> tuple[int, list[dict]]:
-    """Load the latest usable checkpoint Ray hands this worker; (epochs done, metrics history).
+def _restore(model, optimizer, storage) -> tuple[int, list[dict]]:
+    """Load the newest usable checkpoint into model and optimizer; (epochs done, metrics history).
 
-    `fallback` (pyarrow fs, run folder, checkpoint name) is what the driver found before starting: used
-    only if Ray has no record of a checkpoint (its snapshot file was removed) while valid ones exist.
+    Ray Train V2 hands every worker its latest *registered* checkpoint (ray.train.get_checkpoint()). The
+    folder can hold a newer complete one: rank 0 persists a checkpoint before the controller registers
+    it, so a worker lost in between leaves it unregistered. Both are candidates; the newest that
+    verifies wins, and a corrupt one is skipped, never loaded.
     """
     import ray.train
 
+    fs, exp_path = storage
     ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        fs = ckpt.filesystem
-        exp_path, newest = posixpath.split(ckpt.path.rstrip("/"))
-    elif fallback is not None:
-        fs, exp_path, newest = fallback
-        log.warning("Ray Train has no record of a checkpoint; resuming from %s found in %s", newest, exp_path)
-    else:
+    registered = posixpath.basename(ckpt.path.rstrip("/")) if ckpt is not None else None
+    restored = _latest_valid(fs, exp_path)
+    if restored is None:
+        if registered is not None:
+            raise CheckpointError(f"the latest checkpoint {ckpt.path} is missing; delete {exp_path} to start over")
         return 0, []
-    restored = _latest_valid(fs, exp_path, newest=newest)
-    if restored is None:  # Ray recorded a checkpoint that no longer exists at all
-        raise CheckpointError(f"the latest checkpoint {ckpt.path} is missing; delete {exp_path} to start over")
-    if restored.name != newest:
-        log.warning("latest checkpoint %s is unusable; resuming from %s", newest, restored.name)
+    if registered is None:
+        log.warning("Ray Train has no record of a checkpoint; resuming from %s found in %s", restored.name, exp_path)
+    elif restored.name < registered:
+        log.warning("latest checkpoint %s is unusable; resuming from %s", registered, restored.name)
+    elif restored.name > registered:
+        log.warning("resuming from %s, newer than Ray's last registered checkpoint %s", restored.name, registered)
     model.load_state_dict(restored.model.state_dict())
     optimizer.load_state_dict(restored.state["optimizer"])
     return int(restored.state["epoch"]), list(restored.state.get("history", []))
@@ -513,7 +516,7 @@ def _train_loop(loop_config: dict) -> None:
         lr=config.lr,
         weight_decay=config.weight_decay,
     )
-    start_epoch, history = _restore(model, optimizer, loop_config.get("resume"))
+    start_epoch, history = _restore(model, optimizer, loop_config["storage"])
     if start_epoch >= config.epochs:
         return  # the run already finished: nothing to train (the driver exports the model)
 
@@ -539,7 +542,7 @@ def _train_loop(loop_config: dict) -> None:
             current_stage = stage
 
         ddp.train()
-        loss_sum = torch.zeros((), dtype=torch.float64)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # on device: no host sync per step
         n_train, steps = 0, 0
         t0 = time.perf_counter()
         for batch in train_shard.iter_torch_batches(
@@ -555,7 +558,7 @@ def _train_loop(loop_config: dict) -> None:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += loss.detach().double().cpu() * len(L)
+            loss_sum += loss.detach().double() * len(L)
             n_train += len(L)
             steps += 1
         train_time = time.perf_counter() - t0
@@ -580,7 +583,7 @@ def _train_loop(loop_config: dict) -> None:
                 val[3] += len(L)
         model.train()
 
-        sums = torch.cat([torch.stack([loss_sum, torch.tensor(float(n_train), dtype=torch.float64)]), val])
+        sums = torch.cat([torch.stack([loss_sum.cpu(), torch.tensor(float(n_train), dtype=torch.float64)]), val])
         sums = sums.to(stats_device)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(sums)
@@ -749,7 +752,7 @@ def fit(config: TrainConfig, *, progress: bool = True) -> TrainResult:
                     "config": config,
                     "progress": progress,
                     "threads": threads,
-                    "resume": (storage_fs, exp_path, latest.name) if latest else None,
+                    "storage": (storage_fs, exp_path),
                 },
                 torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
                 scaling_config=ray.train.ScalingConfig(
