@@ -1,0 +1,291 @@
+"""Ray Train (V2) training end to end on a tiny learnable set: 32 px PNGs, 2 CPU workers, weights=None.
+
+Red-over-blue images whose colour follows lightness (light red top, dark blue bottom) under random grey
+texture: a few AdamW steps visibly lower the validation loss. Every fit runs on the session's local Ray
+(2 CPUs) and, for S3, the moto server; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from raycolor import checkpoint
+from raycolor.checkpoint import CheckpointError
+from raycolor.config import StorageConfig, TrainConfig
+from raycolor.model import WeightsUnavailableError
+
+N_IMAGES = 24
+SIZE = 32
+
+
+def make_images(folder: Path, n: int = N_IMAGES, size: int = SIZE, seed: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        img = np.empty((size, size, 3), np.float32)
+        img[: size // 2] = (225, 95, 85)  # light red
+        img[size // 2 :] = (35, 45, 150)  # dark blue
+        img += rng.uniform(-25, 25, (size, size, 1))  # grey texture: the same offset on R, G and B
+        Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(folder / f"img{i:02d}.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot an image")  # dropped, never fatal
+    return folder
+
+
+def base_config(data: str, output: str, **kw) -> TrainConfig:
+    args = dict(
+        data=(data,),
+        output=output,
+        val_fraction=0.15,
+        epochs=2,
+        image_size=SIZE,
+        batch_size=4,
+        workers=2,
+        weights=None,
+        freeze_encoder_epochs=1,
+        finetune_blocks=2,
+        lr=1e-3,
+        finetune_lr=1e-4,
+        num_to_keep=2,
+        max_failures=1,
+        seed=0,
+    )
+    args.update(kw)
+    return TrainConfig(**args)
+
+
+def read_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def checkpoint_dirs(output: Path) -> list[Path]:
+    return sorted(p for p in (output / "train").glob("checkpoint_*") if p.is_dir())
+
+
+def assert_finite_lines(lines: list[dict]) -> None:
+    for m in lines:
+        for key in ("train_loss", "val_loss", "val_psnr", "baseline_psnr", "images_per_s"):
+            assert isinstance(m[key], float) and math.isfinite(m[key]), (key, m)
+
+
+# --------------------------------------------------------------------------------------------- fast
+
+
+def test_config_is_validated_before_anything_starts(tmp_path):
+    from raycolor.ray_train import fit
+
+    cfg = base_config(str(tmp_path), str(tmp_path / "out"))
+    for change, message in [
+        ({"image_size": 40}, "multiple of 16"),
+        ({"epochs": 0}, "epochs"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"workers": 0}, "workers"),
+        ({"val_fraction": 0.0}, "val_fraction"),
+        ({"finetune_blocks": 6}, "finetune_blocks"),
+        ({"loss": "l2"}, "loss"),
+        ({"lr": 0.0}, "lr"),
+        ({"data": ()}, "data"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            fit(dataclasses.replace(cfg, **change), progress=False)
+    # a weights file that is not there fails on the driver, before Ray or any worker is started
+    with pytest.raises(WeightsUnavailableError, match="not found"):
+        fit(dataclasses.replace(cfg, weights=str(tmp_path / "missing.pt")), progress=False)
+
+
+def test_hash_split_is_deterministic_and_never_empty():
+    from raycolor.ray_train import split_items
+    from raycolor.sources import Item
+
+    items = [Item(source=f"/d/{i}.png", relpath=f"{i}.png", uri=f"/d/{i}.png") for i in range(50)]
+    train, val = split_items(items, 0.2)
+    train_r, val_r = split_items(list(reversed(items)), 0.2)  # membership depends on the source alone
+    assert {it.source for it in val} == {it.source for it in val_r}
+    assert {it.source for it in train} == {it.source for it in train_r}
+    assert 0 < len(val) < 25 and len(train) + len(val) == 50
+    two = items[:2]
+    for frac in (1e-9, 0.999999):
+        t, v = split_items(two, frac)
+        assert len(t) == 1 and len(v) == 1
+
+
+# --------------------------------------------------------------------------------------------- Ray
+
+slow = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def resumed_run(ray_local, tmp_path_factory):
+    """One epoch, then the same command with epochs=2: the second call resumes and trains epoch 2 only."""
+    from raycolor.ray_train import fit
+
+    root = tmp_path_factory.mktemp("train")
+    data = make_images(root / "data")
+    out = root / "out"
+    first = fit(base_config(str(data), str(out), epochs=1))
+    lines_after_first = read_lines(out / "metrics.jsonl")
+    second = fit(base_config(str(data), str(out), epochs=2))
+    return {"data": data, "out": out, "first": first, "second": second, "lines_after_first": lines_after_first}
+
+
+@slow
+def test_two_stage_training_exports_a_loadable_model(resumed_run):
+    out, second = resumed_run["out"], resumed_run["second"]
+    lines = read_lines(out / "metrics.jsonl")
+    assert [m["epoch"] for m in lines] == [1, 2]
+    assert [m["stage"] for m in lines] == ["frozen", "finetune"]
+    assert_finite_lines(lines)
+    assert lines[1]["val_loss"] < lines[0]["val_loss"], lines
+    assert lines[1]["val_psnr"] > lines[1]["baseline_psnr"] - 1.0  # sane, not a strict quality bar
+    assert lines[0]["train_images"] > 0 and lines[0]["val_images"] > 0  # broken.png was dropped, not fatal
+    assert second.metrics == lines[-1] and second.metrics_uri == str(out / "metrics.jsonl")
+    assert second.model_uri == str(out / "model")
+    model, meta = checkpoint.load(second.model_uri)
+    assert meta.render_size == SIZE and meta.extra["epoch"] == 2
+    with torch.no_grad():
+        ab = model(torch.rand(1, 1, SIZE, SIZE) * 100)
+    assert ab.shape == (1, 2, SIZE, SIZE) and torch.isfinite(ab).all()
+    # the core files only: the training state stays in the checkpoints
+    assert sorted(os.listdir(out / "model")) == ["config.json", "weights.pt"]
+
+
+@slow
+def test_rerun_resumes_from_checkpoint_with_optimizer_state(resumed_run):
+    from raycolor.ray_train import TRAIN_STATE_NAME, fit
+
+    out, first, second = resumed_run["out"], resumed_run["first"], resumed_run["second"]
+    assert first.epochs_run == 1 and second.epochs_run == 1
+    assert len(resumed_run["lines_after_first"]) == 1
+    lines = read_lines(out / "metrics.jsonl")
+    assert lines[0] == resumed_run["lines_after_first"][0]  # the earlier line is kept, not re-trained
+    assert lines[0]["resumed_from"] == 0 and lines[1]["resumed_from"] == 1
+    # AdamW's step count in the final state covers both epochs: its state was restored, not rebuilt
+    state = torch.load(checkpoint_dirs(out)[-1] / TRAIN_STATE_NAME, map_location="cpu", weights_only=True)
+    assert state["epoch"] == 2 and state["stage"] == "finetune" and state["history"] == lines
+    decoder_first = state["optimizer"]["param_groups"][0]["params"][0]
+    step = float(state["optimizer"]["state"][decoder_first]["step"])
+    assert step == lines[0]["steps"] + lines[1]["steps"] and lines[1]["steps"] > 0
+    # an encoder param in a fine-tuned block has state from epoch 2 only; a frozen block's has none
+    encoder = state["optimizer"]["param_groups"][1]["params"]
+    assert float(state["optimizer"]["state"][encoder[-1]]["step"]) == lines[1]["steps"]
+    assert encoder[0] not in state["optimizer"]["state"]
+    # a finished run: the same command returns at once without training
+    again = fit(base_config(str(resumed_run["data"]), str(out), epochs=2), progress=False)
+    assert again.epochs_run == 0 and again.metrics == lines[-1] and again.elapsed_s < 30
+    assert read_lines(out / "metrics.jsonl") == lines
+
+
+@slow
+def test_output_on_s3(ray_local, s3_env, tmp_path):
+    from raycolor.ray_train import fit
+
+    bucket = s3_env.bucket("train")
+    fs = s3_env.fs()
+    local = make_images(tmp_path / "data", n=16)
+    fs.put(str(local) + "/", f"{bucket}/data/", recursive=True)
+    cfg = base_config(
+        f"s3://{bucket}/data",
+        f"s3://{bucket}/run",
+        epochs=2,
+        storage=StorageConfig(s3_endpoint=s3_env.endpoint),
+    )
+    result = fit(cfg, progress=False)
+    assert result.model_uri == f"s3://{bucket}/run/model"
+    fs = s3_env.fs()
+    keys = set(fs.find(f"{bucket}/run"))
+    ckpt_files = [k for k in keys if "/run/train/checkpoint_" in k]
+    names = {k.split("/")[3] for k in ckpt_files if k.split("/")[3].startswith("checkpoint_e")}
+    assert len(names) == 2, keys  # epochs 1 and 2 (num_to_keep=2)
+    for name in names:
+        for f in ("config.json", "weights.pt", "train_state.pt"):
+            assert f"{bucket}/run/train/{name}/{f}" in keys
+    assert {f"{bucket}/run/model/config.json", f"{bucket}/run/model/weights.pt", f"{bucket}/run/metrics.jsonl"} <= keys
+    lines = [json.loads(x) for x in fs.cat_file(f"{bucket}/run/metrics.jsonl").decode().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2]
+    assert_finite_lines(lines)
+    model, meta = checkpoint.load(result.model_uri, s3_endpoint=s3_env.endpoint)
+    assert meta.extra["epoch"] == 2
+
+
+def _train_worker_pids() -> list[int]:
+    # Ray's own GCS view (the state API needs the dashboard, which the test session does not start)
+    from ray._private import state
+
+    actors = state.actors(actor_state_name="ALIVE")
+    return sorted(a["Pid"] for a in actors.values() if a.get("ActorClassName") == "RayTrainWorker" and a.get("Pid"))
+
+
+@slow
+def test_killed_worker_recovers_from_last_checkpoint(ray_local, tmp_path):
+    from raycolor.ray_train import fit
+
+    data = make_images(tmp_path / "data")
+    out = tmp_path / "out"
+    cfg = base_config(str(data), str(out), epochs=3, max_failures=1)
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome["result"] = fit(cfg, progress=False)
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 240
+    # rank 0 writes metrics.jsonl after ray.train.report returned, i.e. once epoch 1's checkpoint is complete
+    while not (out / "metrics.jsonl").exists():
+        assert thread.is_alive() and time.monotonic() < deadline, outcome
+        time.sleep(0.1)
+    pids = _train_worker_pids()
+    assert len(pids) == 2, pids
+    os.kill(pids[-1], signal.SIGKILL)
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    assert "error" not in outcome, outcome.get("error")
+    lines = read_lines(out / "metrics.jsonl")
+    assert [m["epoch"] for m in lines] == [1, 2, 3]
+    assert lines[0]["resumed_from"] == 0
+    assert any(m["resumed_from"] >= 1 for m in lines[1:]), lines  # the restarted loop began at a checkpoint
+    assert_finite_lines(lines)
+    assert outcome["result"].metrics["epoch"] == 3
+    checkpoint.load(outcome["result"].model_uri)
+
+
+@slow
+def test_corrupt_latest_checkpoint_is_never_loaded(resumed_run, tmp_path):
+    from raycolor.ray_train import fit
+
+    out = tmp_path / "out"
+    shutil.copytree(resumed_run["out"], out)
+    dirs = checkpoint_dirs(out)
+    assert len(dirs) == 2  # epochs 1 and 2
+    weights = dirs[-1] / "weights.pt"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a partial upload
+
+    # the re-run falls back to the epoch-1 checkpoint and trains epoch 2 again
+    result = fit(base_config(str(resumed_run["data"]), str(out), epochs=2), progress=False)
+    assert result.epochs_run == 1
+    lines = read_lines(out / "metrics.jsonl")
+    assert [m["epoch"] for m in lines] == [1, 2] and lines[1]["resumed_from"] == 1
+    model, meta = checkpoint.load(result.model_uri)
+    assert meta.extra["epoch"] == 2
+
+    # with every checkpoint corrupt there is nothing safe to resume from: a clear error, no silent restart
+    for d in checkpoint_dirs(out):
+        w = d / "weights.pt"
+        w.write_bytes(w.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="no usable checkpoint"):
+        fit(base_config(str(resumed_run["data"]), str(out), epochs=3), progress=False)
