@@ -291,3 +291,161 @@ def test_killed_model_actor_is_replaced_and_every_input_done_once(ray_local, ckp
     # the same actor came back (Ray Data's pool: max_restarts=-1, max_task_retries=-1)
     after = ray._private.state.actors(actor_id=victim["ActorID"])
     assert after["NumRestarts"] >= 1, after
+
+
+# --------------------------------------------------------------------------------------------
+# 3. S3 faults, through tests/faultproxy.py in front of the moto server
+# --------------------------------------------------------------------------------------------
+
+# One call of ours (sources.read_item / write_bytes_atomic, one attempt) makes this many requests when
+# every one of them is reset: botocore's own retries (5 attempts) times aiohttp's reconnect of a dropped
+# keep-alive connection. Asserted by test_s3_persistent_faults_become_error_rows; if a library update
+# changes it, that test says so and the number below must follow.
+INNER_REQUESTS_PER_CALL_ON_RESET = 10
+
+
+def _signed_headers(method: str, url: str, body: bytes = b"", headers: dict | None = None) -> dict:
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    req = AWSRequest(method=method, url=url, data=body, headers=headers or {})
+    S3SigV4Auth(Credentials("testing", "testing"), "s3", "us-east-1").add_auth(req)
+    return dict(req.headers.items())
+
+
+def test_faultproxy_forwards_keepalive_chunked_head_and_injects(s3_env):
+    """The proxy itself, on raw HTTP: what botocore/aiohttp send must arrive intact at moto."""
+    import http.client
+
+    bucket = s3_env.bucket("proxy")
+    key = f"/{bucket}/dir/ü x.bin"
+    quoted = key.replace(" ", "%20").replace("ü", "%C3%BC")
+    with FaultProxy(s3_env.endpoint) as proxy:
+        host, port = proxy.url.rsplit("/", 1)[1].split(":")
+        url = proxy.url + quoted
+
+        def send(method: str, body=None, headers=None, chunked=False):
+            signed = _signed_headers(method, url, b"hello world" if chunked else b"", headers)
+            conn.request(method, quoted, body=body, headers=signed, encode_chunked=chunked)
+            resp = conn.getresponse()
+            return resp, resp.read()
+
+        # one keep-alive connection: a chunked PUT, GET, HEAD, a ranged GET
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        resp, _ = send("PUT", iter([b"hello ", b"world"]), chunked=True)
+        assert resp.status == 200
+        resp, body = send("GET")
+        assert (resp.status, body) == (200, b"hello world")
+        resp, body = send("HEAD")
+        assert (resp.status, resp.getheader("Content-Length"), body) == (200, "11", b"")
+        resp, body = send("GET", headers={"Range": "bytes=6-10"})
+        assert (resp.status, body) == (206, b"world")
+        assert proxy.counts["forwarded"] == 4 and proxy.counts["upstream_error"] == 0
+        assert [m for m, _, _ in proxy.log] == ["PUT", "GET", "HEAD", "GET"] and proxy.log[0][1] == key
+
+        proxy.policy = always("slowdown", where=lambda m, k: k == key)
+        resp, body = send("GET")
+        assert resp.status == 503 and b"<Code>SlowDown</Code>" in body
+        resp, body = send("HEAD")  # the connection is still usable after a 503
+        assert (resp.status, body) == (503, b"")
+
+        proxy.policy = always("reset")
+        with pytest.raises(ConnectionError):  # reset or closed: no response at all
+            send("GET")
+        conn.close()
+        assert (proxy.counts["slowdown"], proxy.counts["reset"], proxy.faults) == (2, 1, 3)
+    assert s3_env.fs().cat_file(key.lstrip("/")) == b"hello world"
+
+    # the seeded policy is reproducible and close to its rate
+    def draws(seed: int) -> list:
+        policy = random_faults(0.2, seed=seed)
+        return [policy("GET", "/b/k") for _ in range(1000)]
+
+    assert draws(3) == draws(3) != draws(4)
+    assert 150 < sum(d is not None for d in draws(3)) < 250 and {"slowdown", "reset", None} == set(draws(3))
+
+
+def _s3_inputs(fs, bucket: str, names) -> dict[str, np.ndarray]:
+    arrays = {}
+    for i, name in enumerate(names):
+        arrays[name] = _noise(12 + i, 16, 200 + i)
+        fs.pipe_file(f"{bucket}/in/{name}", _jpeg(arrays[name]))
+    return arrays
+
+
+def _outcomes(proxy: FaultProxy, method: str, key: str) -> list[str]:
+    return [o for m, k, o in proxy.log if (m, k) == (method, key)]
+
+
+@slow
+def test_s3_persistent_faults_become_error_rows(ray_local, s3_env, ckpt):
+    fs = s3_env.fs()
+    bucket = s3_env.bucket("persistent")
+    _s3_inputs(fs, bucket, ["a.jpg", "unreadable.jpg"])  # few: each failing call of ours takes ~5-10 s
+    images_prefix = f"/{bucket}/out/images/"
+    unreadable = f"/{bucket}/in/unreadable.jpg"
+    policy = combine(
+        always("reset", where=lambda m, k: m == "PUT" and k.startswith(images_prefix)),
+        always("reset", where=lambda m, k: m == "GET" and k == unreadable),
+    )
+    out = f"s3://{bucket}/out"
+    with FaultProxy(s3_env.endpoint, policy) as proxy:
+        s = colorize(
+            ColorizeConfig(
+                inputs=(f"s3://{bucket}/in",),
+                output=out,
+                checkpoint=ckpt,
+                storage=StorageConfig(s3_endpoint=proxy.url, retries=1),
+            )
+        )
+    # never a silent loss: every input has its one row, each saying what went wrong
+    assert (s.inputs, s.ok, s.error) == (2, 0, 2)
+    rows = _one_row_per_source(read_manifest(out).to_pylist(), [f"s3://{bucket}/in/{n}" for n in ("a.jpg", "unreadable.jpg")])
+    r = rows[f"s3://{bucket}/in/a.jpg"]
+    assert r["status"] == "error" and r["output"] is None and r["error"].startswith("write_failed:"), r
+    r = rows[f"s3://{bucket}/in/unreadable.jpg"]
+    assert r["status"] == "error" and r["error"].startswith("read_failed:"), r
+    assert not fs.exists(f"{bucket}/out/images") or not fs.find(f"{bucket}/out/images")
+    assert json.loads(fs.cat_file(f"{bucket}/out/_SUCCESS.json"))["error"] == 2
+    # one call of ours with retries=1 = this many requests, all refused (the number case B relies on)
+    for method, key in (("PUT", f"{images_prefix}a.png"), ("GET", unreadable)):
+        assert _outcomes(proxy, method, key) == ["reset"] * INNER_REQUESTS_PER_CALL_ON_RESET, (method, key)
+
+
+@slow
+def test_s3_transient_faults_every_output_written(ray_local, s3_env, ckpt):
+    fs = s3_env.fs()
+    bucket = s3_env.bucket("transient")
+    arrays = _s3_inputs(fs, bucket, ["a.jpg", "b.jpg", "c.jpg", "d.jpg"])
+    put_a = f"/{bucket}/out/images/a.png"
+    get_b = f"/{bucket}/in/b.jpg"
+    policy = combine(
+        # more consecutive failures than one call of ours makes: only our own retry gets these through
+        first_n(INNER_REQUESTS_PER_CALL_ON_RESET, "reset", where=lambda m, k: (m, k) == ("PUT", put_a)),
+        first_n(INNER_REQUESTS_PER_CALL_ON_RESET, "reset", where=lambda m, k: (m, k) == ("GET", get_b)),
+        # and ~20% of every request (listing, reads, image and manifest writes, _SUCCESS.json): 503 or reset
+        random_faults(0.2, seed=7),
+    )
+    out = f"s3://{bucket}/out"
+    with FaultProxy(s3_env.endpoint, policy) as proxy:
+        s = colorize(
+            ColorizeConfig(
+                inputs=(f"s3://{bucket}/in",),
+                output=out,
+                checkpoint=ckpt,
+                batch_size=2,
+                storage=StorageConfig(s3_endpoint=proxy.url, retries=3),
+            )
+        )
+    assert (s.inputs, s.ok, s.error) == (4, 4, 0)
+    rows = _one_row_per_source(read_manifest(out).to_pylist(), [f"s3://{bucket}/in/{n}" for n in arrays])
+    for name, arr in arrays.items():
+        r = rows[f"s3://{bucket}/in/{name}"]
+        assert r["output"] == f"s3://{bucket}/out/images/{name[:-4]}.png"
+        assert np.asarray(Image.open(io.BytesIO(fs.cat_file(r["output"][5:])))).shape == arr.shape
+    assert proxy.counts["slowdown"] > 0 and proxy.counts["reset"] > 0
+    for method, key in (("PUT", put_a), ("GET", get_b)):
+        seen = _outcomes(proxy, method, key)
+        assert seen[:INNER_REQUESTS_PER_CALL_ON_RESET] == ["reset"] * INNER_REQUESTS_PER_CALL_ON_RESET
+        assert "forwarded" in seen[INNER_REQUESTS_PER_CALL_ON_RESET:], seen
