@@ -136,8 +136,16 @@ def resumed_run(ray_local, tmp_path_factory):
     out = root / "out"
     first = fit(base_config(str(data), str(out), epochs=1))
     lines_after_first = read_lines(out / "metrics.jsonl")
+    shutil.copytree(out, root / "out-after-1-epoch")
     second = fit(base_config(str(data), str(out), epochs=2))
-    return {"data": data, "out": out, "first": first, "second": second, "lines_after_first": lines_after_first}
+    return {
+        "data": data,
+        "out": out,
+        "out_after_1": root / "out-after-1-epoch",
+        "first": first,
+        "second": second,
+        "lines_after_first": lines_after_first,
+    }
 
 
 @slow
@@ -264,28 +272,33 @@ def test_killed_worker_recovers_from_last_checkpoint(ray_local, tmp_path):
     checkpoint.load(outcome["result"].model_uri)
 
 
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:1000])  # what an interrupted upload leaves
+
+
 @slow
 def test_corrupt_latest_checkpoint_is_never_loaded(resumed_run, tmp_path):
     from raycolor.ray_train import fit
 
-    out = tmp_path / "out"
-    shutil.copytree(resumed_run["out"], out)
-    dirs = checkpoint_dirs(out)
-    assert len(dirs) == 2  # epochs 1 and 2
-    weights = dirs[-1] / "weights.pt"
-    weights.write_bytes(weights.read_bytes()[:1000])  # a partial upload
+    data = str(resumed_run["data"])
+    # after a 1-epoch run the only checkpoint is corrupt: nothing safe to resume from, so a clear error
+    # (raised on the driver before any worker starts) rather than a silent restart or a bad load
+    one = tmp_path / "one"
+    shutil.copytree(resumed_run["out_after_1"], one)
+    (only,) = checkpoint_dirs(one)
+    truncate(only / "weights.pt")
+    with pytest.raises(CheckpointError, match="no usable checkpoint.*does not match its model_id"):
+        fit(base_config(data, str(one), epochs=2), progress=False)
 
-    # the re-run falls back to the epoch-1 checkpoint and trains epoch 2 again
-    result = fit(base_config(str(resumed_run["data"]), str(out), epochs=2), progress=False)
-    assert result.epochs_run == 1
-    lines = read_lines(out / "metrics.jsonl")
-    assert [m["epoch"] for m in lines] == [1, 2] and lines[1]["resumed_from"] == 1
+    # with an older checkpoint to fall back to, that one is used: after the 2-epoch run, corrupt epoch 2;
+    # a re-run asking for 1 epoch finds epoch 1 intact and done, and exports it (never the corrupt one)
+    two = tmp_path / "two"
+    shutil.copytree(resumed_run["out"], two)
+    first, second = checkpoint_dirs(two)
+    truncate(second / "weights.pt")
+    result = fit(base_config(data, str(two), epochs=1), progress=False)
+    assert result.epochs_run == 0 and result.metrics["epoch"] == 1
     model, meta = checkpoint.load(result.model_uri)
-    assert meta.extra["epoch"] == 2
-
-    # with every checkpoint corrupt there is nothing safe to resume from: a clear error, no silent restart
-    for d in checkpoint_dirs(out):
-        w = d / "weights.pt"
-        w.write_bytes(w.read_bytes()[:1000])
-    with pytest.raises(CheckpointError, match="no usable checkpoint"):
-        fit(base_config(str(resumed_run["data"]), str(out), epochs=3), progress=False)
+    assert meta.extra["epoch"] == 1
+    assert (two / "model" / "weights.pt").read_bytes() == (first / "weights.pt").read_bytes()
+    assert [m["epoch"] for m in read_lines(two / "metrics.jsonl")] == [1]
