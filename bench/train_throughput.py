@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=8, help="per worker")
-    p.add_argument("--images", type=int, default=96, help="JPEG files for the end-to-end run")
+    p.add_argument("--images", type=int, default=64, help="JPEG files for the end-to-end run")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--gpu", action="store_true")
     p.add_argument("--stage", choices=("frozen", "finetune"), default="frozen")

@@ -8,6 +8,7 @@ texture: a few AdamW steps visibly lower the validation loss. Every fit runs on 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -225,6 +226,15 @@ def test_output_on_s3(ray_local, s3_env, tmp_path):
     assert_finite_lines(lines)
     model, meta = checkpoint.load(result.model_uri, s3_endpoint=s3_env.endpoint)
     assert meta.extra["epoch"] == 2
+    # both stages ran in one attempt: after the switch (DDP re-wrapped) the top encoder block trained in
+    # epoch 2 only, the decoder in both
+    state = torch.load(
+        io.BytesIO(fs.cat_file(f"{bucket}/run/train/{max(names)}/train_state.pt")), map_location="cpu", weights_only=True
+    )
+    groups, opt_state = state["optimizer"]["param_groups"], state["optimizer"]["state"]
+    assert [m["resumed_from"] for m in lines] == [0, 0]
+    assert float(opt_state[groups[0]["params"][0]]["step"]) == lines[0]["steps"] + lines[1]["steps"]
+    assert float(opt_state[groups[1]["params"][-1]]["step"]) == lines[1]["steps"]
 
 
 def _train_worker_pids() -> list[int]:
