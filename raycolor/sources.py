@@ -19,7 +19,9 @@ Inputs accepted by :func:`list_items` (any mix, in any number):
   ``.parquet`` with a string ``uri`` column. Entries are taken as image files *as given*: no
   listing and no existence check is done (that is the point of a manifest on a huge prefix); an
   entry that cannot be read or decoded becomes an error row downstream.
-  Relative entries are resolved against the manifest's own folder.
+  Relative entries are resolved against the manifest's own folder. An entry with credentials in
+  its URI (``s3://key:secret@b/x.jpg``) is listed with them replaced by ``***`` and fails to
+  read: credentials in URIs are not supported anywhere (see :func:`filesystem`).
   **Manifest relpath rule**: the entry's path without scheme and bucket/host -- ``s3://b/p/x.jpg``
   -> ``p/x.jpg``, ``/data/p/x.jpg`` -> ``data/p/x.jpg``, ``file:///data/x.jpg`` ->
   ``data/x.jpg``; a relative entry keeps its text (``imgs/x.jpg`` -> ``imgs/x.jpg``); always
@@ -197,6 +199,30 @@ def _redact(text: object, uri: str | None = None) -> str:
     return " ".join(text.split())
 
 
+def _userinfo(uri: str) -> str:
+    """The ``user[:password]`` part of a URI's authority, '' if none."""
+    if "://" not in uri:
+        return ""
+    return uri.split("://", 1)[1].split("/", 1)[0].rpartition("@")[0]
+
+
+def _has_credentials(uri: str) -> bool:
+    """Whether ``uri`` carries credentials: any userinfo on s3:// and http(s)://, ``user:password@`` on
+    any other remote scheme (``abfs://container@account...`` names a container, not a credential)."""
+    info = _userinfo(uri)
+    proto = _protocol(uri)
+    if not info or proto is None or proto in _LOCAL_PROTOCOLS:
+        return False
+    return proto in _S3_PROTOCOLS or proto in ("http", "https") or ":" in info
+
+
+def _without_credentials(uri: str) -> str:
+    """``uri`` with its userinfo replaced by ``***`` (the rest of the URI kept byte for byte)."""
+    scheme, rest = uri.split("://", 1)
+    authority, sep, path = rest.partition("/")
+    return f"{scheme}://***@{authority.rpartition('@')[2]}{sep}{path}"
+
+
 def redact(text: object, uri: str | None = None) -> str:
     """Public name of the scrubber: use it on any text built from an exception before it is shown or stored."""
     return _redact(text, uri)
@@ -210,7 +236,8 @@ def filesystem(uri: str, *, s3_endpoint: str | None = None) -> tuple[fsspec.Abst
     """(fs, path) for ``uri``: local paths, ``file://``, ``s3://`` and any installed fsspec protocol.
 
     For S3 the endpoint is ``s3_endpoint`` or else ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``;
-    credentials come from the usual AWS chain. Directory-listing caching is disabled so that a
+    credentials come from the usual AWS chain. A URI that carries credentials (see
+    :func:`_has_credentials`) raises :class:`InputError`. Directory-listing caching is disabled so that a
     listing or ``exists`` never answers from a stale cache. Instances are cached by fsspec (per
     process and arguments).
     """
@@ -222,11 +249,12 @@ def filesystem(uri: str, *, s3_endpoint: str | None = None) -> tuple[fsspec.Abst
         raw = uri.split("://", 1)[1] if proto else uri
         path = os.path.abspath(os.path.expanduser(raw)) if raw else os.sep
         return fs, path
+    if _has_credentials(uri):
+        # refused before any request, so no library error (or traceback) can echo them
+        raise InputError(
+            f"credentials in URIs are not supported (use the AWS environment/profile): {_redact(uri)}"
+        )
     if proto in _S3_PROTOCOLS:
-        if "@" in uri.split("://", 1)[1].split("/", 1)[0]:
-            raise InputError(
-                f"credentials in URIs are not supported (use the AWS environment/profile): {_redact(uri)}"
-            )
         try:
             import s3fs
         except ImportError as exc:  # pragma: no cover - s3fs is a dependency
@@ -635,6 +663,10 @@ def _list_manifest(fs: fsspec.AbstractFileSystem, path: str, uri: str, suffix: s
                     ) from exc
                 checked.add(proto)
             target = f"{proto}://{entry.split('://', 1)[1].lstrip('/')}"
+            if _has_credentials(target):
+                # kept as an item (it becomes an error row) but never with its credentials: the
+                # source is stored in the manifest and shipped to workers
+                target = _without_credentials(target)
         rows.append(Item(source=target, relpath=_manifest_relpath(entry), uri=target))
     return rows
 

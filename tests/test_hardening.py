@@ -449,3 +449,168 @@ def test_s3_transient_faults_every_output_written(ray_local, s3_env, ckpt):
         seen = _outcomes(proxy, method, key)
         assert seen[:INNER_REQUESTS_PER_CALL_ON_RESET] == ["reset"] * INNER_REQUESTS_PER_CALL_ON_RESET
         assert "forwarded" in seen[INNER_REQUESTS_PER_CALL_ON_RESET:], seen
+
+
+# --------------------------------------------------------------------------------------------
+# 4. a checkpoint whose weights.pt holds arbitrary objects
+# --------------------------------------------------------------------------------------------
+
+
+class _Gadget:
+    """Unpickling this runs os.mkdir(path): arbitrary code, harmless here."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
+
+
+def test_checkpoint_with_pickled_objects_is_refused_by_weights_only(tmp_path):
+    import hashlib
+
+    d = tmp_path / "ckpt"
+    checkpoint.save(str(d), build_colorizer(weights=None), render_size=32)
+    marker = tmp_path / "code-ran"
+    buf = io.BytesIO()
+    torch.save({"encoder.features.0.weight": _Gadget(str(marker))}, buf)
+    payload = buf.getvalue()
+    (d / "weights.pt").write_bytes(payload)
+    # a matching model_id, so the hash check passes and weights_only is all that stands in the way
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["model_id"] = hashlib.sha256(payload).hexdigest()[:16]
+    (d / "config.json").write_text(json.dumps(cfg))
+    assert checkpoint.read_meta(str(d)).model_id == cfg["model_id"]
+
+    with pytest.raises((pickle.UnpicklingError, checkpoint.CheckpointError)) as err:
+        checkpoint.load(str(d))
+    assert "_Gadget" in str(err.value) or "mkdir" in str(err.value), str(err.value)
+    assert not marker.exists(), "the checkpoint ran code while loading"
+    # the payload is live: without weights_only it would have run
+    torch.load(io.BytesIO(payload), weights_only=False)
+    assert marker.is_dir()
+
+
+# --------------------------------------------------------------------------------------------
+# 5b. credentials never show up in summaries, manifests, errors or logs
+# --------------------------------------------------------------------------------------------
+
+SECRET = "Zx9-fake-secret-7c1e4b"  # a password in URIs
+TOKEN = "FAKE-SESSION-TOKEN-4d1c8a0e93"  # a session token in the driver's environment
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ray_log_text(since: float) -> str:
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    chunks = []
+    for p in logs.rglob("*"):
+        try:
+            if p.is_file() and p.stat().st_mtime >= since:
+                chunks.append(p.read_text(errors="replace"))
+        except OSError:
+            continue
+    return "\n".join(chunks)
+
+
+@slow
+def test_no_credentials_in_summary_manifest_errors_or_logs(ray_local, s3_env, ckpt, tmp_path, monkeypatch, capfd):
+    fs = s3_env.fs()
+    bucket = s3_env.bucket("secrets")
+    fs.pipe_file(f"{bucket}/in/good.jpg", _jpeg(_noise(12, 16, 1)))
+    fs.pipe_file(f"{bucket}/in/also.jpg", _jpeg(_noise(12, 16, 2)))
+    port = _closed_port()
+    manifest = tmp_path / "list.txt"
+    manifest.write_text(
+        "\n".join(
+            [
+                f"s3://{bucket}/in/good.jpg",
+                f"s3://AKIAFAKEKEYID:{SECRET}@{bucket}/in/also.jpg",  # credentials in a URI
+                f"https://user:{SECRET}@127.0.0.1:{port}/x.jpg",  # ... over HTTP, to a closed port
+                f"s3://{bucket}/in/missing.jpg",  # a missing object
+                f"s3://no-such-bucket-{bucket}/x.jpg",  # an unreachable bucket
+            ]
+        )
+        + "\n"
+    )
+    monkeypatch.setenv("AWS_SESSION_TOKEN", TOKEN)
+    started = time.time()
+    out = tmp_path / "out"
+    storage = StorageConfig(s3_endpoint=s3_env.endpoint, retries=2)
+    s = colorize(ColorizeConfig(inputs=(str(manifest),), output=str(out), checkpoint=ckpt, storage=storage))
+    assert (s.inputs, s.ok, s.error) == (5, 1, 4)
+    rows = read_manifest(str(out)).to_pylist()
+    errors = {r["source"]: r["error"] for r in rows if r["status"] == "error"}
+    assert len(errors) == 4 and all(e.split(":")[0] == "read_failed" for e in errors.values()), errors
+
+    texts = {
+        "summary": json.dumps(asdict(s)),
+        "_SUCCESS.json": (out / "_SUCCESS.json").read_text(),
+        "manifest": json.dumps(rows, default=str),
+        "manifest files": "\n".join(p.read_bytes().decode("latin-1") for p in (out / "manifest").iterdir()),
+    }
+    # inputs, outputs and checkpoints that carry credentials are refused with a clean message
+    bad_configs = {
+        "input": ColorizeConfig(inputs=(f"s3://AKIAFAKEKEYID:{SECRET}@{bucket}/in",), output=str(out), checkpoint=ckpt),
+        "http input": ColorizeConfig(inputs=(f"https://user:{SECRET}@127.0.0.1:{port}/s.tar",), output=str(out), checkpoint=ckpt),
+        "output": ColorizeConfig(inputs=(str(manifest),), output=f"s3://k:{SECRET}@{bucket}/out", checkpoint=ckpt),
+        "checkpoint": ColorizeConfig(inputs=(str(manifest),), output=str(out), checkpoint=f"https://u:{SECRET}@127.0.0.1:{port}/ckpt"),
+    }
+    for what, config in bad_configs.items():
+        with pytest.raises(Exception) as err:  # noqa: PT011 - any error, as long as it is clean
+            colorize(dataclasses_replace(config, storage=storage))
+        texts[f"{what} error"] = "".join(traceback.format_exception(err.value))
+    time.sleep(1.5)  # let Ray's log monitor flush worker output to the driver and to the log files
+    captured = capfd.readouterr()
+    texts["driver stdout"], texts["driver stderr"] = captured.out, captured.err
+    texts["ray logs"] = _ray_log_text(started - 1)
+    assert texts["ray logs"], "found no Ray log files to check"
+    leaks = [
+        f"{secret!r} in the {name}: ...{text[max(0, text.find(secret) - 150):text.find(secret) + 40]}..."
+        for name, text in texts.items()
+        for secret in (SECRET, TOKEN)
+        if secret in text
+    ]
+    assert not leaks, "\n".join(leaks)
+    assert "***" in texts["manifest"]  # the entries with credentials are still there, redacted
+
+
+def dataclasses_replace(obj, **changes):
+    import dataclasses
+
+    return dataclasses.replace(obj, **changes)
+
+
+def test_credentials_in_uris_are_refused_and_never_listed(tmp_path):
+    """Core rules behind the test above, without Ray."""
+    for uri in (
+        f"s3://AKIAFAKEKEYID:{SECRET}@bucket/x.jpg",
+        f"s3://{SECRET}@bucket/x.jpg",
+        f"https://user:{SECRET}@example.invalid/x.jpg",
+        f"https://{SECRET}@example.invalid/x.jpg",
+        f"gs://user:{SECRET}@bucket/x.jpg",
+    ):
+        with pytest.raises(sources.InputError, match="credentials in URIs are not supported") as err:
+            sources.filesystem(uri)
+        assert SECRET not in str(err.value) and err.value.__cause__ is None
+    # '@' elsewhere is not a credential: a key like icon@2x.png, a local path
+    assert sources.filesystem("s3://bucket/icons/icon@2x.png")[1] == "bucket/icons/icon@2x.png"
+    assert sources.filesystem(str(tmp_path / "a@b.png"))[1] == str(tmp_path / "a@b.png")
+
+    manifest = tmp_path / "list.txt"
+    manifest.write_text(f"s3://AKIAFAKEKEYID:{SECRET}@bucket/p/x.jpg\nhttps://u:{SECRET}@example.invalid/q/y.jpg\n")
+    items = sources.list_items([str(manifest)])
+    assert [(it.source, it.uri, it.relpath) for it in items] == [
+        ("s3://***@bucket/p/x.jpg", "s3://***@bucket/p/x.jpg", "p/x.jpg"),
+        ("https://***@example.invalid/q/y.jpg", "https://***@example.invalid/q/y.jpg", "q/y.jpg"),
+    ]
+    with pytest.raises(sources.InputError, match="credentials in URIs are not supported"):
+        sources.read_item(items[0])
