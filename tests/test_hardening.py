@@ -7,6 +7,7 @@ front of it. Nothing of Ray or S3 is mocked.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -41,12 +42,6 @@ def ckpt(tmp_path_factory) -> str:
     d = tmp_path_factory.mktemp("ckpt")
     checkpoint.save(str(d), build_colorizer(weights=None), render_size=32)
     return str(d)
-
-
-@pytest.fixture
-def fast_backoff(monkeypatch):
-    """Our own backoff between attempts, shrunk in this (driver) process; workers keep the default."""
-    monkeypatch.setattr(sources, "_BACKOFF_BASE_S", 0.01)
 
 
 def _lightness(rgb: np.ndarray) -> np.ndarray:
@@ -566,7 +561,7 @@ def test_no_credentials_in_summary_manifest_errors_or_logs(ray_local, s3_env, ck
     }
     for what, config in bad_configs.items():
         with pytest.raises(Exception) as err:  # noqa: PT011 - any error, as long as it is clean
-            colorize(dataclasses_replace(config, storage=storage))
+            colorize(dataclasses.replace(config, storage=storage))
         texts[f"{what} error"] = "".join(traceback.format_exception(err.value))
     time.sleep(1.5)  # let Ray's log monitor flush worker output to the driver and to the log files
     captured = capfd.readouterr()
@@ -581,12 +576,6 @@ def test_no_credentials_in_summary_manifest_errors_or_logs(ray_local, s3_env, ck
     ]
     assert not leaks, "\n".join(leaks)
     assert "***" in texts["manifest"]  # the entries with credentials are still there, redacted
-
-
-def dataclasses_replace(obj, **changes):
-    import dataclasses
-
-    return dataclasses.replace(obj, **changes)
 
 
 def test_credentials_in_uris_are_refused_and_never_listed(tmp_path):
