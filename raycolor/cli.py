@@ -169,7 +169,15 @@ def _train_rows(result: Any) -> dict[str, Any]:
     for key in ("train_loss", "val_loss", "val_psnr", "baseline_psnr"):
         if key in (result.metrics or {}):
             rows[key] = result.metrics[key]
-    rows.update({"images/s": result.images_per_s, "elapsed s": result.elapsed_s, "model": result.model_uri, "metrics": result.metrics_uri})
+    rows.update(
+        {
+            "images/s": result.images_per_s,
+            "elapsed s": result.elapsed_s,
+            "model": result.model_uri,
+            "metrics": result.metrics_uri,
+            "curves": getattr(result, "curves_uri", None) or "- (matplotlib not installed)",
+        }
+    )
     return rows
 
 

@@ -27,6 +27,7 @@ class DemoResult:
     images: str
     manifest: str
     gallery: str
+    curves: str | None
     val_psnr: float | None
     baseline_psnr: float | None
     elapsed_s: float
@@ -42,6 +43,7 @@ class DemoResult:
             "colorized PNGs": self.images,
             "manifest (Parquet)": self.manifest,
             "gallery": self.gallery,
+            "training curves": self.curves or "- (install matplotlib)",
             "elapsed s": round(self.elapsed_s, 1),
         }
 
@@ -118,6 +120,7 @@ def run_demo(config: DemoConfig, *, echo: Callable[[str], None] = print) -> Demo
         images=str(colorized / "images"),
         manifest=str(colorized / "manifest"),
         gallery=str(gallery),
+        curves=fit.curves_uri,
         val_psnr=metrics.get("val_psnr"),
         baseline_psnr=metrics.get("baseline_psnr"),
         elapsed_s=time.time() - start,

@@ -98,8 +98,9 @@ __all__ = [
     "extension",
 ]
 
+# the one list of inputs we take (any case); GIF is included because its first frame decodes like any still
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"}
+    {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
 )
 
 DecodeReason = Literal["truncated", "not_an_image", "too_large", "unsupported"]

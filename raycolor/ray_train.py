@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 RUN_NAME = "train"  # RunConfig(name): the Ray Train run lives in OUTPUT/train/
 MODEL_DIR = "model"
 METRICS_NAME = "metrics.jsonl"
+CURVES_NAME = "curves.png"
 TRAIN_STATE_NAME = "train_state.pt"
 CHECKPOINT_PREFIX = "checkpoint_"
 STATE_FORMAT = 1
@@ -90,6 +91,7 @@ class TrainResult:
     metrics_uri: str  # OUTPUT/metrics.jsonl
     elapsed_s: float  # wall time of this call
     images_per_s: float  # training images per second over the epochs trained by this call (0.0 if none)
+    curves_uri: str | None = None  # OUTPUT/curves.png, None without matplotlib
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -706,6 +708,20 @@ def _export_model(restored: _Restored, config: TrainConfig) -> str:
     return model_uri
 
 
+def _write_curves(history: list[dict], config: TrainConfig) -> str | None:
+    """OUTPUT/curves.png from the metrics history; None (with a message) without matplotlib."""
+    from raycolor.curves import render_curves
+
+    png = render_curves(history) if history else None
+    if png is None:
+        if history:
+            print("training curves skipped: install matplotlib (pip install 'raycolor[plots]') for OUTPUT/curves.png")
+        return None
+    uri = sources.join_uri(config.output, CURVES_NAME)
+    sources.write_bytes_atomic(uri, png, s3_endpoint=config.storage.s3_endpoint, retries=config.storage.retries)
+    return uri
+
+
 def fit(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     """Train (or resume training) the colorizer on Ray Train; export the final model to OUTPUT/model.
 
@@ -787,6 +803,7 @@ def fit(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     sources.write_bytes_atomic(
         metrics_uri, _metrics_jsonl(history), s3_endpoint=config.storage.s3_endpoint, retries=config.storage.retries
     )
+    curves_uri = _write_curves(history, config)
     trained = [m for m in history if m.get("epoch", 0) > start_epoch]
     images = sum(m.get("train_images") or 0 for m in trained)
     seconds = sum(m.get("train_time_s") or 0.0 for m in trained)
@@ -795,6 +812,7 @@ def fit(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         metrics=history[-1] if history else {},
         model_uri=model_uri,
         metrics_uri=metrics_uri,
+        curves_uri=curves_uri,
         elapsed_s=time.perf_counter() - t_start,
         images_per_s=images / seconds if seconds > 0 else 0.0,
     )

@@ -55,6 +55,8 @@ from typing import TypeVar
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from raycolor.images import IMAGE_EXTENSIONS
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "InputError",
@@ -69,7 +71,7 @@ __all__ = [
     "write_bytes_atomic",
 ]
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"})
+IMAGE_SUFFIXES = IMAGE_EXTENSIONS  # one definition, in images.py
 TAR_SUFFIXES = frozenset({".tar"})
 MANIFEST_SUFFIXES = frozenset({".txt", ".parquet"})
 

@@ -133,14 +133,11 @@ def test_bad_corpus_one_row_each_right_output_or_reason(ray_local, ckpt, tmp_pat
     names_tar = tmp_path / "in" / "names.tar"
     _tar(names_tar, {name: _jpeg(_noise(10, 12, i)) for i, name in enumerate(NASTY_TAR)})
 
-    # source -> (expected reason or None, encoded input bytes)
-    # (a folder lists sources.IMAGE_SUFFIXES only: the corpus' animated.gif is not an input)
+    # source -> (expected reason or None, encoded input bytes); every corpus file is an input
     want: dict[str, tuple[str | None, bytes]] = {
-        str(src / name): (reason, (src / name).read_bytes())
-        for name, reason in expected.items()
-        if Path(name).suffix.lower() in sources.IMAGE_SUFFIXES
+        str(src / name): (reason, (src / name).read_bytes()) for name, reason in expected.items()
     }
-    assert len(want) == len(expected) - 1
+    assert all(Path(name).suffix.lower() in sources.IMAGE_SUFFIXES for name in expected)
     # symlink member: never an item; '../evil.jpg' and '/abs.jpg' are regular files, read safely
     for member in ("ok/good.jpg", "../evil.jpg", "/abs.jpg"):
         want[f"{evil_tar}#{member}"] = (None, _tar_member(evil_tar, member))

@@ -324,7 +324,7 @@ def test_encode_rejects_non_rgb_uint8(bad):
 
 
 def test_image_extensions():
-    assert IMAGE_EXTENSIONS == frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"})
+    assert IMAGE_EXTENSIONS == frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
     assert all(e == e.lower() for e in IMAGE_EXTENSIONS)
 
 

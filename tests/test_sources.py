@@ -152,7 +152,7 @@ def test_local_folder_listing(tmp_path):
     }
     for rel, data in files.items():
         _write(root / rel, data)
-    for junk in ("notes.txt", "sub/readme.md", "h.gif", "sub/archive.tar", "jpg", "sub/.DS_Store"):
+    for junk in ("notes.txt", "sub/readme.md", "h.svg", "sub/archive.tar", "jpg", "sub/.DS_Store"):
         _write(root / junk, b"junk")
 
     items = list_items([str(root)])
@@ -177,9 +177,9 @@ def test_missing_and_empty_inputs(tmp_path):
     (tmp_path / "empty" / "x.txt").write_text("hi")
     with pytest.raises(InputError, match="no images found"):
         list_items([str(tmp_path / "empty")])
-    (tmp_path / "x.gif").write_bytes(b"GIF")
+    (tmp_path / "x.svg").write_bytes(b"GIF")
     with pytest.raises(InputError, match="not an image"):
-        list_items([str(tmp_path / "x.gif")])
+        list_items([str(tmp_path / "x.svg")])
     with pytest.raises(InputError, match="no inputs"):
         list_items([])
     (tmp_path / "bad.tar").write_bytes(b"not a tar at all" * 100)

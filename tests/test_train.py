@@ -168,6 +168,9 @@ def test_two_stage_training_exports_a_loadable_model(resumed_run):
     assert ab.shape == (1, 2, SIZE, SIZE) and torch.isfinite(ab).all()
     # the core files only: the training state stays in the checkpoints
     assert sorted(os.listdir(out / "model")) == ["config.json", "weights.pt"]
+    # curves (matplotlib is in the dev extra): loss and PSNR vs the grey baseline
+    assert second.curves_uri == str(out / "curves.png")
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @slow
