@@ -261,11 +261,17 @@ def filesystem(uri: str, *, s3_endpoint: str | None = None) -> tuple[fsspec.Abst
             import s3fs
         except ImportError as exc:  # pragma: no cover - s3fs is a dependency
             raise InputError(f"s3fs is required for {proto}:// URIs") from exc
-        kwargs: dict = {"use_listings_cache": False}
+        # Our own _retrying (StorageConfig.retries, exponential backoff) is the one retry loop: left at
+        # their defaults, s3fs (5) x botocore (5) would multiply every attempt of ours into 25 requests.
+        kwargs: dict = {
+            "use_listings_cache": False,
+            "config_kwargs": {"retries": {"max_attempts": 1, "mode": "standard"}},
+        }
         endpoint = _s3_endpoint(s3_endpoint)
         if endpoint:
             kwargs["endpoint_url"] = endpoint
         fs = s3fs.S3FileSystem(**kwargs)
+        fs.retries = 1  # s3fs has no constructor argument for its retry loop (a class attribute, 5)
         path = uri.split("://", 1)[1].strip("/")
         return fs, path
     try:
