@@ -261,11 +261,13 @@ def filesystem(uri: str, *, s3_endpoint: str | None = None) -> tuple[fsspec.Abst
             import s3fs
         except ImportError as exc:  # pragma: no cover - s3fs is a dependency
             raise InputError(f"s3fs is required for {proto}:// URIs") from exc
-        # Our own _retrying (StorageConfig.retries, exponential backoff) is the one retry loop: left at
-        # their defaults, s3fs (5) x botocore (5) would multiply every attempt of ours into 25 requests.
+        # Per-item reads/writes retry in our _retrying (StorageConfig.retries, exponential backoff). Left at
+        # their defaults, s3fs (5) x botocore (5) would multiply each of our attempts into 25 requests; s3fs's
+        # loop is turned off and botocore keeps 3 attempts, which still covers the calls we do not wrap
+        # (listings, manifests, checkpoints, Ray Train's own uploads) against a brief blip.
         kwargs: dict = {
             "use_listings_cache": False,
-            "config_kwargs": {"retries": {"max_attempts": 1, "mode": "standard"}},
+            "config_kwargs": {"retries": {"max_attempts": 3, "mode": "standard"}},
         }
         endpoint = _s3_endpoint(s3_endpoint)
         if endpoint:
