@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 
+AUTH_MODE_ENV = "RAY_AUTH_MODE"  # Ray >= 2.52 token authentication
+
 
 def connect(address: str | None = None, *, num_cpus: int | None = None, s3_endpoint: str | None = None) -> str:
     """Start or join Ray; returns one line saying which, for the CLI to print first.
 
-    Local mode binds every Ray service to 127.0.0.1 and starts no dashboard: nothing is reachable
-    from other machines. s3_endpoint is exported to workers so every process talks to the same store.
+    Local mode starts no dashboard and relies on Ray's token authentication (on by default for a new local
+    cluster): Ray's own services listen on the machine's address (Ray refuses a loopback node IP), so the
+    token is what keeps other machines out. An explicit RAY_AUTH_MODE=disabled is respected but reported. s3_endpoint is exported to the workers.
     """
     import ray
 
@@ -18,14 +21,15 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, s3_endpo
     if ray.is_initialized():
         return "Using the Ray runtime already started in this process"
     if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        ray.init(address=address, runtime_env=runtime_env)
         return f"Connected to Ray cluster at {address}"
-    ray.init(
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        runtime_env=runtime_env,
-    )
+    # Ray >= 2.52 turns token auth on for a new local cluster unless RAY_AUTH_MODE says otherwise
+    # (setting the variable here would be too late: Ray reads its config when it is imported)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env)
     cpus = int(ray.cluster_resources().get("CPU", 0))
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    return f"Started a local Ray runtime on 127.0.0.1 ({cpus} CPUs, {gpus} GPUs; set --address or RAY_ADDRESS to use a cluster)"
+    auth = "token auth on" if os.environ.get(AUTH_MODE_ENV, "").lower() == "token" else "TOKEN AUTH OFF"
+    return (
+        f"Started a local Ray runtime ({cpus} CPUs, {gpus} GPUs; no dashboard, {auth}); "
+        "set --address or RAY_ADDRESS to use a cluster"
+    )
