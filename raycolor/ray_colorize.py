@@ -392,6 +392,15 @@ def build_dataset(items: list[sources.Item], config: ColorizeConfig, *, output: 
     )
 
 
+def resolve_model(checkpoint_uri: str, render_size: int | None, *, s3_endpoint) -> tuple[checkpoint.CheckpointMeta, int]:
+    """Read the checkpoint's metadata (failing fast, before any Ray work) and settle the render size."""
+    meta = checkpoint.read_meta(checkpoint_uri, s3_endpoint=s3_endpoint)
+    size = render_size or meta.render_size
+    if size % 16:
+        raise ValueError(f"render size must be a multiple of 16, got {size}")
+    return meta, size
+
+
 def colorize(
     config: ColorizeConfig, *, on_rows: Callable[[float, int], None] | None = None
 ) -> ColorizeSummary:
@@ -401,10 +410,7 @@ def colorize(
     start = time.time()
     endpoint, retries = config.storage.s3_endpoint, config.storage.retries
     output = _absolute(config.output)
-    meta = checkpoint.read_meta(config.checkpoint, s3_endpoint=endpoint)
-    render_size = config.render_size or meta.render_size
-    if render_size % 16:
-        raise ValueError(f"render size must be a multiple of 16, got {render_size}")
+    meta, render_size = resolve_model(config.checkpoint, config.render_size, s3_endpoint=endpoint)
     items = sources.list_items(config.inputs, s3_endpoint=endpoint)
     if not ray.is_initialized():
         ray.init()

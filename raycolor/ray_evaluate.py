@@ -6,15 +6,14 @@ model that does not beat "leave it grey" is visible at once.
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from raycolor import checkpoint, gallery, images, sources
+from raycolor import gallery, images, sources
 from raycolor.config import EvaluateConfig
-from raycolor.ray_colorize import colorized_rgb, predicted_dataset
+from raycolor.ray_colorize import colorized_rgb, predicted_dataset, resolve_model
 
 METRICS = ("psnr", "ssim", "colourfulness", "colourfulness_original", "delta_cf")
 _THUMB_H = 160
@@ -95,14 +94,11 @@ def _mean(values: list[float]) -> float:
 def evaluate(config: EvaluateConfig) -> EvaluateReport:
     import ray
 
+    endpoint = config.storage.s3_endpoint
+    meta, render_size = resolve_model(config.checkpoint, config.render_size, s3_endpoint=endpoint)
+    items = sources.list_items(config.data, s3_endpoint=endpoint)
     if not ray.is_initialized():
         ray.init()
-    endpoint = config.storage.s3_endpoint
-    meta = checkpoint.read_meta(config.checkpoint, s3_endpoint=endpoint)
-    render_size = config.render_size or meta.render_size
-    if render_size % 16:
-        raise ValueError(f"render size must be a multiple of 16, got {render_size}")
-    items = sources.list_items(config.data, s3_endpoint=endpoint)
     ds = predicted_dataset(
         items,
         checkpoint_uri=config.checkpoint,

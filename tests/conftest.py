@@ -141,3 +141,17 @@ def ray_local(s3_server: str) -> Iterator[None]:
     finally:
         if started:
             ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> str:
+    """A saved checkpoint of a seeded, untrained model (weights=None) rendering at 32 px."""
+    import torch
+
+    from raycolor import checkpoint
+    from raycolor.model import build_colorizer
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("tiny_ckpt")
+    checkpoint.save(str(d), build_colorizer(weights=None), render_size=32)
+    return str(d)

@@ -8,14 +8,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from raycolor import __version__, checkpoint, ray_colorize, ray_evaluate, ray_train, runtime
+from raycolor import __version__, ray_colorize, ray_evaluate, ray_train, runtime
 from raycolor.cli import app
 from raycolor.config import ColorizeConfig, EvaluateConfig, StorageConfig, TrainConfig
-from raycolor.model import build_colorizer
 
 runner = CliRunner()
 
@@ -135,14 +133,6 @@ def _one_line_error(r) -> str:
 def test_missing_checkpoint_is_exit_2(no_connect, tmp_path):
     r = runner.invoke(app, ["colorize", str(tmp_path), "--output", str(tmp_path / "o"), "--checkpoint", str(tmp_path / "nope")])
     assert "no checkpoint" in _one_line_error(r)
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("ck")
-    checkpoint.save(str(d), build_colorizer(weights=None), render_size=32)
-    return str(d)
 
 
 def test_unknown_input_is_exit_2(no_connect, tiny_ckpt, tmp_path):

@@ -19,21 +19,12 @@ import pytest
 import torch
 from PIL import Image
 
-from raycolor import checkpoint, images
+from raycolor import images
 from raycolor.colorize import full_l
 from raycolor.config import ColorizeConfig
-from raycolor.model import build_colorizer
 from raycolor.ray_colorize import colorize, read_manifest
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("ckpt")
-    checkpoint.save(str(d), build_colorizer(weights=None), render_size=32)
-    return str(d)
 
 
 def make_inputs(root: Path) -> tuple[int, int]:
@@ -62,10 +53,10 @@ def lightness(data: bytes) -> torch.Tensor:
     return full_l(images.decode_rgb(data))
 
 
-def test_folder_in_folder_out(ray_local, ckpt, tmp_path):
+def test_folder_in_folder_out(ray_local, tiny_ckpt, tmp_path):
     good, bad = make_inputs(tmp_path / "in")
     out = tmp_path / "out"
-    s = colorize(ColorizeConfig(inputs=(str(tmp_path / "in"),), output=str(out), checkpoint=ckpt, batch_size=4))
+    s = colorize(ColorizeConfig(inputs=(str(tmp_path / "in"),), output=str(out), checkpoint=tiny_ckpt, batch_size=4))
     assert (s.inputs, s.ok, s.error, s.skipped) == (20, good, bad, 0)
     pngs = sorted(out.glob("images/**/*.png"))
     assert len(pngs) == good
@@ -86,12 +77,12 @@ def test_folder_in_folder_out(ray_local, ckpt, tmp_path):
     assert done["model_id"] == s.model_id and done["images_per_s"] > 0
     assert not list(out.rglob("*.tmp*"))  # no temp files left behind
 
-    again = colorize(ColorizeConfig(inputs=(str(tmp_path / "in"),), output=str(out), checkpoint=ckpt))
+    again = colorize(ColorizeConfig(inputs=(str(tmp_path / "in"),), output=str(out), checkpoint=tiny_ckpt))
     assert (again.skipped, again.processed, again.ok) == (20, 0, good)
     assert read_manifest(str(out)).num_rows == 20
 
 
-def test_s3_in_and_out_with_tar_and_manifest(ray_local, s3_env, ckpt, tmp_path):
+def test_s3_in_and_out_with_tar_and_manifest(ray_local, s3_env, tiny_ckpt, tmp_path):
     fs = s3_env.fs()
     bucket = s3_env.bucket("colorize")
     rng = np.random.default_rng(1)
@@ -116,7 +107,7 @@ def test_s3_in_and_out_with_tar_and_manifest(ray_local, s3_env, ckpt, tmp_path):
 
     inputs = (f"s3://{bucket}/photos", f"s3://{bucket}/shards/shard-000.tar", f"s3://{bucket}/lists/list.txt")
     out = f"s3://{bucket}/out"
-    s = colorize(ColorizeConfig(inputs=inputs, output=out, checkpoint=ckpt, format="jpeg", batch_size=2))
+    s = colorize(ColorizeConfig(inputs=inputs, output=out, checkpoint=tiny_ckpt, format="jpeg", batch_size=2))
     assert (s.inputs, s.ok, s.error) == (6, 6, 0)
     keys = sorted(k.split("/out/images/", 1)[1] for k in fs.find(f"{bucket}/out/images"))
     assert keys == ["loose/x.jpg", "p0.jpg", "p1.jpg", "p2.jpg", "shard-000.tar/a/m0.jpg", "shard-000.tar/m1.jpg"]
@@ -128,13 +119,13 @@ def test_s3_in_and_out_with_tar_and_manifest(ray_local, s3_env, ckpt, tmp_path):
     assert json.loads(fs.cat(f"{bucket}/out/_SUCCESS.json"))["ok"] == 6
 
 
-def test_parquet_images_column_and_names_cannot_escape(ray_local, ckpt, tmp_path):
+def test_parquet_images_column_and_names_cannot_escape(ray_local, tiny_ckpt, tmp_path):
     from tests.badimages import make_tar_with_bad_members
 
     make_tar_with_bad_members(tmp_path / "in" / "evil.tar")
     out = tmp_path / "out"
     s = colorize(
-        ColorizeConfig(inputs=(str(tmp_path / "in" / "evil.tar"),), output=str(out), checkpoint=ckpt, parquet_images=True)
+        ColorizeConfig(inputs=(str(tmp_path / "in" / "evil.tar"),), output=str(out), checkpoint=tiny_ckpt, parquet_images=True)
     )
     written = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix in {".png", ".jpg"} and "in" not in p.parts]
     assert written and all(out in p.parents for p in written)
@@ -161,7 +152,7 @@ DRIVER = textwrap.dedent(
 )
 
 
-def test_driver_sigkill_then_rerun_is_exactly_once(ray_local, ckpt, tmp_path):
+def test_driver_sigkill_then_rerun_is_exactly_once(ray_local, tiny_ckpt, tmp_path):
     src = tmp_path / "in"
     src.mkdir()
     rng = np.random.default_rng(2)
@@ -170,7 +161,7 @@ def test_driver_sigkill_then_rerun_is_exactly_once(ray_local, ckpt, tmp_path):
         Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(src / f"{i:03d}.png")
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        [sys.executable, "-c", DRIVER, str(src), str(out), ckpt],
+        [sys.executable, "-c", DRIVER, str(src), str(out), tiny_ckpt],
         start_new_session=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -193,7 +184,7 @@ def test_driver_sigkill_then_rerun_is_exactly_once(ray_local, ckpt, tmp_path):
     time.sleep(1)
     before = read_manifest(str(out)).num_rows
     assert 0 < before < n, "the kill must land mid-run for this test to mean anything"
-    s = colorize(ColorizeConfig(inputs=(str(src),), output=str(out), checkpoint=ckpt, batch_size=4))
+    s = colorize(ColorizeConfig(inputs=(str(src),), output=str(out), checkpoint=tiny_ckpt, batch_size=4))
     assert s.skipped == before and s.ok == n
     rows = read_manifest(str(out))
     srcs = rows.column("source").to_pylist()

@@ -36,14 +36,6 @@ from tests.faultproxy import FaultProxy, always, combine, first_n, random_faults
 slow = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("ckpt")
-    checkpoint.save(str(d), build_colorizer(weights=None), render_size=32)
-    return str(d)
-
-
 def _lightness(rgb: np.ndarray) -> np.ndarray:
     return full_l(rgb)[0].numpy()
 
@@ -121,7 +113,7 @@ def _escape_candidates(*dirs: Path) -> set[Path]:
 
 
 @slow
-def test_bad_corpus_one_row_each_right_output_or_reason(ray_local, ckpt, tmp_path):
+def test_bad_corpus_one_row_each_right_output_or_reason(ray_local, tiny_ckpt, tmp_path):
     src = tmp_path / "in" / "corpus"
     expected = badimages.make_corpus(src)  # {name: reason or None}
     sub = src / "sub dír ñ"
@@ -155,7 +147,7 @@ def test_bad_corpus_one_row_each_right_output_or_reason(ray_local, ckpt, tmp_pat
         ColorizeConfig(
             inputs=(str(src), str(evil_tar), str(names_tar)),
             output=str(out),
-            checkpoint=ckpt,
+            checkpoint=tiny_ckpt,
             max_pixels=badimages.BOMB_LIMIT,
             batch_size=4,
         )
@@ -239,7 +231,7 @@ def _predictor_actors() -> list[dict]:
 
 
 @slow
-def test_killed_model_actor_is_replaced_and_every_input_done_once(ray_local, ckpt, tmp_path):
+def test_killed_model_actor_is_replaced_and_every_input_done_once(ray_local, tiny_ckpt, tmp_path):
     import ray
 
     src = tmp_path / "in"
@@ -253,7 +245,7 @@ def test_killed_model_actor_is_replaced_and_every_input_done_once(ray_local, ckp
     def run() -> None:
         try:
             result["summary"] = colorize(
-                ColorizeConfig(inputs=(str(src),), output=str(out), checkpoint=ckpt, batch_size=1)
+                ColorizeConfig(inputs=(str(src),), output=str(out), checkpoint=tiny_ckpt, batch_size=1)
             )
         except BaseException as e:  # noqa: BLE001 - reported below
             result["error"] = e
@@ -371,7 +363,7 @@ def _outcomes(proxy: FaultProxy, method: str, key: str) -> list[str]:
 
 
 @slow
-def test_s3_persistent_faults_become_error_rows(ray_local, s3_env, ckpt):
+def test_s3_persistent_faults_become_error_rows(ray_local, s3_env, tiny_ckpt):
     fs = s3_env.fs()
     bucket = s3_env.bucket("persistent")
     _s3_inputs(fs, bucket, ["a.jpg", "unreadable.jpg"])  # few: each failing call of ours takes ~5-10 s
@@ -387,7 +379,7 @@ def test_s3_persistent_faults_become_error_rows(ray_local, s3_env, ckpt):
             ColorizeConfig(
                 inputs=(f"s3://{bucket}/in",),
                 output=out,
-                checkpoint=ckpt,
+                checkpoint=tiny_ckpt,
                 storage=StorageConfig(s3_endpoint=proxy.url, retries=1),
             )
         )
@@ -406,7 +398,7 @@ def test_s3_persistent_faults_become_error_rows(ray_local, s3_env, ckpt):
 
 
 @slow
-def test_s3_transient_faults_every_output_written(ray_local, s3_env, ckpt):
+def test_s3_transient_faults_every_output_written(ray_local, s3_env, tiny_ckpt):
     fs = s3_env.fs()
     bucket = s3_env.bucket("transient")
     arrays = _s3_inputs(fs, bucket, ["a.jpg", "b.jpg", "c.jpg", "d.jpg"])
@@ -425,7 +417,7 @@ def test_s3_transient_faults_every_output_written(ray_local, s3_env, ckpt):
             ColorizeConfig(
                 inputs=(f"s3://{bucket}/in",),
                 output=out,
-                checkpoint=ckpt,
+                checkpoint=tiny_ckpt,
                 batch_size=2,
                 storage=StorageConfig(s3_endpoint=proxy.url, retries=3),
             )
@@ -461,7 +453,7 @@ class _Gadget:
 def test_checkpoint_with_pickled_objects_is_refused_by_weights_only(tmp_path):
     import hashlib
 
-    d = tmp_path / "ckpt"
+    d = tmp_path / "tiny_ckpt"
     checkpoint.save(str(d), build_colorizer(weights=None), render_size=32)
     marker = tmp_path / "code-ran"
     buf = io.BytesIO()
@@ -514,7 +506,7 @@ def _ray_log_text(since: float) -> str:
 
 
 @slow
-def test_no_credentials_in_summary_manifest_errors_or_logs(ray_local, s3_env, ckpt, tmp_path, monkeypatch, capfd):
+def test_no_credentials_in_summary_manifest_errors_or_logs(ray_local, s3_env, tiny_ckpt, tmp_path, monkeypatch, capfd):
     fs = s3_env.fs()
     bucket = s3_env.bucket("secrets")
     fs.pipe_file(f"{bucket}/in/good.jpg", _jpeg(_noise(12, 16, 1)))
@@ -537,7 +529,7 @@ def test_no_credentials_in_summary_manifest_errors_or_logs(ray_local, s3_env, ck
     started = time.time()
     out = tmp_path / "out"
     storage = StorageConfig(s3_endpoint=s3_env.endpoint, retries=2)
-    s = colorize(ColorizeConfig(inputs=(str(manifest),), output=str(out), checkpoint=ckpt, storage=storage))
+    s = colorize(ColorizeConfig(inputs=(str(manifest),), output=str(out), checkpoint=tiny_ckpt, storage=storage))
     assert (s.inputs, s.ok, s.error) == (5, 1, 4)
     rows = read_manifest(str(out)).to_pylist()
     errors = {r["source"]: r["error"] for r in rows if r["status"] == "error"}
@@ -551,10 +543,10 @@ def test_no_credentials_in_summary_manifest_errors_or_logs(ray_local, s3_env, ck
     }
     # inputs, outputs and checkpoints that carry credentials are refused with a clean message
     bad_configs = {
-        "input": ColorizeConfig(inputs=(f"s3://AKIAFAKEKEYID:{SECRET}@{bucket}/in",), output=str(out), checkpoint=ckpt),
-        "http input": ColorizeConfig(inputs=(f"https://user:{SECRET}@127.0.0.1:{port}/s.tar",), output=str(out), checkpoint=ckpt),
-        "output": ColorizeConfig(inputs=(str(manifest),), output=f"s3://k:{SECRET}@{bucket}/out", checkpoint=ckpt),
-        "checkpoint": ColorizeConfig(inputs=(str(manifest),), output=str(out), checkpoint=f"https://u:{SECRET}@127.0.0.1:{port}/ckpt"),
+        "input": ColorizeConfig(inputs=(f"s3://AKIAFAKEKEYID:{SECRET}@{bucket}/in",), output=str(out), checkpoint=tiny_ckpt),
+        "http input": ColorizeConfig(inputs=(f"https://user:{SECRET}@127.0.0.1:{port}/s.tar",), output=str(out), checkpoint=tiny_ckpt),
+        "output": ColorizeConfig(inputs=(str(manifest),), output=f"s3://k:{SECRET}@{bucket}/out", checkpoint=tiny_ckpt),
+        "checkpoint": ColorizeConfig(inputs=(str(manifest),), output=str(out), checkpoint=f"https://u:{SECRET}@127.0.0.1:{port}/tiny_ckpt"),
     }
     for what, config in bad_configs.items():
         with pytest.raises(Exception) as err:  # noqa: PT011 - any error, as long as it is clean
