@@ -171,3 +171,27 @@ def test_end_to_end_colorize_and_evaluate_through_the_cli(ray_local, tiny_ckpt, 
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)  # stdout holds exactly the JSON object
     assert report["images"] == 3 and set(report) >= {"model", "baseline"}
+
+
+def test_imagenet_weights_while_offline_is_exit_2(no_connect, monkeypatch, tmp_path):
+    # an empty hub cache and a proxy that refuses every connection: offline, deterministically
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.ones((8, 8, 3), np.uint8)).save(tmp_path / "b.png")
+    r = runner.invoke(app, ["train", "--data", str(tmp_path), "--output", str(tmp_path / "run"), "--image-size", "32"])
+    line = _one_line_error(r)
+    assert "ImageNet VGG16 weights" in line and "--weights PATH" in line
+
+
+def test_unreachable_s3_endpoint_is_exit_2(no_connect, s3_env, tiny_ckpt, tmp_path):
+    r = runner.invoke(
+        app,
+        ["colorize", "s3://photos/in/", "--output", str(tmp_path / "o"), "--checkpoint", tiny_ckpt,
+         "--s3-endpoint", "http://127.0.0.1:9", "--retries", "1"],
+    )
+    line = _one_line_error(r)
+    assert "s3://photos/in/" in line and "testing" not in line
