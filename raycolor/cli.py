@@ -198,6 +198,13 @@ def colorize(
     cpu_actors: Annotated[Optional[int], typer.Option(min=1, help="CPU-mode model actors (default 1).")] = None,
     parquet_images: Annotated[bool, typer.Option(help="Also store encoded images in the manifest.")] = False,
     max_pixels: Annotated[int, typer.Option(help="Decompression-bomb limit per image.")] = DEFAULT_MAX_PIXELS,
+    device_codec: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--device-codec/--cpu-codec",
+            help="Decode baseline JPEGs (and encode JPEG output) in the model actor with nvJPEG; default: on with --gpus.",
+        ),
+    ] = None,
     s3_endpoint: S3Endpoint = None,
     retries: Retries = 5,
     address: Address = None,
@@ -216,6 +223,7 @@ def colorize(
         cpu_actors=cpu_actors,
         parquet_images=parquet_images,
         max_pixels=max_pixels,
+        device_codec=device_codec,
         storage=StorageConfig(s3_endpoint=s3_endpoint, retries=retries),
     )
 

@@ -25,6 +25,25 @@ def _as_chw(rgb: np.ndarray | torch.Tensor) -> torch.Tensor:
     return rgb.permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
 
 
+def orient(rgb: torch.Tensor, orientation: int) -> torch.Tensor:
+    """(3, H, W) as stored -> upright, for EXIF orientation 1..8 (Pillow's exif_transpose, on any device)."""
+    if orientation == 2:
+        return rgb.flip(-1)
+    if orientation == 3:
+        return rgb.flip(-1).flip(-2)
+    if orientation == 4:
+        return rgb.flip(-2)
+    if orientation == 5:
+        return rgb.transpose(-2, -1)
+    if orientation == 6:
+        return torch.rot90(rgb, -1, dims=(-2, -1))
+    if orientation == 7:
+        return torch.rot90(rgb.transpose(-2, -1), 2, dims=(-2, -1))
+    if orientation == 8:
+        return torch.rot90(rgb, 1, dims=(-2, -1))
+    return rgb
+
+
 def full_l(rgb: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 RGB (H, W, 3) -> float32 L (1, H, W)."""
     return color.rgb_uint8_to_l(_as_chw(rgb))

@@ -64,6 +64,9 @@ class ColorizeConfig:
     cpu_actors: int | None = None  # CPU-mode pool size; None: derived from the cluster
     parquet_images: bool = False  # also store the encoded image bytes in the manifest
     max_pixels: int = DEFAULT_MAX_PIXELS
+    # decode baseline JPEGs (and encode JPEG output) inside the model actor with torchvision/nvJPEG
+    # instead of Pillow in CPU tasks; None: on exactly when the actors have GPUs
+    device_codec: bool | None = None
     storage: StorageConfig = field(default_factory=StorageConfig)
 
 

@@ -198,6 +198,41 @@ def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> n
         im.close()
 
 
+def device_decodable_jpeg(
+    data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> tuple[int, int, int] | None:
+    """EXIF orientation and upright-size check for a JPEG an accelerator (nvJPEG) may decode instead of Pillow.
+
+    Reads the header only (no pixels). Returns (orientation 1..8, upright width, upright height) for a baseline
+    8-bit grey or YCbCr JPEG; None for anything that must take :func:`decode_rgb`'s path instead
+    (not a JPEG, progressive, CMYK/YCCK, over max_pixels, unreadable header), so every policy
+    decision and every error reason stays with decode_rgb.
+    """
+    if len(data) < 4 or data[:2] != b"\xff\xd8":
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im = Image.open(io.BytesIO(data), formats=["JPEG"])
+        try:
+            if im.mode not in ("L", "RGB") or im.info.get("progressive") or im.info.get("progression"):
+                return None
+            w, h = im.size
+            if w < 1 or h < 1 or (max_pixels is not None and w * h > max_pixels):
+                return None
+            try:
+                orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1))
+            except Exception:  # malformed EXIF is orientation 1, as in decode_rgb
+                orientation = 1
+            if orientation not in _ORIENTATION_TRANSPOSE:
+                orientation = 1
+            return (orientation, h, w) if orientation >= 5 else (orientation, w, h)
+        finally:
+            im.close()
+    except Exception:
+        return None
+
+
 def _needs_lift(max_pixels: int | None) -> bool:
     """Whether Pillow's hard bomb limit would refuse images this call accepts."""
     pil_max = Image.MAX_IMAGE_PIXELS

@@ -72,9 +72,18 @@ class ColorizeSummary:
 
 
 def _decode_batch(
-    batch: dict, *, render_size: int, max_pixels: int | None, s3_endpoint, retries: int, keep_rgb: bool = False
+    batch: dict,
+    *,
+    render_size: int,
+    max_pixels: int | None,
+    s3_endpoint,
+    retries: int,
+    keep_rgb: bool = False,
+    device_codec: bool = False,
 ) -> dict:
-    """keep_rgb: also ship the decoded RGB (raw bytes) downstream, for evaluation against the original."""
+    """keep_rgb: also ship the decoded RGB (raw bytes) downstream, for evaluation against the original.
+    device_codec: baseline JPEGs skip Pillow and travel as their own bytes (+ EXIF orientation) to the
+    actor, which decodes them on its device; everything else is decoded here as usual."""
     import torch
 
     from raycolor.colorize import prepare
@@ -83,6 +92,8 @@ def _decode_batch(
     n = len(batch["source"])
     l_full = np.empty(n, dtype=object)
     original = np.full(n, b"", dtype=object)
+    jpeg = np.full(n, b"", dtype=object)
+    orientation = np.ones(n, dtype=np.int64)
     l_small = np.zeros((n, 1, render_size, render_size), dtype=np.float32)
     width = np.zeros(n, dtype=np.int64)
     height = np.zeros(n, dtype=np.int64)
@@ -100,6 +111,11 @@ def _decode_batch(
         except Exception as e:  # after retries: this item is an error row, the job goes on
             error[i] = f"read_failed: {sources.redact(e, item.uri)}"
             l_full[i] = b""
+            continue
+        peek = images.device_decodable_jpeg(data, max_pixels=max_pixels) if device_codec else None
+        if peek is not None:
+            orientation[i], width[i], height[i] = peek
+            jpeg[i], l_full[i] = data, b""
             continue
         try:
             rgb = images.decode_rgb(data, max_pixels=max_pixels)
@@ -124,6 +140,9 @@ def _decode_batch(
     }
     if keep_rgb:
         out["original"] = original
+    if device_codec:
+        out["jpeg"] = jpeg
+        out["orientation"] = orientation
     return out
 
 
@@ -138,7 +157,16 @@ def _l_full(batch: dict, i: int):
 class Predictor:
     """The model on one device. Keeps no per-image CPU work: L small in, ab (or RGB, on GPU) out."""
 
-    def __init__(self, checkpoint_uri: str, *, use_gpu: bool, compose_on_device: bool, threads: int, s3_endpoint):
+    def __init__(
+        self,
+        checkpoint_uri: str,
+        *,
+        use_gpu: bool,
+        compose_on_device: bool,
+        threads: int,
+        s3_endpoint,
+        encode_jpeg_quality: int | None = None,
+    ):
         import torch
 
         if not use_gpu:
@@ -148,30 +176,77 @@ class Predictor:
         if use_gpu:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.compose_on_device = compose_on_device
+        self.encode_jpeg_quality = encode_jpeg_quality  # set: JPEG output is encoded here (nvJPEG on GPU)
+
+    def _decode_jpegs(self, batch: dict, rows: list[int], errors: np.ndarray) -> dict:
+        """Rows' JPEG bytes -> upright uint8 (3, H, W) on the device; a failing image becomes an error row."""
+        import torch
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        from raycolor.colorize import orient
+
+        data = [torch.frombuffer(bytearray(batch["jpeg"][i]), dtype=torch.uint8) for i in rows]
+        try:
+            decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)  # one batched call
+        except RuntimeError:  # one bad image fails the batch: find it
+            decoded = []
+            for i, d in zip(rows, data):
+                try:
+                    decoded.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=self.device))
+                except RuntimeError as e:
+                    errors[i] = f"truncated: {sources.redact(e)}"
+                    decoded.append(None)
+        return {
+            i: orient(t, int(batch["orientation"][i])) for i, t in zip(rows, decoded) if t is not None
+        }
 
     def __call__(self, batch: dict) -> dict:
         import torch
 
-        from raycolor.colorize import compose, predict_ab
+        from raycolor import color
+        from raycolor.colorize import compose, predict_ab, render_l
 
-        ok = np.array([not e for e in batch["error"]], dtype=bool)
-        n = len(ok)
+        errors = np.array(batch["error"], dtype=object)
+        n = len(errors)
         r = batch["l_small"].shape[-1]
+        jpeg_rows = [i for i in range(n) if not errors[i] and "jpeg" in batch and len(batch["jpeg"][i])]
+        on_device = self._decode_jpegs(batch, jpeg_rows, errors) if jpeg_rows else {}
+        l_small = torch.from_numpy(np.array(batch["l_small"], dtype=np.float32)).to(self.device)
+        l_device = {}
+        for i, rgb_t in on_device.items():
+            l_device[i] = color.rgb_uint8_to_l(rgb_t)  # (1, H, W)
+            l_small[i] = render_l(l_device[i], r)
+        ok = np.array([not e for e in errors], dtype=bool)
         ab = np.zeros((n, 2, r, r), dtype=np.float16)
         rgb = np.full(n, b"", dtype=object)
+        encoded = np.full(n, b"", dtype=object)
         if ok.any():
-            pred = predict_ab(self.model, torch.from_numpy(np.ascontiguousarray(batch["l_small"][ok])))
+            pred = predict_ab(self.model, l_small[torch.from_numpy(ok).to(self.device)])
             if self.compose_on_device:
                 # full-res Lab->RGB on the accelerator; the L planes are the only full-res data shipped in
+                composed = {}
                 for j, i in enumerate(np.flatnonzero(ok)):
-                    L = _l_full(batch, i).to(self.device, non_blocking=True)
-                    rgb[i] = compose(L, pred[j]).cpu().numpy().tobytes()
+                    L = l_device[i] if i in l_device else _l_full(batch, i).to(self.device, non_blocking=True)
+                    composed[i] = compose(L, pred[j])  # (H, W, 3) uint8
+                if self.encode_jpeg_quality is not None:
+                    from torchvision.io import encode_jpeg
+
+                    rows = list(composed)
+                    blobs = encode_jpeg([composed[i].permute(2, 0, 1) for i in rows], quality=self.encode_jpeg_quality)
+                    for i, blob in zip(rows, blobs):
+                        encoded[i] = blob.cpu().numpy().tobytes()
+                else:
+                    for i, t in composed.items():
+                        rgb[i] = t.cpu().numpy().tobytes()
             else:
                 ab[ok] = pred.cpu().numpy().astype(np.float16)
         # pass every other column through (e.g. evaluate's originals); drop what is consumed here
-        out = {k: v for k, v in batch.items() if k != "l_small" and not (self.compose_on_device and k == "l_full")}
+        consumed = {"l_small", "jpeg", "orientation"} | ({"l_full"} if self.compose_on_device else set())
+        out = {k: v for k, v in batch.items() if k not in consumed}
+        out["error"] = errors
         if self.compose_on_device:
             out["rgb"] = rgb
+            out["encoded"] = encoded
         else:
             out["ab"] = ab
         return out
@@ -218,8 +293,10 @@ def _finish_batch(
         out_uri = None
         blob = None
         if err is None:
-            rgb = colorized_rgb(batch, i)
-            blob = images.encode(rgb, fmt, png_level=png_level, jpeg_quality=jpeg_quality)
+            if "encoded" in batch and len(batch["encoded"][i]):
+                blob = bytes(batch["encoded"][i])  # encoded by the actor (nvJPEG)
+            else:
+                blob = images.encode(colorized_rgb(batch, i), fmt, png_level=png_level, jpeg_quality=jpeg_quality)
             out_uri = sources.join_uri(output, "images", sources.output_key(batch["relpath"][i], ext))
             try:
                 sources.write_bytes_atomic(out_uri, blob, s3_endpoint=s3_endpoint, retries=retries)
@@ -312,7 +389,7 @@ def _cluster_cpus() -> int:
 
 def predicted_dataset(items: list[sources.Item], *, checkpoint_uri: str, render_size: int, batch_size: int,
                       gpus: int, cpu_actors: int | None, max_pixels: int | None, storage, compose_on_device: bool,
-                      keep_rgb: bool = False):
+                      keep_rgb: bool = False, device_codec: bool = False, encode_jpeg_quality: int | None = None):
     """Lazy dataset of items -> decode tasks -> model actor pool. Rows: source, relpath, width, height,
     error ("" when fine) and either l_full + ab (CPU compose) or rgb (composed on the device)."""
     import ray
@@ -336,6 +413,7 @@ def predicted_dataset(items: list[sources.Item], *, checkpoint_uri: str, render_
             "s3_endpoint": endpoint,
             "retries": retries,
             "keep_rgb": keep_rgb,
+            "device_codec": device_codec,
         },
         num_cpus=1,
         # Ray Data fuses a task stage into a following actor stage when their pool sizes match; fused,
@@ -357,12 +435,14 @@ def predicted_dataset(items: list[sources.Item], *, checkpoint_uri: str, render_
             # CPU mode: the model gets the cores the CPU tasks leave idle (they are mostly waiting on it)
             "threads": max(1, cpus // n_actors),
             "s3_endpoint": endpoint,
+            "encode_jpeg_quality": encode_jpeg_quality,
         },
     )
 
 
 def build_dataset(items: list[sources.Item], config: ColorizeConfig, *, output: str, render_size: int, model_id: str):
     """The lazy Ray Data pipeline for `items` (not yet executed)."""
+    device_codec = config.gpus > 0 if config.device_codec is None else config.device_codec
     ds = predicted_dataset(
         items,
         checkpoint_uri=config.checkpoint,
@@ -372,7 +452,9 @@ def build_dataset(items: list[sources.Item], config: ColorizeConfig, *, output: 
         cpu_actors=config.cpu_actors,
         max_pixels=config.max_pixels,
         storage=config.storage,
-        compose_on_device=config.gpus > 0,
+        compose_on_device=config.gpus > 0 or device_codec,
+        device_codec=device_codec,
+        encode_jpeg_quality=config.jpeg_quality if device_codec and config.format == "jpeg" else None,
     )
     return ds.map_batches(
         _finish_batch,
@@ -455,6 +537,7 @@ def colorize(
         "batch_size": config.batch_size,
         "gpus": config.gpus,
         "parquet_images": config.parquet_images,
+        "device_codec": config.gpus > 0 if config.device_codec is None else config.device_codec,
     }
     summary = ColorizeSummary(
         inputs=len(items),

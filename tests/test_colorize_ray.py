@@ -190,3 +190,39 @@ def test_driver_sigkill_then_rerun_is_exactly_once(ray_local, tiny_ckpt, tmp_pat
     srcs = rows.column("source").to_pylist()
     assert len(srcs) == n and len(set(srcs)) == n
     assert sorted(p.name for p in (out / "images").iterdir()) == sorted(f"{i:03d}.png" for i in range(n))
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png"])
+def test_device_codec_path_matches_the_cpu_path(ray_local, tiny_ckpt, tmp_path, fmt):
+    """The nvJPEG path (run here with torchvision's CPU JPEG codec): same rows, upright sizes, same pixels."""
+    from tests import badimages
+
+    corpus = badimages.make_corpus(tmp_path / "in")
+    keep = {n for n in corpus if n.startswith("orient_") or n in ("cmyk.jpg", "photo with space.jpg", "rgba.png")}
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (40, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+    (tmp_path / "in" / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])  # header fine, data cut
+    Image.fromarray(np.random.default_rng(4).integers(0, 256, (30, 50), dtype=np.uint8), "L").save(tmp_path / "in" / "grey.jpg")
+    for name in set(corpus) - keep:
+        (tmp_path / "in" / name).unlink()
+    runs = {}
+    for device_codec in (True, False):
+        out = tmp_path / f"out-{device_codec}"
+        s = colorize(ColorizeConfig(inputs=(str(tmp_path / "in"),), output=str(out), checkpoint=tiny_ckpt,
+                                    format=fmt, device_codec=device_codec, batch_size=4))
+        assert s.settings["device_codec"] is device_codec
+        runs[device_codec] = {Path(r["source"]).name: r for r in read_manifest(str(out)).to_pylist()}
+    dev, cpu = runs[True], runs[False]
+    assert set(dev) == set(cpu) == keep | {"cut.jpg", "grey.jpg"}
+    assert dev["cut.jpg"]["status"] == "error" and dev["cut.jpg"]["error"].startswith("truncated")
+    for name, row in cpu.items():
+        assert dev[name]["status"] == row["status"], name
+        if row["status"] != "ok":
+            continue
+        assert (dev[name]["width"], dev[name]["height"]) == (row["width"], row["height"]), name
+        a = images.decode_rgb(Path(dev[name]["output"]).read_bytes()).astype(int)
+        b = images.decode_rgb(Path(row["output"]).read_bytes()).astype(int)
+        assert a.shape == b.shape == (row["height"], row["width"], 3)
+        assert np.abs(a - b).max() <= (8 if fmt == "jpeg" else 1), name  # two JPEG encoders may differ a little
+        src = Path(row["source"]).read_bytes()
+        assert (lightness(Path(dev[name]["output"]).read_bytes()) - lightness(src)).abs().mean() < (2.0 if fmt == "jpeg" else 0.5)
