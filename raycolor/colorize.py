@@ -74,12 +74,20 @@ def predict_ab(model: torch.nn.Module, l_small: torch.Tensor) -> torch.Tensor:
     return ab.float()
 
 
+def compose_batch(L: torch.Tensor, ab_small: torch.Tensor) -> torch.Tensor:
+    """L (N, 1, H, W) full-res + ab (N, 2, r, r) -> uint8 RGB (N, H, W, 3); the output keeps L exactly.
+
+    Batched so that an accelerator composes a whole batch of same-size images in a few kernels.
+    """
+    H, W = L.shape[-2:]
+    ab = F.interpolate(ab_small.to(L), size=(H, W), mode="bilinear", align_corners=False)  # (N, 2, H, W)
+    ab = color.fit_ab_to_gamut(L, ab)
+    return color.lab_to_rgb_uint8(torch.cat([L, ab], dim=1)).permute(0, 2, 3, 1).contiguous()
+
+
 def compose(L: torch.Tensor, ab_small: torch.Tensor) -> torch.Tensor:
     """L (1, H, W) full-res + ab (2, r, r) -> uint8 RGB (H, W, 3); the output keeps L exactly."""
-    H, W = L.shape[-2:]
-    ab = F.interpolate(ab_small.unsqueeze(0).to(L), size=(H, W), mode="bilinear", align_corners=False)[0]
-    ab = color.fit_ab_to_gamut(L, ab)
-    return color.lab_to_rgb_uint8(torch.cat([L, ab], dim=0)).permute(1, 2, 0).contiguous()
+    return compose_batch(L.unsqueeze(0), ab_small.unsqueeze(0))[0]
 
 
 def colorize_rgb(

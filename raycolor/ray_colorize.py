@@ -204,7 +204,7 @@ class Predictor:
         import torch
 
         from raycolor import color
-        from raycolor.colorize import compose, predict_ab, render_l
+        from raycolor.colorize import compose_batch, predict_ab, render_l
 
         errors = np.array(batch["error"], dtype=object)
         n = len(errors)
@@ -225,9 +225,15 @@ class Predictor:
             if self.compose_on_device:
                 # full-res Lab->RGB on the accelerator; the L planes are the only full-res data shipped in
                 composed = {}
+                by_size: dict[tuple[int, int], list[tuple[int, int]]] = {}  # (H, W) -> [(row, pred index)]
                 for j, i in enumerate(np.flatnonzero(ok)):
-                    L = l_device[i] if i in l_device else _l_full(batch, i).to(self.device, non_blocking=True)
-                    composed[i] = compose(L, pred[j])  # (H, W, 3) uint8
+                    by_size.setdefault((int(batch["height"][i]), int(batch["width"][i])), []).append((i, j))
+                for group in by_size.values():  # archives are mostly one size: few groups, few kernels
+                    L = torch.stack(
+                        [l_device[i] if i in l_device else _l_full(batch, i).to(self.device) for i, _ in group]
+                    )
+                    rgbs = compose_batch(L, pred[[j for _, j in group]])  # (n, H, W, 3) uint8
+                    composed.update({i: rgbs[k] for k, (i, _) in enumerate(group)})
                 if self.encode_jpeg_quality is not None:
                     from torchvision.io import encode_jpeg
 
