@@ -371,6 +371,7 @@ def stage_functions(paths: list[Path], ckpt: str, args, model) -> dict:
 
         pred = rc.Predictor.__new__(rc.Predictor)  # the actor's __call__ without its process
         pred.device, pred.model, pred.compose_on_device = torch.device("cpu"), model, False
+        pred.encode_jpeg_quality = None
         fkw = {"fmt": args.format, "png_level": args.png_level, "jpeg_quality": args.jpeg_quality,
                "parquet_images": False, "model_id": "bench", "s3_endpoint": None, "retries": 1}
         dec, fin = [], []
@@ -421,6 +422,10 @@ def run_e2e(folder: Path, ckpt: str, output: str, args) -> dict:
     kw = {}
     if args.cpu_actors:
         kw["cpu_actors"] = args.cpu_actors
+    if args.device_codec != "auto":
+        if "device_codec" not in ColorizeConfig.__dataclass_fields__:
+            raise SystemExit("--device-codec: this version of raycolor has no ColorizeConfig.device_codec")
+        kw["device_codec"] = args.device_codec == "on"
     config = ColorizeConfig(
         inputs=(str(folder),), output=output, checkpoint=ckpt, render_size=args.render_size, format=args.format,
         png_level=args.png_level, jpeg_quality=args.jpeg_quality, batch_size=args.batch_size, gpus=args.gpus, **kw,
@@ -519,6 +524,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=32, help="model batch size (ColorizeConfig.batch_size)")
     p.add_argument("--gpus", type=int, default=0, help="GPU actors (0: CPU actor pool)")
     p.add_argument("--cpu-actors", type=int, default=None, help="CPU-mode actor pool size (default: the library's)")
+    p.add_argument("--device-codec", choices=("auto", "on", "off"), default="auto",
+                   help="JPEG decode/encode inside the model actor (ColorizeConfig.device_codec; auto: on with --gpus)")
     p.add_argument("--cpus", type=int, default=None, help="ray.init(num_cpus=...) for a local Ray; also the CPU model's threads")
     p.add_argument("--address", default=None, help="connect to this Ray cluster instead of starting one")
     p.add_argument("--compile", action="store_true", help="CUDA: also measure the model under torch.compile")
@@ -611,7 +618,8 @@ def main(argv=None) -> dict:
             if not args.keep_output and not args.output:
                 shutil.rmtree(output, ignore_errors=True)
         st = e2e["steady"]
-        print(f"\nend to end (Ray Data, {report['ray']['cpus']} CPUs, {report['ray']['gpus']} GPUs, {args.format}): "
+        print(f"\nend to end (Ray Data, {report['ray']['cpus']} CPUs, {report['ray']['gpus']} GPUs, {args.format}, "
+              f"device codec {args.device_codec}): "
               f"{e2e['images']} images in {e2e['total_s']:.1f}s = {fmt_rate(e2e['images_per_s_overall'])} images/s overall; "
               f"first output after {e2e['first_output_s']}s")
         if st["images_per_s"] is not None:
