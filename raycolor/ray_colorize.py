@@ -433,7 +433,10 @@ def predicted_dataset(items: list[sources.Item], *, checkpoint_uri: str, render_
         batch_size=batch_size,
         compute=ActorPoolStrategy(size=n_actors),
         num_gpus=1 if gpus > 0 else 0,
-        num_cpus=1,
+        # CPU mode: the actor reserves no CPU slot (it still runs `threads` torch threads). Reserving one
+        # left a 2-core node a single task slot, which Ray Data kept giving to decoding: nothing was
+        # written until the model had seen every image (bench/colorize_throughput.py; docs/performance.md)
+        num_cpus=1 if gpus > 0 else 0,
         fn_constructor_kwargs={
             "checkpoint_uri": checkpoint_uri,
             "use_gpu": gpus > 0,
