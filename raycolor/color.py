@@ -107,41 +107,58 @@ def denormalize_ab(ab: torch.Tensor) -> torch.Tensor:
     return ab * AB_NORM
 
 
-def fit_ab_to_gamut(L: torch.Tensor, ab: torch.Tensor, *, steps: int = 8) -> torch.Tensor:
-    """Shrink each pixel's chroma until Lab -> sRGB needs no clipping, so L is kept exactly.
-
-    Clipping RGB instead would change lightness exactly where the model is most confident.
-    L: (..., 1, H, W), ab: (..., 2, H, W). Bisection on the scale s in [0, 1], only on pixels out of gamut.
-    """
-    lab = torch.cat([L, ab], dim=-3)
-    rgb = lab_to_rgb(lab, clamp=False)
+def _gamut_fit(L: torch.Tensor, ab: torch.Tensor, steps: int):
+    """(rgb unclamped, out-of-gamut mask or None, fitted ab of those pixels, their rgb), see fit_ab_to_gamut."""
+    rgb = lab_to_rgb(torch.cat([L, ab], dim=-3), clamp=False)
     eps = 1e-4
     bad = ((rgb < -eps) | (rgb > 1 + eps)).any(dim=-3, keepdim=True)  # (..., 1, H, W)
     if not bool(bad.any()):
-        return ab
-    # gather the out-of-gamut pixels as a (1, 3, P, 1) "image" so lab_to_rgb applies unchanged
+        return rgb, None, None, None
+    # gather the out-of-gamut pixels as a (1, C, P, 1) "image" so lab_to_rgb applies unchanged
     l_bad = L[bad].view(1, 1, -1, 1)
     ab_bad = _pixels(ab, bad)
     lo = torch.zeros_like(l_bad)
     hi = torch.ones_like(l_bad)
+    rgb_lo = lab_to_rgb(torch.cat([l_bad, ab_bad * lo], dim=-3), clamp=False)  # grey: always in gamut
     for _ in range(steps):
         mid = (lo + hi) / 2
         rgb_mid = lab_to_rgb(torch.cat([l_bad, ab_bad * mid], dim=-3), clamp=False)
         ok = ((rgb_mid >= -eps) & (rgb_mid <= 1 + eps)).all(dim=-3, keepdim=True)
         lo = torch.where(ok, mid, lo)
         hi = torch.where(ok, hi, mid)
+        rgb_lo = torch.where(ok, rgb_mid, rgb_lo)
+    return rgb, bad, ab_bad * lo, rgb_lo
+
+
+def fit_ab_to_gamut(L: torch.Tensor, ab: torch.Tensor, *, steps: int = 8) -> torch.Tensor:
+    """Shrink each pixel's chroma until Lab -> sRGB needs no clipping, so L is kept exactly.
+
+    Clipping RGB instead would change lightness exactly where the model is most confident.
+    L: (..., 1, H, W), ab: (..., 2, H, W). Bisection on the scale s in [0, 1], only on pixels out of gamut.
+    """
+    _, bad, ab_fit, _ = _gamut_fit(L, ab, steps)
+    if bad is None:
+        return ab
     fitted = ab.clone()
-    fitted_bad = (ab_bad * lo).reshape(2, -1)  # (2, P)
-    _scatter_pixels(fitted, bad, fitted_bad)
+    _scatter_pixels(fitted, bad, ab_fit.reshape(2, -1))
     return fitted
 
 
-def _pixels(ab: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
-    # (..., 2, H, W) with mask (..., 1, H, W) -> (1, 2, P, 1), pixel order matching L[bad]
-    moved = ab.movedim(-3, -1)  # (..., H, W, 2)
-    return moved[bad.squeeze(-3)].T.reshape(1, 2, -1, 1)
+def lab_to_rgb_in_gamut(L: torch.Tensor, ab: torch.Tensor, *, steps: int = 8) -> torch.Tensor:
+    """sRGB in [0, 1] of (L, fit_ab_to_gamut(L, ab)), converting each in-gamut pixel only once."""
+    rgb, bad, _, rgb_fit = _gamut_fit(L, ab, steps)
+    if bad is not None:
+        _scatter_pixels(rgb, bad, rgb_fit.reshape(3, -1))
+    return rgb.clamp(0, 1)
 
 
-def _scatter_pixels(ab: torch.Tensor, bad: torch.Tensor, values: torch.Tensor) -> None:
-    moved = ab.movedim(-3, -1)  # a view: writing into it writes into ab
-    moved[bad.squeeze(-3)] = values.T.to(ab.dtype)
+def _pixels(x: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
+    # (..., C, H, W) with mask (..., 1, H, W) -> (1, C, P, 1), pixel order matching L[bad]
+    moved = x.movedim(-3, -1)  # (..., H, W, C)
+    return moved[bad.squeeze(-3)].T.reshape(1, x.shape[-3], -1, 1)
+
+
+def _scatter_pixels(x: torch.Tensor, bad: torch.Tensor, values: torch.Tensor) -> None:
+    # values (C, P) back into x (..., C, H, W) at the mask's pixels
+    moved = x.movedim(-3, -1)  # a view: writing into it writes into x
+    moved[bad.squeeze(-3)] = values.T.to(x.dtype)

@@ -81,8 +81,8 @@ def compose_batch(L: torch.Tensor, ab_small: torch.Tensor) -> torch.Tensor:
     """
     H, W = L.shape[-2:]
     ab = F.interpolate(ab_small.to(L), size=(H, W), mode="bilinear", align_corners=False)  # (N, 2, H, W)
-    ab = color.fit_ab_to_gamut(L, ab)
-    return color.lab_to_rgb_uint8(torch.cat([L, ab], dim=1)).permute(0, 2, 3, 1).contiguous()
+    rgb = color.lab_to_rgb_in_gamut(L, ab)  # (N, 3, H, W) in [0, 1]
+    return (rgb * 255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
 def compose(L: torch.Tensor, ab_small: torch.Tensor) -> torch.Tensor:

@@ -77,3 +77,11 @@ def test_fit_to_gamut_keeps_l_and_removes_clipping():
     # an in-gamut pixel is left alone, chroma is only ever shrunk
     assert fitted[:, 0, 3].tolist() == [5.0, 5.0]
     assert (fitted.abs() <= ab.abs()).all()
+
+
+def test_in_gamut_rgb_equals_converting_the_fitted_ab():
+    torch.manual_seed(0)
+    L = torch.rand(2, 1, 16, 16) * 100
+    ab = (torch.rand(2, 2, 16, 16) - 0.5) * 220  # many out of gamut
+    direct = color.lab_to_rgb(torch.cat([L, color.fit_ab_to_gamut(L, ab)], dim=1))
+    torch.testing.assert_close(color.lab_to_rgb_in_gamut(L, ab), direct, atol=1e-6, rtol=0)
