@@ -312,8 +312,8 @@ def _finish_batch(
         rows["output"].append(out_uri)
         rows["status"].append("ok" if err is None else "error")
         rows["error"].append(err)
-        rows["width"].append(int(batch["width"][i]) if err is None or batch["width"][i] else None)
-        rows["height"].append(int(batch["height"][i]) if err is None or batch["height"][i] else None)
+        rows["width"].append(int(batch["width"][i]) or None)  # 0: never decoded
+        rows["height"].append(int(batch["height"][i]) or None)
         rows["model_id"].append(model_id)
         rows["format"].append(fmt)
         rows["finished_at"].append(time.time())
@@ -368,8 +368,11 @@ def _remove_duplicates(output: str, table: pa.Table, *, s3_endpoint, retries: in
     for part, rows in drop.items():
         t = pq.read_table(io.BytesIO(fs.cat_file(part)))
         keep = [i for i in range(t.num_rows) if i not in rows]
+        if not keep:  # every row is a copy: the part goes
+            fs.rm(part)
+            continue
         buf = io.BytesIO()
-        pq.write_table(t.take(keep), buf)
+        pq.write_table(t.take(pa.array(keep, type=pa.int64())), buf)
         uri = sources.join_uri(output, "manifest", part.rsplit("/", 1)[-1])
         sources.write_bytes_atomic(uri, buf.getvalue(), s3_endpoint=s3_endpoint, retries=retries)
     return sum(len(r) for r in drop.values())

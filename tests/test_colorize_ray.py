@@ -81,6 +81,15 @@ def test_folder_in_folder_out(ray_local, tiny_ckpt, tmp_path):
     assert (again.skipped, again.processed, again.ok) == (20, 0, good)
     assert read_manifest(str(out)).num_rows == 20
 
+    # a stray copy of a manifest part (e.g. a concurrent run) is merged away before _SUCCESS.json
+    part = sorted((out / "manifest").glob("*.parquet"))[0]
+    copied = pads.dataset(str(part), format="parquet").count_rows()
+    (out / "manifest" / "part-zz-copy.parquet").write_bytes(part.read_bytes())
+    merged = colorize(ColorizeConfig(inputs=(str(tmp_path / "in"),), output=str(out), checkpoint=tiny_ckpt))
+    assert merged.duplicates_removed == copied and merged.ok == good
+    srcs = read_manifest(str(out)).column("source").to_pylist()
+    assert len(srcs) == 20 and len(set(srcs)) == 20
+
 
 def test_s3_in_and_out_with_tar_and_manifest(ray_local, s3_env, tiny_ckpt, tmp_path):
     fs = s3_env.fs()
