@@ -6,12 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test install bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	# torch's CPU/CUDA wheels are large: pinned here to the versions this project is tested with
 	$(BIN)/pip install 'torch==2.14.1' 'torchvision==0.29.1' || $(BIN)/pip install 'torch>=2.4' 'torchvision>=0.19'
-	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
