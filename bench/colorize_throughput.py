@@ -15,7 +15,7 @@ What it prints (all from one process, one run, so ratios are comparable even on 
   or the largest node's CPUs). Measured before and after the end-to-end run; the mean of the two is the
   reference (the spread shows how noisy the machine was).
 * end-to-end: ``raycolor.ray_colorize.colorize`` over the synthetic inputs, timing every batch the driver
-  receives through its ``on_rows(t, n)`` callback. steady-state images/s = images completed between the
+  receives through its ``on_rows(ok, error)`` callback (timed here). steady-state images/s = images completed between the
   10 % and 90 % marks / the time between them; plus time to first output and the total.
 * the ratio steady-state / model-only (CPU target: >= 0.70 at the same render size).
 * a single-thread CPU profile on 640x480 images (ms/image of decode, prepare, model, compose, encode and the
@@ -436,7 +436,9 @@ def run_e2e(folder: Path, ckpt: str, output: str, args) -> dict:
     names0 = meter.by_name() if meter else {}
     start = time.time()
     try:
-        summary = colorize(config, on_rows=lambda t, n: events.append((t, n, meter.sample() if meter else None)))
+        summary = colorize(
+            config, on_rows=lambda ok, err: events.append((time.time(), ok + err, meter.sample() if meter else None))
+        )
     finally:
         total_s = time.time() - start
         cpu1 = meter.sample() if meter else None

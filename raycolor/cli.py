@@ -8,11 +8,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import IO, Annotated, Any, Optional
 
 import typer
 
 from raycolor import __version__
+from raycolor.progress import DEFAULT_EVERY_S
 from raycolor.config import (
     DEFAULT_MAX_PIXELS,
     ColorizeConfig,
@@ -51,6 +52,19 @@ S3Endpoint = Annotated[
     Optional[str],
     typer.Option("--s3-endpoint", help="S3-compatible endpoint URL (else AWS_ENDPOINT_URL / the AWS default)."),
 ]
+Verbose = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Show Ray's own logs and the workers' output on the terminal.")
+]
+ProgressEvery = Annotated[
+    float,
+    typer.Option(min=1.0, help="Seconds between progress lines when stderr is not a terminal (a live bar when it is)."),
+]
+SharedOutput = Annotated[
+    bool,
+    typer.Option(
+        "--shared-output", help="A local --output path is shared storage mounted on every node (else refused on a multi-node cluster)."
+    ),
+]
 Retries = Annotated[int, typer.Option(min=1, help="Attempts per object read/write before an item becomes an error row.")]
 
 
@@ -77,19 +91,40 @@ def _usage_errors() -> tuple[type[BaseException], ...]:
     return (InputError, CheckpointError, WeightsUnavailableError, ValueError, ConnectionError, FileNotFoundError)
 
 
-def _run(address: str | None, s3_endpoint: str | None, call: Callable[[], Any], *, connect: bool = True) -> Any:
-    """Connect to Ray (printing which, first), make the one call, map user errors to exit code 2."""
+def _run(
+    address: str | None,
+    s3_endpoint: str | None,
+    call: Callable[[IO[str]], Any],
+    *,
+    verbose: bool = False,
+    connect: bool = True,
+) -> Any:
+    """Connect to Ray (printing which, first), make the one call, map user errors to exit code 2.
+
+    Unless verbose, Ray's own logs stay off the terminal (runtime.quiet_stderr); `call` gets the stream on
+    which to draw progress. Anything else that goes wrong is shown in full, with where Ray's logs are.
+    """
     from raycolor import runtime
     from raycolor.sources import redact
 
-    try:
-        if connect:
-            # stderr, so stdout stays machine-readable (evaluate --json)
-            typer.echo(runtime.connect(address, s3_endpoint=s3_endpoint), err=True)
-        return call()
-    except _usage_errors() as e:
-        typer.echo(f"error: {redact(e)}", err=True)
-        raise typer.Exit(EXIT_USAGE) from None
+    with runtime.quiet_stderr(enabled=not verbose) as terminal:
+        try:
+            if connect:
+                # stderr, so stdout stays machine-readable (evaluate --json)
+                typer.echo(runtime.connect(address, s3_endpoint=s3_endpoint, verbose=verbose), err=True)
+            return call(terminal)
+        except _usage_errors() as e:
+            typer.echo(f"error: {redact(e)}", err=True)
+            raise typer.Exit(EXIT_USAGE) from None
+        except Exception:
+            typer.echo(f"raycolor failed; Ray's full logs: {runtime.logs_dir()} (rerun with --verbose to see them here)", err=True)
+            raise
+
+
+def _progress(label: str, terminal: IO[str], every_s: float):
+    from raycolor.progress import Progress
+
+    return Progress(label, stream=terminal, every_s=every_s)
 
 
 def _table(title: str, rows: dict[str, Any]) -> None:
@@ -127,7 +162,9 @@ def train(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     s3_endpoint: S3Endpoint = None,
     retries: Retries = 5,
+    shared_output: SharedOutput = False,
     address: Address = None,
+    verbose: Verbose = False,
 ) -> None:
     """Fit the colorizer with Ray Train (DDP); re-running the same command resumes from the last checkpoint."""
     config = TrainConfig(
@@ -152,15 +189,15 @@ def train(
         max_failures=max_failures,
         seed=seed,
         max_pixels=max_pixels,
-        storage=StorageConfig(s3_endpoint=s3_endpoint, retries=retries),
+        storage=StorageConfig(s3_endpoint=s3_endpoint, retries=retries, shared_output=shared_output),
     )
 
-    def call():
+    def call(terminal):
         from raycolor import ray_train
 
-        return ray_train.fit(config)
+        return ray_train.fit(config, terminal=terminal)
 
-    result = _run(address, s3_endpoint, call)
+    result = _run(address, s3_endpoint, call, verbose=verbose)
     _table("raycolor train", _train_rows(result))
 
 
@@ -207,7 +244,10 @@ def colorize(
     ] = None,
     s3_endpoint: S3Endpoint = None,
     retries: Retries = 5,
+    shared_output: SharedOutput = False,
     address: Address = None,
+    progress_every: ProgressEvery = DEFAULT_EVERY_S,
+    verbose: Verbose = False,
 ) -> None:
     """Colorize every image under INPUTS into OUTPUT; re-running skips what is already done."""
     config = ColorizeConfig(
@@ -224,15 +264,16 @@ def colorize(
         parquet_images=parquet_images,
         max_pixels=max_pixels,
         device_codec=device_codec,
-        storage=StorageConfig(s3_endpoint=s3_endpoint, retries=retries),
+        storage=StorageConfig(s3_endpoint=s3_endpoint, retries=retries, shared_output=shared_output),
     )
 
-    def call():
+    def call(terminal):
         from raycolor import ray_colorize
 
-        return ray_colorize.colorize(config)
+        with _progress("colorize", terminal, progress_every) as bar:
+            return ray_colorize.colorize(config, on_total=bar.start, on_rows=bar.update)
 
-    s = _run(address, s3_endpoint, call)
+    s = _run(address, s3_endpoint, call, verbose=verbose)
     _table(
         "raycolor colorize",
         {
@@ -264,6 +305,8 @@ def evaluate(
     s3_endpoint: S3Endpoint = None,
     retries: Retries = 5,
     address: Address = None,
+    progress_every: ProgressEvery = DEFAULT_EVERY_S,
+    verbose: Verbose = False,
 ) -> None:
     """PSNR, SSIM and colourfulness of the model against the grey baseline (ab = 0)."""
     config = EvaluateConfig(
@@ -278,12 +321,13 @@ def evaluate(
         storage=StorageConfig(s3_endpoint=s3_endpoint, retries=retries),
     )
 
-    def call():
+    def call(terminal):
         from raycolor import ray_evaluate
 
-        return ray_evaluate.evaluate(config)
+        with _progress("evaluate", terminal, progress_every) as bar:
+            return ray_evaluate.evaluate(config, on_total=bar.start, on_rows=bar.update)
 
-    report = _run(address, s3_endpoint, call)
+    report = _run(address, s3_endpoint, call, verbose=verbose)
     if json_out:
         import json
 
@@ -306,16 +350,19 @@ def demo(
     workers: Annotated[int, typer.Option(min=1)] = 2,
     weights: Annotated[str, typer.Option(help="imagenet (falls back to none when offline), none, or a path.")] = "imagenet",
     address: Address = None,
+    verbose: Verbose = False,
 ) -> None:
     """Train briefly on the bundled sample photos, colorize the held-out ones, write a gallery."""
     config = DemoConfig(output=str(output), epochs=epochs, image_size=image_size, workers=workers, weights=weights)
 
-    def call():
+    def call(terminal):
         from raycolor import demo as demo_module
 
-        return demo_module.run_demo(config, echo=typer.echo)
+        return demo_module.run_demo(
+            config, echo=typer.echo, progress=lambda label: _progress(label, terminal, DEFAULT_EVERY_S), terminal=terminal
+        )
 
-    result = _run(address, None, call)
+    result = _run(address, None, call, verbose=verbose)
     _table("raycolor demo", result.where())
 
 

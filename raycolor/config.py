@@ -22,6 +22,8 @@ class ModelConfig:
 class StorageConfig:
     s3_endpoint: str | None = None  # overrides AWS_ENDPOINT_URL for S3-compatible stores
     retries: int = 5  # attempts per object read/write before an item becomes an error row
+    # a local OUTPUT path is storage shared by every node (NFS, Lustre...): allowed on a multi-node cluster
+    shared_output: bool = False
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+import contextlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import IO, Any
 
 from raycolor.config import ColorizeConfig, DemoConfig, EvaluateConfig, TrainConfig
 
@@ -69,7 +71,15 @@ def _resolve_weights(weights: str | None, echo: Callable[[str], None]) -> str | 
     return str(weights)
 
 
-def run_demo(config: DemoConfig, *, echo: Callable[[str], None] = print) -> DemoResult:
+def run_demo(
+    config: DemoConfig,
+    *,
+    echo: Callable[[str], None] = print,
+    progress: Callable[[str], Any] | None = None,
+    terminal: IO[str] | None = None,
+) -> DemoResult:
+    """progress(label) makes a raycolor.progress.Progress for the colorize and evaluate steps (none: silent);
+    terminal: where training draws its progress."""
     from raycolor import ray_colorize, ray_evaluate, ray_train
 
     start = time.time()
@@ -98,19 +108,31 @@ def run_demo(config: DemoConfig, *, echo: Callable[[str], None] = print) -> Demo
             finetune_blocks=2,
             lr=2e-3,
             finetune_lr=2e-4,
-        )
+        ),
+        terminal=terminal,
     )
+
+    def hooks(label: str) -> contextlib.AbstractContextManager:
+        return progress(label) if progress else contextlib.nullcontext()
+
     echo(f"demo: colorizing {len(held_out)} held-out photos at full resolution")
     colorized = out / "colorized"
-    ray_colorize.colorize(
-        ColorizeConfig(
-            inputs=(str(held_list),), output=str(colorized), checkpoint=fit.model_uri, render_size=config.image_size, batch_size=4
+    with hooks("colorize") as bar:
+        ray_colorize.colorize(
+            ColorizeConfig(
+                inputs=(str(held_list),), output=str(colorized), checkpoint=fit.model_uri, render_size=config.image_size, batch_size=4
+            ),
+            on_total=bar and bar.start,
+            on_rows=bar and bar.update,
         )
-    )
+    echo("demo: evaluating the model against the grey baseline")
     gallery = out / "gallery.png"
-    ray_evaluate.evaluate(
-        EvaluateConfig(checkpoint=fit.model_uri, data=(str(held_list),), render_size=config.image_size, gallery=str(gallery))
-    )
+    with hooks("evaluate") as bar:
+        ray_evaluate.evaluate(
+            EvaluateConfig(checkpoint=fit.model_uri, data=(str(held_list),), render_size=config.image_size, gallery=str(gallery)),
+            on_total=bar and bar.start,
+            on_rows=bar and bar.update,
+        )
     metrics = fit.metrics or {}
     return DemoResult(
         output=str(out),

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raycolor import checkpoint, images, sources
+from raycolor import checkpoint, images, runtime, sources
 from raycolor.config import ColorizeConfig
 
 L_SCALE = 65535 / 100  # L in [0, 100] <-> uint16
@@ -496,9 +496,15 @@ def resolve_model(checkpoint_uri: str, render_size: int | None, *, s3_endpoint) 
 
 
 def colorize(
-    config: ColorizeConfig, *, on_rows: Callable[[float, int], None] | None = None
+    config: ColorizeConfig,
+    *,
+    on_total: Callable[[int, int], None] | None = None,
+    on_rows: Callable[[int, int], None] | None = None,
 ) -> ColorizeSummary:
-    """Colorize every input under config.output; resumable. on_rows(t, n) sees each finished batch."""
+    """Colorize every input under config.output; resumable.
+
+    Progress hooks, called on the driver: on_total(inputs, skipped) once the listing and the resume check
+    are done, then on_rows(ok, error) for each finished batch."""
     import ray
 
     start = time.time()
@@ -508,12 +514,15 @@ def colorize(
     items = sources.list_items(config.inputs, s3_endpoint=endpoint)
     if not ray.is_initialized():
         ray.init()
+    runtime.check_output_reachable(output, shared=config.storage.shared_output)
     if config.gpus and ray.cluster_resources().get("GPU", 0) < config.gpus:
         raise ValueError(
             f"--gpus {config.gpus} but the cluster has {int(ray.cluster_resources().get('GPU', 0))} GPU(s)"
         )
     done = set(read_manifest(output, s3_endpoint=endpoint, columns=["source"]).column("source").to_pylist())
     todo = [i for i in items if i.source not in done]
+    if on_total:
+        on_total(len(items), len(items) - len(todo))
     first_output: float | None = None
     processed = 0
     if todo:
@@ -527,7 +536,8 @@ def colorize(
             first_output = first_output if first_output is not None else now - start
             processed += len(batch["source"])
             if on_rows:
-                on_rows(now, len(batch["source"]))
+                n_ok = int(np.count_nonzero(batch["status"] == "ok"))
+                on_rows(n_ok, len(batch["status"]) - n_ok)
     elapsed = time.time() - start
     table = read_manifest(output, s3_endpoint=endpoint, columns=["source", "status"])
     dupes = _remove_duplicates(output, table, s3_endpoint=endpoint, retries=retries)

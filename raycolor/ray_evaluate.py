@@ -7,6 +7,7 @@ model that does not beat "leave it grey" is visible at once.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,7 +92,13 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(finite)) if finite else math.nan
 
 
-def evaluate(config: EvaluateConfig) -> EvaluateReport:
+def evaluate(
+    config: EvaluateConfig,
+    *,
+    on_total: Callable[[int, int], None] | None = None,
+    on_rows: Callable[[int, int], None] | None = None,
+) -> EvaluateReport:
+    """Progress hooks as in ray_colorize.colorize: on_total(images, 0), then on_rows(ok, error) per batch."""
     import ray
 
     endpoint = config.storage.s3_endpoint
@@ -99,11 +106,15 @@ def evaluate(config: EvaluateConfig) -> EvaluateReport:
     items = sources.list_items(config.data, s3_endpoint=endpoint)
     if not ray.is_initialized():
         ray.init()
+    if on_total:
+        on_total(len(items), 0)
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     ds = predicted_dataset(
         items,
         checkpoint_uri=config.checkpoint,
         render_size=render_size,
-        batch_size=config.batch_size,
+        # the metrics stage runs one task per model batch: small enough batches spread it over every CPU
+        batch_size=max(1, min(config.batch_size, math.ceil(len(items) / cpus))),
         gpus=config.gpus,
         cpu_actors=None,
         max_pixels=config.max_pixels,
@@ -116,6 +127,9 @@ def evaluate(config: EvaluateConfig) -> EvaluateReport:
     )
     per_image, rows = [], []
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        if on_rows:
+            n_err = sum(1 for e in batch["error"] if e)
+            on_rows(len(batch["error"]) - n_err, n_err)
         for i, source in enumerate(batch["source"]):
             rec = {k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in batch.items() if k != "thumbs"}
             per_image.append(rec)

@@ -34,6 +34,7 @@ usable the run stops with a CheckpointError instead of silently starting over.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import hashlib
@@ -42,22 +43,23 @@ import logging
 import math
 import os
 import posixpath
-import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from raycolor import checkpoint as core_checkpoint
-from raycolor import color, colorize, images, metrics, sources
+from raycolor import color, colorize, images, metrics, runtime, sources
 from raycolor.checkpoint import CheckpointError
 from raycolor.config import TrainConfig
 from raycolor.model import VGG_BLOCKS, WeightsUnavailableError, build_colorizer, set_trainable_encoder_blocks
+from raycolor.progress import TrainProgress, fmt_duration
 
 __all__ = ["TrainResult", "fit", "split_items", "validate_config"]
 
@@ -419,11 +421,6 @@ def _metrics_jsonl(history: list[dict]) -> bytes:
     return "".join(json.dumps(_finite(m), sort_keys=True, allow_nan=False) + "\n" for m in history).encode()
 
 
-def _fmt_duration(s: float) -> str:
-    s = int(round(s))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
 def _fmt(x, spec: str) -> str:
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
 
@@ -433,7 +430,7 @@ def progress_line(m: dict, eta_s: float | None) -> str:
         f"epoch {m['epoch']}/{m['epochs']} [{m['stage']}] train_loss {_fmt(m['train_loss'], '.4f')} "
         f"val_loss {_fmt(m['val_loss'], '.4f')} val_psnr {_fmt(m['val_psnr'], '.2f')} dB "
         f"(grey baseline {_fmt(m['baseline_psnr'], '.2f')} dB) {_fmt(m['images_per_s'], '.1f')} img/s "
-        f"ETA {_fmt_duration(eta_s) if eta_s is not None else 'n/a'}"
+        f"ETA {fmt_duration(eta_s)}"
     )
 
 
@@ -497,7 +494,7 @@ def _train_loop(loop_config: dict) -> None:
     from ray.train import Checkpoint
 
     config: TrainConfig = loop_config["config"]
-    progress: bool = loop_config["progress"]
+    events = loop_config["events"]  # a ray.util.queue.Queue the driver draws progress from, or None
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -546,7 +543,7 @@ def _train_loop(loop_config: dict) -> None:
         ddp.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # on device: no host sync per step
         n_train, steps = 0, 0
-        t0 = time.perf_counter()
+        t0 = last_event = time.perf_counter()
         for batch in train_shard.iter_torch_batches(
             batch_size=config.batch_size,
             dtypes=torch.float32,
@@ -563,6 +560,9 @@ def _train_loop(loop_config: dict) -> None:
             loss_sum += loss.detach().double() * len(L)
             n_train += len(L)
             steps += 1
+            if events is not None and rank == 0 and time.perf_counter() - last_event > 0.5:
+                events.put_nowait(("step", epoch + 1, config.epochs, steps))
+                last_event = time.perf_counter()
         train_time = time.perf_counter() - t0
 
         # validation on the plain module: DDP's forward would broadcast buffers, a collective, and the
@@ -636,13 +636,10 @@ def _train_loop(loop_config: dict) -> None:
             sources.write_bytes_atomic(
                 metrics_uri, _metrics_jsonl(history), s3_endpoint=config.storage.s3_endpoint, retries=config.storage.retries
             )
-            if progress:
+            if events is not None:
                 remaining = config.epochs - epoch - 1
                 eta = remaining * (sum(epoch_times) / len(epoch_times))
-                # sys.stdout.write, not print: Ray Train V2 patches print() into its logger, which reaches
-                # the driver's console twice
-                sys.stdout.write(progress_line(line, eta) + "\n")
-                sys.stdout.flush()
+                events.put_nowait(("epoch", progress_line(line, eta)))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -722,7 +719,44 @@ def _write_curves(history: list[dict], config: TrainConfig) -> str | None:
     return uri
 
 
-def fit(config: TrainConfig, *, progress: bool = True) -> TrainResult:
+def _event_queue():
+    from ray.util.queue import Queue
+
+    return Queue(actor_options={"num_cpus": 0})  # must not take a CPU slot from the training workers
+
+
+@contextlib.contextmanager
+def _drawing(events, report: TrainProgress | None):
+    """Draw rank 0's progress events on the driver while the block (trainer.fit) runs."""
+    if events is None or report is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def drain(timeout: float) -> None:
+        try:
+            for event in events.get_nowait_batch(events.qsize()) or [events.get(timeout=timeout)]:
+                report.handle(event)
+        except Exception:  # queue.Empty, or the queue actor gone at shutdown
+            pass
+
+    def loop() -> None:
+        while not stop.is_set():
+            drain(0.5)
+
+    thread = threading.Thread(target=loop, name="raycolor-train-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        drain(0.1)  # the last epoch's line
+        report.close()
+        events.shutdown()
+
+
+def fit(config: TrainConfig, *, progress: bool = True, terminal: IO[str] | None = None) -> TrainResult:
     """Train (or resume training) the colorizer on Ray Train; export the final model to OUTPUT/model.
 
     Raises ValueError (bad config), sources.InputError (bad data URIs), WeightsUnavailableError,
@@ -740,20 +774,26 @@ def fit(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     train_items, val_items = _items(config)
     if not ray.is_initialized():
         ray.init()
+    runtime.check_output_reachable(config.output, shared=config.storage.shared_output)
     storage_fs, storage_path, exp_path = _storage(config)
 
     latest = _latest_valid(storage_fs, exp_path)
     start_epoch = int(latest.state["epoch"]) if latest else 0
+    report = None
     if progress:
-        print(
+        report = TrainProgress(
+            stream=terminal, steps_per_epoch=math.ceil(len(train_items) / (config.workers * config.batch_size))
+        )
+        report.handle((
+            "epoch",
             f"raycolor train: {len(train_items)} training / {len(val_items)} validation images, "
             f"{config.workers} {'GPU' if config.use_gpu else 'CPU'} worker(s), output {config.output}"
             + (f", resuming after epoch {start_epoch}" if start_epoch else ""),
-            flush=True,
-        )
+        ))
 
     if start_epoch < config.epochs:
         resources, threads = _worker_resources(config)
+        events = _event_queue() if report else None
         data_ctx = DataContext.get_current()
         saved_bars = data_ctx.enable_progress_bars
         data_ctx.enable_progress_bars = False  # the epoch lines are the progress report
@@ -766,7 +806,7 @@ def fit(config: TrainConfig, *, progress: bool = True) -> TrainResult:
                 _train_loop,
                 train_loop_config={
                     "config": config,
-                    "progress": progress,
+                    "events": events,
                     "threads": threads,
                     "storage": (storage_fs, exp_path),
                 },
@@ -787,7 +827,8 @@ def fit(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         finally:
             data_ctx.enable_progress_bars = saved_bars
         try:
-            trainer.fit()
+            with _drawing(events, report):
+                trainer.fit()
         except ray.train.TrainingFailedError as e:
             cause = _unwrap_failure(e)
             if cause is not None:

@@ -1,31 +1,77 @@
-"""Connecting to Ray: an existing cluster when an address is given, otherwise a private local one."""
+"""Connecting to Ray (an existing cluster when an address is given, otherwise a private local one), and
+keeping Ray's own chatter off a person's terminal."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import re
+import sys
+import threading
+from collections.abc import Iterator
+from typing import IO
 
 AUTH_MODE_ENV = "RAY_AUTH_MODE"  # Ray >= 2.52 token authentication
+DEFAULT_LOGS_DIR = "/tmp/ray/session_latest/logs"
+
+# Lines Ray writes straight to the process's stderr: its Python loggers below ERROR, and its C++ core's
+# "[date time I|W pid tid] file.cc:line: ..." lines. They stay in Ray's log files either way.
+_RAY_NOISE = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+(DEBUG|INFO|WARNING)\s"
+    r"|\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [DIW] \d+ \d+\]"
+    # Ray Data always hands its actor pool's constructor an ObjectRef the driver owns for the whole run
+    # (ray-project/ray#53727); it is lost only with the driver's node, so restarts do work (the killed-actor
+    # test proves it). Ray's C++ core reports it at ERROR level with no switch of its own: known, dropped.
+    r"|\[[^]]* E \d+ \d+\] core_worker\.cc:\d+: Actor with class name: 'MapWorker.*has constructor arguments"
+    r"|.*(A new progress UI is available|tqdm is not installed))"
+)
 
 
-def connect(address: str | None = None, *, num_cpus: int | None = None, s3_endpoint: str | None = None) -> str:
+def logs_dir() -> str:
+    """Where this Ray session keeps its full logs (on the head node for a cluster)."""
+    try:
+        import ray
+
+        return ray._private.worker._global_node.get_logs_dir_path()  # no public API for it
+    except Exception:
+        return DEFAULT_LOGS_DIR
+
+
+def connect(
+    address: str | None = None, *, num_cpus: int | None = None, s3_endpoint: str | None = None, verbose: bool = True
+) -> str:
     """Start or join Ray; returns one line saying which, for the CLI to print first.
 
     Local mode starts no dashboard and relies on Ray's token authentication (on by default for a new local
     cluster): Ray's own services listen on the machine's address (Ray refuses a loopback node IP), so the
-    token is what keeps other machines out. An explicit RAY_AUTH_MODE=disabled is respected but reported. s3_endpoint is exported to the workers.
+    token is what keeps other machines out. An explicit RAY_AUTH_MODE=disabled is respected but reported.
+    s3_endpoint is exported to the workers. verbose=False: Ray logs below ERROR and the workers' output stay
+    in Ray's log files, and Ray Data's own progress bars are off (the caller shows its own).
     """
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS") or None
     runtime_env = {"env_vars": {"AWS_ENDPOINT_URL": s3_endpoint}} if s3_endpoint else None
+    quiet = {} if verbose else {"logging_level": logging.ERROR, "log_to_driver": False}
+    if not verbose:
+        from ray.data import DataContext
+
+        ctx = DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+        # Ray Data logs to its own file and to the console; only the console is turned down
+        for handler in logging.getLogger("ray.data").handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.setLevel(logging.ERROR)
     if ray.is_initialized():
         return "Using the Ray runtime already started in this process"
     if address:
-        ray.init(address=address, runtime_env=runtime_env)
+        ray.init(address=address, runtime_env=runtime_env, **quiet)
         return f"Connected to Ray cluster at {address}"
     # Ray >= 2.52 turns token auth on for a new local cluster unless RAY_AUTH_MODE says otherwise
     # (setting the variable here would be too late: Ray reads its config when it is imported)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env, **quiet)
     cpus = int(ray.cluster_resources().get("CPU", 0))
     gpus = int(ray.cluster_resources().get("GPU", 0))
     auth = "token auth on" if os.environ.get(AUTH_MODE_ENV, "").lower() == "token" else "TOKEN AUTH OFF"
@@ -33,3 +79,71 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, s3_endpo
         f"Started a local Ray runtime ({cpus} CPUs, {gpus} GPUs; no dashboard, {auth}); "
         "set --address or RAY_ADDRESS to use a cluster"
     )
+
+
+def node_count() -> int:
+    import ray
+
+    return sum(1 for n in ray.nodes() if n.get("Alive"))
+
+
+def check_output_reachable(output: str, *, shared: bool) -> None:
+    """Refuse a local OUTPUT on a multi-node cluster: every node would write to its own disk and the results
+    (and the resume ledger) would be scattered. `shared`: the path is the same shared storage on every node."""
+    from raycolor import sources
+
+    if shared or not sources.is_local(output):
+        return
+    nodes = node_count()
+    if nodes > 1:
+        raise ValueError(
+            f"output {output} is a local path, but the Ray cluster has {nodes} nodes: each would write to its own "
+            "disk. Use object storage (s3://bucket/prefix), or pass --shared-output if the path is shared storage "
+            "mounted on every node"
+        )
+
+
+@contextlib.contextmanager
+def quiet_stderr(enabled: bool = True) -> Iterator[IO[str]]:
+    """Filter the process's stderr (file descriptor 2) while the block runs; yields a stream to the real one.
+
+    Ray's C++ core and its loggers write to fd 2 directly, so a Python-level filter cannot catch them: fd 2
+    becomes a pipe read by a thread that drops Ray's noise (see _RAY_NOISE) and passes everything else on —
+    our messages, tracebacks, Ray's real errors. The yielded stream writes to the real stderr unfiltered
+    (for a live progress bar, which must see the terminal). Disabled: fd 2 untouched, yields sys.stderr.
+    """
+    if not enabled:
+        yield sys.stderr
+        return
+    sys.stderr.flush()
+    real_fd = os.dup(2)
+    read_fd, write_fd = os.pipe()
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+    real = os.fdopen(os.dup(real_fd), "w", buffering=1, encoding=sys.stderr.encoding or "utf-8", errors="replace")
+
+    drained = threading.Event()
+
+    def pump() -> None:
+        with os.fdopen(read_fd, "rb") as pipe:
+            for raw in pipe:
+                if raw == _DRAINED:
+                    drained.set()
+                elif not _RAY_NOISE.match(raw.decode("utf-8", "replace")):
+                    os.write(real_fd, raw)
+
+    threading.Thread(target=pump, name="raycolor-stderr-filter", daemon=True).start()
+    try:
+        yield real
+    finally:
+        sys.stderr.flush()
+        real.flush()
+        # Ray's processes started in the block inherited the pipe and keep it open after it (still filtered),
+        # so the pump never sees EOF: a marker tells when everything written so far has passed through
+        os.write(2, _DRAINED)
+        os.dup2(real_fd, 2)
+        drained.wait(timeout=5.0)
+        real.close()
+
+
+_DRAINED = b"\x00raycolor: stderr drained\n"

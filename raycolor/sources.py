@@ -63,6 +63,7 @@ __all__ = [
     "Item",
     "exists",
     "filesystem",
+    "is_local",
     "join_uri",
     "list_items",
     "output_key",
@@ -283,6 +284,11 @@ def filesystem(uri: str, *, s3_endpoint: str | None = None) -> tuple[fsspec.Abst
     except ValueError as exc:
         raise InputError(f"unknown URI scheme {proto}://: {_redact(uri)}") from exc
     return fs, path
+
+
+def is_local(uri: str) -> bool:
+    """Whether ``uri`` names this machine's own filesystem (a plain path or ``file://``)."""
+    return _protocol(uri) in (None, *_LOCAL_PROTOCOLS)
 
 
 def _to_uri(fs: fsspec.AbstractFileSystem, path: str, like: str) -> str:

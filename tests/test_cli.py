@@ -22,22 +22,26 @@ runner = CliRunner()
 def calls(monkeypatch):
     """Record what each heavy function receives; connect to nothing."""
     seen: dict[str, object] = {}
-    monkeypatch.setattr(runtime, "connect", lambda address, **kw: f"connected {address}")
+    def connect(address, **kw):
+        seen["connect"] = kw
+        return f"connected {address}"
 
-    def fit(config):
+    monkeypatch.setattr(runtime, "connect", connect)
+
+    def fit(config, **kw):
         seen["train"] = config
         return SimpleNamespace(
             epochs_run=1, metrics={"val_psnr": 20.0}, images_per_s=1.0, elapsed_s=1.0, model_uri="m", metrics_uri="j"
         )
 
-    def colorize(config):
+    def colorize(config, **kw):
         seen["colorize"] = config
         return ray_colorize.ColorizeSummary(
             inputs=3, ok=2, error=1, skipped=0, processed=3, elapsed_s=1.0, images_per_s=3.0,
             first_output_s=0.5, output="out", model_id="abc",
         )
 
-    def evaluate(config):
+    def evaluate(config, **kw):
         seen["evaluate"] = config
         return ray_evaluate.EvaluateReport(
             model_id="abc", images=2, errors=0, model={"psnr": 25.0}, baseline={"psnr": 22.0}, per_image=[]
@@ -107,6 +111,15 @@ def test_evaluate_json_has_model_and_baseline(calls):
     assert calls["evaluate"] == EvaluateConfig(checkpoint="ck", data=("d1", "d2"), gallery="g.png")
     report = json.loads(r.stdout)
     assert report["model"]["psnr"] == 25.0 and report["baseline"]["psnr"] == 22.0
+
+
+@pytest.mark.parametrize("flag", [[], ["--verbose"], ["-v"]])
+def test_verbose_reaches_connect_and_quiet_is_the_default(calls, flag):
+    r = runner.invoke(app, ["colorize", "x", "--output", "o", "--checkpoint", "c", *flag])
+    assert r.exit_code == 0, r.output
+    assert calls["connect"]["verbose"] is bool(flag)
+    r = runner.invoke(app, ["evaluate", "--checkpoint", "c", "--data", "d", *flag])
+    assert r.exit_code == 0 and calls["connect"]["verbose"] is bool(flag)
 
 
 def test_bad_flag_values_are_usage_errors(calls):
@@ -195,3 +208,56 @@ def test_unreachable_s3_endpoint_is_exit_2(no_connect, s3_env, tiny_ckpt, tmp_pa
     )
     line = _one_line_error(r)
     assert "s3://photos/in/" in line and "testing" not in line
+
+
+MULTI_NODE = """
+import json, sys
+import numpy as np
+from PIL import Image
+from ray.cluster_utils import Cluster
+from typer.testing import CliRunner
+from raycolor.cli import app
+
+tmp, ckpt = sys.argv[1], sys.argv[2]
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+cluster.add_node(num_cpus=1)
+cluster.add_node(num_cpus=1)
+Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(f"{tmp}/a.png")
+Image.fromarray(np.ones((16, 16, 3), np.uint8)).save(f"{tmp}/b.png")
+runner = CliRunner()
+common = ["--address", cluster.address]
+out = {
+    "colorize": runner.invoke(app, ["colorize", f"{tmp}/a.png", "--output", f"{tmp}/o", "--checkpoint", ckpt, *common]),
+    "train": runner.invoke(app, ["train", "--data", tmp, "--output", f"{tmp}/run", "--weights", "none", *common]),
+    "shared": runner.invoke(
+        app, ["colorize", f"{tmp}/a.png", "--output", f"{tmp}/shared", "--checkpoint", ckpt, "--shared-output", *common]
+    ),
+}
+print(json.dumps({k: [r.exit_code, r.output] for k, r in out.items()}), flush=True)
+import ray
+ray.shutdown()
+cluster.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_local_output_on_a_multi_node_cluster_is_refused(tiny_ckpt, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    r = subprocess.run(
+        [sys.executable, "-c", MULTI_NODE, str(tmp_path), tiny_ckpt], capture_output=True, text=True, env=env, timeout=400
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    for command in ("colorize", "train"):
+        code, output = result[command]
+        assert code == 2, output
+        line = [x for x in output.splitlines() if x.startswith("error: ")]
+        assert len(line) == 1 and "3 nodes" in line[0] and "--shared-output" in line[0] and "s3://" in line[0], output
+    assert not (tmp_path / "o").exists() and not (tmp_path / "run").exists()  # refused before writing anything
+    code, output = result["shared"]
+    assert code == 0, output  # the same machine's disk is shared by these three nodes
+    assert (tmp_path / "shared" / "images" / "a.png").exists()

@@ -2,6 +2,8 @@ import math
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
 from raycolor.metrics import colourfulness, image_metrics, psnr, ssim
 
@@ -20,6 +22,31 @@ def test_ssim_of_an_image_with_itself_is_one_and_drops_with_noise():
     assert ssim(img, img) == pytest.approx(1.0)
     noisy = np.clip(img.astype(int) + rng.integers(-60, 60, img.shape), 0, 255).astype(np.uint8)
     assert ssim(img, noisy) < 0.9
+
+
+def _ssim_definition(a: np.ndarray, b: np.ndarray, window: int = 11, sigma: float = 1.5) -> float:
+    """Wang et al. (2004) written out: a 2-D Gaussian window, population statistics, valid positions only."""
+    x = torch.from_numpy(a.astype(np.float64)).permute(2, 0, 1).unsqueeze(1)
+    y = torch.from_numpy(b.astype(np.float64)).permute(2, 0, 1).unsqueeze(1)
+    g = torch.exp(-((torch.arange(window, dtype=torch.float64) - (window - 1) / 2) ** 2) / (2 * sigma**2))
+    g = g / g.sum()
+    k = (g[:, None] * g[None, :]).view(1, 1, window, window)
+    mx, my = F.conv2d(x, k), F.conv2d(y, k)
+    sxx, syy, sxy = F.conv2d(x * x, k) - mx**2, F.conv2d(y * y, k) - my**2, F.conv2d(x * y, k) - mx * my
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    return float((((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))).mean())
+
+
+@pytest.mark.parametrize("shape", [(48, 40, 3), (11, 64, 3), (97, 13, 3)])
+def test_ssim_matches_the_definition(shape):
+    rng = np.random.default_rng(sum(shape))
+    a = rng.integers(0, 256, shape, dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-40, 40, shape), 0, 255).astype(np.uint8)
+    assert ssim(a, b) == pytest.approx(_ssim_definition(a, b), abs=1e-12)
+
+
+def test_ssim_of_a_tiny_image_is_nan():
+    assert math.isnan(ssim(np.zeros((8, 30, 3), np.uint8), np.zeros((8, 30, 3), np.uint8)))
 
 
 def test_colourfulness_hand_values():

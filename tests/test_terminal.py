@@ -1,0 +1,113 @@
+"""What a person sees: `raycolor colorize` run as a real process, in a real pseudo-terminal and with pipes.
+
+A live progress bar with the total while it runs, a plain periodic line when stderr is not a terminal, and
+none of Ray's own log lines unless --verbose.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import re
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SAMPLES = str(Path(__file__).resolve().parents[1] / "raycolor" / "samples")
+N_SAMPLES = 16
+RAYCOLOR = [sys.executable, "-m", "raycolor.cli"]
+# what Ray prints when nothing keeps it quiet (seen on a terminal before this was fixed)
+RAY_NOISE = re.compile(
+    r"\b(INFO|WARNING)\b.*\.py:\d+ --|core_worker\.cc|streaming_executor|Execution plan|"
+    r"A new progress UI|tqdm is not installed|Token authentication is enabled|Started a local Ray instance"
+)
+SGR = re.compile(r"\x1b\[[0-9;]*m")  # colours: dropped
+CURSOR = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")  # redraws (cursor moves, line erases): a line break
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
+    env["COLUMNS"], env["LINES"], env["TERM"] = "120", "40", "xterm-256color"
+    return env
+
+
+def _colorize_args(tiny_ckpt: str, out: Path, *extra: str) -> list[str]:
+    return [*RAYCOLOR, "colorize", SAMPLES, "--output", str(out), "--checkpoint", tiny_ckpt, "--batch-size", "2", *extra]
+
+
+def test_progress_bar_in_a_terminal_and_no_ray_lines(tiny_ckpt, tmp_path):
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen(
+        _colorize_args(tiny_ckpt, tmp_path / "out"),
+        stdin=follower, stdout=follower, stderr=follower, env=_env(), close_fds=True,
+    )
+    os.close(follower)
+    chunks: list[tuple[float, bytes]] = []
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        ready, _, _ = select.select([leader], [], [], 1.0)
+        if ready:
+            try:
+                data = os.read(leader, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append((time.time(), data))
+        elif proc.poll() is not None:
+            break
+    proc.wait(timeout=60)
+    os.close(leader)
+    raw = b"".join(c for _, c in chunks).decode("utf-8", "replace")
+    text = CURSOR.sub("\n", SGR.sub("", raw))
+    assert proc.returncode == 0, text[-3000:]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    assert lines[0].startswith("Started a local Ray runtime"), lines[:5]
+    # the live bar, with the total, drawn before the run's summary table
+    table_at = next(i for i, line in enumerate(lines) if line == "raycolor colorize")
+    bar = [line for line in lines[:table_at] if line.startswith("colorize") and f"/{N_SAMPLES}" in line]
+    assert bar, lines[:table_at]
+    assert any("images/s" in line and "ok" in line and "errors" in line for line in bar), bar
+    assert any(f"{N_SAMPLES}/{N_SAMPLES}" in line for line in bar), bar
+    # it was drawn while the job ran: several frames, the first well before the last byte
+    frames = [t for t, c in chunks if f"/{N_SAMPLES}".encode() in c]
+    assert len(frames) >= 2 and frames[0] < chunks[-1][0] - 0.5
+    noise = [line for line in lines if RAY_NOISE.search(line)]
+    assert not noise, noise
+
+
+def test_plain_progress_lines_without_a_terminal(tiny_ckpt, tmp_path):
+    r = subprocess.run(
+        _colorize_args(tiny_ckpt, tmp_path / "out", "--progress-every", "1"),
+        capture_output=True, text=True, env=_env(), timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "\x1b[" not in r.stderr  # no terminal: no control sequences in a job log
+    progress = [line for line in r.stderr.splitlines() if line.startswith("colorize: ")]
+    assert len(progress) >= 3, r.stderr  # start, at least one tick, the end
+    assert progress[0].startswith(f"colorize: 0/{N_SAMPLES} images")
+    assert progress[-1].startswith(f"colorize: {N_SAMPLES}/{N_SAMPLES} images (100.0 %)")
+    assert all("images/s, ETA" in line and ", ok " in line and ", errors " in line for line in progress)
+    assert f"ok {N_SAMPLES}, errors 0" in progress[-1]
+    noise = [line for line in r.stderr.splitlines() if RAY_NOISE.search(line)]
+    assert not noise, noise
+    assert "raycolor colorize" in r.stdout and "images/s" in r.stdout
+
+
+def test_verbose_shows_rays_own_logs(tiny_ckpt, tmp_path):
+    r = subprocess.run(
+        _colorize_args(tiny_ckpt, tmp_path / "out", "--verbose"),
+        capture_output=True, text=True, env=_env(), timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert RAY_NOISE.search(r.stderr), r.stderr[-3000:]
