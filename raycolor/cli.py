@@ -14,6 +14,7 @@ import typer
 
 from raycolor import __version__
 from raycolor.config import (
+    DEFAULT_IO_CONCURRENCY,
     DEFAULT_MAX_PIXELS,
     ColorizeConfig,
     DemoConfig,
@@ -52,6 +53,14 @@ S3Endpoint = Annotated[
     typer.Option("--s3-endpoint", help="S3-compatible endpoint URL (else AWS_ENDPOINT_URL / the AWS default)."),
 ]
 Retries = Annotated[int, typer.Option(min=1, help="Attempts per object read/write before an item becomes an error row.")]
+IOConcurrency = Annotated[
+    int,
+    typer.Option(
+        "--io-concurrency",
+        min=1,
+        help="Object reads/writes in flight at once per batch (hides object-store latency; 1 = one at a time).",
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -127,6 +136,7 @@ def train(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     s3_endpoint: S3Endpoint = None,
     retries: Retries = 5,
+    io_concurrency: IOConcurrency = DEFAULT_IO_CONCURRENCY,
     address: Address = None,
 ) -> None:
     """Fit the colorizer with Ray Train (DDP); re-running the same command resumes from the last checkpoint."""
@@ -152,7 +162,7 @@ def train(
         max_failures=max_failures,
         seed=seed,
         max_pixels=max_pixels,
-        storage=StorageConfig(s3_endpoint=s3_endpoint, retries=retries),
+        storage=StorageConfig(s3_endpoint=s3_endpoint, retries=retries, io_concurrency=io_concurrency),
     )
 
     def call():
@@ -207,6 +217,7 @@ def colorize(
     ] = None,
     s3_endpoint: S3Endpoint = None,
     retries: Retries = 5,
+    io_concurrency: IOConcurrency = DEFAULT_IO_CONCURRENCY,
     address: Address = None,
 ) -> None:
     """Colorize every image under INPUTS into OUTPUT; re-running skips what is already done."""
@@ -224,7 +235,7 @@ def colorize(
         parquet_images=parquet_images,
         max_pixels=max_pixels,
         device_codec=device_codec,
-        storage=StorageConfig(s3_endpoint=s3_endpoint, retries=retries),
+        storage=StorageConfig(s3_endpoint=s3_endpoint, retries=retries, io_concurrency=io_concurrency),
     )
 
     def call():
@@ -263,6 +274,7 @@ def evaluate(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     s3_endpoint: S3Endpoint = None,
     retries: Retries = 5,
+    io_concurrency: IOConcurrency = DEFAULT_IO_CONCURRENCY,
     address: Address = None,
 ) -> None:
     """PSNR, SSIM and colourfulness of the model against the grey baseline (ab = 0)."""
@@ -275,7 +287,7 @@ def evaluate(
         gallery=gallery,
         gallery_rows=gallery_rows,
         max_pixels=max_pixels,
-        storage=StorageConfig(s3_endpoint=s3_endpoint, retries=retries),
+        storage=StorageConfig(s3_endpoint=s3_endpoint, retries=retries, io_concurrency=io_concurrency),
     )
 
     def call():
