@@ -16,7 +16,13 @@ start-up and imports:
 1. ``0 ms``: ``--io-concurrency`` requests in flight per batch (default: the library default);
 2. ``N ms``: the same with the latency added to every request;
 3. ``N ms sequential``: ``io_concurrency=1``, i.e. one request at a time per task, as before
-   ``sources.read_items`` / ``write_many`` existed (skip with ``--skip-sequential``).
+   ``sources.read_items`` / ``write_many`` existed (skip with ``--skip-sequential``);
+4. ``0 ms`` again: the 0 ms reference is the mean of runs 1 and 4, and their difference is printed as the
+   machine's noise (on a shared machine, ratios are only as good as that).
+
+Before the pipeline runs, a no-Ray comparison of ways to issue the GETs (``--raw-reads`` objects, at 0 and
+N ms): ``read_items`` one at a time, ``read_items`` with the default concurrency (threads over
+``read_item``), and s3fs's batch ``cat(list)``.
 
 Throughput = images / the colorize call's own elapsed time (``ColorizeSummary.images_per_s``: listing,
 the pipeline, the manifest check and ``_SUCCESS.json`` included) and, separately, the steady state between
@@ -140,6 +146,30 @@ def run_once(name: str, *, bucket: str, proxy, latency_s: float, io_concurrency:
     return res
 
 
+def raw_reads(fs, bucket: str, n: int, proxy, latency_s: float, concurrency: int) -> dict:
+    """The GETs alone, no Ray: read_items one at a time, read_items with ``concurrency`` in flight (threads over
+    read_item), and s3fs's own batch ``cat`` of the same keys (coroutines gathered on its event loop)."""
+    from raycolor import sources
+
+    items = [sources.Item(source=str(i), relpath="x.jpg", uri=f"s3://{bucket}/in/{i:05d}.jpg") for i in range(n)]
+    s3, _ = sources.filesystem(f"s3://{bucket}/in", s3_endpoint=proxy.url)
+    proxy.latency_s = latency_s
+    sources.read_items(items[:4], s3_endpoint=proxy.url)  # connect outside the timings
+    out = {}
+    for name, call in (
+        ("read_items sequential", lambda: sources.read_items(items, s3_endpoint=proxy.url, max_in_flight=1)),
+        (f"read_items x{concurrency}", lambda: sources.read_items(items, s3_endpoint=proxy.url, max_in_flight=concurrency)),
+        ("s3fs cat(list)", lambda: list(s3.cat([f"{bucket}/in/{i:05d}.jpg" for i in range(n)], on_error="return").values())),
+    ):
+        t0 = time.perf_counter()
+        got = call()
+        dt = time.perf_counter() - t0
+        assert all(isinstance(g, bytes) for g in got), name
+        out[name] = round(n / dt, 1)
+    print(f"  raw GETs at {latency_s * 1e3:g} ms, objects/s: " + ", ".join(f"{k} {v}" for k, v in out.items()), flush=True)
+    return out
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=600)
@@ -151,6 +181,8 @@ def main(argv=None) -> dict:
     p.add_argument("--cpus", type=int, default=2, help="ray.init(num_cpus=...)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-sequential", action="store_true")
+    p.add_argument("--raw-reads", type=int, default=200, help="objects in the no-Ray GET comparison (0: skip it)")
+    p.add_argument("--skip-pipeline", action="store_true", help="only the no-Ray GET comparison")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
@@ -189,45 +221,67 @@ def main(argv=None) -> dict:
                   f"{args.render_size}, batch {args.batch_size}, {args.cpus} CPUs, io_concurrency {concurrency}; "
                   f"load average {os.getloadavg()[0]:.1f}", flush=True)
             runs: dict[str, dict] = {}
+            raw: dict[str, dict] = {}
+            lat, ms = args.latency_ms / 1e3, f"{args.latency_ms:g}ms"
             with FaultProxy(endpoint) as proxy:
-                from raycolor.config import ColorizeConfig, StorageConfig
-                from raycolor.ray_colorize import colorize
+                if args.raw_reads:
+                    n_raw = min(args.raw_reads, args.images)
+                    raw["0ms"] = raw_reads(fs, bucket, n_raw, proxy, 0.0, concurrency)
+                    raw[ms] = raw_reads(fs, bucket, n_raw, proxy, lat, concurrency)
+                if not args.skip_pipeline:
+                    from raycolor.config import ColorizeConfig, StorageConfig
+                    from raycolor.ray_colorize import colorize
 
-                colorize(ColorizeConfig(  # warm-up: Ray workers, imports, the S3 clients
-                    inputs=(f"s3://{bucket}/warm",), output=f"s3://{bucket}/out-warm", checkpoint=ckpt,
-                    render_size=args.render_size, batch_size=args.batch_size,
-                    storage=StorageConfig(s3_endpoint=proxy.url, io_concurrency=concurrency)))
-                lat = args.latency_ms / 1e3
-                ms = f"{args.latency_ms:g}ms"
-                common = {"bucket": bucket, "proxy": proxy, "ckpt": ckpt, "args": args}
-                runs["0ms"] = run_once("0ms", latency_s=0.0, io_concurrency=concurrency, **common)
-                runs[ms] = run_once(ms, latency_s=lat, io_concurrency=concurrency, **common)
-                if not args.skip_sequential:
-                    runs[f"{ms}-sequential"] = run_once(f"{ms}-sequential", latency_s=lat, io_concurrency=1, **common)
+                    colorize(ColorizeConfig(  # warm-up: Ray workers, imports, the S3 clients
+                        inputs=(f"s3://{bucket}/warm",), output=f"s3://{bucket}/out-warm", checkpoint=ckpt,
+                        render_size=args.render_size, batch_size=args.batch_size,
+                        storage=StorageConfig(s3_endpoint=proxy.url, io_concurrency=concurrency)))
+                    common = {"bucket": bucket, "proxy": proxy, "ckpt": ckpt, "args": args}
+                    runs["0ms"] = run_once("0ms", latency_s=0.0, io_concurrency=concurrency, **common)
+                    runs[ms] = run_once(ms, latency_s=lat, io_concurrency=concurrency, **common)
+                    if not args.skip_sequential:
+                        runs[f"{ms}-sequential"] = run_once(f"{ms}-sequential", latency_s=lat, io_concurrency=1, **common)
+                    # the 0 ms run again: the reference is the mean of the two, their spread is the machine's noise
+                    runs["0ms-again"] = run_once("0ms-again", latency_s=0.0, io_concurrency=concurrency, **common)
             ray.shutdown()
     finally:
         moto.terminate()
         moto.wait(10)
 
+    def rate(name: str, key: str) -> float | None:
+        if name == "0ms" and "0ms-again" in runs:  # the reference: mean of the runs before and after
+            values = [runs[r].get(key) for r in ("0ms", "0ms-again")]
+            return sum(values) / 2 if all(values) else None
+        return runs.get(name, {}).get(key)
+
     def ratio(a: str, b: str, key: str = "images_per_s") -> float | None:
-        x, y = runs.get(a, {}).get(key), runs.get(b, {}).get(key)
+        x, y = rate(a, key), rate(b, key)
         return round(x / y, 3) if x and y else None
+
+    def spread(key: str) -> float | None:
+        x, y = (runs.get(r, {}).get(key) for r in ("0ms", "0ms-again"))
+        return round(abs(x - y) / ((x + y) / 2), 3) if x and y else None
 
     report = {
         "settings": {"images": args.images, "size": [width, height], "render_size": args.render_size,
                      "batch_size": args.batch_size, "cpus": args.cpus, "latency_ms": args.latency_ms,
                      "io_concurrency": concurrency},
+        "raw_reads_objects_per_s": raw,
         "runs": runs,
         "ratio_latency_vs_0ms": ratio(ms, "0ms"),
         "ratio_latency_vs_0ms_steady": ratio(ms, "0ms", "steady_images_per_s"),
         "speedup_concurrent_vs_sequential": ratio(ms, f"{ms}-sequential"),
         "ratio_sequential_vs_0ms": ratio(f"{ms}-sequential", "0ms"),
+        "noise_0ms_runs": spread("images_per_s"),
+        "noise_0ms_runs_steady": spread("steady_images_per_s"),
         "load_average_end": round(os.getloadavg()[0], 2),
         "wall_s": round(time.time() - t_start, 1),
     }
-    print(f"{ms} / 0ms throughput: {report['ratio_latency_vs_0ms']} end to end, "
-          f"{report['ratio_latency_vs_0ms_steady']} steady state (target >= 0.8)")
-    if not args.skip_sequential:
+    if runs:
+        print(f"{ms} / 0ms throughput: {report['ratio_latency_vs_0ms']} end to end, "
+              f"{report['ratio_latency_vs_0ms_steady']} steady state (target >= 0.8; 0 ms = mean of its two runs, "
+              f"which differ by {report['noise_0ms_runs']} / {report['noise_0ms_runs_steady']})")
+    if runs and not args.skip_sequential:
         print(f"at {ms}: concurrent / sequential = {report['speedup_concurrent_vs_sequential']}; "
               f"sequential / 0ms = {report['ratio_sequential_vs_0ms']}")
     print(f"load average at end {report['load_average_end']}, bench wall time {report['wall_s']} s")
