@@ -170,6 +170,53 @@ def raw_reads(fs, bucket: str, n: int, proxy, latency_s: float, concurrency: int
     return out
 
 
+def stage_profile(bucket: str, proxy, ckpt: str, args, latency_s: float, concurrency: int) -> dict:
+    """Wall ms per batch of the two Ray CPU stage functions, called here without Ray (best of 3 batches, so
+    other users' load counts little): ``_decode_batch`` (reads + decode) and ``_finish_batch`` (encode +
+    image writes + manifest part), at 0 ms, at ``latency_s`` with ``concurrency``, and at ``latency_s``
+    one request at a time."""
+    import torch
+
+    from raycolor import checkpoint
+    from raycolor import ray_colorize as rc
+
+    model, _ = checkpoint.load(ckpt)
+    pred = rc.Predictor.__new__(rc.Predictor)  # the actor's __call__ without its process
+    pred.device, pred.model, pred.compose_on_device, pred.encode_jpeg_quality = torch.device("cpu"), model, False, None
+    b = args.batch_size
+
+    def batch(k: int) -> dict:
+        idx = range(k * b, (k + 1) * b)
+        return {
+            "source": np.array([f"s3://{bucket}/in/{i:05d}.jpg" for i in idx], dtype=object),
+            "relpath": np.array([f"{i:05d}.jpg" for i in idx], dtype=object),
+            "uri": np.array([f"s3://{bucket}/in/{i:05d}.jpg" for i in idx], dtype=object),
+            "offset": np.zeros(b, np.int64),
+            "size": np.full(b, -1, np.int64),
+        }
+
+    out = {}
+    for name, lat, conc in (("0ms", 0.0, concurrency), (f"{latency_s * 1e3:g}ms", latency_s, concurrency),
+                            (f"{latency_s * 1e3:g}ms-sequential", latency_s, 1)):
+        proxy.latency_s = lat
+        dec, fin = [], []
+        for k in range(3):
+            t0 = time.perf_counter()
+            decoded = rc._decode_batch(batch(k), render_size=args.render_size, max_pixels=None,
+                                       s3_endpoint=proxy.url, retries=3, io_concurrency=conc)
+            dec.append(time.perf_counter() - t0)
+            predicted = pred(decoded)
+            t0 = time.perf_counter()
+            rc._finish_batch(predicted, output=f"s3://{bucket}/out-stages-{name}", fmt="png", png_level=1,
+                             jpeg_quality=92, parquet_images=False, model_id="bench", s3_endpoint=proxy.url,
+                             retries=3, io_concurrency=conc)
+            fin.append(time.perf_counter() - t0)
+        out[name] = {"decode_ms_per_batch": round(min(dec) * 1e3, 1), "finish_ms_per_batch": round(min(fin) * 1e3, 1)}
+        print(f"  stages {name:<16} decode {out[name]['decode_ms_per_batch']:7.1f} ms, finish "
+              f"{out[name]['finish_ms_per_batch']:7.1f} ms per batch of {b} (best of 3)", flush=True)
+    return out
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=600)
@@ -182,7 +229,8 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-sequential", action="store_true")
     p.add_argument("--raw-reads", type=int, default=200, help="objects in the no-Ray GET comparison (0: skip it)")
-    p.add_argument("--skip-pipeline", action="store_true", help="only the no-Ray GET comparison")
+    p.add_argument("--skip-pipeline", action="store_true", help="leave out the Ray colorize runs")
+    p.add_argument("--no-stages", dest="stages", action="store_false", help="leave out the no-Ray stage timings")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
@@ -228,6 +276,7 @@ def main(argv=None) -> dict:
                     n_raw = min(args.raw_reads, args.images)
                     raw["0ms"] = raw_reads(fs, bucket, n_raw, proxy, 0.0, concurrency)
                     raw[ms] = raw_reads(fs, bucket, n_raw, proxy, lat, concurrency)
+                stages = stage_profile(bucket, proxy, ckpt, args, lat, concurrency) if args.stages else {}
                 if not args.skip_pipeline:
                     from raycolor.config import ColorizeConfig, StorageConfig
                     from raycolor.ray_colorize import colorize
@@ -267,6 +316,7 @@ def main(argv=None) -> dict:
                      "batch_size": args.batch_size, "cpus": args.cpus, "latency_ms": args.latency_ms,
                      "io_concurrency": concurrency},
         "raw_reads_objects_per_s": raw,
+        "stages": stages,
         "runs": runs,
         "ratio_latency_vs_0ms": ratio(ms, "0ms"),
         "ratio_latency_vs_0ms_steady": ratio(ms, "0ms", "steady_images_per_s"),
