@@ -13,8 +13,8 @@ from typing import IO, Annotated, Any, Optional
 import typer
 
 from raycolor import __version__
-from raycolor.progress import DEFAULT_EVERY_S
 from raycolor.config import (
+    DEFAULT_IO_CONCURRENCY,
     DEFAULT_MAX_PIXELS,
     ColorizeConfig,
     DemoConfig,
@@ -22,6 +22,7 @@ from raycolor.config import (
     StorageConfig,
     TrainConfig,
 )
+from raycolor.progress import DEFAULT_EVERY_S
 
 app = typer.Typer(
     name="raycolor",
@@ -66,6 +67,14 @@ SharedOutput = Annotated[
     ),
 ]
 Retries = Annotated[int, typer.Option(min=1, help="Attempts per object read/write before an item becomes an error row.")]
+IOConcurrency = Annotated[
+    int,
+    typer.Option(
+        "--io-concurrency",
+        min=1,
+        help="Object reads/writes in flight at once per batch (hides object-store latency; 1 = one at a time).",
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -162,6 +171,7 @@ def train(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     s3_endpoint: S3Endpoint = None,
     retries: Retries = 5,
+    io_concurrency: IOConcurrency = DEFAULT_IO_CONCURRENCY,
     shared_output: SharedOutput = False,
     address: Address = None,
     verbose: Verbose = False,
@@ -189,7 +199,9 @@ def train(
         max_failures=max_failures,
         seed=seed,
         max_pixels=max_pixels,
-        storage=StorageConfig(s3_endpoint=s3_endpoint, retries=retries, shared_output=shared_output),
+        storage=StorageConfig(
+            s3_endpoint=s3_endpoint, retries=retries, io_concurrency=io_concurrency, shared_output=shared_output
+        ),
     )
 
     def call(terminal):
@@ -244,6 +256,7 @@ def colorize(
     ] = None,
     s3_endpoint: S3Endpoint = None,
     retries: Retries = 5,
+    io_concurrency: IOConcurrency = DEFAULT_IO_CONCURRENCY,
     shared_output: SharedOutput = False,
     address: Address = None,
     progress_every: ProgressEvery = DEFAULT_EVERY_S,
@@ -264,7 +277,9 @@ def colorize(
         parquet_images=parquet_images,
         max_pixels=max_pixels,
         device_codec=device_codec,
-        storage=StorageConfig(s3_endpoint=s3_endpoint, retries=retries, shared_output=shared_output),
+        storage=StorageConfig(
+            s3_endpoint=s3_endpoint, retries=retries, io_concurrency=io_concurrency, shared_output=shared_output
+        ),
     )
 
     def call(terminal):
@@ -304,6 +319,7 @@ def evaluate(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     s3_endpoint: S3Endpoint = None,
     retries: Retries = 5,
+    io_concurrency: IOConcurrency = DEFAULT_IO_CONCURRENCY,
     address: Address = None,
     progress_every: ProgressEvery = DEFAULT_EVERY_S,
     verbose: Verbose = False,
@@ -318,7 +334,7 @@ def evaluate(
         gallery=gallery,
         gallery_rows=gallery_rows,
         max_pixels=max_pixels,
-        storage=StorageConfig(s3_endpoint=s3_endpoint, retries=retries),
+        storage=StorageConfig(s3_endpoint=s3_endpoint, retries=retries, io_concurrency=io_concurrency),
     )
 
     def call(terminal):

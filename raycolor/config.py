@@ -10,6 +10,9 @@ from typing import Literal
 
 # Pillow's own default is ~89 Mpx; archives hold big scans, so allow a little more by default.
 DEFAULT_MAX_PIXELS = 178_956_970
+# Object reads/writes in flight at once per batch (per CPU task); see sources.read_items and
+# docs/performance.md ("Object storage latency") for how it was chosen.
+DEFAULT_IO_CONCURRENCY = 32
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,7 @@ class ModelConfig:
 class StorageConfig:
     s3_endpoint: str | None = None  # overrides AWS_ENDPOINT_URL for S3-compatible stores
     retries: int = 5  # attempts per object read/write before an item becomes an error row
+    io_concurrency: int = DEFAULT_IO_CONCURRENCY  # object reads/writes in flight at once per batch
     # a local OUTPUT path is storage shared by every node (NFS, Lustre...): allowed on a multi-node cluster
     shared_output: bool = False
 

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raycolor import checkpoint, images, runtime, sources
-from raycolor.config import ColorizeConfig
+from raycolor.config import DEFAULT_IO_CONCURRENCY, ColorizeConfig
 
 L_SCALE = 65535 / 100  # L in [0, 100] <-> uint16
 
@@ -80,6 +80,7 @@ def _decode_batch(
     retries: int,
     keep_rgb: bool = False,
     device_codec: bool = False,
+    io_concurrency: int = DEFAULT_IO_CONCURRENCY,
 ) -> dict:
     """keep_rgb: also ship the decoded RGB (raw bytes) downstream, for evaluation against the original.
     device_codec: baseline JPEGs skip Pillow and travel as their own bytes (+ EXIF orientation) to the
@@ -98,18 +99,21 @@ def _decode_batch(
     width = np.zeros(n, dtype=np.int64)
     height = np.zeros(n, dtype=np.int64)
     error = np.full(n, "", dtype=object)  # "" = no error: an all-null column would not survive Arrow
-    for i in range(n):
-        item = sources.Item(
+    items = [
+        sources.Item(
             source=batch["source"][i],
             relpath=batch["relpath"][i],
             uri=batch["uri"][i],
             offset=int(batch["offset"][i]),
             size=int(batch["size"][i]),
         )
-        try:
-            data = sources.read_item(item, s3_endpoint=s3_endpoint, retries=retries)
-        except Exception as e:  # after retries: this item is an error row, the job goes on
-            error[i] = f"read_failed: {sources.redact(e, item.uri)}"
+        for i in range(n)
+    ]
+    # the whole batch's reads in flight together: object-store latency is paid about once per batch
+    datas = sources.read_items(items, s3_endpoint=s3_endpoint, retries=retries, max_in_flight=io_concurrency)
+    for i, (item, data) in enumerate(zip(items, datas)):
+        if isinstance(data, Exception):  # after retries: this item is an error row, the job goes on
+            error[i] = f"read_failed: {sources.redact(data, item.uri)}"
             l_full[i] = b""
             continue
         peek = images.device_decodable_jpeg(data, max_pixels=max_pixels) if device_codec else None
@@ -286,6 +290,7 @@ def _finish_batch(
     model_id: str,
     s3_endpoint,
     retries: int,
+    io_concurrency: int = DEFAULT_IO_CONCURRENCY,
 ) -> dict:
     import torch
 
@@ -294,20 +299,25 @@ def _finish_batch(
     rows: dict[str, list] = {name: [] for name in MANIFEST_SCHEMA.names}
     blobs: list[bytes | None] = []
     ext = images.extension(fmt)
+    out_uris: list[str | None] = [None] * n
+    encoded: list[bytes | None] = [None] * n
+    for i in range(n):
+        if not batch["error"][i]:
+            if "encoded" in batch and len(batch["encoded"][i]):
+                encoded[i] = bytes(batch["encoded"][i])  # encoded by the actor (nvJPEG)
+            else:
+                encoded[i] = images.encode(colorized_rgb(batch, i), fmt, png_level=png_level, jpeg_quality=jpeg_quality)
+            out_uris[i] = sources.join_uri(output, "images", sources.output_key(batch["relpath"][i], ext))
+    todo = [i for i in range(n) if out_uris[i] is not None]
+    # the batch's image writes in flight together (each still atomic); the manifest part follows them
+    failures = dict(zip(todo, sources.write_many(
+        [(out_uris[i], encoded[i]) for i in todo], s3_endpoint=s3_endpoint, retries=retries, max_in_flight=io_concurrency
+    )))
     for i in range(n):
         source, err = batch["source"][i], batch["error"][i] or None
-        out_uri = None
-        blob = None
-        if err is None:
-            if "encoded" in batch and len(batch["encoded"][i]):
-                blob = bytes(batch["encoded"][i])  # encoded by the actor (nvJPEG)
-            else:
-                blob = images.encode(colorized_rgb(batch, i), fmt, png_level=png_level, jpeg_quality=jpeg_quality)
-            out_uri = sources.join_uri(output, "images", sources.output_key(batch["relpath"][i], ext))
-            try:
-                sources.write_bytes_atomic(out_uri, blob, s3_endpoint=s3_endpoint, retries=retries)
-            except Exception as e:  # past the retry limit: an error row, never a silent loss
-                err, out_uri, blob = f"write_failed: {sources.redact(e, out_uri)}", None, None
+        out_uri, blob = out_uris[i], encoded[i]
+        if failures.get(i) is not None:  # past the retry limit: an error row, never a silent loss
+            err, out_uri, blob = f"write_failed: {sources.redact(failures[i], out_uri)}", None, None
         rows["source"].append(source)
         rows["output"].append(out_uri)
         rows["status"].append("ok" if err is None else "error")
@@ -421,6 +431,7 @@ def predicted_dataset(items: list[sources.Item], *, checkpoint_uri: str, render_
             "max_pixels": max_pixels,
             "s3_endpoint": endpoint,
             "retries": retries,
+            "io_concurrency": storage.io_concurrency,
             "keep_rgb": keep_rgb,
             "device_codec": device_codec,
         },
@@ -482,6 +493,7 @@ def build_dataset(items: list[sources.Item], config: ColorizeConfig, *, output: 
             "model_id": model_id,
             "s3_endpoint": config.storage.s3_endpoint,
             "retries": config.storage.retries,
+            "io_concurrency": config.storage.io_concurrency,
         },
     )
 

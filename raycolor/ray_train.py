@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from raycolor import checkpoint as core_checkpoint
 from raycolor import color, colorize, images, metrics, runtime, sources
 from raycolor.checkpoint import CheckpointError
-from raycolor.config import TrainConfig
+from raycolor.config import DEFAULT_IO_CONCURRENCY, TrainConfig
 from raycolor.model import VGG_BLOCKS, WeightsUnavailableError, build_colorizer, set_trainable_encoder_blocks
 from raycolor.progress import TrainProgress, fmt_duration
 
@@ -186,12 +186,21 @@ def _items(config: TrainConfig) -> tuple[list[sources.Item], list[sources.Item]]
 # ----------------------------------------------------------------------------------------------------
 
 
-def _decoded(batch: dict[str, np.ndarray], *, s3_endpoint, retries: int, max_pixels, what: str):
+def _decoded(
+    batch: dict[str, np.ndarray], *, s3_endpoint, retries: int, max_pixels, what: str,
+    io_concurrency: int = DEFAULT_IO_CONCURRENCY,
+):
     """Yield uint8 RGB arrays for the rows of `batch`; unreadable/undecodable rows are logged and dropped."""
-    for source, uri, offset, size in zip(batch["source"], batch["uri"], batch["offset"], batch["size"]):
-        item = sources.Item(source=str(source), relpath="x", uri=str(uri), offset=int(offset), size=int(size))
+    items = [
+        sources.Item(source=str(source), relpath="x", uri=str(uri), offset=int(offset), size=int(size))
+        for source, uri, offset, size in zip(batch["source"], batch["uri"], batch["offset"], batch["size"])
+    ]
+    # the batch's reads in flight together (per-item retries as in read_item), then decoded one by one
+    datas = sources.read_items(items, s3_endpoint=s3_endpoint, retries=retries, max_in_flight=io_concurrency)
+    for item, data in zip(items, datas):
         try:
-            data = sources.read_item(item, s3_endpoint=s3_endpoint, retries=retries)
+            if isinstance(data, Exception):
+                raise data
             rgb = images.decode_rgb(data, max_pixels=max_pixels)
         except images.DecodeError as e:
             log.warning("dropping undecodable %s image %s (%s)", what, item.source, e)
@@ -231,7 +240,8 @@ def _random_box(h: int, w: int, rng: np.random.Generator) -> tuple[int, int, int
 
 
 def train_transform(
-    batch: dict[str, np.ndarray], *, size: int, s3_endpoint=None, retries: int = 5, max_pixels=None
+    batch: dict[str, np.ndarray], *, size: int, s3_endpoint=None, retries: int = 5, max_pixels=None,
+    io_concurrency: int = DEFAULT_IO_CONCURRENCY,
 ) -> dict[str, np.ndarray]:
     """Rows of items -> {"L": (n,1,s,s), "ab": (n,2,s,s)} float32: random-resized crop, h-flip, Lab."""
     from PIL import Image
@@ -239,7 +249,9 @@ def train_transform(
     torch.set_num_threads(1)
     rng = np.random.default_rng()  # fresh entropy per call: every epoch sees new crops
     labs = []
-    for rgb in _decoded(batch, s3_endpoint=s3_endpoint, retries=retries, max_pixels=max_pixels, what="training"):
+    for rgb in _decoded(
+        batch, s3_endpoint=s3_endpoint, retries=retries, max_pixels=max_pixels, what="training", io_concurrency=io_concurrency
+    ):
         top, left, ch, cw = _random_box(rgb.shape[0], rgb.shape[1], rng)
         # PIL resizes the crop with an antialiasing (support-scaled) bilinear filter, in C, before the Lab
         # maths, so big scans cost one resize rather than a full-resolution colour conversion
@@ -252,12 +264,15 @@ def train_transform(
 
 
 def val_transform(
-    batch: dict[str, np.ndarray], *, size: int, s3_endpoint=None, retries: int = 5, max_pixels=None
+    batch: dict[str, np.ndarray], *, size: int, s3_endpoint=None, retries: int = 5, max_pixels=None,
+    io_concurrency: int = DEFAULT_IO_CONCURRENCY,
 ) -> dict[str, np.ndarray]:
     """Rows of items -> Lab squashed to size x size exactly as inference renders L (colorize.render_l)."""
     torch.set_num_threads(1)
     labs = []
-    for rgb in _decoded(batch, s3_endpoint=s3_endpoint, retries=retries, max_pixels=max_pixels, what="validation"):
+    for rgb in _decoded(
+        batch, s3_endpoint=s3_endpoint, retries=retries, max_pixels=max_pixels, what="validation", io_concurrency=io_concurrency
+    ):
         lab = color.rgb_uint8_to_lab(torch.from_numpy(rgb).permute(2, 0, 1))
         labs.append(colorize.render_l(lab, size))  # same antialiased bilinear squash for L and ab
     return _lab_batch(labs, size)
@@ -278,6 +293,7 @@ def _dataset(items: Sequence[sources.Item], fn, config: TrainConfig):
             "size": config.image_size,
             "s3_endpoint": config.storage.s3_endpoint,
             "retries": config.storage.retries,
+            "io_concurrency": config.storage.io_concurrency,
             "max_pixels": config.max_pixels,
         },
     )

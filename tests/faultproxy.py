@@ -6,11 +6,18 @@ Faults (what real object stores do under load):
 * ``"slowdown"``: ``503 Slow Down`` with S3's XML error body (``<Code>SlowDown</Code>``), no body for HEAD.
 * ``"reset"``: the request is read, then the connection is closed with a TCP reset and no response.
 
+Latency: ``FaultProxy(upstream, latency_s=0.03)`` holds every request (forwarded or faulted) that long
+before answering it, like the first-byte latency of a real object store (20-60 ms for small objects).
+Requests on different connections wait concurrently, so a client with many requests in flight sees
+the latency once per round, a sequential client once per request. ``latency_s`` may be changed while
+the proxy runs.
+
 Which requests fail is decided by a *policy*, a function ``(method, key_path) -> fault or None``;
 ``key_path`` is the unquoted path without the query string (path-style S3: ``/bucket/key``). Helpers
 build the usual ones: :func:`random_faults` (seeded), :func:`first_n` (the first n requests for each
 path fail, then they pass), :func:`always` and :func:`combine`. The proxy counts what it did
-(``proxy.counts``) and keeps a log of ``(method, key_path, outcome)``.
+(``proxy.counts``), keeps a log of ``(method, key_path, outcome)`` and the most requests it was handling
+at once (``proxy.peak_in_flight``).
 
 Protocol handling: HTTP/1.1 keep-alive towards the client, ``Content-Length`` and chunked request bodies
 (de-chunked before forwarding), ``Expect: 100-continue`` (answered by http.server), HEAD responses that
@@ -24,6 +31,7 @@ import random
 import socket
 import struct
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -105,14 +113,17 @@ def combine(*policies: Policy) -> Policy:
 class FaultProxy:
     """``with FaultProxy(upstream, policy) as proxy: ... proxy.url ...``"""
 
-    def __init__(self, upstream: str, policy: Policy | None = None):
+    def __init__(self, upstream: str, policy: Policy | None = None, *, latency_s: float = 0.0):
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.policy: Policy = policy or (lambda method, path: None)
+        self.latency_s = float(latency_s)  # added to every request, before it is forwarded or faulted
         self.counts: Counter = Counter()  # "requests", "forwarded", "slowdown", "reset", "upstream_error"
         self.log: list[tuple[str, str, str]] = []
+        self.in_flight = 0  # requests being handled now (latency wait included)
+        self.peak_in_flight = 0  # the most at once since start (or since reset to 0 by a test)
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.daemon_threads = True
         self._server.block_on_close = False
         self._server.proxy = self  # type: ignore[attr-defined]
@@ -153,6 +164,12 @@ class FaultProxy:
         return fault
 
 
+class _Server(ThreadingHTTPServer):
+    # listen backlog: the default 5 makes the kernel drop SYNs when many clients connect at once, and a
+    # dropped SYN costs the client a 1 s retransmit, which would swamp any latency being measured
+    request_queue_size = 256
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive towards the client
     server_version = "faultproxy"
@@ -184,13 +201,22 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         proxy: FaultProxy = self.server.proxy  # type: ignore[attr-defined]
         body = self._read_body()
-        fault = proxy._decide(self.command, self.path)
-        if fault == "reset":
-            self._reset()
-        elif fault == "slowdown":
-            self._slowdown()
-        else:
-            self._forward(body, proxy)
+        with proxy._lock:
+            proxy.in_flight += 1
+            proxy.peak_in_flight = max(proxy.peak_in_flight, proxy.in_flight)
+        try:
+            if proxy.latency_s > 0:
+                time.sleep(proxy.latency_s)  # per request: this handler thread serves one connection
+            fault = proxy._decide(self.command, self.path)
+            if fault == "reset":
+                self._reset()
+            elif fault == "slowdown":
+                self._slowdown()
+            else:
+                self._forward(body, proxy)
+        finally:
+            with proxy._lock:
+                proxy.in_flight -= 1
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = _handle
 

@@ -106,6 +106,27 @@ def test_config_is_validated_before_anything_starts(tmp_path):
         fit(dataclasses.replace(cfg, weights=str(tmp_path / "missing.pt")), progress=False)
 
 
+def test_decoded_reads_the_batch_together_and_drops_unreadable_rows(tmp_path, caplog):
+    """ray_train._decoded (the transforms' reading loop): one read_items call per batch, order kept, a
+    missing or undecodable image logged and dropped, the rest decoded."""
+    from raycolor import ray_train
+
+    folder = make_images(tmp_path / "imgs", n=3)
+    rows = [str(folder / "img00.png"), str(tmp_path / "gone.png"), str(folder / "broken.png"), str(folder / "img02.png")]
+    batch = {
+        "source": np.array(rows, dtype=object),
+        "uri": np.array(rows, dtype=object),
+        "offset": np.zeros(len(rows), np.int64),
+        "size": np.full(len(rows), -1, np.int64),
+    }
+    with caplog.at_level("WARNING", logger=ray_train.log.name):
+        got = list(ray_train._decoded(batch, s3_endpoint=None, retries=1, max_pixels=None, what="training", io_concurrency=4))
+    want = [np.asarray(Image.open(folder / n).convert("RGB")) for n in ("img00.png", "img02.png")]
+    assert len(got) == 2 and all(np.array_equal(g, w) for g, w in zip(got, want))
+    assert "unreadable training image" in caplog.text and "gone.png" in caplog.text
+    assert "undecodable training image" in caplog.text and "broken.png" in caplog.text
+
+
 def test_hash_split_is_deterministic_and_never_empty():
     from raycolor.ray_train import split_items
     from raycolor.sources import Item
