@@ -42,8 +42,7 @@ def make_jpegs(folder: str, n: int, size: int, seed: int = 0) -> None:
 
 
 def raw_rate(*, image_size: int, batch_size: int, stage: str, gpu: bool, threads: int, steps: int) -> float:
-    from raycolor import color
-    from raycolor.model import VGG_BLOCKS, build_colorizer, set_trainable_encoder_blocks
+    from raycolor.model import ab_loss, build_colorizer, set_trainable_encoder_blocks
 
     device = torch.device("cuda" if gpu else "cpu")
     if not gpu:
@@ -51,17 +50,14 @@ def raw_rate(*, image_size: int, batch_size: int, stage: str, gpu: bool, threads
     torch.manual_seed(0)
     model = build_colorizer(weights=None).to(device).train()
     set_trainable_encoder_blocks(model, 0 if stage == "frozen" else 2)
-    encoder = [p for b in range(len(VGG_BLOCKS)) for p in model.encoder_block_params(b)]
-    opt = torch.optim.AdamW([{"params": model.decoder_params(), "lr": 1e-3}, {"params": encoder, "lr": 1e-4}])
+    opt = model.configure_optimizers(lr=1e-3, finetune_lr=1e-4)
     L = torch.rand(batch_size, 1, image_size, image_size, device=device) * 100
     ab = (torch.rand(batch_size, 2, image_size, image_size, device=device) - 0.5) * 100
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=gpu):
             pred = model(L)
-        loss = torch.nn.functional.smooth_l1_loss(
-            color.normalize_ab(pred.float()), color.normalize_ab(ab), beta=0.05
-        )
+        loss = ab_loss(pred, ab).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -7,10 +7,13 @@ import math
 import numpy as np
 
 
+PSNR_CAP_DB = 100.0  # identical images (MSE 0, PSNR inf) count as this, so every mean stays finite
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """Peak signal-to-noise ratio in dB over all RGB values (peak 255); inf for identical images."""
+    """Peak signal-to-noise ratio in dB over all RGB values (peak 255), at most PSNR_CAP_DB."""
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+    return PSNR_CAP_DB if mse == 0 else min(PSNR_CAP_DB, 10 * math.log10(255.0**2 / mse))
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:

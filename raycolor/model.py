@@ -89,6 +89,32 @@ class Colorizer(nn.Module):
         enc = {id(p) for p in self.encoder.parameters()}
         return [p for p in self.parameters() if id(p) not in enc]
 
+    def configure_optimizers(self, *, lr: float, finetune_lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
+        """One AdamW for both training stages: the decoder at `lr`, the whole encoder at `finetune_lr`.
+
+        Frozen encoder blocks get no gradient, so AdamW skips them; one optimizer (not one per stage) keeps
+        its state, and so the checkpoints, valid across the switch from feature extraction to fine-tuning."""
+        encoder = [p for b in range(len(VGG_BLOCKS)) for p in self.encoder_block_params(b)]
+        groups = [{"params": self.decoder_params(), "lr": lr}, {"params": encoder, "lr": finetune_lr}]
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+
+
+# Smooth-L1 (Huber) on ab / 110, so errors live in about [-1, 1]. With torch's default beta = 1 the loss
+# would be quadratic over that whole range, i.e. plain MSE/2, which averages the plausible colours of
+# ambiguous objects into brown-grey. beta = 0.05 (about 5.5 ab units, roughly a just-noticeable chroma
+# difference) keeps the quadratic part only where errors are already invisible -- smooth gradients
+# near the optimum -- and is L1 (the median, which keeps saturation and ignores outlier pixels) elsewhere.
+SMOOTH_L1_BETA = 0.05
+LOSSES = ("smooth_l1", "mse")
+
+
+def ab_loss(pred_ab: torch.Tensor, true_ab: torch.Tensor, kind: str = "smooth_l1") -> torch.Tensor:
+    """Per-element loss (N, 2, H, W) between predicted and true ab, both normalised to about [-1, 1]."""
+    p, t = color.normalize_ab(pred_ab.float()), color.normalize_ab(true_ab.float())
+    if kind == "mse":
+        return F.mse_loss(p, t, reduction="none")
+    return F.smooth_l1_loss(p, t, beta=SMOOTH_L1_BETA, reduction="none")
+
 
 def set_trainable_encoder_blocks(model: Colorizer, n: int) -> None:
     """Freeze the encoder except its top `n` VGG blocks (0 = feature extraction, 5 = everything)."""

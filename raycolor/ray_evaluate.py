@@ -88,7 +88,7 @@ def _split_thumbs(blob: bytes) -> list[np.ndarray]:
 
 
 def _mean(values: list[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]
+    finite = [v for v in values if math.isfinite(v)]  # SSIM is NaN for images too small for its window
     return float(np.mean(finite)) if finite else math.nan
 
 

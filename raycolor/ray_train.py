@@ -52,13 +52,12 @@ from typing import IO, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from raycolor import checkpoint as core_checkpoint
 from raycolor import color, colorize, images, metrics, runtime, sources
 from raycolor.checkpoint import CheckpointError
-from raycolor.config import DEFAULT_IO_CONCURRENCY, TrainConfig
-from raycolor.model import VGG_BLOCKS, WeightsUnavailableError, build_colorizer, set_trainable_encoder_blocks
+from raycolor.config import DEFAULT_IO_CONCURRENCY, StorageConfig, TrainConfig
+from raycolor.model import VGG_BLOCKS, WeightsUnavailableError, ab_loss, build_colorizer, set_trainable_encoder_blocks
 from raycolor.progress import TrainProgress, fmt_duration
 
 __all__ = ["TrainResult", "fit", "split_items", "validate_config"]
@@ -73,15 +72,8 @@ TRAIN_STATE_NAME = "train_state.pt"
 CHECKPOINT_PREFIX = "checkpoint_"
 STATE_FORMAT = 1
 
-# Smooth-L1 (Huber) on ab / 110, so errors live in about [-1, 1]. With torch's default beta = 1 the loss
-# would be quadratic over that whole range, i.e. plain MSE/2, which averages the plausible colours of
-# ambiguous objects into brown-grey. beta = 0.05 (about 5.5 ab units, roughly a just-noticeable chroma
-# difference) keeps the quadratic part only where errors are already invisible -- smooth gradients
-# near the optimum -- and is L1 (the median, which keeps saturation and ignores outlier pixels) elsewhere.
-SMOOTH_L1_BETA = 0.05
 CROP_SCALE = (0.3, 1.0)  # random-resized-crop area fraction
 CROP_RATIO = (3 / 4, 4 / 3)  # and aspect ratio, as torchvision's RandomResizedCrop
-PSNR_CAP_DB = 100.0  # a per-image PSNR of identical images (inf) counts as this, so averages stay finite
 _DECODE_BATCH = 8  # images per Ray Data map_batches call
 
 
@@ -327,7 +319,7 @@ def _ingest_config():
 
 
 # ----------------------------------------------------------------------------------------------------
-# Checkpoints (driver and workers)
+# The checkpoint store (driver and workers): naming, writing, recovery and export, like timm's CheckpointSaver
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -340,62 +332,131 @@ class _Restored:
     files: dict[str, bytes]  # config.json / weights.pt bytes, when asked for
 
 
-def _checkpoint_names(fs, exp_path: str) -> list[str]:
-    import pyarrow.fs as pafs
+class CheckpointStore:
+    """The run's checkpoints in OUTPUT/train: a folder per epoch, core format (config.json + weights.pt)
+    plus train_state.pt (epoch, stage, AdamW state, metrics history). Rank 0 writes through
+    ray.train.report, so Ray Train keeps `num_to_keep` and records them for restarts."""
 
-    infos = fs.get_file_info(pafs.FileSelector(exp_path, allow_not_found=True))
-    return sorted(
-        i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith(CHECKPOINT_PREFIX)
-    )
+    def __init__(self, fs, exp_path: str):
+        self.fs, self.exp_path = fs, exp_path  # a pyarrow filesystem: it pickles to the workers
 
+    @staticmethod
+    def new_name(epoch: int) -> str:
+        # epoch first so names sort by progress; the time keeps a re-trained epoch's name unique
+        return f"{CHECKPOINT_PREFIX}e{epoch:06d}_{time.strftime('%Y%m%d-%H%M%S')}_{time.time_ns() % 10**9:09d}"
 
-def _load_checkpoint(ckpt, name: str, *, want_files: bool = False) -> _Restored:
-    with ckpt.as_directory() as d:
-        model, meta = core_checkpoint.load(d)  # verifies weights.pt against config.json's model_id
-        try:
-            state = torch.load(os.path.join(d, TRAIN_STATE_NAME), map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise CheckpointError(f"checkpoint {name} has no {TRAIN_STATE_NAME}") from None
-        except Exception as e:
-            raise CheckpointError(f"checkpoint {name}: unreadable {TRAIN_STATE_NAME} ({type(e).__name__}: {e})") from None
-        if not (isinstance(state, dict) and isinstance(state.get("epoch"), int) and "optimizer" in state):
-            raise CheckpointError(f"checkpoint {name}: {TRAIN_STATE_NAME} is not a raycolor training state")
-        files = {}
-        if want_files:
-            for f in (core_checkpoint.WEIGHTS_NAME, core_checkpoint.CONFIG_NAME):
-                with open(os.path.join(d, f), "rb") as fh:
-                    files[f] = fh.read()
-    return _Restored(name=name, model=model, meta=meta, state=state, files=files)
+    def names(self) -> list[str]:
+        import pyarrow.fs as pafs
 
-
-def _latest_valid(fs, exp_path: str, *, want_files: bool = False) -> _Restored | None:
-    """The newest checkpoint under exp_path (names sort by epoch, then time) that loads and verifies.
-
-    None when there is no checkpoint at all; CheckpointError when there are some but none is usable.
-    """
-    from ray.train import Checkpoint
-
-    names = _checkpoint_names(fs, exp_path)
-    problems = []
-    for name in reversed(names):
-        try:
-            return _load_checkpoint(
-                Checkpoint(path=f"{exp_path}/{name}", filesystem=fs), name, want_files=want_files
-            )
-        except Exception as e:  # a checkpoint that does not load is never used, whatever the reason
-            msg = sources.redact(e)
-            log.warning("skipping unusable checkpoint %s: %s", name, msg)
-            problems.append(f"{name}: {msg}")
-    if problems:
-        raise CheckpointError(
-            f"no usable checkpoint in {exp_path} ({'; '.join(problems[:3])}); "
-            "delete that folder (or choose another output) to train from scratch"
+        infos = self.fs.get_file_info(pafs.FileSelector(self.exp_path, allow_not_found=True))
+        return sorted(
+            i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith(CHECKPOINT_PREFIX)
         )
-    return None
+
+    @staticmethod
+    def _load(ckpt, name: str, *, want_files: bool = False) -> _Restored:
+        with ckpt.as_directory() as d:
+            model, meta = core_checkpoint.load(d)  # verifies weights.pt against config.json's model_id
+            try:
+                state = torch.load(os.path.join(d, TRAIN_STATE_NAME), map_location="cpu", weights_only=True)
+            except FileNotFoundError:
+                raise CheckpointError(f"checkpoint {name} has no {TRAIN_STATE_NAME}") from None
+            except Exception as e:
+                raise CheckpointError(f"checkpoint {name}: unreadable {TRAIN_STATE_NAME} ({type(e).__name__}: {e})") from None
+            if not (isinstance(state, dict) and isinstance(state.get("epoch"), int) and "optimizer" in state):
+                raise CheckpointError(f"checkpoint {name}: {TRAIN_STATE_NAME} is not a raycolor training state")
+            files = {}
+            if want_files:
+                for f in (core_checkpoint.WEIGHTS_NAME, core_checkpoint.CONFIG_NAME):
+                    with open(os.path.join(d, f), "rb") as fh:
+                        files[f] = fh.read()
+        return _Restored(name=name, model=model, meta=meta, state=state, files=files)
+
+    def latest_valid(self, *, want_files: bool = False) -> _Restored | None:
+        """The newest checkpoint (names sort by epoch, then time) that loads and verifies.
+
+        None when there is no checkpoint at all; CheckpointError when there are some but none is usable.
+        """
+        from ray.train import Checkpoint
+
+        problems = []
+        for name in reversed(self.names()):
+            try:
+                ckpt = Checkpoint(path=f"{self.exp_path}/{name}", filesystem=self.fs)
+                return self._load(ckpt, name, want_files=want_files)
+            except Exception as e:  # a checkpoint that does not load is never used, whatever the reason
+                msg = sources.redact(e)
+                log.warning("skipping unusable checkpoint %s: %s", name, msg)
+                problems.append(f"{name}: {msg}")
+        if problems:
+            raise CheckpointError(
+                f"no usable checkpoint in {self.exp_path} ({'; '.join(problems[:3])}); "
+                "delete that folder (or choose another output) to train from scratch"
+            )
+        return None
+
+    def restore(self, model, optimizer) -> tuple[int, list[dict]]:
+        """Load the newest usable checkpoint into model and optimizer; (epochs done, metrics history).
+
+        Ray Train V2 hands every worker its latest *registered* checkpoint (ray.train.get_checkpoint()). The
+        folder can hold a newer complete one: rank 0 persists a checkpoint before the controller registers
+        it, so a worker lost in between leaves it unregistered. Both are candidates; the newest that
+        verifies wins, and a corrupt one is skipped, never loaded.
+        """
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        registered = posixpath.basename(ckpt.path.rstrip("/")) if ckpt is not None else None
+        restored = self.latest_valid()
+        if restored is None:
+            if registered is not None:
+                raise CheckpointError(f"the latest checkpoint {ckpt.path} is missing; delete {self.exp_path} to start over")
+            return 0, []
+        if registered is None:
+            log.warning("Ray Train has no record of a checkpoint; resuming from %s found in %s", restored.name, self.exp_path)
+        elif restored.name < registered:
+            log.warning("latest checkpoint %s is unusable; resuming from %s", registered, restored.name)
+        elif restored.name > registered:
+            log.warning("resuming from %s, newer than Ray's last registered checkpoint %s", restored.name, registered)
+        model.load_state_dict(restored.model.state_dict())
+        optimizer.load_state_dict(restored.state["optimizer"])
+        return int(restored.state["epoch"]), list(restored.state.get("history", []))
+
+    def save(self, *, rank: int, model, optimizer, line: dict, history: list[dict], render_size: int) -> None:
+        """Every rank reports the epoch's metrics; rank 0 also hands Ray Train the checkpoint to persist."""
+        import ray.train
+        from ray.train import Checkpoint
+
+        with tempfile.TemporaryDirectory(prefix="raycolor-ckpt-") as tmp:
+            ckpt, name = None, None
+            if rank == 0:
+                core_checkpoint.save(tmp, model, render_size=render_size, extra={"epoch": line["epoch"], "metrics": line})
+                state = {
+                    "format": STATE_FORMAT,
+                    "epoch": line["epoch"],
+                    "stage": line["stage"],
+                    "optimizer": optimizer.state_dict(),
+                    "history": history,
+                }
+                torch.save(state, os.path.join(tmp, TRAIN_STATE_NAME))
+                ckpt, name = Checkpoint.from_directory(tmp), self.new_name(line["epoch"])
+            ray.train.report(line, checkpoint=ckpt, checkpoint_dir_name=name)
+
+    @staticmethod
+    def export(restored: _Restored, model_uri: str, storage: StorageConfig) -> str:
+        """Copy a checkpoint's core files to model_uri: config.json removed first, weights, config last, so a
+        reader never takes old config with new weights (checkpoint.load verifies the pair anyway)."""
+        config_uri = sources.join_uri(model_uri, core_checkpoint.CONFIG_NAME)
+        sources.remove(config_uri, s3_endpoint=storage.s3_endpoint, retries=storage.retries)
+        for name in (core_checkpoint.WEIGHTS_NAME, core_checkpoint.CONFIG_NAME):
+            sources.write_bytes_atomic(
+                sources.join_uri(model_uri, name), restored.files[name], s3_endpoint=storage.s3_endpoint, retries=storage.retries
+            )
+        return model_uri
 
 
-def _storage(config: TrainConfig):
-    """(pyarrow filesystem, storage path without scheme) for RunConfig, and the run folder on it."""
+def _storage(config: TrainConfig) -> tuple[Any, str, CheckpointStore]:
+    """(pyarrow filesystem, storage path without scheme) for RunConfig, and the run's checkpoint store."""
     import pyarrow.fs as pafs
 
     from fsspec.implementations.local import LocalFileSystem
@@ -407,7 +468,7 @@ def _storage(config: TrainConfig):
     else:
         # s3fs (endpoint, no credentials) wrapped for Ray; it pickles to the controller and workers
         storage_fs, storage_path = pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path.rstrip("/")
-    return storage_fs, storage_path, f"{storage_path}/{RUN_NAME}"
+    return storage_fs, storage_path, CheckpointStore(storage_fs, f"{storage_path}/{RUN_NAME}")
 
 
 def _normalized_output(output: str) -> str:
@@ -450,22 +511,35 @@ def progress_line(m: dict, eta_s: float | None) -> str:
     )
 
 
-def _loss_map(pred_ab: torch.Tensor, true_ab: torch.Tensor, kind: str) -> torch.Tensor:
-    p, t = color.normalize_ab(pred_ab.float()), color.normalize_ab(true_ab.float())
-    if kind == "mse":
-        return F.mse_loss(p, t, reduction="none")
-    return F.smooth_l1_loss(p, t, beta=SMOOTH_L1_BETA, reduction="none")
-
-
 def _psnr_sum(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Sum over the batch of per-image PSNR between uint8 (N, 3, H, W) tensors, each capped at PSNR_CAP_DB."""
+    """Sum over the batch of per-image PSNR (metrics.psnr) between uint8 (N, 3, H, W) tensors."""
     a = a.permute(0, 2, 3, 1).cpu().numpy()
     b = b.permute(0, 2, 3, 1).cpu().numpy()
-    return float(sum(min(metrics.psnr(x, y), PSNR_CAP_DB) for x, y in zip(a, b)))
+    return float(sum(metrics.psnr(x, y) for x, y in zip(a, b)))
+
+
+@dataclass
+class EpochSums:
+    """What a rank adds up over one epoch; summed over ranks as one float64 tensor, in field order."""
+
+    train_loss: float = 0.0  # sum over training images of the batch-mean loss
+    train_images: float = 0.0
+    val_loss: float = 0.0  # sum over validation images of each image's mean loss
+    val_psnr: float = 0.0  # of the prediction as `raycolor colorize` shows it
+    val_baseline_psnr: float = 0.0  # of the grey baseline (ab = 0)
+    val_images: float = 0.0
+
+    def all_reduce(self, device: torch.device) -> EpochSums:
+        import torch.distributed as dist
+
+        t = torch.tensor(dataclasses.astuple(self), dtype=torch.float64, device=device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(t)
+        return EpochSums(*t.cpu().tolist())
 
 
 # ----------------------------------------------------------------------------------------------------
-# The training loop (runs on every Ray Train worker)
+# The training loop (runs on every Ray Train worker): one epoch, validation, the epoch's record
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -474,45 +548,114 @@ def stage_of(epoch: int, config: TrainConfig) -> str:
     return "frozen" if epoch < config.freeze_encoder_epochs else "finetune"
 
 
-def _restore(model, optimizer, storage) -> tuple[int, list[dict]]:
-    """Load the newest usable checkpoint into model and optimizer; (epochs done, metrics history).
+def _wrap_for_stage(model, stage: str, config: TrainConfig):
+    """Set which encoder blocks train in `stage` and return a fresh DDP wrapper around the same module:
+    DDP registers gradient hooks only for parameters that require grad when it is built."""
+    import ray.train.torch
 
-    Ray Train V2 hands every worker its latest *registered* checkpoint (ray.train.get_checkpoint()). The
-    folder can hold a newer complete one: rank 0 persists a checkpoint before the controller registers
-    it, so a worker lost in between leaves it unregistered. Both are candidates; the newest that
-    verifies wins, and a corrupt one is skipped, never loaded.
+    set_trainable_encoder_blocks(model, 0 if stage == "frozen" else config.finetune_blocks)
+    gc.collect()  # the previous wrapper and its reducer go first
+    return ray.train.torch.prepare_model(model)
+
+
+def train_one_epoch(ddp, optimizer, shard, *, config: TrainConfig, device, autocast: dict, on_step) -> tuple[float, int, int]:
+    """One pass over this rank's training shard: (sum of batch-mean losses x batch size, images, steps)."""
+    ddp.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # on device: no host sync per step
+    images, steps = 0, 0
+    for batch in shard.iter_torch_batches(
+        batch_size=config.batch_size, dtypes=torch.float32, device=device, local_shuffle_buffer_size=max(config.batch_size * 4, 16)
+    ):
+        L, ab = batch["L"], batch["ab"]
+        with torch.autocast(**autocast):
+            pred = ddp(L)
+        loss = ab_loss(pred, ab, config.loss).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach().double() * len(L)
+        images += len(L)
+        steps += 1
+        on_step(steps)
+    return float(loss_sum.item()), images, steps
+
+
+@torch.no_grad()
+def evaluate(model, shard, *, config: TrainConfig, device, autocast: dict) -> tuple[float, float, float, int]:
+    """This rank's validation sums: (loss, PSNR of the colorized image, PSNR of the grey baseline, images).
+
+    The plain module, not DDP: DDP's forward would broadcast buffers (a collective) and val shards are uneven.
     """
-    import ray.train
+    model.eval()
+    loss = psnr = base = 0.0
+    images = 0
+    for batch in shard.iter_torch_batches(batch_size=config.batch_size, dtypes=torch.float32, device=device):
+        L, ab = batch["L"], batch["ab"]
+        with torch.autocast(**autocast):
+            pred = model(L)
+        pred = pred.float()
+        loss += float(ab_loss(pred, ab, config.loss).mean(dim=(1, 2, 3)).double().sum())
+        truth = color.lab_to_rgb_uint8(torch.cat([L, ab], dim=1))
+        # the prediction as `raycolor colorize` shows it: chroma fitted into gamut, L kept
+        shown = color.lab_to_rgb_uint8(torch.cat([L, color.fit_ab_to_gamut(L, pred)], dim=1))
+        grey = color.lab_to_rgb_uint8(torch.cat([L, torch.zeros_like(ab)], dim=1))
+        psnr += _psnr_sum(shown, truth)
+        base += _psnr_sum(grey, truth)
+        images += len(L)
+    model.train()
+    return loss, psnr, base, images
 
-    fs, exp_path = storage
-    ckpt = ray.train.get_checkpoint()
-    registered = posixpath.basename(ckpt.path.rstrip("/")) if ckpt is not None else None
-    restored = _latest_valid(fs, exp_path)
-    if restored is None:
-        if registered is not None:
-            raise CheckpointError(f"the latest checkpoint {ckpt.path} is missing; delete {exp_path} to start over")
-        return 0, []
-    if registered is None:
-        log.warning("Ray Train has no record of a checkpoint; resuming from %s found in %s", restored.name, exp_path)
-    elif restored.name < registered:
-        log.warning("latest checkpoint %s is unusable; resuming from %s", registered, restored.name)
-    elif restored.name > registered:
-        log.warning("resuming from %s, newer than Ray's last registered checkpoint %s", restored.name, registered)
-    model.load_state_dict(restored.model.state_dict())
-    optimizer.load_state_dict(restored.state["optimizer"])
-    return int(restored.state["epoch"]), list(restored.state.get("history", []))
+
+def _epoch_record(epoch: int, stage: str, sums: EpochSums, *, config: TrainConfig, steps: int, train_time: float,
+                  epoch_time: float, resumed_from: int, workers: int) -> dict:
+    """The line metrics.jsonl gets for an epoch (None where there was nothing to average)."""
+    avg = lambda total, n: total / n if n else None  # noqa: E731
+    return _finite({
+        "epoch": epoch + 1,
+        "epochs": config.epochs,
+        "stage": stage,
+        "train_loss": avg(sums.train_loss, sums.train_images),
+        "val_loss": avg(sums.val_loss, sums.val_images),
+        "val_psnr": avg(sums.val_psnr, sums.val_images),
+        "baseline_psnr": avg(sums.val_baseline_psnr, sums.val_images),
+        # all ranks' images over this rank's training wall time (ranks run in lockstep)
+        "images_per_s": sums.train_images / train_time if train_time > 0 else 0.0,
+        "train_images": int(sums.train_images),
+        "val_images": int(sums.val_images),
+        "steps": steps,  # optimizer steps per rank this epoch
+        "train_time_s": train_time,
+        "epoch_time_s": epoch_time,
+        "resumed_from": resumed_from,
+        "workers": workers,
+    })
+
+
+class _Events:
+    """Rank 0's progress for the driver (a ray.util.queue.Queue, or None): steps at most twice a second."""
+
+    def __init__(self, queue, rank: int):
+        self.queue = queue if rank == 0 else None
+        self.last = 0.0
+
+    def step(self, epoch: int, epochs: int, steps: int) -> None:
+        if self.queue is not None and time.perf_counter() - self.last > 0.5:
+            self.queue.put_nowait(("step", epoch, epochs, steps))
+            self.last = time.perf_counter()
+
+    def epoch(self, line: dict, eta_s: float) -> None:
+        if self.queue is not None:
+            self.queue.put_nowait(("epoch", progress_line(line, eta_s)))
 
 
 def _train_loop(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
-    import torch.distributed as dist
-    from ray.train import Checkpoint
 
     config: TrainConfig = loop_config["config"]
-    events = loop_config["events"]  # a ray.util.queue.Queue the driver draws progress from, or None
+    store: CheckpointStore = loop_config["store"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    events = _Events(loop_config["events"], rank)
     device = ray.train.torch.get_device()
     if device.type == "cpu":
         torch.set_num_threads(loop_config["threads"])
@@ -520,27 +663,15 @@ def _train_loop(loop_config: dict) -> None:
     np.random.seed(config.seed + rank)
 
     model = build_colorizer(weights=config.weights, skips=config.skips).to(device)
-    encoder_params = [p for b in range(len(VGG_BLOCKS)) for p in model.encoder_block_params(b)]
-    # two param groups created once, for both stages: frozen encoder params get no grad, so AdamW skips them;
-    # keeping one optimizer keeps its state (and checkpoints) valid across the stage switch
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": model.decoder_params(), "lr": config.lr},
-            {"params": encoder_params, "lr": config.finetune_lr},
-        ],
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-    )
-    start_epoch, history = _restore(model, optimizer, loop_config["storage"])
+    optimizer = model.configure_optimizers(lr=config.lr, finetune_lr=config.finetune_lr, weight_decay=config.weight_decay)
+    start_epoch, history = store.restore(model, optimizer)
     if start_epoch >= config.epochs:
         return  # the run already finished: nothing to train (the driver exports the model)
 
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
+    train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     stats_device = device if device.type == "cuda" else torch.device("cpu")
     metrics_uri = sources.join_uri(config.output, METRICS_NAME)
-    shuffle_buffer = max(config.batch_size * 4, 16)
 
     ddp, current_stage = None, None
     epoch_times: list[float] = []
@@ -548,114 +679,28 @@ def _train_loop(loop_config: dict) -> None:
         t_epoch = time.perf_counter()
         stage = stage_of(epoch, config)
         if stage != current_stage:
-            set_trainable_encoder_blocks(model, 0 if stage == "frozen" else config.finetune_blocks)
-            # DDP registers gradient hooks only for parameters that require grad when it is built, so a stage
-            # change needs a fresh wrapper around the same module (drop the old one and its reducer first)
-            ddp = None
-            gc.collect()
-            ddp = ray.train.torch.prepare_model(model)
-            current_stage = stage
-
-        ddp.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # on device: no host sync per step
-        n_train, steps = 0, 0
-        t0 = last_event = time.perf_counter()
-        for batch in train_shard.iter_torch_batches(
-            batch_size=config.batch_size,
-            dtypes=torch.float32,
-            device=device,
-            local_shuffle_buffer_size=shuffle_buffer,
-        ):
-            L, ab = batch["L"], batch["ab"]
-            with torch.autocast(**autocast):
-                pred = ddp(L)
-            loss = _loss_map(pred, ab, config.loss).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach().double() * len(L)
-            n_train += len(L)
-            steps += 1
-            if events is not None and rank == 0 and time.perf_counter() - last_event > 0.5:
-                events.put_nowait(("step", epoch + 1, config.epochs, steps))
-                last_event = time.perf_counter()
+            ddp, current_stage = None, stage
+            ddp = _wrap_for_stage(model, stage, config)
+        t0 = time.perf_counter()
+        loss, images, steps = train_one_epoch(
+            ddp, optimizer, train_shard, config=config, device=device, autocast=autocast,
+            on_step=lambda n: events.step(epoch + 1, config.epochs, n),
+        )
         train_time = time.perf_counter() - t0
-
-        # validation on the plain module: DDP's forward would broadcast buffers, a collective, and the
-        # val shards are uneven
-        model.eval()
-        val = torch.zeros(4, dtype=torch.float64)  # loss sum, psnr sum, baseline psnr sum, images
-        with torch.no_grad():
-            for batch in val_shard.iter_torch_batches(batch_size=config.batch_size, dtypes=torch.float32, device=device):
-                L, ab = batch["L"], batch["ab"]
-                with torch.autocast(**autocast):
-                    pred = model(L)
-                pred = pred.float()
-                val[0] += _loss_map(pred, ab, config.loss).mean(dim=(1, 2, 3)).double().sum().cpu()
-                truth = color.lab_to_rgb_uint8(torch.cat([L, ab], dim=1))
-                # the prediction as `raycolor colorize` shows it: chroma fitted into gamut, L kept
-                shown = color.lab_to_rgb_uint8(torch.cat([L, color.fit_ab_to_gamut(L, pred)], dim=1))
-                grey = color.lab_to_rgb_uint8(torch.cat([L, torch.zeros_like(ab)], dim=1))
-                val[1] += _psnr_sum(shown, truth)
-                val[2] += _psnr_sum(grey, truth)
-                val[3] += len(L)
-        model.train()
-
-        sums = torch.cat([torch.stack([loss_sum.cpu(), torch.tensor(float(n_train), dtype=torch.float64)]), val])
-        sums = sums.to(stats_device)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(sums)
-        t_loss, t_n, v_loss, v_psnr, v_base, v_n = sums.cpu().tolist()
-        # train throughput: all ranks' images over this rank's training wall time (ranks run in lockstep)
-        images_per_s = t_n / train_time if train_time > 0 else 0.0
+        val = evaluate(model, val_shard, config=config, device=device, autocast=autocast)
+        sums = EpochSums(loss, images, *val).all_reduce(stats_device)
         epoch_times.append(time.perf_counter() - t_epoch)
-        line = {
-            "epoch": epoch + 1,
-            "epochs": config.epochs,
-            "stage": stage,
-            "train_loss": t_loss / t_n if t_n else None,
-            "val_loss": v_loss / v_n if v_n else None,
-            "val_psnr": v_psnr / v_n if v_n else None,
-            "baseline_psnr": v_base / v_n if v_n else None,
-            "images_per_s": images_per_s,
-            "train_images": int(t_n),
-            "val_images": int(v_n),
-            "steps": steps,  # optimizer steps per rank this epoch
-            "train_time_s": train_time,
-            "epoch_time_s": epoch_times[-1],
-            "resumed_from": start_epoch,
-            "workers": world,
-        }
-        line = _finite(line)
+        line = _epoch_record(
+            epoch, stage, sums, config=config, steps=steps, train_time=train_time, epoch_time=epoch_times[-1],
+            resumed_from=start_epoch, workers=world,
+        )
         history.append(line)
-
-        with tempfile.TemporaryDirectory(prefix="raycolor-ckpt-") as tmp:
-            ckpt, name = None, None
-            if rank == 0:
-                core_checkpoint.save(
-                    tmp, model, render_size=config.image_size, extra={"epoch": epoch + 1, "metrics": line}
-                )
-                state = {
-                    "format": STATE_FORMAT,
-                    "epoch": epoch + 1,
-                    "stage": stage,
-                    "optimizer": optimizer.state_dict(),
-                    "history": history,
-                }
-                torch.save(state, os.path.join(tmp, TRAIN_STATE_NAME))
-                ckpt = Checkpoint.from_directory(tmp)
-                # epoch first so names sort by progress; the time keeps a re-trained epoch's name unique
-                name = f"{CHECKPOINT_PREFIX}e{epoch + 1:06d}_{time.strftime('%Y%m%d-%H%M%S')}_{time.time_ns() % 10**9:09d}"
-            ray.train.report(line, checkpoint=ckpt, checkpoint_dir_name=name)
-
+        store.save(rank=rank, model=model, optimizer=optimizer, line=line, history=history, render_size=config.image_size)
         if rank == 0:
             sources.write_bytes_atomic(
                 metrics_uri, _metrics_jsonl(history), s3_endpoint=config.storage.s3_endpoint, retries=config.storage.retries
             )
-            if events is not None:
-                remaining = config.epochs - epoch - 1
-                eta = remaining * (sum(epoch_times) / len(epoch_times))
-                events.put_nowait(("epoch", progress_line(line, eta)))
+            events.epoch(line, (config.epochs - epoch - 1) * (sum(epoch_times) / len(epoch_times)))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -699,26 +744,6 @@ def _unwrap_failure(err: BaseException) -> BaseException | None:
     if isinstance(cause, (WeightsUnavailableError, CheckpointError)):
         return cause
     return None
-
-
-def _export_model(restored: _Restored, config: TrainConfig) -> str:
-    """Copy the checkpoint's core files to OUTPUT/model: config.json removed first, weights, config last."""
-    model_uri = sources.join_uri(config.output, MODEL_DIR)
-    endpoint, retries = config.storage.s3_endpoint, config.storage.retries
-    config_uri = sources.join_uri(model_uri, core_checkpoint.CONFIG_NAME)
-    fs, cfg_path = sources.filesystem(config_uri, s3_endpoint=endpoint)
-    try:
-        fs.rm(cfg_path)  # readers now see an incomplete checkpoint until the new config.json lands
-    except FileNotFoundError:
-        pass
-    sources.write_bytes_atomic(
-        sources.join_uri(model_uri, core_checkpoint.WEIGHTS_NAME),
-        restored.files[core_checkpoint.WEIGHTS_NAME],
-        s3_endpoint=endpoint,
-        retries=retries,
-    )
-    sources.write_bytes_atomic(config_uri, restored.files[core_checkpoint.CONFIG_NAME], s3_endpoint=endpoint, retries=retries)
-    return model_uri
 
 
 def _write_curves(history: list[dict], config: TrainConfig) -> str | None:
@@ -791,9 +816,9 @@ def fit(config: TrainConfig, *, progress: bool = True, terminal: IO[str] | None 
     if not ray.is_initialized():
         ray.init()
     runtime.check_output_reachable(config.output, shared=config.storage.shared_output)
-    storage_fs, storage_path, exp_path = _storage(config)
+    storage_fs, storage_path, store = _storage(config)
 
-    latest = _latest_valid(storage_fs, exp_path)
+    latest = store.latest_valid()
     start_epoch = int(latest.state["epoch"]) if latest else 0
     report = None
     if progress:
@@ -824,7 +849,7 @@ def fit(config: TrainConfig, *, progress: bool = True, terminal: IO[str] | None 
                     "config": config,
                     "events": events,
                     "threads": threads,
-                    "storage": (storage_fs, exp_path),
+                    "store": store,
                 },
                 torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
                 scaling_config=ray.train.ScalingConfig(
@@ -851,10 +876,10 @@ def fit(config: TrainConfig, *, progress: bool = True, terminal: IO[str] | None 
                 raise type(cause)(*cause.args) from e
             raise
 
-    final = _latest_valid(storage_fs, exp_path, want_files=True)
+    final = store.latest_valid(want_files=True)
     if final is None:
-        raise CheckpointError(f"training finished without a checkpoint in {exp_path}")
-    model_uri = _export_model(final, config)
+        raise CheckpointError(f"training finished without a checkpoint in {store.exp_path}")
+    model_uri = CheckpointStore.export(final, sources.join_uri(config.output, MODEL_DIR), config.storage)
     history = list(final.state.get("history", []))
     metrics_uri = sources.join_uri(config.output, METRICS_NAME)
     sources.write_bytes_atomic(

@@ -71,7 +71,9 @@ def connect(
         return f"Connected to Ray cluster at {address}"
     # Ray >= 2.52 turns token auth on for a new local cluster unless RAY_AUTH_MODE says otherwise
     # (setting the variable here would be too late: Ray reads its config when it is imported)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env, **quiet)
+    # address="local": always a new private runtime, never a stray cluster that `ray start` (or a test's
+    # ray.cluster_utils.Cluster) left registered on this machine
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env, **quiet)
     cpus = int(ray.cluster_resources().get("CPU", 0))
     gpus = int(ray.cluster_resources().get("GPU", 0))
     auth = "token auth on" if os.environ.get(AUTH_MODE_ENV, "").lower() == "token" else "TOKEN AUTH OFF"

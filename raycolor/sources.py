@@ -70,6 +70,7 @@ __all__ = [
     "list_items",
     "output_key",
     "read_item",
+    "remove",
     "read_items",
     "sanitize_relpath",
     "write_bytes_atomic",
@@ -555,6 +556,19 @@ def _write_local_atomic(path: str, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def remove(uri: str, *, s3_endpoint: str | None = None, retries: int = 5) -> None:
+    """Delete the object / file / folder ``uri`` (recursively) if it exists; retried like every other call."""
+    fs, path = filesystem(uri, s3_endpoint=s3_endpoint)
+
+    def once() -> None:
+        try:
+            fs.rm(path, recursive=True)
+        except FileNotFoundError:
+            pass
+
+    _retrying(once, retries)
 
 
 def exists(uri: str, *, s3_endpoint: str | None = None) -> bool:

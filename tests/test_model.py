@@ -103,3 +103,25 @@ def test_overfits_one_tiny_batch():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] / 10
+
+
+def test_configure_optimizers_covers_every_parameter_once_with_the_stage_rates():
+    from raycolor.model import build_colorizer
+
+    model = build_colorizer(weights=None)
+    opt = model.configure_optimizers(lr=1e-3, finetune_lr=1e-5, weight_decay=0.01)
+    decoder, encoder = opt.param_groups
+    assert (decoder["lr"], encoder["lr"]) == (1e-3, 1e-5) and decoder["weight_decay"] == 0.01
+    ids = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+    assert {id(p) for p in encoder["params"]} == {id(p) for p in model.encoder.parameters()}
+
+
+def test_ab_loss_smooth_l1_is_l1_beyond_beta_and_mse_is_squared():
+    from raycolor import color
+    from raycolor.model import SMOOTH_L1_BETA, ab_loss
+
+    true = torch.zeros(1, 2, 1, 1)
+    far = torch.full((1, 2, 1, 1), 0.5 * color.AB_NORM)  # 0.5 in normalised units, far beyond beta
+    assert torch.allclose(ab_loss(far, true), torch.full_like(true, 0.5 - SMOOTH_L1_BETA / 2))
+    assert torch.allclose(ab_loss(far, true, "mse"), torch.full_like(true, 0.25))
