@@ -310,9 +310,10 @@ def _finish_batch(
             out_uris[i] = sources.join_uri(output, "images", sources.output_key(batch["relpath"][i], ext))
     todo = [i for i in range(n) if out_uris[i] is not None]
     # the batch's image writes in flight together (each still atomic); the manifest part follows them
-    failures = dict(zip(todo, sources.write_many(
+    written = sources.write_many(
         [(out_uris[i], encoded[i]) for i in todo], s3_endpoint=s3_endpoint, retries=retries, max_in_flight=io_concurrency
-    )))
+    )
+    failures = dict(zip(todo, written))
     for i in range(n):
         source, err = batch["source"][i], batch["error"][i] or None
         out_uri, blob = out_uris[i], encoded[i]

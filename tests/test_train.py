@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 import math
 import os
 import shutil
@@ -106,7 +107,7 @@ def test_config_is_validated_before_anything_starts(tmp_path):
         fit(dataclasses.replace(cfg, weights=str(tmp_path / "missing.pt")), progress=False)
 
 
-def test_decoded_reads_the_batch_together_and_drops_unreadable_rows(tmp_path, caplog):
+def test_decoded_reads_the_batch_together_and_drops_unreadable_rows(tmp_path):
     """ray_train._decoded (the transforms' reading loop): one read_items call per batch, order kept, a
     missing or undecodable image logged and dropped, the rest decoded."""
     from raycolor import ray_train
@@ -119,12 +120,19 @@ def test_decoded_reads_the_batch_together_and_drops_unreadable_rows(tmp_path, ca
         "offset": np.zeros(len(rows), np.int64),
         "size": np.full(len(rows), -1, np.int64),
     }
-    with caplog.at_level("WARNING", logger=ray_train.log.name):
+    warnings: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
+    ray_train.log.addHandler(handler)
+    try:
         got = list(ray_train._decoded(batch, s3_endpoint=None, retries=1, max_pixels=None, what="training", io_concurrency=4))
+    finally:
+        ray_train.log.removeHandler(handler)
     want = [np.asarray(Image.open(folder / n).convert("RGB")) for n in ("img00.png", "img02.png")]
     assert len(got) == 2 and all(np.array_equal(g, w) for g, w in zip(got, want))
-    assert "unreadable training image" in caplog.text and "gone.png" in caplog.text
-    assert "undecodable training image" in caplog.text and "broken.png" in caplog.text
+    assert len(warnings) == 2, warnings
+    assert "unreadable training image" in warnings[0] and "gone.png" in warnings[0]
+    assert "undecodable training image" in warnings[1] and "broken.png" in warnings[1]
 
 
 def test_hash_split_is_deterministic_and_never_empty():
