@@ -74,6 +74,7 @@ def _usage_errors() -> tuple[type[BaseException], ...]:
     from raycolor.model import WeightsUnavailableError
     from raycolor.sources import InputError
 
+    # ValueError covers ledger.OutputLocked (another driver holds OUTPUT) and ledger.OwnershipError
     return (InputError, CheckpointError, WeightsUnavailableError, ValueError, ConnectionError, FileNotFoundError)
 
 
@@ -205,6 +206,18 @@ def colorize(
             help="Decode baseline JPEGs (and encode JPEG output) in the model actor with nvJPEG; default: on with --gpus.",
         ),
     ] = None,
+    shard_size: Annotated[
+        int, typer.Option(min=1, help="Inputs per shard (manifest or listing chunk; a .tar is one shard). Keep it across re-runs.")
+    ] = ColorizeConfig.__dataclass_fields__["shard_size"].default,
+    retry_errors: Annotated[
+        bool, typer.Option("--retry-errors", help="Re-attempt error rows from read/write failures (transient) of earlier runs.")
+    ] = False,
+    retry_all_errors: Annotated[
+        bool, typer.Option("--retry-all-errors", help="Re-attempt every error row, undecodable inputs included.")
+    ] = False,
+    force_unlock: Annotated[
+        bool, typer.Option("--force-unlock", help="Take over OUTPUT/_lock.json left by a driver that is gone.")
+    ] = False,
     s3_endpoint: S3Endpoint = None,
     retries: Retries = 5,
     address: Address = None,
@@ -224,6 +237,9 @@ def colorize(
         parquet_images=parquet_images,
         max_pixels=max_pixels,
         device_codec=device_codec,
+        shard_size=shard_size,
+        retry_errors="all" if retry_all_errors else "transient" if retry_errors else "none",
+        force_unlock=force_unlock,
         storage=StorageConfig(s3_endpoint=s3_endpoint, retries=retries),
     )
 
