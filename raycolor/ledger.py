@@ -368,11 +368,15 @@ def write_json(uri: str, obj, *, s3_endpoint=None, retries: int = 5) -> None:
 def remove(uris: Iterable[str], *, s3_endpoint=None) -> None:
     for uri in uris:
         fs, path = sources.filesystem(uri, s3_endpoint=s3_endpoint)
-        try:
-            if fs.exists(path):
-                fs.rm(path, recursive=True)
-        except FileNotFoundError:
-            pass
+
+        def once(fs=fs, path=path):
+            try:
+                if fs.exists(path):
+                    fs.rm(path, recursive=True)
+            except FileNotFoundError:
+                pass
+
+        sources._retrying(once, 5)
 
 
 def assign_namespaces(roots: Sequence[str], known: dict[str, dict]) -> dict[str, str]:
@@ -441,15 +445,19 @@ def acquire_lock(output: str, *, force: bool = False, s3_endpoint=None) -> dict:
     me = {"host": socket.gethostname(), "pid": os.getpid(), "started_at": time.time(), "token": _h(time.time(), os.getpid(), os.urandom(8))}
     uri = lock_uri(output)
     for _ in range(3):
-        if _create_exclusive(uri, json.dumps(me).encode(), s3_endpoint=s3_endpoint):
+        # retried on transient errors: a PUT that reached the store but lost its answer comes back as
+        # "exists", and the token read below tells that the lock is ours
+        if sources._retrying(lambda: _create_exclusive(uri, json.dumps(me).encode(), s3_endpoint=s3_endpoint), 5):
             return me
         fs, path = sources.filesystem(uri, s3_endpoint=s3_endpoint)
         try:
-            held = json.loads(fs.cat_file(path))
+            held = json.loads(sources._retrying(lambda: fs.cat_file(path), 5))
         except FileNotFoundError:
             continue  # released meanwhile: try again
         except Exception:
             held = {}
+        if held.get("token") == me["token"]:
+            return me
         stale = held.get("host") == me["host"] and isinstance(held.get("pid"), int) and not _pid_alive(held["pid"])
         if force or stale:
             remove([uri], s3_endpoint=s3_endpoint)
@@ -467,7 +475,7 @@ def release_lock(output: str, lock: dict, *, s3_endpoint=None) -> None:
     uri = lock_uri(output)
     fs, path = sources.filesystem(uri, s3_endpoint=s3_endpoint)
     try:
-        held = json.loads(fs.cat_file(path))
+        held = json.loads(sources._retrying(lambda: fs.cat_file(path), 5))
     except Exception:
         return
     if held.get("token") == lock.get("token"):
