@@ -611,16 +611,22 @@ class Plan:
     listings: dict  # shard id -> items of a listing chunk (written to OUTPUT/_listing/ if the shard is to do)
 
 
-def plan(config: ColorizeConfig, output: str) -> Plan:
-    """Classify the inputs, size manifests and tars (Ray tasks: tar headers and .txt scans can be long),
-    chunk listings, and give each root its namespace (see ledger.assign_namespaces)."""
+def classify_inputs(config: ColorizeConfig) -> list:
+    """What each input is (folder listings are made here, on the driver); raises InputError before
+    anything is started or written."""
+    if not config.inputs:
+        raise sources.InputError("no inputs given")
+    return [ledger.classify(u, s3_endpoint=config.storage.s3_endpoint) for u in config.inputs]
+
+
+def plan(config: ColorizeConfig, output: str, roots: list | None = None) -> Plan:
+    """Size manifests and tars (Ray tasks: tar headers and .txt scans can be long), chunk listings, and
+    give each root its namespace (see ledger.assign_namespaces). Call with OUTPUT locked."""
     import ray
 
     endpoint = config.storage.s3_endpoint
     size = max(1, config.shard_size)
-    if not config.inputs:
-        raise sources.InputError("no inputs given")
-    roots = [ledger.classify(u, s3_endpoint=endpoint) for u in config.inputs]
+    roots = classify_inputs(config) if roots is None else roots
     seen, unique = set(), []
     for r in roots:  # the same root twice is one root
         if r.root not in seen:
@@ -696,6 +702,7 @@ def colorize(
     meta, render_size = resolve_model(config.checkpoint, config.render_size, s3_endpoint=endpoint)
     if config.retry_errors not in ("none", "transient", "all"):
         raise ValueError(f"retry_errors must be none, transient or all, not {config.retry_errors!r}")
+    roots = classify_inputs(config)
     if not ray.is_initialized():
         ray.init()
     if config.gpus and ray.cluster_resources().get("GPU", 0) < config.gpus:
@@ -704,16 +711,16 @@ def colorize(
         )
     lock = ledger.acquire_lock(output, force=config.force_unlock, s3_endpoint=endpoint)
     try:
-        return _colorize_locked(config, output, meta, render_size, start, on_rows, on_total)
+        return _colorize_locked(config, output, meta, render_size, start, on_rows, on_total, roots)
     finally:
         ledger.release_lock(output, lock, s3_endpoint=endpoint)
 
 
-def _colorize_locked(config, output, meta, render_size, start, on_rows, on_total) -> ColorizeSummary:
+def _colorize_locked(config, output, meta, render_size, start, on_rows, on_total, roots) -> ColorizeSummary:
     import ray
 
     endpoint, retries = config.storage.s3_endpoint, config.storage.retries
-    p = plan(config, output)
+    p = plan(config, output, roots)
     # inputs that changed since an earlier run: their old shards go before anything new is written
     if p.superseded:
         ledger.remove(
