@@ -265,6 +265,31 @@ def colorize(
 
 
 @app.command(
+    name="list",
+    epilog="Example: raycolor list s3://archive/scans/ --output s3://archive/lists/scans; "
+    "then raycolor colorize s3://archive/lists/scans --output ... (no listing of the prefix again)",
+)
+def list_(
+    inputs: Annotated[list[str], typer.Argument(help="Folders or s3:// prefixes to list (recursively).")],
+    output: Annotated[str, typer.Option(help="Folder or s3:// prefix for the manifest shards part-NNNNN.parquet.")],
+    shard_size: Annotated[
+        int, typer.Option(min=1, help="Entries per manifest shard.")
+    ] = ColorizeConfig.__dataclass_fields__["shard_size"].default,
+    s3_endpoint: S3Endpoint = None,
+    retries: Retries = 5,
+) -> None:
+    """List images once and save the listing as Parquet manifest shards (uri, relpath) for `colorize`."""
+
+    def call():
+        from raycolor import ledger
+
+        return ledger.write_listing(inputs, output, shard_size=shard_size, s3_endpoint=s3_endpoint, retries=retries)
+
+    entries, parts = _run(None, s3_endpoint, call, connect=False)
+    _table("raycolor list", {"entries": entries, "manifest shards": parts, "output": output})
+
+
+@app.command(
     epilog="Example: raycolor evaluate --checkpoint runs/exp1/model --data photos/val --gallery gallery.png --json"
 )
 def evaluate(

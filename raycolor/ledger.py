@@ -480,3 +480,31 @@ def release_lock(output: str, lock: dict, *, s3_endpoint=None) -> None:
         return
     if held.get("token") == lock.get("token"):
         remove([uri], s3_endpoint=s3_endpoint)
+
+
+# --------------------------------------------------------------------------------------------
+# `raycolor list`: a listing saved as manifest shards, for re-use
+# --------------------------------------------------------------------------------------------
+
+
+def write_listing(inputs: Sequence[str], output: str, *, shard_size: int, s3_endpoint: str | None = None,
+                  retries: int = 5) -> tuple[int, int]:
+    """List ``inputs`` (folders, prefixes, images: listed on this machine, one recursive listing each)
+    and write the result as Parquet manifest shards ``OUTPUT/part-00000.parquet`` ... with the columns
+    ``uri`` and ``relpath`` (the folder-relative path, so that colorizing the manifest folder gives the
+    same output keys as colorizing the folders). Returns (entries, parts)."""
+    items = sources.list_items(list(inputs), s3_endpoint=s3_endpoint)
+    parts = 0
+    for parts, start in enumerate(range(0, len(items), max(1, shard_size)), 1):
+        chunk = items[start : start + shard_size]
+        buf = io.BytesIO()
+        pq.write_table(pa.table({"uri": [i.uri for i in chunk], "relpath": [i.relpath for i in chunk]}), buf)
+        sources.write_bytes_atomic(sources.join_uri(output, f"part-{parts - 1:05d}.parquet"), buf.getvalue(),
+                                   s3_endpoint=s3_endpoint, retries=retries)
+    # parts of an earlier, longer listing in the same place would add stale entries: remove them
+    fs, path = sources.filesystem(output, s3_endpoint=s3_endpoint)
+    for p in fs.ls(path, detail=False):
+        name = posixpath.basename(p)
+        if name.startswith("part-") and name.endswith(".parquet") and name[5:-8].isdigit() and int(name[5:-8]) >= parts:
+            fs.rm(p)
+    return len(items), parts

@@ -4,6 +4,7 @@ the OUTPUT lock (local O_EXCL and S3 conditional PUT against the moto server).""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import os
 import subprocess
 import sys
@@ -157,3 +158,28 @@ def test_s3_lock_uses_a_conditional_put(s3_env):
     fs.rm(path)
     assert ledger._create_exclusive(ledger.lock_uri(out), b"{}", s3_endpoint=None) is True
     assert ledger._create_exclusive(ledger.lock_uri(out), b"{}", s3_endpoint=None) is False
+
+
+def test_list_command_writes_manifest_shards_with_the_folders_relpaths(tmp_path):
+    from typer.testing import CliRunner
+
+    from raycolor.cli import app
+
+    src = tmp_path / "scans"
+    for name in ("a.jpg", "b.JPG", "b.png", "sub/c.tif", "notes.txt"):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(b"x")
+    out = tmp_path / "lists"
+    (out).mkdir()
+    (out / "part-00009.parquet").write_bytes(b"stale")  # from an earlier, longer listing
+    r = CliRunner().invoke(app, ["list", str(src), "--output", str(out), "--shard-size", "3"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
+    plan = ledger.classify(str(out))
+    shards = [s for kind, uri, tag in plan.objects for s in ledger.size_object(kind, uri, tag, root=plan.root, shard_size=10)]
+    from_manifest = [(i.source, i.relpath) for s in shards for i in ledger.expand(s)]
+    from_folder = [(i.source, i.relpath) for i in sources.list_items([str(src)])]
+    assert from_manifest == from_folder and len(from_folder) == 4
+    assert ("b__" in dict((Path(s).name, r) for s, r in from_folder)["b.png"])  # the collision rule, kept
+    r = CliRunner().invoke(app, ["list", str(tmp_path / "missing"), "--output", str(out)])
+    assert r.exit_code == 2 and "not found" in r.output
