@@ -190,3 +190,50 @@ def test_retry_errors_after_persistent_s3_faults(ray_local, s3_env, tiny_ckpt):
     assert (everything.processed, everything.ok, everything.error) == (1, 3, 1)
     _one_row_each(out, want)
     assert json.loads(fs.cat_file(f"{bucket}/out/_SUCCESS.json"))["ok"] == 3
+
+
+S3_DRIVER = textwrap.dedent(
+    """
+    import sys, ray
+    from raycolor.config import ColorizeConfig
+    from raycolor.ray_colorize import colorize
+    ray.init(num_cpus=2, include_dashboard=False)
+    colorize(ColorizeConfig(inputs=(sys.argv[1],), output=sys.argv[2], checkpoint=sys.argv[3], batch_size=1, shard_size=3))
+    """
+)
+
+
+def test_s3_driver_sigkill_mid_run_then_rerun_is_exactly_once(ray_local, s3_env, tiny_ckpt):
+    import signal
+
+    fs = s3_env.fs()
+    bucket = s3_env.bucket("sigkill")
+    n = 18
+    for i in range(n):
+        fs.pipe_file(f"{bucket}/in/{i:03d}.jpg", _jpeg(100 + i))
+    src, out = f"s3://{bucket}/in", f"s3://{bucket}/out"
+    proc = subprocess.Popen([sys.executable, "-c", S3_DRIVER, src, out, tiny_ckpt], start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not (fs.exists(f"{bucket}/out/_stats") and fs.ls(f"{bucket}/out/_stats", refresh=True)):
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # its own Ray cluster too
+        except ProcessLookupError:
+            pass
+    time.sleep(1)
+    done = sum(json.loads(fs.cat_file(p))["rows"] for p in fs.ls(f"{bucket}/out/_stats", refresh=True))
+    assert 0 < done < n, "the kill must land mid-run for this test to mean anything"
+    assert fs.exists(f"{bucket}/out/_lock.json")  # the dead driver's lock (same host, dead pid): taken over
+    s = colorize(ColorizeConfig(inputs=(src,), output=out, checkpoint=tiny_ckpt, batch_size=4, shard_size=3))
+    assert (s.inputs, s.ok, s.skipped, s.processed) == (n, n, done, n - done)
+    rows = _one_row_each(out, [f"s3://{bucket}/in/{i:03d}.jpg" for i in range(n)])
+    assert sorted(r["output"] for r in rows.values()) == [f"{out}/images/{i:03d}.png" for i in range(n)]
+    assert sorted(fs.find(f"{bucket}/out/images")) == [f"{bucket}/out/images/{i:03d}.png" for i in range(n)]
+    assert not fs.exists(f"{bucket}/out/_lock.json")
+    assert len(fs.ls(f"{bucket}/out/manifest", refresh=True)) == s.shards == len(fs.ls(f"{bucket}/out/_stats", refresh=True))
