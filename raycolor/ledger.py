@@ -121,11 +121,12 @@ def _tag(info: dict) -> str:
 
 @dataclass(frozen=True)
 class RootPlan:
-    """What one input is: kind "listing" (folders/images: items listed here), or a list of manifest /
-    tar objects to be sized by :func:`size_object` (possibly in Ray tasks)."""
+    """What one input is: kind "folder" (not listed yet: see :func:`folder_parts` / :func:`folder_plan`),
+    "listing" (an image, or a folder once listed: its items), or "objects" (manifest / tar objects to be
+    sized by :func:`size_object`, possibly in Ray tasks)."""
 
     root: str
-    kind: str  # "listing" | "objects"
+    kind: str  # "folder" | "listing" | "objects"
     items: tuple = ()  # listing: sources.Item
     objects: tuple = ()  # objects: (kind, uri, tag) with kind "tar" | "parquet" | "txt"
 
@@ -154,20 +155,7 @@ def classify(uri: str, *, s3_endpoint: str | None = None) -> RootPlan:
         raise sources._input_error("read", uri, exc) from exc
     suffix = sources._suffix(path)
     if info.get("type") == "directory":
-        try:
-            found = sources._retrying(lambda: fs.find(path, withdirs=False, detail=True), 3)
-        except Exception as exc:
-            raise sources._input_error("list", uri, exc) from exc
-        if not any(sources._is_image(p) for p in found):
-            # a folder of manifest parts (e.g. written by `raycolor list`) or of tar shards
-            objs = []
-            for p in sorted(found):
-                kind = {".tar": "tar", ".parquet": "parquet", ".txt": "txt"}.get(sources._suffix(p))
-                if kind and not posixpath.basename(p).startswith((".", "_")):
-                    objs.append((kind, sources._to_uri(fs, p, uri), _tag(found[p])))
-            if objs:
-                return RootPlan(root=root, kind="objects", objects=tuple(objs))
-        return RootPlan(root=root, kind="listing", items=tuple(sources.list_items([uri], s3_endpoint=s3_endpoint)))
+        return RootPlan(root=root, kind="folder")  # listed by list_folder / folder_plan
     if suffix in sources.TAR_SUFFIXES:
         return RootPlan(root=root, kind="objects", objects=(("tar", root, _tag(info)),))
     if suffix == ".parquet":
@@ -175,6 +163,71 @@ def classify(uri: str, *, s3_endpoint: str | None = None) -> RootPlan:
     if suffix == ".txt":
         return RootPlan(root=root, kind="objects", objects=(("txt", root, _tag(info)),))
     return RootPlan(root=root, kind="listing", items=tuple(sources.list_items([uri], s3_endpoint=s3_endpoint)))
+
+
+def folder_parts(root: str, *, s3_endpoint: str | None = None) -> tuple[list[str], list[str]]:
+    """One (paged) listing of the folder's first level: (files directly in it, sub-folder URIs). The
+    sub-folders are then listed recursively by :func:`find_files`, one Ray task each, in parallel
+    (a single recursive listing of a 100M-object prefix takes hours: ray-project/ray#40686)."""
+    fs, path = sources.filesystem(root, s3_endpoint=s3_endpoint)
+    try:
+        entries = sources._retrying(lambda: fs.ls(path, detail=True), 3)
+    except Exception as exc:
+        raise sources._input_error("list", root, exc) from exc
+    files = sorted(e["name"] for e in entries if e.get("type") != "directory")
+    dirs = sorted(sources._to_uri(fs, e["name"], root) for e in entries if e.get("type") == "directory"
+                  and e["name"].rstrip("/") != path.rstrip("/"))
+    return files, dirs
+
+
+def find_files(uri: str, *, s3_endpoint: str | None = None) -> list[str]:
+    """Every file below ``uri`` (recursive, paged by the store's client), as filesystem paths."""
+    fs, path = sources.filesystem(uri, s3_endpoint=s3_endpoint)
+    try:
+        return list(sources._retrying(lambda: fs.find(path, withdirs=False), 3))
+    except Exception as exc:
+        raise sources._input_error("list", uri, exc) from exc
+
+
+def folder_plan(root: str, paths: Iterable[str], *, s3_endpoint: str | None = None) -> RootPlan:
+    """A listed folder -> its images (the folder rules of :func:`sources.list_items`: image suffixes,
+    relpath relative to the folder, sorted), or, for a folder holding no image but ``.parquet`` /
+    ``.txt`` / ``.tar`` objects (e.g. written by ``raycolor list``), those objects."""
+    fs, path = sources.filesystem(root, s3_endpoint=s3_endpoint)
+    prefix = path.rstrip("/") + "/"
+    if isinstance(fs, LocalFileSystem):
+        prefix = path.replace(os.sep, "/").rstrip("/") + "/"
+    paths = sorted(p.replace(os.sep, "/") if isinstance(fs, LocalFileSystem) else p for p in paths)
+    items = [
+        sources.Item(source=sources._to_uri(fs, p, root), relpath=sources.sanitize_relpath(p[len(prefix):]),
+                     uri=sources._to_uri(fs, p, root))
+        for p in paths
+        if p.startswith(prefix) and sources._is_image(p)
+    ]
+    if items:
+        items.sort(key=lambda it: (it.relpath, it.source))
+        return RootPlan(root=root, kind="listing", items=tuple(items))
+    objs = []
+    for p in paths:
+        kind = {".tar": "tar", ".parquet": "parquet", ".txt": "txt"}.get(sources._suffix(p))
+        if kind and not posixpath.basename(p).startswith((".", "_")):
+            objs.append((kind, sources._to_uri(fs, p, root), _tag(sources._retrying(lambda p=p: fs.info(p), 3))))
+    if objs:
+        return RootPlan(root=root, kind="objects", objects=tuple(objs))
+    raise sources.InputError(
+        f"no images found under {sources.redact(root)} (looked for {', '.join(sorted(sources.IMAGE_SUFFIXES))})"
+    )
+
+
+def list_folder(root: str, *, s3_endpoint: str | None = None, find=None) -> RootPlan:
+    """:func:`folder_plan` of a whole folder; ``find(sub_folder_uris) -> [paths]`` lists the sub-folders
+    (default: one after the other, here; the colorize driver passes Ray tasks)."""
+    files, dirs = folder_parts(root, s3_endpoint=s3_endpoint)
+    if find is None:
+        found = [p for d in dirs for p in find_files(d, s3_endpoint=s3_endpoint)]
+    else:
+        found = find(dirs)
+    return folder_plan(root, files + found, s3_endpoint=s3_endpoint)
 
 
 def size_object(kind: str, uri: str, tag: str, *, root: str, shard_size: int, s3_endpoint: str | None = None) -> list[Shard]:

@@ -627,6 +627,16 @@ def plan(config: ColorizeConfig, output: str, roots: list | None = None) -> Plan
     endpoint = config.storage.s3_endpoint
     size = max(1, config.shard_size)
     roots = classify_inputs(config) if roots is None else roots
+    lister = ray.remote(num_cpus=0.5, max_retries=3)(ledger.find_files)
+
+    def find(dirs: list[str]) -> list[str]:  # sub-folders listed in parallel, one task each
+        refs = [lister.remote(d, s3_endpoint=endpoint) for d in dirs]
+        try:
+            return [p for ref in refs for p in ray.get(ref)]
+        except ray.exceptions.RayTaskError as e:
+            raise e.as_instanceof_cause() from None
+
+    roots = [ledger.list_folder(r.root, s3_endpoint=endpoint, find=find) if r.kind == "folder" else r for r in roots]
     seen, unique = set(), []
     for r in roots:  # the same root twice is one root
         if r.root not in seen:

@@ -63,13 +63,15 @@ def test_classify_folders_globs_and_folders_of_manifests(tmp_path):
     (tmp_path / "imgs" / "sub").mkdir(parents=True)
     (tmp_path / "imgs" / "a.jpg").write_bytes(b"x")
     (tmp_path / "imgs" / "sub" / "b.png").write_bytes(b"x")
-    plan = ledger.classify(str(tmp_path / "imgs"))
+    assert ledger.classify(str(tmp_path / "imgs")).kind == "folder"  # listed later (Ray tasks per sub-folder)
+    plan = ledger.list_folder(str(tmp_path / "imgs"))
     assert plan.kind == "listing" and [i.relpath for i in plan.items] == ["a.jpg", "sub/b.png"]
+    assert plan.items == tuple(sources.list_items([str(tmp_path / "imgs")]))  # the folder rules of list_items
     (tmp_path / "lists").mkdir()
     for n in (0, 1):
         pq.write_table(pa.table({"uri": [f"/d/{n}.jpg"]}), tmp_path / "lists" / f"part-{n}.parquet")
     (tmp_path / "lists" / "_SUCCESS").write_text("")
-    plan = ledger.classify(str(tmp_path / "lists"))
+    plan = ledger.list_folder(str(tmp_path / "lists"))
     assert plan.kind == "objects" and [(k, os.path.basename(u)) for k, u, _ in plan.objects] == [
         ("parquet", "part-0.parquet"), ("parquet", "part-1.parquet")]
     glob = ledger.classify(str(tmp_path / "lists" / "part-*.parquet"))
@@ -78,6 +80,10 @@ def test_classify_folders_globs_and_folders_of_manifests(tmp_path):
         ledger.classify(str(tmp_path / "nothing-*.tar"))
     with pytest.raises(sources.InputError, match="not found"):
         ledger.classify(str(tmp_path / "missing"))
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "sub" / "notes.md").write_text("x")
+    with pytest.raises(sources.InputError, match="no images found"):
+        ledger.list_folder(str(tmp_path / "empty"))
 
 
 def test_listing_chunks_are_content_defined(tmp_path):
@@ -175,7 +181,7 @@ def test_list_command_writes_manifest_shards_with_the_folders_relpaths(tmp_path)
     r = CliRunner().invoke(app, ["list", str(src), "--output", str(out), "--shard-size", "3"])
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in out.iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
-    plan = ledger.classify(str(out))
+    plan = ledger.list_folder(str(out))
     shards = [s for kind, uri, tag in plan.objects for s in ledger.size_object(kind, uri, tag, root=plan.root, shard_size=10)]
     from_manifest = [(i.source, i.relpath) for s in shards for i in ledger.expand(s)]
     from_folder = [(i.source, i.relpath) for i in sources.list_items([str(src)])]
@@ -183,3 +189,24 @@ def test_list_command_writes_manifest_shards_with_the_folders_relpaths(tmp_path)
     assert ("b__" in dict((Path(s).name, r) for s, r in from_folder)["b.png"])  # the collision rule, kept
     r = CliRunner().invoke(app, ["list", str(tmp_path / "missing"), "--output", str(out)])
     assert r.exit_code == 2 and "not found" in r.output
+
+
+def test_s3_folder_listed_by_sub_prefix_matches_list_items(s3_env):
+    fs = s3_env.fs()
+    bucket = s3_env.bucket("listing")
+    for key in ("in/a.jpg", "in/x/b.JPG", "in/x/y/c.png", "in/z/notes.txt", "in/x/b.png", "other/d.jpg"):
+        fs.pipe_file(f"{bucket}/{key}", b"x")
+    root = f"s3://{bucket}/in"
+    files, dirs = ledger.folder_parts(root)
+    assert files == [f"{bucket}/in/a.jpg"] and dirs == [f"s3://{bucket}/in/x", f"s3://{bucket}/in/z"]
+    calls = []
+
+    def find(subs):
+        calls.append(subs)
+        return [p for d in subs for p in ledger.find_files(d)]
+
+    plan = ledger.list_folder(root, find=find)
+    assert calls == [dirs]
+    assert [i.relpath for i in plan.items] == ["a.jpg", "x/b.JPG", "x/b.png", "x/y/c.png"]
+    # the colorize planner applies the collision rule (over all folder roots of the run): as list_items
+    assert sources.dedupe(plan.items) == sources.list_items([root])
