@@ -427,10 +427,15 @@ def _expand_shard(row: dict, *, output: str, s3_endpoint, retries: int) -> list[
                  "shard_n": 1, "error": f"read_failed: {sources.redact(e, shard.uri)}"}]
     if shard.retry != "none":
         fs, path = sources.filesystem(ledger.part_uri(output, shard.id), s3_endpoint=s3_endpoint)
-        old = pq.read_table(io.BytesIO(sources._retrying(lambda: fs.cat_file(path), retries)), columns=["source", "error"])
-        redo = {s for s, e in zip(old.column("source").to_pylist(), old.column("error").to_pylist()) if ledger.is_retryable(e, shard.retry)}
-        if row["marker"] not in redo:
-            items = [i for i in items if i.source in redo]
+        try:
+            old = pq.read_table(io.BytesIO(sources._retrying(lambda: fs.cat_file(path), retries)), columns=["source", "error"])
+        except FileNotFoundError:  # the part is gone (removed by hand): the whole shard is redone
+            old = None
+        if old is not None:
+            redo = {s for s, e in zip(old.column("source").to_pylist(), old.column("error").to_pylist())
+                    if ledger.is_retryable(e, shard.retry)}
+            if row["marker"] not in redo:
+                items = [i for i in items if i.source in redo]
     ns = shard.namespace
     return [
         {"source": i.source, "relpath": f"{ns}/{i.relpath}" if ns else i.relpath, "uri": i.uri, "offset": i.offset,

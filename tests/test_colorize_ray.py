@@ -109,7 +109,11 @@ def test_unfinished_shard_is_redone_once_finished_ones_skipped(ray_local, tiny_c
     (out / "_spool" / victim / "part-stale.parquet").write_bytes(part.read_bytes())
     lost = next(r["output"] for r in rows.to_pylist() if r["status"] == "ok")
     Path(lost).unlink()
-    again = colorize(cfg)
+    calls = []  # the progress hooks: the total is known before the first rows come back
+    again = colorize(cfg, on_total=lambda total, skipped: calls.append(("total", total, skipped)),
+                     on_rows=lambda t, n: calls.append(("rows", n)))
+    assert calls[0] == ("total", 20, 20 - rows.num_rows) and [c[0] for c in calls[1:]] == ["rows"] * (len(calls) - 1)
+    assert sum(c[1] for c in calls[1:]) == rows.num_rows
     assert (again.processed, again.skipped, again.inputs, again.ok) == (rows.num_rows, 20 - rows.num_rows, 20, good)
     assert again.shards_skipped == first.shards - 1
     assert Path(lost).exists()
