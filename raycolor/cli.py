@@ -38,6 +38,11 @@ class Format(str, Enum):
     jpeg = "jpeg"
 
 
+class Layout(str, Enum):
+    files = "files"
+    webdataset = "webdataset"
+
+
 class Loss(str, Enum):
     smooth_l1 = "smooth_l1"
     mse = "mse"
@@ -218,6 +223,9 @@ def colorize(
     force_unlock: Annotated[
         bool, typer.Option("--force-unlock", help="Take over OUTPUT/_lock.json left by a driver that is gone.")
     ] = False,
+    layout: Annotated[
+        Layout, typer.Option("--layout", help="files: OUTPUT/images/...; webdataset: one tar per shard in OUTPUT/shards/.")
+    ] = Layout.files,
     s3_endpoint: S3Endpoint = None,
     retries: Retries = 5,
     address: Address = None,
@@ -240,6 +248,7 @@ def colorize(
         shard_size=shard_size,
         retry_errors="all" if retry_all_errors else "transient" if retry_errors else "none",
         force_unlock=force_unlock,
+        layout=layout.value,
         storage=StorageConfig(s3_endpoint=s3_endpoint, retries=retries),
     )
 

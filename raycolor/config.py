@@ -73,6 +73,8 @@ class ColorizeConfig:
     # re-attempt error rows of finished shards: "transient" (read/write failures) or "all"
     retry_errors: Literal["none", "transient", "all"] = "none"
     force_unlock: bool = False  # take over OUTPUT/_lock.json left by a driver that is gone
+    # "files": OUTPUT/images/<key>; "webdataset": one tar per shard, OUTPUT/shards/<shard id>.tar
+    layout: Literal["files", "webdataset"] = "files"
     storage: StorageConfig = field(default_factory=StorageConfig)
 
 

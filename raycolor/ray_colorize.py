@@ -294,7 +294,11 @@ def _finish_batch(
     model_id: str,
     s3_endpoint,
     retries: int,
+    layout: str = "files",
 ) -> dict:
+    """Encode, write the images (layout "files"), spool the rows per shard. With layout "webdataset" the
+    images travel in the spool (its `image` column) and `output` holds the output key; the shard's merge
+    writes them into one tar."""
     import torch
 
     torch.set_num_threads(1)
@@ -311,11 +315,14 @@ def _finish_batch(
                 blob = bytes(batch["encoded"][i])  # encoded by the actor (nvJPEG)
             else:
                 blob = images.encode(colorized_rgb(batch, i), fmt, png_level=png_level, jpeg_quality=jpeg_quality)
-            out_uri = sources.join_uri(output, "images", sources.output_key(batch["relpath"][i], ext))
-            try:
-                sources.write_bytes_atomic(out_uri, blob, s3_endpoint=s3_endpoint, retries=retries)
-            except Exception as e:  # past the retry limit: an error row, never a silent loss
-                err, out_uri, blob = f"write_failed: {sources.redact(e, out_uri)}", None, None
+            if layout == "webdataset":
+                out_uri = sources.output_key(batch["relpath"][i], ext)  # the merge turns it into tar#member
+            else:
+                out_uri = sources.join_uri(output, "images", sources.output_key(batch["relpath"][i], ext))
+                try:
+                    sources.write_bytes_atomic(out_uri, blob, s3_endpoint=s3_endpoint, retries=retries)
+                except Exception as e:  # past the retry limit: an error row, never a silent loss
+                    err, out_uri, blob = f"write_failed: {sources.redact(e, out_uri)}", None, None
         rows["source"].append(source)
         rows["output"].append(out_uri)
         rows["status"].append("ok" if err is None else "error")
@@ -327,7 +334,7 @@ def _finish_batch(
         rows["finished_at"].append(time.time())
         blobs.append(blob)
     table = pa.table(rows, schema=MANIFEST_SCHEMA)
-    if parquet_images:
+    if parquet_images or layout == "webdataset":
         table = table.append_column(IMAGE_COLUMN, pa.array(blobs, type=pa.binary()))
     # one spool file per shard in this batch; named by its sources, so a retried task overwrites its own
     shard_col = [str(x) for x in batch["shard"]]
@@ -346,7 +353,47 @@ def _finish_batch(
     }
 
 
-def _merge_shard(shard: dict, *, output: str, s3_endpoint, retries: int) -> dict:
+def wds_key(output_key: str) -> str:
+    """WebDataset member key of an output key: extension off, dots in the path replaced (keys hold no dots)."""
+    stem = output_key.rsplit(".", 1)[0] if "." in output_key.rsplit("/", 1)[-1] else output_key
+    return stem.replace(".", "_")
+
+
+def _write_webdataset(table: pa.Table, *, output: str, sid: str, parquet_images: bool, s3_endpoint, retries: int) -> pa.Table:
+    """One tar OUTPUT/shards/<shard id>.tar holding key.<ext> + key.json per ok row, written with one PUT
+    (atomic rename locally); rows' `output` becomes `<tar uri>#<key>.<ext>`."""
+    import tarfile
+
+    tar_uri = sources.join_uri(output, "shards", f"{sid}.tar")
+    buf = io.BytesIO()
+    outputs = table.column("output").to_pylist()
+    blobs = table.column("image").to_pylist()
+    cols = {c: table.column(c).to_pylist() for c in ("source", "status", "width", "height", "model_id", "format")}
+    taken: set[str] = set()
+    new_outputs: list[str | None] = []
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for i, out in enumerate(outputs):
+            if cols["status"][i] != "ok" or out is None or blobs[i] is None:
+                new_outputs.append(None)
+                continue
+            key = wds_key(out)
+            if key.lower() in taken:  # two output keys that differ only by their dots: keep both
+                key = f"{key}__{hashlib.sha1(cols['source'][i].encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+            taken.add(key.lower())
+            ext = out.rsplit(".", 1)[-1]
+            meta = {k: cols[k][i] for k in ("source", "status", "width", "height", "model_id", "format")}
+            for name, data in ((f"{key}.{ext}", blobs[i]), (f"{key}.json", json.dumps(meta).encode())):
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime = len(data), 0
+                tf.addfile(info, io.BytesIO(data))
+            new_outputs.append(f"{tar_uri}#{key}.{ext}")
+    sources.write_bytes_atomic(tar_uri, buf.getvalue(), s3_endpoint=s3_endpoint, retries=retries)
+    table = table.set_column(table.schema.get_field_index("output"), "output", pa.array(new_outputs, type=pa.string()))
+    return table if parquet_images else table.drop_columns(["image"])
+
+
+def _merge_shard(shard: dict, *, output: str, s3_endpoint, retries: int, layout: str = "files",
+                 parquet_images: bool = False) -> dict:
     """Spooled rows of one finished shard -> OUTPUT/manifest/<id>.parquet, then OUTPUT/_stats/<id>.json.
 
     Why a spool and a merge rather than one task per shard: the model sits in an actor pool between the
@@ -387,6 +434,9 @@ def _merge_shard(shard: dict, *, output: str, s3_endpoint, retries: int) -> dict
     if shard.get("marker") in best and len(best) > 1:  # a shard that failed to expand, now expanded
         del best[shard["marker"]]
     table = table.take(pa.array(sorted(best.values()), type=pa.int64()))
+    if layout == "webdataset":  # the shard's images, in one tar, before its part
+        table = _write_webdataset(table, output=output, sid=sid, parquet_images=parquet_images,
+                                  s3_endpoint=s3_endpoint, retries=retries)
     buf = io.BytesIO()
     pq.write_table(table, buf)
     sources.write_bytes_atomic(ledger.part_uri(output, sid), buf.getvalue(), s3_endpoint=s3_endpoint, retries=retries)
@@ -588,6 +638,7 @@ def build_dataset(shards: list[ledger.Shard], config: ColorizeConfig, *, output:
             "model_id": model_id,
             "s3_endpoint": endpoint,
             "retries": retries,
+            "layout": config.layout,
         },
     )
 
@@ -717,6 +768,10 @@ def colorize(
     meta, render_size = resolve_model(config.checkpoint, config.render_size, s3_endpoint=endpoint)
     if config.retry_errors not in ("none", "transient", "all"):
         raise ValueError(f"retry_errors must be none, transient or all, not {config.retry_errors!r}")
+    if config.layout not in ("files", "webdataset"):
+        raise ValueError(f"layout must be files or webdataset, not {config.layout!r}")
+    if config.layout == "webdataset" and config.retry_errors != "none":
+        raise ValueError("--retry-errors with --layout webdataset is not supported yet (the shard's tar would need rebuilding)")
     roots = classify_inputs(config)
     if not ray.is_initialized():
         ray.init()
@@ -740,7 +795,8 @@ def _colorize_locked(config, output, meta, render_size, start, on_rows, on_total
     if p.superseded:
         ledger.remove(
             [u for sid in p.superseded for u in (ledger.stats_uri(output, sid), ledger.part_uri(output, sid),
-                                                  ledger.listing_uri(output, sid), ledger.spool_dir(output, sid))],
+                                                  ledger.listing_uri(output, sid), ledger.spool_dir(output, sid),
+                                                  sources.join_uri(output, "shards", f"{sid}.tar"))],
             s3_endpoint=endpoint,
         )
     for rec in p.roots.values():
@@ -775,7 +831,8 @@ def _colorize_locked(config, output, meta, render_size, start, on_rows, on_total
         _write_listings(output, todo, p.listings, s3_endpoint=endpoint, retries=retries)
         by_id = {s.id: {**asdict(s), "marker": _marker(s)} for s in todo}
         merge = ray.remote(num_cpus=0, max_retries=3)(_merge_shard)
-        merge_kw = {"output": output, "s3_endpoint": endpoint, "retries": retries}
+        merge_kw = {"output": output, "s3_endpoint": endpoint, "retries": retries, "layout": config.layout,
+                    "parquet_images": config.parquet_images}
         seen: dict[str, int] = {}
         expected: dict[str, int] = {}
         merging: dict[str, object] = {}
@@ -820,6 +877,7 @@ def _colorize_locked(config, output, meta, render_size, start, on_rows, on_total
         "device_codec": config.gpus > 0 if config.device_codec is None else config.device_codec,
         "shard_size": config.shard_size,
         "retry_errors": config.retry_errors,
+        "layout": config.layout,
         "namespaces": {r: rec["namespace"] for r, rec in p.roots.items()},
     }
     summary = ColorizeSummary(

@@ -102,6 +102,8 @@ def test_colorize_flags_map_onto_colorize_config(calls):
     assert r.exit_code == 0 and calls["colorize"].retry_errors == "all"
     r = runner.invoke(app, ["colorize", "x", "--output", "o", "--checkpoint", "c"])
     assert calls["colorize"] == ColorizeConfig(inputs=("x",), output="o", checkpoint="c")  # defaults from config.py
+    r = runner.invoke(app, ["colorize", "x", "--output", "o", "--checkpoint", "c", "--layout", "webdataset"])
+    assert r.exit_code == 0 and calls["colorize"].layout == "webdataset"
     assert "images/s" in r.output and "errors" in r.output
 
 

@@ -237,3 +237,44 @@ def test_s3_driver_sigkill_mid_run_then_rerun_is_exactly_once(ray_local, s3_env,
     assert sorted(fs.find(f"{bucket}/out/images")) == [f"{bucket}/out/images/{i:03d}.png" for i in range(n)]
     assert not fs.exists(f"{bucket}/out/_lock.json")
     assert len(fs.ls(f"{bucket}/out/manifest", refresh=True)) == s.shards == len(fs.ls(f"{bucket}/out/_stats", refresh=True))
+
+
+def test_webdataset_layout_one_tar_per_shard(ray_local, tiny_ckpt, tmp_path):
+    import tarfile
+
+    src = tmp_path / "in"
+    for i in range(7):
+        _img(src / ("sub" if i % 2 else "") / f"p.{i}.png", 50 + i, (20 + i, 16))
+    (src / "bad.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    cfg = ColorizeConfig(inputs=(str(src),), output=str(out), checkpoint=tiny_ckpt, shard_size=3, layout="webdataset")
+    s = colorize(cfg)
+    assert (s.inputs, s.ok, s.error) == (8, 7, 1)
+    assert not (out / "images").exists()
+    tars = sorted((out / "shards").glob("*.tar"))
+    assert [t.stem for t in tars] == sorted(p.stem for p in (out / "manifest").iterdir()) and len(tars) == s.shards
+    rows = _one_row_each(out, [str(p) for p in src.rglob("*.png")])
+    assert rows[str(src / "bad.png")]["output"] is None
+    members = {}
+    for t in tars:
+        with tarfile.open(t) as tf:
+            names = tf.getnames()
+            assert all("." not in n.rsplit(".", 1)[0] for n in names)  # WebDataset keys hold no dots
+            members.update({f"{t}#{n}": tf.extractfile(n).read() for n in names})
+    for src_path, r in rows.items():
+        if r["status"] != "ok":
+            continue
+        assert r["output"] in members, r["output"]
+        meta = json.loads(members[r["output"].rsplit(".", 1)[0] + ".json"])
+        assert meta["source"] == src_path and (meta["width"], meta["height"]) == (r["width"], r["height"])
+        assert (_l(members[r["output"]]) - _l(Path(src_path).read_bytes())).abs().max() <= 1.0
+    assert {r["output"].split("#", 1)[1] for r in rows.values() if r["output"]} == {
+        f"{'sub/' if i % 2 else ''}p_{i}.png" for i in range(7)}
+    # an unfinished shard (no stats record) is redone: its tar rewritten, still one row each
+    victim = tars[0].stem
+    (out / "_stats" / f"{victim}.json").unlink()
+    again = colorize(cfg)
+    assert 0 < again.processed <= 3
+    assert again.shards_skipped == s.shards - 1 and again.ok == 7
+    _one_row_each(out, [str(p) for p in src.rglob("*.png")])
+    assert sorted((out / "shards").glob("*.tar")) == tars
