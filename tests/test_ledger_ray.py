@@ -198,12 +198,14 @@ S3_DRIVER = textwrap.dedent(
     from raycolor.config import ColorizeConfig
     from raycolor.ray_colorize import colorize
     ray.init(num_cpus=2, include_dashboard=False)
-    colorize(ColorizeConfig(inputs=(sys.argv[1],), output=sys.argv[2], checkpoint=sys.argv[3], batch_size=1, shard_size=3))
+    colorize(ColorizeConfig(inputs=(sys.argv[1],), output=sys.argv[2], checkpoint=sys.argv[3], batch_size=1, shard_size=3,
+                            layout=sys.argv[4]))
     """
 )
 
 
-def test_s3_driver_sigkill_mid_run_then_rerun_is_exactly_once(ray_local, s3_env, tiny_ckpt):
+@pytest.mark.parametrize("layout", ["files", "webdataset"])
+def test_s3_driver_sigkill_mid_run_then_rerun_is_exactly_once(ray_local, s3_env, tiny_ckpt, layout):
     import signal
 
     fs = s3_env.fs()
@@ -212,7 +214,7 @@ def test_s3_driver_sigkill_mid_run_then_rerun_is_exactly_once(ray_local, s3_env,
     for i in range(n):
         fs.pipe_file(f"{bucket}/in/{i:03d}.jpg", _jpeg(100 + i))
     src, out = f"s3://{bucket}/in", f"s3://{bucket}/out"
-    proc = subprocess.Popen([sys.executable, "-c", S3_DRIVER, src, out, tiny_ckpt], start_new_session=True,
+    proc = subprocess.Popen([sys.executable, "-c", S3_DRIVER, src, out, tiny_ckpt, layout], start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": os.getcwd()})
     try:
         deadline = time.time() + 240
@@ -230,11 +232,21 @@ def test_s3_driver_sigkill_mid_run_then_rerun_is_exactly_once(ray_local, s3_env,
     done = sum(json.loads(fs.cat_file(p))["rows"] for p in fs.ls(f"{bucket}/out/_stats", refresh=True))
     assert 0 < done < n, "the kill must land mid-run for this test to mean anything"
     assert fs.exists(f"{bucket}/out/_lock.json")  # the dead driver's lock (same host, dead pid): taken over
-    s = colorize(ColorizeConfig(inputs=(src,), output=out, checkpoint=tiny_ckpt, batch_size=4, shard_size=3))
+    s = colorize(ColorizeConfig(inputs=(src,), output=out, checkpoint=tiny_ckpt, batch_size=4, shard_size=3, layout=layout))
     assert (s.inputs, s.ok, s.skipped, s.processed) == (n, n, done, n - done)
     rows = _one_row_each(out, [f"s3://{bucket}/in/{i:03d}.jpg" for i in range(n)])
-    assert sorted(r["output"] for r in rows.values()) == [f"{out}/images/{i:03d}.png" for i in range(n)]
-    assert sorted(fs.find(f"{bucket}/out/images")) == [f"{bucket}/out/images/{i:03d}.png" for i in range(n)]
+    if layout == "files":
+        assert sorted(r["output"] for r in rows.values()) == [f"{out}/images/{i:03d}.png" for i in range(n)]
+        assert sorted(fs.find(f"{bucket}/out/images")) == [f"{bucket}/out/images/{i:03d}.png" for i in range(n)]
+    else:  # one image per input across the shard tars, each named by one row
+        import tarfile
+
+        members = []
+        for key in fs.find(f"{bucket}/out/shards"):
+            with tarfile.open(fileobj=io.BytesIO(fs.cat_file(key))) as tf:
+                members += [f"s3://{key}#{m}" for m in tf.getnames() if m.endswith(".png")]
+        assert sorted(members) == sorted(r["output"] for r in rows.values()) and len(members) == n
+        assert sorted(m.rsplit("#", 1)[1] for m in members) == [f"{i:03d}.png" for i in range(n)]
     assert not fs.exists(f"{bucket}/out/_lock.json")
     assert len(fs.ls(f"{bucket}/out/manifest", refresh=True)) == s.shards == len(fs.ls(f"{bucket}/out/_stats", refresh=True))
 
