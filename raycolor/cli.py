@@ -40,6 +40,11 @@ class Format(str, Enum):
     jpeg = "jpeg"
 
 
+class Layout(str, Enum):
+    files = "files"
+    webdataset = "webdataset"
+
+
 class Loss(str, Enum):
     smooth_l1 = "smooth_l1"
     mse = "mse"
@@ -97,6 +102,7 @@ def _usage_errors() -> tuple[type[BaseException], ...]:
     from raycolor.model import WeightsUnavailableError
     from raycolor.sources import InputError
 
+    # ValueError covers ledger.OutputLocked (another driver holds OUTPUT) and ledger.OwnershipError
     return (InputError, CheckpointError, WeightsUnavailableError, ValueError, ConnectionError, FileNotFoundError)
 
 
@@ -254,6 +260,21 @@ def colorize(
             help="Decode baseline JPEGs (and encode JPEG output) in the model actor with nvJPEG; default: on with --gpus.",
         ),
     ] = None,
+    shard_size: Annotated[
+        int, typer.Option(min=1, help="Inputs per shard (manifest or listing chunk; a .tar is one shard). Keep it across re-runs.")
+    ] = ColorizeConfig.__dataclass_fields__["shard_size"].default,
+    retry_errors: Annotated[
+        bool, typer.Option("--retry-errors", help="Re-attempt error rows from read/write failures (transient) of earlier runs.")
+    ] = False,
+    retry_all_errors: Annotated[
+        bool, typer.Option("--retry-all-errors", help="Re-attempt every error row, undecodable inputs included.")
+    ] = False,
+    force_unlock: Annotated[
+        bool, typer.Option("--force-unlock", help="Take over OUTPUT/_lock.json left by a driver that is gone.")
+    ] = False,
+    layout: Annotated[
+        Layout, typer.Option("--layout", help="files: OUTPUT/images/...; webdataset: one tar per shard in OUTPUT/shards/.")
+    ] = Layout.files,
     s3_endpoint: S3Endpoint = None,
     retries: Retries = 5,
     io_concurrency: IOConcurrency = DEFAULT_IO_CONCURRENCY,
@@ -277,6 +298,10 @@ def colorize(
         parquet_images=parquet_images,
         max_pixels=max_pixels,
         device_codec=device_codec,
+        shard_size=shard_size,
+        retry_errors="all" if retry_all_errors else "transient" if retry_errors else "none",
+        force_unlock=force_unlock,
+        layout=layout.value,
         storage=StorageConfig(
             s3_endpoint=s3_endpoint, retries=retries, io_concurrency=io_concurrency, shared_output=shared_output
         ),
@@ -302,6 +327,31 @@ def colorize(
             "output": s.output,
         },
     )
+
+
+@app.command(
+    name="list",
+    epilog="Example: raycolor list s3://archive/scans/ --output s3://archive/lists/scans; "
+    "then raycolor colorize s3://archive/lists/scans --output ... (no listing of the prefix again)",
+)
+def list_(
+    inputs: Annotated[list[str], typer.Argument(help="Folders or s3:// prefixes to list (recursively).")],
+    output: Annotated[str, typer.Option(help="Folder or s3:// prefix for the manifest shards part-NNNNN.parquet.")],
+    shard_size: Annotated[
+        int, typer.Option(min=1, help="Entries per manifest shard.")
+    ] = ColorizeConfig.__dataclass_fields__["shard_size"].default,
+    s3_endpoint: S3Endpoint = None,
+    retries: Retries = 5,
+) -> None:
+    """List images once and save the listing as Parquet manifest shards (uri, relpath) for `colorize`."""
+
+    def call():
+        from raycolor import ledger
+
+        return ledger.write_listing(inputs, output, shard_size=shard_size, s3_endpoint=s3_endpoint, retries=retries)
+
+    entries, parts = _run(None, s3_endpoint, call, connect=False)
+    _table("raycolor list", {"entries": entries, "manifest shards": parts, "output": output})
 
 
 @app.command(

@@ -73,6 +73,14 @@ class ColorizeConfig:
     # decode baseline JPEGs (and encode JPEG output) inside the model actor with torchvision/nvJPEG
     # instead of Pillow in CPU tasks; None: on exactly when the actors have GPUs
     device_codec: bool | None = None
+    # inputs per shard (the unit of work, resume and ledger): a manifest chunk or a listing chunk; a .tar
+    # is one shard whatever its size. Keep it the same across re-runs of one OUTPUT.
+    shard_size: int = 10_000
+    # re-attempt error rows of finished shards: "transient" (read/write failures) or "all"
+    retry_errors: Literal["none", "transient", "all"] = "none"
+    force_unlock: bool = False  # take over OUTPUT/_lock.json left by a driver that is gone
+    # "files": OUTPUT/images/<key>; "webdataset": one tar per shard, OUTPUT/shards/<shard id>.tar
+    layout: Literal["files", "webdataset"] = "files"
     storage: StorageConfig = field(default_factory=StorageConfig)
 
 

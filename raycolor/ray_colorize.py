@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raycolor import checkpoint, images, runtime, sources
+from raycolor import checkpoint, images, ledger, runtime, sources
 from raycolor.config import DEFAULT_IO_CONCURRENCY, ColorizeConfig
 
 L_SCALE = 65535 / 100  # L in [0, 100] <-> uint16
@@ -63,7 +63,8 @@ class ColorizeSummary:
     output: str
     model_id: str
     settings: dict = field(default_factory=dict)
-    duplicates_removed: int = 0
+    shards: int = 0  # shards of the inputs
+    shards_skipped: int = 0  # finished by an earlier run (and nothing to retry)
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,6 +100,10 @@ def _decode_batch(
     width = np.zeros(n, dtype=np.int64)
     height = np.zeros(n, dtype=np.int64)
     error = np.full(n, "", dtype=object)  # "" = no error: an all-null column would not survive Arrow
+    pre = batch.get("error")  # rows that failed before reading (a shard that could not be expanded)
+    rows = [i for i in range(n) if pre is None or not pre[i]]
+    for i in set(range(n)) - set(rows):
+        error[i], l_full[i] = pre[i], b""
     items = [
         sources.Item(
             source=batch["source"][i],
@@ -107,11 +112,11 @@ def _decode_batch(
             offset=int(batch["offset"][i]),
             size=int(batch["size"][i]),
         )
-        for i in range(n)
+        for i in rows
     ]
     # the whole batch's reads in flight together: object-store latency is paid about once per batch
     datas = sources.read_items(items, s3_endpoint=s3_endpoint, retries=retries, max_in_flight=io_concurrency)
-    for i, (item, data) in enumerate(zip(items, datas)):
+    for i, item, data in zip(rows, items, datas):
         if isinstance(data, Exception):  # after retries: this item is an error row, the job goes on
             error[i] = f"read_failed: {sources.redact(data, item.uri)}"
             l_full[i] = b""
@@ -142,6 +147,9 @@ def _decode_batch(
         "l_full": l_full,
         "l_small": l_small,
     }
+    for key in ("shard", "shard_n"):  # the ledger's bookkeeping travels with the rows
+        if key in batch:
+            out[key] = batch[key]
     if keep_rgb:
         out["original"] = original
     if device_codec:
@@ -291,7 +299,11 @@ def _finish_batch(
     s3_endpoint,
     retries: int,
     io_concurrency: int = DEFAULT_IO_CONCURRENCY,
+    layout: str = "files",
 ) -> dict:
+    """Encode, write the images (layout "files"), spool the rows per shard. With layout "webdataset" the
+    images travel in the spool (its `image` column) and `output` holds the output key; the shard's merge
+    writes them into one tar."""
     import torch
 
     torch.set_num_threads(1)
@@ -307,8 +319,10 @@ def _finish_batch(
                 encoded[i] = bytes(batch["encoded"][i])  # encoded by the actor (nvJPEG)
             else:
                 encoded[i] = images.encode(colorized_rgb(batch, i), fmt, png_level=png_level, jpeg_quality=jpeg_quality)
-            out_uris[i] = sources.join_uri(output, "images", sources.output_key(batch["relpath"][i], ext))
-    todo = [i for i in range(n) if out_uris[i] is not None]
+            key = sources.output_key(batch["relpath"][i], ext)
+            # webdataset: the key travels with the row; the shard's merge writes the image into its tar
+            out_uris[i] = key if layout == "webdataset" else sources.join_uri(output, "images", key)
+    todo = [i for i in range(n) if out_uris[i] is not None and layout != "webdataset"]
     # the batch's image writes in flight together (each still atomic); the manifest part follows them
     written = sources.write_many(
         [(out_uris[i], encoded[i]) for i in todo], s3_endpoint=s3_endpoint, retries=retries, max_in_flight=io_concurrency
@@ -330,13 +344,164 @@ def _finish_batch(
         rows["finished_at"].append(time.time())
         blobs.append(blob)
     table = pa.table(rows, schema=MANIFEST_SCHEMA)
-    if parquet_images:
+    if parquet_images or layout == "webdataset":
         table = table.append_column(IMAGE_COLUMN, pa.array(blobs, type=pa.binary()))
+    # one spool file per shard in this batch; named by its sources, so a retried task overwrites its own
+    shard_col = [str(x) for x in batch["shard"]]
+    for sid in sorted(set(shard_col)):
+        rows_of = [i for i, x in enumerate(shard_col) if x == sid]
+        part = table.take(pa.array(rows_of, type=pa.int64()))
+        buf = io.BytesIO()
+        pq.write_table(part, buf)
+        uri = sources.join_uri(ledger.spool_dir(output, sid), _part_name([rows["source"][i] for i in rows_of]))
+        sources.write_bytes_atomic(uri, buf.getvalue(), s3_endpoint=s3_endpoint, retries=retries)
+    return {
+        "source": np.array(rows["source"], dtype=object),
+        "status": np.array(rows["status"], dtype=object),
+        "shard": np.array(shard_col, dtype=object),
+        "shard_n": np.asarray(batch["shard_n"], dtype=np.int64),
+    }
+
+
+def wds_key(output_key: str) -> str:
+    """WebDataset member key of an output key: extension off, dots in the path replaced (keys hold no dots)."""
+    stem = output_key.rsplit(".", 1)[0] if "." in output_key.rsplit("/", 1)[-1] else output_key
+    return stem.replace(".", "_")
+
+
+def _write_webdataset(table: pa.Table, *, output: str, sid: str, parquet_images: bool, s3_endpoint, retries: int) -> pa.Table:
+    """One tar OUTPUT/shards/<shard id>.tar holding key.<ext> + key.json per ok row, written with one PUT
+    (atomic rename locally); rows' `output` becomes `<tar uri>#<key>.<ext>`."""
+    import tarfile
+
+    tar_uri = sources.join_uri(output, "shards", f"{sid}.tar")
+    buf = io.BytesIO()
+    outputs = table.column("output").to_pylist()
+    blobs = table.column("image").to_pylist()
+    cols = {c: table.column(c).to_pylist() for c in ("source", "status", "width", "height", "model_id", "format")}
+    taken: set[str] = set()
+    new_outputs: list[str | None] = []
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for i, out in enumerate(outputs):
+            if cols["status"][i] != "ok" or out is None or blobs[i] is None:
+                new_outputs.append(None)
+                continue
+            key = wds_key(out)
+            if key.lower() in taken:  # two output keys that differ only by their dots: keep both
+                key = f"{key}__{hashlib.sha1(cols['source'][i].encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+            taken.add(key.lower())
+            ext = out.rsplit(".", 1)[-1]
+            meta = {k: cols[k][i] for k in ("source", "status", "width", "height", "model_id", "format")}
+            for name, data in ((f"{key}.{ext}", blobs[i]), (f"{key}.json", json.dumps(meta).encode())):
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime = len(data), 0
+                tf.addfile(info, io.BytesIO(data))
+            new_outputs.append(f"{tar_uri}#{key}.{ext}")
+    sources.write_bytes_atomic(tar_uri, buf.getvalue(), s3_endpoint=s3_endpoint, retries=retries)
+    table = table.set_column(table.schema.get_field_index("output"), "output", pa.array(new_outputs, type=pa.string()))
+    return table if parquet_images else table.drop_columns(["image"])
+
+
+def _merge_shard(shard: dict, *, output: str, s3_endpoint, retries: int, layout: str = "files",
+                 parquet_images: bool = False) -> dict:
+    """Spooled rows of one finished shard -> OUTPUT/manifest/<id>.parquet, then OUTPUT/_stats/<id>.json.
+
+    Why a spool and a merge rather than one task per shard: the model sits in an actor pool between the
+    CPU stages, so the rows of one shard come back from many finish tasks, in any order, mixed with other
+    shards' rows; grouping them inside Ray Data (groupby) is an all-to-all barrier that would hold every
+    output until the whole dataset is done. The spool costs one small PUT per (batch, shard) plus one GET
+    and one DELETE per spool file at merge time, about 0.1 request per image at batch size 32, and keeps
+    the ledger at one part and one stats record per shard. Rows are de-duplicated by source here (a
+    crashed earlier attempt may have left spool files), the newest row winning; with ``retry`` set, the
+    shard's old part is the base and the new rows replace its rows for the same sources.
+    """
+    sid = shard["id"]
+    fs, spool = sources.filesystem(ledger.spool_dir(output, sid), s3_endpoint=s3_endpoint)
+    try:
+        names = sorted(p for p in sources._retrying(lambda: fs.ls(spool, detail=False), retries) if p.endswith(".parquet"))
+    except FileNotFoundError:
+        names = []
+    tables = []
+    if shard.get("retry", "none") != "none":
+        pfs, ppath = sources.filesystem(ledger.part_uri(output, sid), s3_endpoint=s3_endpoint)
+        try:
+            tables.append(pq.read_table(io.BytesIO(sources._retrying(lambda: pfs.cat_file(ppath), retries))))
+        except FileNotFoundError:
+            pass
+    blobs = sources._retrying(lambda: fs.cat(names), retries) if names else {}
+    tables += [pq.read_table(io.BytesIO(blobs[n])) for n in names]
+    if tables:
+        table = pa.concat_tables(tables, promote_options="default")
+    else:
+        table = MANIFEST_SCHEMA.empty_table()
+    # newest row per source (old part rows are older than this run's rows)
+    srcs = table.column("source").to_pylist()
+    when = table.column("finished_at").to_pylist()
+    best: dict[str, int] = {}
+    for i, (src, t) in enumerate(zip(srcs, when)):
+        if src not in best or (t or 0) >= (when[best[src]] or 0):
+            best[src] = i
+    if shard.get("marker") in best and len(best) > 1:  # a shard that failed to expand, now expanded
+        del best[shard["marker"]]
+    table = table.take(pa.array(sorted(best.values()), type=pa.int64()))
+    if layout == "webdataset":  # the shard's images, in one tar, before its part
+        table = _write_webdataset(table, output=output, sid=sid, parquet_images=parquet_images,
+                                  s3_endpoint=s3_endpoint, retries=retries)
     buf = io.BytesIO()
     pq.write_table(table, buf)
-    part = sources.join_uri(output, "manifest", _part_name(rows["source"]))
-    sources.write_bytes_atomic(part, buf.getvalue(), s3_endpoint=s3_endpoint, retries=retries)
-    return {"source": np.array(rows["source"], dtype=object), "status": np.array(rows["status"], dtype=object)}
+    sources.write_bytes_atomic(ledger.part_uri(output, sid), buf.getvalue(), s3_endpoint=s3_endpoint, retries=retries)
+    status, errors = table.column("status").to_pylist(), table.column("error").to_pylist()
+    reasons: dict[str, int] = {}
+    for st, e in zip(status, errors):
+        if st != "ok":
+            reasons[ledger.reason_of(e)] = reasons.get(ledger.reason_of(e), 0) + 1
+    stats = {
+        "shard": sid,
+        "root": shard["root"],
+        "kind": shard["kind"],
+        "uri": shard["uri"],
+        "rows": table.num_rows,
+        "ok": sum(1 for st in status if st == "ok"),
+        "error": sum(1 for st in status if st != "ok"),
+        "errors_by_reason": reasons,
+        "finished_at": time.time(),
+    }
+    # written after the part: a stats record means "this shard's part is complete"
+    ledger.write_json(ledger.stats_uri(output, sid), stats, s3_endpoint=s3_endpoint, retries=retries)
+    if names:
+        try:
+            fs.rm(spool, recursive=True)
+        except FileNotFoundError:
+            pass
+    return stats
+
+
+def _expand_shard(row: dict, *, output: str, s3_endpoint, retries: int) -> list[dict]:
+    """One shard descriptor -> its item rows (source, relpath under the root's namespace, uri, offset,
+    size, shard, shard_n, error). A shard that cannot be expanded becomes one error row (its marker)."""
+    shard = ledger.Shard(**{k: row[k] for k in ledger.Shard.__dataclass_fields__})
+    try:
+        items = ledger.expand(shard, s3_endpoint=s3_endpoint, retries=retries)
+    except Exception as e:  # after retries: one error row stands for the shard; --retry-errors redoes it
+        return [{"source": row["marker"], "relpath": "", "uri": "", "offset": 0, "size": 0, "shard": shard.id,
+                 "shard_n": 1, "error": f"read_failed: {sources.redact(e, shard.uri)}"}]
+    if shard.retry != "none":
+        fs, path = sources.filesystem(ledger.part_uri(output, shard.id), s3_endpoint=s3_endpoint)
+        try:
+            old = pq.read_table(io.BytesIO(sources._retrying(lambda: fs.cat_file(path), retries)), columns=["source", "error"])
+        except FileNotFoundError:  # the part is gone (removed by hand): the whole shard is redone
+            old = None
+        if old is not None:
+            redo = {s for s, e in zip(old.column("source").to_pylist(), old.column("error").to_pylist())
+                    if ledger.is_retryable(e, shard.retry)}
+            if row["marker"] not in redo:
+                items = [i for i in items if i.source in redo]
+    ns = shard.namespace
+    return [
+        {"source": i.source, "relpath": f"{ns}/{i.relpath}" if ns else i.relpath, "uri": i.uri, "offset": i.offset,
+         "size": i.size, "shard": shard.id, "shard_n": len(items), "error": ""}
+        for i in items
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,34 +526,6 @@ def read_manifest(output: str, *, s3_endpoint=None, columns=None) -> pa.Table:
     return pa.concat_tables(tables, promote_options="default")
 
 
-def _remove_duplicates(output: str, table: pa.Table, *, s3_endpoint, retries: int) -> int:
-    """Keep one row per source (the first, by part name); rewrite parts that held extra copies."""
-    seen: set[str] = set()
-    drop: dict[str, set[int]] = {}
-    srcs, parts = table.column("source").to_pylist(), table.column("_part").to_pylist()
-    index_in_part: dict[str, int] = {}
-    for src, part in zip(srcs, parts):
-        k = index_in_part.get(part, 0)
-        index_in_part[part] = k + 1
-        if src in seen:
-            drop.setdefault(part, set()).add(k)
-        seen.add(src)
-    if not drop:
-        return 0
-    fs, _ = sources.filesystem(output, s3_endpoint=s3_endpoint)
-    for part, rows in drop.items():
-        t = pq.read_table(io.BytesIO(fs.cat_file(part)))
-        keep = [i for i in range(t.num_rows) if i not in rows]
-        if not keep:  # every row is a copy: the part goes
-            fs.rm(part)
-            continue
-        buf = io.BytesIO()
-        pq.write_table(t.take(pa.array(keep, type=pa.int64())), buf)
-        uri = sources.join_uri(output, "manifest", part.rsplit("/", 1)[-1])
-        sources.write_bytes_atomic(uri, buf.getvalue(), s3_endpoint=s3_endpoint, retries=retries)
-    return sum(len(r) for r in drop.values())
-
-
 # --------------------------------------------------------------------------------------------
 # Driver
 # --------------------------------------------------------------------------------------------
@@ -407,22 +544,31 @@ def _cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def predicted_dataset(items: list[sources.Item], *, checkpoint_uri: str, render_size: int, batch_size: int,
+def predicted_dataset(items, *, checkpoint_uri: str, render_size: int, batch_size: int,
                       gpus: int, cpu_actors: int | None, max_pixels: int | None, storage, compose_on_device: bool,
-                      keep_rgb: bool = False, device_codec: bool = False, encode_jpeg_quality: int | None = None):
+                      keep_rgb: bool = False, device_codec: bool = False, encode_jpeg_quality: int | None = None,
+                      total: int | None = None):
     """Lazy dataset of items -> decode tasks -> model actor pool. Rows: source, relpath, width, height,
-    error ("" when fine) and either l_full + ab (CPU compose) or rgb (composed on the device)."""
+    error ("" when fine) and either l_full + ab (CPU compose) or rgb (composed on the device).
+
+    ``items``: a list of :class:`sources.Item`, or a Ray Dataset of item rows (source, relpath, uri,
+    offset, size; optional error, shard, shard_n), e.g. expanded from shards inside tasks; then ``total``
+    (the number of rows, or an estimate) sizes the blocks."""
     import ray
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
     cpus = _cluster_cpus()
     n_actors = gpus if gpus > 0 else (cpu_actors or 1)
     endpoint, retries = storage.s3_endpoint, storage.retries
+    n = len(items) if isinstance(items, list) else max(1, total or 1)
     # small blocks so every stage has several tasks in flight, but not so small that overhead dominates
-    per_block = max(1, min(batch_size, math.ceil(len(items) / (4 * cpus))))
-    ds = ray.data.from_items(
-        [asdict(i) for i in items], override_num_blocks=max(1, math.ceil(len(items) / per_block))
-    )
+    per_block = max(1, min(batch_size, math.ceil(n / (4 * cpus))))
+    if isinstance(items, list):
+        ds = ray.data.from_items([asdict(i) for i in items], override_num_blocks=max(1, math.ceil(n / per_block)))
+    else:
+        # a shard expands into one big block; a streaming split (no barrier) gives the decode stage
+        # per_block-row blocks, so one shard is decoded by many tasks and its first images come out early
+        ds = items.repartition(target_num_rows_per_block=per_block)
     ds = ds.map_batches(
         _decode_batch,
         batch_format="numpy",
@@ -464,11 +610,19 @@ def predicted_dataset(items: list[sources.Item], *, checkpoint_uri: str, render_
     )
 
 
-def build_dataset(items: list[sources.Item], config: ColorizeConfig, *, output: str, render_size: int, model_id: str):
-    """The lazy Ray Data pipeline for `items` (not yet executed)."""
+def build_dataset(shards: list[ledger.Shard], config: ColorizeConfig, *, output: str, render_size: int, model_id: str,
+                  total: int):
+    """The lazy Ray Data pipeline for `shards` (not yet executed): shard descriptors -> items (in tasks)
+    -> decode -> model -> compose/encode/write images and spool rows. Yields one row per input."""
+    import ray
+
+    endpoint, retries = config.storage.s3_endpoint, config.storage.retries
+    descriptors = [{**asdict(s), "marker": _marker(s)} for s in shards]
+    ds = ray.data.from_items(descriptors, override_num_blocks=max(1, len(descriptors)))
+    ds = ds.flat_map(_expand_shard, fn_kwargs={"output": output, "s3_endpoint": endpoint, "retries": retries}, num_cpus=1)
     device_codec = config.gpus > 0 if config.device_codec is None else config.device_codec
     ds = predicted_dataset(
-        items,
+        ds,
         checkpoint_uri=config.checkpoint,
         render_size=render_size,
         batch_size=config.batch_size,
@@ -479,6 +633,7 @@ def build_dataset(items: list[sources.Item], config: ColorizeConfig, *, output: 
         compose_on_device=config.gpus > 0 or device_codec,
         device_codec=device_codec,
         encode_jpeg_quality=config.jpeg_quality if device_codec and config.format == "jpeg" else None,
+        total=total,
     )
     return ds.map_batches(
         _finish_batch,
@@ -492,11 +647,19 @@ def build_dataset(items: list[sources.Item], config: ColorizeConfig, *, output: 
             "jpeg_quality": config.jpeg_quality,
             "parquet_images": config.parquet_images,
             "model_id": model_id,
-            "s3_endpoint": config.storage.s3_endpoint,
-            "retries": config.storage.retries,
+            "s3_endpoint": endpoint,
+            "retries": retries,
             "io_concurrency": config.storage.io_concurrency,
+            "layout": config.layout,
         },
     )
+
+
+def _marker(shard: ledger.Shard) -> str:
+    """The `source` of the one error row that stands for a shard that could not be expanded."""
+    if shard.kind in ("tar", "listing"):
+        return shard.uri if shard.kind == "tar" else f"{shard.root}#listing={shard.id}"
+    return f"{shard.uri}#{'rows' if shard.kind == 'parquet' else 'bytes'}={shard.start}-{shard.stop}"
 
 
 def resolve_model(checkpoint_uri: str, render_size: int | None, *, s3_endpoint) -> tuple[checkpoint.CheckpointMeta, int]:
@@ -508,23 +671,120 @@ def resolve_model(checkpoint_uri: str, render_size: int | None, *, s3_endpoint) 
     return meta, size
 
 
+@dataclass(frozen=True)
+class Plan:
+    shards: list  # every shard of the inputs (ledger.Shard), namespaces assigned
+    superseded: list  # ids of shards OUTPUT holds for these roots that the inputs no longer make
+    roots: dict  # root -> record to write to OUTPUT/_roots/
+    listings: dict  # shard id -> items of a listing chunk (written to OUTPUT/_listing/ if the shard is to do)
+
+
+def classify_inputs(config: ColorizeConfig) -> list:
+    """What each input is (folder listings are made here, on the driver); raises InputError before
+    anything is started or written."""
+    if not config.inputs:
+        raise sources.InputError("no inputs given")
+    return [ledger.classify(u, s3_endpoint=config.storage.s3_endpoint) for u in config.inputs]
+
+
+def plan(config: ColorizeConfig, output: str, roots: list | None = None) -> Plan:
+    """Size manifests and tars (Ray tasks: tar headers and .txt scans can be long), chunk listings, and
+    give each root its namespace (see ledger.assign_namespaces). Call with OUTPUT locked."""
+    import ray
+
+    endpoint = config.storage.s3_endpoint
+    size = max(1, config.shard_size)
+    roots = classify_inputs(config) if roots is None else roots
+    lister = ray.remote(num_cpus=0.5, max_retries=3)(ledger.find_files)
+
+    def find(dirs: list[str]) -> list[str]:  # sub-folders listed in parallel, one task each
+        refs = [lister.remote(d, s3_endpoint=endpoint) for d in dirs]
+        try:
+            return [p for ref in refs for p in ray.get(ref)]
+        except ray.exceptions.RayTaskError as e:
+            raise e.as_instanceof_cause() from None
+
+    roots = [ledger.list_folder(r.root, s3_endpoint=endpoint, find=find) if r.kind == "folder" else r for r in roots]
+    seen, unique = set(), []
+    for r in roots:  # the same root twice is one root
+        if r.root not in seen:
+            seen.add(r.root)
+            unique.append(r)
+    known = ledger.read_roots(output, s3_endpoint=endpoint)
+    ns = ledger.assign_namespaces([r.root for r in unique], known)
+    sizer = ray.remote(num_cpus=0.5, max_retries=3)(ledger.size_object)
+    refs = {
+        r.root: [sizer.remote(kind, uri, tag, root=r.root, shard_size=size, s3_endpoint=endpoint) for kind, uri, tag in r.objects]
+        for r in unique
+        if r.kind == "objects"
+    }
+    # folder/image roots sharing a namespace are de-duplicated and collision-renamed together, as one listing
+    listed: dict[str, list] = {}
+    for r in unique:
+        if r.kind == "listing":
+            listed.setdefault(ns[r.root], []).extend((r.root, i) for i in r.items)
+    by_root: dict[str, list] = {}
+    for group in listed.values():
+        owner = {}
+        for root, item in group:
+            owner.setdefault(item.source, root)
+        for item in sources.dedupe([i for _, i in group]):
+            by_root.setdefault(owner[item.source], []).append(item)
+    shards, listings, records = [], {}, {}
+    for r in unique:
+        if r.kind == "objects":
+            try:
+                mine = [s for ref in refs[r.root] for s in ray.get(ref)]
+            except ray.exceptions.RayTaskError as e:
+                raise e.as_instanceof_cause() from None
+        else:
+            mine = []
+            for shard, items in ledger.chunk_listing(by_root.get(r.root, []), root=r.root, shard_size=size):
+                shard = shard.with_(uri=ledger.listing_uri(output, shard.id))
+                listings[shard.id] = items
+                mine.append(shard)
+        mine = [s.with_(namespace=ns[r.root]) for s in mine]
+        shards += mine
+        records[r.root] = {"root": r.root, "namespace": ns[r.root], "shards": [s.id for s in mine]}
+    superseded = [
+        sid for root, rec in known.items() if root in records for sid in rec.get("shards", []) if sid not in set(records[root]["shards"])
+    ]
+    return Plan(shards=shards, superseded=superseded, roots=records, listings=listings)
+
+
+def _write_listings(output: str, todo: list, listings: dict, *, s3_endpoint, retries: int) -> None:
+    for shard in todo:
+        if shard.kind == "listing" and shard.retry == "none":
+            buf = io.BytesIO()
+            pq.write_table(ledger.listing_table(listings[shard.id]), buf)
+            sources.write_bytes_atomic(shard.uri, buf.getvalue(), s3_endpoint=s3_endpoint, retries=retries)
+
+
 def colorize(
     config: ColorizeConfig,
     *,
     on_total: Callable[[int, int], None] | None = None,
     on_rows: Callable[[int, int], None] | None = None,
 ) -> ColorizeSummary:
-    """Colorize every input under config.output; resumable.
+    """Colorize every input under config.output; resumable, shard by shard (see raycolor/ledger.py).
 
-    Progress hooks, called on the driver: on_total(inputs, skipped) once the listing and the resume check
-    are done, then on_rows(ok, error) for each finished batch."""
+    Progress hooks, called on the driver: on_total(total, skipped) once, before any image is processed
+    (`total` inputs in all, `skipped` of them already done by an earlier run), then on_rows(ok, error) for
+    each batch of finished rows as it comes back.
+    """
     import ray
 
     start = time.time()
-    endpoint, retries = config.storage.s3_endpoint, config.storage.retries
+    endpoint = config.storage.s3_endpoint
     output = _absolute(config.output)
     meta, render_size = resolve_model(config.checkpoint, config.render_size, s3_endpoint=endpoint)
-    items = sources.list_items(config.inputs, s3_endpoint=endpoint)
+    if config.retry_errors not in ("none", "transient", "all"):
+        raise ValueError(f"retry_errors must be none, transient or all, not {config.retry_errors!r}")
+    if config.layout not in ("files", "webdataset"):
+        raise ValueError(f"layout must be files or webdataset, not {config.layout!r}")
+    if config.layout == "webdataset" and config.retry_errors != "none":
+        raise ValueError("--retry-errors with --layout webdataset is not supported yet (the shard's tar would need rebuilding)")
+    roots = classify_inputs(config)
     if not ray.is_initialized():
         ray.init()
     runtime.check_output_reachable(output, shared=config.storage.shared_output)
@@ -532,36 +792,94 @@ def colorize(
         raise ValueError(
             f"--gpus {config.gpus} but the cluster has {int(ray.cluster_resources().get('GPU', 0))} GPU(s)"
         )
-    done = set(read_manifest(output, s3_endpoint=endpoint, columns=["source"]).column("source").to_pylist())
-    todo = [i for i in items if i.source not in done]
+    lock = ledger.acquire_lock(output, force=config.force_unlock, s3_endpoint=endpoint)
+    try:
+        return _colorize_locked(config, output, meta, render_size, start, on_rows, on_total, roots)
+    finally:
+        ledger.release_lock(output, lock, s3_endpoint=endpoint)
+
+
+def _colorize_locked(config, output, meta, render_size, start, on_rows, on_total, roots) -> ColorizeSummary:
+    import ray
+
+    endpoint, retries = config.storage.s3_endpoint, config.storage.retries
+    p = plan(config, output, roots)
+    # inputs that changed since an earlier run: their old shards go before anything new is written
+    if p.superseded:
+        ledger.remove(
+            [u for sid in p.superseded for u in (ledger.stats_uri(output, sid), ledger.part_uri(output, sid),
+                                                  ledger.listing_uri(output, sid), ledger.spool_dir(output, sid),
+                                                  sources.join_uri(output, "shards", f"{sid}.tar"))],
+            s3_endpoint=endpoint,
+        )
+    for rec in p.roots.values():
+        ledger.write_json(sources.join_uri(output, "_roots", f"{ledger.root_id(rec['root'])}.json"), rec,
+                          s3_endpoint=endpoint, retries=retries)
+    finished = ledger.finished_shards(output, s3_endpoint=endpoint)
+    done_before = ledger.read_stats(output, [s.id for s in p.shards if s.id in finished], s3_endpoint=endpoint)
+    todo, to_do_rows = [], 0
+    for s in p.shards:
+        if s.id not in done_before:
+            todo.append(s)
+            to_do_rows += s.count
+            continue
+        st = done_before[s.id]
+        if config.retry_errors != "none":
+            redo = sum(n for reason, n in st.get("errors_by_reason", {}).items()
+                       if config.retry_errors == "all" or reason in ledger.TRANSIENT_REASONS)
+            if redo:
+                todo.append(s.with_(retry=config.retry_errors))
+                to_do_rows += redo
+    total = sum(done_before[s.id]["rows"] if s.id in done_before else s.count for s in p.shards)
     if on_total:
-        on_total(len(items), len(items) - len(todo))
+        on_total(total, total - to_do_rows)
     first_output: float | None = None
     processed = 0
+    results: dict[str, dict] = {}
     if todo:
         # _SUCCESS.json marks a finished run: one from an earlier run must not outlive new work
-        fs, path = sources.filesystem(sources.join_uri(output, "_SUCCESS.json"), s3_endpoint=endpoint)
-        if fs.exists(path):
-            fs.rm(path)
-        ds = build_dataset(todo, config, output=output, render_size=render_size, model_id=meta.model_id)
+        sources.remove(sources.join_uri(output, "_SUCCESS.json"), s3_endpoint=endpoint, retries=retries)
+        _write_listings(output, todo, p.listings, s3_endpoint=endpoint, retries=retries)
+        by_id = {s.id: {**asdict(s), "marker": _marker(s)} for s in todo}
+        merge = ray.remote(num_cpus=0, max_retries=3)(_merge_shard)
+        merge_kw = {"output": output, "s3_endpoint": endpoint, "retries": retries, "layout": config.layout,
+                    "parquet_images": config.parquet_images}
+        seen: dict[str, int] = {}
+        expected: dict[str, int] = {}
+        merging: dict[str, object] = {}
+        ds = build_dataset(todo, config, output=output, render_size=render_size, model_id=meta.model_id,
+                           total=max(1, to_do_rows))
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             now = time.time()
             first_output = first_output if first_output is not None else now - start
-            processed += len(batch["source"])
+            n = len(batch["source"])
+            processed += n
+            for sid, sn in zip(batch["shard"], batch["shard_n"]):
+                seen[sid] = seen.get(sid, 0) + 1
+                expected[sid] = int(sn)
+            for sid in set(batch["shard"]):
+                if seen[sid] >= expected[sid] and sid not in merging:  # the shard's last rows: merge it now
+                    merging[sid] = merge.remote(by_id[sid], **merge_kw)
             if on_rows:
                 n_ok = int(np.count_nonzero(batch["status"] == "ok"))
-                on_rows(n_ok, len(batch["status"]) - n_ok)
+                on_rows(n_ok, n - n_ok)
+        incomplete = {sid: (seen[sid], expected[sid]) for sid in seen if sid not in merging}
+        for s in todo:
+            if s.id in seen:
+                continue
+            if s.retry != "none":  # nothing to redo after all (e.g. a retry whose rows were fine)
+                merging[s.id] = merge.remote(by_id[s.id], **merge_kw)
+            else:  # a shard with inputs but no row back: never marked done with an empty part
+                incomplete[s.id] = (0, s.count)
+        results = dict(zip(merging, ray.get(list(merging.values()))))
+        if incomplete:
+            sid, (got, want) = next(iter(incomplete.items()))
+            raise RuntimeError(f"{len(incomplete)} shard(s) came back incomplete, e.g. {sid}: {got} of {want} rows; re-run to redo them")
     elapsed = time.time() - start
-    table = read_manifest(output, s3_endpoint=endpoint, columns=["source", "status"])
-    dupes = _remove_duplicates(output, table, s3_endpoint=endpoint, retries=retries)
-    if dupes:
-        table = read_manifest(output, s3_endpoint=endpoint, columns=["source", "status"])
-    wanted = {i.source for i in items}
-    status = {s: st for s, st in zip(table.column("source").to_pylist(), table.column("status").to_pylist()) if s in wanted}
-    missing = wanted - status.keys()
-    if missing:
-        raise RuntimeError(f"{len(missing)} input(s) have no manifest row after the run, e.g. {sorted(missing)[0]}")
-    ok = sum(1 for s in status.values() if s == "ok")
+    stats = {**{k: v for k, v in done_before.items()}, **results}
+    mine = [stats[s.id] for s in p.shards]
+    inputs = sum(st["rows"] for st in mine)
+    ok = sum(st["ok"] for st in mine)
     settings = {
         "inputs": list(config.inputs),
         "checkpoint": config.checkpoint,
@@ -573,12 +891,16 @@ def colorize(
         "gpus": config.gpus,
         "parquet_images": config.parquet_images,
         "device_codec": config.gpus > 0 if config.device_codec is None else config.device_codec,
+        "shard_size": config.shard_size,
+        "retry_errors": config.retry_errors,
+        "layout": config.layout,
+        "namespaces": {r: rec["namespace"] for r, rec in p.roots.items()},
     }
     summary = ColorizeSummary(
-        inputs=len(items),
+        inputs=inputs,
         ok=ok,
-        error=len(status) - ok,
-        skipped=len(items) - len(todo),
+        error=inputs - ok,
+        skipped=inputs - processed,
         processed=processed,
         elapsed_s=round(elapsed, 3),
         images_per_s=round(processed / elapsed, 3) if elapsed > 0 else 0.0,
@@ -586,7 +908,8 @@ def colorize(
         output=output,
         model_id=meta.model_id,
         settings=settings,
-        duplicates_removed=dupes,
+        shards=len(p.shards),
+        shards_skipped=len(p.shards) - len(todo),
     )
     sources.write_bytes_atomic(
         sources.join_uri(output, "_SUCCESS.json"),

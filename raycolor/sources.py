@@ -745,6 +745,36 @@ def _list_manifest(fs: fsspec.AbstractFileSystem, path: str, uri: str, suffix: s
     entries = _manifest_entries(fs, path, uri, suffix)
     if not entries:
         raise InputError(f"empty manifest (no URIs): {_redact(uri)}")
+    return _manifest_items(fs, path, uri, entries)
+
+
+def manifest_items(uri: str, entries: Sequence[str], *, s3_endpoint: str | None = None) -> list[Item]:
+    """Items for ``entries`` (lines or ``uri`` values) of the manifest at ``uri``: the manifest rules of
+    :func:`list_items` (relative entries resolve next to the manifest; relpath rule) applied to a part of
+    a manifest, as a shard task reads it. Not de-duplicated."""
+    fs, path = filesystem(uri, s3_endpoint=s3_endpoint)
+    return _manifest_items(fs, path, uri, [e.strip() for e in entries if e and e.strip()])
+
+
+def list_tar(uri: str, *, s3_endpoint: str | None = None) -> list[Item]:
+    """The image members of the tar archive at ``uri`` (header walk only), as :func:`list_items` lists them."""
+    fs, path = filesystem(uri, s3_endpoint=s3_endpoint)
+    try:
+        return _list_tar(fs, path, uri)
+    except (tarfile.TarError, EOFError) as exc:
+        raise InputError(f"not a valid tar archive: {_redact(uri)} ({_redact(exc, uri)})") from exc
+    except InputError:
+        raise
+    except Exception as exc:
+        raise _input_error("read", uri, exc) from exc
+
+
+def dedupe(items: Iterable[Item]) -> list[Item]:
+    """Public name of the de-duplication / collision-renaming rule (see the module docstring)."""
+    return _dedupe(items)
+
+
+def _manifest_items(fs: fsspec.AbstractFileSystem, path: str, uri: str, entries: Sequence[str]) -> list[Item]:
     manifest_dir = posixpath.dirname(path) if not isinstance(fs, LocalFileSystem) else os.path.dirname(path)
     checked: set[str] = set()
     rows = []

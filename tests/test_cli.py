@@ -93,15 +93,23 @@ def test_colorize_flags_map_onto_colorize_config(calls):
         [
             "colorize", "in1/", "list.txt", "--output", "out/", "--checkpoint", "ck/", "--render-size", "256",
             "--format", "jpeg", "--jpeg-quality", "80", "--batch-size", "64", "--gpus", "2", "--parquet-images",
-            "--max-pixels", "1000", "--retries", "3", "--io-concurrency", "5",
+            "--max-pixels", "1000", "--retries", "3", "--io-concurrency", "5", "--shard-size", "500", "--retry-errors",
+            "--force-unlock", "--shared-output",
         ],
     )
     assert r.exit_code == 0, r.output
     assert calls["colorize"] == ColorizeConfig(
         inputs=("in1/", "list.txt"), output="out/", checkpoint="ck/", render_size=256, format="jpeg",
         jpeg_quality=80, batch_size=64, gpus=2, parquet_images=True, max_pixels=1000,
-        storage=StorageConfig(retries=3, io_concurrency=5),
+        shard_size=500, retry_errors="transient", force_unlock=True,
+        storage=StorageConfig(retries=3, io_concurrency=5, shared_output=True),
     )
+    r = runner.invoke(app, ["colorize", "x", "--output", "o", "--checkpoint", "c", "--retry-errors", "--retry-all-errors"])
+    assert r.exit_code == 0 and calls["colorize"].retry_errors == "all"
+    r = runner.invoke(app, ["colorize", "x", "--output", "o", "--checkpoint", "c"])
+    assert calls["colorize"] == ColorizeConfig(inputs=("x",), output="o", checkpoint="c")  # defaults from config.py
+    r = runner.invoke(app, ["colorize", "x", "--output", "o", "--checkpoint", "c", "--layout", "webdataset"])
+    assert r.exit_code == 0 and calls["colorize"].layout == "webdataset"
     assert "images/s" in r.output and "errors" in r.output
 
 

@@ -77,18 +77,49 @@ def test_folder_in_folder_out(ray_local, tiny_ckpt, tmp_path):
     assert done["model_id"] == s.model_id and done["images_per_s"] > 0
     assert not list(out.rglob("*.tmp*"))  # no temp files left behind
 
+    # the ledger: one part and one stats record per shard, nothing else under manifest/
+    parts = sorted(p.stem for p in (out / "manifest").iterdir())
+    assert parts == sorted(p.stem for p in (out / "_stats").iterdir()) and len(parts) == s.shards == 1
+    assert not (out / "_spool").exists() or not list((out / "_spool").rglob("*.parquet"))
+    assert not (out / "_lock.json").exists()
+
     again = colorize(ColorizeConfig(inputs=(str(tmp_path / "in"),), output=str(out), checkpoint=tiny_ckpt))
-    assert (again.skipped, again.processed, again.ok) == (20, 0, good)
+    assert (again.skipped, again.processed, again.ok, again.shards_skipped) == (20, 0, good, 1)
     assert read_manifest(str(out)).num_rows == 20
 
-    # a stray copy of a manifest part (e.g. a concurrent run) is merged away before _SUCCESS.json
-    part = sorted((out / "manifest").glob("*.parquet"))[0]
-    copied = pads.dataset(str(part), format="parquet").count_rows()
-    (out / "manifest" / "part-zz-copy.parquet").write_bytes(part.read_bytes())
-    merged = colorize(ColorizeConfig(inputs=(str(tmp_path / "in"),), output=str(out), checkpoint=tiny_ckpt))
-    assert merged.duplicates_removed == copied and merged.ok == good
+
+def test_unfinished_shard_is_redone_once_finished_ones_skipped(ray_local, tiny_ckpt, tmp_path):
+    good, bad = make_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    cfg = ColorizeConfig(inputs=(str(tmp_path / "in"),), output=str(out), checkpoint=tiny_ckpt, batch_size=4, shard_size=4)
+    first = colorize(cfg)
+    assert (first.inputs, first.ok, first.error) == (20, good, bad)
+    stats = {p.stem: json.loads(p.read_text()) for p in (out / "_stats").iterdir()}
+    assert first.shards == len(stats) >= 5 and all(st["rows"] <= 4 for st in stats.values())
+    assert sorted(p.stem for p in (out / "manifest").iterdir()) == sorted(stats)
+    assert sum(st["rows"] for st in stats.values()) == 20 and sum(st["ok"] for st in stats.values()) == good
+
+    # a crash after a shard's part was written but before its stats record; a stale spool file of an
+    # earlier attempt holding a copy of one of its rows; an image of it deleted
+    victim = max(stats, key=lambda k: stats[k]["rows"])
+    (out / "_stats" / f"{victim}.json").unlink()
+    part = out / "manifest" / f"{victim}.parquet"
+    rows = pads.dataset(str(part), format="parquet").to_table()
+    (out / "_spool" / victim).mkdir(parents=True)
+    (out / "_spool" / victim / "part-stale.parquet").write_bytes(part.read_bytes())
+    lost = next(r["output"] for r in rows.to_pylist() if r["status"] == "ok")
+    Path(lost).unlink()
+    calls = []  # the progress hooks: the total is known before the first rows come back
+    again = colorize(cfg, on_total=lambda total, skipped: calls.append(("total", total, skipped)),
+                     on_rows=lambda t, n: calls.append(("rows", n)))
+    assert calls[0] == ("total", 20, 20 - rows.num_rows) and [c[0] for c in calls[1:]] == ["rows"] * (len(calls) - 1)
+    assert sum(c[1] for c in calls[1:]) == rows.num_rows
+    assert (again.processed, again.skipped, again.inputs, again.ok) == (rows.num_rows, 20 - rows.num_rows, 20, good)
+    assert again.shards_skipped == first.shards - 1
+    assert Path(lost).exists()
     srcs = read_manifest(str(out)).column("source").to_pylist()
     assert len(srcs) == 20 and len(set(srcs)) == 20
+    assert not list((out / "_spool").rglob("*.parquet"))
 
 
 def test_s3_in_and_out_with_tar_and_manifest(ray_local, s3_env, tiny_ckpt, tmp_path):
@@ -155,7 +186,7 @@ DRIVER = textwrap.dedent(
     from raycolor.config import ColorizeConfig
     from raycolor.ray_colorize import colorize
     ray.init(num_cpus=2, include_dashboard=False)
-    colorize(ColorizeConfig(inputs=(sys.argv[1],), output=sys.argv[2], checkpoint=sys.argv[3], batch_size=1))
+    colorize(ColorizeConfig(inputs=(sys.argv[1],), output=sys.argv[2], checkpoint=sys.argv[3], batch_size=1, shard_size=4))
     print("DONE")
     """
 )
@@ -191,10 +222,12 @@ def test_driver_sigkill_then_rerun_is_exactly_once(ray_local, tiny_ckpt, tmp_pat
         except ProcessLookupError:
             pass
     time.sleep(1)
-    before = read_manifest(str(out)).num_rows
+    # finished shards are those with a stats record (a part without one is redone)
+    before = sum(json.loads(p.read_text())["rows"] for p in (out / "_stats").glob("*.json"))
     assert 0 < before < n, "the kill must land mid-run for this test to mean anything"
-    s = colorize(ColorizeConfig(inputs=(str(src),), output=str(out), checkpoint=tiny_ckpt, batch_size=4))
-    assert s.skipped == before and s.ok == n
+    assert (out / "_lock.json").exists()  # the killed driver's lock: stale (dead pid, this host), taken over
+    s = colorize(ColorizeConfig(inputs=(str(src),), output=str(out), checkpoint=tiny_ckpt, batch_size=4, shard_size=4))
+    assert s.skipped == before and s.ok == n and s.processed == n - before
     rows = read_manifest(str(out))
     srcs = rows.column("source").to_pylist()
     assert len(srcs) == n and len(set(srcs)) == n

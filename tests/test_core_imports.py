@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-CORE = ["color", "model", "colorize", "checkpoint", "config", "images", "sources", "metrics"]
+CORE = ["color", "model", "colorize", "checkpoint", "config", "images", "sources", "ledger", "metrics"]
 
 
 def test_core_modules_do_not_import_ray():

@@ -245,7 +245,8 @@ def test_killed_model_actor_is_replaced_and_every_input_done_once(ray_local, tin
     def run() -> None:
         try:
             result["summary"] = colorize(
-                ColorizeConfig(inputs=(str(src),), output=str(out), checkpoint=tiny_ckpt, batch_size=1)
+                # small shards, so manifest parts appear while the run goes on
+                ColorizeConfig(inputs=(str(src),), output=str(out), checkpoint=tiny_ckpt, batch_size=1, shard_size=2)
             )
         except BaseException as e:  # noqa: BLE001 - reported below
             result["error"] = e

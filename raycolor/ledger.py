@@ -1,0 +1,563 @@
+"""Shards and the resume ledger of a colorize OUTPUT: pure fsspec/pyarrow, no Ray (a test asserts it).
+
+A **shard** is the unit of work, of resume and of the ledger:
+
+* ``tar``: one input ``.tar`` (its members are listed from the headers inside the shard's task);
+* ``parquet``: rows ``[start, stop)`` of one Parquet manifest (row counts come from the file footer);
+* ``txt``: the lines starting in bytes ``[start, stop)`` of one ``.txt`` manifest (chunks found by one
+  scan of the file, in a task);
+* ``listing``: a chunk of a folder / prefix listing, saved as ``OUTPUT/_listing/<shard id>.parquet``
+  (``uri``, ``relpath``, ``source``) so that the descriptor stays small and the task reads only its chunk.
+
+The driver holds only :class:`Shard` descriptors (a few hundred bytes each, at most
+``ceil(images / shard_size)`` of them); shard tasks expand them into items.
+
+OUTPUT layout::
+
+    OUTPUT/images/[<namespace>/]<key>            the colorized images
+    OUTPUT/manifest/<shard id>.parquet           one part per shard: one row per input of the shard
+    OUTPUT/_stats/<shard id>.json                counts of the shard; written after its part: "shard done"
+    OUTPUT/_roots/<root id>.json                 one per input root: its namespace and its current shards
+    OUTPUT/_listing/<shard id>.parquet           listing chunks (folder inputs)
+    OUTPUT/_spool/<shard id>/<hash>.parquet      rows of finished batches until their shard is merged
+    OUTPUT/_lock.json                            held while a driver runs
+    OUTPUT/_SUCCESS.json                         written last
+
+Shard ids are deterministic: a hash of the root, the shard's kind and object, its range and, for listing
+chunks, the sources it holds. The same command over unchanged inputs plans the same shards, so a re-run
+skips every shard whose stats record exists and redoes the others (their images are overwritten with
+identical bytes, their part replaced). When an input changes (a folder gained files, a manifest was
+rewritten), the shards of that root that are no longer planned are *superseded*: their stats, part and
+listing chunk are removed before any new work, so the OUTPUT never holds two rows for one input.
+
+Listing chunks are content-defined: a chunk ends after a source whose hash is 0 modulo ``shard_size // 2``
+(or when it reaches ``shard_size``), so a file added to a big folder changes one chunk, not every chunk
+after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import posixpath
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+from raycolor import sources
+
+# error reasons that a later run may cure by itself (object-store or network trouble); everything else
+# (truncated, not_an_image, too_large, unsupported) is a property of the input
+TRANSIENT_REASONS = frozenset({"read_failed", "write_failed", "timeout"})
+
+LISTING_SCHEMA = pa.schema([("uri", pa.string()), ("relpath", pa.string()), ("source", pa.string())])
+
+
+class OutputLocked(ValueError):
+    """Another driver holds OUTPUT/_lock.json (exit code 2 in the CLI)."""
+
+
+class OwnershipError(ValueError):
+    """OUTPUT's ledger cannot be reconciled with the inputs (exit code 2 in the CLI)."""
+
+
+def _h(*parts: object, n: int = 16) -> str:
+    return hashlib.sha1("\x1f".join(str(p) for p in parts).encode("utf-8", "surrogatepass")).hexdigest()[:n]
+
+
+def reason_of(error: str | None) -> str:
+    return (error or "").split(":", 1)[0]
+
+
+def is_retryable(error: str | None, mode: str) -> bool:
+    """Whether an error row is re-attempted by ``--retry-errors`` (mode "transient") or "all"."""
+    if not error or mode == "none":
+        return False
+    return mode == "all" or reason_of(error) in TRANSIENT_REASONS
+
+
+@dataclass(frozen=True)
+class Shard:
+    kind: str  # "tar" | "parquet" | "txt" | "listing"
+    uri: str  # the tar, the manifest file, or the listing chunk file
+    root: str  # the input as the user gave it (absolute): the owner of the shard's outputs
+    namespace: str = ""  # output keys are images/<namespace>/<key> ("" = images/<key>)
+    start: int = 0  # parquet/listing: first row; txt: first byte
+    stop: int = -1  # parquet/listing: end row (exclusive); txt: end byte (exclusive)
+    count: int = 0  # inputs in the shard as planned (before de-duplication within the shard)
+    id: str = ""
+    retry: str = "none"  # "none" | "transient" | "all": redo only the shard's error rows of that kind
+
+    def with_(self, **kw) -> Shard:
+        return Shard(**{**asdict(self), **kw})
+
+
+def shard_id(kind: str, root: str, uri: str, start: int, stop: int, tag: str) -> str:
+    """``<readable stem>-<hash>``; tag pins the content (object size/etag, or the listing's sources)."""
+    stem = posixpath.basename(uri.rstrip("/")).split(".", 1)[0] or kind
+    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem)[:24]
+    return f"{stem}-{_h(kind, root, uri, start, stop, tag)}"
+
+
+# --------------------------------------------------------------------------------------------
+# Planning (driver side; the expensive scans are functions a Ray task can run)
+# --------------------------------------------------------------------------------------------
+
+
+def _is_glob(uri: str) -> bool:
+    return any(c in uri for c in "*?[")
+
+
+def _tag(info: dict) -> str:
+    return str(info.get("ETag") or info.get("etag") or "") + f":{info.get('size')}:{info.get('mtime') or info.get('LastModified') or ''}"
+
+
+@dataclass(frozen=True)
+class RootPlan:
+    """What one input is: kind "folder" (not listed yet: see :func:`folder_parts` / :func:`folder_plan`),
+    "listing" (an image, or a folder once listed: its items), or "objects" (manifest / tar objects to be
+    sized by :func:`size_object`, possibly in Ray tasks)."""
+
+    root: str
+    kind: str  # "folder" | "listing" | "objects"
+    items: tuple = ()  # listing: sources.Item
+    objects: tuple = ()  # objects: (kind, uri, tag) with kind "tar" | "parquet" | "txt"
+
+
+def classify(uri: str, *, s3_endpoint: str | None = None) -> RootPlan:
+    """Folder, image, tar, manifest, folder/glob of manifests or tars -> a RootPlan. Raises InputError."""
+    if not isinstance(uri, str) or not uri.strip():
+        raise sources.InputError(f"empty input URI: {uri!r}")
+    uri = uri.strip()
+    fs, path = sources.filesystem(uri, s3_endpoint=s3_endpoint)
+    root = sources._to_uri(fs, path, uri)
+    if _is_glob(uri):
+        found = sorted(fs.glob(path))
+        objs = []
+        for p in found:
+            suffix = sources._suffix(p)
+            kind = {".tar": "tar", ".parquet": "parquet", ".txt": "txt"}.get(suffix)
+            if kind:
+                objs.append((kind, sources._to_uri(fs, p, uri), _tag(fs.info(p))))
+        if not objs:
+            raise sources.InputError(f"no .tar/.parquet/.txt objects match {sources.redact(uri)}")
+        return RootPlan(root=root, kind="objects", objects=tuple(objs))
+    try:
+        info = sources._retrying(lambda: fs.info(path), 3)
+    except Exception as exc:
+        raise sources._input_error("read", uri, exc) from exc
+    suffix = sources._suffix(path)
+    if info.get("type") == "directory":
+        return RootPlan(root=root, kind="folder")  # listed by list_folder / folder_plan
+    if suffix in sources.TAR_SUFFIXES:
+        return RootPlan(root=root, kind="objects", objects=(("tar", root, _tag(info)),))
+    if suffix == ".parquet":
+        return RootPlan(root=root, kind="objects", objects=(("parquet", root, _tag(info)),))
+    if suffix == ".txt":
+        return RootPlan(root=root, kind="objects", objects=(("txt", root, _tag(info)),))
+    return RootPlan(root=root, kind="listing", items=tuple(sources.list_items([uri], s3_endpoint=s3_endpoint)))
+
+
+def folder_parts(root: str, *, s3_endpoint: str | None = None) -> tuple[list[str], list[str]]:
+    """One (paged) listing of the folder's first level: (files directly in it, sub-folder URIs). The
+    sub-folders are then listed recursively by :func:`find_files`, one Ray task each, in parallel
+    (a single recursive listing of a 100M-object prefix takes hours: ray-project/ray#40686)."""
+    fs, path = sources.filesystem(root, s3_endpoint=s3_endpoint)
+    try:
+        entries = sources._retrying(lambda: fs.ls(path, detail=True), 3)
+    except Exception as exc:
+        raise sources._input_error("list", root, exc) from exc
+    files = sorted(e["name"] for e in entries if e.get("type") != "directory")
+    dirs = sorted(sources._to_uri(fs, e["name"], root) for e in entries if e.get("type") == "directory"
+                  and e["name"].rstrip("/") != path.rstrip("/"))
+    return files, dirs
+
+
+def find_files(uri: str, *, s3_endpoint: str | None = None) -> list[str]:
+    """Every file below ``uri`` (recursive, paged by the store's client), as filesystem paths."""
+    fs, path = sources.filesystem(uri, s3_endpoint=s3_endpoint)
+    try:
+        return list(sources._retrying(lambda: fs.find(path, withdirs=False), 3))
+    except Exception as exc:
+        raise sources._input_error("list", uri, exc) from exc
+
+
+def folder_plan(root: str, paths: Iterable[str], *, s3_endpoint: str | None = None) -> RootPlan:
+    """A listed folder -> its images (the folder rules of :func:`sources.list_items`: image suffixes,
+    relpath relative to the folder, sorted), or, for a folder holding no image but ``.parquet`` /
+    ``.txt`` / ``.tar`` objects (e.g. written by ``raycolor list``), those objects."""
+    fs, path = sources.filesystem(root, s3_endpoint=s3_endpoint)
+    prefix = path.rstrip("/") + "/"
+    if isinstance(fs, LocalFileSystem):
+        prefix = path.replace(os.sep, "/").rstrip("/") + "/"
+    paths = sorted(p.replace(os.sep, "/") if isinstance(fs, LocalFileSystem) else p for p in paths)
+    items = [
+        sources.Item(source=sources._to_uri(fs, p, root), relpath=sources.sanitize_relpath(p[len(prefix):]),
+                     uri=sources._to_uri(fs, p, root))
+        for p in paths
+        if p.startswith(prefix) and sources._is_image(p)
+    ]
+    if items:
+        items.sort(key=lambda it: (it.relpath, it.source))
+        return RootPlan(root=root, kind="listing", items=tuple(items))
+    objs = []
+    for p in paths:
+        kind = {".tar": "tar", ".parquet": "parquet", ".txt": "txt"}.get(sources._suffix(p))
+        if kind and not posixpath.basename(p).startswith((".", "_")):
+            objs.append((kind, sources._to_uri(fs, p, root), _tag(sources._retrying(lambda p=p: fs.info(p), 3))))
+    if objs:
+        return RootPlan(root=root, kind="objects", objects=tuple(objs))
+    raise sources.InputError(
+        f"no images found under {sources.redact(root)} (looked for {', '.join(sorted(sources.IMAGE_SUFFIXES))})"
+    )
+
+
+def list_folder(root: str, *, s3_endpoint: str | None = None, find=None) -> RootPlan:
+    """:func:`folder_plan` of a whole folder; ``find(sub_folder_uris) -> [paths]`` lists the sub-folders
+    (default: one after the other, here; the colorize driver passes Ray tasks)."""
+    files, dirs = folder_parts(root, s3_endpoint=s3_endpoint)
+    if find is None:
+        found = [p for d in dirs for p in find_files(d, s3_endpoint=s3_endpoint)]
+    else:
+        found = find(dirs)
+    return folder_plan(root, files + found, s3_endpoint=s3_endpoint)
+
+
+def size_object(kind: str, uri: str, tag: str, *, root: str, shard_size: int, s3_endpoint: str | None = None) -> list[Shard]:
+    """The shards of one manifest or tar object (reads a tar's headers, a Parquet footer, or a .txt once)."""
+    fs, path = sources.filesystem(uri, s3_endpoint=s3_endpoint)
+    if kind == "tar":
+        n = len(sources.list_tar(uri, s3_endpoint=s3_endpoint))
+        return [Shard(kind="tar", uri=uri, root=root, count=n, id=shard_id("tar", root, uri, 0, -1, tag))]
+    if kind == "parquet":
+        try:
+            with fs.open(path, "rb") as f:
+                pf = pq.ParquetFile(f)
+                rows = pf.metadata.num_rows
+                if "uri" not in pf.schema_arrow.names:
+                    raise sources.InputError(f"bad manifest {sources.redact(uri)}: needs a parquet file with a 'uri' column")
+        except sources.InputError:
+            raise
+        except Exception as exc:
+            raise sources._input_error("read", uri, exc) from exc
+        if rows == 0:
+            raise sources.InputError(f"empty manifest (no URIs): {sources.redact(uri)}")
+        return [
+            Shard(kind="parquet", uri=uri, root=root, start=a, stop=min(rows, a + shard_size), count=min(rows, a + shard_size) - a,
+                  id=shard_id("parquet", root, uri, a, min(rows, a + shard_size), tag))
+            for a in range(0, rows, shard_size)
+        ]
+    # txt: one pass over the lines, cutting every shard_size entries at a line start
+    raw = sources._retrying(lambda: fs.cat_file(path), 3)
+    shards, start, n, pos = [], 0, 0, 0
+    bom = 3 if raw.startswith(b"\xef\xbb\xbf") else 0
+    start = pos = bom
+    for line in raw[bom:].splitlines(keepends=True):
+        stripped = line.strip()
+        if stripped and not stripped.startswith(b"#"):
+            if n == shard_size:
+                shards.append((start, pos, n))
+                start, n = pos, 0
+            n += 1
+        pos += len(line)
+    if n:
+        shards.append((start, pos, n))
+    if not shards:
+        raise sources.InputError(f"empty manifest (no URIs): {sources.redact(uri)}")
+    return [
+        Shard(kind="txt", uri=uri, root=root, start=a, stop=b, count=c, id=shard_id("txt", root, uri, a, b, tag))
+        for a, b, c in shards
+    ]
+
+
+def chunk_listing(items: Sequence[sources.Item], *, root: str, shard_size: int) -> list[tuple[Shard, list[sources.Item]]]:
+    """Content-defined chunks (see the module docstring) of a root's listing, each with its items."""
+    modulus = max(1, shard_size // 2)
+    out, cur = [], []
+
+    def close():
+        ident = shard_id("listing", root, root, 0, len(cur), _h(*(i.source for i in cur), n=40))
+        out.append((Shard(kind="listing", uri="", root=root, count=len(cur), id=ident), list(cur)))
+        cur.clear()
+
+    for item in items:
+        cur.append(item)
+        if len(cur) >= shard_size or int(_h(item.source, n=8), 16) % modulus == 0:
+            close()
+    if cur:
+        close()
+    return out
+
+
+def listing_table(items: Iterable[sources.Item]) -> pa.Table:
+    items = list(items)
+    return pa.table(
+        {"uri": [i.uri for i in items], "relpath": [i.relpath for i in items], "source": [i.source for i in items]},
+        schema=LISTING_SCHEMA,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Expansion (inside shard tasks)
+# --------------------------------------------------------------------------------------------
+
+
+def _parquet_rows(fs, path: str, start: int, stop: int, columns: list[str]) -> pa.Table:
+    """Rows [start, stop) of a Parquet file, reading only the row groups that hold them."""
+    with fs.open(path, "rb") as f:
+        pf = pq.ParquetFile(f)
+        groups, first, offset = [], None, 0
+        for g in range(pf.metadata.num_row_groups):
+            n = pf.metadata.row_group(g).num_rows
+            if offset + n > start and offset < stop:
+                groups.append(g)
+                first = offset if first is None else first
+            offset += n
+        cols = [c for c in columns if c in pf.schema_arrow.names]
+        table = pf.read_row_groups(groups, columns=cols) if groups else pf.schema_arrow.empty_table().select(cols)
+    return table.slice(start - (first or 0), stop - start)
+
+
+def expand(shard: Shard, *, s3_endpoint: str | None = None, retries: int = 5) -> list[sources.Item]:
+    """The shard's items, de-duplicated and collision-renamed within the shard (first wins)."""
+    if shard.kind == "tar":
+        return sources.dedupe(sources.list_tar(shard.uri, s3_endpoint=s3_endpoint))
+    fs, path = sources.filesystem(shard.uri, s3_endpoint=s3_endpoint)
+    if shard.kind == "listing":
+        t = sources._retrying(lambda: pq.read_table(io.BytesIO(fs.cat_file(path))), retries)
+        return [sources.Item(source=s, relpath=r, uri=u) for u, r, s in zip(*(t.column(c).to_pylist() for c in ("uri", "relpath", "source")))]
+    if shard.kind == "parquet":
+        t = sources._retrying(lambda: _parquet_rows(fs, path, shard.start, shard.stop, ["uri", "relpath"]), retries)
+        uris = [u for u in t.column("uri").to_pylist()]
+        items = sources.manifest_items(shard.uri, [u for u in uris if u], s3_endpoint=s3_endpoint)
+        if "relpath" in t.column_names:  # a listing saved by `raycolor list` keeps the folder's relpaths
+            rel = [r for u, r in zip(uris, t.column("relpath").to_pylist()) if u and u.strip()]
+            items = [sources.Item(source=i.source, relpath=sources.sanitize_relpath(r) if r else i.relpath, uri=i.uri) for i, r in zip(items, rel)]
+        return sources.dedupe(items)
+    if shard.kind == "txt":
+        raw = sources._retrying(lambda: fs.cat_file(path, start=shard.start, end=shard.stop), retries)
+        lines = [ln.strip() for ln in raw.decode("utf-8", "replace").splitlines()]
+        return sources.dedupe(sources.manifest_items(shard.uri, [ln for ln in lines if ln and not ln.startswith("#")], s3_endpoint=s3_endpoint))
+    raise ValueError(f"unknown shard kind {shard.kind!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# OUTPUT: names, stats, roots
+# --------------------------------------------------------------------------------------------
+
+
+def part_uri(output: str, sid: str) -> str:
+    return sources.join_uri(output, "manifest", f"{sid}.parquet")
+
+
+def stats_uri(output: str, sid: str) -> str:
+    return sources.join_uri(output, "_stats", f"{sid}.json")
+
+
+def listing_uri(output: str, sid: str) -> str:
+    return sources.join_uri(output, "_listing", f"{sid}.parquet")
+
+
+def spool_dir(output: str, sid: str) -> str:
+    return sources.join_uri(output, "_spool", sid)
+
+
+def root_id(root: str) -> str:
+    return _h("root", root)
+
+
+def namespace_for(root: str) -> str:
+    stem = posixpath.basename(root.rstrip("/").split("#", 1)[0]) or "root"
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:40].strip(".") or "root"
+    return f"{stem}-{_h('ns', root, n=8)}"
+
+
+def _ls(output: str, folder: str, *, s3_endpoint) -> list[str]:
+    fs, path = sources.filesystem(sources.join_uri(output, folder), s3_endpoint=s3_endpoint)
+    try:
+        return sorted(sources._retrying(lambda: fs.ls(path, detail=False), 3))
+    except FileNotFoundError:
+        return []
+
+
+def finished_shards(output: str, *, s3_endpoint=None) -> set[str]:
+    """Ids of the shards whose stats record exists: one listing of OUTPUT/_stats/, no row is read."""
+    return {posixpath.basename(p)[: -len(".json")] for p in _ls(output, "_stats", s3_endpoint=s3_endpoint) if p.endswith(".json")}
+
+
+def read_stats(output: str, ids: Iterable[str], *, s3_endpoint=None) -> dict[str, dict]:
+    """Stats records of ``ids`` (fetched concurrently on object stores)."""
+    ids = list(ids)
+    if not ids:
+        return {}
+    fs, _ = sources.filesystem(output, s3_endpoint=s3_endpoint)
+    paths = {sources.filesystem(stats_uri(output, i), s3_endpoint=s3_endpoint)[1]: i for i in ids}
+    blobs = sources._retrying(lambda: fs.cat(list(paths)), 3)  # s3fs: one batch of concurrent GETs
+    return {paths[p]: json.loads(b) for p, b in blobs.items()}
+
+
+def read_roots(output: str, *, s3_endpoint=None) -> dict[str, dict]:
+    """root URI -> its record (namespace, shards) for every root OUTPUT has seen."""
+    names = [p for p in _ls(output, "_roots", s3_endpoint=s3_endpoint) if p.endswith(".json")]
+    if not names:
+        return {}
+    fs, _ = sources.filesystem(output, s3_endpoint=s3_endpoint)
+    blobs = sources._retrying(lambda: fs.cat(names), 3)
+    records = [json.loads(b) for b in blobs.values()]
+    return {r["root"]: r for r in records}
+
+
+def write_json(uri: str, obj, *, s3_endpoint=None, retries: int = 5) -> None:
+    sources.write_bytes_atomic(uri, json.dumps(obj, indent=1).encode(), s3_endpoint=s3_endpoint, retries=retries)
+
+
+def remove(uris: Iterable[str], *, s3_endpoint=None) -> None:
+    for uri in uris:
+        fs, path = sources.filesystem(uri, s3_endpoint=s3_endpoint)
+
+        def once(fs=fs, path=path):
+            try:
+                if fs.exists(path):
+                    fs.rm(path, recursive=True)
+            except FileNotFoundError:
+                pass
+
+        sources._retrying(once, 5)
+
+
+def assign_namespaces(roots: Sequence[str], known: dict[str, dict]) -> dict[str, str]:
+    """Each root's output namespace. A root OUTPUT already knows keeps its namespace. New roots share
+    the plain namespace ("") only when OUTPUT has no root yet (the first run; its roots are listed
+    together, folder listings de-duplicated together); a root that arrives when OUTPUT already holds
+    another root's outputs gets ``<basename>-<hash of the root>``, so it can never overwrite them."""
+    first_run = not known
+    return {r: known[r]["namespace"] if r in known else ("" if first_run else namespace_for(r)) for r in roots}
+
+
+# --------------------------------------------------------------------------------------------
+# The lock: one driver per OUTPUT
+# --------------------------------------------------------------------------------------------
+
+
+def lock_uri(output: str) -> str:
+    return sources.join_uri(output, "_lock.json")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _create_exclusive(uri: str, data: bytes, *, s3_endpoint) -> bool:
+    """Create ``uri`` only if it does not exist; False if it does. Local: O_EXCL. S3: a conditional PUT
+    (If-None-Match: *). Other stores: exists-then-write (a race between two drivers starting in the
+    same instant is possible there)."""
+    fs, path = sources.filesystem(uri, s3_endpoint=s3_endpoint)
+    if isinstance(fs, LocalFileSystem):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+    if type(fs).__name__ == "S3FileSystem":
+        bucket, key = path.split("/", 1)
+        try:
+            fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        except Exception as exc:  # s3fs translates the 412 into an OSError subclass; look at the chain
+            text = f"{exc!r} {exc.__cause__!r} {exc.__context__!r}"
+            if "PreconditionFailed" in text or "412" in text or "ConditionalRequestConflict" in text:
+                return False
+            raise
+        return True
+    if fs.exists(path):
+        return False
+    fs.pipe_file(path, data)
+    return True
+
+
+def acquire_lock(output: str, *, force: bool = False, s3_endpoint=None) -> dict:
+    """Create OUTPUT/_lock.json (host, pid, start time) or raise :class:`OutputLocked`.
+
+    A lock left by a dead process on this same host is stale and taken over; ``force`` takes over any lock
+    (use it only when the driver that held it is known to be gone)."""
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "started_at": time.time(), "token": _h(time.time(), os.getpid(), os.urandom(8))}
+    uri = lock_uri(output)
+    for _ in range(3):
+        # retried on transient errors: a PUT that reached the store but lost its answer comes back as
+        # "exists", and the token read below tells that the lock is ours
+        if sources._retrying(lambda: _create_exclusive(uri, json.dumps(me).encode(), s3_endpoint=s3_endpoint), 5):
+            return me
+        fs, path = sources.filesystem(uri, s3_endpoint=s3_endpoint)
+        try:
+            held = json.loads(sources._retrying(lambda: fs.cat_file(path), 5))
+        except FileNotFoundError:
+            continue  # released meanwhile: try again
+        except Exception:
+            held = {}
+        if held.get("token") == me["token"]:
+            return me
+        stale = held.get("host") == me["host"] and isinstance(held.get("pid"), int) and not _pid_alive(held["pid"])
+        if force or stale:
+            remove([uri], s3_endpoint=s3_endpoint)
+            continue
+        since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(held.get("started_at", 0)))
+        raise OutputLocked(
+            f"{sources.redact(output)} is in use by another raycolor driver (host {held.get('host')}, pid {held.get('pid')}, "
+            f"since {since}); wait for it to finish, or pass --force-unlock if it is gone"
+        )
+    raise OutputLocked(f"could not take the lock {sources.redact(uri)}")
+
+
+def release_lock(output: str, lock: dict, *, s3_endpoint=None) -> None:
+    """Remove OUTPUT/_lock.json if it is still ours."""
+    uri = lock_uri(output)
+    fs, path = sources.filesystem(uri, s3_endpoint=s3_endpoint)
+    try:
+        held = json.loads(sources._retrying(lambda: fs.cat_file(path), 5))
+    except Exception:
+        return
+    if held.get("token") == lock.get("token"):
+        remove([uri], s3_endpoint=s3_endpoint)
+
+
+# --------------------------------------------------------------------------------------------
+# `raycolor list`: a listing saved as manifest shards, for re-use
+# --------------------------------------------------------------------------------------------
+
+
+def write_listing(inputs: Sequence[str], output: str, *, shard_size: int, s3_endpoint: str | None = None,
+                  retries: int = 5) -> tuple[int, int]:
+    """List ``inputs`` (folders, prefixes, images: listed on this machine, one recursive listing each)
+    and write the result as Parquet manifest shards ``OUTPUT/part-00000.parquet`` ... with the columns
+    ``uri`` and ``relpath`` (the folder-relative path, so that colorizing the manifest folder gives the
+    same output keys as colorizing the folders). Returns (entries, parts)."""
+    items = sources.list_items(list(inputs), s3_endpoint=s3_endpoint)
+    parts = 0
+    for parts, start in enumerate(range(0, len(items), max(1, shard_size)), 1):
+        chunk = items[start : start + shard_size]
+        buf = io.BytesIO()
+        pq.write_table(pa.table({"uri": [i.uri for i in chunk], "relpath": [i.relpath for i in chunk]}), buf)
+        sources.write_bytes_atomic(sources.join_uri(output, f"part-{parts - 1:05d}.parquet"), buf.getvalue(),
+                                   s3_endpoint=s3_endpoint, retries=retries)
+    # parts of an earlier, longer listing in the same place would add stale entries: remove them
+    fs, path = sources.filesystem(output, s3_endpoint=s3_endpoint)
+    for p in fs.ls(path, detail=False):
+        name = posixpath.basename(p)
+        if name.startswith("part-") and name.endswith(".parquet") and name[5:-8].isdigit() and int(name[5:-8]) >= parts:
+            fs.rm(p)
+    return len(items), parts

@@ -1,0 +1,212 @@
+"""raycolor.ledger without Ray: shard planning and expansion, content-defined listing chunks, namespaces,
+the OUTPUT lock (local O_EXCL and S3 conditional PUT against the moto server)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+import os
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from raycolor import ledger, sources
+from raycolor.ledger import OutputLocked
+
+
+def _entries(shards, **kw):
+    return [i.source for s in shards for i in ledger.expand(s, **kw)]
+
+
+def test_txt_manifest_is_cut_into_byte_ranges_at_line_starts(tmp_path):
+    lines = ["# header", ""] + [f"/data/p/{i:04d}.jpg" for i in range(23)] + ["  ", "# trailing comment"]
+    lines.insert(10, "# a comment in the middle")
+    m = tmp_path / "list.txt"
+    m.write_bytes(b"\xef\xbb\xbf" + ("\r\n".join(lines) + "\n").encode())
+    shards = ledger.size_object("txt", str(m), "t", root=str(m), shard_size=5)
+    assert [s.count for s in shards] == [5, 5, 5, 5, 3]
+    assert all(s.kind == "txt" and s.stop > s.start for s in shards)
+    assert [(a.stop, b.start) for a, b in zip(shards, shards[1:])] == [(a.stop, a.stop) for a in shards[:-1]]
+    got = _entries(shards)
+    assert got == [f"/data/p/{i:04d}.jpg" for i in range(23)]  # every entry once, in file order
+    # the shard ids are deterministic and distinct; another tag (the file changed) gives other ids
+    again = ledger.size_object("txt", str(m), "t", root=str(m), shard_size=5)
+    assert [s.id for s in again] == [s.id for s in shards] and len({s.id for s in shards}) == 5
+    assert not {s.id for s in ledger.size_object("txt", str(m), "t2", root=str(m), shard_size=5)} & {s.id for s in shards}
+    # relpath rule of manifests, relative entries next to the manifest
+    (tmp_path / "rel.txt").write_text("imgs/a.jpg\n")
+    (item,) = ledger.expand(ledger.size_object("txt", str(tmp_path / "rel.txt"), "t", root="r", shard_size=5)[0])
+    assert (item.source, item.relpath) == (str(tmp_path / "imgs" / "a.jpg"), "imgs/a.jpg")
+
+
+def test_parquet_manifest_row_ranges_read_only_their_row_groups(tmp_path):
+    m = tmp_path / "m.parquet"
+    uris = [f"s3://b/p/{i:03d}.jpg" for i in range(50)]
+    pq.write_table(pa.table({"uri": uris, "other": list(range(50))}), m, row_group_size=7)
+    shards = ledger.size_object("parquet", str(m), "t", root=str(m), shard_size=12)
+    assert [(s.start, s.stop, s.count) for s in shards] == [(0, 12, 12), (12, 24, 12), (24, 36, 12), (36, 48, 12), (48, 50, 2)]
+    assert _entries(shards) == uris
+    assert ledger.expand(shards[1])[0].relpath == "p/012.jpg"
+    # a listing saved with a relpath column keeps those relpaths
+    pq.write_table(pa.table({"uri": ["/x/a.jpg", "/y/a.jpg"], "relpath": ["a.jpg", "sub/a.jpg"]}), tmp_path / "l.parquet")
+    items = ledger.expand(ledger.size_object("parquet", str(tmp_path / "l.parquet"), "t", root="r", shard_size=9)[0])
+    assert [i.relpath for i in items] == ["a.jpg", "sub/a.jpg"]
+    pq.write_table(pa.table({"path": ["a"]}), tmp_path / "bad.parquet")
+    with pytest.raises(sources.InputError, match="uri"):
+        ledger.size_object("parquet", str(tmp_path / "bad.parquet"), "t", root="r", shard_size=9)
+
+
+def test_classify_folders_globs_and_folders_of_manifests(tmp_path):
+    (tmp_path / "imgs" / "sub").mkdir(parents=True)
+    (tmp_path / "imgs" / "a.jpg").write_bytes(b"x")
+    (tmp_path / "imgs" / "sub" / "b.png").write_bytes(b"x")
+    assert ledger.classify(str(tmp_path / "imgs")).kind == "folder"  # listed later (Ray tasks per sub-folder)
+    plan = ledger.list_folder(str(tmp_path / "imgs"))
+    assert plan.kind == "listing" and [i.relpath for i in plan.items] == ["a.jpg", "sub/b.png"]
+    assert plan.items == tuple(sources.list_items([str(tmp_path / "imgs")]))  # the folder rules of list_items
+    (tmp_path / "lists").mkdir()
+    for n in (0, 1):
+        pq.write_table(pa.table({"uri": [f"/d/{n}.jpg"]}), tmp_path / "lists" / f"part-{n}.parquet")
+    (tmp_path / "lists" / "_SUCCESS").write_text("")
+    plan = ledger.list_folder(str(tmp_path / "lists"))
+    assert plan.kind == "objects" and [(k, os.path.basename(u)) for k, u, _ in plan.objects] == [
+        ("parquet", "part-0.parquet"), ("parquet", "part-1.parquet")]
+    glob = ledger.classify(str(tmp_path / "lists" / "part-*.parquet"))
+    assert [u for _, u, _ in glob.objects] == [u for _, u, _ in plan.objects]
+    with pytest.raises(sources.InputError):
+        ledger.classify(str(tmp_path / "nothing-*.tar"))
+    with pytest.raises(sources.InputError, match="not found"):
+        ledger.classify(str(tmp_path / "missing"))
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "sub" / "notes.md").write_text("x")
+    with pytest.raises(sources.InputError, match="no images found"):
+        ledger.list_folder(str(tmp_path / "empty"))
+
+
+def test_listing_chunks_are_content_defined(tmp_path):
+    items = [sources.Item(source=f"/d/{i:05d}.jpg", relpath=f"{i:05d}.jpg", uri=f"/d/{i:05d}.jpg") for i in range(2000)]
+    chunks = ledger.chunk_listing(items, root="/d", shard_size=100)
+    assert all(1 <= s.count <= 100 for s, _ in chunks) and sum(s.count for s, _ in chunks) == 2000
+    assert [i for _, its in chunks for i in its] == items
+    assert 20 < len(chunks) < 60  # about twice as many as fixed 100-item chunks: ~50 items on average
+    # one file added in the middle changes at most the two chunks around it, not every later chunk
+    extra = sources.Item(source="/d/01000x.jpg", relpath="01000x.jpg", uri="/d/01000x.jpg")
+    grown = ledger.chunk_listing(items[:1001] + [extra] + items[1001:], root="/d", shard_size=100)
+    changed = {s.id for s, _ in grown} - {s.id for s, _ in chunks}
+    assert 1 <= len(changed) <= 2, len(changed)
+
+
+def test_namespaces_first_run_plain_later_roots_hashed():
+    first = ledger.assign_namespaces(["/a/scans", "/a/more.tar"], {})
+    assert first == {"/a/scans": "", "/a/more.tar": ""}
+    known = {r: {"root": r, "namespace": ns} for r, ns in first.items()}
+    later = ledger.assign_namespaces(["/a/scans", "/b/scans"], known)
+    assert later["/a/scans"] == "" and later["/b/scans"].startswith("scans-") and len(later["/b/scans"]) == len("scans-") + 8
+    assert ledger.assign_namespaces(["/b/scans"], known) == {"/b/scans": later["/b/scans"]}  # deterministic
+    assert ledger.namespace_for("/c/scans") != later["/b/scans"]
+
+
+def test_retryable_reasons():
+    assert ledger.is_retryable("read_failed: reset", "transient") and ledger.is_retryable("write_failed: x", "transient")
+    assert not ledger.is_retryable("truncated: cut", "transient") and ledger.is_retryable("truncated: cut", "all")
+    assert not ledger.is_retryable(None, "all") and not ledger.is_retryable("read_failed: x", "none")
+
+
+HOLD = """
+import sys, time
+from raycolor import ledger
+ledger.acquire_lock(sys.argv[1])
+print("HELD", flush=True)
+time.sleep(60)
+"""
+
+
+def test_local_lock_refuses_a_second_driver_takes_over_a_dead_ones(tmp_path):
+    out = str(tmp_path / "out")
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, out], stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        assert proc.stdout.readline().strip() == b"HELD"
+        held = json.loads((tmp_path / "out" / "_lock.json").read_text())
+        assert held["pid"] == proc.pid and held["host"]
+        with pytest.raises(OutputLocked, match=f"pid {proc.pid}.*--force-unlock"):
+            ledger.acquire_lock(out)
+    finally:
+        proc.kill()
+        proc.wait()
+    # the holder died without releasing: same host, dead pid -> stale, taken over
+    mine = ledger.acquire_lock(out)
+    assert json.loads((tmp_path / "out" / "_lock.json").read_text())["token"] == mine["token"]
+    with pytest.raises(OutputLocked):
+        ledger.acquire_lock(out)  # our own process is alive: a second driver in it is refused too
+    other = ledger.acquire_lock(out, force=True)
+    ledger.release_lock(out, mine)  # not ours any more: left alone
+    assert (tmp_path / "out" / "_lock.json").exists()
+    ledger.release_lock(out, other)
+    assert not (tmp_path / "out" / "_lock.json").exists()
+
+
+def test_s3_lock_uses_a_conditional_put(s3_env):
+    bucket = s3_env.bucket("lock")
+    out = f"s3://{bucket}/out"
+    first = ledger.acquire_lock(out)
+    body = json.loads(s3_env.fs().cat_file(f"{bucket}/out/_lock.json"))
+    assert body["token"] == first["token"]
+    # a holder on another host: never stale, refused
+    s3_env.fs().pipe_file(f"{bucket}/out/_lock.json", json.dumps({**body, "host": "elsewhere"}).encode())
+    with pytest.raises(OutputLocked, match="host elsewhere"):
+        ledger.acquire_lock(out)
+    # the create itself is exclusive on the server (If-None-Match: *), not exists-then-put
+    fs, path = sources.filesystem(ledger.lock_uri(out))
+    assert ledger._create_exclusive(ledger.lock_uri(out), b"{}", s3_endpoint=None) is False
+    fs.rm(path)
+    assert ledger._create_exclusive(ledger.lock_uri(out), b"{}", s3_endpoint=None) is True
+    assert ledger._create_exclusive(ledger.lock_uri(out), b"{}", s3_endpoint=None) is False
+
+
+def test_list_command_writes_manifest_shards_with_the_folders_relpaths(tmp_path):
+    from typer.testing import CliRunner
+
+    from raycolor.cli import app
+
+    src = tmp_path / "scans"
+    for name in ("a.jpg", "b.JPG", "b.png", "sub/c.tif", "notes.txt"):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(b"x")
+    out = tmp_path / "lists"
+    (out).mkdir()
+    (out / "part-00009.parquet").write_bytes(b"stale")  # from an earlier, longer listing
+    r = CliRunner().invoke(app, ["list", str(src), "--output", str(out), "--shard-size", "3"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
+    plan = ledger.list_folder(str(out))
+    shards = [s for kind, uri, tag in plan.objects for s in ledger.size_object(kind, uri, tag, root=plan.root, shard_size=10)]
+    from_manifest = [(i.source, i.relpath) for s in shards for i in ledger.expand(s)]
+    from_folder = [(i.source, i.relpath) for i in sources.list_items([str(src)])]
+    assert from_manifest == from_folder and len(from_folder) == 4
+    assert ("b__" in dict((Path(s).name, r) for s, r in from_folder)["b.png"])  # the collision rule, kept
+    r = CliRunner().invoke(app, ["list", str(tmp_path / "missing"), "--output", str(out)])
+    assert r.exit_code == 2 and "not found" in r.output
+
+
+def test_s3_folder_listed_by_sub_prefix_matches_list_items(s3_env):
+    fs = s3_env.fs()
+    bucket = s3_env.bucket("listing")
+    for key in ("in/a.jpg", "in/x/b.JPG", "in/x/y/c.png", "in/z/notes.txt", "in/x/b.png", "other/d.jpg"):
+        fs.pipe_file(f"{bucket}/{key}", b"x")
+    root = f"s3://{bucket}/in"
+    files, dirs = ledger.folder_parts(root)
+    assert files == [f"{bucket}/in/a.jpg"] and dirs == [f"s3://{bucket}/in/x", f"s3://{bucket}/in/z"]
+    calls = []
+
+    def find(subs):
+        calls.append(subs)
+        return [p for d in subs for p in ledger.find_files(d)]
+
+    plan = ledger.list_folder(root, find=find)
+    assert calls == [dirs]
+    assert [i.relpath for i in plan.items] == ["a.jpg", "x/b.JPG", "x/b.png", "x/y/c.png"]
+    # the colorize planner applies the collision rule (over all folder roots of the run): as list_items
+    assert sources.dedupe(plan.items) == sources.list_items([root])

@@ -1,0 +1,292 @@
+"""The shard ledger through the real pipeline (local Ray, moto S3, tests/faultproxy.py): nothing lost across
+runs or drivers, manifest shards, --retry-errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from raycolor import images, runtime
+from raycolor.cli import app
+from raycolor.colorize import full_l
+from raycolor.config import ColorizeConfig, StorageConfig
+from raycolor.ledger import OutputLocked
+from raycolor.ray_colorize import colorize, read_manifest
+from tests.faultproxy import FaultProxy, always, combine
+
+pytestmark = pytest.mark.slow
+
+
+def _img(path: Path, seed: int, size=(24, 32)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
+
+
+def _l(data: bytes):
+    return full_l(images.decode_rgb(data))
+
+
+def _one_row_each(out, expected) -> dict:
+    rows = read_manifest(str(out)).to_pylist()
+    srcs = [r["source"] for r in rows]
+    assert len(srcs) == len(set(srcs)) and set(srcs) == set(expected), (sorted(srcs), sorted(expected))
+    return {r["source"]: r for r in rows}
+
+
+def test_two_folders_into_one_output_nothing_overwritten(ray_local, tiny_ckpt, tmp_path, monkeypatch):
+    a, b = tmp_path / "A" / "scans", tmp_path / "B" / "scans"
+    _img(a / "0001.jpg", 1)
+    _img(a / "0002.jpg", 2)
+    _img(b / "0001.jpg", 3, (30, 20))  # same name as A's, other picture
+    _img(b / "0003.jpg", 4)
+    out = tmp_path / "OUT"
+    sa = colorize(ColorizeConfig(inputs=(str(a),), output=str(out), checkpoint=tiny_ckpt))
+    assert (sa.ok, sa.settings["namespaces"]) == (2, {str(a): ""})
+    first = (out / "images" / "0001.png").read_bytes()
+
+    sb = colorize(ColorizeConfig(inputs=(str(b),), output=str(out), checkpoint=tiny_ckpt))
+    ns = sb.settings["namespaces"][str(b)]
+    assert sb.ok == 2 and ns.startswith("scans-")
+    assert (out / "images" / "0001.png").read_bytes() == first  # A's output untouched
+    rows = _one_row_each(out, [str(a / "0001.jpg"), str(a / "0002.jpg"), str(b / "0001.jpg"), str(b / "0003.jpg")])
+    outputs = [r["output"] for r in rows.values()]
+    assert len(set(outputs)) == 4 and all(r["status"] == "ok" for r in rows.values())
+    assert rows[str(b / "0001.jpg")]["output"] == str(out / "images" / ns / "0001.png")
+    for src, r in rows.items():  # every row points at its own source's picture (L kept)
+        assert (_l(Path(r["output"]).read_bytes()) - _l(Path(src).read_bytes())).abs().max() <= 1.0
+
+    # re-running either root keeps its names and does nothing; both together too
+    again = colorize(ColorizeConfig(inputs=(str(a), str(b)), output=str(out), checkpoint=tiny_ckpt))
+    assert (again.inputs, again.processed, again.skipped) == (4, 0, 4)
+    assert again.settings["namespaces"] == {str(a): "", str(b): ns}
+
+    # a second driver on a locked OUTPUT: exit 2, one line, nothing written
+    (out / "_lock.json").write_text(json.dumps({"host": "elsewhere", "pid": 1, "started_at": time.time()}))
+    monkeypatch.setattr(runtime, "connect", lambda address, **kw: "local")
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    r = CliRunner().invoke(app, ["colorize", str(a), "--output", str(out), "--checkpoint", tiny_ckpt])
+    assert r.exit_code == 2 and "in use by another raycolor driver (host elsewhere" in r.output, r.output
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    r = CliRunner().invoke(app, ["colorize", str(a), "--output", str(out), "--checkpoint", tiny_ckpt, "--force-unlock"])
+    assert r.exit_code == 0, r.output
+    assert not (out / "_lock.json").exists()
+
+
+DRIVER = textwrap.dedent(
+    """
+    import sys, ray
+    from raycolor.config import ColorizeConfig
+    from raycolor.ray_colorize import colorize
+    ray.init(num_cpus=2, include_dashboard=False)
+    s = colorize(ColorizeConfig(inputs=(sys.argv[1],), output=sys.argv[2], checkpoint=sys.argv[3], batch_size=1, shard_size=3))
+    print("DONE", s.ok)
+    """
+)
+
+
+def test_second_concurrent_driver_is_refused_and_nothing_is_lost(ray_local, tiny_ckpt, tmp_path):
+    src = tmp_path / "in"
+    n = 16
+    for i in range(n):
+        _img(src / f"{i:03d}.png", 10 + i)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(src), str(out), tiny_ckpt], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not (out / "_lock.json").exists():
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            time.sleep(0.1)
+        holder = json.loads((out / "_lock.json").read_text())
+        with pytest.raises(OutputLocked, match=f"pid {holder['pid']}"):
+            colorize(ColorizeConfig(inputs=(str(src),), output=str(out), checkpoint=tiny_ckpt))
+        assert proc.poll() is None, "the first driver must still be running when the second is refused"
+        text = proc.communicate(timeout=300)[0].decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and f"DONE {n}" in text, text[-3000:]
+    _one_row_each(out, [str(p) for p in src.iterdir()])
+    assert not (out / "_lock.json").exists()
+    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(f"{i:03d}.png" for i in range(n))
+
+
+def test_manifest_shards_txt_and_parquet_folder_and_glob(ray_local, tiny_ckpt, tmp_path):
+    pics = tmp_path / "pics"
+    for i in range(7):
+        _img(pics / f"p{i}.jpg", 30 + i)
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "part-0.txt").write_text("# first part\n" + "".join(f"{pics}/p{i}.jpg\n" for i in range(4)) + f"{pics}/p0.jpg\n")
+    pq.write_table(pa.table({"uri": [f"{pics}/p{i}.jpg" for i in range(4, 7)] + [f"{pics}/missing.jpg"]}), lists / "part-1.parquet")
+    out = tmp_path / "out"
+    s = colorize(ColorizeConfig(inputs=(str(lists),), output=str(out), checkpoint=tiny_ckpt, shard_size=2))
+    # part-0: 5 entries in 3 shards (p0 twice, in different shards: one row per shard it is in);
+    # part-1: 4 rows in 2 shards, one of them missing -> an error row
+    assert s.shards == 5 and len(list((out / "manifest").iterdir())) == 5 == len(list((out / "_stats").iterdir()))
+    assert (s.inputs, s.ok, s.error) == (9, 8, 1)
+    rows = read_manifest(str(out)).to_pylist()
+    assert sorted(r["source"] for r in rows if r["status"] == "error") == [f"{pics}/missing.jpg"]
+    assert {r["output"] for r in rows if r["status"] == "ok"} == {str(out / "images" / str(pics).lstrip("/") / f"p{i}.png") for i in range(7)}
+    again = colorize(ColorizeConfig(inputs=(str(lists),), output=str(out), checkpoint=tiny_ckpt, shard_size=2))
+    assert (again.processed, again.shards_skipped) == (0, 5)
+
+
+def _jpeg(seed: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (14, 18, 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_retry_errors_after_persistent_s3_faults(ray_local, s3_env, tiny_ckpt):
+    fs = s3_env.fs()
+    bucket = s3_env.bucket("retry")
+    names = ["a.jpg", "b.jpg", "c.jpg"]
+    for i, name in enumerate(names):
+        fs.pipe_file(f"{bucket}/in/{name}", _jpeg(i))
+    fs.pipe_file(f"{bucket}/in/bad.jpg", b"<html>not an image</html>")  # permanent: stays an error
+    want = [f"s3://{bucket}/in/{n}" for n in names + ["bad.jpg"]]
+    out = f"s3://{bucket}/out"
+    policy = combine(
+        always("reset", where=lambda m, k: m == "PUT" and k == f"/{bucket}/out/images/a.png"),
+        always("reset", where=lambda m, k: m == "GET" and k == f"/{bucket}/in/b.jpg"),
+    )
+
+    def run(endpoint, retry="none"):
+        return colorize(ColorizeConfig(inputs=(f"s3://{bucket}/in",), output=out, checkpoint=tiny_ckpt, retry_errors=retry,
+                                       shard_size=2, storage=StorageConfig(s3_endpoint=endpoint, retries=1)))
+
+    with FaultProxy(s3_env.endpoint, policy) as proxy:
+        s = run(proxy.url)
+    assert (s.inputs, s.ok, s.error) == (4, 1, 3)
+    reasons = {src: (r["error"] or "").split(":")[0] for src, r in _one_row_each(out, want).items()}
+    assert reasons == {want[0]: "write_failed", want[1]: "read_failed", want[2]: "", want[3]: "not_an_image"}
+
+    # faults gone: a plain re-run changes nothing (error rows are final without --retry-errors)
+    plain = run(s3_env.endpoint)
+    assert (plain.processed, plain.ok, plain.error) == (0, 1, 3)
+    retried = run(s3_env.endpoint, "transient")
+    assert (retried.processed, retried.inputs, retried.ok, retried.error) == (2, 4, 3, 1)
+    rows = _one_row_each(out, want)
+    assert {src for src, r in rows.items() if r["status"] == "ok"} == set(want[:3])
+    for src in want[:3]:
+        assert fs.exists(rows[src]["output"][5:])
+    assert rows[want[3]]["error"].startswith("not_an_image")
+    # all: the permanent one is tried again (and fails again); still one row each
+    everything = run(s3_env.endpoint, "all")
+    assert (everything.processed, everything.ok, everything.error) == (1, 3, 1)
+    _one_row_each(out, want)
+    assert json.loads(fs.cat_file(f"{bucket}/out/_SUCCESS.json"))["ok"] == 3
+
+
+S3_DRIVER = textwrap.dedent(
+    """
+    import sys, ray
+    from raycolor.config import ColorizeConfig
+    from raycolor.ray_colorize import colorize
+    ray.init(num_cpus=2, include_dashboard=False)
+    colorize(ColorizeConfig(inputs=(sys.argv[1],), output=sys.argv[2], checkpoint=sys.argv[3], batch_size=1, shard_size=3,
+                            layout=sys.argv[4]))
+    """
+)
+
+
+@pytest.mark.parametrize("layout", ["files", "webdataset"])
+def test_s3_driver_sigkill_mid_run_then_rerun_is_exactly_once(ray_local, s3_env, tiny_ckpt, layout):
+    import signal
+
+    fs = s3_env.fs()
+    bucket = s3_env.bucket("sigkill")
+    n = 18
+    for i in range(n):
+        fs.pipe_file(f"{bucket}/in/{i:03d}.jpg", _jpeg(100 + i))
+    src, out = f"s3://{bucket}/in", f"s3://{bucket}/out"
+    proc = subprocess.Popen([sys.executable, "-c", S3_DRIVER, src, out, tiny_ckpt, layout], start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not (fs.exists(f"{bucket}/out/_stats") and fs.ls(f"{bucket}/out/_stats", refresh=True)):
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # its own Ray cluster too
+        except ProcessLookupError:
+            pass
+    time.sleep(1)
+    done = sum(json.loads(fs.cat_file(p))["rows"] for p in fs.ls(f"{bucket}/out/_stats", refresh=True))
+    assert 0 < done < n, "the kill must land mid-run for this test to mean anything"
+    assert fs.exists(f"{bucket}/out/_lock.json")  # the dead driver's lock (same host, dead pid): taken over
+    s = colorize(ColorizeConfig(inputs=(src,), output=out, checkpoint=tiny_ckpt, batch_size=4, shard_size=3, layout=layout))
+    assert (s.inputs, s.ok, s.skipped, s.processed) == (n, n, done, n - done)
+    rows = _one_row_each(out, [f"s3://{bucket}/in/{i:03d}.jpg" for i in range(n)])
+    if layout == "files":
+        assert sorted(r["output"] for r in rows.values()) == [f"{out}/images/{i:03d}.png" for i in range(n)]
+        assert sorted(fs.find(f"{bucket}/out/images")) == [f"{bucket}/out/images/{i:03d}.png" for i in range(n)]
+    else:  # one image per input across the shard tars, each named by one row
+        import tarfile
+
+        members = []
+        for key in fs.find(f"{bucket}/out/shards"):
+            with tarfile.open(fileobj=io.BytesIO(fs.cat_file(key))) as tf:
+                members += [f"s3://{key}#{m}" for m in tf.getnames() if m.endswith(".png")]
+        assert sorted(members) == sorted(r["output"] for r in rows.values()) and len(members) == n
+        assert sorted(m.rsplit("#", 1)[1] for m in members) == [f"{i:03d}.png" for i in range(n)]
+    assert not fs.exists(f"{bucket}/out/_lock.json")
+    assert len(fs.ls(f"{bucket}/out/manifest", refresh=True)) == s.shards == len(fs.ls(f"{bucket}/out/_stats", refresh=True))
+
+
+def test_webdataset_layout_one_tar_per_shard(ray_local, tiny_ckpt, tmp_path):
+    import tarfile
+
+    src = tmp_path / "in"
+    for i in range(7):
+        _img(src / ("sub" if i % 2 else "") / f"p.{i}.png", 50 + i, (20 + i, 16))
+    (src / "bad.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    cfg = ColorizeConfig(inputs=(str(src),), output=str(out), checkpoint=tiny_ckpt, shard_size=3, layout="webdataset")
+    s = colorize(cfg)
+    assert (s.inputs, s.ok, s.error) == (8, 7, 1)
+    assert not (out / "images").exists()
+    tars = sorted((out / "shards").glob("*.tar"))
+    assert [t.stem for t in tars] == sorted(p.stem for p in (out / "manifest").iterdir()) and len(tars) == s.shards
+    rows = _one_row_each(out, [str(p) for p in src.rglob("*.png")])
+    assert rows[str(src / "bad.png")]["output"] is None
+    members = {}
+    for t in tars:
+        with tarfile.open(t) as tf:
+            names = tf.getnames()
+            assert all("." not in n.rsplit(".", 1)[0] for n in names)  # WebDataset keys hold no dots
+            members.update({f"{t}#{n}": tf.extractfile(n).read() for n in names})
+    for src_path, r in rows.items():
+        if r["status"] != "ok":
+            continue
+        assert r["output"] in members, r["output"]
+        meta = json.loads(members[r["output"].rsplit(".", 1)[0] + ".json"])
+        assert meta["source"] == src_path and (meta["width"], meta["height"]) == (r["width"], r["height"])
+        assert (_l(members[r["output"]]) - _l(Path(src_path).read_bytes())).abs().max() <= 1.0
+    assert {r["output"].split("#", 1)[1] for r in rows.values() if r["output"]} == {
+        f"{'sub/' if i % 2 else ''}p_{i}.png" for i in range(7)}
+    # an unfinished shard (no stats record) is redone: its tar rewritten, still one row each
+    victim = tars[0].stem
+    (out / "_stats" / f"{victim}.json").unlink()
+    again = colorize(cfg)
+    assert 0 < again.processed <= 3
+    assert again.shards_skipped == s.shards - 1 and again.ok == 7
+    _one_row_each(out, [str(p) for p in src.rglob("*.png")])
+    assert sorted((out / "shards").glob("*.tar")) == tars
