@@ -134,7 +134,8 @@ def ray_local(s3_server: str) -> Iterator[None]:
 
     started = False
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+        # address="local": a new runtime, never a cluster another process left registered on this machine
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True)
         started = True
     try:
         yield

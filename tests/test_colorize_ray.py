@@ -185,7 +185,7 @@ DRIVER = textwrap.dedent(
     import sys, ray
     from raycolor.config import ColorizeConfig
     from raycolor.ray_colorize import colorize
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     colorize(ColorizeConfig(inputs=(sys.argv[1],), output=sys.argv[2], checkpoint=sys.argv[3], batch_size=1, shard_size=4))
     print("DONE")
     """

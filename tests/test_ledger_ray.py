@@ -90,7 +90,7 @@ DRIVER = textwrap.dedent(
     import sys, ray
     from raycolor.config import ColorizeConfig
     from raycolor.ray_colorize import colorize
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     s = colorize(ColorizeConfig(inputs=(sys.argv[1],), output=sys.argv[2], checkpoint=sys.argv[3], batch_size=1, shard_size=3))
     print("DONE", s.ok)
     """
@@ -197,7 +197,7 @@ S3_DRIVER = textwrap.dedent(
     import sys, ray
     from raycolor.config import ColorizeConfig
     from raycolor.ray_colorize import colorize
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     colorize(ColorizeConfig(inputs=(sys.argv[1],), output=sys.argv[2], checkpoint=sys.argv[3], batch_size=1, shard_size=3,
                             layout=sys.argv[4]))
     """
