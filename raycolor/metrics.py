@@ -41,6 +41,9 @@ def colourfulness(rgb: np.ndarray) -> float:
     return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
 
 
+METRICS = ("psnr", "ssim", "colourfulness", "colourfulness_original", "delta_cf")  # image_metrics' keys
+
+
 def image_metrics(output: np.ndarray, original: np.ndarray) -> dict[str, float]:
     cf_out, cf_ref = colourfulness(output), colourfulness(original)
     return {

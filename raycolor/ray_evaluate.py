@@ -14,9 +14,9 @@ import numpy as np
 
 from raycolor import gallery, images, sources
 from raycolor.config import EvaluateConfig
+from raycolor.metrics import METRICS
 from raycolor.ray_colorize import colorized_rgb, predicted_dataset, resolve_model
 
-METRICS = ("psnr", "ssim", "colourfulness", "colourfulness_original", "delta_cf")
 _THUMB_H = 160
 
 

@@ -57,7 +57,7 @@ from raycolor import checkpoint as core_checkpoint
 from raycolor import color, colorize, images, metrics, runtime, sources
 from raycolor.checkpoint import CheckpointError
 from raycolor.config import DEFAULT_IO_CONCURRENCY, StorageConfig, TrainConfig
-from raycolor.model import VGG_BLOCKS, WeightsUnavailableError, ab_loss, build_colorizer, set_trainable_encoder_blocks
+from raycolor.model import LOSSES, VGG_BLOCKS, WeightsUnavailableError, ab_loss, build_colorizer, set_trainable_encoder_blocks
 from raycolor.progress import TrainProgress, fmt_duration
 
 __all__ = ["TrainResult", "fit", "split_items", "validate_config"]
@@ -121,8 +121,8 @@ def validate_config(config: TrainConfig) -> None:
         raise ValueError(f"finetune_lr must be >= 0, got {config.finetune_lr}")
     if not config.weight_decay >= 0:
         raise ValueError(f"weight_decay must be >= 0, got {config.weight_decay}")
-    if config.loss not in ("smooth_l1", "mse"):
-        raise ValueError(f"loss must be 'smooth_l1' or 'mse', got {config.loss!r}")
+    if config.loss not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {config.loss!r}")
     if config.num_to_keep < 1:
         raise ValueError(f"num_to_keep must be >= 1, got {config.num_to_keep}")
     if config.max_failures < -1:
