@@ -39,6 +39,7 @@ never renames outputs that already exist.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -48,7 +49,7 @@ import re
 import tarfile
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -603,6 +604,19 @@ def _input_error(action: str, uri: str, exc: BaseException) -> InputError:
     return InputError(f"cannot {action} input {_redact(uri)} ({detail})")
 
 
+@contextlib.contextmanager
+def _reading_input(uri: str) -> Iterator[None]:
+    """What reading a tar's headers or a manifest can raise, as one-line InputErrors."""
+    try:
+        yield
+    except (tarfile.TarError, EOFError) as exc:
+        raise InputError(f"not a valid tar archive: {_redact(uri)} ({_redact(exc, uri)})") from exc
+    except InputError:
+        raise
+    except Exception as exc:
+        raise _input_error("read", uri, exc) from exc
+
+
 def list_items(inputs: Sequence[str], *, s3_endpoint: str | None = None) -> list[Item]:
     """Every image named by ``inputs`` (folders, image files, .tar archives, .txt/.parquet manifests).
 
@@ -631,17 +645,11 @@ def _list_one(uri: str, *, s3_endpoint: str | None) -> list[Item]:
     if info.get("type") == "directory":
         return _list_folder(fs, path, uri)
     suffix = _suffix(path)
-    try:
+    with _reading_input(uri):
         if suffix in TAR_SUFFIXES:
             return _list_tar(fs, path, uri)
         if suffix in MANIFEST_SUFFIXES:
             return _list_manifest(fs, path, uri, suffix)
-    except (tarfile.TarError, EOFError) as exc:
-        raise InputError(f"not a valid tar archive: {_redact(uri)} ({_redact(exc, uri)})") from exc
-    except InputError:
-        raise
-    except Exception as exc:
-        raise _input_error("read", uri, exc) from exc
     if suffix in IMAGE_SUFFIXES:
         source = _to_uri(fs, path, uri)
         return [Item(source=source, relpath=sanitize_relpath(posixpath.basename(path)), uri=source)]
@@ -759,14 +767,8 @@ def manifest_items(uri: str, entries: Sequence[str], *, s3_endpoint: str | None 
 def list_tar(uri: str, *, s3_endpoint: str | None = None) -> list[Item]:
     """The image members of the tar archive at ``uri`` (header walk only), as :func:`list_items` lists them."""
     fs, path = filesystem(uri, s3_endpoint=s3_endpoint)
-    try:
+    with _reading_input(uri):
         return _list_tar(fs, path, uri)
-    except (tarfile.TarError, EOFError) as exc:
-        raise InputError(f"not a valid tar archive: {_redact(uri)} ({_redact(exc, uri)})") from exc
-    except InputError:
-        raise
-    except Exception as exc:
-        raise _input_error("read", uri, exc) from exc
 
 
 def dedupe(items: Iterable[Item]) -> list[Item]:
