@@ -16,12 +16,6 @@ DEFAULT_IO_CONCURRENCY = 32
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    render_size: int = 224  # side of the square the model sees (like DeOldify's render_factor)
-    skips: bool = True  # U-Net skips from VGG stages 1-4 into the decoder
-
-
-@dataclass(frozen=True)
 class StorageConfig:
     s3_endpoint: str | None = None  # overrides AWS_ENDPOINT_URL for S3-compatible stores
     retries: int = 5  # attempts per object read/write before an item becomes an error row
@@ -82,6 +76,11 @@ class ColorizeConfig:
     # "files": OUTPUT/images/<key>; "webdataset": one tar per shard, OUTPUT/shards/<shard id>.tar
     layout: Literal["files", "webdataset"] = "files"
     storage: StorageConfig = field(default_factory=StorageConfig)
+
+    @property
+    def uses_device_codec(self) -> bool:
+        """device_codec as set, or by default on exactly when the model actors have GPUs."""
+        return self.gpus > 0 if self.device_codec is None else self.device_codec
 
 
 @dataclass(frozen=True)

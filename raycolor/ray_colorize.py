@@ -620,7 +620,7 @@ def build_dataset(shards: list[ledger.Shard], config: ColorizeConfig, *, output:
     descriptors = [{**asdict(s), "marker": _marker(s)} for s in shards]
     ds = ray.data.from_items(descriptors, override_num_blocks=max(1, len(descriptors)))
     ds = ds.flat_map(_expand_shard, fn_kwargs={"output": output, "s3_endpoint": endpoint, "retries": retries}, num_cpus=1)
-    device_codec = config.gpus > 0 if config.device_codec is None else config.device_codec
+    device_codec = config.uses_device_codec
     ds = predicted_dataset(
         ds,
         checkpoint_uri=config.checkpoint,
@@ -890,7 +890,7 @@ def _colorize_locked(config, output, meta, render_size, start, on_rows, on_total
         "batch_size": config.batch_size,
         "gpus": config.gpus,
         "parquet_images": config.parquet_images,
-        "device_codec": config.gpus > 0 if config.device_codec is None else config.device_codec,
+        "device_codec": config.uses_device_codec,
         "shard_size": config.shard_size,
         "retry_errors": config.retry_errors,
         "layout": config.layout,
