@@ -130,7 +130,8 @@ def _run(
             typer.echo(f"error: {redact(e)}", err=True)
             raise typer.Exit(EXIT_USAGE) from None
         except Exception:
-            typer.echo(f"raycolor failed; Ray's full logs: {runtime.logs_dir()} (rerun with --verbose to see them here)", err=True)
+            if connect:
+                typer.echo(f"raycolor failed; Ray's full logs: {runtime.logs_dir()} (rerun with --verbose to see them here)", err=True)
             raise
 
 
@@ -343,7 +344,7 @@ def list_(
 ) -> None:
     """List images once and save the listing as Parquet manifest shards (uri, relpath) for `colorize`."""
 
-    def call():
+    def call(terminal):
         from raycolor import ledger
 
         return ledger.write_listing(inputs, output, shard_size=shard_size, s3_endpoint=s3_endpoint, retries=retries)

@@ -57,6 +57,22 @@ from raycolor import sources
 # (truncated, not_an_image, too_large, unsupported) is a property of the input
 TRANSIENT_REASONS = frozenset({"read_failed", "write_failed", "timeout"})
 
+# one row per input across an OUTPUT (docs/colorizing.md, "Manifest schema")
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("source", pa.string()),
+        ("output", pa.string()),
+        ("status", pa.string()),  # "ok" | "error"
+        ("error", pa.string()),  # "<reason>: <detail>" or null
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("model_id", pa.string()),
+        ("format", pa.string()),
+        ("finished_at", pa.float64()),
+    ]
+)
+IMAGE_COLUMN = pa.field("image", pa.binary())
+
 LISTING_SCHEMA = pa.schema([("uri", pa.string()), ("relpath", pa.string()), ("source", pa.string())])
 
 
@@ -351,6 +367,23 @@ def expand(shard: Shard, *, s3_endpoint: str | None = None, retries: int = 5) ->
 # --------------------------------------------------------------------------------------------
 # OUTPUT: names, stats, roots
 # --------------------------------------------------------------------------------------------
+
+
+def read_manifest(output: str, *, s3_endpoint=None, columns=None) -> pa.Table:
+    """All manifest rows under OUTPUT/manifest/ (empty table if none), with a `_part` column."""
+    fs, path = sources.filesystem(sources.join_uri(output, "manifest"), s3_endpoint=s3_endpoint)
+    try:
+        names = sorted(p for p in fs.ls(path, detail=False) if p.endswith(".parquet"))
+    except FileNotFoundError:
+        names = []
+    cols = columns or MANIFEST_SCHEMA.names
+    tables = []
+    for name in names:
+        t = pq.read_table(io.BytesIO(fs.cat_file(name)), columns=cols)
+        tables.append(t.append_column("_part", pa.array([name] * t.num_rows, type=pa.string())))
+    if not tables:
+        return pa.table({c: pa.array([], type=MANIFEST_SCHEMA.field(c).type) for c in cols} | {"_part": pa.array([], pa.string())})
+    return pa.concat_tables(tables, promote_options="default")
 
 
 def part_uri(output: str, sid: str) -> str:

@@ -31,23 +31,10 @@ import pyarrow.parquet as pq
 
 from raycolor import checkpoint, images, ledger, runtime, sources
 from raycolor.config import DEFAULT_IO_CONCURRENCY, ColorizeConfig
+from raycolor.ledger import IMAGE_COLUMN, MANIFEST_SCHEMA
 
 L_SCALE = 65535 / 100  # L in [0, 100] <-> uint16
 
-MANIFEST_SCHEMA = pa.schema(
-    [
-        ("source", pa.string()),
-        ("output", pa.string()),
-        ("status", pa.string()),  # "ok" | "error"
-        ("error", pa.string()),  # "<reason>: <detail>" or null
-        ("width", pa.int64()),
-        ("height", pa.int64()),
-        ("model_id", pa.string()),
-        ("format", pa.string()),
-        ("finished_at", pa.float64()),
-    ]
-)
-IMAGE_COLUMN = pa.field("image", pa.binary())
 
 
 @dataclass(frozen=True)
@@ -502,28 +489,6 @@ def _expand_shard(row: dict, *, output: str, s3_endpoint, retries: int) -> list[
          "size": i.size, "shard": shard.id, "shard_n": len(items), "error": ""}
         for i in items
     ]
-
-
-# --------------------------------------------------------------------------------------------
-# Manifest
-# --------------------------------------------------------------------------------------------
-
-
-def read_manifest(output: str, *, s3_endpoint=None, columns=None) -> pa.Table:
-    """All manifest rows under OUTPUT/manifest/ (empty table if none), with a `_part` column."""
-    fs, path = sources.filesystem(sources.join_uri(output, "manifest"), s3_endpoint=s3_endpoint)
-    try:
-        names = sorted(p for p in fs.ls(path, detail=False) if p.endswith(".parquet"))
-    except FileNotFoundError:
-        names = []
-    cols = columns or MANIFEST_SCHEMA.names
-    tables = []
-    for name in names:
-        t = pq.read_table(io.BytesIO(fs.cat_file(name)), columns=cols)
-        tables.append(t.append_column("_part", pa.array([name] * t.num_rows, type=pa.string())))
-    if not tables:
-        return pa.table({c: pa.array([], type=MANIFEST_SCHEMA.field(c).type) for c in cols} | {"_part": pa.array([], pa.string())})
-    return pa.concat_tables(tables, promote_options="default")
 
 
 # --------------------------------------------------------------------------------------------

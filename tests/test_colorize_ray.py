@@ -22,7 +22,8 @@ from PIL import Image
 from raycolor import images
 from raycolor.colorize import full_l
 from raycolor.config import ColorizeConfig
-from raycolor.ray_colorize import colorize, read_manifest
+from raycolor.ledger import read_manifest
+from raycolor.ray_colorize import colorize
 
 pytestmark = pytest.mark.slow
 

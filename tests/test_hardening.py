@@ -29,7 +29,8 @@ from raycolor import checkpoint, images, sources
 from raycolor.colorize import full_l
 from raycolor.config import ColorizeConfig, StorageConfig
 from raycolor.model import build_colorizer
-from raycolor.ray_colorize import colorize, read_manifest
+from raycolor.ledger import read_manifest
+from raycolor.ray_colorize import colorize
 from tests import badimages
 from tests.faultproxy import FaultProxy, always, combine, first_n, random_faults
 

@@ -24,7 +24,8 @@ from raycolor.cli import app
 from raycolor.colorize import full_l
 from raycolor.config import ColorizeConfig, StorageConfig
 from raycolor.ledger import OutputLocked
-from raycolor.ray_colorize import colorize, read_manifest
+from raycolor.ledger import read_manifest
+from raycolor.ray_colorize import colorize
 from tests.faultproxy import FaultProxy, always, combine
 
 pytestmark = pytest.mark.slow
