@@ -293,16 +293,11 @@ def profile_stages(folder: Path, ckpt: str, args, *, sample: int, include_model:
     rgbs = [images.decode_rgb(b) for b in blobs]
     ms["prepare (RGB->L full + L small)"] = timed(lambda x: prepare(x, r), rgbs)
     prepared = [prepare(x, r) for x in rgbs]
-    try:
-        from raycolor.ray_colorize import L_SCALE
-    except ImportError:  # pragma: no cover
-        L_SCALE = 65535 / 100
-    ms["pack L (float->uint16 bytes)"] = timed(
-        lambda p: (p[0][0].numpy() * L_SCALE).round().astype(np.uint16).tobytes(), prepared)
-    packed = [(p[0][0].numpy() * L_SCALE).round().astype(np.uint16).tobytes() for p in prepared]
-    ms["unpack L (uint16 bytes->float)"] = timed(
-        lambda b: torch.from_numpy(np.frombuffer(b, np.uint16).reshape(1, HEIGHT, WIDTH).astype(np.float32) / L_SCALE),
-        packed)
+    from raycolor.colorize import pack_l, unpack_l
+
+    ms["pack L (float->uint16 bytes)"] = timed(lambda p: pack_l(p[0]), prepared)
+    packed = [pack_l(p[0]) for p in prepared]
+    ms["unpack L (uint16 bytes->float)"] = timed(lambda b: unpack_l(b, HEIGHT, WIDTH), packed)
 
     model = load_model(ckpt, torch.device("cpu"), compile_model=False)
     smalls = torch.stack([s for _, s in prepared])
@@ -371,9 +366,7 @@ def stage_functions(paths: list[Path], ckpt: str, args, model) -> dict:
         res = {}
         import torch
 
-        pred = rc.Predictor.__new__(rc.Predictor)  # the actor's __call__ without its process
-        pred.device, pred.model, pred.compose_on_device = torch.device("cpu"), model, False
-        pred.encode_jpeg_quality = None
+        pred = rc.Predictor.with_model(model, torch.device("cpu"))  # the actor's __call__ without its process
         fkw = {"fmt": args.format, "png_level": args.png_level, "jpeg_quality": args.jpeg_quality,
                "parquet_images": False, "model_id": "bench", "s3_endpoint": None, "retries": 1}
         dec, fin = [], []

@@ -64,6 +64,19 @@ def prepare(rgb: np.ndarray | torch.Tensor, render_size: int) -> tuple[torch.Ten
     return L, render_l(L, render_size)
 
 
+L_SCALE = 65535 / 100  # L in [0, 100] <-> uint16: 2 bytes a pixel between processes, 0.0015 L units of precision
+
+
+def pack_l(L: torch.Tensor) -> bytes:
+    """Full-resolution L (1, H, W) -> uint16 bytes, the form in which it crosses Ray's object store."""
+    return (L[0].numpy() * L_SCALE).round().astype(np.uint16).tobytes()
+
+
+def unpack_l(raw: bytes, height: int, width: int) -> torch.Tensor:
+    """pack_l's inverse: (1, H, W) float32 L."""
+    return torch.from_numpy(np.frombuffer(raw, dtype=np.uint16).reshape(1, height, width).astype(np.float32) / L_SCALE)
+
+
 @torch.inference_mode()
 def predict_ab(model: torch.nn.Module, l_small: torch.Tensor) -> torch.Tensor:
     """(N, 1, r, r) L -> (N, 2, r, r) float32 ab, on the model's device (bf16 autocast on CUDA)."""

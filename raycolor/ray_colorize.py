@@ -33,7 +33,6 @@ from raycolor import checkpoint, images, ledger, runtime, sources
 from raycolor.config import DEFAULT_IO_CONCURRENCY, ColorizeConfig
 from raycolor.ledger import IMAGE_COLUMN, MANIFEST_SCHEMA
 
-L_SCALE = 65535 / 100  # L in [0, 100] <-> uint16
 
 
 
@@ -75,7 +74,7 @@ def _decode_batch(
     actor, which decodes them on its device; everything else is decoded here as usual."""
     import torch
 
-    from raycolor.colorize import prepare
+    from raycolor.colorize import pack_l, prepare
 
     torch.set_num_threads(1)  # one task per CPU slot; torch must not oversubscribe the node
     n = len(batch["source"])
@@ -123,7 +122,7 @@ def _decode_batch(
         if keep_rgb:
             original[i] = rgb.tobytes()
         L, small = prepare(rgb, render_size)
-        l_full[i] = (L[0].numpy() * L_SCALE).round().astype(np.uint16).tobytes()
+        l_full[i] = pack_l(L)
         l_small[i] = small.numpy()
     out = {
         "source": batch["source"],
@@ -146,11 +145,9 @@ def _decode_batch(
 
 
 def _l_full(batch: dict, i: int):
-    import torch
+    from raycolor.colorize import unpack_l
 
-    h, w = int(batch["height"][i]), int(batch["width"][i])
-    raw = np.frombuffer(batch["l_full"][i], dtype=np.uint16).reshape(1, h, w)
-    return torch.from_numpy(raw.astype(np.float32) / L_SCALE)
+    return unpack_l(batch["l_full"][i], int(batch["height"][i]), int(batch["width"][i]))
 
 
 class Predictor:
@@ -170,10 +167,23 @@ class Predictor:
 
         if not use_gpu:
             torch.set_num_threads(max(1, threads))
-        self.device = torch.device("cuda" if use_gpu else "cpu")
-        self.model, self.meta = checkpoint.load(checkpoint_uri, map_location=self.device, s3_endpoint=s3_endpoint)
-        if use_gpu:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        device = torch.device("cuda" if use_gpu else "cpu")
+        model, self.meta = checkpoint.load(checkpoint_uri, map_location=device, s3_endpoint=s3_endpoint)
+        self._use(model, device, compose_on_device=compose_on_device, encode_jpeg_quality=encode_jpeg_quality)
+
+    @classmethod
+    def with_model(cls, model, device, *, compose_on_device: bool = False, encode_jpeg_quality: int | None = None):
+        """A Predictor around a model already in memory (benchmarks, tests): __call__ without the actor."""
+        self = cls.__new__(cls)
+        self.meta = None
+        self._use(model, device, compose_on_device=compose_on_device, encode_jpeg_quality=encode_jpeg_quality)
+        return self
+
+    def _use(self, model, device, *, compose_on_device: bool, encode_jpeg_quality: int | None) -> None:
+        import torch
+
+        self.device = device
+        self.model = model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
         self.compose_on_device = compose_on_device
         self.encode_jpeg_quality = encode_jpeg_quality  # set: JPEG output is encoded here (nvJPEG on GPU)
 

@@ -54,3 +54,12 @@ def test_grey_baseline_is_grey_with_same_lightness():
     g = grey_baseline(img)
     assert (np.abs(g[..., 0].astype(int) - g[..., 2]) <= 1).all()
     assert (lightness(g) - lightness(img)).abs().max() < 1.0
+
+
+def test_l_packs_into_uint16_and_back_within_its_precision():
+    from raycolor.colorize import L_SCALE, pack_l, unpack_l
+
+    L = torch.rand(1, 5, 7, dtype=torch.float32) * 100
+    raw = pack_l(L)
+    assert len(raw) == 2 * 5 * 7
+    assert torch.allclose(unpack_l(raw, 5, 7), L, atol=0.5 / L_SCALE + 1e-6)
