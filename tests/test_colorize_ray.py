@@ -112,7 +112,7 @@ def test_unfinished_shard_is_redone_once_finished_ones_skipped(ray_local, tiny_c
     Path(lost).unlink()
     calls = []  # the progress hooks: the total is known before the first rows come back
     again = colorize(cfg, on_total=lambda total, skipped: calls.append(("total", total, skipped)),
-                     on_rows=lambda t, n: calls.append(("rows", n)))
+                     on_rows=lambda ok, err: calls.append(("rows", ok + err)))
     assert calls[0] == ("total", 20, 20 - rows.num_rows) and [c[0] for c in calls[1:]] == ["rows"] * (len(calls) - 1)
     assert sum(c[1] for c in calls[1:]) == rows.num_rows
     assert (again.processed, again.skipped, again.inputs, again.ok) == (rows.num_rows, 20 - rows.num_rows, 20, good)
