@@ -83,8 +83,27 @@ def _usage_errors() -> tuple[type[BaseException], ...]:
     return (InputError, CheckpointError, WeightsUnavailableError, ValueError, ConnectionError, FileNotFoundError)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so that every `finally` (the OUTPUT lock) runs."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated()
+
+
+def _resume_hint() -> str:
+    import shlex
+    import sys
+
+    return "raycolor " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
 def _run(address: str | None, s3_endpoint: str | None, call: Callable[[], Any], *, connect: bool = True) -> Any:
-    """Connect to Ray (printing which, first), make the one call, map user errors to exit code 2."""
+    """Connect to Ray (printing which, first), make the one call, map user errors to exit code 2 and
+    Ctrl-C / SIGTERM to one line on how to resume and exit 130 / 143."""
+    import signal
+    import threading
+
     from raycolor import runtime
     from raycolor.sources import redact
 
@@ -92,10 +111,20 @@ def _run(address: str | None, s3_endpoint: str | None, call: Callable[[], Any], 
         if connect:
             # stderr, so stdout stays machine-readable (evaluate --json)
             typer.echo(runtime.connect(address, s3_endpoint=s3_endpoint), err=True)
+        if threading.current_thread() is threading.main_thread():
+            # after ray.init, whose own handler would exit with status 15 and skip nothing we need
+            signal.signal(signal.SIGTERM, _on_sigterm)
         return call()
     except _usage_errors() as e:
         typer.echo(f"error: {redact(e)}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
+    except KeyboardInterrupt as e:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        term = isinstance(e, _Terminated)
+        typer.echo(f"{'terminated' if term else 'interrupted'}: nothing finished is lost; "
+                   f"run the same command to resume: {redact(_resume_hint())}", err=True)
+        raise typer.Exit(143 if term else 130) from None
 
 
 def _table(title: str, rows: dict[str, Any]) -> None:
