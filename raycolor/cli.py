@@ -98,6 +98,25 @@ def _resume_hint() -> str:
     return "raycolor " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
+def _out_of_space(e: BaseException) -> str:
+    """The ENOSPC / EDQUOT behind `e` (raised here, or in a Ray task: its cause, or its text), else ""."""
+    import errno
+    import re
+
+    seen: set[int] = set()
+    stack: list[Any] = [e]
+    while stack:
+        x = stack.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, OSError) and x.errno in (errno.ENOSPC, errno.EDQUOT):
+            return str(x)
+        stack += [getattr(x, "cause", None), x.__cause__, x.__context__]
+    m = re.search(r"(?:OSError|IOError): \[Errno (?:%d|%d)\][^\n]*" % (errno.ENOSPC, errno.EDQUOT), str(e))
+    return m.group(0) if m else ""
+
+
 def _run(address: str | None, s3_endpoint: str | None, call: Callable[[], Any], *, connect: bool = True) -> Any:
     """Connect to Ray (printing which, first), make the one call, map user errors to exit code 2 and
     Ctrl-C / SIGTERM to one line on how to resume and exit 130 / 143."""
@@ -118,6 +137,13 @@ def _run(address: str | None, s3_endpoint: str | None, call: Callable[[], Any], 
     except _usage_errors() as e:
         typer.echo(f"error: {redact(e)}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
+    except Exception as e:
+        if not _out_of_space(e):
+            raise
+        typer.echo(f"error: no space left on device while writing the output ({redact(_out_of_space(e))}); "
+                   f"nothing finished is lost: free space, then run the same command to resume "
+                   f"(with --retry-errors for images that became write errors): {redact(_resume_hint())}", err=True)
+        raise typer.Exit(1) from None
     except KeyboardInterrupt as e:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
