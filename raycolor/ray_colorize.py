@@ -853,8 +853,12 @@ def _colorize_locked(config, output, meta, render_size, start, on_rows, on_total
                 on_rows(now, n)
         incomplete = {sid: (seen[sid], expected[sid]) for sid in seen if sid not in merging}
         for s in todo:
-            if s.id not in seen:  # nothing to redo after all (e.g. a retry whose rows were fine)
+            if s.id in seen:
+                continue
+            if s.retry != "none":  # nothing to redo after all (e.g. a retry whose rows were fine)
                 merging[s.id] = merge.remote(by_id[s.id], **merge_kw)
+            else:  # a shard with inputs but no row back: never marked done with an empty part
+                incomplete[s.id] = (0, s.count)
         results = dict(zip(merging, ray.get(list(merging.values()))))
         if incomplete:
             sid, (got, want) = next(iter(incomplete.items()))
