@@ -328,3 +328,63 @@ def test_disk_full_on_local_output_nothing_damaged_and_rerun_finishes(tiny_ckpt,
     for p, data in before.items():  # what was already written is intact (same bytes: the model is deterministic)
         assert p.read_bytes() == data, p
     assert json.loads((out / "_SUCCESS.json").read_text())["ok"] == n
+
+
+# --------------------------------------------------------------------------------------------
+# 5. The checkpoint on S3 becomes unreadable mid-colorize, then the model actor dies
+# --------------------------------------------------------------------------------------------
+
+
+def test_checkpoint_unreadable_mid_run_restarting_actor_fails_clearly(ray_local, s3_env, tiny_ckpt, tmp_path):
+    """All S3 traffic through tests/faultproxy.py; after the first images, every request for the checkpoint's
+    keys is reset, and the model actor process is SIGKILLed so that Ray restarts it: its constructor cannot
+    load the model. The job must end with an error naming the checkpoint within a bounded time, not hang."""
+    import threading
+    import traceback
+
+    from raycolor.config import ColorizeConfig, StorageConfig
+    from raycolor.ray_colorize import colorize
+    from tests.faultproxy import FaultProxy, always
+    from tests.test_hardening import _predictor_actors
+
+    fs = s3_env.fs()
+    bucket = s3_env.bucket("ckpt-gone")
+    fs.put(tiny_ckpt, f"{bucket}/model", recursive=True)
+    src = tmp_path / "in"
+    n = 14
+    for i in range(n):
+        _img(src / f"{i:03d}.png", 500 + i)
+    out = tmp_path / "out"
+    with FaultProxy(s3_env.endpoint) as proxy:
+        cfg = ColorizeConfig(inputs=(str(src),), output=str(out), checkpoint=f"s3://{bucket}/model", batch_size=1,
+                             shard_size=2, storage=StorageConfig(s3_endpoint=proxy.url, retries=1))
+        result: dict = {}
+
+        def run() -> None:
+            try:
+                result["summary"] = colorize(cfg)
+            except BaseException as e:  # noqa: BLE001 - asserted below
+                result["error"] = e
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        deadline = time.time() + 240
+        while time.time() < deadline and thread.is_alive() and not list((out / "_spool").rglob("*.parquet")):
+            time.sleep(0.05)
+        assert thread.is_alive(), result
+        while time.time() < deadline and len(actors := _predictor_actors()) != 1:
+            time.sleep(0.05)
+        assert len(actors) == 1, actors
+        proxy.policy = always("reset", where=lambda m, k: k.startswith(f"/{bucket}/model"))
+        os.kill(actors[0]["Pid"], signal.SIGKILL)
+        t0 = time.time()
+        thread.join(timeout=240)
+        took = time.time() - t0
+        hung = thread.is_alive()
+    assert not hung, "colorize hung after the model actor could not be restarted"
+    assert "summary" not in result, "a run whose model cannot be loaded cannot have finished every input"
+    text = "".join(traceback.format_exception(result["error"]))
+    assert f"cannot read checkpoint s3://{bucket}/model" in text, text[-3000:]
+    assert took < 240
+    assert not (out / "_lock.json").exists()
+    _assert_nothing_partial(out)
