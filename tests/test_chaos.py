@@ -388,3 +388,64 @@ def test_checkpoint_unreadable_mid_run_restarting_actor_fails_clearly(ray_local,
     assert took < 240
     assert not (out / "_lock.json").exists()
     _assert_nothing_partial(out)
+
+
+# --------------------------------------------------------------------------------------------
+# 3. Train on a 3-node cluster, the node of a training worker removed
+# --------------------------------------------------------------------------------------------
+
+TRAIN_NODE_LOSS_DRIVER = r'''
+import json, os, sys, threading, time, traceback
+import ray
+from ray.cluster_utils import Cluster
+from raycolor.ray_train import fit
+from tests.test_train import base_config
+
+data, out = sys.argv[1], sys.argv[2]
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+ray.init(address=cluster.address)
+cluster.wait_for_nodes()
+outcome = {}
+def run():
+    try:
+        outcome["result"] = fit(base_config(data, out, epochs=3, max_failures=1), progress=False)
+    except BaseException as e:
+        outcome["error"] = "".join(traceback.format_exception(e))[-3000:]
+t = threading.Thread(target=run, daemon=True)
+t.start()
+deadline = time.time() + 400
+while time.time() < deadline and t.is_alive() and not os.path.exists(os.path.join(out, "metrics.jsonl")):
+    time.sleep(0.1)
+assert t.is_alive(), outcome
+nodes = {a["Address"]["NodeID"] for a in ray._private.state.actors().values()
+         if "TrainWorker" in a["ActorClassName"] and a["State"] == "ALIVE"}
+victim = next(w for w in workers if w.node_id in nodes)
+cluster.remove_node(victim, allow_graceful=False)
+cluster.add_node(num_cpus=1)  # the replacement an autoscaler would bring
+t.join(timeout=500)
+assert not t.is_alive(), "training hung after its node was removed"
+print("RESULT " + json.dumps({"error": outcome.get("error"), "epoch": outcome["result"].metrics["epoch"] if "result" in outcome else None}), flush=True)
+ray.shutdown()
+cluster.shutdown()
+'''
+
+
+def test_train_node_of_a_worker_removed_restores_from_checkpoint(tmp_path):
+    from tests.test_train import make_images, read_lines
+
+    data = make_images(tmp_path / "data")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-c", TRAIN_NODE_LOSS_DRIVER, str(data), str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True, env=_env())
+    try:
+        text = proc.communicate(timeout=900)[0].decode()
+    finally:
+        _kill_group(proc)
+    line = [x for x in text.splitlines() if x.startswith("RESULT ")]
+    assert proc.returncode == 0 and line, text[-5000:]
+    result = json.loads(line[-1][len("RESULT "):])
+    assert result["error"] is None and result["epoch"] == 3, result
+    lines = read_lines(out / "metrics.jsonl")
+    assert [m["epoch"] for m in lines] == [1, 2, 3], lines
+    assert any(m["resumed_from"] >= 1 for m in lines[1:]), lines  # the restored group began at a checkpoint
