@@ -113,7 +113,7 @@ def _out_of_space(e: BaseException) -> str:
         if isinstance(x, OSError) and x.errno in (errno.ENOSPC, errno.EDQUOT):
             return str(x)
         stack += [getattr(x, "cause", None), x.__cause__, x.__context__]
-    m = re.search(r"(?:OSError|IOError): \[Errno (?:%d|%d)\][^\n]*" % (errno.ENOSPC, errno.EDQUOT), str(e))
+    m = re.search(rf"(?:OSError|IOError): \[Errno (?:{errno.ENOSPC}|{errno.EDQUOT})\][^\n]*", str(e))
     return m.group(0) if m else ""
 
 

@@ -58,7 +58,7 @@ def _wait_for(cond, proc: subprocess.Popen | None, timeout: float, what: str) ->
         if cond():
             return
         if proc is not None and proc.poll() is not None:
-            out, err = proc.communicate()
+            _, err = proc.communicate()
             raise AssertionError(f"the driver ended before {what}: rc {proc.returncode}\n{err.decode()[-3000:]}")
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
@@ -278,7 +278,7 @@ def small_tmpfs(tmp_path):
     """A 160 KiB tmpfs mounted at a fresh folder; yields (path, resize(size))."""
     mnt = tmp_path / "full"
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mnt)], check=False, capture_output=True, text=True)
     if r.returncode:
         pytest.skip(f"cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN): {r.stderr.strip()}")
 
