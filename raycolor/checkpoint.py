@@ -79,10 +79,10 @@ def read_meta(uri: str, *, s3_endpoint: str | None = None) -> CheckpointMeta:
         raw = json.loads(fs.cat_file(f"{path}/{CONFIG_NAME}"))
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {uri} (missing {CONFIG_NAME}; an interrupted save?)") from None
-    except OSError as e:
-        raise CheckpointError(f"cannot read checkpoint {uri}: {sources.redact(e, uri)}") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"invalid {CONFIG_NAME} in {uri}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - OSError, and botocore's errors (no OSError): an unreachable store
+        raise CheckpointError(f"cannot read checkpoint {uri}: {sources.redact(e, uri)}") from None
     if raw.get("format") != FORMAT or raw.get("version") != VERSION:
         raise CheckpointError(f"{uri} is not a raycolor v{VERSION} checkpoint")
     if raw.get("arch") != ARCH:
@@ -101,6 +101,8 @@ def load(
         data = fs.cat_file(f"{path}/{WEIGHTS_NAME}")
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {uri} has no {WEIGHTS_NAME}") from None
+    except Exception as e:  # noqa: BLE001 - as in read_meta
+        raise CheckpointError(f"cannot read checkpoint {uri}: {sources.redact(e, uri)}") from None
     if hashlib.sha256(data).hexdigest()[:16] != meta.model_id:
         raise CheckpointError(f"checkpoint {uri} is corrupt: {WEIGHTS_NAME} does not match its model_id")
     state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)

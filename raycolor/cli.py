@@ -104,6 +104,40 @@ def _usage_errors() -> tuple[type[BaseException], ...]:
     return (InputError, CheckpointError, WeightsUnavailableError, ValueError, ConnectionError, FileNotFoundError)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so that every `finally` (the OUTPUT lock) runs."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated()
+
+
+def _resume_hint() -> str:
+    import shlex
+    import sys
+
+    return "raycolor " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _out_of_space(e: BaseException) -> str:
+    """The ENOSPC / EDQUOT behind `e` (raised here, or in a Ray task: its cause, or its text), else ""."""
+    import errno
+    import re
+
+    seen: set[int] = set()
+    stack: list[Any] = [e]
+    while stack:
+        x = stack.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, OSError) and x.errno in (errno.ENOSPC, errno.EDQUOT):
+            return str(x)
+        stack += [getattr(x, "cause", None), x.__cause__, x.__context__]
+    m = re.search(rf"(?:OSError|IOError): \[Errno (?:{errno.ENOSPC}|{errno.EDQUOT})\][^\n]*", str(e))
+    return m.group(0) if m else ""
+
+
 def _run(
     address: str | None,
     s3_endpoint: str | None,
@@ -112,11 +146,15 @@ def _run(
     verbose: bool = False,
     connect: bool = True,
 ) -> Any:
-    """Connect to Ray (printing which, first), make the one call, map user errors to exit code 2.
+    """Connect to Ray (printing which, first), make the one call; user errors exit 2 with one line, a full
+    disk exits 1 and Ctrl-C / SIGTERM exit 130 / 143, each with one line on how to resume.
 
     Unless verbose, Ray's own logs stay off the terminal (runtime.quiet_stderr); `call` gets the stream on
     which to draw progress. Anything else that goes wrong is shown in full, with where Ray's logs are.
     """
+    import signal
+    import threading
+
     from raycolor import runtime
     from raycolor.sources import redact
 
@@ -125,14 +163,32 @@ def _run(
             if connect:
                 # stderr, so stdout stays machine-readable (evaluate --json)
                 typer.echo(runtime.connect(address, s3_endpoint=s3_endpoint, verbose=verbose), err=True)
+            if threading.current_thread() is threading.main_thread():
+                # after ray.init, whose own handler would exit with status 15 and skip nothing we need
+                signal.signal(signal.SIGTERM, _on_sigterm)
             return call(terminal)
         except _usage_errors() as e:
             typer.echo(f"error: {redact(e)}", err=True)
             raise typer.Exit(EXIT_USAGE) from None
-        except Exception:
-            if connect:
-                typer.echo(f"raycolor failed; Ray's full logs: {runtime.logs_dir()} (rerun with --verbose to see them here)", err=True)
-            raise
+        except Exception as e:
+            if not _out_of_space(e):
+                if connect:
+                    typer.echo(
+                        f"raycolor failed; Ray's full logs: {runtime.logs_dir()} (rerun with --verbose to see them here)",
+                        err=True,
+                    )
+                raise
+            typer.echo(f"error: no space left on device while writing the output ({redact(_out_of_space(e))}); "
+                       f"nothing finished is lost: free space, then run the same command to resume "
+                       f"(with --retry-errors for images that became write errors): {redact(_resume_hint())}", err=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt as e:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            term = isinstance(e, _Terminated)
+            typer.echo(f"{'terminated' if term else 'interrupted'}: nothing finished is lost; "
+                       f"run the same command to resume: {redact(_resume_hint())}", err=True)
+            raise typer.Exit(143 if term else 130) from None
 
 
 def _progress(label: str, terminal: IO[str], every_s: float):
