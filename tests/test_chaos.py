@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from raycolor.ray_colorize import read_manifest
+from raycolor.ledger import read_manifest
 from tests.test_ledger_ray import _img, _one_row_each
 
 pytestmark = pytest.mark.slow
