@@ -398,6 +398,7 @@ TRAIN_NODE_LOSS_DRIVER = r'''
 import json, os, sys, threading, time, traceback
 import ray
 from ray.cluster_utils import Cluster
+from raycolor.config import StorageConfig
 from raycolor.ray_train import fit
 from tests.test_train import base_config
 
@@ -409,7 +410,9 @@ cluster.wait_for_nodes()
 outcome = {}
 def run():
     try:
-        outcome["result"] = fit(base_config(data, out, epochs=3, max_failures=1), progress=False)
+        # one machine's disk is shared by the Cluster's nodes (else the multi-node check refuses a local OUTPUT)
+        cfg = base_config(data, out, epochs=3, max_failures=1, storage=StorageConfig(shared_output=True))
+        outcome["result"] = fit(cfg, progress=False)
     except BaseException as e:
         outcome["error"] = "".join(traceback.format_exception(e))[-3000:]
 t = threading.Thread(target=run, daemon=True)
