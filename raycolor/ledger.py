@@ -451,18 +451,9 @@ def write_json(uri: str, obj, *, s3_endpoint=None, retries: int = 5) -> None:
     sources.write_bytes_atomic(uri, json.dumps(obj, indent=1).encode(), s3_endpoint=s3_endpoint, retries=retries)
 
 
-def remove(uris: Iterable[str], *, s3_endpoint=None) -> None:
+def remove(uris: Iterable[str], *, s3_endpoint=None, retries: int = 5) -> None:
     for uri in uris:
-        fs, path = sources.filesystem(uri, s3_endpoint=s3_endpoint)
-
-        def once(fs=fs, path=path):
-            try:
-                if fs.exists(path):
-                    fs.rm(path, recursive=True)
-            except FileNotFoundError:
-                pass
-
-        sources._retrying(once, 5)
+        sources.remove(uri, s3_endpoint=s3_endpoint, retries=retries)
 
 
 def assign_namespaces(roots: Sequence[str], known: dict[str, dict]) -> dict[str, str]:

@@ -506,13 +506,6 @@ def _expand_shard(row: dict, *, output: str, s3_endpoint, retries: int) -> list[
 # --------------------------------------------------------------------------------------------
 
 
-def _absolute(output: str) -> str:
-    # Ray workers run in another working directory: relative local paths must be resolved here
-    if "://" in output:
-        return output.rstrip("/")
-    return sources.filesystem(output)[1]
-
-
 def _cluster_cpus() -> int:
     import ray
 
@@ -569,10 +562,12 @@ def predicted_dataset(items, *, checkpoint_uri: str, render_size: int, batch_siz
         batch_size=batch_size,
         compute=ActorPoolStrategy(size=n_actors),
         num_gpus=1 if gpus > 0 else 0,
-        # CPU mode: the actor reserves no CPU slot (it still runs `threads` torch threads). Reserving one
-        # left a 2-core node a single task slot, which Ray Data kept giving to decoding: nothing was
-        # written until the model had seen every image (bench/colorize_throughput.py; docs/performance.md)
-        num_cpus=1 if gpus > 0 else 0,
+        # CPU mode on one machine: the actor reserves no CPU slot (it still runs `threads` torch threads).
+        # Reserving one left a 2-core node a single task slot, which Ray Data kept giving to decoding: nothing
+        # was written until the model had seen every image (bench/colorize_throughput.py; docs/performance.md).
+        # On a multi-node cluster it reserves one, so that Ray places it on a worker node: a 0-CPU actor lands
+        # on the head, which large clusters start with 0 CPUs precisely so that no work runs there
+        num_cpus=1 if gpus > 0 or runtime.node_count() > 1 else 0,
         fn_constructor_kwargs={
             "checkpoint_uri": checkpoint_uri,
             "use_gpu": gpus > 0,
@@ -751,7 +746,7 @@ def colorize(
 
     start = time.time()
     endpoint = config.storage.s3_endpoint
-    output = _absolute(config.output)
+    output = sources.absolute(config.output)
     meta, render_size = resolve_model(config.checkpoint, config.render_size, s3_endpoint=endpoint)
     if config.retry_errors not in ("none", "transient", "all"):
         raise ValueError(f"retry_errors must be none, transient or all, not {config.retry_errors!r}")

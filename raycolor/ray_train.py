@@ -471,14 +471,6 @@ def _storage(config: TrainConfig) -> tuple[Any, str, CheckpointStore]:
     return storage_fs, storage_path, CheckpointStore(storage_fs, f"{storage_path}/{RUN_NAME}")
 
 
-def _normalized_output(output: str) -> str:
-    output = output.strip()
-    if "://" not in output or output.split("://", 1)[0].lower() in ("file", "local"):
-        raw = output.split("://", 1)[1] if "://" in output else output
-        return os.path.abspath(os.path.expanduser(raw))
-    return output.rstrip("/")
-
-
 # ----------------------------------------------------------------------------------------------------
 # Metrics helpers
 # ----------------------------------------------------------------------------------------------------
@@ -810,7 +802,7 @@ def fit(config: TrainConfig, *, progress: bool = True, terminal: IO[str] | None 
 
     t_start = time.perf_counter()
     validate_config(config)
-    config = dataclasses.replace(config, output=_normalized_output(config.output))
+    config = dataclasses.replace(config, output=sources.absolute(config.output))
     _check_weights(config)
     train_items, val_items = _items(config)
     if not ray.is_initialized():

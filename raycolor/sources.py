@@ -298,6 +298,15 @@ def filesystem(uri: str, *, s3_endpoint: str | None = None) -> tuple[fsspec.Abst
     return fs, path
 
 
+def absolute(uri: str) -> str:
+    """``uri`` as every process of a cluster job can use it: a local path made absolute (Ray workers run in
+    another working directory; ``~`` expanded, ``file://`` dropped), a remote URI without trailing slashes."""
+    uri = uri.strip()
+    if is_local(uri):
+        return filesystem(uri)[1]
+    return uri.rstrip("/")
+
+
 def is_local(uri: str) -> bool:
     """Whether ``uri`` names this machine's own filesystem (a plain path or ``file://``)."""
     return _protocol(uri) in (None, *_LOCAL_PROTOCOLS)

@@ -156,3 +156,15 @@ def tiny_ckpt(tmp_path_factory) -> str:
     d = tmp_path_factory.mktemp("tiny_ckpt")
     checkpoint.save(str(d), build_colorizer(weights=None), render_size=32)
     return str(d)
+
+
+@pytest.fixture(scope="session")
+def ray_address(ray_local) -> str:
+    """The GCS address of the session's local Ray, for drivers run as subprocesses (the `raycolor` CLI, job
+    scripts) to join with RAY_ADDRESS: a second local Ray per subprocess costs ~20 s of a 2-core CI box's
+    time, and joining a running cluster is how jobs run in production anyway. Tests about local mode itself
+    (its first line, Ctrl-C at a terminal) start their own."""
+    import ray
+
+    return ray.get_runtime_context().gcs_address
+

@@ -1,9 +1,9 @@
 """Chaos on real processes and real (multi-node) Ray clusters: the driver interrupted, a node lost mid-run,
 a full disk, a checkpoint that becomes unreadable -- and still exactly one row and one output per input.
 
-Every scenario runs its own Ray in a fresh subprocess (the `raycolor` CLI, or a small driver script that
-builds a ``ray.cluster_utils.Cluster``), so nothing here touches the session-scoped ``ray_local`` of the
-pytest process. Nothing of Ray or S3 is mocked.
+Every driver is a real subprocess: the `raycolor` CLI (joining the session's Ray as a cluster job, or in local
+mode where that is the point), or one script that builds a single ``ray.cluster_utils.Cluster`` for every
+multi-node scenario. Nothing of Ray or S3 is mocked.
 """
 
 from __future__ import annotations
@@ -97,16 +97,12 @@ def _assert_exactly_once(out: Path, src: Path, n: int) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
-def test_driver_interrupted_stops_cleanly_and_the_same_command_resumes(tiny_ckpt, tmp_path, sig, code):
-    src, out = tmp_path / "in", tmp_path / "out"
-    n = 15
-    for i in range(n):
-        _img(src / f"{i:03d}.png", 200 + i)
-    cmd = ["colorize", str(src), "--output", str(out), "--checkpoint", tiny_ckpt, "--batch-size", "1", "--shard-size", "3"]
-    proc = _cli(*cmd)
+def _interrupt(cmd: list[str], out: Path, sig: int, env: dict, after: int) -> tuple[int, str, float]:
+    """Start `raycolor *cmd`, send `sig` once more than `after` rows are finished; (rc, stderr, seconds to stop)."""
+    proc = _cli(*cmd, env=env)
     try:
-        _wait_for(lambda: any((out / "_stats").glob("*.json")), proc, 240, "the first finished shard")
+        _wait_for(lambda: _finished_rows(out) > after if (out / "_stats").exists() else False, proc, 240,
+                  "a newly finished shard")
         # Ctrl-C in a terminal reaches the whole foreground process group; a scheduler's SIGTERM the driver
         if sig == signal.SIGINT:
             os.killpg(proc.pid, sig)
@@ -114,22 +110,37 @@ def test_driver_interrupted_stops_cleanly_and_the_same_command_resumes(tiny_ckpt
             os.kill(proc.pid, sig)
         t0 = time.time()
         _, err = proc.communicate(timeout=60)
-        stopped_s = time.time() - t0
+        return proc.returncode, err.decode(), time.time() - t0
     finally:
         _kill_group(proc)
-    err = err.decode()
-    assert proc.returncode == code, err[-3000:]
-    assert stopped_s < 30, f"took {stopped_s:.1f} s to stop"
-    done = _finished_rows(out)
-    assert 0 < done < n, "the signal must land mid-run for this test to mean anything"
-    hint = [line for line in err.splitlines() if "run the same command to resume" in line]
-    assert len(hint) == 1 and hint[0].endswith("raycolor " + " ".join(cmd)), err[-3000:]
-    assert "Traceback" not in err, err[-3000:]
-    assert not (out / "_lock.json").exists(), "the OUTPUT lock must be released"
-    _assert_nothing_partial(out)
-    assert not list(out.rglob("*.tmp")), sorted(out.rglob("*.tmp"))
 
-    again = _cli(*cmd)
+
+def test_driver_interrupted_stops_cleanly_and_the_same_command_resumes(ray_address, tiny_ckpt, tmp_path):
+    """Ctrl-C of a local-mode run at a terminal (exit 130), then the same command run as a job on a running
+    cluster and stopped by a scheduler's SIGTERM (exit 143), then the same command once more to the end."""
+    from tests.drivers import joining_env
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    n = 18
+    for i in range(n):
+        _img(src / f"{i:03d}.png", 200 + i)
+    cmd = ["colorize", str(src), "--output", str(out), "--checkpoint", tiny_ckpt, "--batch-size", "1", "--shard-size", "3"]
+    done = 0
+    for sig, code, env in ((signal.SIGINT, 130, _env()), (signal.SIGTERM, 143, joining_env(ray_address))):
+        rc, err, stopped_s = _interrupt(cmd, out, sig, env, after=done)
+        assert rc == code, err[-3000:]
+        assert stopped_s < 30, f"took {stopped_s:.1f} s to stop"
+        now = _finished_rows(out)
+        assert done < now < n, "the signal must land mid-run for this test to mean anything"
+        done = now
+        hint = [line for line in err.splitlines() if "run the same command to resume" in line]
+        assert len(hint) == 1 and hint[0].endswith("raycolor " + " ".join(cmd)), err[-3000:]
+        assert "Traceback" not in err, err[-3000:]
+        assert not (out / "_lock.json").exists(), "the OUTPUT lock must be released"
+        _assert_nothing_partial(out)
+        assert not list(out.rglob("*.tmp")), sorted(out.rglob("*.tmp"))
+
+    again = _cli(*cmd, env=joining_env(ray_address))
     try:
         stdout, err = again.communicate(timeout=300)
     finally:
@@ -142,72 +153,178 @@ def test_driver_interrupted_stops_cleanly_and_the_same_command_resumes(tiny_ckpt
 
 
 # --------------------------------------------------------------------------------------------
-# 2. Colorize on a 3-node cluster (a 0-CPU head, two 1-CPU workers), a worker node removed mid-run
+# 2. One 3-node cluster (a 0-CPU head, two 1-CPU workers) for every multi-node scenario
 # --------------------------------------------------------------------------------------------
 
-NODE_LOSS_DRIVER = r'''
+# One subprocess builds the Cluster once and runs each scenario in turn, printing "RESULT <name> <json>" as
+# each ends; the tests below assert on their own scenario's record. Starting three raylets costs a 2-core
+# CI box about a minute, so the scenarios share them (each removed node is replaced, as an autoscaler would).
+CLUSTER_DRIVER = r'''
 import json, os, sys, threading, time, traceback
 import ray, s3fs
 from ray.cluster_utils import Cluster
-from raycolor.config import ColorizeConfig
+from typer.testing import CliRunner
+from raycolor.cli import app
+from raycolor.config import ColorizeConfig, StorageConfig
 from raycolor.ray_colorize import colorize
+from raycolor.ray_train import fit
+from tests.test_train import base_config
 
-src, out_root, ckpt, victim_kind, layouts = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5].split(",")
+src, s3_out, ckpt, tmp, data = sys.argv[1:6]
+only = sys.argv[6].split(",") if len(sys.argv) > 6 else None  # a subset of the scenarios, when debugging one
 fs = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False)
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
 workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
 ray.init(address=cluster.address)
 cluster.wait_for_nodes()
 
-def predictor_nodes():
-    return {a["Address"]["NodeID"] for a in ray._private.state.actors().values()
-            if "Predictor" in a["ActorClassName"] and a["State"] == "ALIVE"}
+def emit(name, record):
+    print(f"RESULT {name} " + json.dumps(record), flush=True)
 
-report = []
-for layout in layouts:
-    out = f"{out_root}-{layout}"
-    cfg = ColorizeConfig(inputs=(src,), output=out, checkpoint=ckpt, batch_size=1, shard_size=2, layout=layout)
-    result = {}
+def alive(cls):
+    return {a["Address"]["NodeID"] for a in ray._private.state.actors().values()
+            if cls in a["ActorClassName"] and a["State"] == "ALIVE"}
+
+def in_thread(fn):
+    out = {}
     def run():
         try:
-            result["summary"] = colorize(cfg)
+            out["value"] = fn()
         except BaseException as e:
-            result["error"] = "".join(traceback.format_exception(e))[-2000:]
+            out["error"] = "".join(traceback.format_exception(e))[-3000:]
     t = threading.Thread(target=run, daemon=True)
     t.start()
+    return t, out
+
+def remove(victim):
+    cluster.remove_node(victim, allow_graceful=False)
+    workers.remove(victim)
+    workers.append(cluster.add_node(num_cpus=1))  # the replacement node an autoscaler would bring
+
+def wanted(name):
+    return only is None or name in only
+
+# (a) a local OUTPUT is refused on a multi-node cluster before anything is written, unless declared shared
+runner = CliRunner()
+if wanted("refusal"):
+    runs = {
+        "colorize": runner.invoke(app, ["colorize", f"{data}/img00.png", "--output", f"{tmp}/o", "--checkpoint", ckpt]),
+        "train": runner.invoke(app, ["train", "--data", data, "--output", f"{tmp}/run", "--weights", "none"]),
+        "shared": runner.invoke(app, ["colorize", f"{data}/img00.png", "--output", f"{tmp}/shared", "--checkpoint", ckpt,
+                                      "--shared-output"]),
+    }
+    emit("refusal", {k: [r.exit_code, r.output] for k, r in runs.items()})
+
+# (b) colorize, S3 OUTPUT, a worker node removed mid-run: one running only CPU tasks, then the node of the
+# model actor (on a multi-node cluster a CPU-mode actor reserves a CPU, so it runs on a worker node)
+for victim_kind, layout in (("cpu-only", "files"), ("cpu-only", "webdataset"), ("actor", "files")):
+    name = f"colorize-{victim_kind}-{layout}"
+    if not wanted(name):
+        continue
+    out = f"{s3_out}-{victim_kind}-{layout}"
+    cfg = ColorizeConfig(inputs=(src,), output=out, checkpoint=ckpt, batch_size=1, shard_size=2, layout=layout)
+    t, result = in_thread(lambda: colorize(cfg))
     stats, spool = (out.replace("s3://", "") + d for d in ("/_stats", "/_spool"))
     deadline = time.time() + 300
     # mid-run: the model actor is up and the first images are written (spooled rows), not all shards done
-    while time.time() < deadline and t.is_alive() and not (predictor_nodes() and fs.exists(spool) and fs.find(spool)):
+    while time.time() < deadline and t.is_alive() and not (alive("Predictor") and fs.exists(spool) and fs.find(spool)):
         time.sleep(0.1)
-    assert t.is_alive(), result
-    on = predictor_nodes()
-    by_id = {w.node_id: w for w in workers}
-    if victim_kind == "actor":
-        hit = [by_id[n] for n in on if n in by_id]
-    else:
-        hit = [w for w in workers if w.node_id not in on]
-    if not hit:
-        print("RESULT " + json.dumps({"skip": f"no worker node fits {victim_kind!r}: model actor on {on}, head {cluster.head_node.node_id}"}), flush=True)
-        os._exit(0)
-    victim = hit[0]
+    on = alive("Predictor")
+    hit = [w for w in workers if (w.node_id in on) == (victim_kind == "actor")]
+    if not t.is_alive() or not hit:
+        emit(name, {"setup": f"not mid-run or no worker fits: running {t.is_alive()}, {result}, actor on {on}, "
+                             f"head {cluster.head_node.node_id}"})
+        t.join()
+        continue
     done_at_kill = sum(json.loads(fs.cat_file(p))["rows"] for p in (fs.ls(stats, refresh=True) if fs.exists(stats) else []))
-    cluster.remove_node(victim, allow_graceful=False)
-    workers.remove(victim)
+    remove(hit[0])
     t.join(timeout=400)
-    assert not t.is_alive(), "colorize hung after the node was removed"
-    first = {"error": result.get("error"), "ok": getattr(result.get("summary"), "ok", None)}
-    workers.append(cluster.add_node(num_cpus=1))  # the replacement node a cluster autoscaler would bring
-    cluster.wait_for_nodes()
-    rerun = None
-    if "error" in result:
+    record = {"layout": layout, "out": out, "done_at_kill": done_at_kill, "hung": t.is_alive(),
+              "first": {"error": result.get("error"), "ok": getattr(result.get("value"), "ok", None)}, "rerun": None}
+    if not t.is_alive() and "error" in result:
         s = colorize(cfg)
-        rerun = {"ok": s.ok, "inputs": s.inputs, "processed": s.processed}
-    report.append({"layout": layout, "out": out, "done_at_kill": done_at_kill, "first": first, "rerun": rerun})
-print("RESULT " + json.dumps(report))
+        record["rerun"] = {"ok": s.ok, "inputs": s.inputs, "processed": s.processed}
+    emit(name, record)
+    if t.is_alive():
+        os._exit(1)
+
+# (c) training, the node of a training worker removed after epoch 1's checkpoint
+if wanted("train"):
+    run_dir = f"{tmp}/train"
+    # one machine's disk is shared by the Cluster's nodes (else the multi-node check refuses a local OUTPUT)
+    cfg = base_config(data, run_dir, epochs=3, max_failures=1, storage=StorageConfig(shared_output=True))
+    t, outcome = in_thread(lambda: fit(cfg, progress=False))
+    deadline = time.time() + 400
+    while time.time() < deadline and t.is_alive() and not os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
+        time.sleep(0.1)
+    on = alive("TrainWorker")
+    hit = [w for w in workers if w.node_id in on]
+    if t.is_alive() and hit:
+        remove(hit[0])
+    t.join(timeout=500)
+    emit("train", {"removed": bool(hit), "hung": t.is_alive(), "error": outcome.get("error"), "out": run_dir,
+                   "epoch": outcome["value"].metrics["epoch"] if "value" in outcome else None,
+                   "model": outcome["value"].model_uri if "value" in outcome else None})
 ray.shutdown()
 cluster.shutdown()
 '''
+
+
+@pytest.fixture(scope="module")
+def cluster_runs(s3_server, tiny_ckpt, tmp_path_factory) -> dict:
+    """Run CLUSTER_DRIVER once: {scenario: record} plus "_env" (the S3 bucket's names) for the tests."""
+    import s3fs
+
+    from tests.test_ledger_ray import _jpeg
+    from tests.test_train import make_images
+
+    tmp = tmp_path_factory.mktemp("cluster")
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False)
+    bucket = f"nodeloss-{os.getpid()}-{int(time.time())}"
+    fs.mkdir(bucket)
+    for i in range(N_NODE_LOSS):
+        fs.pipe_file(f"{bucket}/in/{i:03d}.jpg", _jpeg(300 + i))
+    data = make_images(tmp / "data")
+    src = f"s3://{bucket}/in"
+    only = [os.environ["CHAOS_ONLY"]] if os.environ.get("CHAOS_ONLY") else []  # e.g. CHAOS_ONLY=train when debugging
+    proc = subprocess.Popen([sys.executable, "-c", CLUSTER_DRIVER, src, f"s3://{bucket}/out", tiny_ckpt, str(tmp), str(data), *only],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, env=_env())
+    try:
+        text = proc.communicate(timeout=1500)[0].decode()
+    finally:
+        _kill_group(proc)
+    runs = {}
+    for line in text.splitlines():
+        if line.startswith("RESULT "):
+            name, record = line[len("RESULT "):].split(" ", 1)
+            runs[name] = json.loads(record)
+    runs["_text"] = text[-6000:]
+    runs["_rc"] = proc.returncode
+    runs["_env"] = {"src": src, "tmp": tmp, "fs": fs}
+    return runs
+
+
+def _run_of(runs: dict, name: str) -> dict:
+    assert name in runs, f"scenario {name} did not report (driver rc {runs['_rc']}):\n{runs['_text']}"
+    return runs[name]
+
+
+N_NODE_LOSS = 12
+
+
+@pytest.mark.timeout(1800)  # the first test of the module waits for the whole cluster run
+def test_local_output_on_a_multi_node_cluster_is_refused(cluster_runs):
+    result = _run_of(cluster_runs, "refusal")
+    tmp = cluster_runs["_env"]["tmp"]
+    for command in ("colorize", "train"):
+        code, output = result[command]
+        assert code == 2, output
+        line = [x for x in output.splitlines() if x.startswith("error: ")]
+        assert len(line) == 1 and "3 nodes" in line[0] and "--shared-output" in line[0] and "s3://" in line[0], output
+    assert not (tmp / "o").exists() and not (tmp / "run").exists()  # refused before writing anything
+    code, output = result["shared"]
+    assert code == 0, output  # the same machine's disk is shared by these three nodes
+    assert (tmp / "shared" / "images" / "img00.png").exists()
 
 
 def _s3_outputs(fs, out: str, layout: str) -> list[str]:
@@ -225,47 +342,44 @@ def _s3_outputs(fs, out: str, layout: str) -> list[str]:
     return sorted(members)
 
 
-@pytest.mark.parametrize("victim", ["cpu-only"])
-def test_colorize_node_removed_mid_run_exactly_once(s3_env, tiny_ckpt, tmp_path, victim):
-    """OUTPUT on S3 (the realistic multi-node case): both layouts in one cluster, one node removed in each.
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("scenario", ["cpu-only-files", "cpu-only-webdataset", "actor-files"])
+def test_colorize_node_removed_mid_run_exactly_once(cluster_runs, scenario):
+    """OUTPUT on S3 (the realistic multi-node case). "actor": the node running the model actor is removed (Ray
+    Data restarts the actor on another node); "cpu-only": a node running only decode/write tasks."""
+    case = _run_of(cluster_runs, f"colorize-{scenario}")
+    assert "setup" not in case, case["setup"]
+    env = cluster_runs["_env"]
+    fs, src = env["fs"], env["src"]
+    want = [f"{src}/{i:03d}.jpg" for i in range(N_NODE_LOSS)]
+    assert not case["hung"], "colorize hung after the node was removed"
+    assert case["done_at_kill"] < N_NODE_LOSS, case  # the node went away mid-run (images spooled, not all shards done)
+    assert case["first"]["ok"] == N_NODE_LOSS or case["rerun"]["ok"] == N_NODE_LOSS, case
+    table = read_manifest(case["out"]).to_pylist()
+    srcs = [r["source"] for r in table]
+    assert sorted(srcs) == sorted(want), (case, sorted(srcs))
+    assert {r["status"] for r in table} == {"ok"}, case
+    outputs = _s3_outputs(fs, case["out"], case["layout"])
+    assert outputs == sorted(r["output"] for r in table) and len(outputs) == N_NODE_LOSS, (case, outputs)
+    assert not fs.exists(case["out"].replace("s3://", "") + "/_lock.json")
 
-    The driver script also knows victim "actor" (remove the node of the model actor), but in CPU mode the
-    actor reserves 0 CPUs and Ray places it on the 0-CPU head next to the driver, which remove_node cannot
-    take away: that run skipped itself ("no worker node fits 'actor'"), so it is not parametrized here. A
-    killed model actor process is covered on one node by
-    test_hardening.py::test_killed_model_actor_is_replaced_and_every_input_done_once; with --gpus the actor
-    needs a GPU and lives on a worker node, which this CPU-only box cannot show."""
-    from tests.test_ledger_ray import _jpeg
 
-    fs = s3_env.fs()
-    bucket = s3_env.bucket(f"nodeloss-{victim}")
-    n = 12
-    for i in range(n):
-        fs.pipe_file(f"{bucket}/in/{i:03d}.jpg", _jpeg(300 + i))
-    src = f"s3://{bucket}/in"
-    proc = subprocess.Popen([sys.executable, "-c", NODE_LOSS_DRIVER, src, f"s3://{bucket}/out", tiny_ckpt, victim,
-                             "files,webdataset"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True, env=_env())
-    try:
-        text = proc.communicate(timeout=900)[0].decode()
-    finally:
-        _kill_group(proc)
-    line = [x for x in text.splitlines() if x.startswith("RESULT ")]
-    assert proc.returncode == 0 and line, text[-5000:]
-    report = json.loads(line[-1][len("RESULT "):])
-    if isinstance(report, dict):
-        pytest.skip(report["skip"])
-    want = [f"{src}/{i:03d}.jpg" for i in range(n)]
-    for case in report:
-        assert case["done_at_kill"] < n, case  # the node went away mid-run (images spooled, not all shards done)
-        assert case["first"]["ok"] == n or case["rerun"]["ok"] == n, case
-        table = read_manifest(case["out"]).to_pylist()
-        srcs = [r["source"] for r in table]
-        assert sorted(srcs) == sorted(want), (case, sorted(srcs))
-        assert {r["status"] for r in table} == {"ok"}, case
-        outputs = _s3_outputs(fs, case["out"], case["layout"])
-        assert outputs == sorted(r["output"] for r in table) and len(outputs) == n, (case, outputs)
-        assert not fs.exists(case["out"].replace("s3://", "") + "/_lock.json")
+@pytest.mark.timeout(1800)
+def test_train_node_of_a_worker_removed_restores_from_checkpoint(cluster_runs):
+    """Ray Train's FailureConfig restores the worker group from the last checkpoint on the remaining nodes."""
+    from raycolor import checkpoint
+    from tests.test_train import assert_finite_lines, read_lines
+
+    result = _run_of(cluster_runs, "train")
+    assert result["removed"], "no training worker ran on a removable node"
+    assert not result["hung"], "training hung after its node was removed"
+    assert result["error"] is None and result["epoch"] == 3, result
+    lines = read_lines(Path(result["out"]) / "metrics.jsonl")
+    assert [m["epoch"] for m in lines] == [1, 2, 3], lines
+    assert lines[0]["resumed_from"] == 0
+    assert any(m["resumed_from"] >= 1 for m in lines[1:]), lines  # the restored group began at a checkpoint
+    assert_finite_lines(lines)
+    checkpoint.load(result["model"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,8 +405,11 @@ def small_tmpfs(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def test_disk_full_on_local_output_nothing_damaged_and_rerun_finishes(tiny_ckpt, tmp_path, small_tmpfs):
-    """A real ENOSPC from the kernel (tmpfs of 160 KiB; 16 noise PNGs of ~12 KiB each do not fit)."""
+def test_disk_full_on_local_output_nothing_damaged_and_rerun_finishes(ray_address, tiny_ckpt, tmp_path, small_tmpfs):
+    """A real ENOSPC from the kernel (tmpfs of 160 KiB; 16 noise PNGs of ~12 KiB each do not fit). The driver
+    joins the session's Ray; the writes fail in its worker processes, as on a cluster."""
+    from tests.drivers import joining_env
+
     out, resize = small_tmpfs
     src = tmp_path / "in"
     n = 16
@@ -300,7 +417,7 @@ def test_disk_full_on_local_output_nothing_damaged_and_rerun_finishes(tiny_ckpt,
         _img(src / f"{i:03d}.png", 400 + i, (48, 64))
     cmd = ["colorize", str(src), "--output", str(out), "--checkpoint", tiny_ckpt, "--batch-size", "2", "--shard-size", "4",
            "--retries", "1"]
-    proc = _cli(*cmd)
+    proc = _cli(*cmd, env=joining_env(ray_address))
     try:
         stdout, err = proc.communicate(timeout=400)
     finally:
@@ -318,7 +435,7 @@ def test_disk_full_on_local_output_nothing_damaged_and_rerun_finishes(tiny_ckpt,
     assert not (out / "_lock.json").exists()
 
     resize("16m")  # space freed
-    again = _cli(*cmd, "--retry-errors")
+    again = _cli(*cmd, "--retry-errors", env=joining_env(ray_address))
     try:
         stdout, err = again.communicate(timeout=400)
     finally:
@@ -339,13 +456,11 @@ def test_checkpoint_unreadable_mid_run_restarting_actor_fails_clearly(ray_local,
     """All S3 traffic through tests/faultproxy.py; after the first images, every request for the checkpoint's
     keys is reset, and the model actor process is SIGKILLed so that Ray restarts it: its constructor cannot
     load the model. The job must end with an error naming the checkpoint within a bounded time, not hang."""
-    import threading
     import traceback
 
     from raycolor.config import ColorizeConfig, StorageConfig
-    from raycolor.ray_colorize import colorize
+    from tests.drivers import colorize_in_thread, model_actor_mid_run
     from tests.faultproxy import FaultProxy, always
-    from tests.test_hardening import _predictor_actors
 
     fs = s3_env.fs()
     bucket = s3_env.bucket("ckpt-gone")
@@ -358,25 +473,10 @@ def test_checkpoint_unreadable_mid_run_restarting_actor_fails_clearly(ray_local,
     with FaultProxy(s3_env.endpoint) as proxy:
         cfg = ColorizeConfig(inputs=(str(src),), output=str(out), checkpoint=f"s3://{bucket}/model", batch_size=1,
                              shard_size=2, storage=StorageConfig(s3_endpoint=proxy.url, retries=1))
-        result: dict = {}
-
-        def run() -> None:
-            try:
-                result["summary"] = colorize(cfg)
-            except BaseException as e:  # noqa: BLE001 - asserted below
-                result["error"] = e
-
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        deadline = time.time() + 240
-        while time.time() < deadline and thread.is_alive() and not list((out / "_spool").rglob("*.parquet")):
-            time.sleep(0.05)
-        assert thread.is_alive(), result
-        while time.time() < deadline and len(actors := _predictor_actors()) != 1:
-            time.sleep(0.05)
-        assert len(actors) == 1, actors
+        thread, result = colorize_in_thread(cfg)
+        actor = model_actor_mid_run(thread, result, lambda: bool(list((out / "_spool").rglob("*.parquet"))), timeout=240)
         proxy.policy = always("reset", where=lambda m, k: k.startswith(f"/{bucket}/model"))
-        os.kill(actors[0]["Pid"], signal.SIGKILL)
+        os.kill(actor["Pid"], signal.SIGKILL)
         t0 = time.time()
         thread.join(timeout=240)
         took = time.time() - t0
@@ -388,67 +488,3 @@ def test_checkpoint_unreadable_mid_run_restarting_actor_fails_clearly(ray_local,
     assert took < 240
     assert not (out / "_lock.json").exists()
     _assert_nothing_partial(out)
-
-
-# --------------------------------------------------------------------------------------------
-# 3. Train on a 3-node cluster, the node of a training worker removed
-# --------------------------------------------------------------------------------------------
-
-TRAIN_NODE_LOSS_DRIVER = r'''
-import json, os, sys, threading, time, traceback
-import ray
-from ray.cluster_utils import Cluster
-from raycolor.config import StorageConfig
-from raycolor.ray_train import fit
-from tests.test_train import base_config
-
-data, out = sys.argv[1], sys.argv[2]
-cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
-ray.init(address=cluster.address)
-cluster.wait_for_nodes()
-outcome = {}
-def run():
-    try:
-        # one machine's disk is shared by the Cluster's nodes (else the multi-node check refuses a local OUTPUT)
-        cfg = base_config(data, out, epochs=3, max_failures=1, storage=StorageConfig(shared_output=True))
-        outcome["result"] = fit(cfg, progress=False)
-    except BaseException as e:
-        outcome["error"] = "".join(traceback.format_exception(e))[-3000:]
-t = threading.Thread(target=run, daemon=True)
-t.start()
-deadline = time.time() + 400
-while time.time() < deadline and t.is_alive() and not os.path.exists(os.path.join(out, "metrics.jsonl")):
-    time.sleep(0.1)
-assert t.is_alive(), outcome
-nodes = {a["Address"]["NodeID"] for a in ray._private.state.actors().values()
-         if "TrainWorker" in a["ActorClassName"] and a["State"] == "ALIVE"}
-victim = next(w for w in workers if w.node_id in nodes)
-cluster.remove_node(victim, allow_graceful=False)
-cluster.add_node(num_cpus=1)  # the replacement an autoscaler would bring
-t.join(timeout=500)
-assert not t.is_alive(), "training hung after its node was removed"
-print("RESULT " + json.dumps({"error": outcome.get("error"), "epoch": outcome["result"].metrics["epoch"] if "result" in outcome else None}), flush=True)
-ray.shutdown()
-cluster.shutdown()
-'''
-
-
-def test_train_node_of_a_worker_removed_restores_from_checkpoint(tmp_path):
-    from tests.test_train import make_images, read_lines
-
-    data = make_images(tmp_path / "data")
-    out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-c", TRAIN_NODE_LOSS_DRIVER, str(data), str(out)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True, env=_env())
-    try:
-        text = proc.communicate(timeout=900)[0].decode()
-    finally:
-        _kill_group(proc)
-    line = [x for x in text.splitlines() if x.startswith("RESULT ")]
-    assert proc.returncode == 0 and line, text[-5000:]
-    result = json.loads(line[-1][len("RESULT "):])
-    assert result["error"] is None and result["epoch"] == 3, result
-    lines = read_lines(out / "metrics.jsonl")
-    assert [m["epoch"] for m in lines] == [1, 2, 3], lines
-    assert any(m["resumed_from"] >= 1 for m in lines[1:]), lines  # the restored group began at a checkpoint

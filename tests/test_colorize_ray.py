@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
-import subprocess
-import sys
 import tarfile
-import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -181,58 +175,7 @@ def test_parquet_images_column_and_names_cannot_escape(ray_local, tiny_ckpt, tmp
             assert r["image"] == Path(r["output"]).read_bytes()
 
 
-DRIVER = textwrap.dedent(
-    """
-    import sys, ray
-    from raycolor.config import ColorizeConfig
-    from raycolor.ray_colorize import colorize
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    colorize(ColorizeConfig(inputs=(sys.argv[1],), output=sys.argv[2], checkpoint=sys.argv[3], batch_size=1, shard_size=4))
-    print("DONE")
-    """
-)
-
-
-def test_driver_sigkill_then_rerun_is_exactly_once(ray_local, tiny_ckpt, tmp_path):
-    src = tmp_path / "in"
-    src.mkdir()
-    rng = np.random.default_rng(2)
-    n = 40
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(src / f"{i:03d}.png")
-    out = tmp_path / "out"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", DRIVER, str(src), str(out), tiny_ckpt],
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline and not list((out / "manifest").glob("*.parquet")):
-            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-            time.sleep(0.2)
-        first = len(list((out / "manifest").glob("*.parquet")))
-        assert first >= 1, "no output appeared before the deadline"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        # the killed driver's own Ray cluster must not keep writing while the re-run works
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    time.sleep(1)
-    # finished shards are those with a stats record (a part without one is redone)
-    before = sum(json.loads(p.read_text())["rows"] for p in (out / "_stats").glob("*.json"))
-    assert 0 < before < n, "the kill must land mid-run for this test to mean anything"
-    assert (out / "_lock.json").exists()  # the killed driver's lock: stale (dead pid, this host), taken over
-    s = colorize(ColorizeConfig(inputs=(str(src),), output=str(out), checkpoint=tiny_ckpt, batch_size=4, shard_size=4))
-    assert s.skipped == before and s.ok == n and s.processed == n - before
-    rows = read_manifest(str(out))
-    srcs = rows.column("source").to_pylist()
-    assert len(srcs) == n and len(set(srcs)) == n
-    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(f"{i:03d}.png" for i in range(n))
+# A driver SIGKILLed mid-run, then the same command: tests/test_ledger_ray.py (local and S3, both layouts).
 
 
 @pytest.mark.parametrize("fmt", ["jpeg", "png"])

@@ -14,7 +14,6 @@ import os
 import pickle
 import signal
 import tarfile
-import threading
 import time
 import traceback
 from dataclasses import asdict
@@ -28,8 +27,8 @@ from PIL import Image
 from raycolor import checkpoint, images, sources
 from raycolor.colorize import full_l
 from raycolor.config import ColorizeConfig, StorageConfig
-from raycolor.model import build_colorizer
 from raycolor.ledger import read_manifest
+from raycolor.model import build_colorizer
 from raycolor.ray_colorize import colorize
 from tests import badimages
 from tests.faultproxy import FaultProxy, always, combine, first_n, random_faults
@@ -220,20 +219,11 @@ def test_bad_corpus_one_row_each_right_output_or_reason(ray_local, tiny_ckpt, tm
 # --------------------------------------------------------------------------------------------
 
 
-def _predictor_actors() -> list[dict]:
-    """ALIVE/RESTARTING Predictor actors, from the GCS (works without the dashboard)."""
-    import ray
-
-    return [
-        a
-        for a in ray._private.state.actors().values()
-        if "Predictor" in a["ActorClassName"] and a["State"] in ("ALIVE", "RESTARTING")
-    ]
-
-
 @slow
 def test_killed_model_actor_is_replaced_and_every_input_done_once(ray_local, tiny_ckpt, tmp_path):
     import ray
+
+    from tests.drivers import colorize_in_thread, model_actor_mid_run
 
     src = tmp_path / "in"
     src.mkdir()
@@ -241,27 +231,10 @@ def test_killed_model_actor_is_replaced_and_every_input_done_once(ray_local, tin
     for i in range(n):
         Image.fromarray(_noise(24, 32, 100 + i)).save(src / f"{i:03d}.png")
     out = tmp_path / "out"
-    result: dict = {}
-
-    def run() -> None:
-        try:
-            result["summary"] = colorize(
-                # small shards, so manifest parts appear while the run goes on
-                ColorizeConfig(inputs=(str(src),), output=str(out), checkpoint=tiny_ckpt, batch_size=1, shard_size=2)
-            )
-        except BaseException as e:  # noqa: BLE001 - reported below
-            result["error"] = e
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    deadline = time.time() + 180
-    while time.time() < deadline and thread.is_alive() and not list((out / "manifest").glob("*.parquet")):
-        time.sleep(0.05)
-    assert thread.is_alive(), result
-    while time.time() < deadline and len(actors := _predictor_actors()) != 1:
-        time.sleep(0.05)  # the GCS view can lag a moment behind the actor's first results
-    assert len(actors) == 1, [(a["ActorClassName"], a["State"]) for a in ray._private.state.actors().values()]
-    victim = actors[0]
+    # small shards, so manifest parts appear while the run goes on
+    thread, result = colorize_in_thread(
+        ColorizeConfig(inputs=(str(src),), output=str(out), checkpoint=tiny_ckpt, batch_size=1, shard_size=2))
+    victim = model_actor_mid_run(thread, result, lambda: bool(list((out / "manifest").glob("*.parquet"))), timeout=180)
     rows_at_kill = read_manifest(str(out)).num_rows
     os.kill(victim["Pid"], signal.SIGKILL)  # a crash, not ray.kill (which would forbid a restart)
     thread.join(timeout=240)

@@ -4,10 +4,10 @@ the OUTPUT lock (local O_EXCL and S3 conditional PUT against the moto server).""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -23,8 +22,7 @@ from raycolor import images, runtime
 from raycolor.cli import app
 from raycolor.colorize import full_l
 from raycolor.config import ColorizeConfig, StorageConfig
-from raycolor.ledger import OutputLocked
-from raycolor.ledger import read_manifest
+from raycolor.ledger import OutputLocked, read_manifest
 from raycolor.ray_colorize import colorize
 from tests.faultproxy import FaultProxy, always, combine
 
@@ -91,21 +89,23 @@ DRIVER = textwrap.dedent(
     import sys, ray
     from raycolor.config import ColorizeConfig
     from raycolor.ray_colorize import colorize
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    ray.init()  # RAY_ADDRESS: the session's Ray, joined as a cluster job would
     s = colorize(ColorizeConfig(inputs=(sys.argv[1],), output=sys.argv[2], checkpoint=sys.argv[3], batch_size=1, shard_size=3))
     print("DONE", s.ok)
     """
 )
 
 
-def test_second_concurrent_driver_is_refused_and_nothing_is_lost(ray_local, tiny_ckpt, tmp_path):
+def test_second_concurrent_driver_is_refused_and_nothing_is_lost(ray_address, tiny_ckpt, tmp_path):
+    from tests.drivers import joining_env
+
     src = tmp_path / "in"
     n = 16
     for i in range(n):
         _img(src / f"{i:03d}.png", 10 + i)
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(src), str(out), tiny_ckpt], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": os.getcwd()})
+                            stderr=subprocess.STDOUT, env=joining_env(ray_address))
     try:
         deadline = time.time() + 240
         while time.time() < deadline and not (out / "_lock.json").exists():
@@ -193,63 +193,66 @@ def test_retry_errors_after_persistent_s3_faults(ray_local, s3_env, tiny_ckpt):
     assert json.loads(fs.cat_file(f"{bucket}/out/_SUCCESS.json"))["ok"] == 3
 
 
-S3_DRIVER = textwrap.dedent(
+KILLED_DRIVER = textwrap.dedent(
     """
     import sys, ray
     from raycolor.config import ColorizeConfig
     from raycolor.ray_colorize import colorize
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    ray.init()  # RAY_ADDRESS: the session's Ray, joined as a cluster job would
     colorize(ColorizeConfig(inputs=(sys.argv[1],), output=sys.argv[2], checkpoint=sys.argv[3], batch_size=1, shard_size=3,
                             layout=sys.argv[4]))
     """
 )
 
 
-@pytest.mark.parametrize("layout", ["files", "webdataset"])
-def test_s3_driver_sigkill_mid_run_then_rerun_is_exactly_once(ray_local, s3_env, tiny_ckpt, layout):
-    import signal
+def _tar_members(fs, folder: str) -> list[str]:
+    """`tar#member` for every .png member of the tars under `folder` (on `fs`)."""
+    import tarfile
 
-    fs = s3_env.fs()
-    bucket = s3_env.bucket("sigkill")
-    n = 18
+    members = []
+    for key in fs.find(folder):
+        with tarfile.open(fileobj=io.BytesIO(fs.cat_file(key))) as tf:
+            members += [f"{key}#{m}" for m in tf.getnames() if m.endswith(".png")]
+    return sorted(members)
+
+
+@pytest.mark.parametrize("where,layout", [("local", "files"), ("local", "webdataset"), ("s3", "files"), ("s3", "webdataset")])
+def test_driver_sigkill_mid_run_then_rerun_is_exactly_once(ray_address, s3_env, tiny_ckpt, tmp_path, where, layout):
+    """The driver SIGKILLed once its first shard is finished (its lock, spool and half-done shards left behind);
+    the same command then takes the lock over, skips the finished shards and does exactly the rest."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    from tests.drivers import joining_env, sigkill_when
+
+    n = 12
+    if where == "s3":
+        fs, bucket = s3_env.fs(), s3_env.bucket("sigkill")
+        base, scheme = bucket, "s3://"
+    else:
+        fs, base, scheme = LocalFileSystem(), str(tmp_path), ""
     for i in range(n):
-        fs.pipe_file(f"{bucket}/in/{i:03d}.jpg", _jpeg(100 + i))
-    src, out = f"s3://{bucket}/in", f"s3://{bucket}/out"
-    proc = subprocess.Popen([sys.executable, "-c", S3_DRIVER, src, out, tiny_ckpt, layout], start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": os.getcwd()})
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline and not (fs.exists(f"{bucket}/out/_stats") and fs.ls(f"{bucket}/out/_stats", refresh=True)):
-            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-            time.sleep(0.2)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # its own Ray cluster too
-        except ProcessLookupError:
-            pass
+        fs.pipe_file(f"{base}/in/{i:03d}.jpg", _jpeg(100 + i))
+    src, out = f"{scheme}{base}/in", f"{scheme}{base}/out"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_DRIVER, src, out, tiny_ckpt, layout], start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=joining_env(ray_address))
+    sigkill_when(proc, lambda: fs.exists(f"{base}/out/_stats") and bool(fs.ls(f"{base}/out/_stats", refresh=True)))
     time.sleep(1)
-    done = sum(json.loads(fs.cat_file(p))["rows"] for p in fs.ls(f"{bucket}/out/_stats", refresh=True))
+    done = sum(json.loads(fs.cat_file(p))["rows"] for p in fs.ls(f"{base}/out/_stats", refresh=True))
     assert 0 < done < n, "the kill must land mid-run for this test to mean anything"
-    assert fs.exists(f"{bucket}/out/_lock.json")  # the dead driver's lock (same host, dead pid): taken over
+    assert fs.exists(f"{base}/out/_lock.json")  # the dead driver's lock (same host, dead pid): taken over
     s = colorize(ColorizeConfig(inputs=(src,), output=out, checkpoint=tiny_ckpt, batch_size=4, shard_size=3, layout=layout))
     assert (s.inputs, s.ok, s.skipped, s.processed) == (n, n, done, n - done)
-    rows = _one_row_each(out, [f"s3://{bucket}/in/{i:03d}.jpg" for i in range(n)])
+    rows = _one_row_each(out, [f"{src}/{i:03d}.jpg" for i in range(n)])
     if layout == "files":
         assert sorted(r["output"] for r in rows.values()) == [f"{out}/images/{i:03d}.png" for i in range(n)]
-        assert sorted(fs.find(f"{bucket}/out/images")) == [f"{bucket}/out/images/{i:03d}.png" for i in range(n)]
+        assert sorted(fs.find(f"{base}/out/images")) == [f"{base}/out/images/{i:03d}.png" for i in range(n)]
     else:  # one image per input across the shard tars, each named by one row
-        import tarfile
-
-        members = []
-        for key in fs.find(f"{bucket}/out/shards"):
-            with tarfile.open(fileobj=io.BytesIO(fs.cat_file(key))) as tf:
-                members += [f"s3://{key}#{m}" for m in tf.getnames() if m.endswith(".png")]
-        assert sorted(members) == sorted(r["output"] for r in rows.values()) and len(members) == n
+        members = [f"{scheme}{m}" for m in _tar_members(fs, f"{base}/out/shards")]
+        assert members == sorted(r["output"] for r in rows.values()) and len(members) == n
         assert sorted(m.rsplit("#", 1)[1] for m in members) == [f"{i:03d}.png" for i in range(n)]
-    assert not fs.exists(f"{bucket}/out/_lock.json")
-    assert len(fs.ls(f"{bucket}/out/manifest", refresh=True)) == s.shards == len(fs.ls(f"{bucket}/out/_stats", refresh=True))
+    assert not fs.exists(f"{base}/out/_lock.json")
+    assert not [p for p in fs.find(f"{base}/out") if p.endswith(".tmp")]
+    assert len(fs.ls(f"{base}/out/manifest", refresh=True)) == s.shards == len(fs.ls(f"{base}/out/_stats", refresh=True))
 
 
 def test_webdataset_layout_one_tar_per_shard(ray_local, tiny_ckpt, tmp_path):

@@ -633,3 +633,12 @@ def test_concurrency_hides_latency(s3_env):
     assert sequential_s >= n * latency
     # one round of latency plus the S3 server's own time per request (tens of ms on a loaded machine)
     assert concurrent_s < sequential_s / 2, (sequential_s, concurrent_s)
+
+
+def test_absolute_makes_local_outputs_usable_from_any_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert sources.absolute("out/") == str(tmp_path / "out")
+    assert sources.absolute(" file://rel/x ") == str(tmp_path / "rel" / "x")
+    assert sources.absolute("~/runs") == str(tmp_path / "home" / "runs")
+    assert sources.absolute("s3://bucket/prefix//") == "s3://bucket/prefix"

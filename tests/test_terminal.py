@@ -34,8 +34,11 @@ SGR = re.compile(r"\x1b\[[0-9;]*m")  # colours: dropped
 CURSOR = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")  # redraws (cursor moves, line erases): a line break
 
 
-def _env() -> dict[str, str]:
+def _env(ray_address: str | None = None) -> dict[str, str]:
+    """A local-mode run, or (ray_address) a job joining the session's Ray: Ray's chatter differs, none may show."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
+    if ray_address:
+        env["RAY_ADDRESS"] = ray_address
     env["COLUMNS"], env["LINES"], env["TERM"] = "120", "40", "xterm-256color"
     return env
 
@@ -86,10 +89,10 @@ def test_progress_bar_in_a_terminal_and_no_ray_lines(tiny_ckpt, tmp_path):
     assert not noise, noise
 
 
-def test_plain_progress_lines_without_a_terminal(tiny_ckpt, tmp_path):
+def test_plain_progress_lines_without_a_terminal(ray_address, tiny_ckpt, tmp_path):
     r = subprocess.run(
         _colorize_args(tiny_ckpt, tmp_path / "out", "--progress-every", "1"),
-        capture_output=True, text=True, env=_env(), timeout=300,
+        capture_output=True, text=True, env=_env(ray_address), timeout=300,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "\x1b[" not in r.stderr  # no terminal: no control sequences in a job log
@@ -104,10 +107,10 @@ def test_plain_progress_lines_without_a_terminal(tiny_ckpt, tmp_path):
     assert "raycolor colorize" in r.stdout and "images/s" in r.stdout
 
 
-def test_verbose_shows_rays_own_logs(tiny_ckpt, tmp_path):
+def test_verbose_shows_rays_own_logs(ray_address, tiny_ckpt, tmp_path):
     r = subprocess.run(
         _colorize_args(tiny_ckpt, tmp_path / "out", "--verbose"),
-        capture_output=True, text=True, env=_env(), timeout=300,
+        capture_output=True, text=True, env=_env(ray_address), timeout=300,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert RAY_NOISE.search(r.stderr), r.stderr[-3000:]

@@ -14,9 +14,6 @@ import logging
 import math
 import os
 import shutil
-import signal
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -269,49 +266,8 @@ def test_output_on_s3(ray_local, s3_env, tmp_path):
     assert float(opt_state[groups[1]["params"][-1]]["step"]) == lines[1]["steps"]
 
 
-def _train_worker_pids() -> list[int]:
-    # Ray's own GCS view (the state API needs the dashboard, which the test session does not start)
-    from ray._private import state
-
-    actors = state.actors(actor_state_name="ALIVE")
-    return sorted(a["Pid"] for a in actors.values() if a.get("ActorClassName") == "RayTrainWorker" and a.get("Pid"))
-
-
-@slow
-def test_killed_worker_recovers_from_last_checkpoint(ray_local, tmp_path):
-    from raycolor.ray_train import fit
-
-    data = make_images(tmp_path / "data")
-    out = tmp_path / "out"
-    cfg = base_config(str(data), str(out), epochs=3, max_failures=1)
-    outcome: dict = {}
-
-    def run():
-        try:
-            outcome["result"] = fit(cfg, progress=False)
-        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
-            outcome["error"] = e
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 240
-    # rank 0 writes metrics.jsonl after ray.train.report returned, i.e. once epoch 1's checkpoint is complete
-    while not (out / "metrics.jsonl").exists():
-        assert thread.is_alive() and time.monotonic() < deadline, outcome
-        time.sleep(0.1)
-    pids = _train_worker_pids()
-    assert len(pids) == 2, pids
-    os.kill(pids[-1], signal.SIGKILL)
-    thread.join(timeout=300)
-    assert not thread.is_alive()
-    assert "error" not in outcome, outcome.get("error")
-    lines = read_lines(out / "metrics.jsonl")
-    assert [m["epoch"] for m in lines] == [1, 2, 3]
-    assert lines[0]["resumed_from"] == 0
-    assert any(m["resumed_from"] >= 1 for m in lines[1:]), lines  # the restarted loop began at a checkpoint
-    assert_finite_lines(lines)
-    assert outcome["result"].metrics["epoch"] == 3
-    checkpoint.load(outcome["result"].model_uri)
+# A training worker lost mid-run (its whole node removed, Ray Train restoring from the last checkpoint) is
+# tests/test_chaos.py::test_train_node_of_a_worker_removed_restores_from_checkpoint.
 
 
 def truncate(path: Path) -> None:
