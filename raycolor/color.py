@@ -95,10 +95,6 @@ def rgb_uint8_to_l(rgb: torch.Tensor) -> torch.Tensor:
     return 116 * _f(y) - 16
 
 
-def normalize_l(L: torch.Tensor) -> torch.Tensor:
-    return (L - L_CENT) / L_NORM
-
-
 def normalize_ab(ab: torch.Tensor) -> torch.Tensor:
     return ab / AB_NORM
 

@@ -79,7 +79,7 @@ class Colorizer(nn.Module):
         x = F.relu(self.reduce(feats[-1]))  # (N, 256, H/16, W/16)
         for up, skip in zip(self.up, reversed(feats[:-1])):
             x = up(x, skip if self.skips else None)
-        return torch.tanh(self.head(x)) * color.AB_NORM  # (N, 2, H, W)
+        return color.denormalize_ab(torch.tanh(self.head(x)))  # (N, 2, H, W), |ab| < AB_NORM
 
     def encoder_block_params(self, block: int) -> list[nn.Parameter]:
         a, b = VGG_BLOCKS[block]

@@ -229,7 +229,7 @@ def test_driver_sigkill_mid_run_then_rerun_is_exactly_once(ray_address, s3_env, 
         fs, bucket = s3_env.fs(), s3_env.bucket("sigkill")
         base, scheme = bucket, "s3://"
     else:
-        fs, base, scheme = LocalFileSystem(), str(tmp_path), ""
+        fs, base, scheme = LocalFileSystem(auto_mkdir=True), str(tmp_path), ""
     for i in range(n):
         fs.pipe_file(f"{base}/in/{i:03d}.jpg", _jpeg(100 + i))
     src, out = f"{scheme}{base}/in", f"{scheme}{base}/out"
