@@ -100,24 +100,21 @@ def _decode_batch(
         )
         for i in rows
     ]
-    # the whole batch's reads in flight together: object-store latency is paid about once per batch
-    datas = sources.read_items(items, s3_endpoint=s3_endpoint, retries=retries, max_in_flight=io_concurrency)
-    for i, item, data in zip(rows, items, datas):
-        if isinstance(data, Exception):  # after retries: this item is an error row, the job goes on
-            error[i] = f"read_failed: {sources.redact(data, item.uri)}"
-            l_full[i] = b""
+    # the one reading loop (training's too): the whole batch's reads in flight together, so object-store
+    # latency is paid about once per batch; a failed read or decode is this row's error, the job goes on
+    peek = (lambda data: images.device_decodable_jpeg(data, max_pixels=max_pixels)) if device_codec else None
+    decoded = images.read_decoded(
+        items, s3_endpoint=s3_endpoint, retries=retries, max_pixels=max_pixels, io_concurrency=io_concurrency, peek=peek
+    )
+    for i, got in zip(rows, decoded):
+        if got.error is not None:
+            error[i], l_full[i] = got.error, b""
             continue
-        peek = images.device_decodable_jpeg(data, max_pixels=max_pixels) if device_codec else None
-        if peek is not None:
-            orientation[i], width[i], height[i] = peek
-            jpeg[i], l_full[i] = data, b""
+        if got.peeked is not None:  # a JPEG the actor decodes on its device
+            orientation[i], width[i], height[i] = got.peeked
+            jpeg[i], l_full[i] = got.data, b""
             continue
-        try:
-            rgb = images.decode_rgb(data, max_pixels=max_pixels)
-        except images.DecodeError as e:
-            error[i] = str(e)
-            l_full[i] = b""
-            continue
+        rgb = got.rgb
         height[i], width[i] = rgb.shape[:2]
         if keep_rgb:
             original[i] = rgb.tobytes()
