@@ -341,14 +341,22 @@ def _parquet_rows(fs, path: str, start: int, stop: int, columns: list[str]) -> p
     return table.slice(start - (first or 0), stop - start)
 
 
-def expand(shard: Shard, *, s3_endpoint: str | None = None, retries: int = 5) -> list[sources.Item]:
-    """The shard's items, de-duplicated and collision-renamed within the shard (first wins)."""
+def _listing_items(t: pa.Table) -> list[sources.Item]:
+    return [sources.Item(source=s, relpath=r, uri=u) for u, r, s in zip(*(t.column(c).to_pylist() for c in ("uri", "relpath", "source")))]
+
+
+def expand(shard: Shard, *, s3_endpoint: str | None = None, retries: int = 5, listing: pa.Table | None = None) -> list[sources.Item]:
+    """The shard's items, de-duplicated and collision-renamed within the shard (first wins).
+
+    ``listing``: a listing chunk's table (:func:`listing_table`) already at hand, read instead of
+    ``shard.uri`` (training keeps its listing chunks in Ray's object store, never under OUTPUT)."""
+    if shard.kind == "listing" and listing is not None:
+        return _listing_items(listing)
     if shard.kind == "tar":
         return sources.dedupe(sources.list_tar(shard.uri, s3_endpoint=s3_endpoint))
     fs, path = sources.filesystem(shard.uri, s3_endpoint=s3_endpoint)
     if shard.kind == "listing":
-        t = sources._retrying(lambda: pq.read_table(io.BytesIO(fs.cat_file(path))), retries)
-        return [sources.Item(source=s, relpath=r, uri=u) for u, r, s in zip(*(t.column(c).to_pylist() for c in ("uri", "relpath", "source")))]
+        return _listing_items(sources._retrying(lambda: pq.read_table(io.BytesIO(fs.cat_file(path))), retries))
     if shard.kind == "parquet":
         t = sources._retrying(lambda: _parquet_rows(fs, path, shard.start, shard.stop, ["uri", "relpath"]), retries)
         uris = [u for u in t.column("uri").to_pylist()]

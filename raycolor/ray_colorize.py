@@ -659,34 +659,45 @@ def classify_inputs(config: ColorizeConfig) -> list:
     return [ledger.classify(u, s3_endpoint=config.storage.s3_endpoint) for u in config.inputs]
 
 
-def plan(config: ColorizeConfig, output: str, roots: list | None = None) -> Plan:
-    """Size manifests and tars (Ray tasks: tar headers and .txt scans can be long), chunk listings, and
-    give each root its namespace (see ledger.assign_namespaces). Call with OUTPUT locked."""
+def shard_inputs(roots: list, *, shard_size: int, s3_endpoint, namespaces: Callable[[list[str]], dict] | None = None
+                 ) -> dict[str, list[tuple[ledger.Shard, list | None]]]:
+    """Classified inputs (:func:`ledger.classify`) -> each distinct root's shards, in input order: the
+    driver's "inputs -> shards" step, shared by colorize (:func:`plan`) and training
+    (``ray_train``). Nothing here reads or writes an OUTPUT.
+
+    Folder roots are listed in parallel (the first level here, each sub-folder in a task); manifest and
+    tar objects are sized in tasks (:func:`ledger.size_object`: tar headers, a Parquet footer, one .txt
+    scan). Listed images (folders, single images) are de-duplicated together per namespace, a source
+    belonging to the first root that lists it, and each root's are cut into content-defined chunks
+    (:func:`ledger.chunk_listing`). A listing chunk comes back with its items, since the driver holds
+    the folder's listing while planning anyway; the caller decides where the chunk lives (colorize:
+    OUTPUT/_listing/; training: Ray's object store). Other shards come with None.
+
+    ``namespaces(root URIs) -> {root: namespace}`` sets each root's namespace (on its shards, and as
+    the de-duplication group); default: every root in namespace "".
+    """
     import ray
 
-    endpoint = config.storage.s3_endpoint
-    size = max(1, config.shard_size)
-    roots = classify_inputs(config) if roots is None else roots
+    size = max(1, shard_size)
     lister = ray.remote(num_cpus=0.5, max_retries=3)(ledger.find_files)
 
     def find(dirs: list[str]) -> list[str]:  # sub-folders listed in parallel, one task each
-        refs = [lister.remote(d, s3_endpoint=endpoint) for d in dirs]
+        refs = [lister.remote(d, s3_endpoint=s3_endpoint) for d in dirs]
         try:
             return [p for ref in refs for p in ray.get(ref)]
         except ray.exceptions.RayTaskError as e:
             raise e.as_instanceof_cause() from None
 
-    roots = [ledger.list_folder(r.root, s3_endpoint=endpoint, find=find) if r.kind == "folder" else r for r in roots]
+    roots = [ledger.list_folder(r.root, s3_endpoint=s3_endpoint, find=find) if r.kind == "folder" else r for r in roots]
     seen, unique = set(), []
     for r in roots:  # the same root twice is one root
         if r.root not in seen:
             seen.add(r.root)
             unique.append(r)
-    known = ledger.read_roots(output, s3_endpoint=endpoint)
-    ns = ledger.assign_namespaces([r.root for r in unique], known)
+    ns = namespaces([r.root for r in unique]) if namespaces else {r.root: "" for r in unique}
     sizer = ray.remote(num_cpus=0.5, max_retries=3)(ledger.size_object)
     refs = {
-        r.root: [sizer.remote(kind, uri, tag, root=r.root, shard_size=size, s3_endpoint=endpoint) for kind, uri, tag in r.objects]
+        r.root: [sizer.remote(kind, uri, tag, root=r.root, shard_size=size, s3_endpoint=s3_endpoint) for kind, uri, tag in r.objects]
         for r in unique
         if r.kind == "objects"
     }
@@ -702,22 +713,39 @@ def plan(config: ColorizeConfig, output: str, roots: list | None = None) -> Plan
             owner.setdefault(item.source, root)
         for item in sources.dedupe([i for _, i in group]):
             by_root.setdefault(owner[item.source], []).append(item)
-    shards, listings, records = [], {}, {}
+    out: dict[str, list[tuple[ledger.Shard, list | None]]] = {}
     for r in unique:
         if r.kind == "objects":
             try:
-                mine = [s for ref in refs[r.root] for s in ray.get(ref)]
+                mine = [(s, None) for ref in refs[r.root] for s in ray.get(ref)]
             except ray.exceptions.RayTaskError as e:
                 raise e.as_instanceof_cause() from None
         else:
-            mine = []
-            for shard, items in ledger.chunk_listing(by_root.get(r.root, []), root=r.root, shard_size=size):
+            mine = ledger.chunk_listing(by_root.get(r.root, []), root=r.root, shard_size=size)
+        out[r.root] = [(s.with_(namespace=ns[r.root]), items) for s, items in mine]
+    return out
+
+
+def plan(config: ColorizeConfig, output: str, roots: list | None = None) -> Plan:
+    """The shards of the inputs (:func:`shard_inputs`) with each root's namespace (see
+    ledger.assign_namespaces) and the listing chunks' places under OUTPUT/_listing/. Call with OUTPUT
+    locked."""
+    endpoint = config.storage.s3_endpoint
+    roots = classify_inputs(config) if roots is None else roots
+    known = ledger.read_roots(output, s3_endpoint=endpoint)
+    by_root = shard_inputs(roots, shard_size=config.shard_size, s3_endpoint=endpoint,
+                           namespaces=lambda rs: ledger.assign_namespaces(rs, known))
+    ns = ledger.assign_namespaces(list(by_root), known)
+    shards, listings, records = [], {}, {}
+    for root, mine in by_root.items():
+        placed = []
+        for shard, items in mine:
+            if items is not None:  # a listing chunk: written to OUTPUT/_listing/ if the shard is to do
                 shard = shard.with_(uri=ledger.listing_uri(output, shard.id))
                 listings[shard.id] = items
-                mine.append(shard)
-        mine = [s.with_(namespace=ns[r.root]) for s in mine]
-        shards += mine
-        records[r.root] = {"root": r.root, "namespace": ns[r.root], "shards": [s.id for s in mine]}
+            placed.append(shard)
+        shards += placed
+        records[root] = {"root": root, "namespace": ns[root], "shards": [s.id for s in placed]}
     superseded = [
         sid for root, rec in known.items() if root in records for sid in rec.get("shards", []) if sid not in set(records[root]["shards"])
     ]
