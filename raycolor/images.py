@@ -66,7 +66,7 @@ import warnings
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from typing import Any, Literal, NamedTuple, get_args
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
 
 import numpy as np
 from PIL import (
@@ -80,8 +80,10 @@ from PIL import (
     UnidentifiedImageError,
 )
 
-from raycolor import sources
 from raycolor.config import DEFAULT_IO_CONCURRENCY, DEFAULT_MAX_PIXELS
+
+if TYPE_CHECKING:
+    from raycolor.sources import Item
 
 try:  # WebP support is optional in Pillow builds
     from PIL import WebPImagePlugin  # noqa: F401
@@ -247,7 +249,7 @@ class Decoded(NamedTuple):
 
 
 def read_decoded(
-    items: Sequence[sources.Item],
+    items: Sequence[Item],
     *,
     s3_endpoint: str | None = None,
     retries: int = 5,
@@ -267,6 +269,8 @@ def read_decoded(
     returns something other than None the item is not decoded here and comes back as ``data`` +
     ``peeked``.
     """
+    from raycolor import sources  # here: sources imports this module (IMAGE_EXTENSIONS)
+
     items = list(items)
     datas = sources.read_items(items, s3_endpoint=s3_endpoint, retries=retries, max_in_flight=io_concurrency)
     for k, (item, data) in enumerate(zip(items, datas)):
