@@ -7,7 +7,8 @@ A **shard** is the unit of work, of resume and of the ledger:
 * ``txt``: the lines starting in bytes ``[start, stop)`` of one ``.txt`` manifest (chunks found by one
   scan of the file, in a task);
 * ``listing``: a chunk of a folder / prefix listing, saved as ``OUTPUT/_listing/<shard id>.parquet``
-  (``uri``, ``relpath``, ``source``) so that the descriptor stays small and the task reads only its chunk.
+  (``uri``, ``relpath``, ``source``) so that the descriptor stays small and the task reads only its chunk
+  (training, which has no ledger, keeps the chunk in Ray's object store and hands it to :func:`expand`).
 
 The driver holds only :class:`Shard` descriptors (a few hundred bytes each, at most
 ``ceil(images / shard_size)`` of them); shard tasks expand them into items.
