@@ -209,7 +209,7 @@ def _table(title: str, rows: dict[str, Any]) -> None:
     epilog="Example: raycolor train --data s3://photos/train/ --output s3://runs/exp1 --workers 4 --gpu --epochs 20"
 )
 def train(
-    data: Annotated[list[str], typer.Option("--data", help="Image folder, s3:// prefix, .tar shard or manifest; repeatable.")],
+    data: Annotated[list[str], typer.Option("--data", help="Inputs as colorize takes them: folder, s3:// prefix, .tar, manifest (file, folder or glob); repeatable.")],
     output: Annotated[str, typer.Option(help="Run directory or s3:// prefix: checkpoints, metrics.jsonl, model/.")],
     val: Annotated[Optional[list[str]], typer.Option("--val", help="Validation URIs (else a hashed hold-out).")] = None,
     val_fraction: Annotated[float, typer.Option(min=0.0, max=0.9)] = TrainConfig.val_fraction,

@@ -1,6 +1,7 @@
 """Image decoding and encoding: the one decode policy used everywhere.
 
-Pure Pillow + NumPy (no Ray, no torch), so it can be imported anywhere cheaply.
+Pure Pillow + NumPy (no Ray, no torch), so it can be imported anywhere cheaply; :func:`read_decoded`, the
+one reading loop of colorize, evaluate and training, also uses :mod:`raycolor.sources` (fsspec) for the reads.
 
 Decode policy of :func:`decode_rgb` (bytes in, ``uint8`` ``(H, W, 3)`` C-contiguous,
 writeable array out, or a :class:`DecodeError` with a typed ``reason``):
@@ -63,9 +64,9 @@ import struct
 import threading
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
 
 import numpy as np
 from PIL import (
@@ -79,7 +80,10 @@ from PIL import (
     UnidentifiedImageError,
 )
 
-from raycolor.config import DEFAULT_MAX_PIXELS
+from raycolor.config import DEFAULT_IO_CONCURRENCY, DEFAULT_MAX_PIXELS
+
+if TYPE_CHECKING:
+    from raycolor.sources import Item
 
 try:  # WebP support is optional in Pillow builds
     from PIL import WebPImagePlugin  # noqa: F401
@@ -91,11 +95,13 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "DecodeError",
     "DecodeReason",
+    "Decoded",
     "decode_rgb",
     "encode",
     "encode_jpeg",
     "encode_png",
     "extension",
+    "read_decoded",
 ]
 
 # the one list of inputs we take (any case); GIF is included because its first frame decodes like any still
@@ -231,6 +237,58 @@ def device_decodable_jpeg(
             im.close()
     except Exception:
         return None
+
+
+class Decoded(NamedTuple):
+    """One item's outcome in :func:`read_decoded`: exactly one of ``rgb``, ``peeked`` or ``error`` is set."""
+
+    rgb: np.ndarray | None = None  # decode_rgb's upright uint8 (H, W, 3)
+    data: bytes | None = None  # the item's own bytes, when ``peek`` took them (set with ``peeked``)
+    peeked: Any = None  # what ``peek`` returned
+    error: str | None = None  # "read_failed: <redacted cause>" or the DecodeError text ("truncated: ...")
+
+
+def read_decoded(
+    items: Sequence[Item],
+    *,
+    s3_endpoint: str | None = None,
+    retries: int = 5,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    io_concurrency: int = DEFAULT_IO_CONCURRENCY,
+    peek: Callable[[bytes], Any] | None = None,
+) -> Iterator[Decoded]:
+    """The one reading loop (colorize, evaluate and both training transforms): one :class:`Decoded` per item,
+    in order.
+
+    The batch's reads are in flight together (:func:`sources.read_items`: ``io_concurrency`` at a time,
+    per-item retries), then each item is decoded with :func:`decode_rgb` when the caller asks for it, so a
+    caller that works as it goes holds one full-size RGB at a time (plus the batch's bytes, each released
+    once its item is yielded). A read that failed after its retries is ``error="read_failed: ..."`` (the
+    cause redacted), an undecodable item is ``error=str(DecodeError)``; neither stops the others. ``peek``
+    (e.g. the device-codec check, :func:`device_decodable_jpeg`) sees each item's bytes first: when it
+    returns something other than None the item is not decoded here and comes back as ``data`` +
+    ``peeked``.
+    """
+    from raycolor import sources  # here: sources imports this module (IMAGE_EXTENSIONS)
+
+    items = list(items)
+    datas = sources.read_items(items, s3_endpoint=s3_endpoint, retries=retries, max_in_flight=io_concurrency)
+    for k, (item, data) in enumerate(zip(items, datas)):
+        datas[k] = None  # the batch's bytes go as their items are done
+        if isinstance(data, Exception):
+            yield Decoded(error=f"read_failed: {sources.redact(data, item.uri)}")
+            continue
+        peeked = peek(data) if peek is not None else None
+        if peeked is not None:
+            yield Decoded(data=data, peeked=peeked)
+            continue
+        try:
+            rgb = decode_rgb(data, max_pixels=max_pixels)
+        except DecodeError as e:
+            yield Decoded(error=str(e))
+            continue
+        del data
+        yield Decoded(rgb=rgb)
 
 
 def _needs_lift(max_pixels: int | None) -> bool:

@@ -7,7 +7,8 @@ A **shard** is the unit of work, of resume and of the ledger:
 * ``txt``: the lines starting in bytes ``[start, stop)`` of one ``.txt`` manifest (chunks found by one
   scan of the file, in a task);
 * ``listing``: a chunk of a folder / prefix listing, saved as ``OUTPUT/_listing/<shard id>.parquet``
-  (``uri``, ``relpath``, ``source``) so that the descriptor stays small and the task reads only its chunk.
+  (``uri``, ``relpath``, ``source``) so that the descriptor stays small and the task reads only its chunk
+  (training, which has no ledger, keeps the chunk in Ray's object store and hands it to :func:`expand`).
 
 The driver holds only :class:`Shard` descriptors (a few hundred bytes each, at most
 ``ceil(images / shard_size)`` of them); shard tasks expand them into items.
@@ -341,14 +342,22 @@ def _parquet_rows(fs, path: str, start: int, stop: int, columns: list[str]) -> p
     return table.slice(start - (first or 0), stop - start)
 
 
-def expand(shard: Shard, *, s3_endpoint: str | None = None, retries: int = 5) -> list[sources.Item]:
-    """The shard's items, de-duplicated and collision-renamed within the shard (first wins)."""
+def _listing_items(t: pa.Table) -> list[sources.Item]:
+    return [sources.Item(source=s, relpath=r, uri=u) for u, r, s in zip(*(t.column(c).to_pylist() for c in ("uri", "relpath", "source")))]
+
+
+def expand(shard: Shard, *, s3_endpoint: str | None = None, retries: int = 5, listing: pa.Table | None = None) -> list[sources.Item]:
+    """The shard's items, de-duplicated and collision-renamed within the shard (first wins).
+
+    ``listing``: a listing chunk's table (:func:`listing_table`) already at hand, read instead of
+    ``shard.uri`` (training keeps its listing chunks in Ray's object store, never under OUTPUT)."""
+    if shard.kind == "listing" and listing is not None:
+        return _listing_items(listing)
     if shard.kind == "tar":
         return sources.dedupe(sources.list_tar(shard.uri, s3_endpoint=s3_endpoint))
     fs, path = sources.filesystem(shard.uri, s3_endpoint=s3_endpoint)
     if shard.kind == "listing":
-        t = sources._retrying(lambda: pq.read_table(io.BytesIO(fs.cat_file(path))), retries)
-        return [sources.Item(source=s, relpath=r, uri=u) for u, r, s in zip(*(t.column(c).to_pylist() for c in ("uri", "relpath", "source")))]
+        return _listing_items(sources._retrying(lambda: pq.read_table(io.BytesIO(fs.cat_file(path))), retries))
     if shard.kind == "parquet":
         t = sources._retrying(lambda: _parquet_rows(fs, path, shard.start, shard.stop, ["uri", "relpath"]), retries)
         uris = [u for u in t.column("uri").to_pylist()]

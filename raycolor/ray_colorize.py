@@ -100,24 +100,21 @@ def _decode_batch(
         )
         for i in rows
     ]
-    # the whole batch's reads in flight together: object-store latency is paid about once per batch
-    datas = sources.read_items(items, s3_endpoint=s3_endpoint, retries=retries, max_in_flight=io_concurrency)
-    for i, item, data in zip(rows, items, datas):
-        if isinstance(data, Exception):  # after retries: this item is an error row, the job goes on
-            error[i] = f"read_failed: {sources.redact(data, item.uri)}"
-            l_full[i] = b""
+    # the one reading loop (training's too): the whole batch's reads in flight together, so object-store
+    # latency is paid about once per batch; a failed read or decode is this row's error, the job goes on
+    peek = (lambda data: images.device_decodable_jpeg(data, max_pixels=max_pixels)) if device_codec else None
+    decoded = images.read_decoded(
+        items, s3_endpoint=s3_endpoint, retries=retries, max_pixels=max_pixels, io_concurrency=io_concurrency, peek=peek
+    )
+    for i, got in zip(rows, decoded):
+        if got.error is not None:
+            error[i], l_full[i] = got.error, b""
             continue
-        peek = images.device_decodable_jpeg(data, max_pixels=max_pixels) if device_codec else None
-        if peek is not None:
-            orientation[i], width[i], height[i] = peek
-            jpeg[i], l_full[i] = data, b""
+        if got.peeked is not None:  # a JPEG the actor decodes on its device
+            orientation[i], width[i], height[i] = got.peeked
+            jpeg[i], l_full[i] = got.data, b""
             continue
-        try:
-            rgb = images.decode_rgb(data, max_pixels=max_pixels)
-        except images.DecodeError as e:
-            error[i] = str(e)
-            l_full[i] = b""
-            continue
+        rgb = got.rgb
         height[i], width[i] = rgb.shape[:2]
         if keep_rgb:
             original[i] = rgb.tobytes()
@@ -657,34 +654,45 @@ def classify_inputs(config: ColorizeConfig) -> list:
     return [ledger.classify(u, s3_endpoint=config.storage.s3_endpoint) for u in config.inputs]
 
 
-def plan(config: ColorizeConfig, output: str, roots: list | None = None) -> Plan:
-    """Size manifests and tars (Ray tasks: tar headers and .txt scans can be long), chunk listings, and
-    give each root its namespace (see ledger.assign_namespaces). Call with OUTPUT locked."""
+def shard_inputs(roots: list, *, shard_size: int, s3_endpoint, namespaces: Callable[[list[str]], dict] | None = None
+                 ) -> dict[str, list[tuple[ledger.Shard, list | None]]]:
+    """Classified inputs (:func:`ledger.classify`) -> each distinct root's shards, in input order: the
+    driver's "inputs -> shards" step, shared by colorize (:func:`plan`) and training
+    (``ray_train``). Nothing here reads or writes an OUTPUT.
+
+    Folder roots are listed in parallel (the first level here, each sub-folder in a task); manifest and
+    tar objects are sized in tasks (:func:`ledger.size_object`: tar headers, a Parquet footer, one .txt
+    scan). Listed images (folders, single images) are de-duplicated together per namespace, a source
+    belonging to the first root that lists it, and each root's are cut into content-defined chunks
+    (:func:`ledger.chunk_listing`). A listing chunk comes back with its items, since the driver holds
+    the folder's listing while planning anyway; the caller decides where the chunk lives (colorize:
+    OUTPUT/_listing/; training: Ray's object store). Other shards come with None.
+
+    ``namespaces(root URIs) -> {root: namespace}`` sets each root's namespace (on its shards, and as
+    the de-duplication group); default: every root in namespace "".
+    """
     import ray
 
-    endpoint = config.storage.s3_endpoint
-    size = max(1, config.shard_size)
-    roots = classify_inputs(config) if roots is None else roots
+    size = max(1, shard_size)
     lister = ray.remote(num_cpus=0.5, max_retries=3)(ledger.find_files)
 
     def find(dirs: list[str]) -> list[str]:  # sub-folders listed in parallel, one task each
-        refs = [lister.remote(d, s3_endpoint=endpoint) for d in dirs]
+        refs = [lister.remote(d, s3_endpoint=s3_endpoint) for d in dirs]
         try:
             return [p for ref in refs for p in ray.get(ref)]
         except ray.exceptions.RayTaskError as e:
             raise e.as_instanceof_cause() from None
 
-    roots = [ledger.list_folder(r.root, s3_endpoint=endpoint, find=find) if r.kind == "folder" else r for r in roots]
+    roots = [ledger.list_folder(r.root, s3_endpoint=s3_endpoint, find=find) if r.kind == "folder" else r for r in roots]
     seen, unique = set(), []
     for r in roots:  # the same root twice is one root
         if r.root not in seen:
             seen.add(r.root)
             unique.append(r)
-    known = ledger.read_roots(output, s3_endpoint=endpoint)
-    ns = ledger.assign_namespaces([r.root for r in unique], known)
+    ns = namespaces([r.root for r in unique]) if namespaces else {r.root: "" for r in unique}
     sizer = ray.remote(num_cpus=0.5, max_retries=3)(ledger.size_object)
     refs = {
-        r.root: [sizer.remote(kind, uri, tag, root=r.root, shard_size=size, s3_endpoint=endpoint) for kind, uri, tag in r.objects]
+        r.root: [sizer.remote(kind, uri, tag, root=r.root, shard_size=size, s3_endpoint=s3_endpoint) for kind, uri, tag in r.objects]
         for r in unique
         if r.kind == "objects"
     }
@@ -700,22 +708,39 @@ def plan(config: ColorizeConfig, output: str, roots: list | None = None) -> Plan
             owner.setdefault(item.source, root)
         for item in sources.dedupe([i for _, i in group]):
             by_root.setdefault(owner[item.source], []).append(item)
-    shards, listings, records = [], {}, {}
+    out: dict[str, list[tuple[ledger.Shard, list | None]]] = {}
     for r in unique:
         if r.kind == "objects":
             try:
-                mine = [s for ref in refs[r.root] for s in ray.get(ref)]
+                mine = [(s, None) for ref in refs[r.root] for s in ray.get(ref)]
             except ray.exceptions.RayTaskError as e:
                 raise e.as_instanceof_cause() from None
         else:
-            mine = []
-            for shard, items in ledger.chunk_listing(by_root.get(r.root, []), root=r.root, shard_size=size):
+            mine = ledger.chunk_listing(by_root.get(r.root, []), root=r.root, shard_size=size)
+        out[r.root] = [(s.with_(namespace=ns[r.root]), items) for s, items in mine]
+    return out
+
+
+def plan(config: ColorizeConfig, output: str, roots: list | None = None) -> Plan:
+    """The shards of the inputs (:func:`shard_inputs`) with each root's namespace (see
+    ledger.assign_namespaces) and the listing chunks' places under OUTPUT/_listing/. Call with OUTPUT
+    locked."""
+    endpoint = config.storage.s3_endpoint
+    roots = classify_inputs(config) if roots is None else roots
+    known = ledger.read_roots(output, s3_endpoint=endpoint)
+    by_root = shard_inputs(roots, shard_size=config.shard_size, s3_endpoint=endpoint,
+                           namespaces=lambda rs: ledger.assign_namespaces(rs, known))
+    ns = ledger.assign_namespaces(list(by_root), known)
+    shards, listings, records = [], {}, {}
+    for root, mine in by_root.items():
+        placed = []
+        for shard, items in mine:
+            if items is not None:  # a listing chunk: written to OUTPUT/_listing/ if the shard is to do
                 shard = shard.with_(uri=ledger.listing_uri(output, shard.id))
                 listings[shard.id] = items
-                mine.append(shard)
-        mine = [s.with_(namespace=ns[r.root]) for s in mine]
-        shards += mine
-        records[r.root] = {"root": r.root, "namespace": ns[r.root], "shards": [s.id for s in mine]}
+            placed.append(shard)
+        shards += placed
+        records[root] = {"root": root, "namespace": ns[root], "shards": [s.id for s in placed]}
     superseded = [
         sid for root, rec in known.items() if root in records for sid in rec.get("shards", []) if sid not in set(records[root]["shards"])
     ]

@@ -1,10 +1,16 @@
 """Distributed training on Ray Train (V2) fed by Ray Data: the one training module that imports Ray.
 
-    list_items(data) ──hash split──┬─ train items ─ Ray Data CPU tasks: read, decode, random-resized crop,
-                                   │                flip, Lab ─ streaming_split(workers, equal) ─┐
-                                   └─ val items ─── Ray Data CPU tasks: read, decode, Lab, squash ─┤
-                                                    resize (the square inference renders)          │
-    TorchTrainer workers (DDP; gloo on CPU, NCCL + bf16 autocast on GPU) <─ iter_torch_batches ────┘
+Training takes the inputs of `raycolor colorize` through its reading path, and the driver holds shard
+descriptors only, never a per-image list:
+
+    inputs ─classify, list folders, size manifests/tars (ray_colorize.shard_inputs)─▶ shard descriptors
+    one task per shard: expand, count, hash (no image read) ─▶ totals + the hold-out rule (= split_items)
+    shards ─Ray Data: expand (ledger.expand), keep this side's rows ─┬─ train: read + decode (images.read_decoded),
+                                                                     │  random-resized crop, flip, Lab
+                                                                     │  ─ streaming_split(workers, equal) ─┐
+                                                                     └─ val: read + decode, Lab, squash resize ─┤
+                                                                        (the square inference renders)          │
+    TorchTrainer workers (DDP; gloo on CPU, NCCL + bf16 autocast on GPU) <─ iter_torch_batches ────────────────┘
       per epoch: train -> val sums all_reduced -> rank 0 writes a checkpoint
       (core format + train_state.pt) via ray.train.report -> OUTPUT/train/checkpoint_*
       and rewrites OUTPUT/metrics.jsonl
@@ -43,10 +49,11 @@ import logging
 import math
 import os
 import posixpath
+import random
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -54,13 +61,13 @@ import numpy as np
 import torch
 
 from raycolor import checkpoint as core_checkpoint
-from raycolor import color, colorize, images, metrics, runtime, sources
+from raycolor import color, colorize, images, ledger, metrics, runtime, sources
 from raycolor.checkpoint import CheckpointError
 from raycolor.config import DEFAULT_IO_CONCURRENCY, StorageConfig, TrainConfig
 from raycolor.model import LOSSES, VGG_BLOCKS, WeightsUnavailableError, ab_loss, build_colorizer, set_trainable_encoder_blocks
 from raycolor.progress import TrainProgress, fmt_duration
 
-__all__ = ["TrainResult", "fit", "split_items", "validate_config"]
+__all__ = ["Split", "SplitStats", "TrainResult", "fit", "split_items", "validate_config"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +82,10 @@ STATE_FORMAT = 1
 CROP_SCALE = (0.3, 1.0)  # random-resized-crop area fraction
 CROP_RATIO = (3 / 4, 4 / 3)  # and aspect ratio, as torchvision's RandomResizedCrop
 _DECODE_BATCH = 8  # images per Ray Data map_batches call
+_BLOCK_ROWS = 64  # at most this many images per decode task (fewer on small data sets, so every CPU gets some)
+# images per shard, as colorize's default: the unit of expansion (and of shuffling: shards are visited in a
+# new order each epoch, their images shuffled within each)
+SHARD_SIZE = 10_000
 
 
 @dataclass(frozen=True)
@@ -143,7 +154,8 @@ def split_items(
     """Deterministic hold-out: an item is validation iff sha1(source) maps below val_fraction.
 
     With >= 2 items both sides get at least one (the lowest-hash item is moved to val, or the highest to
-    train), so tiny data sets still train and validate.
+    train), so tiny data sets still train and validate. The reference for :class:`SplitStats` and
+    :class:`Split`, which give the same result without the list (training plans shards, not items).
     """
     scored = sorted(((_hash_fraction(it.source), i, it) for i, it in enumerate(items)), key=lambda t: t[:2])
     val = [t for t in scored if t[0] < val_fraction]
@@ -157,20 +169,207 @@ def split_items(
     return order(train), order(val)
 
 
-def _items(config: TrainConfig) -> tuple[list[sources.Item], list[sources.Item]]:
-    endpoint = config.storage.s3_endpoint
-    items = sources.list_items(list(config.data), s3_endpoint=endpoint)
-    if config.val:
-        val = sources.list_items(list(config.val), s3_endpoint=endpoint)
-        held = {it.source for it in val}
-        train = [it for it in items if it.source not in held]
+@dataclass(frozen=True)
+class SplitStats:
+    """What the hold-out needs to know about some items, summed over shards: count, how many hash below
+    val_fraction, and the lowest and highest (hash, source)."""
+
+    n: int = 0
+    below: int = 0
+    lo: tuple[float, str] | None = None
+    hi: tuple[float, str] | None = None
+
+    @classmethod
+    def of(cls, srcs: Iterable[str], val_fraction: float) -> SplitStats:
+        n = below = 0
+        lo = hi = None
+        for s in srcs:
+            h = (_hash_fraction(s), s)
+            n += 1
+            below += h[0] < val_fraction
+            lo = h if lo is None or h < lo else lo
+            hi = h if hi is None or h > hi else hi
+        return cls(n, below, lo, hi)
+
+    def __add__(self, other: SplitStats) -> SplitStats:
+        los = [x for x in (self.lo, other.lo) if x is not None]
+        his = [x for x in (self.hi, other.hi) if x is not None]
+        return SplitStats(self.n + other.n, self.below + other.below, min(los, default=None), max(his, default=None))
+
+
+@dataclass(frozen=True)
+class Split:
+    """The hold-out rule, applied to each row where shards are expanded: validation iff the source's hash
+    is below ``threshold`` (or equal to it, when ``inclusive``)."""
+
+    threshold: float
+    inclusive: bool = False
+
+    def is_val(self, source: str) -> bool:
+        h = _hash_fraction(source)
+        return h < self.threshold or (self.inclusive and h == self.threshold)
+
+    @classmethod
+    def choose(cls, stats: SplitStats, val_fraction: float) -> tuple[Split, int, int]:
+        """(rule, training images, validation images) equal to :func:`split_items` over all the items:
+        val iff hash < val_fraction, except that with >= 2 items an empty side takes the boundary item
+        (the lowest hash moves to val: val iff hash <= lowest; the highest moves to train: val iff hash <
+        highest). Items with the very same hash fraction (in practice: one source listed twice) move
+        together where split_items moves one of them."""
+        if stats.n < 2:
+            raise ValueError(f"need at least 2 images to hold some out for validation, found {stats.n}")
+        if stats.below == 0:
+            return cls(stats.lo[0], inclusive=True), stats.n - 1, 1
+        if stats.below == stats.n:
+            return cls(stats.hi[0]), 1, stats.n - 1
+        return cls(val_fraction), stats.n - stats.below, stats.below
+
+
+# ----------------------------------------------------------------------------------------------------
+# Shards (driver plans them; tasks expand them): the inputs and the reading path of `raycolor colorize`
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Data:
+    """What the driver holds about the data: shard descriptors, never a per-image list."""
+
+    train: list[dict]  # shard descriptors (ledger.Shard's fields + "listing") of the training side
+    val: list[dict]  # of the validation side: the same shards as train without --val
+    split: Split | None  # the hold-out rule, None with --val
+    held: Any  # with --val: ObjectRef of the frozenset of validation sources, excluded from training
+    listings: dict  # shard id -> ObjectRef of a listing chunk's table (ledger.listing_table)
+    n_train: int
+    n_val: int
+
+
+def _classify(inputs: Sequence[str], config: TrainConfig) -> list:
+    """What each input is (ledger.classify, as colorize does); raises InputError before Ray starts."""
+    return [ledger.classify(u, s3_endpoint=config.storage.s3_endpoint) for u in inputs]
+
+
+def _ray_get(refs):
+    import ray
+
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as e:
+        raise e.as_instanceof_cause() from None
+
+
+def _expand(desc: dict, listing, *, s3_endpoint, retries: int) -> list[sources.Item]:
+    shard = ledger.Shard(**{k: desc[k] for k in ledger.Shard.__dataclass_fields__})
+    return ledger.expand(shard, s3_endpoint=s3_endpoint, retries=retries, listing=listing)
+
+
+def _shard_stats(desc: dict, listing, *, val_fraction: float, held: frozenset | None, s3_endpoint, retries: int) -> SplitStats:
+    """One shard's SplitStats (a task: expands the shard, reads no image)."""
+    items = _expand(desc, listing, s3_endpoint=s3_endpoint, retries=retries)
+    return SplitStats.of((i.source for i in items if held is None or i.source not in held), val_fraction)
+
+
+def _sources_of(descs: list[dict], listings: dict, *, s3_endpoint, retries: int) -> tuple[frozenset, int]:
+    """The --val sources as one set (a task; it stays in the object store) and their number."""
+    import ray
+
+    held = frozenset(
+        i.source
+        for d in descs
+        for i in _expand(d, ray.get(listings[d["listing"]]) if d["listing"] else None, s3_endpoint=s3_endpoint, retries=retries)
+    )
+    return held, len(held)
+
+
+def _plan(config: TrainConfig, data_roots: list, val_roots: list) -> _Data:
+    """Shards of the inputs (ray_colorize.shard_inputs, the colorize planner), then each shard's count and
+    hash stats (no image read): the totals and the hold-out rule. A manifest or tar shard is expanded for
+    them in a cheap task of its own; a listing chunk's sources are on the driver already."""
+    import ray
+
+    from raycolor.ray_colorize import shard_inputs
+
+    endpoint, retries = config.storage.s3_endpoint, config.storage.retries
+    listings: dict[str, Any] = {}
+    listed: dict[str, list[str]] = {}  # listing chunk id -> its sources, while planning
+
+    def descriptors(roots: list) -> list[dict]:
+        out = []
+        for shards in shard_inputs(roots, shard_size=SHARD_SIZE, s3_endpoint=endpoint).values():
+            for shard, items in shards:
+                if items is not None:
+                    # a chunk of a folder listing, which the driver holds while planning (as colorize's does):
+                    # into the object store, so that the descriptor stays small and nothing is written
+                    # under the user's inputs or OUTPUT; the listing itself is dropped when planning returns
+                    listings.setdefault(shard.id, ray.put(ledger.listing_table(items)))
+                    listed[shard.id] = [i.source for i in items]
+                out.append({**dataclasses.asdict(shard), "listing": shard.id if items is not None else ""})
+        return out
+
+    train = descriptors(data_roots)
+    val, held, held_here, split = train, None, None, None
+    if val_roots:
+        val = descriptors(val_roots)
+        if all(d["listing"] for d in val):  # folders and images: their sources are here already
+            held_here = frozenset(s for d in val for s in listed[d["listing"]])
+            held, n_val = ray.put(held_here), len(held_here)
+        else:  # manifests or tars: the set is made in a task and stays in the object store
+            task = ray.remote(num_cpus=0.5, max_retries=3, num_returns=2)(_sources_of)
+            held, n_val_ref = task.remote(val, {d["listing"]: listings[d["listing"]] for d in val if d["listing"]},
+                                          s3_endpoint=endpoint, retries=retries)
+            n_val = _ray_get(n_val_ref)
+    stats_task = ray.remote(num_cpus=0.5, max_retries=3)(_shard_stats)
+    here, refs = SplitStats(), []
+    for d in train:
+        if d["listing"] and (held is None or held_here is not None):
+            srcs = listed[d["listing"]]
+            here += SplitStats.of((x for x in srcs if held_here is None or x not in held_here), config.val_fraction)
+        else:
+            refs.append(stats_task.remote(d, listings.get(d["listing"]), val_fraction=config.val_fraction, held=held,
+                                          s3_endpoint=endpoint, retries=retries))
+    stats = sum(_ray_get(refs), here)
+    if val_roots:
+        n_train = stats.n
     else:
-        if len(items) < 2:
-            raise ValueError(f"need at least 2 images to hold some out for validation, found {len(items)}")
-        train, val = split_items(items, config.val_fraction)
-    if len(train) < config.workers:
-        raise ValueError(f"{len(train)} training images cannot feed {config.workers} workers")
-    return train, val
+        split, n_train, n_val = Split.choose(stats, config.val_fraction)
+    if n_train < config.workers:
+        raise ValueError(f"{n_train} training images cannot feed {config.workers} workers")
+    return _Data(train=train, val=val, split=split, held=held, listings=listings, n_train=n_train, n_val=n_val)
+
+
+_HELD: dict[str, frozenset] = {}  # the --val sources, fetched once per worker process
+
+
+def _held_sources(ref) -> frozenset:
+    import ray
+
+    key = ref.hex()
+    if key not in _HELD:
+        _HELD.clear()
+        _HELD[key] = ray.get(ref)
+    return _HELD[key]
+
+
+def _shard_rows(desc: dict, *, side: str, split: Split | None, held, listings: dict, s3_endpoint, retries: int) -> list[dict]:
+    """One shard descriptor -> the item rows of `side` ("train" or "val"), in a Ray Data task: the
+    shard expanded as colorize expands it (ledger.expand), the hold-out rule (or the --val sources)
+    applied row by row. Training rows come in a fresh random order each epoch."""
+    import ray
+
+    listing = ray.get(listings[desc["listing"]]) if desc["listing"] else None
+    try:
+        items = _expand(desc, listing, s3_endpoint=s3_endpoint, retries=retries)
+    except Exception as e:  # noqa: BLE001 - after retries; it expanded when the run was planned: never fatal
+        log.warning("dropping shard %s of %s this epoch (%s)", desc["id"], desc["root"], sources.redact(e, desc["uri"]))
+        return []
+    if held is not None:
+        exclude = _held_sources(held)
+        items = [i for i in items if i.source not in exclude]
+    if split is not None:
+        items = [i for i in items if split.is_val(i.source) == (side == "val")]
+    rows = [{"source": i.source, "uri": i.uri, "offset": i.offset, "size": i.size} for i in items]
+    if side == "train":
+        random.shuffle(rows)  # the shards' order is shuffled too (randomize_block_order on the descriptors)
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -178,29 +377,25 @@ def _items(config: TrainConfig) -> tuple[list[sources.Item], list[sources.Item]]
 # ----------------------------------------------------------------------------------------------------
 
 
-def _decoded(
+def _rgbs(
     batch: dict[str, np.ndarray], *, s3_endpoint, retries: int, max_pixels, what: str,
     io_concurrency: int = DEFAULT_IO_CONCURRENCY,
 ):
-    """Yield uint8 RGB arrays for the rows of `batch`; unreadable/undecodable rows are logged and dropped."""
+    """The batch's images through the one reading loop (images.read_decoded, as colorize reads): uint8 RGB
+    arrays; a row that cannot be read or decoded is logged and dropped (training has no error rows)."""
     items = [
-        sources.Item(source=str(source), relpath="x", uri=str(uri), offset=int(offset), size=int(size))
+        sources.Item(source=str(source), relpath="", uri=str(uri), offset=int(offset), size=int(size))
         for source, uri, offset, size in zip(batch["source"], batch["uri"], batch["offset"], batch["size"])
     ]
-    # the batch's reads in flight together (per-item retries as in read_item), then decoded one by one
-    datas = sources.read_items(items, s3_endpoint=s3_endpoint, retries=retries, max_in_flight=io_concurrency)
-    for item, data in zip(items, datas):
-        try:
-            if isinstance(data, Exception):
-                raise data
-            rgb = images.decode_rgb(data, max_pixels=max_pixels)
-        except images.DecodeError as e:
-            log.warning("dropping undecodable %s image %s (%s)", what, item.source, e)
+    decoded = images.read_decoded(
+        items, s3_endpoint=s3_endpoint, retries=retries, max_pixels=max_pixels, io_concurrency=io_concurrency
+    )
+    for item, got in zip(items, decoded):
+        if got.error is not None:
+            kind = "unreadable" if got.error.startswith("read_failed:") else "undecodable"
+            log.warning("dropping %s %s image %s (%s)", kind, what, item.source, got.error)
             continue
-        except (OSError, ValueError) as e:  # missing object, short read, bad URI: never fatal for training
-            log.warning("dropping unreadable %s image %s (%s)", what, item.source, sources.redact(e, item.uri))
-            continue
-        yield rgb
+        yield got.rgb
 
 
 def _lab_batch(labs: list[torch.Tensor], size: int) -> dict[str, np.ndarray]:
@@ -241,7 +436,7 @@ def train_transform(
     torch.set_num_threads(1)
     rng = np.random.default_rng()  # fresh entropy per call: every epoch sees new crops
     labs = []
-    for rgb in _decoded(
+    for rgb in _rgbs(
         batch, s3_endpoint=s3_endpoint, retries=retries, max_pixels=max_pixels, what="training", io_concurrency=io_concurrency
     ):
         top, left, ch, cw = _random_box(rgb.shape[0], rgb.shape[1], rng)
@@ -262,7 +457,7 @@ def val_transform(
     """Rows of items -> Lab squashed to size x size exactly as inference renders L (colorize.render_l)."""
     torch.set_num_threads(1)
     labs = []
-    for rgb in _decoded(
+    for rgb in _rgbs(
         batch, s3_endpoint=s3_endpoint, retries=retries, max_pixels=max_pixels, what="validation", io_concurrency=io_concurrency
     ):
         lab = color.rgb_uint8_to_lab(torch.from_numpy(rgb).permute(2, 0, 1))
@@ -270,12 +465,26 @@ def val_transform(
     return _lab_batch(labs, size)
 
 
-def _dataset(items: Sequence[sources.Item], fn, config: TrainConfig):
+def _dataset(side: str, fn, data: _Data, config: TrainConfig):
+    """Shard descriptors -> item rows of `side` (tasks) -> small blocks -> decoded Lab (tasks)."""
     import ray
 
-    rows = [{"source": it.source, "uri": it.uri, "offset": it.offset, "size": it.size} for it in items]
-    blocks = max(1, min(len(rows), max(4 * config.workers, math.ceil(len(rows) / 64)), 4096))
-    ds = ray.data.from_items(rows, override_num_blocks=blocks)
+    from raycolor.ray_colorize import _cluster_cpus
+
+    descs, n = (data.train, data.n_train) if side == "train" else (data.val, data.n_val)
+    endpoint, retries = config.storage.s3_endpoint, config.storage.retries
+    ds = ray.data.from_items(descs, override_num_blocks=max(1, len(descs)))
+    if side == "train" and len(descs) > 1:
+        ds = ds.randomize_block_order()  # the shards in a new order each epoch: a barrier over descriptors only
+    ds = ds.flat_map(
+        _shard_rows,
+        fn_kwargs={"side": side, "split": data.split, "held": data.held if side == "train" else None,
+                   "listings": data.listings, "s3_endpoint": endpoint, "retries": retries},
+        num_cpus=0.5,
+    )
+    # a shard expands into one big block; a streaming split (no barrier) into small blocks lets many tasks
+    # decode it (as in colorize)
+    ds = ds.repartition(target_num_rows_per_block=max(1, min(_BLOCK_ROWS, math.ceil(n / (4 * _cluster_cpus())))))
     return ds.map_batches(
         fn,
         batch_size=_DECODE_BATCH,
@@ -283,8 +492,8 @@ def _dataset(items: Sequence[sources.Item], fn, config: TrainConfig):
         num_cpus=1,
         fn_kwargs={
             "size": config.image_size,
-            "s3_endpoint": config.storage.s3_endpoint,
-            "retries": config.storage.retries,
+            "s3_endpoint": endpoint,
+            "retries": retries,
             "io_concurrency": config.storage.io_concurrency,
             "max_pixels": config.max_pixels,
         },
@@ -804,10 +1013,11 @@ def fit(config: TrainConfig, *, progress: bool = True, terminal: IO[str] | None 
     validate_config(config)
     config = dataclasses.replace(config, output=sources.absolute(config.output))
     _check_weights(config)
-    train_items, val_items = _items(config)
+    data_roots, val_roots = _classify(config.data, config), _classify(config.val, config)
     if not ray.is_initialized():
         ray.init()
     runtime.check_output_reachable(config.output, shared=config.storage.shared_output)
+    data = _plan(config, data_roots, val_roots)  # shard descriptors and totals, no per-image list
     storage_fs, storage_path, store = _storage(config)
 
     latest = store.latest_valid()
@@ -815,11 +1025,11 @@ def fit(config: TrainConfig, *, progress: bool = True, terminal: IO[str] | None 
     report = None
     if progress:
         report = TrainProgress(
-            stream=terminal, steps_per_epoch=math.ceil(len(train_items) / (config.workers * config.batch_size))
+            stream=terminal, steps_per_epoch=math.ceil(data.n_train / (config.workers * config.batch_size))
         )
         report.handle((
             "epoch",
-            f"raycolor train: {len(train_items)} training / {len(val_items)} validation images, "
+            f"raycolor train: {data.n_train} training / {data.n_val} validation images, "
             f"{config.workers} {'GPU' if config.use_gpu else 'CPU'} worker(s), output {config.output}"
             + (f", resuming after epoch {start_epoch}" if start_epoch else ""),
         ))
@@ -832,8 +1042,8 @@ def fit(config: TrainConfig, *, progress: bool = True, terminal: IO[str] | None 
         data_ctx.enable_progress_bars = False  # the epoch lines are the progress report
         try:
             datasets = {
-                "train": _dataset(train_items, train_transform, config).randomize_block_order(),
-                "val": _dataset(val_items, val_transform, config),
+                "train": _dataset("train", train_transform, data, config),
+                "val": _dataset("val", val_transform, data, config),
             }
             trainer = TorchTrainer(
                 _train_loop,

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import shutil
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -104,13 +105,28 @@ def test_config_is_validated_before_anything_starts(tmp_path):
         fit(dataclasses.replace(cfg, weights=str(tmp_path / "missing.pt")), progress=False)
 
 
-def test_decoded_reads_the_batch_together_and_drops_unreadable_rows(tmp_path):
-    """ray_train._decoded (the transforms' reading loop): one read_items call per batch, order kept, a
-    missing or undecodable image logged and dropped, the rest decoded."""
-    from raycolor import ray_train
+def test_one_reading_loop_reads_the_batch_together_and_training_drops_unreadable_rows(tmp_path, monkeypatch):
+    """images.read_decoded, the one reading loop of colorize and training: one read_items call per batch,
+    one result per item in order (decoded RGB, the bytes a peek hook took, or colorize's error text);
+    the training transforms log and drop the error rows and transform the rest."""
+    from raycolor import images, ray_train, sources
 
     folder = make_images(tmp_path / "imgs", n=3)
     rows = [str(folder / "img00.png"), str(tmp_path / "gone.png"), str(folder / "broken.png"), str(folder / "img02.png")]
+    items = [sources.Item(source=r, relpath="", uri=r) for r in rows]
+    calls = []
+    read_items = sources.read_items
+    monkeypatch.setattr(sources, "read_items", lambda its, **kw: calls.append(len(its)) or read_items(its, **kw))
+    mine = (folder / "img02.png").read_bytes()
+    got = list(images.read_decoded(
+        items, s3_endpoint=None, retries=1, max_pixels=None, io_concurrency=4, peek=lambda data: "mine" if data == mine else None
+    ))
+    assert calls == [4]  # the batch's reads went out together
+    assert np.array_equal(got[0].rgb, np.asarray(Image.open(folder / "img00.png").convert("RGB")))
+    assert got[1].rgb is None and got[1].error.startswith("read_failed: ") and "gone.png" in got[1].error
+    assert got[2].rgb is None and got[2].error.startswith("truncated: ")  # the DecodeError text, as colorize stores it
+    assert got[3].rgb is None and got[3].peeked == "mine" and got[3].data == mine
+
     batch = {
         "source": np.array(rows, dtype=object),
         "uri": np.array(rows, dtype=object),
@@ -122,14 +138,14 @@ def test_decoded_reads_the_batch_together_and_drops_unreadable_rows(tmp_path):
     handler.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
     ray_train.log.addHandler(handler)
     try:
-        got = list(ray_train._decoded(batch, s3_endpoint=None, retries=1, max_pixels=None, what="training", io_concurrency=4))
+        out = ray_train.val_transform(batch, size=16, retries=1, io_concurrency=4)
     finally:
         ray_train.log.removeHandler(handler)
-    want = [np.asarray(Image.open(folder / n).convert("RGB")) for n in ("img00.png", "img02.png")]
-    assert len(got) == 2 and all(np.array_equal(g, w) for g, w in zip(got, want))
+    assert calls == [4, 4]
+    assert out["L"].shape == (2, 1, 16, 16) and out["ab"].shape == (2, 2, 16, 16)
     assert len(warnings) == 2, warnings
-    assert "unreadable training image" in warnings[0] and "gone.png" in warnings[0]
-    assert "undecodable training image" in warnings[1] and "broken.png" in warnings[1]
+    assert "unreadable validation image" in warnings[0] and "gone.png" in warnings[0]
+    assert "undecodable validation image" in warnings[1] and "broken.png" in warnings[1]
 
 
 def test_hash_split_is_deterministic_and_never_empty():
@@ -146,6 +162,27 @@ def test_hash_split_is_deterministic_and_never_empty():
     for frac in (1e-9, 0.999999):
         t, v = split_items(two, frac)
         assert len(t) == 1 and len(v) == 1
+
+
+def test_shard_split_equals_split_items():
+    """Training holds no item list: per-shard SplitStats, summed, choose a rule that each shard's rows
+    apply alone; the result is split_items' on the whole list, boundary moves included."""
+    from raycolor.ray_train import Split, SplitStats, split_items
+    from raycolor.sources import Item
+
+    items = [Item(source=f"s3://b/d/{i}.jpg", relpath=f"{i}.jpg", uri=f"s3://b/d/{i}.jpg") for i in range(200)]
+    cases = [(items, 0.1), (items, 0.5), (items[:2], 1e-9), (items[:2], 0.999999), (items[:7], 1e-9),
+             (items[:7], 0.999999), (items[:3], 0.4)]
+    for its, frac in cases:
+        shards = [its[a : a + 13] for a in range(0, len(its), 13)]  # uneven shards, one of them short
+        stats = sum((SplitStats.of((i.source for i in sh), frac) for sh in shards), SplitStats())
+        rule, n_train, n_val = Split.choose(stats, frac)
+        train, val = split_items(its, frac)
+        assert [i for sh in shards for i in sh if not rule.is_val(i.source)] == train, (len(its), frac)
+        assert [i for sh in shards for i in sh if rule.is_val(i.source)] == val, (len(its), frac)
+        assert (n_train, n_val) == (len(train), len(val))
+    with pytest.raises(ValueError, match="need at least 2 images"):
+        Split.choose(SplitStats.of(["/d/only.png"], 0.1), 0.1)
 
 
 # --------------------------------------------------------------------------------------------- Ray
@@ -227,17 +264,23 @@ def test_rerun_resumes_from_checkpoint_with_optimizer_state(resumed_run):
 
 @slow
 def test_output_on_s3(ray_local, s3_env, tmp_path):
-    from raycolor.ray_train import fit
+    from raycolor.ray_train import fit, split_items
+    from raycolor.sources import list_items
 
     bucket = s3_env.bucket("train")
     fs = s3_env.fs()
     local = make_images(tmp_path / "data", n=16)
+    # colorize's inputs, read the same way: an S3 prefix (a listing shard) and a tar of the other half (a
+    # tar shard, its members range reads), hash-split together without an item list on the driver
+    with tarfile.open(tmp_path / "more.tar", "w") as tf:
+        for i in range(8, 16):
+            tf.add(local / f"img{i:02d}.png", arcname=f"img{i:02d}.png")
+            (local / f"img{i:02d}.png").unlink()
     fs.put(str(local) + "/", f"{bucket}/data/", recursive=True)
-    cfg = base_config(
-        f"s3://{bucket}/data",
-        f"s3://{bucket}/run",
-        epochs=2,
-        storage=StorageConfig(s3_endpoint=s3_env.endpoint),
+    fs.put(str(tmp_path / "more.tar"), f"{bucket}/more.tar")
+    data = (f"s3://{bucket}/data", f"s3://{bucket}/more.tar")
+    cfg = dataclasses.replace(
+        base_config(data[0], f"s3://{bucket}/run", epochs=2, storage=StorageConfig(s3_endpoint=s3_env.endpoint)), data=data
     )
     result = fit(cfg, progress=False)
     assert result.model_uri == f"s3://{bucket}/run/model"
@@ -253,6 +296,11 @@ def test_output_on_s3(ray_local, s3_env, tmp_path):
     lines = [json.loads(x) for x in fs.cat_file(f"{bucket}/run/metrics.jsonl").decode().splitlines()]
     assert [m["epoch"] for m in lines] == [1, 2]
     assert_finite_lines(lines)
+    # the hold-out is split_items' over every input's images (broken.png dropped when decoded; the equal
+    # split between the 2 workers may leave one training image out)
+    train, val = (sum(not i.source.endswith("broken.png") for i in side) for side in split_items(list_items(list(data)), 0.15))
+    assert [m["val_images"] for m in lines] == [val, val] and train + val == 16
+    assert all(m["train_images"] in (train, train - train % 2) for m in lines), (lines, train)
     model, meta = checkpoint.load(result.model_uri, s3_endpoint=s3_env.endpoint)
     assert meta.extra["epoch"] == 2
     # both stages ran in one attempt: after the switch (DDP re-wrapped) the top encoder block trained in
