@@ -13,6 +13,9 @@ DEFAULT_MAX_PIXELS = 178_956_970
 # Object reads/writes in flight at once per batch (per CPU task); see sources.read_items and
 # docs/performance.md ("Object storage latency") for how it was chosen.
 DEFAULT_IO_CONCURRENCY = 32
+# Inputs per shard (a manifest or listing chunk; a .tar is one shard): the unit of work, resume and, in
+# training, of shuffling
+DEFAULT_SHARD_SIZE = 10_000
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,7 @@ class ColorizeConfig:
     device_codec: bool | None = None
     # inputs per shard (the unit of work, resume and ledger): a manifest chunk or a listing chunk; a .tar
     # is one shard whatever its size. Keep it the same across re-runs of one OUTPUT.
-    shard_size: int = 10_000
+    shard_size: int = DEFAULT_SHARD_SIZE
     # re-attempt error rows of finished shards: "transient" (read/write failures) or "all"
     retry_errors: Literal["none", "transient", "all"] = "none"
     force_unlock: bool = False  # take over OUTPUT/_lock.json left by a driver that is gone

@@ -63,7 +63,7 @@ import torch
 from raycolor import checkpoint as core_checkpoint
 from raycolor import color, colorize, images, ledger, metrics, runtime, sources
 from raycolor.checkpoint import CheckpointError
-from raycolor.config import DEFAULT_IO_CONCURRENCY, StorageConfig, TrainConfig
+from raycolor.config import DEFAULT_IO_CONCURRENCY, DEFAULT_SHARD_SIZE, StorageConfig, TrainConfig
 from raycolor.model import LOSSES, VGG_BLOCKS, WeightsUnavailableError, ab_loss, build_colorizer, set_trainable_encoder_blocks
 from raycolor.progress import TrainProgress, fmt_duration
 
@@ -83,9 +83,6 @@ CROP_SCALE = (0.3, 1.0)  # random-resized-crop area fraction
 CROP_RATIO = (3 / 4, 4 / 3)  # and aspect ratio, as torchvision's RandomResizedCrop
 _DECODE_BATCH = 8  # images per Ray Data map_batches call
 _BLOCK_ROWS = 64  # at most this many images per decode task (fewer on small data sets, so every CPU gets some)
-# images per shard, as colorize's default: the unit of expansion (and of shuffling: shards are visited in a
-# new order each epoch, their images shuffled within each)
-SHARD_SIZE = 10_000
 
 
 @dataclass(frozen=True)
@@ -294,7 +291,7 @@ def _plan(config: TrainConfig, data_roots: list, val_roots: list) -> _Data:
 
     def descriptors(roots: list) -> list[dict]:
         out = []
-        for shards in shard_inputs(roots, shard_size=SHARD_SIZE, s3_endpoint=endpoint).values():
+        for shards in shard_inputs(roots, shard_size=DEFAULT_SHARD_SIZE, s3_endpoint=endpoint).values():
             for shard, items in shards:
                 if items is not None:
                     # a chunk of a folder listing, which the driver holds while planning (as colorize's does):
