@@ -362,22 +362,26 @@ def stage_functions(paths: list[Path], ckpt: str, args, model) -> dict:
                  for k in listed[0]}
         items["shard"] = np.array(["bench"] * len(listed), dtype=object)  # the ledger's columns
         items["shard_n"] = np.full(len(listed), len(listed), dtype=np.int64)
-        kw = {"render_size": args.render_size, "max_pixels": None, "s3_endpoint": None, "retries": 1}
-        res = {}
+        items["error"] = np.full(len(listed), "", dtype=object)
         import torch
 
-        pred = rc.Predictor.with_model(model, torch.device("cpu"))  # the actor's __call__ without its process
-        fkw = {"fmt": args.format, "png_level": args.png_level, "jpeg_quality": args.jpeg_quality,
-               "parquet_images": False, "model_id": "bench", "s3_endpoint": None, "retries": 1}
+        from raycolor.config import ColorizeConfig, StorageConfig
+
+        res = {}
+        storage = StorageConfig(retries=1)
+        config = ColorizeConfig(inputs=(), output="", checkpoint=ckpt, format=args.format, png_level=args.png_level,
+                                jpeg_quality=args.jpeg_quality, max_pixels=None, storage=storage)
+        stage = rc.ModelStage.for_colorize(config, args.render_size)
+        pred = rc.Predictor.with_model(model, torch.device("cpu"), stage)  # the actor's __call__ without its process
         dec, fin = [], []
         for _ in range(3):  # the first round pays imports and first-write costs; keep the best
             t0, c0 = time.perf_counter(), time.thread_time()
-            decoded = rc._decode_batch(items, **kw)
+            decoded = rc._decode_batch(items, stage=stage)
             dec.append((time.perf_counter() - t0, time.thread_time() - c0))
             predicted = pred(decoded)
             with tempfile.TemporaryDirectory() as tmp:
                 t0, c0 = time.perf_counter(), time.thread_time()
-                rc._finish_batch(predicted, output=tmp, **fkw)
+                rc._finish_batch(predicted, config=config, stage=stage, output=tmp, model_id="bench")
                 fin.append((time.perf_counter() - t0, time.thread_time() - c0))
         for name, xs in (("decode stage (_decode_batch)", dec), (f"finish stage (_finish_batch, {args.format})", fin)):
             res[name] = {"wall": round(min(w for w, _ in xs) / len(listed) * 1e3, 3),

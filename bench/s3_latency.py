@@ -180,9 +180,9 @@ def stage_profile(bucket: str, proxy, ckpt: str, args, latency_s: float, concurr
     from raycolor import checkpoint
     from raycolor import ray_colorize as rc
 
+    from raycolor.config import ColorizeConfig, StorageConfig
+
     model, _ = checkpoint.load(ckpt)
-    pred = rc.Predictor.__new__(rc.Predictor)  # the actor's __call__ without its process
-    pred.device, pred.model, pred.compose_on_device, pred.encode_jpeg_quality = torch.device("cpu"), model, False, None
     b = args.batch_size
 
     def batch(k: int) -> dict:
@@ -193,23 +193,28 @@ def stage_profile(bucket: str, proxy, ckpt: str, args, latency_s: float, concurr
             "uri": np.array([f"s3://{bucket}/in/{i:05d}.jpg" for i in idx], dtype=object),
             "offset": np.zeros(b, np.int64),
             "size": np.full(b, -1, np.int64),
+            "error": np.full(b, "", dtype=object),
+            "shard": np.full(b, f"bench-{k}", dtype=object),  # the ledger's columns
+            "shard_n": np.full(b, b, np.int64),
         }
 
     out = {}
     for name, lat, conc in (("0ms", 0.0, concurrency), (f"{latency_s * 1e3:g}ms", latency_s, concurrency),
                             (f"{latency_s * 1e3:g}ms-sequential", latency_s, 1)):
         proxy.latency_s = lat
+        output = f"s3://{bucket}/out-stages-{name}"
+        config = ColorizeConfig(inputs=(), output=output, checkpoint=ckpt, format="png", max_pixels=None,
+                                storage=StorageConfig(s3_endpoint=proxy.url, retries=3, io_concurrency=conc))
+        stage = rc.ModelStage.for_colorize(config, args.render_size)
+        pred = rc.Predictor.with_model(model, torch.device("cpu"), stage)  # the actor's __call__ without its process
         dec, fin = [], []
         for k in range(3):
             t0 = time.perf_counter()
-            decoded = rc._decode_batch(batch(k), render_size=args.render_size, max_pixels=None,
-                                       s3_endpoint=proxy.url, retries=3, io_concurrency=conc)
+            decoded = rc._decode_batch(batch(k), stage=stage)
             dec.append(time.perf_counter() - t0)
             predicted = pred(decoded)
             t0 = time.perf_counter()
-            rc._finish_batch(predicted, output=f"s3://{bucket}/out-stages-{name}", fmt="png", png_level=1,
-                             jpeg_quality=92, parquet_images=False, model_id="bench", s3_endpoint=proxy.url,
-                             retries=3, io_concurrency=conc)
+            rc._finish_batch(predicted, config=config, stage=stage, output=output, model_id="bench")
             fin.append(time.perf_counter() - t0)
         out[name] = {"decode_ms_per_batch": round(min(dec) * 1e3, 1), "finish_ms_per_batch": round(min(fin) * 1e3, 1)}
         print(f"  stages {name:<16} decode {out[name]['decode_ms_per_batch']:7.1f} ms, finish "

@@ -1,18 +1,22 @@
-"""Bulk colorization with Ray Data: wiring only; the maths lives in the core modules.
+"""Bulk colorization with Ray Data: the plan (inputs -> shards), the stages, and the run's bookkeeping. The
+per-image maths lives in the core modules (images, colorize, color); the ledger's formats in ledger.py.
 
-    items (driver) ─▶ read + decode + prepare   CPU tasks: bytes -> RGB -> L full-res (uint16) + L at render size
-                  ─▶ Predictor                  fixed actor pool, one per GPU (or a CPU pool): L small -> ab small
-                  ─▶ compose + encode + write   CPU tasks: L full + ab -> RGB -> PNG/JPEG -> OUTPUT/images/...
-                                                 and one Parquet manifest part per batch -> OUTPUT/manifest/
+    shard descriptors (driver) ─▶ expand       CPU tasks: a shard -> item rows (a tar's members, a manifest chunk)
+        ─▶ _decode_batch                       CPU tasks: bytes -> RGB -> L full-res (uint16) + L at render size
+        ─▶ Predictor                           actor pool, one per GPU (or CPU actors): L small -> ab small, or
+                                               on a device full-res RGB (JPEGs decoded/encoded there with nvJPEG)
+        ─▶ _finish_batch                       CPU tasks: compose + encode + write images, spool rows per shard
+        ─▶ merge                               per shard: one manifest part + stats (+ one tar for webdataset)
     driver: counts rows as they stream back, then checks the manifest and writes OUTPUT/_SUCCESS.json last.
 
-Only small arrays cross the object store: L as uint16 (2 B/pixel, 0.0015 L units precision) and the
-render-size L/ab; never float RGB. Per-image Pillow work never runs in the actor process.
+ModelStage, settled once on the driver, says what each stage does; no stage guesses from its columns. What
+crosses the object store: L as uint16 (2 B/pixel) and render-size L/ab on the CPU path; with the device codec
+the JPEG bytes go to the actor and composed RGB (or encoded JPEG) comes back. Pillow never runs in the actor.
 
-Exactly once: a source with a manifest row is done; a re-run skips it. Images are written before their
-manifest row (temp + rename locally, one PUT on object stores), so a crash leaves at worst an image without
-a row, which the re-run overwrites with identical content. Manifest part names are a hash of the sources
-they hold, so a retried task overwrites its own part instead of adding a duplicate.
+Exactly once: a source with a manifest row is done; a re-run skips finished shards. Images are written before
+their rows (temp + rename locally, one PUT on object stores), so a crash leaves at worst an image without a
+row, which the re-run overwrites with identical content. Spool files are named by the sources they hold, so a
+retried task overwrites its own file instead of adding a duplicate.
 """
 
 from __future__ import annotations
@@ -30,10 +34,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raycolor import checkpoint, images, ledger, runtime, sources
-from raycolor.config import DEFAULT_IO_CONCURRENCY, ColorizeConfig
+from raycolor.config import DEFAULT_MAX_PIXELS, ColorizeConfig, StorageConfig
 from raycolor.ledger import IMAGE_COLUMN, MANIFEST_SCHEMA
-
-
 
 
 @dataclass(frozen=True)
@@ -53,30 +55,61 @@ class ColorizeSummary:
     shards_skipped: int = 0  # finished by an earlier run (and nothing to retry)
 
 
+@dataclass(frozen=True)
+class ModelStage:
+    """How the decode and model stages run (and what they hand on), settled once on the driver from a
+    ColorizeConfig or an EvaluateConfig. Every stage reads its mode here, never from the columns a batch
+    happens to carry."""
+
+    checkpoint: str
+    render_size: int
+    batch_size: int  # images per model call
+    gpus: int = 0  # 0: CPU actors
+    cpu_actors: int | None = None  # CPU-mode pool size; None: one actor
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    device_codec: bool = False  # baseline JPEGs travel as their bytes and the actor decodes them
+    encode_jpeg_quality: int | None = None  # set: the actor also encodes the output as JPEG (nvJPEG on GPU)
+    keep_rgb: bool = False  # the decoded original travels along too (evaluate compares against it)
+
+    @property
+    def compose_on_device(self) -> bool:
+        """The actor composes full-res RGB (column `rgb`, or `encoded` when it encodes too); otherwise it
+        hands on `ab` at render size and the next CPU stage composes."""
+        return self.gpus > 0 or self.device_codec
+
+    @classmethod
+    def for_colorize(cls, config: ColorizeConfig, render_size: int) -> ModelStage:
+        codec = config.uses_device_codec
+        return cls(
+            checkpoint=config.checkpoint,
+            render_size=render_size,
+            batch_size=config.batch_size,
+            gpus=config.gpus,
+            cpu_actors=config.cpu_actors,
+            max_pixels=config.max_pixels,
+            storage=config.storage,
+            device_codec=codec,
+            encode_jpeg_quality=config.jpeg_quality if codec and config.format == "jpeg" else None,
+        )
+
+
 # --------------------------------------------------------------------------------------------
 # Stage functions (run inside Ray workers; plain functions of a numpy batch)
 # --------------------------------------------------------------------------------------------
 
 
-def _decode_batch(
-    batch: dict,
-    *,
-    render_size: int,
-    max_pixels: int | None,
-    s3_endpoint,
-    retries: int,
-    keep_rgb: bool = False,
-    device_codec: bool = False,
-    io_concurrency: int = DEFAULT_IO_CONCURRENCY,
-) -> dict:
-    """keep_rgb: also ship the decoded RGB (raw bytes) downstream, for evaluation against the original.
-    device_codec: baseline JPEGs skip Pillow and travel as their own bytes (+ EXIF orientation) to the
-    actor, which decodes them on its device; everything else is decoded here as usual."""
+def _decode_batch(batch: dict, *, stage: ModelStage) -> dict:
+    """Item rows -> decoded rows: L packed at full resolution and L at render size. stage.keep_rgb: the
+    decoded RGB (raw bytes) travels along, for evaluation against the original. stage.device_codec: baseline
+    JPEGs skip Pillow and travel as their own bytes (+ EXIF orientation) to the actor, which decodes them on
+    its device; everything else is decoded here as usual. Columns other than the item's pass through."""
     import torch
 
     from raycolor.colorize import pack_l, prepare
 
     torch.set_num_threads(1)  # one task per CPU slot; torch must not oversubscribe the node
+    render_size, max_pixels, storage = stage.render_size, stage.max_pixels, stage.storage
     n = len(batch["source"])
     l_full = np.empty(n, dtype=object)
     original = np.full(n, b"", dtype=object)
@@ -86,8 +119,8 @@ def _decode_batch(
     width = np.zeros(n, dtype=np.int64)
     height = np.zeros(n, dtype=np.int64)
     error = np.full(n, "", dtype=object)  # "" = no error: an all-null column would not survive Arrow
-    pre = batch.get("error")  # rows that failed before reading (a shard that could not be expanded)
-    rows = [i for i in range(n) if pre is None or not pre[i]]
+    pre = batch["error"]  # rows that failed before reading (a shard that could not be expanded)
+    rows = [i for i in range(n) if not pre[i]]
     for i in set(range(n)) - set(rows):
         error[i], l_full[i] = pre[i], b""
     items = [
@@ -102,9 +135,14 @@ def _decode_batch(
     ]
     # the one reading loop (training's too): the whole batch's reads in flight together, so object-store
     # latency is paid about once per batch; a failed read or decode is this row's error, the job goes on
-    peek = (lambda data: images.device_decodable_jpeg(data, max_pixels=max_pixels)) if device_codec else None
+    peek = (lambda data: images.device_decodable_jpeg(data, max_pixels=max_pixels)) if stage.device_codec else None
     decoded = images.read_decoded(
-        items, s3_endpoint=s3_endpoint, retries=retries, max_pixels=max_pixels, io_concurrency=io_concurrency, peek=peek
+        items,
+        s3_endpoint=storage.s3_endpoint,
+        retries=storage.retries,
+        max_pixels=max_pixels,
+        io_concurrency=storage.io_concurrency,
+        peek=peek,
     )
     for i, got in zip(rows, decoded):
         if got.error is not None:
@@ -116,29 +154,23 @@ def _decode_batch(
             continue
         rgb = got.rgb
         height[i], width[i] = rgb.shape[:2]
-        if keep_rgb:
+        if stage.keep_rgb:
             original[i] = rgb.tobytes()
         L, small = prepare(rgb, render_size)
         l_full[i] = pack_l(L)
         l_small[i] = small.numpy()
-    out = {
-        "source": batch["source"],
-        "relpath": batch["relpath"],
-        "width": width,
-        "height": height,
-        "error": error,
-        "l_full": l_full,
-        "l_small": l_small,
-    }
-    for key in ("shard", "shard_n"):  # the ledger's bookkeeping travels with the rows
-        if key in batch:
-            out[key] = batch[key]
-    if keep_rgb:
+    # the item's columns are consumed here; everything else (the ledger's shard bookkeeping) travels on
+    out = {k: v for k, v in batch.items() if k not in _ITEM_COLUMNS}
+    out.update(width=width, height=height, error=error, l_full=l_full, l_small=l_small)
+    if stage.keep_rgb:
         out["original"] = original
-    if device_codec:
+    if stage.device_codec:
         out["jpeg"] = jpeg
         out["orientation"] = orientation
     return out
+
+
+_ITEM_COLUMNS = ("uri", "offset", "size")  # read by the decode stage; source and relpath stay with the row
 
 
 def _l_full(batch: dict, i: int):
@@ -150,39 +182,29 @@ def _l_full(batch: dict, i: int):
 class Predictor:
     """The model on one device. Keeps no per-image CPU work: L small in, ab (or RGB, on GPU) out."""
 
-    def __init__(
-        self,
-        checkpoint_uri: str,
-        *,
-        use_gpu: bool,
-        compose_on_device: bool,
-        threads: int,
-        s3_endpoint,
-        encode_jpeg_quality: int | None = None,
-    ):
+    def __init__(self, stage: ModelStage, *, threads: int):
         import torch
 
-        if not use_gpu:
+        if stage.gpus == 0:
             torch.set_num_threads(max(1, threads))
-        device = torch.device("cuda" if use_gpu else "cpu")
-        model, self.meta = checkpoint.load(checkpoint_uri, map_location=device, s3_endpoint=s3_endpoint)
-        self._use(model, device, compose_on_device=compose_on_device, encode_jpeg_quality=encode_jpeg_quality)
+        device = torch.device("cuda" if stage.gpus > 0 else "cpu")
+        model, self.meta = checkpoint.load(stage.checkpoint, map_location=device, s3_endpoint=stage.storage.s3_endpoint)
+        self._use(model, device, stage)
 
     @classmethod
-    def with_model(cls, model, device, *, compose_on_device: bool = False, encode_jpeg_quality: int | None = None):
+    def with_model(cls, model, device, stage: ModelStage) -> Predictor:
         """A Predictor around a model already in memory (benchmarks, tests): __call__ without the actor."""
         self = cls.__new__(cls)
         self.meta = None
-        self._use(model, device, compose_on_device=compose_on_device, encode_jpeg_quality=encode_jpeg_quality)
+        self._use(model, device, stage)
         return self
 
-    def _use(self, model, device, *, compose_on_device: bool, encode_jpeg_quality: int | None) -> None:
+    def _use(self, model, device, stage: ModelStage) -> None:
         import torch
 
         self.device = device
         self.model = model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
-        self.compose_on_device = compose_on_device
-        self.encode_jpeg_quality = encode_jpeg_quality  # set: JPEG output is encoded here (nvJPEG on GPU)
+        self.stage = stage
 
     def _decode_jpegs(self, batch: dict, rows: list[int], errors: np.ndarray) -> dict:
         """Rows' JPEG bytes -> upright uint8 (3, H, W) on the device; a failing image becomes an error row."""
@@ -215,7 +237,8 @@ class Predictor:
         errors = np.array(batch["error"], dtype=object)
         n = len(errors)
         r = batch["l_small"].shape[-1]
-        jpeg_rows = [i for i in range(n) if not errors[i] and "jpeg" in batch and len(batch["jpeg"][i])]
+        stage = self.stage
+        jpeg_rows = [i for i in range(n) if stage.device_codec and not errors[i] and len(batch["jpeg"][i])]
         on_device = self._decode_jpegs(batch, jpeg_rows, errors) if jpeg_rows else {}
         l_small = torch.from_numpy(np.array(batch["l_small"], dtype=np.float32)).to(self.device)
         l_device = {}
@@ -228,7 +251,7 @@ class Predictor:
         encoded = np.full(n, b"", dtype=object)
         if ok.any():
             pred = predict_ab(self.model, l_small[torch.from_numpy(ok).to(self.device)])
-            if self.compose_on_device:
+            if stage.compose_on_device:
                 # full-res Lab->RGB on the accelerator; the L planes are the only full-res data shipped in
                 composed = {}
                 by_size: dict[tuple[int, int], list[tuple[int, int]]] = {}  # (H, W) -> [(row, pred index)]
@@ -240,11 +263,11 @@ class Predictor:
                     )
                     rgbs = compose_batch(L, pred[[j for _, j in group]])  # (n, H, W, 3) uint8
                     composed.update({i: rgbs[k] for k, (i, _) in enumerate(group)})
-                if self.encode_jpeg_quality is not None:
+                if stage.encode_jpeg_quality is not None:
                     from torchvision.io import encode_jpeg
 
                     rows = list(composed)
-                    blobs = encode_jpeg([composed[i].permute(2, 0, 1) for i in rows], quality=self.encode_jpeg_quality)
+                    blobs = encode_jpeg([composed[i].permute(2, 0, 1) for i in rows], quality=stage.encode_jpeg_quality)
                     for i, blob in zip(rows, blobs):
                         encoded[i] = blob.cpu().numpy().tobytes()
                 else:
@@ -253,10 +276,10 @@ class Predictor:
             else:
                 ab[ok] = pred.cpu().numpy().astype(np.float16)
         # pass every other column through (e.g. evaluate's originals); drop what is consumed here
-        consumed = {"l_small", "jpeg", "orientation"} | ({"l_full"} if self.compose_on_device else set())
+        consumed = {"l_small", "jpeg", "orientation"} | ({"l_full"} if stage.compose_on_device else set())
         out = {k: v for k, v in batch.items() if k not in consumed}
         out["error"] = errors
-        if self.compose_on_device:
+        if stage.compose_on_device:
             out["rgb"] = rgb
             out["encoded"] = encoded
         else:
@@ -264,14 +287,14 @@ class Predictor:
         return out
 
 
-def colorized_rgb(batch: dict, i: int) -> np.ndarray:
-    """Row i of a predicted batch -> full-res uint8 RGB (H, W, 3), composing on this CPU if needed."""
+def colorized_rgb(batch: dict, i: int, stage: ModelStage) -> np.ndarray:
+    """Row i of a predicted batch -> full-res uint8 RGB (H, W, 3), composing on this CPU if the actor did not."""
     import torch
 
     from raycolor.colorize import compose
 
     h, w = int(batch["height"][i]), int(batch["width"][i])
-    if "rgb" in batch:
+    if stage.compose_on_device:
         return np.frombuffer(batch["rgb"][i], dtype=np.uint8).reshape(h, w, 3)
     return compose(_l_full(batch, i), torch.from_numpy(batch["ab"][i].astype(np.float32))).numpy()
 
@@ -281,45 +304,37 @@ def _part_name(sources_in_batch) -> str:
     return f"part-{digest}.parquet"
 
 
-def _finish_batch(
-    batch: dict,
-    *,
-    output: str,
-    fmt: str,
-    png_level: int,
-    jpeg_quality: int,
-    parquet_images: bool,
-    model_id: str,
-    s3_endpoint,
-    retries: int,
-    io_concurrency: int = DEFAULT_IO_CONCURRENCY,
-    layout: str = "files",
-) -> dict:
+def _finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, output: str, model_id: str) -> dict:
     """Encode, write the images (layout "files"), spool the rows per shard. With layout "webdataset" the
-    images travel in the spool (its `image` column) and `output` holds the output key; the shard's merge
-    writes them into one tar."""
+    images travel in the spool (its `image` column) and the row's output is the output key; the shard's
+    merge writes them into one tar. `output`: config.output made absolute."""
     import torch
 
     torch.set_num_threads(1)
     n = len(batch["source"])
     rows: dict[str, list] = {name: [] for name in MANIFEST_SCHEMA.names}
     blobs: list[bytes | None] = []
+    fmt, layout, storage = config.format, config.layout, config.storage
     ext = images.extension(fmt)
     out_uris: list[str | None] = [None] * n
     encoded: list[bytes | None] = [None] * n
     for i in range(n):
         if not batch["error"][i]:
-            if "encoded" in batch and len(batch["encoded"][i]):
+            if stage.encode_jpeg_quality is not None:
                 encoded[i] = bytes(batch["encoded"][i])  # encoded by the actor (nvJPEG)
             else:
-                encoded[i] = images.encode(colorized_rgb(batch, i), fmt, png_level=png_level, jpeg_quality=jpeg_quality)
+                rgb = colorized_rgb(batch, i, stage)
+                encoded[i] = images.encode(rgb, fmt, png_level=config.png_level, jpeg_quality=config.jpeg_quality)
             key = sources.output_key(batch["relpath"][i], ext)
             # webdataset: the key travels with the row; the shard's merge writes the image into its tar
             out_uris[i] = key if layout == "webdataset" else sources.join_uri(output, "images", key)
     todo = [i for i in range(n) if out_uris[i] is not None and layout != "webdataset"]
     # the batch's image writes in flight together (each still atomic); the manifest part follows them
     written = sources.write_many(
-        [(out_uris[i], encoded[i]) for i in todo], s3_endpoint=s3_endpoint, retries=retries, max_in_flight=io_concurrency
+        [(out_uris[i], encoded[i]) for i in todo],
+        s3_endpoint=storage.s3_endpoint,
+        retries=storage.retries,
+        max_in_flight=storage.io_concurrency,
     )
     failures = dict(zip(todo, written))
     for i in range(n):
@@ -338,7 +353,7 @@ def _finish_batch(
         rows["finished_at"].append(time.time())
         blobs.append(blob)
     table = pa.table(rows, schema=MANIFEST_SCHEMA)
-    if parquet_images or layout == "webdataset":
+    if config.parquet_images or layout == "webdataset":
         table = table.append_column(IMAGE_COLUMN, pa.array(blobs, type=pa.binary()))
     # one spool file per shard in this batch; named by its sources, so a retried task overwrites its own
     shard_col = [str(x) for x in batch["shard"]]
@@ -348,7 +363,7 @@ def _finish_batch(
         buf = io.BytesIO()
         pq.write_table(part, buf)
         uri = sources.join_uri(ledger.spool_dir(output, sid), _part_name([rows["source"][i] for i in rows_of]))
-        sources.write_bytes_atomic(uri, buf.getvalue(), s3_endpoint=s3_endpoint, retries=retries)
+        sources.write_bytes_atomic(uri, buf.getvalue(), s3_endpoint=storage.s3_endpoint, retries=storage.retries)
     return {
         "source": np.array(rows["source"], dtype=object),
         "status": np.array(rows["status"], dtype=object),
@@ -503,33 +518,24 @@ def _expand_shard(row: dict, *, output: str, s3_endpoint, retries: int) -> list[
 # --------------------------------------------------------------------------------------------
 
 
-def _cluster_cpus() -> int:
-    import ray
-
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
-
-
-def predicted_dataset(items, *, checkpoint_uri: str, render_size: int, batch_size: int,
-                      gpus: int, cpu_actors: int | None, max_pixels: int | None, storage, compose_on_device: bool,
-                      keep_rgb: bool = False, device_codec: bool = False, encode_jpeg_quality: int | None = None,
-                      total: int | None = None):
+def predicted_dataset(items, stage: ModelStage, *, total: int | None = None):
     """Lazy dataset of items -> decode tasks -> model actor pool. Rows: source, relpath, width, height,
-    error ("" when fine) and either l_full + ab (CPU compose) or rgb (composed on the device).
+    error ("" when fine) and either l_full + ab or, when stage.compose_on_device, rgb / encoded.
 
     ``items``: a list of :class:`sources.Item`, or a Ray Dataset of item rows (source, relpath, uri,
-    offset, size; optional error, shard, shard_n), e.g. expanded from shards inside tasks; then ``total``
+    offset, size, error; optional shard, shard_n), e.g. expanded from shards inside tasks; then ``total``
     (the number of rows, or an estimate) sizes the blocks."""
     import ray
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
-    cpus = _cluster_cpus()
-    n_actors = gpus if gpus > 0 else (cpu_actors or 1)
-    endpoint, retries = storage.s3_endpoint, storage.retries
+    cpus = runtime.cluster_cpus()
+    n_actors = stage.gpus if stage.gpus > 0 else (stage.cpu_actors or 1)
     n = len(items) if isinstance(items, list) else max(1, total or 1)
     # small blocks so every stage has several tasks in flight, but not so small that overhead dominates
-    per_block = max(1, min(batch_size, math.ceil(n / (4 * cpus))))
+    per_block = max(1, min(stage.batch_size, math.ceil(n / (4 * cpus))))
     if isinstance(items, list):
-        ds = ray.data.from_items([asdict(i) for i in items], override_num_blocks=max(1, math.ceil(n / per_block)))
+        rows = [{**asdict(i), "error": ""} for i in items]
+        ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(n / per_block)))
     else:
         # a shard expands into one big block; a streaming split (no barrier) gives the decode stage
         # per_block-row blocks, so one shard is decoded by many tasks and its first images come out early
@@ -538,15 +544,7 @@ def predicted_dataset(items, *, checkpoint_uri: str, render_size: int, batch_siz
         _decode_batch,
         batch_format="numpy",
         batch_size=None,
-        fn_kwargs={
-            "render_size": render_size,
-            "max_pixels": max_pixels,
-            "s3_endpoint": endpoint,
-            "retries": retries,
-            "io_concurrency": storage.io_concurrency,
-            "keep_rgb": keep_rgb,
-            "device_codec": device_codec,
-        },
+        fn_kwargs={"stage": stage},
         num_cpus=1,
         # Ray Data fuses a task stage into a following actor stage when their pool sizes match; fused,
         # Pillow decoding would run inside the single model process. A task pool sized to the cluster's
@@ -556,24 +554,17 @@ def predicted_dataset(items, *, checkpoint_uri: str, render_size: int, batch_siz
     return ds.map_batches(
         Predictor,
         batch_format="numpy",
-        batch_size=batch_size,
+        batch_size=stage.batch_size,
         compute=ActorPoolStrategy(size=n_actors),
-        num_gpus=1 if gpus > 0 else 0,
+        num_gpus=1 if stage.gpus > 0 else 0,
         # CPU mode on one machine: the actor reserves no CPU slot (it still runs `threads` torch threads).
         # Reserving one left a 2-core node a single task slot, which Ray Data kept giving to decoding: nothing
         # was written until the model had seen every image (bench/colorize_throughput.py; docs/performance.md).
         # On a multi-node cluster it reserves one, so that Ray places it on a worker node: a 0-CPU actor lands
         # on the head, which large clusters start with 0 CPUs precisely so that no work runs there
-        num_cpus=1 if gpus > 0 or runtime.node_count() > 1 else 0,
-        fn_constructor_kwargs={
-            "checkpoint_uri": checkpoint_uri,
-            "use_gpu": gpus > 0,
-            "compose_on_device": compose_on_device,
-            # CPU mode: the model gets the cores the CPU tasks leave idle (they are mostly waiting on it)
-            "threads": max(1, cpus // n_actors),
-            "s3_endpoint": endpoint,
-            "encode_jpeg_quality": encode_jpeg_quality,
-        },
+        num_cpus=1 if stage.gpus > 0 or runtime.node_count() > 1 else 0,
+        # CPU mode: the model gets the cores the CPU tasks leave idle (they are mostly waiting on it)
+        fn_constructor_kwargs={"stage": stage, "threads": max(1, cpus // n_actors)},
     )
 
 
@@ -587,38 +578,14 @@ def build_dataset(shards: list[ledger.Shard], config: ColorizeConfig, *, output:
     descriptors = [{**asdict(s), "marker": _marker(s)} for s in shards]
     ds = ray.data.from_items(descriptors, override_num_blocks=max(1, len(descriptors)))
     ds = ds.flat_map(_expand_shard, fn_kwargs={"output": output, "s3_endpoint": endpoint, "retries": retries}, num_cpus=1)
-    device_codec = config.uses_device_codec
-    ds = predicted_dataset(
-        ds,
-        checkpoint_uri=config.checkpoint,
-        render_size=render_size,
-        batch_size=config.batch_size,
-        gpus=config.gpus,
-        cpu_actors=config.cpu_actors,
-        max_pixels=config.max_pixels,
-        storage=config.storage,
-        compose_on_device=config.gpus > 0 or device_codec,
-        device_codec=device_codec,
-        encode_jpeg_quality=config.jpeg_quality if device_codec and config.format == "jpeg" else None,
-        total=total,
-    )
+    stage = ModelStage.for_colorize(config, render_size)
+    ds = predicted_dataset(ds, stage, total=total)
     return ds.map_batches(
         _finish_batch,
         batch_format="numpy",
         batch_size=None,
         num_cpus=1,
-        fn_kwargs={
-            "output": output,
-            "fmt": config.format,
-            "png_level": config.png_level,
-            "jpeg_quality": config.jpeg_quality,
-            "parquet_images": config.parquet_images,
-            "model_id": model_id,
-            "s3_endpoint": endpoint,
-            "retries": retries,
-            "io_concurrency": config.storage.io_concurrency,
-            "layout": config.layout,
-        },
+        fn_kwargs={"config": config, "stage": stage, "output": output, "model_id": model_id},
     )
 
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from raycolor import gallery, images, sources
+from raycolor import gallery, images, runtime, sources
 from raycolor.config import EvaluateConfig
 from raycolor.metrics import METRICS
-from raycolor.ray_colorize import colorized_rgb, predicted_dataset, resolve_model
+from raycolor.ray_colorize import ModelStage, colorized_rgb, predicted_dataset, resolve_model
 
 _THUMB_H = 160
 
@@ -41,7 +41,7 @@ class EvaluateReport:
         }
 
 
-def _metrics_batch(batch: dict, *, thumbs: bool) -> dict:
+def _metrics_batch(batch: dict, *, thumbs: bool, stage: ModelStage) -> dict:
     import torch
 
     from raycolor.colorize import grey_baseline
@@ -64,7 +64,7 @@ def _metrics_batch(batch: dict, *, thumbs: bool) -> dict:
             continue
         h, w = int(batch["height"][i]), int(batch["width"][i])
         original = np.frombuffer(batch["original"][i], dtype=np.uint8).reshape(h, w, 3)
-        colorized = colorized_rgb(batch, i)
+        colorized = colorized_rgb(batch, i, stage)
         grey = grey_baseline(original)
         for prefix, img in (("model_", colorized), ("baseline_", grey)):
             for m, v in image_metrics(img, original).items():
@@ -108,22 +108,23 @@ def evaluate(
         ray.init()
     if on_total:
         on_total(len(items), 0)
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    ds = predicted_dataset(
-        items,
-        checkpoint_uri=config.checkpoint,
+    stage = ModelStage(
+        checkpoint=config.checkpoint,
         render_size=render_size,
         # the metrics stage runs one task per model batch: small enough batches spread it over every CPU
-        batch_size=max(1, min(config.batch_size, math.ceil(len(items) / cpus))),
+        batch_size=max(1, min(config.batch_size, math.ceil(len(items) / runtime.cluster_cpus()))),
         gpus=config.gpus,
-        cpu_actors=None,
         max_pixels=config.max_pixels,
         storage=config.storage,
-        compose_on_device=config.gpus > 0,
         keep_rgb=True,
     )
+    ds = predicted_dataset(items, stage)
     ds = ds.map_batches(
-        _metrics_batch, batch_format="numpy", batch_size=None, num_cpus=1, fn_kwargs={"thumbs": bool(config.gallery)}
+        _metrics_batch,
+        batch_format="numpy",
+        batch_size=None,
+        num_cpus=1,
+        fn_kwargs={"thumbs": bool(config.gallery), "stage": stage},
     )
     per_image, rows = [], []
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):

@@ -466,8 +466,6 @@ def _dataset(side: str, fn, data: _Data, config: TrainConfig):
     """Shard descriptors -> item rows of `side` (tasks) -> small blocks -> decoded Lab (tasks)."""
     import ray
 
-    from raycolor.ray_colorize import _cluster_cpus
-
     descs, n = (data.train, data.n_train) if side == "train" else (data.val, data.n_val)
     endpoint, retries = config.storage.s3_endpoint, config.storage.retries
     ds = ray.data.from_items(descs, override_num_blocks=max(1, len(descs)))
@@ -481,7 +479,7 @@ def _dataset(side: str, fn, data: _Data, config: TrainConfig):
     )
     # a shard expands into one big block; a streaming split (no barrier) into small blocks lets many tasks
     # decode it (as in colorize)
-    ds = ds.repartition(target_num_rows_per_block=max(1, min(_BLOCK_ROWS, math.ceil(n / (4 * _cluster_cpus())))))
+    ds = ds.repartition(target_num_rows_per_block=max(1, min(_BLOCK_ROWS, math.ceil(n / (4 * runtime.cluster_cpus())))))
     return ds.map_batches(
         fn,
         batch_size=_DECODE_BATCH,

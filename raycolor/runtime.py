@@ -83,6 +83,13 @@ def connect(
     )
 
 
+def cluster_cpus() -> int:
+    """CPUs of the connected cluster (at least 1): what CPU task pools and block sizes are sized by."""
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
 def node_count() -> int:
     import ray
 

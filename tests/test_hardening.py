@@ -333,6 +333,18 @@ def _s3_inputs(fs, bucket: str, names) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _colorize_through(proxy: FaultProxy, bucket: str, ckpt: str, *, retries: int, **kw):
+    """bucket/in -> bucket/out, every request through the fault proxy."""
+    config = ColorizeConfig(
+        inputs=(f"s3://{bucket}/in",),
+        output=f"s3://{bucket}/out",
+        checkpoint=ckpt,
+        storage=StorageConfig(s3_endpoint=proxy.url, retries=retries),
+        **kw,
+    )
+    return colorize(config)
+
+
 def _outcomes(proxy: FaultProxy, method: str, key: str) -> list[str]:
     return [o for m, k, o in proxy.log if (m, k) == (method, key)]
 
@@ -350,14 +362,7 @@ def test_s3_persistent_faults_become_error_rows(ray_local, s3_env, tiny_ckpt):
     )
     out = f"s3://{bucket}/out"
     with FaultProxy(s3_env.endpoint, policy) as proxy:
-        s = colorize(
-            ColorizeConfig(
-                inputs=(f"s3://{bucket}/in",),
-                output=out,
-                checkpoint=tiny_ckpt,
-                storage=StorageConfig(s3_endpoint=proxy.url, retries=1),
-            )
-        )
+        s = _colorize_through(proxy, bucket, tiny_ckpt, retries=1)
     # never a silent loss: every input has its one row, each saying what went wrong
     assert (s.inputs, s.ok, s.error) == (2, 0, 2)
     rows = _one_row_per_source(read_manifest(out).to_pylist(), [f"s3://{bucket}/in/{n}" for n in ("a.jpg", "unreadable.jpg")])
@@ -388,15 +393,7 @@ def test_s3_transient_faults_every_output_written(ray_local, s3_env, tiny_ckpt):
     )
     out = f"s3://{bucket}/out"
     with FaultProxy(s3_env.endpoint, policy) as proxy:
-        s = colorize(
-            ColorizeConfig(
-                inputs=(f"s3://{bucket}/in",),
-                output=out,
-                checkpoint=tiny_ckpt,
-                batch_size=2,
-                storage=StorageConfig(s3_endpoint=proxy.url, retries=3),
-            )
-        )
+        s = _colorize_through(proxy, bucket, tiny_ckpt, retries=3, batch_size=2)
     assert (s.inputs, s.ok, s.error) == (4, 4, 0)
     rows = _one_row_per_source(read_manifest(out).to_pylist(), [f"s3://{bucket}/in/{n}" for n in arrays])
     for name, arr in arrays.items():
