@@ -621,7 +621,7 @@ def classify_inputs(config: ColorizeConfig) -> list:
     return [ledger.classify(u, s3_endpoint=config.storage.s3_endpoint) for u in config.inputs]
 
 
-def shard_inputs(roots: list, *, shard_size: int, s3_endpoint, namespaces: Callable[[list[str]], dict] | None = None
+def shard_inputs(roots: list, *, shard_size: int, s3_endpoint, namespaces: dict[str, str] | None = None
                  ) -> dict[str, list[tuple[ledger.Shard, list | None]]]:
     """Classified inputs (:func:`ledger.classify`) -> each distinct root's shards, in input order: the
     driver's "inputs -> shards" step, shared by colorize (:func:`plan`) and training
@@ -635,8 +635,8 @@ def shard_inputs(roots: list, *, shard_size: int, s3_endpoint, namespaces: Calla
     the folder's listing while planning anyway; the caller decides where the chunk lives (colorize:
     OUTPUT/_listing/; training: Ray's object store). Other shards come with None.
 
-    ``namespaces(root URIs) -> {root: namespace}`` sets each root's namespace (on its shards, and as
-    the de-duplication group); default: every root in namespace "".
+    ``namespaces``: {root URI: namespace} sets each root's namespace (on its shards, and as the
+    de-duplication group); a root not in it (or no mapping) is in namespace "".
     """
     import ray
 
@@ -656,7 +656,7 @@ def shard_inputs(roots: list, *, shard_size: int, s3_endpoint, namespaces: Calla
         if r.root not in seen:
             seen.add(r.root)
             unique.append(r)
-    ns = namespaces([r.root for r in unique]) if namespaces else {r.root: "" for r in unique}
+    ns = {r.root: (namespaces or {}).get(r.root, "") for r in unique}
     sizer = ray.remote(num_cpus=0.5, max_retries=3)(ledger.size_object)
     refs = {
         r.root: [sizer.remote(kind, uri, tag, root=r.root, shard_size=size, s3_endpoint=s3_endpoint) for kind, uri, tag in r.objects]
@@ -695,9 +695,8 @@ def plan(config: ColorizeConfig, output: str, roots: list | None = None) -> Plan
     endpoint = config.storage.s3_endpoint
     roots = classify_inputs(config) if roots is None else roots
     known = ledger.read_roots(output, s3_endpoint=endpoint)
-    by_root = shard_inputs(roots, shard_size=config.shard_size, s3_endpoint=endpoint,
-                           namespaces=lambda rs: ledger.assign_namespaces(rs, known))
-    ns = ledger.assign_namespaces(list(by_root), known)
+    ns = ledger.assign_namespaces(list(dict.fromkeys(r.root for r in roots)), known)
+    by_root = shard_inputs(roots, shard_size=config.shard_size, s3_endpoint=endpoint, namespaces=ns)
     shards, listings, records = [], {}, {}
     for root, mine in by_root.items():
         placed = []
