@@ -1,4 +1,4 @@
-"""The colorizer: torchvision VGG16 features as encoder, a light U-Net decoder predicting bounded ab.
+"""The colorizer: VGG16 features (torchvision's layers and weights) as encoder, a light U-Net decoder predicting bounded ab.
 
 Contract: forward(L) with L in Lab units [0, 100], shape (N, 1, H, W), H and W multiples of 16,
 returns ab in Lab units, shape (N, 2, H, W), |ab| < AB_NORM.
@@ -25,6 +25,25 @@ _ENCODER_CHANNELS = (64, 128, 256, 512, 512)
 # decoder widths at 1/8, 1/4, 1/2, 1/1 of the input: small, so the decoder costs ~15 % of the encoder's FLOPs
 _DECODER_CHANNELS = (128, 64, 32, 16)
 
+# torchvision's VGG16 ("D") feature layers, built as torchvision's `make_layers(cfgs["D"])` builds them (same
+# modules, same order, same default init, so torchvision's state dicts load by index). Why not import it:
+# `import torchvision` pulls in torch._dynamo through torchvision.ops, 1.6-2.8 s of CPU on the 2-core dev
+# box, paid again by every model actor and training worker at start. tests/test_model.py checks the two agree.
+_VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+def vgg16_features() -> nn.Sequential:
+    layers: list[nn.Module] = []
+    channels = 3
+    for v in _VGG16_CFG:
+        if v == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            layers += [nn.Conv2d(channels, v, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            channels = v
+    return nn.Sequential(*layers)
+
+
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -49,11 +68,9 @@ class _UpBlock(nn.Module):
 class Colorizer(nn.Module):
     def __init__(self, *, skips: bool = True) -> None:
         super().__init__()
-        from torchvision.models.vgg import cfgs, make_layers
-
         self.skips = skips
         # exactly torchvision's vgg16().features, built without the 120M-parameter classifier we never use
-        self.encoder = make_layers(cfgs["D"], batch_norm=False)[:_ENCODER_LEN]
+        self.encoder = vgg16_features()[:_ENCODER_LEN]
         self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.reduce = nn.Conv2d(_ENCODER_CHANNELS[-1], 256, 1)

@@ -49,6 +49,20 @@ def test_freeze_then_unfreeze_top_blocks(model):
         set_trainable_encoder_blocks(model, 6)
 
 
+def test_encoder_layers_are_torchvisions_make_layers():
+    from torchvision.models.vgg import cfgs, make_layers
+
+    from raycolor.model import vgg16_features
+
+    ours, theirs = vgg16_features(), make_layers(cfgs["D"], batch_norm=False)
+    assert [repr(m) for m in ours] == [repr(m) for m in theirs]
+    torch.manual_seed(3)
+    a = vgg16_features().state_dict()
+    torch.manual_seed(3)
+    b = make_layers(cfgs["D"], batch_norm=False).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # same default init, same order
+
+
 def test_loads_a_local_torchvision_state_dict(tmp_path):
     from torchvision.models import vgg16
 
