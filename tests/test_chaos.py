@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -160,7 +161,7 @@ def test_driver_interrupted_stops_cleanly_and_the_same_command_resumes(ray_addre
 # each ends; the tests below assert on their own scenario's record. Starting three raylets costs a 2-core
 # CI box about a minute, so the scenarios share them (each removed node is replaced, as an autoscaler would).
 CLUSTER_DRIVER = r'''
-import json, os, sys, threading, time, traceback
+import dataclasses, json, os, sys, threading, time, traceback
 import ray, s3fs
 from ray.cluster_utils import Cluster
 from typer.testing import CliRunner
@@ -260,22 +261,31 @@ for victim_kind, layout in (("cpu-only", "files"), ("actor", "webdataset")):
     if t.is_alive():
         os._exit(1)
 
-# (c) training, the node of a training worker removed after epoch 1's checkpoint
+# (c) training as production runs it (an S3 prefix and a tar shard in, checkpoints and model on S3), the node
+# of a training worker removed after epoch 2's checkpoint: epochs 1-2 switch stages within one attempt (DDP
+# re-wrapped), then the restored group resumes from a checkpoint
 if wanted("train"):
-    run_dir = f"{tmp}/train"
-    # one machine's disk is shared by the Cluster's nodes (else the multi-node check refuses a local OUTPUT)
-    cfg = base_config(data, run_dir, epochs=3, max_failures=1, storage=StorageConfig(shared_output=True))
+    bucket = src.split("/")[2]
+    cfg = base_config(data, f"s3://{bucket}/train-run", epochs=4, max_failures=1)
+    cfg = dataclasses.replace(cfg, data=(f"s3://{bucket}/train-data", f"s3://{bucket}/train-more.tar"))
     t, outcome = in_thread(lambda: fit(cfg, progress=False))
+
+    def epochs_done():
+        try:
+            return len(fs.cat_file(f"{bucket}/train-run/metrics.jsonl").splitlines())
+        except FileNotFoundError:
+            return 0
+
     deadline = time.time() + 400
-    while time.time() < deadline and t.is_alive() and not os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
-        time.sleep(0.1)
+    while time.time() < deadline and t.is_alive() and epochs_done() < 2:
+        time.sleep(0.2)
     on = alive("TrainWorker")
     hit = [w for w in workers if w.node_id in on]
     if t.is_alive() and hit:
         remove(hit[0])
     t.join(timeout=500)
-    emit("train", {"removed": bool(hit), "hung": t.is_alive(), "error": outcome.get("error"), "out": run_dir,
-                   "epoch": outcome["value"].metrics["epoch"] if "value" in outcome else None,
+    emit("train", {"removed": bool(hit), "hung": t.is_alive(), "error": outcome.get("error"), "out": cfg.output,
+                   "inputs": list(cfg.data), "epoch": outcome["value"].metrics["epoch"] if "value" in outcome else None,
                    "model": outcome["value"].model_uri if "value" in outcome else None})
 ray.shutdown()
 cluster.shutdown()
@@ -297,6 +307,14 @@ def cluster_runs(s3_server, tiny_ckpt, tmp_path_factory) -> dict:
     for i in range(N_NODE_LOSS):
         fs.pipe_file(f"{bucket}/in/{i:03d}.jpg", _jpeg(300 + i))
     data = make_images(tmp / "data")
+    # training's inputs on S3: half the images (and broken.png) under a prefix, the other half in a tar
+    with tarfile.open(tmp / "more.tar", "w") as tf:
+        for i in range(12, 24):
+            tf.add(data / f"img{i:02d}.png", arcname=f"img{i:02d}.png")
+    for p in sorted(data.iterdir()):
+        if p.name == "broken.png" or int(p.stem[3:]) < 12:
+            fs.put_file(str(p), f"{bucket}/train-data/{p.name}")
+    fs.put_file(str(tmp / "more.tar"), f"{bucket}/train-more.tar")
     src = f"s3://{bucket}/in"
     only = [os.environ["CHAOS_ONLY"]] if os.environ.get("CHAOS_ONLY") else []  # e.g. CHAOS_ONLY=train when debugging
     proc = subprocess.Popen([sys.executable, "-c", CLUSTER_DRIVER, src, f"s3://{bucket}/out", tiny_ckpt, str(tmp), str(data), *only],
@@ -379,20 +397,51 @@ def test_colorize_node_removed_mid_run_exactly_once(cluster_runs, scenario):
 
 @pytest.mark.timeout(1800)
 def test_train_node_of_a_worker_removed_restores_from_checkpoint(cluster_runs):
-    """Ray Train's FailureConfig restores the worker group from the last checkpoint on the remaining nodes."""
+    """Ray Train's FailureConfig restores the worker group from the last checkpoint on the remaining nodes; the
+    run's inputs (an S3 prefix and a tar) are read like colorize's and everything it writes lands on S3."""
+    import io
+
+    import torch
+
     from raycolor import checkpoint
-    from tests.test_train import assert_finite_lines, read_lines
+    from raycolor.ray_train import split_items
+    from raycolor.sources import list_items
+    from tests.test_train import assert_finite_lines
 
     result = _run_of(cluster_runs, "train")
     assert result["removed"], "no training worker ran on a removable node"
     assert not result["hung"], "training hung after its node was removed"
-    assert result["error"] is None and result["epoch"] == 3, result
-    lines = read_lines(Path(result["out"]) / "metrics.jsonl")
-    assert [m["epoch"] for m in lines] == [1, 2, 3], lines
-    assert lines[0]["resumed_from"] == 0
-    assert any(m["resumed_from"] >= 1 for m in lines[1:]), lines  # the restored group began at a checkpoint
+    assert result["error"] is None and result["epoch"] == 4, result
+    fs, out = cluster_runs["_env"]["fs"], result["out"][len("s3://"):]
+    lines = [json.loads(x) for x in fs.cat_file(f"{out}/metrics.jsonl").decode().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2, 3, 4], lines
+    assert [m["stage"] for m in lines] == ["frozen", "finetune", "finetune", "finetune"]
+    # epochs 1-2 in the first attempt (the stage switch re-wraps DDP mid-run); the restored group began at a
+    # checkpoint
+    assert lines[0]["resumed_from"] == 0 and lines[1]["resumed_from"] == 0, lines
+    assert any(m["resumed_from"] >= 2 for m in lines[2:]), lines
     assert_finite_lines(lines)
-    checkpoint.load(result["model"])
+    # the hold-out is split_items' over every input's images (broken.png dropped when decoded; the equal
+    # split between the 2 workers may leave one training image out)
+    train, val = (sum(not i.source.endswith("broken.png") for i in side) for side in split_items(list_items(result["inputs"]), 0.15))
+    assert train + val == 24 and all(m["val_images"] == val for m in lines), (lines, val)
+    assert all(m["train_images"] in (train, train - train % 2) for m in lines), (lines, train)
+    # on S3: the last num_to_keep=2 checkpoints, each complete (Ray Train may also keep the one the restored
+    # group started from), the exported model and the metrics
+    keys = set(fs.find(out))
+    names = {k.split("/")[3] for k in keys if k.split("/")[2] == "train" and k.split("/")[3].startswith("checkpoint_e")}
+    assert [n[: len("checkpoint_e000000")] for n in sorted(names)][-2:] == ["checkpoint_e000003", "checkpoint_e000004"], names
+    for name in names:
+        assert {f"{out}/train/{name}/{f}" for f in ("config.json", "weights.pt", "train_state.pt")} <= keys
+    assert {f"{out}/model/config.json", f"{out}/model/weights.pt", f"{out}/metrics.jsonl"} <= keys
+    _, meta = checkpoint.load(result["model"])
+    assert meta.extra["epoch"] == 4
+    # the optimizer's state came back with the checkpoint: the decoder stepped in every epoch, the top encoder
+    # block only in the fine-tuning ones
+    state = torch.load(io.BytesIO(fs.cat_file(f"{out}/train/{max(names)}/train_state.pt")), map_location="cpu", weights_only=True)
+    groups, opt_state = state["optimizer"]["param_groups"], state["optimizer"]["state"]
+    assert float(opt_state[groups[0]["params"][0]]["step"]) == sum(m["steps"] for m in lines)
+    assert float(opt_state[groups[1]["params"][-1]]["step"]) == sum(m["steps"] for m in lines[1:])
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,13 +8,11 @@ texture: a few AdamW steps visibly lower the validation loss. Every fit runs on 
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 import math
 import os
 import shutil
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +22,7 @@ from PIL import Image
 
 from raycolor import checkpoint
 from raycolor.checkpoint import CheckpointError
-from raycolor.config import StorageConfig, TrainConfig
+from raycolor.config import TrainConfig
 from raycolor.model import WeightsUnavailableError
 
 N_IMAGES = 24
@@ -262,60 +260,9 @@ def test_rerun_resumes_from_checkpoint_with_optimizer_state(resumed_run):
     assert read_lines(out / "metrics.jsonl") == lines
 
 
-@slow
-def test_output_on_s3(ray_local, s3_env, tmp_path):
-    from raycolor.ray_train import fit, split_items
-    from raycolor.sources import list_items
-
-    bucket = s3_env.bucket("train")
-    fs = s3_env.fs()
-    local = make_images(tmp_path / "data", n=16)
-    # colorize's inputs, read the same way: an S3 prefix (a listing shard) and a tar of the other half (a
-    # tar shard, its members range reads), hash-split together without an item list on the driver
-    with tarfile.open(tmp_path / "more.tar", "w") as tf:
-        for i in range(8, 16):
-            tf.add(local / f"img{i:02d}.png", arcname=f"img{i:02d}.png")
-            (local / f"img{i:02d}.png").unlink()
-    fs.put(str(local) + "/", f"{bucket}/data/", recursive=True)
-    fs.put(str(tmp_path / "more.tar"), f"{bucket}/more.tar")
-    data = (f"s3://{bucket}/data", f"s3://{bucket}/more.tar")
-    cfg = dataclasses.replace(
-        base_config(data[0], f"s3://{bucket}/run", epochs=2, storage=StorageConfig(s3_endpoint=s3_env.endpoint)), data=data
-    )
-    result = fit(cfg, progress=False)
-    assert result.model_uri == f"s3://{bucket}/run/model"
-    fs = s3_env.fs()
-    keys = set(fs.find(f"{bucket}/run"))
-    ckpt_files = [k for k in keys if "/run/train/checkpoint_" in k]
-    names = {k.split("/")[3] for k in ckpt_files if k.split("/")[3].startswith("checkpoint_e")}
-    assert len(names) == 2, keys  # epochs 1 and 2 (num_to_keep=2)
-    for name in names:
-        for f in ("config.json", "weights.pt", "train_state.pt"):
-            assert f"{bucket}/run/train/{name}/{f}" in keys
-    assert {f"{bucket}/run/model/config.json", f"{bucket}/run/model/weights.pt", f"{bucket}/run/metrics.jsonl"} <= keys
-    lines = [json.loads(x) for x in fs.cat_file(f"{bucket}/run/metrics.jsonl").decode().splitlines()]
-    assert [m["epoch"] for m in lines] == [1, 2]
-    assert_finite_lines(lines)
-    # the hold-out is split_items' over every input's images (broken.png dropped when decoded; the equal
-    # split between the 2 workers may leave one training image out)
-    train, val = (sum(not i.source.endswith("broken.png") for i in side) for side in split_items(list_items(list(data)), 0.15))
-    assert [m["val_images"] for m in lines] == [val, val] and train + val == 16
-    assert all(m["train_images"] in (train, train - train % 2) for m in lines), (lines, train)
-    model, meta = checkpoint.load(result.model_uri, s3_endpoint=s3_env.endpoint)
-    assert meta.extra["epoch"] == 2
-    # both stages ran in one attempt: after the switch (DDP re-wrapped) the top encoder block trained in
-    # epoch 2 only, the decoder in both
-    state = torch.load(
-        io.BytesIO(fs.cat_file(f"{bucket}/run/train/{max(names)}/train_state.pt")), map_location="cpu", weights_only=True
-    )
-    groups, opt_state = state["optimizer"]["param_groups"], state["optimizer"]["state"]
-    assert [m["resumed_from"] for m in lines] == [0, 0]
-    assert float(opt_state[groups[0]["params"][0]]["step"]) == lines[0]["steps"] + lines[1]["steps"]
-    assert float(opt_state[groups[1]["params"][-1]]["step"]) == lines[1]["steps"]
-
-
-# A training worker lost mid-run (its whole node removed, Ray Train restoring from the last checkpoint) is
-# tests/test_chaos.py::test_train_node_of_a_worker_removed_restores_from_checkpoint.
+# Training on S3 (an S3 prefix and a tar shard in; checkpoints, metrics and model out), with a stage switch
+# inside one attempt and a training worker's node lost mid-run (Ray Train restoring from the last checkpoint),
+# is tests/test_chaos.py::test_train_node_of_a_worker_removed_restores_from_checkpoint: one fit for both.
 
 
 def truncate(path: Path) -> None:
