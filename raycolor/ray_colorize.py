@@ -411,6 +411,35 @@ def _write_webdataset(table: pa.Table, *, output: str, sid: str, parquet_images:
     return table if parquet_images else table.drop_columns(["image"])
 
 
+def _with_old_members(table: pa.Table, *, output: str, sid: str, s3_endpoint, retries: int) -> pa.Table:
+    """A retried webdataset shard: its rows kept from the earlier part point into the earlier tar
+    (`<tar>#key.ext`); give them back their member's bytes and name, so the rebuilt tar holds the earlier
+    images under the same keys next to the retried ones. One GET of the old tar; a tar that cannot be read
+    fails the merge (the old rows would otherwise lose their images) and the run says so."""
+    import tarfile
+
+    tar_uri = sources.join_uri(output, "shards", f"{sid}.tar")
+    outputs = table.column("output").to_pylist()
+    if not any(o and o.startswith(tar_uri + "#") for o in outputs):
+        return table
+    fs, path = sources.filesystem(tar_uri, s3_endpoint=s3_endpoint)
+    data = sources._retrying(lambda: fs.cat_file(path), retries)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
+        members = {m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isfile()}
+    images = table.column(IMAGE_COLUMN).to_pylist() if IMAGE_COLUMN in table.column_names else [None] * len(outputs)
+    for i, out in enumerate(outputs):
+        if out and out.startswith(tar_uri + "#"):
+            name = out[len(tar_uri) + 1 :]
+            if name not in members:
+                raise RuntimeError(f"{tar_uri} has no member {name}, which the shard's manifest part names: the tar was changed outside raycolor")
+            outputs[i], images[i] = name, members[name]
+    table = table.set_column(table.schema.get_field_index("output"), "output", pa.array(outputs, type=pa.string()))
+    image = pa.array(images, type=pa.binary())
+    if IMAGE_COLUMN in table.column_names:
+        return table.set_column(table.schema.get_field_index(IMAGE_COLUMN), IMAGE_COLUMN, image)
+    return table.append_column(IMAGE_COLUMN, image)
+
+
 def _merge_shard(shard: dict, *, output: str, s3_endpoint, retries: int, layout: str = "files",
                  parquet_images: bool = False) -> dict:
     """Spooled rows of one finished shard -> OUTPUT/manifest/<id>.parquet, then OUTPUT/_stats/<id>.json.
@@ -453,6 +482,8 @@ def _merge_shard(shard: dict, *, output: str, s3_endpoint, retries: int, layout:
     if shard.get("marker") in best and len(best) > 1:  # a shard that failed to expand, now expanded
         del best[shard["marker"]]
     table = table.take(pa.array(sorted(best.values()), type=pa.int64()))
+    if layout == "webdataset" and shard.get("retry", "none") != "none":
+        table = _with_old_members(table, output=output, sid=sid, s3_endpoint=s3_endpoint, retries=retries)
     if layout == "webdataset":  # the shard's images, in one tar, before its part
         table = _write_webdataset(table, output=output, sid=sid, parquet_images=parquet_images,
                                   s3_endpoint=s3_endpoint, retries=retries)
@@ -743,8 +774,6 @@ def colorize(
         raise ValueError(f"retry_errors must be none, transient or all, not {config.retry_errors!r}")
     if config.layout not in ("files", "webdataset"):
         raise ValueError(f"layout must be files or webdataset, not {config.layout!r}")
-    if config.layout == "webdataset" and config.retry_errors != "none":
-        raise ValueError("--retry-errors with --layout webdataset is not supported yet (the shard's tar would need rebuilding)")
     roots = classify_inputs(config)
     if not ray.is_initialized():
         ray.init()

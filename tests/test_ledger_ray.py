@@ -3,6 +3,7 @@ runs or drivers, manifest shards, --retry-errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import subprocess
@@ -294,3 +295,23 @@ def test_webdataset_layout_one_tar_per_shard(ray_local, tiny_ckpt, tmp_path):
     assert again.shards_skipped == s.shards - 1 and again.ok == 7
     _one_row_each(out, [str(p) for p in src.rglob("*.png")])
     assert sorted((out / "shards").glob("*.tar")) == tars
+
+    # --retry-all-errors: bad.png, a real image by now, is redone; its shard's tar is rebuilt holding the
+    # earlier members unchanged next to the new one; still one row each
+    def members_of(tars):
+        got = {}
+        for t in tars:
+            with tarfile.open(t) as tf:
+                got.update({f"{t}#{n}": tf.extractfile(n).read() for n in tf.getnames()})
+        return got
+
+    before = members_of(tars)
+    _img(src / "bad.png", 99, (18, 14))
+    retried = colorize(dataclasses.replace(cfg, retry_errors="all"))
+    assert (retried.processed, retried.inputs, retried.ok, retried.error) == (1, 8, 8, 0)
+    rows = _one_row_each(out, [str(p) for p in src.rglob("*.png")])
+    after = members_of(sorted((out / "shards").glob("*.tar")))
+    assert len(after) == 2 * 8 and {k: after[k] for k in before} == before
+    bad = rows[str(src / "bad.png")]
+    assert bad["status"] == "ok" and bad["output"] in after
+    assert json.loads(after[bad["output"].rsplit(".", 1)[0] + ".json"])["source"] == str(src / "bad.png")
