@@ -329,12 +329,16 @@ def _finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, out
             # webdataset: the key travels with the row; the shard's merge writes the image into its tar
             out_uris[i] = key if layout == "webdataset" else sources.join_uri(output, "images", key)
     todo = [i for i in range(n) if out_uris[i] is not None and layout != "webdataset"]
-    # the batch's image writes in flight together (each still atomic); the manifest part follows them
+    shard_col = [str(x) for x in batch["shard"]]
+    # the batch's image writes in flight together (each still atomic); the manifest part follows them. A
+    # local write's temp file goes in its shard's spool folder: one cut off by a stop or a crash goes with
+    # the spool when the shard is merged, never left beside the images
     written = sources.write_many(
         [(out_uris[i], encoded[i]) for i in todo],
         s3_endpoint=storage.s3_endpoint,
         retries=storage.retries,
         max_in_flight=storage.io_concurrency,
+        tmp_dirs=[ledger.spool_dir(output, shard_col[i]) for i in todo],
     )
     failures = dict(zip(todo, written))
     for i in range(n):
@@ -356,7 +360,6 @@ def _finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, out
     if config.parquet_images or layout == "webdataset":
         table = table.append_column(IMAGE_COLUMN, pa.array(blobs, type=pa.binary()))
     # one spool file per shard in this batch; named by its sources, so a retried task overwrites its own
-    shard_col = [str(x) for x in batch["shard"]]
     for sid in sorted(set(shard_col)):
         rows_of = [i for i, x in enumerate(shard_col) if x == sid]
         part = table.take(pa.array(rows_of, type=pa.int64()))
@@ -406,7 +409,8 @@ def _write_webdataset(table: pa.Table, *, output: str, sid: str, parquet_images:
                 info.size, info.mtime = len(data), 0
                 tf.addfile(info, io.BytesIO(data))
             new_outputs.append(f"{tar_uri}#{key}.{ext}")
-    sources.write_bytes_atomic(tar_uri, buf.getvalue(), s3_endpoint=s3_endpoint, retries=retries)
+    sources.write_bytes_atomic(tar_uri, buf.getvalue(), s3_endpoint=s3_endpoint, retries=retries,
+                               tmp_dir=ledger.spool_dir(output, sid))
     table = table.set_column(table.schema.get_field_index("output"), "output", pa.array(new_outputs, type=pa.string()))
     return table if parquet_images else table.drop_columns(["image"])
 
@@ -489,7 +493,8 @@ def _merge_shard(shard: dict, *, output: str, s3_endpoint, retries: int, layout:
                                   s3_endpoint=s3_endpoint, retries=retries)
     buf = io.BytesIO()
     pq.write_table(table, buf)
-    sources.write_bytes_atomic(ledger.part_uri(output, sid), buf.getvalue(), s3_endpoint=s3_endpoint, retries=retries)
+    sources.write_bytes_atomic(ledger.part_uri(output, sid), buf.getvalue(), s3_endpoint=s3_endpoint, retries=retries,
+                               tmp_dir=ledger.spool_dir(output, sid))
     status, errors = table.column("status").to_pylist(), table.column("error").to_pylist()
     reasons: dict[str, int] = {}
     for st, e in zip(status, errors):
@@ -508,7 +513,7 @@ def _merge_shard(shard: dict, *, output: str, s3_endpoint, retries: int, layout:
     }
     # written after the part: a stats record means "this shard's part is complete"
     ledger.write_json(ledger.stats_uri(output, sid), stats, s3_endpoint=s3_endpoint, retries=retries)
-    if names:
+    if names or sources.is_local(output):  # locally the spool also holds what killed writes left (temp files)
         try:
             fs.rm(spool, recursive=True)
         except FileNotFoundError:

@@ -473,16 +473,22 @@ def read_item(item: Item, *, s3_endpoint: str | None = None, retries: int = 5) -
     return _retrying(once, retries)
 
 
-def write_bytes_atomic(uri: str, data: bytes, *, s3_endpoint: str | None = None, retries: int = 5) -> None:
+def write_bytes_atomic(
+    uri: str, data: bytes, *, s3_endpoint: str | None = None, retries: int = 5, tmp_dir: str | None = None
+) -> None:
     """Write ``data`` to ``uri`` so that readers see either the old object or the whole new one.
 
-    Local: a temp file in the same folder, then ``os.replace`` (the temp file is removed on
-    failure). Object stores: one single PUT (``fs.pipe_file``), which is atomic there.
+    Local: a temp file, then ``os.replace`` (the temp file is removed on failure; a process killed in
+    between leaves it). The temp file goes in ``tmp_dir`` when given (a folder on the same file system that
+    its owner removes later: colorize passes the shard's spool folder, so whatever a killed write leaves
+    goes with the spool), else next to the target. Object stores: one single PUT (``fs.pipe_file``), which
+    is atomic there; ``tmp_dir`` is not used.
     """
     fs, path = filesystem(uri, s3_endpoint=s3_endpoint)
     data = bytes(data) if not isinstance(data, bytes) else data
     if isinstance(fs, LocalFileSystem):
-        _retrying(lambda: _write_local_atomic(path, data), retries)
+        tmp_folder = filesystem(tmp_dir)[1] if tmp_dir and is_local(tmp_dir) else None
+        _retrying(lambda: _write_local_atomic(path, data, tmp_folder), retries)
     else:
         _retrying(lambda: fs.pipe_file(path, data), retries)
 
@@ -531,40 +537,47 @@ def write_many(
     s3_endpoint: str | None = None,
     retries: int = 5,
     max_in_flight: int = DEFAULT_IO_CONCURRENCY,
+    tmp_dirs: Sequence[str | None] | None = None,
 ) -> list[Exception | None]:
-    """:func:`write_bytes_atomic` for every ``(uri, data)``, ``max_in_flight`` at a time.
+    """:func:`write_bytes_atomic` for every ``(uri, data)``, ``max_in_flight`` at a time; ``tmp_dirs``: each
+    write's ``tmp_dir``.
 
     One entry per pair, in order: ``None`` when written, else the exception after that write's
     retries. Every write stays atomic (local: temp file + rename; object stores: one PUT). Pairs
     should name distinct URIs: two writes of one URI race and either may win.
     """
+    tmps = list(tmp_dirs) if tmp_dirs is not None else [None] * len(pairs)
 
-    def one(pair: tuple[str, bytes]) -> Exception | None:
-        uri, data = pair
+    def one(job: tuple[tuple[str, bytes], str | None]) -> Exception | None:
+        (uri, data), tmp_dir = job
         try:
-            write_bytes_atomic(uri, data, s3_endpoint=s3_endpoint, retries=retries)
+            write_bytes_atomic(uri, data, s3_endpoint=s3_endpoint, retries=retries, tmp_dir=tmp_dir)
         except Exception as exc:
             return exc
         return None
 
-    return _bounded_map(one, list(pairs), max_in_flight)
+    return _bounded_map(one, list(zip(pairs, tmps)), max_in_flight)
 
 
-def _write_local_atomic(path: str, data: bytes) -> None:
+def _write_local_atomic(path: str, data: bytes, tmp_folder: str | None = None) -> None:
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
+    if tmp_folder:
+        os.makedirs(tmp_folder, exist_ok=True)
+    tmp = os.path.join(tmp_folder or folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
     # os.open with 0o666 honours the umask (mkstemp would force 0600).
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if tmp_folder and isinstance(e, OSError) and e.errno == errno.EXDEV:  # tmp_folder on another mount
+            return _write_local_atomic(path, data)
         raise
 
 

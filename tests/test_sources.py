@@ -416,6 +416,26 @@ def test_write_bytes_atomic_local_failure_leaves_nothing(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["x.png"] and target.read_bytes() == b"old"
 
 
+def test_write_bytes_atomic_temp_file_in_tmp_dir_or_beside_across_mounts(tmp_path, monkeypatch):
+    import errno
+
+    target, spool = tmp_path / "images" / "x.png", tmp_path / "_spool" / "s1"
+    real, seen = os.replace, []
+
+    def replace(src, dst):
+        seen.append(os.path.dirname(src))
+        if os.path.dirname(src) == str(spool) and len(seen) > 1:  # the second write: spool on another mount
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real(src, dst)
+
+    monkeypatch.setattr(sources.os, "replace", replace)
+    write_bytes_atomic(str(target), b"one", tmp_dir=str(spool))
+    assert seen == [str(spool)] and target.read_bytes() == b"one"
+    write_bytes_atomic(str(target), b"two", tmp_dir=str(spool))
+    assert seen[1:] == [str(spool), str(target.parent)] and target.read_bytes() == b"two"
+    assert os.listdir(spool) == [] and os.listdir(target.parent) == ["x.png"]
+
+
 def _umask() -> int:
     out = subprocess.run(["sh", "-c", "umask"], capture_output=True, text=True, check=True).stdout
     return int(out.strip(), 8)
