@@ -64,7 +64,7 @@ class ColorizeConfig:
     jpeg_quality: int = 92
     batch_size: int = 32
     gpus: int = 0  # 0: CPU actor pool sized to the cluster's CPUs
-    cpu_actors: int | None = None  # CPU-mode pool size; None: derived from the cluster
+    cpu_actors: int | None = None  # CPU-mode pool size; None: one actor (it gets the cores the CPU tasks leave)
     parquet_images: bool = False  # also store the encoded image bytes in the manifest
     max_pixels: int = DEFAULT_MAX_PIXELS
     # decode baseline JPEGs (and encode JPEG output) inside the model actor with torchvision/nvJPEG
