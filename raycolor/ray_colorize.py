@@ -170,6 +170,13 @@ def _decode_batch(batch: dict, *, stage: ModelStage) -> dict:
     return out
 
 
+def _restarted_actor() -> bool:
+    """Whether this process is an actor that Ray restarted after its first process died."""
+    import ray
+
+    return ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed
+
+
 _ITEM_COLUMNS = ("uri", "offset", "size")  # read by the decode stage; source and relpath stay with the row
 
 
@@ -188,14 +195,25 @@ class Predictor:
         if stage.gpus == 0:
             torch.set_num_threads(max(1, threads))
         device = torch.device("cuda" if stage.gpus > 0 else "cpu")
-        model, self.meta = checkpoint.load(stage.checkpoint, map_location=device, s3_endpoint=stage.storage.s3_endpoint)
+        self.broken: Exception | None = None
+        try:
+            model, self.meta = checkpoint.load(stage.checkpoint, map_location=device, s3_endpoint=stage.storage.s3_endpoint)
+        except Exception as e:
+            if not _restarted_actor():
+                raise  # at start Ray Data fails the run at once with this error
+            # Ray restarted this actor (its process died) and the checkpoint cannot be read any more. Raising
+            # here would leave a dead actor that Ray Data 2.60 neither replaces nor reports when no batch was
+            # in flight on it (ray-project/ray#62746): the run would hang. Alive, it fails the next batch with
+            # this error instead, which ends the run with a clear message.
+            self.broken, self.meta = e, None
+            return
         self._use(model, device, stage)
 
     @classmethod
     def with_model(cls, model, device, stage: ModelStage) -> Predictor:
         """A Predictor around a model already in memory (benchmarks, tests): __call__ without the actor."""
         self = cls.__new__(cls)
-        self.meta = None
+        self.meta, self.broken = None, None
         self._use(model, device, stage)
         return self
 
@@ -230,6 +248,9 @@ class Predictor:
 
     def __call__(self, batch: dict) -> dict:
         import torch
+
+        if self.broken is not None:
+            raise self.broken
 
         from raycolor import color
         from raycolor.colorize import compose_batch, predict_ab, render_l
