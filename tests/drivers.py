@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,27 +51,64 @@ def predictor_actors() -> list[dict]:
 def model_actor_mid_run(thread: threading.Thread, result: dict, started: Callable[[], bool], timeout: float) -> dict:
     """Once `started()` says the run is visibly under way, the one model actor (its GCS record)."""
     deadline = time.time() + timeout
-    while time.time() < deadline and thread.is_alive() and not started():
+    actors: list[dict] = []
+    # both at once: the GCS view can lag a moment behind the actor's first results, and a short run may end
+    # in that moment (then the test's run is too short for its machine: fail at once, saying so)
+    while not (started() and len(actors := predictor_actors()) == 1):
+        assert thread.is_alive(), f"the run ended before the moment to strike: {result}"
+        assert time.time() < deadline, [(a["ActorClassName"], a["State"]) for a in actors]
         time.sleep(0.05)
-    assert thread.is_alive(), result
-    while time.time() < deadline and len(actors := predictor_actors()) != 1:
-        time.sleep(0.05)  # the GCS view can lag a moment behind the actor's first results
-    assert len(actors) == 1, [(a["ActorClassName"], a["State"]) for a in actors]
     return actors[0]
 
 
-def sigkill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float = 240) -> None:
-    """SIGKILL the driver `proc` (and its process group) as soon as `ready()`; fail if it ends first."""
+def spawn(argv: list[str], env: dict, logs: Path) -> subprocess.Popen:
+    """A driver subprocess in its own session, its stdout and stderr going to files under `logs`: a pipe that
+    nobody reads while the test polls fills at 64 KiB and stalls the driver (slow runs print more)."""
+    logs.mkdir(parents=True, exist_ok=True)
+    n = len(list(logs.glob("*.out")))
+    paths = logs / f"{n}.out", logs / f"{n}.err"
+    with open(paths[0], "wb") as out, open(paths[1], "wb") as err:
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, start_new_session=True, env=env)
+    proc.logs = paths  # type: ignore[attr-defined]
+    return proc
+
+
+def output(proc: subprocess.Popen) -> tuple[str, str]:
+    """What `proc` (from spawn) has printed so far: (stdout, stderr)."""
+    return tuple(p.read_text(errors="replace") for p in proc.logs)  # type: ignore[attr-defined,return-value]
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    """Wait for `proc` (from spawn) to end, then kill what is left of its process group; (stdout, stderr)."""
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        kill_group(proc)
+    return output(proc)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def sigkill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float = 600) -> None:
+    """SIGKILL the driver `proc` (from spawn) and its process group as soon as `ready()`; fail, showing what it
+    printed, if it ends or the timeout passes first."""
     try:
         deadline = time.time() + timeout
         while not ready():
-            assert proc.poll() is None, proc.stdout.read().decode()[-3000:] if proc.stdout else proc.returncode
-            assert time.time() < deadline, "timed out waiting for the moment to kill the driver"
+            assert proc.poll() is None, f"the driver ended (rc {proc.returncode}):\n" + _tail(proc)
+            assert time.time() < deadline, "timed out waiting for the moment to kill the driver:\n" + _tail(proc)
             time.sleep(0.1)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_group(proc)
+
+
+def _tail(proc: subprocess.Popen) -> str:
+    out, err = output(proc)
+    return (out + err)[-3000:]

@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 
 from raycolor.ledger import read_manifest
+from tests.drivers import finish, joining_env, kill_group, output, spawn
 from tests.test_ledger_ray import _img, _one_row_each
 
 pytestmark = pytest.mark.slow
@@ -41,16 +42,9 @@ def _env(**extra) -> dict:
     return {**env, **extra}
 
 
-def _cli(*args: str, **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "raycolor.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True, env=popen.pop("env", None) or _env(), **popen)
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+def _cli(*args: str, env: dict, logs: Path) -> subprocess.Popen:
+    """`raycolor *args` as a subprocess in its own session, printing into files under `logs` (drivers.spawn)."""
+    return spawn([sys.executable, "-m", "raycolor.cli", *args], env, logs)
 
 
 def _wait_for(cond, proc: subprocess.Popen | None, timeout: float, what: str) -> None:
@@ -59,8 +53,9 @@ def _wait_for(cond, proc: subprocess.Popen | None, timeout: float, what: str) ->
         if cond():
             return
         if proc is not None and proc.poll() is not None:
-            _, err = proc.communicate()
-            raise AssertionError(f"the driver ended before {what}: rc {proc.returncode}\n{err.decode()[-3000:]}")
+            proc.wait()
+            err = output(proc)[1]
+            raise AssertionError(f"the driver ended before {what}: rc {proc.returncode}\n{err[-3000:]}")
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
 
@@ -98,9 +93,9 @@ def _assert_exactly_once(out: Path, src: Path, n: int) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _interrupt(cmd: list[str], out: Path, sig: int, env: dict, after: int) -> tuple[int, str, float]:
+def _interrupt(cmd: list[str], out: Path, sig: int, env: dict, after: int, logs: Path) -> tuple[int, str, float]:
     """Start `raycolor *cmd`, send `sig` once more than `after` rows are finished; (rc, stderr, seconds to stop)."""
-    proc = _cli(*cmd, env=env)
+    proc = _cli(*cmd, env=env, logs=logs)
     try:
         _wait_for(lambda: _finished_rows(out) > after if (out / "_stats").exists() else False, proc, 240,
                   "a newly finished shard")
@@ -110,17 +105,15 @@ def _interrupt(cmd: list[str], out: Path, sig: int, env: dict, after: int) -> tu
         else:
             os.kill(proc.pid, sig)
         t0 = time.time()
-        _, err = proc.communicate(timeout=60)
-        return proc.returncode, err.decode(), time.time() - t0
+        proc.wait(timeout=60)
+        return proc.returncode, output(proc)[1], time.time() - t0
     finally:
-        _kill_group(proc)
+        kill_group(proc)
 
 
 def test_driver_interrupted_stops_cleanly_and_the_same_command_resumes(ray_address, tiny_ckpt, tmp_path):
     """Ctrl-C of a local-mode run at a terminal (exit 130), then the same command run as a job on a running
     cluster and stopped by a scheduler's SIGTERM (exit 143), then the same command once more to the end."""
-    from tests.drivers import joining_env
-
     src, out = tmp_path / "in", tmp_path / "out"
     n = 18
     for i in range(n):
@@ -128,7 +121,7 @@ def test_driver_interrupted_stops_cleanly_and_the_same_command_resumes(ray_addre
     cmd = ["colorize", str(src), "--output", str(out), "--checkpoint", tiny_ckpt, "--batch-size", "1", "--shard-size", "3"]
     done = 0
     for sig, code, env in ((signal.SIGINT, 130, _env()), (signal.SIGTERM, 143, joining_env(ray_address))):
-        rc, err, stopped_s = _interrupt(cmd, out, sig, env, after=done)
+        rc, err, stopped_s = _interrupt(cmd, out, sig, env, after=done, logs=tmp_path / "logs")
         assert rc == code, err[-3000:]
         assert stopped_s < 30, f"took {stopped_s:.1f} s to stop"
         now = _finished_rows(out)
@@ -143,13 +136,9 @@ def test_driver_interrupted_stops_cleanly_and_the_same_command_resumes(ray_addre
         # removes (checked at the end)
         assert all("_spool" in p.relative_to(out).parts for p in out.rglob("*.tmp")), sorted(out.rglob("*.tmp"))
 
-    again = _cli(*cmd, env=joining_env(ray_address))
-    try:
-        stdout, err = again.communicate(timeout=300)
-    finally:
-        _kill_group(again)
-    assert again.returncode == 0, err.decode()[-3000:]
-    text = stdout.decode()
+    again = _cli(*cmd, env=joining_env(ray_address), logs=tmp_path / "logs")
+    text, err = finish(again, timeout=300)
+    assert again.returncode == 0, err[-3000:]
     assert f"skipped (done before)  {done}" in text and f"ok                     {n}" in text, text
     _assert_exactly_once(out, src, n)
     assert not (out / "_lock.json").exists()
@@ -326,7 +315,7 @@ def cluster_runs(s3_server, tiny_ckpt, tmp_path_factory) -> dict:
     try:
         text = proc.communicate(timeout=1500)[0].decode()
     finally:
-        _kill_group(proc)
+        kill_group(proc)
     runs = {}
     for line in text.splitlines():
         if line.startswith("RESULT "):
@@ -474,8 +463,6 @@ def small_tmpfs(tmp_path):
 def test_disk_full_on_local_output_nothing_damaged_and_rerun_finishes(ray_address, tiny_ckpt, tmp_path, small_tmpfs):
     """A real ENOSPC from the kernel (tmpfs of 160 KiB; 16 noise PNGs of ~12 KiB each do not fit). The driver
     joins the session's Ray; the writes fail in its worker processes, as on a cluster."""
-    from tests.drivers import joining_env
-
     out, resize = small_tmpfs
     src = tmp_path / "in"
     n = 16
@@ -483,12 +470,8 @@ def test_disk_full_on_local_output_nothing_damaged_and_rerun_finishes(ray_addres
         _img(src / f"{i:03d}.png", 400 + i, (48, 64))
     cmd = ["colorize", str(src), "--output", str(out), "--checkpoint", tiny_ckpt, "--batch-size", "2", "--shard-size", "4",
            "--retries", "1"]
-    proc = _cli(*cmd, env=joining_env(ray_address))
-    try:
-        stdout, err = proc.communicate(timeout=400)
-    finally:
-        _kill_group(proc)
-    stdout, err = stdout.decode(), err.decode()
+    proc = _cli(*cmd, env=joining_env(ray_address), logs=tmp_path / "logs")
+    _, err = finish(proc, timeout=400)
     if proc.returncode == 0:  # the affected images became error rows naming the write failure
         rows = read_manifest(str(out)).to_pylist()
         bad = [r for r in rows if r["status"] != "ok"]
@@ -501,12 +484,9 @@ def test_disk_full_on_local_output_nothing_damaged_and_rerun_finishes(ray_addres
     assert not (out / "_lock.json").exists()
 
     resize("16m")  # space freed
-    again = _cli(*cmd, "--retry-errors", env=joining_env(ray_address))
-    try:
-        stdout, err = again.communicate(timeout=400)
-    finally:
-        _kill_group(again)
-    assert again.returncode == 0, err.decode()[-3000:]
+    again = _cli(*cmd, "--retry-errors", env=joining_env(ray_address), logs=tmp_path / "logs")
+    _, err = finish(again, timeout=400)
+    assert again.returncode == 0, err[-3000:]
     _assert_exactly_once(out, src, n)
     for p, data in before.items():  # what was already written is intact (same bytes: the model is deterministic)
         assert p.read_bytes() == data, p

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import subprocess
 import sys
 import textwrap
 import time
@@ -98,29 +97,26 @@ DRIVER = textwrap.dedent(
 
 
 def test_second_concurrent_driver_is_refused_and_nothing_is_lost(ray_address, tiny_ckpt, tmp_path):
-    from tests.drivers import joining_env
+    from tests.drivers import finish, joining_env, output, spawn
 
     src = tmp_path / "in"
     n = 16
     for i in range(n):
         _img(src / f"{i:03d}.png", 10 + i)
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(src), str(out), tiny_ckpt], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env=joining_env(ray_address))
+    proc = spawn([sys.executable, "-c", DRIVER, str(src), str(out), tiny_ckpt], joining_env(ray_address), tmp_path / "logs")
     try:
-        deadline = time.time() + 240
-        while time.time() < deadline and not (out / "_lock.json").exists():
-            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        deadline = time.time() + 600
+        while not (out / "_lock.json").exists():
+            assert proc.poll() is None and time.time() < deadline, output(proc)
             time.sleep(0.1)
         holder = json.loads((out / "_lock.json").read_text())
         with pytest.raises(OutputLocked, match=f"pid {holder['pid']}"):
             colorize(ColorizeConfig(inputs=(str(src),), output=str(out), checkpoint=tiny_ckpt))
         assert proc.poll() is None, "the first driver must still be running when the second is refused"
-        text = proc.communicate(timeout=300)[0].decode()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0 and f"DONE {n}" in text, text[-3000:]
+        text, err = finish(proc, timeout=300)
+    assert proc.returncode == 0 and f"DONE {n}" in text, (text + err)[-3000:]
     _one_row_each(out, [str(p) for p in src.iterdir()])
     assert not (out / "_lock.json").exists()
     assert sorted(p.name for p in (out / "images").iterdir()) == sorted(f"{i:03d}.png" for i in range(n))
@@ -217,13 +213,16 @@ def _tar_members(fs, folder: str) -> list[str]:
     return sorted(members)
 
 
-@pytest.mark.parametrize("where,layout", [("local", "files"), ("local", "webdataset"), ("s3", "files"), ("s3", "webdataset")])
+# both layouts and both kinds of storage, each pair once: the layout decides what is written (images or one tar
+# per shard), the storage how (atomic rename or one PUT); the other two pairs run killed too, by other means:
+# local files by test_chaos's Ctrl-C/SIGTERM test, S3 webdataset by its node-loss test
+@pytest.mark.parametrize("where,layout", [("local", "webdataset"), ("s3", "files")])
 def test_driver_sigkill_mid_run_then_rerun_is_exactly_once(ray_address, s3_env, tiny_ckpt, tmp_path, where, layout):
     """The driver SIGKILLed once its first shard is finished (its lock, spool and half-done shards left behind);
     the same command then takes the lock over, skips the finished shards and does exactly the rest."""
     from fsspec.implementations.local import LocalFileSystem
 
-    from tests.drivers import joining_env, sigkill_when
+    from tests.drivers import joining_env, sigkill_when, spawn
 
     n = 12
     if where == "s3":
@@ -234,8 +233,7 @@ def test_driver_sigkill_mid_run_then_rerun_is_exactly_once(ray_address, s3_env, 
     for i in range(n):
         fs.pipe_file(f"{base}/in/{i:03d}.jpg", _jpeg(100 + i))
     src, out = f"{scheme}{base}/in", f"{scheme}{base}/out"
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_DRIVER, src, out, tiny_ckpt, layout], start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=joining_env(ray_address))
+    proc = spawn([sys.executable, "-c", KILLED_DRIVER, src, out, tiny_ckpt, layout], joining_env(ray_address), tmp_path / "logs")
     sigkill_when(proc, lambda: fs.exists(f"{base}/out/_stats") and bool(fs.ls(f"{base}/out/_stats", refresh=True)))
     time.sleep(1)
     done = sum(json.loads(fs.cat_file(p))["rows"] for p in fs.ls(f"{base}/out/_stats", refresh=True))

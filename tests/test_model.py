@@ -110,7 +110,7 @@ def test_overfits_one_tiny_batch():
     L, ab = lab[:, :1], color.normalize_ab(lab[:, 1:])
     opt = torch.optim.Adam(m.parameters(), lr=1e-3)
     losses = []
-    for _ in range(120):
+    for _ in range(30):  # a 17.7x drop by then (9.6x at 20 steps, 318x at 120)
         loss = torch.nn.functional.mse_loss(color.normalize_ab(m(L)), ab)
         opt.zero_grad()
         loss.backward()
