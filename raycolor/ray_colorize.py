@@ -2,7 +2,7 @@
 per-image maths lives in the core modules (images, colorize, color); the ledger's formats in ledger.py.
 
     shard descriptors (driver) ─▶ expand       CPU tasks: a shard -> item rows (a tar's members, a manifest chunk)
-        ─▶ _decode_batch                       CPU tasks: bytes -> RGB -> L full-res (uint16) + L at render size
+        ─▶ _decode_block                       CPU tasks: bytes -> RGB -> L full-res (uint16) + L at render size
         ─▶ Predictor                           actor pool, one per GPU (or CPU actors): L small -> ab small, or
                                                on a device full-res RGB (JPEGs decoded/encoded there with nvJPEG)
         ─▶ _finish_batch                       CPU tasks: compose + encode + write images, spool rows per shard
@@ -26,7 +26,7 @@ import io
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -168,6 +168,15 @@ def _decode_batch(batch: dict, *, stage: ModelStage) -> dict:
         out["jpeg"] = jpeg
         out["orientation"] = orientation
     return out
+
+
+def _decode_block(block: dict, *, stage: ModelStage) -> Iterator[dict]:
+    """A block of item rows -> decoded rows, stage.batch_size rows at a time: a task holds one batch of decoded
+    images, not a block's (up to _MAX_BLOCK_ROWS), and Ray Data streams each out. (Ray Data's own
+    batch_size costs a batcher pass per batch: 61 s vs 44 s to the first shard of 2M manifest entries.)"""
+    n = len(block["source"])
+    for start in range(0, n, stage.batch_size):
+        yield _decode_batch({k: v[start:start + stage.batch_size] for k, v in block.items()}, stage=stage)
 
 
 def _restarted_actor() -> bool:
@@ -570,6 +579,21 @@ def _expand_shard(row: dict, *, output: str, s3_endpoint, retries: int) -> list[
     ]
 
 
+def _expand_batch(batch: pa.Table, **kw) -> pa.Table:
+    """Shard descriptors (one per batch) -> their item rows (:func:`_expand_shard`)."""
+    return pa.Table.from_pylist([r for row in batch.to_pylist() for r in _expand_shard(row, **kw)], schema=_ITEM_ROWS)
+
+
+_ITEM_ROWS = pa.schema([("source", pa.string()), ("relpath", pa.string()), ("uri", pa.string()), ("offset", pa.int64()),
+                        ("size", pa.int64()), ("shard", pa.string()), ("shard_n", pa.int64()), ("error", pa.string())])
+
+# Item rows per block: 128 rows cost a decode task ~0.3 s of 640x480 JPEGs, enough to amortise Ray Data's
+# per-task overhead (the task decodes them a batch at a time); 32-row blocks made bookkeeping-bound runs (2M
+# manifest entries naming missing files) twice as slow to their first finished shard (bench/archive_scale.py:
+# 88.6 s vs 43.6 s)
+_MAX_BLOCK_ROWS = 128
+
+
 # --------------------------------------------------------------------------------------------
 # Driver
 # --------------------------------------------------------------------------------------------
@@ -589,7 +613,7 @@ def predicted_dataset(items, stage: ModelStage, *, total: int | None = None):
     n_actors = stage.gpus if stage.gpus > 0 else (stage.cpu_actors or 1)
     n = len(items) if isinstance(items, list) else max(1, total or 1)
     # small blocks so every stage has several tasks in flight, but not so small that overhead dominates
-    per_block = max(1, min(stage.batch_size, math.ceil(n / (4 * cpus))))
+    per_block = max(1, min(_MAX_BLOCK_ROWS, math.ceil(n / (4 * cpus))))
     if isinstance(items, list):
         rows = [{**asdict(i), "error": ""} for i in items]
         ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(n / per_block)))
@@ -598,7 +622,7 @@ def predicted_dataset(items, stage: ModelStage, *, total: int | None = None):
         # per_block-row blocks, so one shard is decoded by many tasks and its first images come out early
         ds = items.repartition(target_num_rows_per_block=per_block)
     ds = ds.map_batches(
-        _decode_batch,
+        _decode_block,
         batch_format="numpy",
         batch_size=None,
         fn_kwargs={"stage": stage},
@@ -630,18 +654,29 @@ def build_dataset(shards: list[ledger.Shard], config: ColorizeConfig, *, output:
     """The lazy Ray Data pipeline for `shards` (not yet executed): shard descriptors -> items (in tasks)
     -> decode -> model -> compose/encode/write images and spool rows. Yields one row per input."""
     import ray
+    from ray.data import TaskPoolStrategy
 
     endpoint, retries = config.storage.s3_endpoint, config.storage.retries
     descriptors = [{**asdict(s), "marker": _marker(s)} for s in shards]
     ds = ray.data.from_items(descriptors, override_num_blocks=max(1, len(descriptors)))
-    ds = ds.flat_map(_expand_shard, fn_kwargs={"output": output, "s3_endpoint": endpoint, "retries": retries}, num_cpus=1)
+    # map_batches, not flat_map: Ray Data fuses it with predicted_dataset's streaming repartition, so the
+    # expand task itself emits small blocks. As a stage of its own, the repartition held a CPU slot, and on a
+    # 2-CPU node the later stages got none until every shard was expanded (docs/performance.md)
+    ds = ds.map_batches(_expand_batch, batch_size=1, batch_format="pyarrow", num_cpus=1,
+                        fn_kwargs={"output": output, "s3_endpoint": endpoint, "retries": retries})
     stage = ModelStage.for_colorize(config, render_size)
     ds = predicted_dataset(ds, stage, total=total)
+    # On one machine the finish tasks reserve no CPU slot (at most one per CPU runs at once, like the CPU-mode
+    # model actor): Ray Data reserves CPU for the stages upstream first, and with expand and decode holding a
+    # 2-CPU node's two slots, no shard finished until every shard was expanded (2M entries: none in 360 s;
+    # docs/performance.md). On a multi-node cluster they reserve one, so that none runs on a 0-CPU head.
+    one_node = runtime.node_count() <= 1
     return ds.map_batches(
         _finish_batch,
         batch_format="numpy",
         batch_size=None,
-        num_cpus=1,
+        num_cpus=0 if one_node else 1,
+        compute=TaskPoolStrategy(size=runtime.cluster_cpus()) if one_node else None,
         fn_kwargs={"config": config, "stage": stage, "output": output, "model_id": model_id},
     )
 
