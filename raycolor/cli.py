@@ -391,21 +391,24 @@ def colorize(
 )
 def list_(
     inputs: Annotated[list[str], typer.Argument(help="Folders or s3:// prefixes to list (recursively).")],
-    output: Annotated[str, typer.Option(help="Folder or s3:// prefix for the manifest shards part-NNNNN.parquet.")],
+    output: Annotated[str, typer.Option(help="Folder or s3:// prefix for the manifest shards part-<group>-NNNNN.parquet.")],
     shard_size: Annotated[
         int, typer.Option(min=1, help="Entries per manifest shard.")
     ] = ColorizeConfig.shard_size,
+    address: Address = None,
     s3_endpoint: S3Endpoint = None,
     retries: Retries = StorageConfig.retries,
+    verbose: Verbose = False,
 ) -> None:
-    """List images once and save the listing as Parquet manifest shards (uri, relpath) for `colorize`."""
+    """List images once, in parallel Ray tasks (one per sub-folder group), and save the listing as Parquet
+    manifest shards (uri, relpath) for `colorize`."""
 
     def call(terminal):
-        from raycolor import ledger
+        from raycolor.ray_colorize import write_listing
 
-        return ledger.write_listing(inputs, output, shard_size=shard_size, s3_endpoint=s3_endpoint, retries=retries)
+        return write_listing(inputs, output, shard_size=shard_size, s3_endpoint=s3_endpoint, retries=retries)
 
-    entries, parts = _run(None, s3_endpoint, call, connect=False)
+    entries, parts = _run(address, s3_endpoint, call, verbose=verbose)
     _table("raycolor list", {"entries": entries, "manifest shards": parts, "output": output})
 
 

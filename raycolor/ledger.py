@@ -573,24 +573,95 @@ def release_lock(output: str, lock: dict, *, s3_endpoint=None) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def write_listing(inputs: Sequence[str], output: str, *, shard_size: int, s3_endpoint: str | None = None,
-                  retries: int = 5) -> tuple[int, int]:
-    """List ``inputs`` (folders, prefixes, images: listed on this machine, one recursive listing each)
-    and write the result as Parquet manifest shards ``OUTPUT/part-00000.parquet`` ... with the columns
-    ``uri`` and ``relpath`` (the folder-relative path, so that colorizing the manifest folder gives the
-    same output keys as colorizing the folders). Returns (entries, parts)."""
-    items = sources.list_items(list(inputs), s3_endpoint=s3_endpoint)
-    parts = 0
-    for parts, start in enumerate(range(0, len(items), max(1, shard_size)), 1):
-        chunk = items[start : start + shard_size]
+# How many levels of sub-folders `raycolor list` fans out, one Ray task per folder group and level; each
+# group below that depth is listed by one recursive (paged) listing in its task. Two levels cover the
+# usual archive layouts (collection/year/..., box/folder/...) with hundreds to thousands of tasks.
+LIST_FANOUT_DEPTH = 2
+
+
+@dataclass(frozen=True)
+class ListGroup:
+    """Folders listed together by one task of :func:`list_group`: the same relative path (lower-cased)
+    under each input root, so that every pair of images whose output keys could collide is in one group.
+    ``dirs``: ((root URI, folder URI), ...) in the order of the inputs; ``exclude``: folder URIs (other
+    input roots: a root's listing skips those strictly inside it, whose images belong to them)."""
+
+    key: str
+    dirs: tuple
+    depth: int = 0
+    exclude: tuple = ()
+
+
+def _is_under(path: str, folders: Iterable[str]) -> bool:
+    return any(path == f or path.startswith(f + "/") for f in folders)
+
+
+def list_group(group: ListGroup, *, output: str, shard_size: int, fan_out: bool, s3_endpoint: str | None = None,
+               retries: int = 5) -> tuple[list[tuple[str, int]], list[ListGroup]]:
+    """One task of `raycolor list`: the images directly in the group's folders (``fan_out``: one paged
+    listing of each folder's first level, its sub-folders returned as the next level's groups) or below
+    them (not ``fan_out``: one recursive listing each), de-duplicated and collision-renamed together
+    (:func:`sources.dedupe`, the rule of :func:`sources.list_items`), written as manifest parts
+    ``OUTPUT/part-<group hash>-NNNNN.parquet`` of at most ``shard_size`` rows. Returns ([(part name, rows)],
+    [next groups]). A part whose bytes are unchanged is not rewritten, so re-listing an unchanged prefix
+    leaves colorize's shards (keyed by the part's etag and mtime) as they were."""
+    items: list[sources.Item] = []
+    children: dict[str, list] = {}
+    for root, folder in group.dirs:
+        fs, path = sources.filesystem(folder, s3_endpoint=s3_endpoint)
+        local = isinstance(fs, LocalFileSystem)
+        norm = (lambda p: p.replace(os.sep, "/")) if local else (lambda p: p)
+        prefix = norm(sources.filesystem(root, s3_endpoint=s3_endpoint)[1]).rstrip("/") + "/"
+        excluded = [x for x in (norm(sources.filesystem(e, s3_endpoint=s3_endpoint)[1]).rstrip("/") for e in group.exclude)
+                    if x.startswith(prefix)]
+        try:
+            if fan_out:
+                entries = sorted(sources._retrying(lambda fs=fs, path=path: fs.ls(path, detail=True), retries), key=lambda e: e["name"])
+                files = [e["name"] for e in entries if e.get("type") != "directory"]
+                for e in entries:
+                    sub = norm(e["name"]).rstrip("/")
+                    if e.get("type") == "directory" and sub != norm(path).rstrip("/") and not _is_under(sub, excluded):
+                        key = sources.sanitize_relpath(sub[len(prefix):]).lower()
+                        children.setdefault(key, []).append((root, sources._to_uri(fs, e["name"], root)))
+            else:
+                files = sources._retrying(lambda fs=fs, path=path: fs.find(path, withdirs=False), retries)
+        except Exception as exc:
+            raise sources._input_error("list", folder, exc) from exc
+        mine = [
+            sources.Item(source=sources._to_uri(fs, p, root), relpath=sources.sanitize_relpath(p[len(prefix):]),
+                         uri=sources._to_uri(fs, p, root))
+            for p in map(norm, files)
+            if p.startswith(prefix) and sources._is_image(p) and not _is_under(p, excluded)
+        ]
+        items += sorted(mine, key=lambda it: (it.relpath, it.source))
+    items = sources.dedupe(items)
+    parts = []
+    size = max(1, shard_size)
+    for k, start in enumerate(range(0, len(items), size)):
+        chunk = items[start : start + size]
+        name = f"part-{_h('list', group.key, n=12)}-{k:05d}.parquet"
         buf = io.BytesIO()
         pq.write_table(pa.table({"uri": [i.uri for i in chunk], "relpath": [i.relpath for i in chunk]}), buf)
-        sources.write_bytes_atomic(sources.join_uri(output, f"part-{parts - 1:05d}.parquet"), buf.getvalue(),
-                                   s3_endpoint=s3_endpoint, retries=retries)
-    # parts of an earlier, longer listing in the same place would add stale entries: remove them
+        _write_if_changed(sources.join_uri(output, name), buf.getvalue(), s3_endpoint=s3_endpoint, retries=retries)
+        parts.append((name, len(chunk)))
+    nxt = [ListGroup(key=k, dirs=tuple(d), depth=group.depth + 1, exclude=group.exclude) for k, d in sorted(children.items())]
+    return parts, nxt
+
+
+def _write_if_changed(uri: str, data: bytes, *, s3_endpoint: str | None, retries: int) -> None:
+    fs, path = sources.filesystem(uri, s3_endpoint=s3_endpoint)
+    try:
+        if fs.cat_file(path) == data:
+            return
+    except FileNotFoundError:
+        pass
+    sources.write_bytes_atomic(uri, data, s3_endpoint=s3_endpoint, retries=retries)
+
+
+def remove_stale_parts(output: str, keep: Iterable[str], *, s3_endpoint: str | None = None, retries: int = 5) -> None:
+    """Remove ``part-*.parquet`` under OUTPUT that this listing did not write (an earlier, longer one's)."""
     fs, path = sources.filesystem(output, s3_endpoint=s3_endpoint)
-    for p in fs.ls(path, detail=False):
-        name = posixpath.basename(p)
-        if name.startswith("part-") and name.endswith(".parquet") and name[5:-8].isdigit() and int(name[5:-8]) >= parts:
-            fs.rm(p)
-    return len(items), parts
+    keep = set(keep)
+    stale = [sources._to_uri(fs, p, output) for p in sources._retrying(lambda: fs.ls(path, detail=False), retries)
+             if posixpath.basename(p).startswith("part-") and p.endswith(".parquet") and posixpath.basename(p) not in keep]
+    remove(stale, s3_endpoint=s3_endpoint, retries=retries)

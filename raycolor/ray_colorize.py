@@ -25,8 +25,9 @@ import hashlib
 import io
 import json
 import math
+import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -778,6 +779,57 @@ def shard_inputs(roots: list, *, shard_size: int, s3_endpoint, namespaces: dict[
             mine = ledger.chunk_listing(by_root.get(r.root, []), root=r.root, shard_size=size)
         out[r.root] = [(s.with_(namespace=ns[r.root]), items) for s, items in mine]
     return out
+
+
+def write_listing(inputs: Sequence[str], output: str, *, shard_size: int, s3_endpoint: str | None = None,
+                  retries: int = 5) -> tuple[int, int]:
+    """`raycolor list`: list folders / prefixes in Ray tasks and save the listing as Parquet manifest parts
+    (``uri``, ``relpath``: colorizing OUTPUT gives the output keys colorizing the folders would) under
+    OUTPUT. Returns (entries, parts).
+
+    The driver holds folder groups (:class:`ledger.ListGroup`, the sub-folders of the first
+    ``ledger.LIST_FANOUT_DEPTH`` levels) and part names, never per-image rows: each task lists its group
+    (a level's paged listing, or the whole subtree below the fan-out depth), de-duplicates it and writes its
+    own parts. A single recursive listing of a 100M-object prefix takes hours (ray-project/ray#40686)."""
+    import ray
+
+    roots = []
+    for uri in inputs:
+        r = ledger.classify(uri, s3_endpoint=s3_endpoint)
+        if r.kind != "folder":
+            raise sources.InputError(f"raycolor list lists folders and prefixes; {sources.redact(uri)} is not one "
+                                     "(colorize takes images, .tar shards and manifests as they are)")
+        roots.append(r.root)
+    # a root inside an earlier one adds nothing (its images belong to the earlier root, as in list_items)
+    paths = {r: sources.filesystem(r, s3_endpoint=s3_endpoint)[1].replace(os.sep, "/").rstrip("/") for r in roots}
+    kept: list[str] = []
+    for r in roots:
+        if not any(paths[r] == paths[k] or paths[r].startswith(paths[k] + "/") for k in kept):
+            kept.append(r)
+    task = ray.remote(num_cpus=0.5, max_retries=3)(ledger.list_group)
+
+    def submit(group):
+        return task.remote(group, output=output, shard_size=shard_size, fan_out=group.depth < ledger.LIST_FANOUT_DEPTH,
+                           s3_endpoint=s3_endpoint, retries=retries)
+
+    pending = [submit(ledger.ListGroup(key="", dirs=tuple((r, r) for r in kept), exclude=tuple(kept)))]
+    names, entries = [], 0
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        try:
+            parts, groups = ray.get(done[0])
+        except ray.exceptions.RayTaskError as e:
+            for ref in pending:
+                ray.cancel(ref)
+            raise e.as_instanceof_cause() from None
+        names += [n for n, _ in parts]
+        entries += sum(c for _, c in parts)
+        pending += [submit(g) for g in groups]
+    if not entries:
+        raise sources.InputError(f"no images found under {', '.join(sources.redact(r) for r in kept)} "
+                                 f"(looked for {', '.join(sorted(sources.IMAGE_SUFFIXES))})")
+    ledger.remove_stale_parts(output, names, s3_endpoint=s3_endpoint, retries=retries)
+    return entries, len(names)
 
 
 def plan(config: ColorizeConfig, output: str, roots: list | None = None) -> Plan:

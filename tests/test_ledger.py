@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -164,31 +163,6 @@ def test_s3_lock_uses_a_conditional_put(s3_env):
     fs.rm(path)
     assert ledger._create_exclusive(ledger.lock_uri(out), b"{}", s3_endpoint=None) is True
     assert ledger._create_exclusive(ledger.lock_uri(out), b"{}", s3_endpoint=None) is False
-
-
-def test_list_command_writes_manifest_shards_with_the_folders_relpaths(tmp_path):
-    from typer.testing import CliRunner
-
-    from raycolor.cli import app
-
-    src = tmp_path / "scans"
-    for name in ("a.jpg", "b.JPG", "b.png", "sub/c.tif", "notes.txt"):
-        (src / name).parent.mkdir(parents=True, exist_ok=True)
-        (src / name).write_bytes(b"x")
-    out = tmp_path / "lists"
-    (out).mkdir()
-    (out / "part-00009.parquet").write_bytes(b"stale")  # from an earlier, longer listing
-    r = CliRunner().invoke(app, ["list", str(src), "--output", str(out), "--shard-size", "3"])
-    assert r.exit_code == 0, r.output
-    assert sorted(p.name for p in out.iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
-    plan = ledger.list_folder(str(out))
-    shards = [s for kind, uri, tag in plan.objects for s in ledger.size_object(kind, uri, tag, root=plan.root, shard_size=10)]
-    from_manifest = [(i.source, i.relpath) for s in shards for i in ledger.expand(s)]
-    from_folder = [(i.source, i.relpath) for i in sources.list_items([str(src)])]
-    assert from_manifest == from_folder and len(from_folder) == 4
-    assert ("b__" in dict((Path(s).name, r) for s, r in from_folder)["b.png"])  # the collision rule, kept
-    r = CliRunner().invoke(app, ["list", str(tmp_path / "missing"), "--output", str(out)])
-    assert r.exit_code == 2 and "not found" in r.output
 
 
 def test_s3_folder_listed_by_sub_prefix_matches_list_items(s3_env):

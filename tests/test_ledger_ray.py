@@ -313,3 +313,60 @@ def test_webdataset_layout_one_tar_per_shard(ray_local, tiny_ckpt, tmp_path):
     bad = rows[str(src / "bad.png")]
     assert bad["status"] == "ok" and bad["output"] in after
     assert json.loads(after[bad["output"].rsplit(".", 1)[0] + ".json"])["source"] == str(src / "bad.png")
+
+
+def _listed(out: str) -> list[tuple[str, str]]:
+    """(source, relpath) of every entry of the manifest shards `raycolor list` wrote, as colorize reads them."""
+    from raycolor import ledger
+
+    plan = ledger.list_folder(out)
+    shards = [s for kind, uri, tag in plan.objects for s in ledger.size_object(kind, uri, tag, root=plan.root, shard_size=100)]
+    return sorted((i.source, i.relpath) for s in shards for i in ledger.expand(s))
+
+
+def test_list_command_in_tasks_gives_list_items_entries(ray_local, tmp_path):
+    """Folder groups listed in Ray tasks, beyond the fan-out depth too: the same entries and relpaths as one
+    listing of everything (sources.list_items), collisions renamed alike, across roots and case-variant folders."""
+    from raycolor import ledger, sources
+
+    scans, more = tmp_path / "scans", tmp_path / "more"
+    names = ["a.jpg", "b.JPG", "b.png", "notes.txt", "sub/c.tif", "X/p.jpg", "x/p.png", "d1/d2/d3/deep.jpg",
+             "d1/d2/d3/d4/deeper.png", "d1/D2/d3/deep.png"]
+    for root, name in [(scans, n) for n in names] + [(more, "a.jpg"), (more, "sub/C.tif"), (more, "d1/d2/d3/deep.tif")]:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"x")
+    assert ledger.LIST_FANOUT_DEPTH < 3  # d1/d2/d3/... is listed below the fan-out depth
+    for n, inputs in enumerate([[scans, more, scans / "sub"], [scans / "d1", scans, more]]):
+        out = tmp_path / f"lists{n}"
+        out.mkdir()
+        (out / "part-00009.parquet").write_bytes(b"stale")  # from an earlier listing in the same place
+        args = ["list", *map(str, inputs), "--output", str(out), "--shard-size", "3"]
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 0, r.output
+        want = sorted((i.source, i.relpath) for i in sources.list_items([str(p) for p in inputs]))
+        assert _listed(str(out)) == want and len(want) == 12
+        assert any("__" in rel for _, rel in want)  # collisions were renamed, the same way
+        assert "part-00009.parquet" not in {p.name for p in out.iterdir()}
+        stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+        assert CliRunner().invoke(app, args).exit_code == 0
+        # an unchanged folder: parts untouched, so colorize's shards (keyed by etag/mtime) are unchanged
+        assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
+    r = CliRunner().invoke(app, ["list", str(tmp_path / "missing"), "--output", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "not found" in r.output
+    r = CliRunner().invoke(app, ["list", str(scans / "a.jpg"), "--output", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "lists folders and prefixes" in r.output
+
+
+def test_list_command_on_s3_prefixes(ray_local, s3_env):
+    from raycolor import sources
+
+    fs = s3_env.fs()
+    bucket = s3_env.bucket("lister")
+    for key in ("in/a.jpg", "in/x/b.JPG", "in/x/y/c.png", "in/x/y/z/w/deep.png", "in/z/notes.txt", "in/x/b.png",
+                "in2/X/b.jpg", "in2/q.png", "other/d.jpg"):
+        fs.pipe_file(f"{bucket}/{key}", b"x")
+    inputs = [f"s3://{bucket}/in", f"s3://{bucket}/in2"]
+    r = CliRunner().invoke(app, ["list", *inputs, "--output", f"s3://{bucket}/lists", "--shard-size", "2"])
+    assert r.exit_code == 0, r.output
+    want = sorted((i.source, i.relpath) for i in sources.list_items(inputs))
+    assert _listed(f"s3://{bucket}/lists") == want and len(want) == 7
