@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/raycolor demo --output demo-output
 
 # Two pytest workers, each with its own local Ray and S3 server, a test file each at a time (module fixtures
-# such as test_chaos's cluster run once): most tests wait on process start-up and scheduling, so two share
+# such as test_chaos's cluster run once; the one-machine fault tests are in test_faults.py so the other worker takes them): most tests wait on process start-up and scheduling, so two share
 # 2 cores well (1467 s vs 1711 s for the same suite; docs/performance.md). TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 2
 

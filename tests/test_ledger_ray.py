@@ -215,7 +215,7 @@ def _tar_members(fs, folder: str) -> list[str]:
 
 # both layouts and both kinds of storage, each pair once: the layout decides what is written (images or one tar
 # per shard), the storage how (atomic rename or one PUT); the other two pairs run killed too, by other means:
-# local files by test_chaos's Ctrl-C/SIGTERM test, S3 webdataset by its node-loss test
+# local files by test_faults's Ctrl-C/SIGTERM test, S3 webdataset by test_chaos's node-loss test
 @pytest.mark.parametrize("where,layout", [("local", "webdataset"), ("s3", "files")])
 def test_driver_sigkill_mid_run_then_rerun_is_exactly_once(ray_address, s3_env, tiny_ckpt, tmp_path, where, layout):
     """The driver SIGKILLed once its first shard is finished (its lock, spool and half-done shards left behind);
