@@ -391,7 +391,7 @@ def colorize(
 )
 def list_(
     inputs: Annotated[list[str], typer.Argument(help="Folders or s3:// prefixes to list (recursively).")],
-    output: Annotated[str, typer.Option(help="Folder or s3:// prefix for the manifest shards part-<group>-NNNNN.parquet.")],
+    output: Annotated[str, typer.Option(help="Folder or s3:// prefix for the manifest shards part-<chunk id>.parquet.")],
     shard_size: Annotated[
         int, typer.Option(min=1, help="Entries per manifest shard.")
     ] = ColorizeConfig.shard_size,

@@ -7,8 +7,9 @@ A **shard** is the unit of work, of resume and of the ledger:
 * ``txt``: the lines starting in bytes ``[start, stop)`` of one ``.txt`` manifest (chunks found by one
   scan of the file, in a task);
 * ``listing``: a chunk of a folder / prefix listing, saved as ``OUTPUT/_listing/<shard id>.parquet``
-  (``uri``, ``relpath``, ``source``) so that the descriptor stays small and the task reads only its chunk
-  (training, which has no ledger, keeps the chunk in Ray's object store and hands it to :func:`expand`).
+  (``uri``, ``relpath``, ``source``) by the task that listed it (:func:`list_group`), so that the driver
+  never holds the listing and the shard's task reads only its chunk (training keeps them in its run's
+  OUTPUT the same way).
 
 The driver holds only :class:`Shard` descriptors (a few hundred bytes each, at most
 ``ceil(images / shard_size)`` of them); shard tasks expand them into items.
@@ -45,10 +46,12 @@ import os
 import posixpath
 import socket
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
@@ -346,13 +349,8 @@ def _listing_items(t: pa.Table) -> list[sources.Item]:
     return [sources.Item(source=s, relpath=r, uri=u) for u, r, s in zip(*(t.column(c).to_pylist() for c in ("uri", "relpath", "source")))]
 
 
-def expand(shard: Shard, *, s3_endpoint: str | None = None, retries: int = 5, listing: pa.Table | None = None) -> list[sources.Item]:
-    """The shard's items, de-duplicated and collision-renamed within the shard (first wins).
-
-    ``listing``: a listing chunk's table (:func:`listing_table`) already at hand, read instead of
-    ``shard.uri`` (training keeps its listing chunks in Ray's object store, never under OUTPUT)."""
-    if shard.kind == "listing" and listing is not None:
-        return _listing_items(listing)
+def expand(shard: Shard, *, s3_endpoint: str | None = None, retries: int = 5) -> list[sources.Item]:
+    """The shard's items, de-duplicated and collision-renamed within the shard (first wins)."""
     if shard.kind == "tar":
         return sources.dedupe(sources.list_tar(shard.uri, s3_endpoint=s3_endpoint))
     fs, path = sources.filesystem(shard.uri, s3_endpoint=s3_endpoint)
@@ -569,48 +567,62 @@ def release_lock(output: str, lock: dict, *, s3_endpoint=None) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# `raycolor list`: a listing saved as manifest shards, for re-use
+# Listing folders in tasks (colorize and training plan with it; `raycolor list` saves it as a manifest)
 # --------------------------------------------------------------------------------------------
 
-
-# How many levels of sub-folders `raycolor list` fans out, one Ray task per folder group and level; each
-# group below that depth is listed by one recursive (paged) listing in its task. Two levels cover the
-# usual archive layouts (collection/year/..., box/folder/...) with hundreds to thousands of tasks.
+# How many levels of sub-folders are fanned out, one Ray task per folder group and level; each group below
+# that depth is listed by one recursive (paged) listing in its task. Two levels cover the usual archive
+# layouts (collection/year/..., box/folder/...) with hundreds to thousands of tasks.
 LIST_FANOUT_DEPTH = 2
 
 
 @dataclass(frozen=True)
 class ListGroup:
-    """Folders listed together by one task of :func:`list_group`: the same relative path (lower-cased)
-    under each input root, so that every pair of images whose output keys could collide is in one group.
-    ``dirs``: ((root URI, folder URI), ...) in the order of the inputs; ``exclude``: folder URIs (other
-    input roots: a root's listing skips those strictly inside it, whose images belong to them)."""
+    """Folders listed together by one task of :func:`list_group`: the same relative path up to case under
+    each input root, so that every pair of images whose output keys could collide is in one group.
+
+    ``dirs``: ((root URI, folder URI), ...) in the order of the inputs; ``files``: ((root URI, items), ...)
+    for inputs that are single images (first level only); ``exclude``: the input roots: a root's listing
+    skips those strictly inside it, whose images belong to them."""
 
     key: str
     dirs: tuple
     depth: int = 0
     exclude: tuple = ()
+    files: tuple = ()
 
 
 def _is_under(path: str, folders: Iterable[str]) -> bool:
     return any(path == f or path.startswith(f + "/") for f in folders)
 
 
-def list_group(group: ListGroup, *, output: str, shard_size: int, fan_out: bool, s3_endpoint: str | None = None,
-               retries: int = 5) -> tuple[list[tuple[str, int]], list[ListGroup]]:
-    """One task of `raycolor list`: the images directly in the group's folders (``fan_out``: one paged
-    listing of each folder's first level, its sub-folders returned as the next level's groups) or below
-    them (not ``fan_out``: one recursive listing each), de-duplicated and collision-renamed together
-    (:func:`sources.dedupe`, the rule of :func:`sources.list_items`), written as manifest parts
-    ``OUTPUT/part-<group hash>-NNNNN.parquet`` of at most ``shard_size`` rows. Returns ([(part name, rows)],
-    [next groups]). A part whose bytes are unchanged is not rewritten, so re-listing an unchanged prefix
-    leaves colorize's shards (keyed by the part's etag and mtime) as they were."""
-    items: list[sources.Item] = []
+def list_group(group: ListGroup, *, chunk_uri: str, shard_size: int, fan_out: bool, s3_endpoint: str | None = None,
+               retries: int = 5) -> tuple[tuple[list[tuple[tuple, Shard]], list[ListGroup], dict[str, int], Counter], pa.Table]:
+    """One listing task: the images directly in the group's folders (``fan_out``: one paged listing of each
+    folder's first level; its sub-folders come back as the next level's groups) or below them (not
+    ``fan_out``: one recursive listing each), de-duplicated and collision-renamed together
+    (:func:`sources.dedupe`, the rule of :func:`sources.list_items`: first root wins), cut per owning root
+    into content-defined chunks (:func:`chunk_listing`), each written as a listing table to
+    ``chunk_uri`` with ``{id}`` replaced by the shard id, unless an identical one is there. A root with
+    fewer than ``shard_size`` images in the group is not cut: those rows come back in a table, for the
+    driver to bin with the next groups' (:func:`write_bin`), so that many small folders do not make many
+    small shards.
+
+    Returns (([(sort key, listing Shard with its uri)], [next groups], {root: images found under it, before
+    de-duplication}, {root: rows in the table}), the table (root + :data:`LISTING_SCHEMA`)). Run as a Ray
+    task with two returns: the driver fetches the first, never the images."""
+    given = dict(group.files)
+    tagged: list[tuple[str, sources.Item]] = []  # (root, item) in the order of the roots
     children: dict[str, list] = {}
+    found: dict[str, int] = {}
     for root, folder in group.dirs:
+        found.setdefault(root, 0)
+        if folder in given:
+            found[root] += len(given[folder])
+            tagged += [(root, i) for i in given[folder]]
+            continue
         fs, path = sources.filesystem(folder, s3_endpoint=s3_endpoint)
-        local = isinstance(fs, LocalFileSystem)
-        norm = (lambda p: p.replace(os.sep, "/")) if local else (lambda p: p)
+        norm = (lambda p: p.replace(os.sep, "/")) if isinstance(fs, LocalFileSystem) else (lambda p: p)
         prefix = norm(sources.filesystem(root, s3_endpoint=s3_endpoint)[1]).rstrip("/") + "/"
         excluded = [x for x in (norm(sources.filesystem(e, s3_endpoint=s3_endpoint)[1]).rstrip("/") for e in group.exclude)
                     if x.startswith(prefix)]
@@ -620,38 +632,68 @@ def list_group(group: ListGroup, *, output: str, shard_size: int, fan_out: bool,
                 files = [e["name"] for e in entries if e.get("type") != "directory"]
                 for e in entries:
                     sub = norm(e["name"]).rstrip("/")
-                    if e.get("type") == "directory" and sub != norm(path).rstrip("/") and not _is_under(sub, excluded):
-                        key = sources.sanitize_relpath(sub[len(prefix):]).lower()
-                        children.setdefault(key, []).append((root, sources._to_uri(fs, e["name"], root)))
+                    if e.get("type") != "directory" or sub == norm(path).rstrip("/"):
+                        continue
+                    if _is_under(sub, excluded):
+                        found[root] += 1  # its images belong to another input, which lists them
+                        continue
+                    key = sources.sanitize_relpath(sub[len(prefix):]).lower()
+                    children.setdefault(key, []).append((root, sources._to_uri(fs, e["name"], root)))
             else:
                 files = sources._retrying(lambda fs=fs, path=path: fs.find(path, withdirs=False), retries)
         except Exception as exc:
             raise sources._input_error("list", folder, exc) from exc
+        images = [p for p in map(norm, files) if p.startswith(prefix) and sources._is_image(p)]
+        found[root] += len(images)
         mine = [
             sources.Item(source=sources._to_uri(fs, p, root), relpath=sources.sanitize_relpath(p[len(prefix):]),
                          uri=sources._to_uri(fs, p, root))
-            for p in map(norm, files)
-            if p.startswith(prefix) and sources._is_image(p) and not _is_under(p, excluded)
+            for p in images
+            if not _is_under(p, excluded)
         ]
-        items += sorted(mine, key=lambda it: (it.relpath, it.source))
-    items = sources.dedupe(items)
-    parts = []
-    size = max(1, shard_size)
-    for k, start in enumerate(range(0, len(items), size)):
-        chunk = items[start : start + size]
-        name = f"part-{_h('list', group.key, n=12)}-{k:05d}.parquet"
-        buf = io.BytesIO()
-        pq.write_table(pa.table({"uri": [i.uri for i in chunk], "relpath": [i.relpath for i in chunk]}), buf)
-        _write_if_changed(sources.join_uri(output, name), buf.getvalue(), s3_endpoint=s3_endpoint, retries=retries)
-        parts.append((name, len(chunk)))
+        tagged += [(root, i) for i in sorted(mine, key=lambda it: (it.relpath, it.source))]
+    owner: dict[str, str] = {}
+    for root, item in tagged:
+        owner.setdefault(item.source, root)
+    per_root: dict[str, list] = {}
+    for item in sources.dedupe(i for _, i in tagged):
+        per_root.setdefault(owner[item.source], []).append(item)
+    order = {root: n for n, (root, _) in enumerate(group.dirs)}
+    shards, small = [], []
+    for root, mine in per_root.items():
+        if len(mine) < shard_size:  # binned with its neighbours by write_bin, not a shard of its own
+            small += [(root, i) for i in mine]
+            continue
+        for k, (shard, chunk) in enumerate(chunk_listing(mine, root=root, shard_size=shard_size)):
+            shards.append(((group.key, order[root], k), _write_chunk(shard, chunk, chunk_uri, s3_endpoint=s3_endpoint, retries=retries)))
     nxt = [ListGroup(key=k, dirs=tuple(d), depth=group.depth + 1, exclude=group.exclude) for k, d in sorted(children.items())]
-    return parts, nxt
+    rest = listing_table(i for _, i in small)
+    rest = rest.add_column(0, "root", pa.array([r for r, _ in small], pa.string()))
+    return (shards, nxt, found, Counter(r for r, _ in small)), rest
+
+
+def _write_chunk(shard: Shard, chunk: Sequence[sources.Item], chunk_uri: str, *, s3_endpoint, retries: int) -> Shard:
+    uri = chunk_uri.replace("{id}", shard.id)
+    buf = io.BytesIO()
+    pq.write_table(listing_table(chunk), buf)
+    _write_if_changed(uri, buf.getvalue(), s3_endpoint=s3_endpoint, retries=retries)
+    return shard.with_(uri=uri)
+
+
+def write_bin(root: str, chunk_uri: str, *tables: pa.Table, s3_endpoint: str | None = None, retries: int = 5) -> Shard:
+    """The small remainders of consecutive folder groups (what :func:`list_group` left unwritten: fewer than
+    ``shard_size`` images of ``root``), as one listing chunk of ``root``; returns its shard."""
+    t = pa.concat_tables([t.filter(pc.equal(t.column("root"), root)) for t in tables])
+    items = _listing_items(t)
+    shard = Shard(kind="listing", uri="", root=root, count=len(items),
+                  id=shard_id("listing", root, root, 0, len(items), _h(*(i.source for i in items), n=40)))
+    return _write_chunk(shard, items, chunk_uri, s3_endpoint=s3_endpoint, retries=retries)
 
 
 def _write_if_changed(uri: str, data: bytes, *, s3_endpoint: str | None, retries: int) -> None:
     fs, path = sources.filesystem(uri, s3_endpoint=s3_endpoint)
     try:
-        if fs.cat_file(path) == data:
+        if sources._retrying(lambda: fs.cat_file(path), retries) == data:
             return
     except FileNotFoundError:
         pass
@@ -659,7 +701,7 @@ def _write_if_changed(uri: str, data: bytes, *, s3_endpoint: str | None, retries
 
 
 def remove_stale_parts(output: str, keep: Iterable[str], *, s3_endpoint: str | None = None, retries: int = 5) -> None:
-    """Remove ``part-*.parquet`` under OUTPUT that this listing did not write (an earlier, longer one's)."""
+    """Remove ``part-*.parquet`` under OUTPUT that this listing did not write (an earlier listing's)."""
     fs, path = sources.filesystem(output, s3_endpoint=s3_endpoint)
     keep = set(keep)
     stale = [sources._to_uri(fs, p, output) for p in sources._retrying(lambda: fs.ls(path, detail=False), retries)

@@ -3,7 +3,7 @@
 Training takes the inputs of `raycolor colorize` through its reading path, and the driver holds shard
 descriptors only, never a per-image list:
 
-    inputs ─classify, list folders, size manifests/tars (ray_colorize.shard_inputs)─▶ shard descriptors
+    inputs ─classify, list folders in tasks, size manifests/tars (ray_colorize.shard_inputs)─▶ shard descriptors
     one task per shard: expand, count, hash (no image read) ─▶ totals + the hold-out rule (= split_items)
     shards ─Ray Data: expand (ledger.expand), keep this side's rows ─┬─ train: read + decode (images.read_decoded),
                                                                      │  random-resized crop, flip, Lab
@@ -23,6 +23,7 @@ Layout of OUTPUT (a local folder or s3://bucket/prefix):
       checkpoint_e000003_<time>/  config.json + weights.pt (core format) + train_state.pt
     metrics.jsonl                one JSON object per finished epoch
     model/                       the final model: config.json + weights.pt, for `raycolor colorize`
+    _listing/<shard id>.parquet  folder inputs' listing chunks (uri, relpath, source), as colorize keeps them
 
 Resume. Ray Train V2 restores by run location: when a TrainController starts, its CheckpointManager
 reads OUTPUT/train/checkpoint_manager_snapshot.json, and `ray.train.get_checkpoint()` on every worker
@@ -231,11 +232,10 @@ class Split:
 class _Data:
     """What the driver holds about the data: shard descriptors, never a per-image list."""
 
-    train: list[dict]  # shard descriptors (ledger.Shard's fields + "listing") of the training side
+    train: list[dict]  # shard descriptors (ledger.Shard's fields) of the training side
     val: list[dict]  # of the validation side: the same shards as train without --val
     split: Split | None  # the hold-out rule, None with --val
     held: Any  # with --val: ObjectRef of the frozenset of validation sources, excluded from training
-    listings: dict  # shard id -> ObjectRef of a listing chunk's table (ledger.listing_table)
     n_train: int
     n_val: int
 
@@ -254,83 +254,59 @@ def _ray_get(refs):
         raise e.as_instanceof_cause() from None
 
 
-def _expand(desc: dict, listing, *, s3_endpoint, retries: int) -> list[sources.Item]:
+def _expand(desc: dict, *, s3_endpoint, retries: int) -> list[sources.Item]:
     shard = ledger.Shard(**{k: desc[k] for k in ledger.Shard.__dataclass_fields__})
-    return ledger.expand(shard, s3_endpoint=s3_endpoint, retries=retries, listing=listing)
+    return ledger.expand(shard, s3_endpoint=s3_endpoint, retries=retries)
 
 
-def _shard_stats(desc: dict, listing, *, val_fraction: float, held: frozenset | None, s3_endpoint, retries: int) -> SplitStats:
+def _shard_stats(desc: dict, *, val_fraction: float, held: frozenset | None, s3_endpoint, retries: int) -> SplitStats:
     """One shard's SplitStats (a task: expands the shard, reads no image)."""
-    items = _expand(desc, listing, s3_endpoint=s3_endpoint, retries=retries)
+    items = _expand(desc, s3_endpoint=s3_endpoint, retries=retries)
     return SplitStats.of((i.source for i in items if held is None or i.source not in held), val_fraction)
 
 
-def _sources_of(descs: list[dict], listings: dict, *, s3_endpoint, retries: int) -> tuple[frozenset, int]:
+def _sources_of(descs: list[dict], *, s3_endpoint, retries: int) -> tuple[frozenset, int]:
     """The --val sources as one set (a task; it stays in the object store) and their number."""
-    import ray
-
-    held = frozenset(
-        i.source
-        for d in descs
-        for i in _expand(d, ray.get(listings[d["listing"]]) if d["listing"] else None, s3_endpoint=s3_endpoint, retries=retries)
-    )
+    held = frozenset(i.source for d in descs for i in _expand(d, s3_endpoint=s3_endpoint, retries=retries))
     return held, len(held)
 
 
 def _plan(config: TrainConfig, data_roots: list, val_roots: list) -> _Data:
-    """Shards of the inputs (ray_colorize.shard_inputs, the colorize planner), then each shard's count and
-    hash stats (no image read): the totals and the hold-out rule. A manifest or tar shard is expanded for
-    them in a cheap task of its own; a listing chunk's sources are on the driver already."""
+    """Shards of the inputs (ray_colorize.shard_inputs, the colorize planner: folder listings are chunked
+    into the run's OUTPUT/_listing/), then each shard's count and hash stats, in a cheap task per shard
+    that expands it and reads no image: the totals and the hold-out rule."""
     import ray
 
     from raycolor.ray_colorize import shard_inputs
 
     endpoint, retries = config.storage.s3_endpoint, config.storage.retries
-    listings: dict[str, Any] = {}
-    listed: dict[str, list[str]] = {}  # listing chunk id -> its sources, while planning
+    listing = sources.join_uri(config.output, "_listing", "{id}.parquet")
 
     def descriptors(roots: list) -> list[dict]:
-        out = []
-        for shards in shard_inputs(roots, shard_size=DEFAULT_SHARD_SIZE, s3_endpoint=endpoint).values():
-            for shard, items in shards:
-                if items is not None:
-                    # a chunk of a folder listing, which the driver holds while planning (as colorize's does):
-                    # into the object store, so that the descriptor stays small and nothing is written
-                    # under the user's inputs or OUTPUT; the listing itself is dropped when planning returns
-                    listings.setdefault(shard.id, ray.put(ledger.listing_table(items)))
-                    listed[shard.id] = [i.source for i in items]
-                out.append({**dataclasses.asdict(shard), "listing": shard.id if items is not None else ""})
-        return out
+        return [dataclasses.asdict(shard)
+                for shards in shard_inputs(roots, shard_size=DEFAULT_SHARD_SIZE, s3_endpoint=endpoint, listing=listing,
+                                           retries=retries).values()
+                for shard in shards]
 
     train = descriptors(data_roots)
-    val, held, held_here, split = train, None, None, None
+    val, held, split = train, None, None
     if val_roots:
         val = descriptors(val_roots)
-        if all(d["listing"] for d in val):  # folders and images: their sources are here already
-            held_here = frozenset(s for d in val for s in listed[d["listing"]])
-            held, n_val = ray.put(held_here), len(held_here)
-        else:  # manifests or tars: the set is made in a task and stays in the object store
-            task = ray.remote(num_cpus=0.5, max_retries=3, num_returns=2)(_sources_of)
-            held, n_val_ref = task.remote(val, {d["listing"]: listings[d["listing"]] for d in val if d["listing"]},
-                                          s3_endpoint=endpoint, retries=retries)
-            n_val = _ray_get(n_val_ref)
+        # the set is made in a task and stays in the object store
+        task = ray.remote(num_cpus=0.5, max_retries=3, num_returns=2)(_sources_of)
+        held, n_val_ref = task.remote(val, s3_endpoint=endpoint, retries=retries)
+        n_val = _ray_get(n_val_ref)
     stats_task = ray.remote(num_cpus=0.5, max_retries=3)(_shard_stats)
-    here, refs = SplitStats(), []
-    for d in train:
-        if d["listing"] and (held is None or held_here is not None):
-            srcs = listed[d["listing"]]
-            here += SplitStats.of((x for x in srcs if held_here is None or x not in held_here), config.val_fraction)
-        else:
-            refs.append(stats_task.remote(d, listings.get(d["listing"]), val_fraction=config.val_fraction, held=held,
-                                          s3_endpoint=endpoint, retries=retries))
-    stats = sum(_ray_get(refs), here)
+    refs = [stats_task.remote(d, val_fraction=config.val_fraction, held=held, s3_endpoint=endpoint, retries=retries)
+            for d in train]
+    stats = sum(_ray_get(refs), SplitStats())
     if val_roots:
         n_train = stats.n
     else:
         split, n_train, n_val = Split.choose(stats, config.val_fraction)
     if n_train < config.workers:
         raise ValueError(f"{n_train} training images cannot feed {config.workers} workers")
-    return _Data(train=train, val=val, split=split, held=held, listings=listings, n_train=n_train, n_val=n_val)
+    return _Data(train=train, val=val, split=split, held=held, n_train=n_train, n_val=n_val)
 
 
 _HELD: dict[str, frozenset] = {}  # the --val sources, fetched once per worker process
@@ -346,15 +322,12 @@ def _held_sources(ref) -> frozenset:
     return _HELD[key]
 
 
-def _shard_rows(desc: dict, *, side: str, split: Split | None, held, listings: dict, s3_endpoint, retries: int) -> list[dict]:
+def _shard_rows(desc: dict, *, side: str, split: Split | None, held, s3_endpoint, retries: int) -> list[dict]:
     """One shard descriptor -> the item rows of `side` ("train" or "val"), in a Ray Data task: the
     shard expanded as colorize expands it (ledger.expand), the hold-out rule (or the --val sources)
     applied row by row. Training rows come in a fresh random order each epoch."""
-    import ray
-
-    listing = ray.get(listings[desc["listing"]]) if desc["listing"] else None
     try:
-        items = _expand(desc, listing, s3_endpoint=s3_endpoint, retries=retries)
+        items = _expand(desc, s3_endpoint=s3_endpoint, retries=retries)
     except Exception as e:  # noqa: BLE001 - after retries; it expanded when the run was planned: never fatal
         log.warning("dropping shard %s of %s this epoch (%s)", desc["id"], desc["root"], sources.redact(e, desc["uri"]))
         return []
@@ -474,7 +447,7 @@ def _dataset(side: str, fn, data: _Data, config: TrainConfig):
     ds = ds.flat_map(
         _shard_rows,
         fn_kwargs={"side": side, "split": data.split, "held": data.held if side == "train" else None,
-                   "listings": data.listings, "s3_endpoint": endpoint, "retries": retries},
+                   "s3_endpoint": endpoint, "retries": retries},
         num_cpus=0.5,
     )
     # a shard expands into one big block; a streaming split (no barrier) into small blocks lets many tasks

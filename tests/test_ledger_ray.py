@@ -370,3 +370,31 @@ def test_list_command_on_s3_prefixes(ray_local, s3_env):
     assert r.exit_code == 0, r.output
     want = sorted((i.source, i.relpath) for i in sources.list_items(inputs))
     assert _listed(f"s3://{bucket}/lists") == want and len(want) == 7
+
+
+def test_folder_plan_lists_in_tasks_bins_small_folders_and_cuts_big_ones(ray_local, tmp_path):
+    """colorize's plan of a folder: the listing tasks write the chunks under OUTPUT/_listing/ themselves;
+    30 small sub-folders are packed into chunks of at most --shard-size, one big sub-folder is cut by its
+    own task; an unchanged folder plans the same shards and rewrites no chunk."""
+    from raycolor import ledger
+    from raycolor.ray_colorize import plan
+
+    src, out = tmp_path / "scans", tmp_path / "out"
+    names = [f"box{b:02d}/{i}.jpg" for b in range(30) for i in range(3)] + [f"big/{i:03d}.jpg" for i in range(50)] + ["top.jpg"]
+    for name in names:
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(b"x")
+    cfg = ColorizeConfig(inputs=(str(src),), output=str(out), checkpoint="unused", shard_size=20)
+    p = plan(cfg, str(out))
+    shards = p.shards
+    assert all(s.kind == "listing" and 0 < s.count <= 20 for s in shards), shards
+    assert sum(s.count for s in shards) == len(names)
+    # 90 images in 30 folders: 5 bins of 18 (6 folders each), not 30 shards; the big folder: content-defined chunks
+    assert len(shards) <= 5 + 50 // 5 + 1, [s.count for s in shards]
+    listed = sorted(i.source for s in shards for i in ledger.expand(s))
+    assert listed == sorted(str(src / n) for n in names)
+    chunks = {p.name: p.stat().st_mtime_ns for p in (out / "_listing").iterdir()}
+    assert sorted(chunks) == sorted(f"{s.id}.parquet" for s in shards)
+    again = plan(cfg, str(out))
+    assert [s.id for s in again.shards] == [s.id for s in shards]
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "_listing").iterdir()} == chunks
