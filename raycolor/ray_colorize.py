@@ -734,7 +734,7 @@ def list_in_tasks(groups: list, *, chunk_uri: str, shard_size: int, s3_endpoint,
     listing chunks to ``chunk_uri`` ({id}: the shard id) and hands back listing shards and the next level's
     groups. A group's remainder of fewer than ``shard_size`` images of a root stays in the object store;
     once everything is listed, consecutive remainders (in path order) are packed into chunks of at most
-    ``shard_size`` (:func:`ledger.write_bin`, a task each). Returns (the shards in path order, {root: images
+    ``shard_size`` (:func:`ledger.write_bin`, a task each), with content-defined ends where possible. Returns (the shards in path order, {root: images
     found under it}). The driver holds groups, counts and shard descriptors, never per-image rows: a single
     recursive listing of a 100M-object prefix takes hours (ray-project/ray#40686)."""
     import ray
@@ -786,6 +786,11 @@ def list_in_tasks(groups: list, *, chunk_uri: str, shard_size: int, s3_endpoint,
             first = group.key if not cur else first
             cur.append(rest)
             n += left[root]
+            # content-defined ends too (at least half full, after a folder whose key hashes to 0 mod 4): a
+            # folder that gained images shifts the packs after it only until the next such end
+            if n >= size / 2 and int(hashlib.sha1(group.key.encode("utf-8", "surrogatepass")).hexdigest()[:8], 16) % 4 == 0:
+                bins.append(((first, order.get(root, 0), -1), writer.remote(root, chunk_uri, *cur, s3_endpoint=s3_endpoint, retries=retries)))
+                cur, n = [], 0
         if cur:
             bins.append(((first, order.get(root, 0), -1), writer.remote(root, chunk_uri, *cur, s3_endpoint=s3_endpoint, retries=retries)))
     try:

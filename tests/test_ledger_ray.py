@@ -389,7 +389,7 @@ def test_folder_plan_lists_in_tasks_bins_small_folders_and_cuts_big_ones(ray_loc
     shards = p.shards
     assert all(s.kind == "listing" and 0 < s.count <= 20 for s in shards), shards
     assert sum(s.count for s in shards) == len(names)
-    # 90 images in 30 folders: 5 bins of 18 (6 folders each), not 30 shards; the big folder: content-defined chunks
+    # 91 images in 31 groups: packs of 10-20 images, not 31 shards; the big folder: content-defined chunks
     assert len(shards) <= 5 + 50 // 5 + 1, [s.count for s in shards]
     listed = sorted(i.source for s in shards for i in ledger.expand(s))
     assert listed == sorted(str(src / n) for n in names)
