@@ -1,6 +1,8 @@
-"""`raycolor list` at scale: the driver's peak memory and the wall time, listing in Ray tasks (today's
-command) against one listing of everything on the driver (what the command did before: sources.list_items,
-then the parts written from the driver's list), for folder trees of --sizes empty `.jpg` files.
+"""Folder listings at scale: the driver's peak memory and the wall time of `raycolor list` (listing in Ray
+tasks) against one listing of everything on the driver (what the command did before: sources.list_items,
+then the parts written from the driver's list), and `raycolor colorize FOLDER`'s driver peak memory and
+time to its first finished shard (the folder listed in tasks too), for folder trees of --sizes empty `.jpg`
+files (each becomes an error row at once: the bookkeeping is measured, not decoding).
 
 The tree is `root/cNN/bNNN/NNNNNN.jpg` (collections, boxes: an archive's usual shape), 1,000 files per
 box. Both sides write the same manifest parts (--shard-size entries each) to a fresh folder. Figures, from
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from archive_scale import env, peak_rss_mb  # noqa: E402
+from archive_scale import checkpoint_dir, env, first_shard, peak_rss_mb
 
 ON_DRIVER = r"""
 import io, sys
@@ -69,6 +70,7 @@ def main() -> None:
     args = ap.parse_args()
     figures = {}
     with tempfile.TemporaryDirectory(prefix="list-scale-") as tmp:
+        ckpt = checkpoint_dir(Path(tmp))
         for n in args.sizes:
             src = Path(tmp) / f"tree-{n}"
             make_tree(src, n)
@@ -77,11 +79,14 @@ def main() -> None:
                                   "--shard-size", str(args.shard_size)]),
                 "driver": measure([sys.executable, "-c", ON_DRIVER, str(src), f"{tmp}/driver-{n}", str(args.shard_size)]),
             }
+            fig["colorize"] = first_shard(src, Path(tmp) / f"colorized-{n}", ckpt, 900)
             figures[n] = fig
-            print(f"{n:>10,} files: in tasks {fig['tasks']['wall_s']} s, driver peak RSS {fig['tasks']['driver_peak_rss_mb']} MB"
-                  f" | one listing on the driver {fig['driver']['wall_s']} s, {fig['driver']['driver_peak_rss_mb']} MB", flush=True)
+            print(f"{n:>10,} files: list in tasks {fig['tasks']['wall_s']} s, driver peak RSS {fig['tasks']['driver_peak_rss_mb']} MB"
+                  f" | one listing on the driver {fig['driver']['wall_s']} s, {fig['driver']['driver_peak_rss_mb']} MB"
+                  f" | colorize FOLDER: first shard {fig['colorize']['first_shard_s']} s, driver peak RSS "
+                  f"{fig['colorize']['driver_peak_rss_mb']} MB", flush=True)
     lo, hi = min(figures), max(figures)
-    for side in ("tasks", "driver"):
+    for side in ("tasks", "driver", "colorize"):
         ratio = figures[hi][side]["driver_peak_rss_mb"] / figures[lo][side]["driver_peak_rss_mb"]
         figures[f"rss_ratio_{side}"] = round(ratio, 2)
         print(f"{side}: driver peak RSS at {hi:,} / at {lo:,} files = {ratio:.2f}x")
