@@ -141,7 +141,7 @@ def _tag(info: dict) -> str:
 
 @dataclass(frozen=True)
 class RootPlan:
-    """What one input is: kind "folder" (not listed yet: see :func:`folder_parts` / :func:`folder_plan`),
+    """What one input is: kind "folder" (not listed yet: see :func:`list_group` / :func:`list_folder`),
     "listing" (an image, or a folder once listed: its items), or "objects" (manifest / tar objects to be
     sized by :func:`size_object`, possibly in Ray tasks)."""
 
@@ -175,7 +175,7 @@ def classify(uri: str, *, s3_endpoint: str | None = None) -> RootPlan:
         raise sources._input_error("read", uri, exc) from exc
     suffix = sources._suffix(path)
     if info.get("type") == "directory":
-        return RootPlan(root=root, kind="folder")  # listed by list_folder / folder_plan
+        return RootPlan(root=root, kind="folder")  # listed in tasks (list_group), or by list_folder
     if suffix in sources.TAR_SUFFIXES:
         return RootPlan(root=root, kind="objects", objects=(("tar", root, _tag(info)),))
     if suffix == ".parquet":
@@ -183,21 +183,6 @@ def classify(uri: str, *, s3_endpoint: str | None = None) -> RootPlan:
     if suffix == ".txt":
         return RootPlan(root=root, kind="objects", objects=(("txt", root, _tag(info)),))
     return RootPlan(root=root, kind="listing", items=tuple(sources.list_items([uri], s3_endpoint=s3_endpoint)))
-
-
-def folder_parts(root: str, *, s3_endpoint: str | None = None) -> tuple[list[str], list[str]]:
-    """One (paged) listing of the folder's first level: (files directly in it, sub-folder URIs). The
-    sub-folders are then listed recursively by :func:`find_files`, one Ray task each, in parallel
-    (a single recursive listing of a 100M-object prefix takes hours: ray-project/ray#40686)."""
-    fs, path = sources.filesystem(root, s3_endpoint=s3_endpoint)
-    try:
-        entries = sources._retrying(lambda: fs.ls(path, detail=True), 3)
-    except Exception as exc:
-        raise sources._input_error("list", root, exc) from exc
-    files = sorted(e["name"] for e in entries if e.get("type") != "directory")
-    dirs = sorted(sources._to_uri(fs, e["name"], root) for e in entries if e.get("type") == "directory"
-                  and e["name"].rstrip("/") != path.rstrip("/"))
-    return files, dirs
 
 
 def find_files(uri: str, *, s3_endpoint: str | None = None) -> list[str]:
@@ -209,23 +194,44 @@ def find_files(uri: str, *, s3_endpoint: str | None = None) -> list[str]:
         raise sources._input_error("list", uri, exc) from exc
 
 
-def folder_plan(root: str, paths: Iterable[str], *, s3_endpoint: str | None = None) -> RootPlan:
-    """A listed folder -> its images (the folder rules of :func:`sources.list_items`: image suffixes,
-    relpath relative to the folder, sorted), or, for a folder holding no image but ``.parquet`` /
-    ``.txt`` / ``.tar`` objects (e.g. written by ``raycolor list``), those objects."""
-    fs, path = sources.filesystem(root, s3_endpoint=s3_endpoint)
-    prefix = path.rstrip("/") + "/"
-    if isinstance(fs, LocalFileSystem):
-        prefix = path.replace(os.sep, "/").rstrip("/") + "/"
-    paths = sorted(p.replace(os.sep, "/") if isinstance(fs, LocalFileSystem) else p for p in paths)
+def images_below(fs, root: str, paths: Iterable[str], *, s3_endpoint: str | None = None, exclude: Iterable[str] = ()
+                 ) -> tuple[list[sources.Item], int]:
+    """The folder rules of :func:`sources.list_items` over listed ``paths`` (filesystem paths of ``fs``):
+    image suffixes, relpath relative to ``root``, sorted by (relpath, source); paths in or under an
+    ``exclude`` root strictly inside ``root`` are left out. Returns (items, images found, excluded ones too)."""
+    local = isinstance(fs, LocalFileSystem)
+    prefix = sources.filesystem(root, s3_endpoint=s3_endpoint)[1]
+    prefix = (prefix.replace(os.sep, "/") if local else prefix).rstrip("/") + "/"
+    skip = [x for x in (_fs_path(e, s3_endpoint) for e in exclude) if x.startswith(prefix)]
+    images = [p for p in (p.replace(os.sep, "/") if local else p for p in paths) if p.startswith(prefix) and sources._is_image(p)]
     items = [
-        sources.Item(source=sources._to_uri(fs, p, root), relpath=sources.sanitize_relpath(p[len(prefix):]),
-                     uri=sources._to_uri(fs, p, root))
-        for p in paths
-        if p.startswith(prefix) and sources._is_image(p)
+        sources.Item(source=sources._to_uri(fs, p, root), relpath=sources.sanitize_relpath(p[len(prefix):]), uri=sources._to_uri(fs, p, root))
+        for p in images
+        if not _is_under(p, skip)
     ]
+    items.sort(key=lambda it: (it.relpath, it.source))
+    return items, len(images)
+
+
+def _fs_path(uri: str, s3_endpoint: str | None) -> str:
+    fs, path = sources.filesystem(uri, s3_endpoint=s3_endpoint)
+    return (path.replace(os.sep, "/") if isinstance(fs, LocalFileSystem) else path).rstrip("/")
+
+
+def no_images(root: str) -> sources.InputError:
+    return sources.InputError(
+        f"no images found under {sources.redact(root)} (looked for {', '.join(sorted(sources.IMAGE_SUFFIXES))})"
+    )
+
+
+def list_folder(root: str, *, s3_endpoint: str | None = None) -> RootPlan:
+    """A whole folder, listed here in one recursive listing -> its images, or, for a folder holding no
+    image but ``.parquet`` / ``.txt`` / ``.tar`` objects (e.g. written by ``raycolor list``), those objects.
+    The pipelines list folders of images in tasks (:func:`list_group`); this is for the second case."""
+    fs, _ = sources.filesystem(root, s3_endpoint=s3_endpoint)
+    paths = sorted(find_files(root, s3_endpoint=s3_endpoint))
+    items, _ = images_below(fs, root, paths, s3_endpoint=s3_endpoint)
     if items:
-        items.sort(key=lambda it: (it.relpath, it.source))
         return RootPlan(root=root, kind="listing", items=tuple(items))
     objs = []
     for p in paths:
@@ -234,20 +240,7 @@ def folder_plan(root: str, paths: Iterable[str], *, s3_endpoint: str | None = No
             objs.append((kind, sources._to_uri(fs, p, root), _tag(sources._retrying(lambda p=p: fs.info(p), 3))))
     if objs:
         return RootPlan(root=root, kind="objects", objects=tuple(objs))
-    raise sources.InputError(
-        f"no images found under {sources.redact(root)} (looked for {', '.join(sorted(sources.IMAGE_SUFFIXES))})"
-    )
-
-
-def list_folder(root: str, *, s3_endpoint: str | None = None, find=None) -> RootPlan:
-    """:func:`folder_plan` of a whole folder; ``find(sub_folder_uris) -> [paths]`` lists the sub-folders
-    (default: one after the other, here; the colorize driver passes Ray tasks)."""
-    files, dirs = folder_parts(root, s3_endpoint=s3_endpoint)
-    if find is None:
-        found = [p for d in dirs for p in find_files(d, s3_endpoint=s3_endpoint)]
-    else:
-        found = find(dirs)
-    return folder_plan(root, files + found, s3_endpoint=s3_endpoint)
+    raise no_images(root)
 
 
 def size_object(kind: str, uri: str, tag: str, *, root: str, shard_size: int, s3_endpoint: str | None = None) -> list[Shard]:
@@ -622,17 +615,16 @@ def list_group(group: ListGroup, *, chunk_uri: str, shard_size: int, fan_out: bo
             tagged += [(root, i) for i in given[folder]]
             continue
         fs, path = sources.filesystem(folder, s3_endpoint=s3_endpoint)
-        norm = (lambda p: p.replace(os.sep, "/")) if isinstance(fs, LocalFileSystem) else (lambda p: p)
-        prefix = norm(sources.filesystem(root, s3_endpoint=s3_endpoint)[1]).rstrip("/") + "/"
-        excluded = [x for x in (norm(sources.filesystem(e, s3_endpoint=s3_endpoint)[1]).rstrip("/") for e in group.exclude)
-                    if x.startswith(prefix)]
+        here = _fs_path(folder, s3_endpoint)
+        prefix = _fs_path(root, s3_endpoint) + "/"
+        excluded = [x for x in (_fs_path(e, s3_endpoint) for e in group.exclude) if x.startswith(prefix)]
         try:
             if fan_out:
                 entries = sorted(sources._retrying(lambda fs=fs, path=path: fs.ls(path, detail=True), retries), key=lambda e: e["name"])
                 files = [e["name"] for e in entries if e.get("type") != "directory"]
                 for e in entries:
-                    sub = norm(e["name"]).rstrip("/")
-                    if e.get("type") != "directory" or sub == norm(path).rstrip("/"):
+                    sub = (e["name"].replace(os.sep, "/") if isinstance(fs, LocalFileSystem) else e["name"]).rstrip("/")
+                    if e.get("type") != "directory" or sub == here:
                         continue
                     if _is_under(sub, excluded):
                         found[root] += 1  # its images belong to another input, which lists them
@@ -643,15 +635,9 @@ def list_group(group: ListGroup, *, chunk_uri: str, shard_size: int, fan_out: bo
                 files = sources._retrying(lambda fs=fs, path=path: fs.find(path, withdirs=False), retries)
         except Exception as exc:
             raise sources._input_error("list", folder, exc) from exc
-        images = [p for p in map(norm, files) if p.startswith(prefix) and sources._is_image(p)]
-        found[root] += len(images)
-        mine = [
-            sources.Item(source=sources._to_uri(fs, p, root), relpath=sources.sanitize_relpath(p[len(prefix):]),
-                         uri=sources._to_uri(fs, p, root))
-            for p in images
-            if not _is_under(p, excluded)
-        ]
-        tagged += [(root, i) for i in sorted(mine, key=lambda it: (it.relpath, it.source))]
+        mine, n = images_below(fs, root, files, s3_endpoint=s3_endpoint, exclude=group.exclude)
+        found[root] += n
+        tagged += [(root, i) for i in mine]
     owner: dict[str, str] = {}
     for root, item in tagged:
         owner.setdefault(item.source, root)

@@ -801,10 +801,6 @@ def list_in_tasks(groups: list, *, chunk_uri: str, shard_size: int, s3_endpoint,
     return [s for _, s in shards], found
 
 
-def _no_images(root: str) -> sources.InputError:
-    return sources.InputError(f"no images found under {sources.redact(root)} (looked for {', '.join(sorted(sources.IMAGE_SUFFIXES))})")
-
-
 def shard_inputs(roots: list, *, shard_size: int, s3_endpoint, listing: str, namespaces: dict[str, str] | None = None,
                  retries: int = 5) -> dict[str, list[ledger.Shard]]:
     """Classified inputs (:func:`ledger.classify`) -> each distinct root's shards, in input order: the
@@ -881,7 +877,7 @@ def write_listing(inputs: Sequence[str], output: str, *, shard_size: int, s3_end
                                   shard_size=shard_size, s3_endpoint=s3_endpoint, retries=retries)
     for root, n in found.items():
         if not n:
-            raise _no_images(root)
+            raise ledger.no_images(root)
     names = [s.uri.rsplit("/", 1)[-1] for s in shards]
     ledger.remove_stale_parts(output, names, s3_endpoint=s3_endpoint, retries=retries)
     return sum(s.count for s in shards), len(names)

@@ -165,22 +165,22 @@ def test_s3_lock_uses_a_conditional_put(s3_env):
     assert ledger._create_exclusive(ledger.lock_uri(out), b"{}", s3_endpoint=None) is False
 
 
-def test_s3_folder_listed_by_sub_prefix_matches_list_items(s3_env):
+def test_list_group_on_s3_one_level_then_a_subtree(s3_env):
+    """A listing task's two modes (no Ray: the function itself): the root's first level with its sub-folders
+    handed back, then a sub-folder's whole subtree cut into chunks; together, what list_items lists."""
     fs = s3_env.fs()
     bucket = s3_env.bucket("listing")
     for key in ("in/a.jpg", "in/x/b.JPG", "in/x/y/c.png", "in/z/notes.txt", "in/x/b.png", "other/d.jpg"):
         fs.pipe_file(f"{bucket}/{key}", b"x")
-    root = f"s3://{bucket}/in"
-    files, dirs = ledger.folder_parts(root)
-    assert files == [f"{bucket}/in/a.jpg"] and dirs == [f"s3://{bucket}/in/x", f"s3://{bucket}/in/z"]
-    calls = []
-
-    def find(subs):
-        calls.append(subs)
-        return [p for d in subs for p in ledger.find_files(d)]
-
-    plan = ledger.list_folder(root, find=find)
-    assert calls == [dirs]
-    assert [i.relpath for i in plan.items] == ["a.jpg", "x/b.JPG", "x/b.png", "x/y/c.png"]
-    # the colorize planner applies the collision rule (over all folder roots of the run): as list_items
-    assert sources.dedupe(plan.items) == sources.list_items([root])
+    root, chunks = f"s3://{bucket}/in", f"s3://{bucket}/out/{{id}}.parquet"
+    top = ledger.ListGroup(key="", dirs=((root, root),), exclude=(root,))
+    (shards, nxt, found, left), rest = ledger.list_group(top, chunk_uri=chunks, shard_size=2, fan_out=True)
+    assert [(g.key, g.dirs, g.depth) for g in nxt] == [("x", ((root, f"{root}/x"),), 1), ("z", ((root, f"{root}/z"),), 1)]
+    assert (shards, found, dict(left)) == ([], {root: 1}, {root: 1})  # one image, fewer than shard_size: left to bin
+    assert rest.column("relpath").to_pylist() == ["a.jpg"] and rest.column("root").to_pylist() == [root]
+    (shards, nxt, found, left), rest = ledger.list_group(nxt[0], chunk_uri=chunks, shard_size=2, fan_out=False)
+    assert (nxt, found, dict(left), rest.num_rows) == ([], {root: 3}, {}, 0)
+    assert all(s.uri == chunks.replace("{id}", s.id) and fs.exists(s.uri) for _, s in shards)
+    listed = [("s3://" + f"{bucket}/in/a.jpg", "a.jpg")] + [(i.source, i.relpath) for _, s in shards for i in ledger.expand(s)]
+    assert sorted(listed) == sorted((i.source, i.relpath) for i in sources.list_items([root]))
+    assert any("__" in rel for _, rel in listed)  # x/b.png renamed after x/b.JPG, as list_items does

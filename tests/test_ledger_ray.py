@@ -389,10 +389,14 @@ def test_folder_plan_lists_in_tasks_bins_small_folders_and_cuts_big_ones(ray_loc
     shards = p.shards
     assert all(s.kind == "listing" and 0 < s.count <= 20 for s in shards), shards
     assert sum(s.count for s in shards) == len(names)
-    # 91 images in 31 groups: packs of 10-20 images, not 31 shards; the big folder: content-defined chunks
-    assert len(shards) <= 5 + 50 // 5 + 1, [s.count for s in shards]
-    listed = sorted(i.source for s in shards for i in ledger.expand(s))
-    assert listed == sorted(str(src / n) for n in names)
+    items = {s.id: ledger.expand(s) for s in shards}
+    assert sorted(i.source for v in items.values() for i in v) == sorted(str(src / n) for n in names)
+    # the 50-image folder: chunks of its own (content-defined); the 31 small groups (30 boxes of 3, top.jpg):
+    # packs of 10-20 images (a pack ends at least half full, or when the next folder would not fit), not 31
+    big = [s for s in shards if all(i.relpath.startswith("big/") for i in items[s.id])]
+    packs = [s.count for s in shards if s not in big]
+    assert sum(s.count for s in big) == 50 and sum(packs) == 91
+    assert len(packs) <= 10 and all(n >= 10 for n in sorted(packs)[1:]), packs
     chunks = {p.name: p.stat().st_mtime_ns for p in (out / "_listing").iterdir()}
     assert sorted(chunks) == sorted(f"{s.id}.parquet" for s in shards)
     again = plan(cfg, str(out))

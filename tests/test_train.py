@@ -254,9 +254,9 @@ def test_rerun_resumes_from_checkpoint_with_optimizer_state(resumed_run):
     encoder = state["optimizer"]["param_groups"][1]["params"]
     assert float(state["optimizer"]["state"][encoder[-1]]["step"]) == lines[1]["steps"]
     assert encoder[0] not in state["optimizer"]["state"]
-    # a finished run: the same command returns at once without training
+    # a finished run: the same command returns without training (how fast is for the benches, not a test)
     again = fit(base_config(str(resumed_run["data"]), str(out), epochs=2), progress=False)
-    assert again.epochs_run == 0 and again.metrics == lines[-1] and again.elapsed_s < 30
+    assert again.epochs_run == 0 and again.metrics == lines[-1] and again.images_per_s == 0
     assert read_lines(out / "metrics.jsonl") == lines
 
 
