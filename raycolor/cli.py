@@ -404,7 +404,7 @@ def list_(
     manifest shards (uri, relpath) for `colorize`."""
 
     def call(terminal):
-        from raycolor.ray_colorize import write_listing
+        from raycolor.planning import write_listing
 
         return write_listing(inputs, output, shard_size=shard_size, s3_endpoint=s3_endpoint, retries=retries)
 

@@ -3,7 +3,7 @@
 Training takes the inputs of `raycolor colorize` through its reading path, and the driver holds shard
 descriptors only, never a per-image list:
 
-    inputs ─classify, list folders in tasks, size manifests/tars (ray_colorize.shard_inputs)─▶ shard descriptors
+    inputs ─classify, list folders in tasks, size manifests/tars (planning.shard_inputs)─▶ shard descriptors
     one task per shard: expand, count, hash (no image read) ─▶ totals + the hold-out rule (= split_items)
     shards ─Ray Data: expand (ledger.expand), keep this side's rows ─┬─ train: read + decode (images.read_decoded),
                                                                      │  random-resized crop, flip, Lab
@@ -272,12 +272,12 @@ def _sources_of(descs: list[dict], *, s3_endpoint, retries: int) -> tuple[frozen
 
 
 def _plan(config: TrainConfig, data_roots: list, val_roots: list) -> _Data:
-    """Shards of the inputs (ray_colorize.shard_inputs, the colorize planner: folder listings are chunked
+    """Shards of the inputs (planning.shard_inputs, the colorize planner: folder listings are chunked
     into the run's OUTPUT/_listing/), then each shard's count and hash stats, in a cheap task per shard
     that expands it and reads no image: the totals and the hold-out rule."""
     import ray
 
-    from raycolor.ray_colorize import shard_inputs
+    from raycolor.planning import shard_inputs
 
     endpoint, retries = config.storage.s3_endpoint, config.storage.retries
     listing = sources.join_uri(config.output, "_listing", "{id}.parquet")

@@ -12,3 +12,9 @@ def test_core_modules_do_not_import_ray():
         "assert 'ray' not in sys.modules, sorted(m for m in sys.modules if m.startswith('ray.'))[:5]\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_planning_imports_no_torch():
+    """`raycolor list` and the planners import raycolor.planning: without torch (~3 s and ~500 MB)."""
+    code = "import sys, raycolor.planning\nassert 'torch' not in sys.modules\n"
+    subprocess.run([sys.executable, "-c", code], check=True)

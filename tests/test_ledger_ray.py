@@ -377,7 +377,7 @@ def test_folder_plan_lists_in_tasks_bins_small_folders_and_cuts_big_ones(ray_loc
     30 small sub-folders are packed into chunks of at most --shard-size, one big sub-folder is cut by its
     own task; an unchanged folder plans the same shards and rewrites no chunk."""
     from raycolor import ledger
-    from raycolor.ray_colorize import plan
+    from raycolor.planning import plan
 
     src, out = tmp_path / "scans", tmp_path / "out"
     names = [f"box{b:02d}/{i}.jpg" for b in range(30) for i in range(3)] + [f"big/{i:03d}.jpg" for i in range(50)] + ["top.jpg"]

@@ -1,0 +1,224 @@
+"""Planning, with Ray: inputs -> shard descriptors (colorize and training), folder listings in Ray tasks,
+and `raycolor list`. Imports no torch, so that `raycolor list` starts as fast as Ray does.
+
+    inputs ─ledger.classify─▶ roots ─shard_inputs─┬─ folders/images: list_in_tasks (ledger.list_group tasks,
+                                                   │  chunks written by the tasks, small remainders packed
+                                                   │  by ledger.write_bin tasks) ─▶ listing shards
+                                                   └─ manifests/tars: ledger.size_object tasks ─▶ shards
+
+The driver holds folder groups, counts and shard descriptors; never a per-image row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from raycolor import ledger, sources
+from raycolor.config import ColorizeConfig
+
+
+@dataclass(frozen=True)
+class Plan:
+    shards: list  # every shard of the inputs (ledger.Shard), namespaces assigned
+    superseded: list  # ids of shards OUTPUT holds for these roots that the inputs no longer make
+    roots: dict  # root -> record to write to OUTPUT/_roots/
+
+
+def classify_inputs(config: ColorizeConfig) -> list:
+    """What each input is (folders are listed later, in tasks); raises InputError before anything is
+    started or written."""
+    if not config.inputs:
+        raise sources.InputError("no inputs given")
+    return [ledger.classify(u, s3_endpoint=config.storage.s3_endpoint) for u in config.inputs]
+
+
+def _root_group(roots: list) -> ledger.ListGroup:
+    """The first-level listing group of folder and image roots (RootPlans, in input order) that are
+    de-duplicated together. A root inside an earlier one adds nothing (the earlier root lists its images
+    first); a root inside a later one keeps its images, which the later root's listing skips."""
+    def inside(r: str, k: str) -> bool:
+        return r == k or r.startswith(k.rstrip("/") + "/")
+
+    kept = []
+    for r in roots:
+        if not any(inside(r.root, k.root) for k in kept):
+            kept.append(r)
+    return ledger.ListGroup(key="", dirs=tuple((r.root, r.root) for r in kept), exclude=tuple(r.root for r in kept),
+                            files=tuple((r.root, tuple(r.items)) for r in kept if r.kind == "listing"))
+
+
+def list_in_tasks(groups: list, *, chunk_uri: str, shard_size: int, s3_endpoint, retries: int = 5
+                  ) -> tuple[list[ledger.Shard], dict[str, int]]:
+    """Folder groups (:class:`ledger.ListGroup`) listed in Ray tasks (:func:`ledger.list_group`): each task
+    lists one level of its group (or, below ``ledger.LIST_FANOUT_DEPTH``, its whole subtree), writes its
+    listing chunks to ``chunk_uri`` ({id}: the shard id) and hands back listing shards and the next level's
+    groups. A group's remainder of fewer than ``shard_size`` images of a root stays in the object store;
+    once everything is listed, consecutive remainders (in path order) are packed into chunks of at most
+    ``shard_size`` (:func:`ledger.write_bin`, a task each), with content-defined ends where possible. Returns (the shards in path order, {root: images
+    found under it}). The driver holds groups, counts and shard descriptors, never per-image rows: a single
+    recursive listing of a 100M-object prefix takes hours (ray-project/ray#40686)."""
+    import ray
+
+    size = max(1, shard_size)
+    task = ray.remote(num_cpus=0.5, max_retries=3, num_returns=2)(ledger.list_group)
+
+    def submit(group):
+        meta, rest = task.remote(group, chunk_uri=chunk_uri, shard_size=size, fan_out=group.depth < ledger.LIST_FANOUT_DEPTH,
+                                 s3_endpoint=s3_endpoint, retries=retries)
+        return meta, (group, rest)
+
+    def fail(e, refs):
+        for ref in refs:
+            ray.cancel(ref)
+        raise e.as_instanceof_cause() from None
+
+    pending = dict(submit(g) for g in groups)
+    shards, found, rests = [], {}, []
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        group, rest = pending.pop(done[0])
+        try:
+            got, nxt, seen, left = ray.get(done[0])
+        except ray.exceptions.RayTaskError as e:
+            fail(e, pending)
+        shards += got
+        for root, n in seen.items():
+            found[root] = found.get(root, 0) + n
+        if left:
+            rests.append((group, rest, left))
+        pending.update(submit(g) for g in nxt)
+    # the remainders, per root in input order, then path order: greedy bins of at most `size` images
+    order = {}
+    for g in groups:
+        for root, _ in g.dirs:
+            order.setdefault(root, len(order))
+    rests.sort(key=lambda t: t[0].key)
+    writer = ray.remote(num_cpus=0.5, max_retries=3)(ledger.write_bin)
+    bins = []
+    for root in sorted({r for _, _, left in rests for r in left}, key=lambda r: order.get(r, 0)):
+        cur, n, first = [], 0, None
+        for group, rest, left in rests:
+            if root not in left:
+                continue
+            if cur and n + left[root] > size:
+                bins.append(((first, order.get(root, 0), -1), writer.remote(root, chunk_uri, *cur, s3_endpoint=s3_endpoint, retries=retries)))
+                cur, n = [], 0
+            first = group.key if not cur else first
+            cur.append(rest)
+            n += left[root]
+            # content-defined ends too (at least half full, after a folder whose key hashes to 0 mod 4): a
+            # folder that gained images shifts the packs after it only until the next such end
+            if n >= size / 2 and int(hashlib.sha1(group.key.encode("utf-8", "surrogatepass")).hexdigest()[:8], 16) % 4 == 0:
+                bins.append(((first, order.get(root, 0), -1), writer.remote(root, chunk_uri, *cur, s3_endpoint=s3_endpoint, retries=retries)))
+                cur, n = [], 0
+        if cur:
+            bins.append(((first, order.get(root, 0), -1), writer.remote(root, chunk_uri, *cur, s3_endpoint=s3_endpoint, retries=retries)))
+    try:
+        shards += [(key, shard) for (key, _), shard in zip(bins, ray.get([ref for _, ref in bins]))]
+    except ray.exceptions.RayTaskError as e:
+        fail(e, [])
+    shards.sort(key=lambda t: t[0])
+    return [s for _, s in shards], found
+
+
+def shard_inputs(roots: list, *, shard_size: int, s3_endpoint, listing: str, namespaces: dict[str, str] | None = None,
+                 retries: int = 5) -> dict[str, list[ledger.Shard]]:
+    """Classified inputs (:func:`ledger.classify`) -> each distinct root's shards, in input order: the
+    driver's "inputs -> shards" step, shared by colorize (:func:`plan`) and training (``ray_train``).
+
+    Folder and image roots are listed in Ray tasks (:func:`list_in_tasks`), those sharing a namespace
+    de-duplicated together (a source belongs to the first root that lists it) and cut into content-defined
+    chunks per root (:func:`ledger.chunk_listing`), each chunk written by its task to ``listing`` ({id}: the
+    shard id; colorize: OUTPUT/_listing/, training: its run's output). Manifest and tar objects are sized
+    in tasks (:func:`ledger.size_object`: tar headers, a Parquet footer, one .txt scan). A folder holding
+    no image but manifests or tars (e.g. written by ``raycolor list``) is those objects.
+
+    ``namespaces``: {root URI: namespace} sets each root's namespace (on its shards, and as the
+    de-duplication group); a root not in it (or no mapping) is in namespace "".
+    """
+    import ray
+
+    size = max(1, shard_size)
+    seen, unique = set(), []
+    for r in roots:  # the same root twice is one root
+        if r.root not in seen:
+            seen.add(r.root)
+            unique.append(r)
+    ns = {r.root: (namespaces or {}).get(r.root, "") for r in unique}
+    groups: dict[str, list] = {}
+    for r in unique:
+        if r.kind in ("folder", "listing"):
+            groups.setdefault(ns[r.root], []).append(r)
+    listed, found = list_in_tasks([_root_group(g) for g in groups.values()], chunk_uri=listing, shard_size=size,
+                                  s3_endpoint=s3_endpoint, retries=retries)
+    # a folder with no image under it: a folder of manifests or tars, or an error
+    unique = [ledger.list_folder(r.root, s3_endpoint=s3_endpoint) if r.kind == "folder" and r.root in found
+              and not found[r.root] else r for r in unique]
+    sizer = ray.remote(num_cpus=0.5, max_retries=3)(ledger.size_object)
+    refs = {
+        r.root: [sizer.remote(kind, uri, tag, root=r.root, shard_size=size, s3_endpoint=s3_endpoint) for kind, uri, tag in r.objects]
+        for r in unique
+        if r.kind == "objects"
+    }
+    by_root: dict[str, list] = {}
+    for shard in listed:
+        by_root.setdefault(shard.root, []).append(shard)
+    out: dict[str, list[ledger.Shard]] = {}
+    for r in unique:
+        if r.kind == "objects":
+            try:
+                mine = [s for ref in refs[r.root] for s in ray.get(ref)]
+            except ray.exceptions.RayTaskError as e:
+                raise e.as_instanceof_cause() from None
+        else:
+            mine = by_root.get(r.root, [])
+        out[r.root] = [s.with_(namespace=ns[r.root]) for s in mine]
+    return out
+
+
+def write_listing(inputs: Sequence[str], output: str, *, shard_size: int, s3_endpoint: str | None = None,
+                  retries: int = 5) -> tuple[int, int]:
+    """`raycolor list`: list folders / prefixes in Ray tasks (:func:`list_in_tasks`) and save the listing as
+    Parquet manifest parts ``OUTPUT/part-<chunk id>.parquet`` (``uri``, ``relpath``, ``source``: colorizing
+    OUTPUT gives the output keys colorizing the folders would). Returns (entries, parts).
+
+    Chunks are content-defined and named by their content, and a part whose bytes are unchanged is not
+    rewritten: re-listing a prefix that gained files adds or replaces a few parts, so colorize (whose
+    shards are keyed by each part's ETag/mtime) redoes only those. Parts of an earlier listing in the same
+    place that this one did not write are removed."""
+    roots = []
+    for uri in inputs:
+        r = ledger.classify(uri, s3_endpoint=s3_endpoint)
+        if r.kind != "folder":
+            raise sources.InputError(f"raycolor list lists folders and prefixes; {sources.redact(uri)} is not one "
+                                     "(colorize takes images, .tar shards and manifests as they are)")
+        roots.append(r)
+    shards, found = list_in_tasks([_root_group(roots)], chunk_uri=sources.join_uri(output, "part-{id}.parquet"),
+                                  shard_size=shard_size, s3_endpoint=s3_endpoint, retries=retries)
+    for root, n in found.items():
+        if not n:
+            raise ledger.no_images(root)
+    names = [s.uri.rsplit("/", 1)[-1] for s in shards]
+    ledger.remove_stale_parts(output, names, s3_endpoint=s3_endpoint, retries=retries)
+    return sum(s.count for s in shards), len(names)
+
+
+def plan(config: ColorizeConfig, output: str, roots: list | None = None) -> Plan:
+    """The shards of the inputs (:func:`shard_inputs`; folder listings chunked into OUTPUT/_listing/) with
+    each root's namespace (see ledger.assign_namespaces). Call with OUTPUT locked."""
+    endpoint = config.storage.s3_endpoint
+    roots = classify_inputs(config) if roots is None else roots
+    known = ledger.read_roots(output, s3_endpoint=endpoint)
+    ns = ledger.assign_namespaces(list(dict.fromkeys(r.root for r in roots)), known)
+    by_root = shard_inputs(roots, shard_size=config.shard_size, s3_endpoint=endpoint, namespaces=ns,
+                           listing=ledger.listing_uri(output, "{id}"), retries=config.storage.retries)
+    shards, records = [], {}
+    for root, mine in by_root.items():
+        shards += mine
+        records[root] = {"root": root, "namespace": ns[root], "shards": [s.id for s in mine]}
+    superseded = [
+        sid for root, rec in known.items() if root in records for sid in rec.get("shards", []) if sid not in set(records[root]["shards"])
+    ]
+    return Plan(shards=shards, superseded=superseded, roots=records)
