@@ -49,6 +49,29 @@ def _root_group(roots: list) -> ledger.ListGroup:
                             files=tuple((r.root, tuple(r.items)) for r in kept if r.kind == "listing"))
 
 
+def packs(remainders: list[tuple[str, object, int]], size: int) -> list[list[tuple[str, object]]]:
+    """Consecutive (group key, table, images) remainders, in path order -> packs [(key, table), ...] of at
+    most ``size`` images (a remainder is below ``size`` by construction). A pack ends when the next
+    remainder would not fit, or, content-defined, once it is at least half full after a group whose key
+    hashes to 0 mod 4: a group that gained images shifts the packs after it only until the next such end.
+    Remainders of 0 images are skipped."""
+    out, cur, n = [], [], 0
+    for key, table, count in remainders:
+        if not count:
+            continue
+        if cur and n + count > size:
+            out.append(cur)
+            cur, n = [], 0
+        cur.append((key, table))
+        n += count
+        if n >= size / 2 and int(hashlib.sha1(key.encode("utf-8", "surrogatepass")).hexdigest()[:8], 16) % 4 == 0:
+            out.append(cur)
+            cur, n = [], 0
+    if cur:
+        out.append(cur)
+    return out
+
+
 def list_in_tasks(groups: list, *, chunk_uri: str, shard_size: int, s3_endpoint, retries: int = 5
                   ) -> tuple[list[ledger.Shard], dict[str, int]]:
     """Folder groups (:class:`ledger.ListGroup`) listed in Ray tasks (:func:`ledger.list_group`): each task
@@ -56,8 +79,8 @@ def list_in_tasks(groups: list, *, chunk_uri: str, shard_size: int, s3_endpoint,
     listing chunks to ``chunk_uri`` ({id}: the shard id) and hands back listing shards and the next level's
     groups. A group's remainder of fewer than ``shard_size`` images of a root stays in the object store;
     once everything is listed, consecutive remainders (in path order) are packed into chunks of at most
-    ``shard_size`` (:func:`ledger.write_bin`, a task each), with content-defined ends where possible. Returns (the shards in path order, {root: images
-    found under it}). The driver holds groups, counts and shard descriptors, never per-image rows: a single
+    ``shard_size`` (:func:`packs`; :func:`ledger.write_bin`, a task each). Returns (the shards in path
+    order, {root: images found under it}). The driver holds groups, counts and shard descriptors, never per-image rows: a single
     recursive listing of a 100M-object prefix takes hours (ray-project/ray#40686)."""
     import ray
 
@@ -89,32 +112,19 @@ def list_in_tasks(groups: list, *, chunk_uri: str, shard_size: int, s3_endpoint,
         if left:
             rests.append((group, rest, left))
         pending.update(submit(g) for g in nxt)
-    # the remainders, per root in input order, then path order: greedy bins of at most `size` images
+    # the remainders, per root in input order, then path order, packed
     order = {}
     for g in groups:
         for root, _ in g.dirs:
             order.setdefault(root, len(order))
     rests.sort(key=lambda t: t[0].key)
     writer = ray.remote(num_cpus=0.5, max_retries=3)(ledger.write_bin)
-    bins = []
-    for root in sorted({r for _, _, left in rests for r in left}, key=lambda r: order.get(r, 0)):
-        cur, n, first = [], 0, None
-        for group, rest, left in rests:
-            if root not in left:
-                continue
-            if cur and n + left[root] > size:
-                bins.append(((first, order.get(root, 0), -1), writer.remote(root, chunk_uri, *cur, s3_endpoint=s3_endpoint, retries=retries)))
-                cur, n = [], 0
-            first = group.key if not cur else first
-            cur.append(rest)
-            n += left[root]
-            # content-defined ends too (at least half full, after a folder whose key hashes to 0 mod 4): a
-            # folder that gained images shifts the packs after it only until the next such end
-            if n >= size / 2 and int(hashlib.sha1(group.key.encode("utf-8", "surrogatepass")).hexdigest()[:8], 16) % 4 == 0:
-                bins.append(((first, order.get(root, 0), -1), writer.remote(root, chunk_uri, *cur, s3_endpoint=s3_endpoint, retries=retries)))
-                cur, n = [], 0
-        if cur:
-            bins.append(((first, order.get(root, 0), -1), writer.remote(root, chunk_uri, *cur, s3_endpoint=s3_endpoint, retries=retries)))
+    bins = [
+        ((pack[0][0], order.get(root, 0), -1),
+         writer.remote(root, chunk_uri, *(ref for _, ref in pack), s3_endpoint=s3_endpoint, retries=retries))
+        for root in sorted({r for _, _, left in rests for r in left}, key=lambda r: order.get(r, 0))
+        for pack in packs([(g.key, ref, left.get(root, 0)) for g, ref, left in rests], size)
+    ]
     try:
         shards += [(key, shard) for (key, _), shard in zip(bins, ray.get([ref for _, ref in bins]))]
     except ray.exceptions.RayTaskError as e:

@@ -184,3 +184,20 @@ def test_list_group_on_s3_one_level_then_a_subtree(s3_env):
     listed = [("s3://" + f"{bucket}/in/a.jpg", "a.jpg")] + [(i.source, i.relpath) for _, s in shards for i in ledger.expand(s)]
     assert sorted(listed) == sorted((i.source, i.relpath) for i in sources.list_items([root]))
     assert any("__" in rel for _, rel in listed)  # x/b.png renamed after x/b.JPG, as list_items does
+
+
+def test_packs_of_small_folder_remainders_are_bounded_and_realign():
+    """planning.packs (pure; no Ray is started): packs never exceed the size, are at least half full except
+    the last, and a folder that gained images changes only the packs near it."""
+    from raycolor.planning import packs
+
+    rems = [(f"box{i:04d}", f"t{i}", 3 + i % 5) for i in range(400)]
+    out = packs(rems, 40)
+    sizes = [sum(dict((k, c) for k, _, c in rems)[k] for k, _ in p) for p in out]
+    assert all(n <= 40 for n in sizes) and all(n >= 20 for n in sizes[:-1]), sizes
+    assert [k for p in out for k, _ in p] == [k for k, _, _ in rems]  # every remainder once, in order
+    grown = list(rems)
+    grown[100] = (grown[100][0], grown[100][1], grown[100][2] + 6)
+    before, after = ({tuple(k for k, _ in p) for p in packs(r, 40)} for r in (rems, grown))
+    assert len(before - after) <= 6, (len(before - after), len(out))  # a few packs change, not every later one
+    assert packs([("a", "t", 0), ("b", "u", 5)], 40) == [[("b", "u")]]
