@@ -1,0 +1,93 @@
+"""CPU per image spent outside the model actor, 640x480 JPEG -> JPEG, device codec on and off.
+
+The budget (issue 11): a 16-core GPU node at 4,000 images/s leaves 16 / 4,000 = 4 ms of CPU per image for
+everything outside the GPU. The CPU work outside the actor is the decode stage (`_decode_batch`: read the
+file, and without the device codec decode + prepare L) and the finish stage (`_finish_batch`: without the
+device codec encode the RGB the actor composed; then write the file and the manifest rows). Both run here
+single-threaded on one batch, CPU time (`thread_time`), best of 3, exactly as the pipeline calls them with
+`--gpus N` (stage.gpus > 0: the actor composes full-res RGB) and `--device-codec off|on`. The actor's own
+step runs on --device (cuda on a GPU node; cpu here, where it is only there to hand the finish stage what
+the actor hands it). Ray's own per-image cost (moving blocks between processes) is not included.
+
+    .venv/bin/python bench/outside_actor.py                      # this machine
+    .venv/bin/python bench/outside_actor.py --device cuda        # a GPU node: the same CPU functions
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from colorize_throughput import synthetic_image  # the same photo-like 640x480 inputs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=16, help="images in the batch")
+    ap.add_argument("--render-size", type=int, default=224)
+    ap.add_argument("--jpeg-quality", type=int, default=92)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    import torch
+    from PIL import Image
+
+    from raycolor import checkpoint, sources
+    from raycolor import ray_colorize as rc
+    from raycolor.config import ColorizeConfig, StorageConfig
+    from raycolor.model import build_colorizer
+
+    torch.set_num_threads(1)
+    figures = {}
+    with tempfile.TemporaryDirectory(prefix="outside-actor-") as tmp:
+        src = Path(tmp) / "in"
+        src.mkdir()
+        for i in range(args.images):
+            Image.fromarray(synthetic_image(i)).save(src / f"{i:04d}.jpg", quality=90)
+        ckpt = str(Path(tmp) / "model")
+        torch.manual_seed(0)
+        checkpoint.save(ckpt, build_colorizer(weights=None), render_size=args.render_size)
+        model, _ = checkpoint.load(ckpt)
+        device = torch.device(args.device)
+        model = model.to(device)
+        rows = [dataclasses.asdict(i) for i in sources.list_items([str(src)])]
+        batch = {k: np.array([r[k] for r in rows], dtype=object if isinstance(rows[0][k], str) else np.int64) for k in rows[0]}
+        n = len(rows)
+        batch.update(shard=np.array(["bench"] * n, dtype=object), shard_n=np.full(n, n), error=np.full(n, "", dtype=object))
+        storage = StorageConfig(retries=1)
+        config = ColorizeConfig(inputs=(), output="", checkpoint=ckpt, format="jpeg", jpeg_quality=args.jpeg_quality,
+                                storage=storage)
+        for name, codec in (("device codec off", False), ("device codec on", True)):
+            stage = rc.ModelStage(checkpoint=ckpt, render_size=args.render_size, batch_size=n, gpus=1, storage=storage,
+                                  device_codec=codec, encode_jpeg_quality=args.jpeg_quality if codec else None)
+            actor = rc.Predictor.with_model(model, device, stage)
+            dec, fin = [], []
+            for _ in range(3):  # the first round pays imports and first writes; keep the best
+                c0 = time.thread_time()
+                decoded = rc._decode_batch(batch, stage=stage)
+                dec.append(time.thread_time() - c0)
+                predicted = actor(decoded)
+                with tempfile.TemporaryDirectory(dir=tmp) as out:
+                    c0 = time.thread_time()
+                    rc._finish_batch(predicted, config=config, stage=stage, output=out, model_id="bench")
+                    fin.append(time.thread_time() - c0)
+            d, f = min(dec) / n * 1e3, min(fin) / n * 1e3
+            figures[name] = {"decode_stage_cpu_ms": round(d, 2), "finish_stage_cpu_ms": round(f, 2),
+                             "outside_actor_cpu_ms": round(d + f, 2), "images_per_s_per_16_cores": round(16_000 / (d + f))}
+            print(f"{name}: decode stage {d:.2f} + finish stage {f:.2f} = {d + f:.2f} CPU ms/image outside the actor "
+                  f"(budget 4 ms at 4,000 images/s on 16 cores; 16 cores feed {16_000 / (d + f):,.0f} images/s)", flush=True)
+    if args.json:
+        print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
