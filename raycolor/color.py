@@ -6,6 +6,9 @@ in [-110, 110]. The normalisation constants follow richzhang/colorization (l_cen
 
 from __future__ import annotations
 
+from functools import cache
+
+import numpy as np
 import torch
 
 L_CENT = 50.0
@@ -54,8 +57,12 @@ def _f_inv(t: torch.Tensor) -> torch.Tensor:
 
 def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     """(..., 3, H, W) sRGB in [0, 1] -> (..., 3, H, W) Lab."""
-    xyz = _mix(_matrix(_RGB_TO_XYZ, rgb), srgb_to_linear(rgb))
-    white = torch.tensor(_WHITE, dtype=rgb.dtype, device=rgb.device).view(3, 1, 1)
+    return _linear_to_lab(srgb_to_linear(rgb))
+
+
+def _linear_to_lab(lin: torch.Tensor) -> torch.Tensor:
+    xyz = _mix(_matrix(_RGB_TO_XYZ, lin), lin)
+    white = torch.tensor(_WHITE, dtype=lin.dtype, device=lin.device).view(3, 1, 1)
     fx, fy, fz = _f(xyz / white).unbind(-3)
     return torch.stack([116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)], dim=-3)
 
@@ -78,9 +85,24 @@ def l_to_grey(L: torch.Tensor) -> torch.Tensor:
     return linear_to_srgb(_f_inv((L + 16) / 116)).clamp(0, 1)
 
 
+@cache
+def _srgb_u8_table() -> np.ndarray:
+    return srgb_to_linear(torch.arange(256, dtype=torch.float32) / 255).numpy()
+
+
+def _u8_to_linear(rgb: torch.Tensor) -> torch.Tensor:
+    """uint8 sRGB -> float32 linear: srgb_to_linear(rgb / 255). On the CPU by a 256-entry table of the
+    formula's values (the formula itself differs by 1 ulp between SIMD lanes and tails; a test bounds the
+    difference): its per-pixel `pow` was 13.5 of the 18 ms that full-res L of a 640x480 photo took on one
+    core (bench/outside_actor.py). Elsewhere by the formula."""
+    if rgb.device.type == "cpu":
+        return torch.from_numpy(_srgb_u8_table()[rgb.numpy()])
+    return srgb_to_linear(rgb.to(torch.float32) / 255)
+
+
 def rgb_uint8_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     """uint8 (..., 3, H, W) -> float32 Lab."""
-    return rgb_to_lab(rgb.to(torch.float32) / 255)
+    return _linear_to_lab(_u8_to_linear(rgb))
 
 
 def lab_to_rgb_uint8(lab: torch.Tensor) -> torch.Tensor:
@@ -90,7 +112,7 @@ def lab_to_rgb_uint8(lab: torch.Tensor) -> torch.Tensor:
 
 def rgb_uint8_to_l(rgb: torch.Tensor) -> torch.Tensor:
     """uint8 (..., 3, H, W) -> float32 L (..., 1, H, W); only the Y row of the matrix is needed."""
-    lin = srgb_to_linear(rgb.to(torch.float32) / 255)
+    lin = _u8_to_linear(rgb)
     y = _mix(_matrix(_RGB_TO_XYZ[1:2], lin), lin)
     return 116 * _f(y) - 16
 

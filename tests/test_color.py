@@ -84,3 +84,19 @@ def test_in_gamut_rgb_equals_converting_the_fitted_ab():
     ab = (torch.rand(2, 2, 16, 16) - 0.5) * 220  # many out of gamut
     direct = color.lab_to_rgb(torch.cat([L, color.fit_ab_to_gamut(L, ab)], dim=1))
     torch.testing.assert_close(color.lab_to_rgb_in_gamut(L, ab), direct, atol=1e-6, rtol=0)
+
+
+def test_uint8_paths_match_the_float_formula():
+    """The CPU table for uint8 sRGB -> linear holds the formula's value for each of the 256 inputs; on an
+    odd-sized image holding every value, and on a non-contiguous view, L and Lab match the formula to 1e-4
+    (the formula itself differs by 1 ulp between its SIMD lanes and tails; the table does not)."""
+    assert torch.equal(torch.from_numpy(color._srgb_u8_table()), color.srgb_to_linear(torch.arange(256) / 255))
+    g = torch.Generator().manual_seed(0)
+    rgb = torch.randint(0, 256, (3, 517, 613), dtype=torch.uint8, generator=g)
+    rgb[:, 0, :256] = torch.arange(256, dtype=torch.uint8)
+    for x in (rgb, rgb.permute(1, 2, 0).contiguous().permute(2, 0, 1)):
+        lin = color.srgb_to_linear(x.to(torch.float32) / 255)
+        torch.testing.assert_close(color._u8_to_linear(x), lin, rtol=2.4e-7, atol=0)  # 2 ulp
+        y = color._mix(color._matrix(color._RGB_TO_XYZ[1:2], lin), lin)
+        torch.testing.assert_close(color.rgb_uint8_to_l(x), 116 * color._f(y) - 16, rtol=0, atol=1e-5)
+        torch.testing.assert_close(color.rgb_uint8_to_lab(x), color.rgb_to_lab(x.to(torch.float32) / 255), rtol=0, atol=1e-4)
