@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench clean
+.PHONY: demo test test-fast test-kernels install bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,23 @@ TEST_WORKERS ?= 2
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=15 $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
+	$(MAKE) --no-print-directory test-kernels
+
+# The Ray-free numeric core (colour maths, compose, model, metrics, image decoding and metadata): seconds, no Ray.
+CORE_TESTS := tests/test_color.py tests/test_colorize.py tests/test_model.py tests/test_metrics.py tests/test_images.py \
+	$(wildcard tests/test_metadata.py)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:xdist $(CORE_TESTS)
+
+# The numeric core once more under each CPU kernel torch has for this machine (default and avx2 always, avx512
+# where the CPU has it): SIMD kernels round differently, and a newcomer's CPU must not surprise CI. Each run
+# checks that torch really uses the kernel asked for (tests/test_color.py::test_runs_on_the_cpu_kernel_asked_for).
+test-kernels: $(STAMP)
+	@set -e; for cap in $$($(BIN)/python tests/cpu_kernels.py); do \
+		echo "== numeric core with ATEN_CPU_CAPABILITY=$$cap"; \
+		ATEN_CPU_CAPABILITY=$$cap $(BIN)/python -m pytest -q -p no:xdist -p no:cacheprovider $(CORE_TESTS); \
+	done
 
 bench: $(STAMP)
 	$(BIN)/python bench/colorize_throughput.py

@@ -87,14 +87,22 @@ def l_to_grey(L: torch.Tensor) -> torch.Tensor:
 
 @cache
 def _srgb_u8_table() -> np.ndarray:
-    return srgb_to_linear(torch.arange(256, dtype=torch.float32) / 255).numpy()
+    """srgb_to_linear(i / 255) for i = 0..255, evaluated in float64 and rounded once to float32.
+
+    In float64 the table is the correctly rounded value on every CPU: each entry lies at least 2.5e-10
+    (relative) from a float32 rounding boundary, a million times any float64 pow's error, so no SIMD kernel
+    can round it the other way. The float32 formula is itself up to ~18 ulp off (see tests/test_color.py).
+    """
+    c = np.arange(256, dtype=np.float64) / 255
+    lin = np.where(c <= 0.04045, c / 12.92, ((np.maximum(c, 0.04045) + 0.055) / 1.055) ** 2.4)
+    return lin.astype(np.float32)
 
 
 def _u8_to_linear(rgb: torch.Tensor) -> torch.Tensor:
-    """uint8 sRGB -> float32 linear: srgb_to_linear(rgb / 255). On the CPU by a 256-entry table of the
-    formula's values (the formula itself differs by 1 ulp between SIMD lanes and tails; a test bounds the
-    difference): its per-pixel `pow` was 13.5 of the 18 ms that full-res L of a 640x480 photo took on one
-    core (bench/outside_actor.py). Elsewhere by the formula."""
+    """uint8 sRGB -> float32 linear: srgb_to_linear(rgb / 255). On the CPU by a 256-entry table (correctly
+    rounded, the same on every CPU): the formula's per-pixel `pow` was 13.5 of the 18 ms that full-res L of a
+    640x480 photo took on one core (bench/outside_actor.py). Elsewhere by the float32 formula, which a test
+    bounds against the table."""
     if rgb.device.type == "cpu":
         return torch.from_numpy(_srgb_u8_table()[rgb.numpy()])
     return srgb_to_linear(rgb.to(torch.float32) / 255)

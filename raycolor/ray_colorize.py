@@ -721,8 +721,7 @@ def colorize(
     if config.layout not in ("files", "webdataset"):
         raise ValueError(f"layout must be files or webdataset, not {config.layout!r}")
     roots = classify_inputs(config)
-    if not ray.is_initialized():
-        ray.init()
+    runtime.ensure_ray()
     runtime.check_output_reachable(output, shared=config.storage.shared_output)
     if config.gpus and ray.cluster_resources().get("GPU", 0) < config.gpus:
         raise ValueError(

@@ -99,13 +99,10 @@ def evaluate(
     on_rows: Callable[[int, int], None] | None = None,
 ) -> EvaluateReport:
     """Progress hooks as in ray_colorize.colorize: on_total(images, 0), then on_rows(ok, error) per batch."""
-    import ray
-
     endpoint = config.storage.s3_endpoint
     meta, render_size = resolve_model(config.checkpoint, config.render_size, s3_endpoint=endpoint)
     items = sources.list_items(config.data, s3_endpoint=endpoint)
-    if not ray.is_initialized():
-        ray.init()
+    runtime.ensure_ray()
     if on_total:
         on_total(len(items), 0)
     stage = ModelStage(

@@ -974,7 +974,6 @@ def fit(config: TrainConfig, *, progress: bool = True, terminal: IO[str] | None 
     """
     import ray
     import ray.train
-    from ray.data import DataContext
     from ray.train.torch import TorchConfig, TorchTrainer
 
     t_start = time.perf_counter()
@@ -982,8 +981,7 @@ def fit(config: TrainConfig, *, progress: bool = True, terminal: IO[str] | None 
     config = dataclasses.replace(config, output=sources.absolute(config.output))
     _check_weights(config)
     data_roots, val_roots = _classify(config.data, config), _classify(config.val, config)
-    if not ray.is_initialized():
-        ray.init()
+    runtime.ensure_ray()
     runtime.check_output_reachable(config.output, shared=config.storage.shared_output)
     data = _plan(config, data_roots, val_roots)  # shard descriptors and totals, no per-image list
     storage_fs, storage_path, store = _storage(config)
@@ -1005,7 +1003,7 @@ def fit(config: TrainConfig, *, progress: bool = True, terminal: IO[str] | None 
     if start_epoch < config.epochs:
         resources, threads = _worker_resources(config)
         events = _event_queue() if report else None
-        data_ctx = DataContext.get_current()
+        data_ctx = runtime.data_context()
         saved_bars = data_ctx.enable_progress_bars
         data_ctx.enable_progress_bars = False  # the epoch lines are the progress report
         try:

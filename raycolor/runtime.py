@@ -9,6 +9,7 @@ import os
 import re
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from typing import IO
 
@@ -55,9 +56,7 @@ def connect(
     runtime_env = {"env_vars": {"AWS_ENDPOINT_URL": s3_endpoint}} if s3_endpoint else None
     quiet = {} if verbose else {"logging_level": logging.ERROR, "log_to_driver": False}
     if not verbose:
-        from ray.data import DataContext
-
-        ctx = DataContext.get_current()
+        ctx = data_context()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
         # Ray Data logs to its own file and to the console; only the console is turned down
@@ -81,6 +80,27 @@ def connect(
         f"Started a local Ray runtime ({cpus} CPUs, {gpus} GPUs; no dashboard, {auth}); "
         "set --address or RAY_ADDRESS to use a cluster"
     )
+
+
+def ensure_ray() -> None:
+    """Start a plain local Ray unless this process is connected already (library use: the CLI connects first),
+    and make Ray Data's context (see data_context)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()
+    data_context()
+
+
+def data_context():
+    """Ray Data's DataContext for this process, made quietly the first time: Ray 2.60's own constructor assigns
+    its deprecated fields (use_push_based_shuffle, use_polars, use_arrow_tensor_v2) and so warns about each,
+    though nothing sets them. We never set them either; the warnings would only say that a context was made."""
+    from ray.data import DataContext
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray\.data\.context$")
+        return DataContext.get_current()
 
 
 def cluster_cpus() -> int:
@@ -120,10 +140,23 @@ def quiet_stderr(enabled: bool = True) -> Iterator[IO[str]]:
     becomes a pipe read by a thread that drops Ray's noise (see _RAY_NOISE) and passes everything else on —
     our messages, tracebacks, Ray's real errors. The yielded stream writes to the real stderr unfiltered
     (for a live progress bar, which must see the terminal). Disabled: fd 2 untouched, yields sys.stderr.
+
+    Python warnings that Ray's own modules raise (e.g. Ray Data's "the operator only received 1 input(s)" on a
+    small run) are Ray's chatter too: they are ignored in the block, as its INFO/WARNING logs are; ours and
+    everyone else's still show. They go to Ray's log files no more than a UserWarning ever did.
     """
     if not enabled:
         yield sys.stderr
         return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"ray(\.|$)")
+        with _filtered_fd2() as real:
+            yield real
+
+
+@contextlib.contextmanager
+def _filtered_fd2() -> Iterator[IO[str]]:
+    """fd 2 through the _RAY_NOISE filter for the block; yields a stream to the real stderr."""
     sys.stderr.flush()
     real_fd = os.dup(2)
     read_fd, write_fd = os.pipe()

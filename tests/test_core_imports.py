@@ -18,3 +18,16 @@ def test_planning_imports_no_torch():
     """`raycolor list` and the planners import raycolor.planning: without torch (~3 s and ~500 MB)."""
     code = "import sys, raycolor.planning\nassert 'torch' not in sys.modules\n"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_warning_from_our_code_fails_the_suite():
+    """pyproject's filterwarnings turns any warning raised from a raycolor module into an error; a third
+    party's stays a warning (Ray Data's chatter is handled by runtime.quiet_stderr)."""
+    import warnings
+
+    import pytest
+
+    with pytest.raises(UserWarning):
+        warnings.warn_explicit("ours", UserWarning, "raycolor/x.py", 1, module="raycolor.x")
+    with pytest.warns(UserWarning):
+        warnings.warn_explicit("theirs", UserWarning, "other/x.py", 1, module="other.x")

@@ -28,7 +28,8 @@ RAYCOLOR = [sys.executable, "-m", "raycolor.cli"]
 # what Ray prints when nothing keeps it quiet (seen on a terminal before this was fixed)
 RAY_NOISE = re.compile(
     r"\b(INFO|WARNING)\b.*\.py:\d+ --|core_worker\.cc|streaming_executor|Execution plan|"
-    r"A new progress UI|tqdm is not installed|Token authentication is enabled|Started a local Ray instance"
+    r"A new progress UI|tqdm is not installed|Token authentication is enabled|Started a local Ray instance|"
+    r"Warning: |warnings\.warn\("  # a Python warning: "path.py:N: UserWarning: ..." then its source line
 )
 SGR = re.compile(r"\x1b\[[0-9;]*m")  # colours: dropped
 CURSOR = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")  # redraws (cursor moves, line erases): a line break
@@ -114,3 +115,21 @@ def test_verbose_shows_rays_own_logs(ray_address, tiny_ckpt, tmp_path):
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert RAY_NOISE.search(r.stderr), r.stderr[-3000:]
+
+
+def test_a_one_image_run_shows_no_python_warning_unless_verbose(tiny_ckpt, tmp_path):
+    """On one image Ray Data warns that its finish stage "only received 1 input(s)" (a UserWarning on the
+    driver, between the progress lines): Ray's chatter, shown with --verbose only."""
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "a.jpg").write_bytes((Path(SAMPLES) / "05-kite.jpg").read_bytes())
+    runs = {}
+    for flag in ("", "--verbose"):
+        args = [*RAYCOLOR, "colorize", str(one), "--output", str(tmp_path / f"out{flag}"), "--checkpoint", tiny_ckpt]
+        runs[flag] = subprocess.run(args + ([flag] if flag else []), capture_output=True, text=True, env=_env(),
+                                    timeout=300)
+        assert runs[flag].returncode == 0, runs[flag].stderr[-3000:]
+    quiet = runs[""].stderr
+    assert "ok 1, errors 0" in quiet
+    assert not [line for line in quiet.splitlines() if RAY_NOISE.search(line)], quiet
+    assert "UserWarning: The maximum number of concurrent tasks" in runs["--verbose"].stderr
