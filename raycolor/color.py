@@ -86,16 +86,21 @@ def l_to_grey(L: torch.Tensor) -> torch.Tensor:
 
 
 @cache
-def _srgb_u8_table() -> np.ndarray:
-    """srgb_to_linear(i / 255) for i = 0..255, evaluated in float64 and rounded once to float32.
+def _srgb_table(levels: int) -> np.ndarray:
+    """srgb_to_linear(i / (levels - 1)) for every integer code i, evaluated in float64 and rounded once to float32.
 
-    In float64 the table is the correctly rounded value on every CPU: each entry lies at least 2.5e-10
-    (relative) from a float32 rounding boundary, a million times any float64 pow's error, so no SIMD kernel
-    can round it the other way. The float32 formula is itself up to ~18 ulp off (see tests/test_color.py).
+    In float64 the table is the correctly rounded value on every CPU (for 8 bits each entry lies at least
+    2.5e-10, relative, from a float32 rounding boundary, a million times any float64 pow's error, so no SIMD
+    kernel can round it the other way; tests/test_color.py checks). The float32 formula is itself up to ~18 ulp
+    off. 16 bits: 65,536 entries, 256 KiB, built in about a millisecond.
     """
-    c = np.arange(256, dtype=np.float64) / 255
+    c = np.arange(levels, dtype=np.float64) / (levels - 1)
     lin = np.where(c <= 0.04045, c / 12.92, ((np.maximum(c, 0.04045) + 0.055) / 1.055) ** 2.4)
     return lin.astype(np.float32)
+
+
+def _srgb_u8_table() -> np.ndarray:
+    return _srgb_table(256)
 
 
 def _u8_to_linear(rgb: torch.Tensor) -> torch.Tensor:
@@ -106,6 +111,17 @@ def _u8_to_linear(rgb: torch.Tensor) -> torch.Tensor:
     if rgb.device.type == "cpu":
         return torch.from_numpy(_srgb_u8_table()[rgb.numpy()])
     return srgb_to_linear(rgb.to(torch.float32) / 255)
+
+
+def _u16_to_linear(rgb: torch.Tensor) -> torch.Tensor:
+    """uint16 sRGB (a 16-bit master) -> float32 linear, by the 65,536-entry table on the CPU."""
+    if rgb.device.type == "cpu":
+        return torch.from_numpy(_srgb_table(65536)[rgb.numpy()])
+    return srgb_to_linear(rgb.to(torch.float32) / 65535)
+
+
+def _to_linear(rgb: torch.Tensor) -> torch.Tensor:
+    return _u16_to_linear(rgb) if rgb.dtype == torch.uint16 else _u8_to_linear(rgb)
 
 
 def rgb_uint8_to_lab(rgb: torch.Tensor) -> torch.Tensor:
@@ -119,8 +135,8 @@ def lab_to_rgb_uint8(lab: torch.Tensor) -> torch.Tensor:
 
 
 def rgb_uint8_to_l(rgb: torch.Tensor) -> torch.Tensor:
-    """uint8 (..., 3, H, W) -> float32 L (..., 1, H, W); only the Y row of the matrix is needed."""
-    lin = _u8_to_linear(rgb)
+    """uint8 or uint16 (..., 3, H, W) -> float32 L (..., 1, H, W); only the Y row of the matrix is needed."""
+    lin = _to_linear(rgb)
     y = _mix(_matrix(_RGB_TO_XYZ[1:2], lin), lin)
     return 116 * _f(y) - 16
 

@@ -45,7 +45,7 @@ def orient(rgb: torch.Tensor, orientation: int) -> torch.Tensor:
 
 
 def full_l(rgb: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 RGB (H, W, 3) -> float32 L (1, H, W)."""
+    """uint8 or uint16 RGB (H, W, 3) -> float32 L (1, H, W); a 16-bit master keeps its precision in L."""
     return color.rgb_uint8_to_l(_as_chw(rgb))
 
 
@@ -59,7 +59,7 @@ def render_l(L: torch.Tensor, render_size: int) -> torch.Tensor:
 
 
 def prepare(rgb: np.ndarray | torch.Tensor, render_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 RGB (H, W, 3) -> (L full-res (1, H, W), L at render size (1, r, r))."""
+    """uint8 or uint16 RGB (H, W, 3) -> (L full-res (1, H, W), L at render size (1, r, r))."""
     L = full_l(rgb)
     return L, render_l(L, render_size)
 
@@ -87,20 +87,23 @@ def predict_ab(model: torch.nn.Module, l_small: torch.Tensor) -> torch.Tensor:
     return ab.float()
 
 
-def compose_batch(L: torch.Tensor, ab_small: torch.Tensor) -> torch.Tensor:
-    """L (N, 1, H, W) full-res + ab (N, 2, r, r) -> uint8 RGB (N, H, W, 3); the output keeps L exactly.
+def compose_batch(L: torch.Tensor, ab_small: torch.Tensor, *, bits: int = 8) -> torch.Tensor:
+    """L (N, 1, H, W) full-res + ab (N, 2, r, r) -> RGB (N, H, W, 3), uint8 (bits=8) or uint16 (bits=16);
+    the output keeps L exactly, up to that quantisation.
 
     Batched so that an accelerator composes a whole batch of same-size images in a few kernels.
     """
     H, W = L.shape[-2:]
     ab = F.interpolate(ab_small.to(L), size=(H, W), mode="bilinear", align_corners=False)  # (N, 2, H, W)
     rgb = color.lab_to_rgb_in_gamut(L, ab)  # (N, 3, H, W) in [0, 1]
+    if bits == 16:
+        return (rgb * 65535).round_().to(torch.uint16).permute(0, 2, 3, 1).contiguous()
     return (rgb * 255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
-def compose(L: torch.Tensor, ab_small: torch.Tensor) -> torch.Tensor:
-    """L (1, H, W) full-res + ab (2, r, r) -> uint8 RGB (H, W, 3); the output keeps L exactly."""
-    return compose_batch(L.unsqueeze(0), ab_small.unsqueeze(0))[0]
+def compose(L: torch.Tensor, ab_small: torch.Tensor, *, bits: int = 8) -> torch.Tensor:
+    """L (1, H, W) full-res + ab (2, r, r) -> RGB (H, W, 3), uint8 or (bits=16) uint16; L kept exactly."""
+    return compose_batch(L.unsqueeze(0), ab_small.unsqueeze(0), bits=bits)[0]
 
 
 def colorize_rgb(

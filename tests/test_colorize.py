@@ -63,3 +63,29 @@ def test_l_packs_into_uint16_and_back_within_its_precision():
     raw = pack_l(L)
     assert len(raw) == 2 * 5 * 7
     assert torch.allclose(unpack_l(raw, 5, 7), L, atol=0.5 / L_SCALE + 1e-6)
+
+
+def _l_f64(v: np.ndarray, levels: int) -> np.ndarray:
+    """CIE L of grey sRGB codes v, in float64 (the reference)."""
+    c = v.astype(np.float64) / (levels - 1)
+    y = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    f = np.where(y > (6 / 29) ** 3, np.cbrt(y), y / (3 * (6 / 29) ** 2) + 4 / 29)
+    return 116 * f - 16
+
+
+def test_a_16_bit_master_keeps_16_bit_lightness():
+    """A 16-bit grey ramp: L full-res keeps its precision, and composing back to 16 bits loses less than the
+    8-bit output's quantisation. Bounds: L's table is correctly rounded (<= u relative in Y), the cube root and
+    the Y sum add a few u, times 116: < 1e-4. Back to 16 bits: half a code step times dL/dc, which is largest
+    near black (L = 903.3 Y = 69.9 c): 0.5 * 69.9 / 65535 = 5.3e-4, plus the 1e-4 above. 8 bits there: 0.137."""
+    v = np.linspace(0, 65535, 8 * 1031).round().astype(np.uint16).reshape(8, 1031)
+    rgb = np.repeat(v[:, :, None], 3, axis=2)
+    L, small = prepare(rgb, 32)
+    assert L.dtype == torch.float32 and small.shape == (1, 32, 32)
+    np.testing.assert_allclose(L[0].numpy(), _l_f64(v, 65536), rtol=0, atol=1e-4)
+    grey_ab = torch.zeros(2, 32, 32)
+    out16 = compose(L, grey_ab, bits=16).numpy()
+    assert out16.dtype == np.uint16 and out16.shape == rgb.shape
+    assert np.abs(_l_f64(out16[..., 1], 65536) - _l_f64(v, 65536)).max() < 5.3e-4 + 1e-4
+    out8 = compose(L, grey_ab).numpy()
+    assert np.abs(_l_f64(out8[..., 1], 256) - _l_f64(v, 65536)).max() > 0.1  # what 8 bits cannot keep
