@@ -36,6 +36,19 @@ EXIT_USAGE = 2
 class Format(str, Enum):
     png = "png"
     jpeg = "jpeg"
+    tiff = "tiff"
+    webp = "webp"
+
+
+class MetadataMode(str, Enum):
+    keep = "keep"
+    strip = "strip"
+
+
+class BitDepth(str, Enum):
+    auto = "auto"
+    eight = "8"
+    sixteen = "16"
 
 
 class Layout(str, Enum):
@@ -300,7 +313,19 @@ def colorize(
     output: Annotated[str, typer.Option(help="Local directory or s3:// prefix for images/, manifest/, _SUCCESS.json.")],
     checkpoint: Annotated[str, typer.Option(help="Model directory written by `raycolor train` (OUTPUT/model).")],
     render_size: Annotated[Optional[int], typer.Option(help="Model input side (multiple of 16); default: the checkpoint's.")] = None,
-    format: Annotated[Format, typer.Option("--format", help="Output image format.")] = Format(ColorizeConfig.format),
+    format: Annotated[Format, typer.Option("--format", help="Output image format (tiff: deflate, tags carried).")] = Format(ColorizeConfig.format),
+    metadata: Annotated[
+        MetadataMode,
+        typer.Option(
+            "--metadata",
+            help="keep: carry EXIF, IPTC, XMP and resolution from input to output; strip: drop them. "
+            "Both mark the output as machine-colorized (IPTC DigitalSourceType, model id).",
+        ),
+    ] = MetadataMode(ColorizeConfig.metadata),
+    bit_depth: Annotated[
+        BitDepth,
+        typer.Option("--bit-depth", help="PNG/TIFF bits per sample: auto follows the input (16-bit masters stay 16-bit)."),
+    ] = BitDepth(ColorizeConfig.bit_depth),
     png_level: Annotated[int, typer.Option(min=0, max=9, help="PNG zlib level (lossless at any level).")] = ColorizeConfig.png_level,
     jpeg_quality: Annotated[int, typer.Option(min=1, max=100)] = ColorizeConfig.jpeg_quality,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = ColorizeConfig.batch_size,
@@ -345,6 +370,8 @@ def colorize(
         checkpoint=checkpoint,
         render_size=render_size,
         format=format.value,
+        metadata=metadata.value,
+        bit_depth=bit_depth.value,
         png_level=png_level,
         jpeg_quality=jpeg_quality,
         batch_size=batch_size,

@@ -59,7 +59,7 @@ class ColorizeConfig:
     output: str
     checkpoint: str
     render_size: int | None = None  # None: the checkpoint's own render size
-    format: Literal["png", "jpeg"] = "png"
+    format: Literal["png", "jpeg", "tiff", "webp"] = "png"
     png_level: int = 1  # zlib level; 1 is ~3x faster than Pillow's default 6 and still lossless
     jpeg_quality: int = 92
     batch_size: int = 32
@@ -78,7 +78,19 @@ class ColorizeConfig:
     force_unlock: bool = False  # take over OUTPUT/_lock.json left by a driver that is gone
     # "files": OUTPUT/images/<key>; "webdataset": one tar per shard, OUTPUT/shards/<shard id>.tar
     layout: Literal["files", "webdataset"] = "files"
+    # "keep": the input's EXIF, IPTC-IIM, XMP and resolution go into the output (fixed where no longer true);
+    # "strip": none of it. Either way the output says a model made its colour (XMP DigitalSourceType,
+    # CreatorTool, model id; EXIF Software) and carries an sRGB ICC profile. docs/colorizing.md has the table.
+    metadata: Literal["keep", "strip"] = "keep"
+    # output bits per sample for PNG and TIFF: "auto" follows the input (a 16-bit master gives 16-bit output),
+    # "8" or "16" force it. JPEG and WebP hold 8 bits only.
+    bit_depth: Literal["auto", "8", "16"] = "auto"
     storage: StorageConfig = field(default_factory=StorageConfig)
+
+    @property
+    def decode_depth(self) -> Literal["8", "auto"]:
+        """How deep the decode stage keeps a 16-bit input: only as deep as the output can hold."""
+        return "auto" if self.format in ("png", "tiff") and self.bit_depth != "8" else "8"
 
     @property
     def uses_device_codec(self) -> bool:

@@ -53,6 +53,15 @@ writeable array out, or a :class:`DecodeError` with a typed ``reason``):
   - ``"unsupported"``: a real image in a format / pixel mode / codec this policy does not
     decode.
 
+:func:`decode` is the same policy plus what an archive needs kept: it also returns the input's
+:class:`raycolor.metadata.Metadata` (EXIF, IPTC, XMP, resolution, bit depth, page count), keeps
+16-bit sources at 16 bits (``depth``), and colour-manages: an embedded ICC profile (an RGB one such as
+Adobe RGB, or a grey one such as Gray Gamma 2.2 or Dot Gain 20% on grey pixels) is converted to sRGB
+with LittleCMS (``PIL.ImageCms``, relative colorimetric with black-point compensation) before the
+array is returned; sRGB profiles pass unchanged; a profile LittleCMS refuses leaves the pixels as they
+are, with a note. :func:`decode_rgb` is ``decode(depth="8").rgb``: the same colour-managed
+pixels, so training, colorizing and evaluating all take L from sRGB.
+
 Encoding: PNG is lossless (``compress_level=level``, default 1: ~3x faster than
 Pillow's 6); JPEG uses ``quality``, 4:2:0 chroma subsampling, ``optimize=False``.
 """
@@ -66,6 +75,8 @@ import warnings
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
+from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
 
 import numpy as np
@@ -80,7 +91,9 @@ from PIL import (
     UnidentifiedImageError,
 )
 
+from raycolor import metadata
 from raycolor.config import DEFAULT_IO_CONCURRENCY, DEFAULT_MAX_PIXELS
+from raycolor.metadata import Metadata
 
 if TYPE_CHECKING:
     from raycolor.sources import Item
@@ -96,6 +109,9 @@ __all__ = [
     "DecodeError",
     "DecodeReason",
     "Decoded",
+    "DecodedImage",
+    "Depth",
+    "decode",
     "decode_rgb",
     "encode",
     "encode_jpeg",
@@ -176,11 +192,42 @@ class DecodeError(ValueError):
 # --------------------------------------------------------------------------- decoding
 
 
+Depth = Literal["auto", "8", "16"]
+
+
+class DecodedImage(NamedTuple):
+    """:func:`decode`'s result: upright sRGB pixels and the input's metadata."""
+
+    rgb: np.ndarray  # (H, W, 3) uint8, or uint16 (see decode's ``depth``)
+    meta: Metadata
+
+
 def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode encoded image bytes to an upright ``uint8`` RGB array ``(H, W, 3)``.
 
     See the module docstring for the policy. Raises :class:`DecodeError`.
     """
+    return _decode(data, max_pixels, "8", managed=True).rgb
+
+
+def decode(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, depth: Depth = "auto") -> DecodedImage:
+    """Decode to upright sRGB pixels plus the input's :class:`~raycolor.metadata.Metadata`.
+
+    The policy and errors of :func:`decode_rgb`, plus colour management (module docstring). ``depth``:
+    ``"8"`` always gives uint8 (:func:`decode_rgb`'s pixels, converted to sRGB where a profile says
+    so); ``"auto"`` gives uint16 when the source has 16-bit samples that can be kept (16-bit grey
+    TIFF/PNG, 48-bit RGB TIFF through tifffile), uint8 otherwise; ``"16"`` always gives uint16 (8-bit
+    sources scaled by 257, the exact inverse of ``round(v / 257)``). ``meta.bit_depth`` is the
+    source's, whatever ``depth`` returns. A multi-page file decodes its first page;
+    ``meta.pages`` says how many there are.
+    """
+    if depth not in ("auto", "8", "16"):
+        raise ValueError(f"depth must be 'auto', '8' or '16', got {depth!r}")
+    return _decode(data, max_pixels, depth, managed=True)
+
+
+def _decode(data: bytes, max_pixels: int | None, depth: Depth, *, managed: bool) -> DecodedImage:
+    """One body for both decoders; ``managed`` adds metadata, 16-bit depth and colour management."""
     if data is None or len(data) == 0:
         raise DecodeError("not_an_image", "empty input")
     if max_pixels is not None and max_pixels < 1:
@@ -197,11 +244,104 @@ def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> n
             raise DecodeError(
                 "too_large", f"{width}x{height} = {pixels} pixels exceeds the limit of {max_pixels}"
             )
-        _load(im, pixels, lift)
+        if not managed:
+            _load(im, pixels, lift)
+            im = _apply_orientation(im)
+            return DecodedImage(_to_rgb_array(im), Metadata())
+        meta = _read_meta(im, pixels, lift)
+        mode, icc = im.mode, im.info.get("icc_profile")
+        rgb48 = None
+        if depth != "8" and meta.bit_depth == 16 and im.format == "TIFF" and mode == "RGB":
+            rgb48, meta = _tiff_rgb48(data, im, meta)
         im = _apply_orientation(im)
-        return _to_rgb_array(im)
+        rgb = rgb48 if rgb48 is not None else _managed_pixels(im, meta, depth)
+        if depth != "8" and meta.bit_depth == 16 and rgb.dtype == np.uint8 and "depth" not in dict(meta.notes):
+            note = ("depth", f"samples wider than 8 bits read at 8 bits (no 16-bit path for {im.format} {mode})")
+            meta = replace(meta, notes=(*meta.notes, note))
+        rgb, note = _to_srgb(rgb, mode, icc)
+        if note is not None:
+            meta = replace(meta, notes=(*meta.notes, ("icc", note)))
+        if depth == "16" and rgb.dtype == np.uint8:
+            rgb = rgb.astype(np.uint16) * np.uint16(257)
+        return DecodedImage(rgb, meta)
     finally:
         im.close()
+
+
+def _read_meta(im: Image.Image, pixels: int, lift: bool) -> Metadata:
+    """Load the pixels and read the metadata, each at the moment its format allows (see metadata.read)."""
+    try:  # counting frames seeks through the file: done before the pixels, so frame 0 is what loads
+        getattr(im, "n_frames", 1)
+    except MemoryError:
+        raise
+    except Exception:
+        pass
+    if im.format == "TIFF":
+        meta = metadata.read(im)
+        _load(im, pixels, lift)
+        return meta
+    bits = metadata.source_bit_depth(im)
+    _load(im, pixels, lift)
+    meta = metadata.read(im)
+    return meta if meta.bit_depth == bits else replace(meta, bit_depth=bits)
+
+
+def _managed_pixels(im: Image.Image, meta: Metadata, depth: Depth) -> np.ndarray:
+    if depth != "8" and meta.bit_depth == 16:
+        if im.mode in _GREY16_MODES:
+            return _grey_to_rgb(np.asarray(im).astype(np.uint16))
+        if im.mode == "I":
+            a = np.asarray(im)
+            if a.size and a.min() >= 0 and a.max() <= 65535:
+                return _grey_to_rgb(a.astype(np.uint16))
+    return _to_rgb_array(im)
+
+
+def _tiff_rgb48(data: bytes, im: Image.Image, meta: Metadata) -> tuple[np.ndarray | None, Metadata]:
+    """A 48-bit RGB TIFF's first page at 16 bits, upright (Pillow reads only the high bytes).
+
+    tifffile without imagecodecs decodes uncompressed and deflate TIFFs; anything else (LZW, JPEG,
+    PackBits) stays on Pillow's 8-bit path with a note.
+    """
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(io.BytesIO(data)) as tf:
+            page = tf.pages[0]
+            a = page.asarray()
+            if page.planarconfig == tifffile.PLANARCONFIG.SEPARATE and a.ndim == 3:
+                a = np.moveaxis(a, 0, -1)
+            tag = page.tags.get(_EXIF_ORIENTATION)
+            # Pillow applies a TIFF's orientation while loading (and forgets the tag): take it from the file
+            orientation = int(tag.value) if tag is not None and isinstance(tag.value, int) else 1
+        a = _orient_array(a, orientation if orientation in _ORIENTATION_TRANSPOSE else 1)
+        if a.dtype != np.uint16 or a.shape != (im.height, im.width, 3):
+            raise ValueError(f"page 0 is {a.dtype} {a.shape}, not 16-bit RGB {im.height}x{im.width}")
+    except MemoryError:
+        raise
+    except Exception as e:
+        note = ("depth", f"48-bit RGB TIFF read at 8 bits: tifffile: {type(e).__name__}: {e}")
+        return None, replace(meta, notes=(*meta.notes, note))
+    return np.ascontiguousarray(a), meta
+
+
+def _orient_array(a: np.ndarray, orientation: int) -> np.ndarray:
+    """EXIF orientation on an (H, W, C) array, the same result as _ORIENTATION_TRANSPOSE in Pillow."""
+    if orientation == 2:
+        return a[:, ::-1]
+    if orientation == 3:
+        return a[::-1, ::-1]
+    if orientation == 4:
+        return a[::-1]
+    if orientation == 5:
+        return a.transpose(1, 0, 2)
+    if orientation == 6:
+        return np.rot90(a, -1)
+    if orientation == 7:
+        return a[::-1, ::-1].transpose(1, 0, 2)
+    if orientation == 8:
+        return np.rot90(a, 1)
+    return a
 
 
 def device_decodable_jpeg(
@@ -242,7 +382,8 @@ def device_decodable_jpeg(
 class Decoded(NamedTuple):
     """One item's outcome in :func:`read_decoded`: exactly one of ``rgb``, ``peeked`` or ``error`` is set."""
 
-    rgb: np.ndarray | None = None  # decode_rgb's upright uint8 (H, W, 3)
+    rgb: np.ndarray | None = None  # decode's upright (H, W, 3): uint8, or uint16 for a 16-bit source at depth "auto"
+    meta: Metadata | None = None  # the input's metadata (set with ``rgb``)
     data: bytes | None = None  # the item's own bytes, when ``peek`` took them (set with ``peeked``)
     peeked: Any = None  # what ``peek`` returned
     error: str | None = None  # "read_failed: <redacted cause>" or the DecodeError text ("truncated: ...")
@@ -256,6 +397,7 @@ def read_decoded(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     io_concurrency: int = DEFAULT_IO_CONCURRENCY,
     peek: Callable[[bytes], Any] | None = None,
+    depth: Depth = "8",
 ) -> Iterator[Decoded]:
     """The one reading loop (colorize, evaluate and both training transforms): one :class:`Decoded` per item,
     in order.
@@ -283,12 +425,12 @@ def read_decoded(
             yield Decoded(data=data, peeked=peeked)
             continue
         try:
-            rgb = decode_rgb(data, max_pixels=max_pixels)
+            got = decode(data, max_pixels=max_pixels, depth=depth)
         except DecodeError as e:
             yield Decoded(error=str(e))
             continue
         del data
-        yield Decoded(rgb=rgb)
+        yield Decoded(rgb=got.rgb, meta=got.meta)
 
 
 def _needs_lift(max_pixels: int | None) -> bool:
@@ -452,7 +594,11 @@ def _composite_on_white(im: Image.Image) -> np.ndarray:
     return _writeable_contiguous(np.asarray(out))
 
 
-_SRGB_PROFILE = None
+@cache
+def _srgb_profile() -> Any:
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(io.BytesIO(metadata.srgb_icc()))
 
 
 def _cmyk_to_rgb(im: Image.Image) -> Image.Image:
@@ -461,11 +607,8 @@ def _cmyk_to_rgb(im: Image.Image) -> Image.Image:
         try:
             from PIL import ImageCms
 
-            global _SRGB_PROFILE
-            if _SRGB_PROFILE is None:
-                _SRGB_PROFILE = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
             src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-            out = ImageCms.profileToProfile(im, src, _SRGB_PROFILE, outputMode="RGB")
+            out = ImageCms.profileToProfile(im, src, _srgb_profile(), outputMode="RGB")
             if out is not None and out.mode == "RGB":
                 return out
         except MemoryError:
@@ -473,6 +616,117 @@ def _cmyk_to_rgb(im: Image.Image) -> Image.Image:
         except Exception:  # no LittleCMS, a broken or non-CMYK profile: fall back
             pass
     return im.convert("RGB")
+
+
+# --------------------------------------------------------------------------- colour management (decode only)
+
+_GREY_FAMILY = frozenset({"1", "L", "LA", "La", "I", "F"}) | _GREY16_MODES
+_RGB_FAMILY = frozenset({"RGB", "RGBA", "RGBa", "RGBX", "P", "PA"})
+
+
+def _to_srgb(rgb: np.ndarray, mode: str, icc: bytes | None) -> tuple[np.ndarray, str | None]:
+    """Pixels described by ``icc`` (the source's profile, ``mode`` its Pillow mode) -> sRGB, and a note.
+
+    CMYK was converted through its profile already; YCbCr/LAB/HSV profiles are not ours to apply.
+    """
+    if not icc or (mode not in _GREY_FAMILY and mode not in _RGB_FAMILY):
+        return rgb, None
+    from PIL import ImageCms
+
+    grey = mode in _GREY_FAMILY
+    wide = rgb.dtype == np.uint16
+    transform, note = _icc_plan(bytes(icc), grey, wide and grey)
+    if transform is None:
+        return rgb, note
+    if grey:  # grey -> sRGB's grey (same TRC on all three channels): neutral stays exactly neutral
+        out = np.asarray(ImageCms.applyTransform(Image.fromarray(np.ascontiguousarray(rgb[:, :, 0])), transform))
+        return _grey_to_rgb(out.astype(rgb.dtype)), note
+    if wide:
+        rgb = _scale_16bit(rgb)
+        note = f"{note} at 8 bits (Pillow's LittleCMS binding has no 48-bit RGB transform)"
+    out = ImageCms.applyTransform(Image.fromarray(rgb), transform)
+    return _writeable_contiguous(np.asarray(out)), note
+
+
+@lru_cache(maxsize=16)  # an archive's files share a handful of profiles; building a transform is the cost
+def _icc_plan(icc: bytes, grey: bool, wide: bool) -> tuple[Any, str | None]:
+    """(LittleCMS transform to sRGB, note); (None, None) for an sRGB(-equivalent) profile."""
+    from PIL import ImageCms
+
+    try:
+        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        desc = (src.profile.profile_description or "").strip() or "an unnamed profile"
+        space = src.profile.xcolor_space.strip()
+    except Exception as e:
+        return None, f"LittleCMS refused the profile: {type(e).__name__}: {e}; assumed sRGB"
+    if space != ("GRAY" if grey else "RGB"):
+        kind = "grey" if grey else "RGB"
+        return None, f"{desc} is a {space} profile on {kind} pixels; ignored, assumed sRGB"
+    if not grey and "sRGB" in desc:
+        return None, None
+    mode = ("I;16" if wide else "L") if grey else "RGB"
+    try:
+        transform = ImageCms.buildTransform(
+            src,
+            _srgb_grey_profile() if grey else _srgb_profile(),
+            mode,
+            mode,
+            renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC,
+            flags=ImageCms.Flags.BLACKPOINTCOMPENSATION,
+        )
+        if _is_identity(transform, mode):
+            return None, None
+    except Exception as e:
+        return None, f"LittleCMS refused the profile {desc}: {type(e).__name__}: {e}; assumed sRGB"
+    return transform, f"converted from {desc} to sRGB"
+
+
+def _is_identity(transform: Any, mode: str) -> bool:
+    """Whether a transform moves no probe value by more than one 8-bit step (an sRGB twin by another name)."""
+    from PIL import ImageCms
+
+    ramp = np.arange(256, dtype=np.uint8)
+    if mode == "RGB":
+        cube = np.stack(np.meshgrid(*[np.arange(0, 256, 51, dtype=np.uint8)] * 3), -1).reshape(-1, 3)
+        probe = np.concatenate([np.repeat(ramp[:, None], 3, 1), cube])[None]
+    else:
+        probe = (ramp[None].astype(np.uint16) * 257) if mode == "I;16" else ramp[None]
+    out = np.asarray(ImageCms.applyTransform(Image.fromarray(probe), transform))
+    step = 257 if mode == "I;16" else 1
+    return int(np.abs(out.astype(np.int32) - probe.astype(np.int32)).max()) <= step
+
+
+@cache
+def _srgb_grey_profile() -> Any:
+    """A grey ICC profile with sRGB's tone curve (D50 white): grey sources land on sRGB's neutral axis.
+
+    Built here because Pillow can only create RGB, Lab and XYZ profiles; ICC v2 layout, sRGB's
+    piecewise curve as a parametric curve (type 3), which LittleCMS reads in any version.
+    """
+    from PIL import ImageCms
+
+    def s15(x: float) -> bytes:
+        return struct.pack(">i", round(x * 65536))
+
+    desc = b"sRGB grey (raycolor)\0"
+    tags = [
+        (b"desc", b"desc\0\0\0\0" + struct.pack(">I", len(desc)) + desc + b"\0" * 78),
+        (b"wtpt", b"XYZ \0\0\0\0" + s15(0.9642) + s15(1.0) + s15(0.8249)),
+        (b"kTRC", b"para\0\0\0\0" + struct.pack(">HH", 3, 0)
+         + b"".join(s15(v) for v in (2.4, 1 / 1.055, 0.055 / 1.055, 1 / 12.92, 0.04045))),
+        (b"cprt", b"text\0\0\0\0public domain\0"),
+    ]
+    offset, table, body = 128 + 4 + 12 * len(tags), b"", b""
+    for sig, data in tags:
+        body += b"\0" * (-len(body) % 4)
+        table += sig + struct.pack(">II", offset + len(body), len(data))
+        body += data
+    size = offset + len(body)
+    header = (
+        struct.pack(">I4sI4s4s4s", size, b"lcms", 0x02100000, b"mntr", b"GRAY", b"XYZ ")
+        + b"\0" * 12 + b"acsp" + b"\0" * 28 + s15(0.9642) + s15(1.0) + s15(0.8249) + b"\0" * 48
+    )
+    return ImageCms.ImageCmsProfile(io.BytesIO(header + struct.pack(">I", len(tags)) + table + body))
 
 
 def _scale_16bit(a: np.ndarray) -> np.ndarray:

@@ -73,6 +73,10 @@ MANIFEST_SCHEMA = pa.schema(
         ("model_id", pa.string()),
         ("format", pa.string()),
         ("finished_at", pa.float64()),
+        ("bit_depth", pa.int64()),  # bits per sample of the written image (8 or 16); null for error rows
+        # JSON: metadata groups kept / added / changed / dropped (with the reason), and notes such as "first of 3
+        # pages"; null for error rows. Parts written before these two columns read them back as null.
+        ("metadata", pa.string()),
     ]
 )
 IMAGE_COLUMN = pa.field("image", pa.binary())
@@ -379,11 +383,23 @@ def read_manifest(output: str, *, s3_endpoint=None, columns=None) -> pa.Table:
     cols = columns or MANIFEST_SCHEMA.names
     tables = []
     for name in names:
-        t = pq.read_table(io.BytesIO(fs.cat_file(name)), columns=cols)
+        data = io.BytesIO(fs.cat_file(name))
+        present = set(pq.read_schema(data).names)
+        t = with_manifest_columns(pq.read_table(data, columns=[c for c in cols if c in present]), cols)
         tables.append(t.append_column("_part", pa.array([name] * t.num_rows, type=pa.string())))
     if not tables:
         return pa.table({c: pa.array([], type=MANIFEST_SCHEMA.field(c).type) for c in cols} | {"_part": pa.array([], pa.string())})
     return pa.concat_tables(tables, promote_options="default")
+
+
+def with_manifest_columns(table: pa.Table, cols=None) -> pa.Table:
+    """`table` with exactly the manifest columns `cols` (default: all), in order; a column that a part written
+    by an older raycolor lacks comes back as nulls."""
+    cols = cols or MANIFEST_SCHEMA.names
+    return pa.table({
+        c: table.column(c) if c in table.column_names else pa.nulls(table.num_rows, type=MANIFEST_SCHEMA.field(c).type)
+        for c in cols
+    })
 
 
 def part_uri(output: str, sid: str) -> str:

@@ -1,0 +1,1139 @@
+"""Image metadata carried from an input to its colorized output, and the provenance every output gets.
+
+Pure stdlib + NumPy + Pillow (no Ray, no torch), like :mod:`raycolor.images`, so it runs anywhere cheaply.
+
+Why: an archive's value is in its captions, credits, dates and places as much as in its pixels, and a
+colorized copy must say a model made its colour. So the decoder reads the input's metadata once
+(:func:`read`, into a :class:`Metadata` that :meth:`Metadata.pack` makes small enough to travel next to
+the pixels through Ray's object store), and the encoder writes it back (:func:`encode`, or
+:func:`embed_jpeg` for a JPEG encoded elsewhere, e.g. by nvJPEG) with what is no longer true fixed, plus
+provenance. Each output also gets a short JSON report of what was kept, added, changed and dropped.
+
+What is carried (``keep=True``):
+
+* **EXIF**: every tag of IFD0, the Exif IFD, GPS and Interop, with its original type and bytes (a
+  minimal TIFF directory codec here, not Pillow's ``Exif``, which re-types tags and writes non-ASCII
+  text as ``?``). Fixed: Orientation -> 1 (pixels are upright), ImageWidth/ImageLength removed (the
+  container says the size), PixelX/YDimension -> the output's size, ColorSpace -> 1 (sRGB), Gamma
+  and CompressedBitsPerPixel removed, Interop index -> R98, resolution -> ``dpi``, Software ->
+  provenance, the thumbnail (IFD1) dropped. A MakerNote is kept only in the vendor formats whose
+  offsets are relative to the MakerNote itself; any other MakerNote points into the original EXIF
+  block, so moving it would corrupt it, and it is dropped with a note.
+* **IPTC-IIM**: the raw datasets, copied verbatim (no decoding, so an odd charset survives).
+* **XMP**: the packet, parsed with ElementTree and re-serialised with its own prefixes;
+  tiff:Orientation -> 1, dimensions updated where present.
+* **Resolution** (``dpi``).
+
+Provenance, always (also with ``keep=False``, which otherwise writes none of the above): XMP
+``Iptc4xmpExt:DigitalSourceType`` = :data:`DIGITAL_SOURCE_TYPE`, ``xmp:CreatorTool`` = the software,
+the IPTC 2025.1 AI properties ``Iptc4xmpExt:AISystemUsed`` (the software) and
+``Iptc4xmpExt:AISystemVersionUsed`` (the model id), EXIF Software; and an sRGB ICC profile.
+
+Per format: JPEG (APP0 JFIF density, APP1 Exif, APP1 XMP, APP2 ICC, APP13 Photoshop 8BIM 0x0404 IPTC),
+PNG (pHYs, iCCP, eXIf, iTXt XMP, zTXt "Raw profile type iptc" as exiftool writes it; 16-bit RGB by a
+minimal writer here), TIFF (deflate + predictor, one writer for 8 and 16 bits: EXIF IFD0 tags in the
+image's IFD0, Exif/GPS sub-IFDs, XMP 700, IPTC 33723, ICC 34675), WebP (EXIF, ICC, XMP; no IPTC-IIM).
+
+Bad metadata never costs an image: a group that cannot be read or written is dropped and the report
+names it and says why.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import struct
+import xml.etree.ElementTree as ET
+import zlib
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import cache
+from typing import Any, NamedTuple
+
+import numpy as np
+from PIL import Image
+
+from raycolor import __version__
+
+__all__ = [
+    "DIGITAL_SOURCE_TYPE",
+    "FORMATS",
+    "SOFTWARE",
+    "Metadata",
+    "Provenance",
+    "embed_jpeg",
+    "encode",
+    "read",
+    "source_bit_depth",
+    "srgb_icc",
+]
+
+DIGITAL_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia"
+SOFTWARE = f"raycolor {__version__}"
+FORMATS = ("jpeg", "png", "tiff", "webp")
+
+
+# --------------------------------------------------------------------------- the carried record
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """What an input carries, read once at decode and carried to the encoder.
+
+    ``notes`` are ``(group, reason)`` for each group (or part of one, e.g. ``"exif.GPS"``) dropped or
+    changed on reading. A reason starting with ``"converted"`` is a change (the pixels were converted,
+    e.g. from Adobe RGB to sRGB); every other note is a drop.
+    """
+
+    exif: bytes | None = None  # raw EXIF: TIFF header onwards (no b"Exif\0\0")
+    xmp: bytes | None = None  # the XMP packet
+    iptc: bytes | None = None  # raw IPTC-IIM datasets (bytes starting 0x1C ...), copied verbatim
+    dpi: tuple[float, float] | None = None
+    bit_depth: int = 8  # of the source's samples: 8, or 16 for anything wider
+    pages: int = 1  # frames/pages in the file (only the first is colorized)
+    notes: tuple[tuple[str, str], ...] = ()
+
+    def pack(self) -> bytes:
+        """Compact bytes (tag, length, value per field that is set); an empty Metadata packs to ``b""``."""
+        fields: list[tuple[bytes, bytes]] = []
+        for tag, value in ((b"E", self.exif), (b"X", self.xmp), (b"I", self.iptc)):
+            if value is not None:
+                fields.append((tag, bytes(value)))
+        if self.dpi is not None:
+            fields.append((b"D", struct.pack(">dd", *self.dpi)))
+        if self.bit_depth != 8:
+            fields.append((b"B", struct.pack(">H", self.bit_depth)))
+        if self.pages != 1:
+            fields.append((b"P", struct.pack(">I", self.pages)))
+        if self.notes:
+            fields.append((b"N", json.dumps([list(n) for n in self.notes]).encode()))
+        if not fields:
+            return b""
+        return _PACK_MAGIC + b"".join(t + struct.pack(">I", len(v)) + v for t, v in fields)
+
+    @staticmethod
+    def unpack(raw: bytes) -> Metadata:
+        """Inverse of :meth:`pack`; ``b""`` -> ``Metadata()``."""
+        raw = bytes(raw)
+        if not raw:
+            return Metadata()
+        if not raw.startswith(_PACK_MAGIC):
+            raise ValueError("not packed raycolor metadata")
+        kw: dict[str, Any] = {}
+        pos = len(_PACK_MAGIC)
+        while pos < len(raw):
+            tag, (n,) = raw[pos : pos + 1], struct.unpack(">I", raw[pos + 1 : pos + 5])
+            value = raw[pos + 5 : pos + 5 + n]
+            if len(value) != n:
+                raise ValueError("packed metadata is truncated")
+            pos += 5 + n
+            if tag == b"E":
+                kw["exif"] = value
+            elif tag == b"X":
+                kw["xmp"] = value
+            elif tag == b"I":
+                kw["iptc"] = value
+            elif tag == b"D":
+                kw["dpi"] = struct.unpack(">dd", value)
+            elif tag == b"B":
+                kw["bit_depth"] = struct.unpack(">H", value)[0]
+            elif tag == b"P":
+                kw["pages"] = struct.unpack(">I", value)[0]
+            elif tag == b"N":
+                kw["notes"] = tuple((str(g), str(r)) for g, r in json.loads(value))
+        return Metadata(**kw)
+
+
+_PACK_MAGIC = b"RCM1"
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Who made the colour: written into every output."""
+
+    software: str  # e.g. SOFTWARE, "raycolor 0.1.0"
+    model_id: str  # the checkpoint's identity
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read(im: Image.Image) -> Metadata:
+    """The metadata of an opened Pillow image (before ``exif_transpose``). Never raises.
+
+    A group that cannot be read is left None with a note. Timing matters for two formats, and
+    :func:`raycolor.images.decode` gets it right: a TIFF's tags are read from its file, which Pillow
+    closes once a TIFF is loaded, so call this before ``load()``; a PNG's chunks after IDAT are only
+    read by ``load()``, so call it after (and take :func:`source_bit_depth` before).
+    """
+    notes: list[tuple[str, str]] = []
+    tiff = None
+    if im.format == "TIFF":
+        tiff = _guard(notes, "exif", lambda: _read_tiff_tags(im))
+    exif = _guard(notes, "exif", lambda: _read_exif(im, tiff, notes))
+    iptc = _guard(notes, "iptc", lambda: _read_iptc(im, tiff, notes))
+    xmp = _guard(notes, "xmp", lambda: _read_xmp(im))
+    dpi = _guard(notes, "dpi", lambda: _read_dpi(im, exif))
+    return Metadata(
+        exif=exif,
+        xmp=xmp,
+        iptc=iptc,
+        dpi=dpi,
+        bit_depth=_guard(notes, "bit_depth", lambda: source_bit_depth(im)) or 8,
+        pages=_guard(notes, "pages", lambda: max(1, int(getattr(im, "n_frames", 1) or 1))) or 1,
+        notes=tuple(notes),
+    )
+
+
+def _guard(notes: list[tuple[str, str]], group: str, fn):
+    try:
+        return fn()
+    except MemoryError:
+        raise
+    except Exception as e:  # one group's trouble must not cost the others (or the image)
+        notes.append((group, f"unreadable: {type(e).__name__}: {e}"))
+        return None
+
+
+def _read_exif(im: Image.Image, tiff: _Exif | None, notes: list[tuple[str, str]]) -> bytes | None:
+    if tiff is not None:  # a TIFF's own IFD0 is its EXIF: re-packed without the image-structure tags
+        notes.extend(tiff.problems)
+        if not tiff.ifd0.entries and not tiff.ifd0.children:
+            return None
+        return _pack_tiff_header(tiff.bo) + _pack_dir(tiff.ifd0, tiff.bo, 8)
+    raw = im.info.get("exif")
+    if raw is None and isinstance(im.info.get("Raw profile type exif"), str):  # ImageMagick's PNG text form
+        raw = _raw_profile(im.info["Raw profile type exif"])
+    if not raw:
+        return None
+    raw = _strip_exif_header(bytes(raw))
+    try:
+        parsed = _parse_exif(raw)
+    except ValueError as e:
+        notes.append(("exif", f"corrupt: {e}"))
+        return None
+    notes.extend(parsed.problems)
+    return raw
+
+
+def _read_tiff_tags(im: Image.Image) -> _Exif | None:
+    fp = getattr(im, "fp", None)
+    if fp is None:
+        raise ValueError("the TIFF's file is closed (read before load())")
+    pos = fp.tell()
+    try:
+        fp.seek(0)
+        head = fp.read(4)
+        if head not in (b"II*\0", b"MM\0*"):  # BigTIFF: not parsed here
+            return None
+        return _parse_tiff(_FileView(fp), skip=_NOT_CARRIED_IFD0 - _IPTC_TAGS)
+    finally:
+        fp.seek(pos)
+
+
+def _read_iptc(im: Image.Image, tiff: _Exif | None, notes: list[tuple[str, str]]) -> bytes | None:
+    raw: bytes | None = None
+    if tiff is not None:
+        for tag in (0x83BB, 0x8649):  # IPTC-NAA, then Photoshop's image resources
+            entry = tiff.iptc.get(tag)
+            if entry is not None:
+                raw = entry.data if tag == 0x83BB else _irb_resource(entry.data, 0x0404)
+                if raw:
+                    break
+    elif isinstance(im.info.get("photoshop"), dict):  # JPEG APP13, already split by Pillow
+        raw = im.info["photoshop"].get(0x0404)
+    else:
+        for key in ("Raw profile type iptc", "Raw profile type 8bim"):
+            if isinstance(im.info.get(key), str):
+                raw = _raw_profile(im.info[key])
+                if raw.startswith(b"8BIM"):
+                    raw = _irb_resource(raw, 0x0404)
+                break
+    if not raw:
+        return None
+    end, problem = _iim_extent(bytes(raw))
+    if end == 0:
+        notes.append(("iptc", f"corrupt: {problem or 'no datasets'}"))
+        return None
+    if problem:
+        notes.append(("iptc.tail", f"{len(raw) - end} bytes after the last whole dataset dropped: {problem}"))
+    return bytes(raw[:end])
+
+
+def _read_xmp(im: Image.Image) -> bytes | None:
+    xmp = im.info.get("xmp")
+    if xmp is None and im.format == "PNG":
+        xmp = im.info.get("XML:com.adobe.xmp")
+    if isinstance(xmp, str):
+        xmp = xmp.encode("utf-8")
+    return bytes(xmp) if xmp else None
+
+
+def _read_dpi(im: Image.Image, exif: bytes | None) -> tuple[float, float] | None:
+    dpi = im.info.get("dpi")
+    if im.format in ("JPEG", "MPO") and im.info.get("jfif_unit") not in (1, 2):
+        dpi = None  # not JFIF's: Pillow's guess from EXIF, 72 dpi when EXIF has none; EXIF is read below
+    dpi = dpi or (_exif_dpi(exif) if exif else None)
+    if not dpi:
+        return None
+    x, y = (float(v) for v in dpi)
+    if not (0 < x < 1e6 and 0 < y < 1e6):
+        return None
+    return (x, y)
+
+
+def _exif_dpi(exif: bytes) -> tuple[float, float] | None:
+    """EXIF resolution, for containers without a density field of their own (PNG without pHYs, WebP)."""
+    parsed = _parse_exif(exif)
+    e, bo = parsed.ifd0.entries, parsed.bo
+    unit = e.get(296)
+    per_inch = {2: 1.0, 3: 2.54}.get(_first_int(unit.typ, unit.data, bo) if unit else 2)
+    if per_inch is None or 282 not in e or 283 not in e or e[282].typ != 5 or e[283].typ != 5:
+        return None
+    x, y = (struct.unpack(bo + "II", e[t].data[:8]) for t in (282, 283))
+    if not (x[1] and y[1]):
+        return None
+    return (x[0] / x[1] * per_inch, y[0] / y[1] * per_inch)
+
+
+def source_bit_depth(im: Image.Image) -> int:
+    """8, or 16 when the source's samples are wider than 8 bits. Call it before ``load()`` for a PNG:
+    Pillow forgets a 48-bit PNG's raw mode (and its file) once the pixels are loaded."""
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        return 16
+    if im.format == "TIFF":
+        bits = im.tag_v2.get(258)
+        bits = bits if isinstance(bits, tuple) else (bits or 8,)
+        return 16 if max(int(b) for b in bits) > 8 else 8
+    tile = getattr(im, "tile", None)
+    if tile:  # before load the raw mode says, e.g. "RGB;16B" for a 48-bit PNG
+        args = tile[0].args
+        rawmode = args if isinstance(args, str) else (args[0] if args else "")
+        return 16 if ";16" in str(rawmode) else 8
+    return 8
+
+
+# --------------------------------------------------------------------------- TIFF directories (EXIF is one)
+
+
+class _Entry(NamedTuple):
+    typ: int
+    count: int
+    data: bytes  # the value's bytes in the block's byte order, copied verbatim
+
+
+@dataclass
+class _Dir:
+    entries: dict[int, _Entry]
+    children: dict[int, _Dir]  # sub-IFD pointer tag -> directory
+
+
+@dataclass
+class _Exif:
+    bo: str  # "<" or ">"
+    ifd0: _Dir
+    has_ifd1: bool  # a thumbnail directory follows IFD0
+    problems: list[tuple[str, str]]
+    iptc: dict[int, _Entry]  # IPTC-NAA / Photoshop tags found in a TIFF's IFD0
+
+
+_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 129: 1}
+_EXIF_IFD, _GPS_IFD, _INTEROP_IFD = 0x8769, 0x8825, 0xA005
+_DIR_NAMES = {_EXIF_IFD: "ExifIFD", _GPS_IFD: "GPS", _INTEROP_IFD: "InteropIFD"}
+_CHILD_TAGS = {"IFD0": (_EXIF_IFD, _GPS_IFD), "ExifIFD": (_INTEROP_IFD,)}
+_IPTC_TAGS = frozenset({0x83BB, 0x8649})
+# IFD0 tags never carried: a file's storage layout, colour descriptions the sRGB output contradicts,
+# and the blobs carried as their own groups (XMP, IPTC, ICC) or not at all (Photoshop layers).
+_NOT_CARRIED_IFD0 = frozenset(
+    {254, 255, 256, 257, 258, 259, 262, 263, 264, 265, 266, 273, 277, 278, 279, 280, 281, 284, 290, 291}
+    | {292, 293, 301, 317, 318, 319, 320, 321, 322, 323, 324, 325, 330, 332, 338, 339, 340, 341, 347}
+    | set(range(512, 522))
+    | {700, 0x83BB, 0x8649, 0x8773, 37724, 32995, 32996, 32997, 32998}
+)
+_MAX_ENTRIES = 4096
+_MAX_VALUE = 1 << 24
+
+
+class _FileView:
+    """Random access over a file object (a TIFF's file) or bytes (an EXIF block)."""
+
+    def __init__(self, src) -> None:
+        self._fp = io.BytesIO(src) if isinstance(src, (bytes, bytearray, memoryview)) else src
+
+    def at(self, offset: int, n: int) -> bytes:
+        self._fp.seek(offset)
+        return self._fp.read(n)
+
+
+def _strip_exif_header(raw: bytes) -> bytes:
+    while raw.startswith(b"Exif\0\0"):
+        raw = raw[6:]
+    return raw
+
+
+def _parse_exif(raw: bytes) -> _Exif:
+    return _parse_tiff(_FileView(raw), skip=_NOT_CARRIED_IFD0)
+
+
+def _parse_tiff(view: _FileView, *, skip: frozenset[int]) -> _Exif:
+    """Parse IFD0 and its Exif/GPS/Interop sub-IFDs; raises ValueError when IFD0 itself is unreadable."""
+    head = view.at(0, 8)
+    bo = {b"II*\0": "<", b"MM\0*": ">"}.get(head[:4])
+    if bo is None or len(head) < 8:
+        raise ValueError(f"not a TIFF header ({head[:8]!r})")
+    problems: list[tuple[str, str]] = []
+    (offset,) = struct.unpack(bo + "I", head[4:])
+    ifd0, nxt = _parse_dir(view, bo, offset, "IFD0", skip, problems, set())
+    iptc = {t: ifd0.entries.pop(t) for t in _IPTC_TAGS if t in ifd0.entries}
+    _drop_bad_makernote(ifd0, problems)
+    return _Exif(bo, ifd0, nxt != 0, problems, iptc)
+
+
+def _parse_dir(view, bo, offset, name, skip, problems, seen) -> tuple[_Dir, int]:
+    if offset < 8 or offset in seen:
+        raise ValueError(f"{name} offset {offset} is invalid or loops")
+    seen.add(offset)
+    head = view.at(offset, 2)
+    if len(head) < 2:
+        raise ValueError(f"{name} at offset {offset} is past the end")
+    (n,) = struct.unpack(bo + "H", head)
+    if n > _MAX_ENTRIES:
+        raise ValueError(f"{name} claims {n} entries")
+    table = view.at(offset + 2, 12 * n + 4)
+    entries: dict[int, _Entry] = {}
+    children: dict[int, _Dir] = {}
+    lost = []
+    for i in range(n):
+        row = table[12 * i : 12 * i + 12]
+        if len(row) < 12:
+            lost.append(f"{n - i} entries")
+            break
+        tag, typ, count, value = struct.unpack(bo + "HHI4s", row)
+        if tag in skip and name == "IFD0":
+            continue
+        data = _entry_data(view, bo, typ, count, value)
+        if data is None:
+            lost.append(f"0x{tag:04X}")
+        elif tag in _CHILD_TAGS.get(name, ()):
+            child = _DIR_NAMES[tag]
+            try:
+                children[tag], _ = _parse_dir(view, bo, _first_int(typ, data, bo) or 0, child, skip, problems, seen)
+            except (ValueError, struct.error) as e:
+                problems.append((f"exif.{child}", f"unreadable: {e}"))
+        else:
+            entries[tag] = _Entry(typ, count, data)
+    if lost:
+        problems.append((f"exif.{name}", f"truncated or corrupt: {', '.join(lost)} unreadable, the rest kept"))
+    nxt = struct.unpack(bo + "I", table[12 * n : 12 * n + 4])[0] if len(table) >= 12 * n + 4 else 0
+    return _Dir(entries, children), nxt
+
+
+def _entry_data(view, bo, typ, count, value) -> bytes | None:
+    size = _SIZES.get(typ)
+    if size is None or count * size > _MAX_VALUE:
+        return None
+    n = count * size
+    if n <= 4:
+        return value[:n]
+    (ptr,) = struct.unpack(bo + "I", value)
+    data = view.at(ptr, n)
+    return data if len(data) == n else None
+
+
+def _first_int(typ: int, data: bytes, bo: str) -> int | None:
+    fmt = {1: "B", 3: "H", 4: "I", 13: "I", 6: "b", 8: "h", 9: "i"}.get(typ)
+    if fmt is None or len(data) < struct.calcsize(fmt):
+        return None
+    return struct.unpack_from(bo + fmt, data)[0]
+
+
+def _pack_tiff_header(bo: str) -> bytes:
+    return (b"II*\0" if bo == "<" else b"MM\0*") + struct.pack(bo + "I", 8)
+
+
+def _pack_dir(d: _Dir, bo: str, offset: int) -> bytes:
+    """One directory at ``offset`` (from the TIFF header), its out-of-line values and sub-IFDs after it."""
+    tags = sorted(set(d.entries) | set(d.children))
+    pos = offset + 2 + 12 * len(tags) + 4
+    rows, blobs = [struct.pack(bo + "H", len(tags))], []
+    where: dict[int, int] = {}
+    for tag in tags:  # values first, then sub-directories, each word-aligned
+        e = d.entries.get(tag)
+        if e is not None and len(e.data) > 4:
+            where[tag] = pos
+            blobs.append(e.data + b"\0" * (len(e.data) & 1))
+            pos += len(blobs[-1])
+    for tag in tags:
+        if tag in d.children:
+            where[tag] = pos
+            sub = _pack_dir(d.children[tag], bo, pos)
+            blobs.append(sub + b"\0" * (len(sub) & 1))
+            pos += len(blobs[-1])
+    for tag in tags:
+        if tag in d.children:
+            rows.append(struct.pack(bo + "HHII", tag, 4, 1, where[tag]))
+            continue
+        e = d.entries[tag]
+        value = struct.pack(bo + "I", where[tag]) if tag in where else e.data.ljust(4, b"\0")
+        rows.append(struct.pack(bo + "HHI", tag, e.typ, e.count) + value)
+    rows.append(struct.pack(bo + "I", 0))  # no next IFD: the thumbnail (IFD1) is never carried
+    return b"".join(rows + blobs)
+
+
+def _ascii(text: str) -> _Entry:
+    data = text.encode("utf-8", "replace") + b"\0"
+    return _Entry(2, len(data), data)
+
+
+def _shorts(bo: str, *values: int) -> _Entry:
+    return _Entry(3, len(values), struct.pack(f"{bo}{len(values)}H", *values))
+
+
+def _longs(bo: str, *values: int) -> _Entry:
+    return _Entry(4, len(values), struct.pack(f"{bo}{len(values)}I", *values))
+
+
+def _rationals(bo: str, *values: float) -> _Entry:
+    fracs = [Fraction(v).limit_denominator(1 << 16) for v in values]
+    flat = [x for f in fracs for x in (f.numerator, f.denominator)]
+    return _Entry(5, len(values), struct.pack(f"{bo}{len(flat)}I", *flat))
+
+
+# MakerNotes whose offsets are relative to the MakerNote itself survive being moved; others do not.
+_SELF_CONTAINED_MAKERNOTES = (b"Nikon\0\x02", b"FUJIFILM", b"OLYMPUS\0", b"OM SYSTEM\0", b"Apple iOS\0")
+
+
+def _drop_bad_makernote(ifd0: _Dir, problems: list[tuple[str, str]]) -> None:
+    exif = ifd0.children.get(_EXIF_IFD)
+    note = exif.entries.get(0x927C) if exif is not None else None
+    if note is None or note.data.startswith(_SELF_CONTAINED_MAKERNOTES):
+        return
+    del exif.entries[0x927C]
+    data = note.data
+    n = struct.unpack(">H", data[:2])[0] if len(data) >= 2 else 0
+    n_le = struct.unpack("<H", data[:2])[0] if len(data) >= 2 else 0
+    if 0 < min(n, n_le) and 2 + 12 * min(n, n_le) <= len(data):
+        why = "a vendor directory whose offsets point into the original EXIF block, which a rewrite moves"
+    else:
+        why = "not a recognisable vendor structure"
+    problems.append(("exif.MakerNote", f"dropped: {why} ({len(data)} bytes)"))
+
+
+# --------------------------------------------------------------------------- IPTC
+
+
+def _iim_extent(raw: bytes) -> tuple[int, str | None]:
+    """Length of the leading run of whole IIM datasets, and what stopped the walk (None: clean end)."""
+    pos = 0
+    while pos < len(raw) and raw[pos] == 0x1C:
+        if pos + 5 > len(raw):
+            return pos, f"dataset header at byte {pos} is cut short"
+        (n,) = struct.unpack(">H", raw[pos + 3 : pos + 5])
+        start = pos + 5
+        if n & 0x8000:  # extended dataset: the next (n & 0x7FFF) bytes hold the length
+            k = n & 0x7FFF
+            if k > 4 or start + k > len(raw):
+                return pos, f"bad extended length at byte {pos}"
+            n, start = int.from_bytes(raw[start : start + k], "big"), start + k
+        if start + n > len(raw):
+            return pos, f"dataset {raw[pos + 1]}:{raw[pos + 2]} at byte {pos} runs past the end"
+        pos = start + n
+    rest = raw[pos:]
+    if rest.strip(b"\0"):  # zero padding (TIFF LONG, Photoshop) is not a problem
+        return pos, f"byte {pos} is 0x{rest[0]:02X}, not a dataset marker"
+    return pos, None
+
+
+def _irb_resource(irb: bytes, rid: int) -> bytes | None:
+    """One resource of a Photoshop image-resource block (a sequence of 8BIM records)."""
+    pos = 0
+    while pos + 12 <= len(irb) and irb[pos : pos + 4] == b"8BIM":
+        (r,) = struct.unpack(">H", irb[pos + 4 : pos + 6])
+        name_len = irb[pos + 6]
+        pos += 6 + ((1 + name_len + 1) & ~1)  # Pascal name, padded to even length
+        (size,) = struct.unpack(">I", irb[pos : pos + 4])
+        pos += 4
+        if r == rid:
+            return irb[pos : pos + size]
+        pos += size + (size & 1)
+    return None
+
+
+def _irb(rid: int, data: bytes) -> bytes:
+    return b"8BIM" + struct.pack(">H", rid) + b"\0\0" + struct.pack(">I", len(data)) + data + b"\0" * (len(data) & 1)
+
+
+def _raw_profile(text: str) -> bytes:
+    """ImageMagick's / exiftool's PNG text form: "\\n<name>\\n<length>\\n<hex lines>"."""
+    m = re.match(r"\s*[^\n]*\n\s*(\d+)\s*\n(.*)", text.lstrip("\n"), re.S)
+    if m is None:
+        raise ValueError("not a raw profile")
+    return bytes.fromhex(re.sub(r"\s+", "", m.group(2)))[: int(m.group(1))]
+
+
+def _raw_profile_text(name: str, data: bytes) -> str:
+    hexed = data.hex()
+    lines = "\n".join(hexed[i : i + 72] for i in range(0, len(hexed), 72))
+    return f"\n{name}\n{len(data):8d}\n{lines}\n"
+
+
+# --------------------------------------------------------------------------- XMP
+
+_RDF = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
+_XML_NS = "http://www.w3.org/XML/1998/namespace"
+_NS = {
+    "x": "adobe:ns:meta/",
+    "rdf": _RDF,
+    "xmp": "http://ns.adobe.com/xap/1.0/",
+    "Iptc4xmpExt": "http://iptc.org/std/Iptc4xmpExt/2008-02-29/",
+    "tiff": "http://ns.adobe.com/tiff/1.0/",
+    "exif": "http://ns.adobe.com/exif/1.0/",
+    "photoshop": "http://ns.adobe.com/photoshop/1.0/",
+    "xmpNote": "http://ns.adobe.com/xmp/note/",
+    "dc": "http://purl.org/dc/elements/1.1/",
+}
+_PREFIX_OF = {uri: p for p, uri in _NS.items()}
+_XPACKET_BEGIN = "<?xpacket begin=\"\ufeff\" id=\"W5M0MpCehiHzreSzNTczkc9d\"?>"
+_XPACKET_END = '<?xpacket end="w"?>'
+
+
+def _q(prefix: str, name: str) -> str:
+    return f"{{{_NS[prefix]}}}{name}"
+
+
+def _xmp_for_output(meta: Metadata, prov: Provenance, keep: bool, size: tuple[int, int], rep: _Report) -> bytes:
+    if keep and meta.xmp:
+        try:
+            rdf, prefixes = _parse_xmp(meta.xmp)
+            changes = _fix_xmp(rdf, size)
+            _add_provenance(rdf, prov)
+            packet = _serialize_xmp(rdf, prefixes)
+        except MemoryError:
+            raise
+        except Exception as e:
+            rep.dropped["xmp"] = f"unparseable: {type(e).__name__}: {e}; a fresh packet carries the provenance"
+        else:
+            rep.kept.append("xmp")
+            if changes:
+                rep.changed["xmp"] = ", ".join(changes)
+            return packet
+    return _fresh_xmp(prov)
+
+
+def _fresh_xmp(prov: Provenance) -> bytes:
+    rdf = ET.Element(_q("rdf", "RDF"))
+    _add_provenance(rdf, prov)
+    return _serialize_xmp(rdf, {})
+
+
+def _parse_xmp(packet: bytes) -> tuple[ET.Element, dict[str, str]]:
+    text = bytes(packet).strip(b"\0 \t\r\n")
+    if b"<!DOCTYPE" in text or b"<!ENTITY" in text:  # XMP never has a DTD; refusing one refuses entity bombs
+        raise ValueError("a DTD in an XMP packet")
+    prefixes: dict[str, str] = {}
+    root = None
+    for event, obj in ET.iterparse(io.BytesIO(text), events=("start-ns", "start")):
+        if event == "start-ns":
+            prefix, uri = obj
+            if prefix:
+                prefixes.setdefault(uri, prefix)
+        elif root is None:
+            root = obj
+    if root is None:
+        raise ValueError("empty packet")
+    rdf = root if root.tag == _q("rdf", "RDF") else root.find(f".//{_q('rdf', 'RDF')}")
+    if rdf is None:
+        raise ValueError("no rdf:RDF element")
+    return rdf, prefixes
+
+
+def _descriptions(rdf: ET.Element) -> list[ET.Element]:
+    return rdf.findall(_q("rdf", "Description"))
+
+
+def _set_simple(rdf: ET.Element, key: str, value: str | None) -> bool:
+    """Rewrite (or remove, value None) a simple property wherever it is, as attribute or element."""
+    changed = False
+    for desc in _descriptions(rdf):
+        if key in desc.attrib:
+            changed |= desc.attrib[key] != value
+            if value is None:
+                del desc.attrib[key]
+            else:
+                desc.attrib[key] = value
+        for child in desc.findall(key):
+            if value is None:
+                desc.remove(child)
+                changed = True
+            elif len(child) == 0:
+                changed |= (child.text or "") != value
+                child.text = value
+    return changed
+
+
+def _fix_xmp(rdf: ET.Element, size: tuple[int, int]) -> list[str]:
+    w, h = size
+    fixes = [
+        ("tiff:Orientation=1", _q("tiff", "Orientation"), "1"),
+        ("size", _q("tiff", "ImageWidth"), str(w)),
+        ("size", _q("tiff", "ImageLength"), str(h)),
+        ("size", _q("exif", "PixelXDimension"), str(w)),
+        ("size", _q("exif", "PixelYDimension"), str(h)),
+        ("exif:ColorSpace=1", _q("exif", "ColorSpace"), "1"),
+        ("photoshop:ICCProfile=sRGB", _q("photoshop", "ICCProfile"), "sRGB built-in"),  # our profile's name
+        ("no extended XMP", _q("xmpNote", "HasExtendedXMP"), None),  # extended packets are not carried
+    ]
+    changes: list[str] = []
+    for label, key, value in fixes:
+        if _set_simple(rdf, key, value) and label not in changes:
+            changes.append(label)
+    return changes
+
+
+def _add_provenance(rdf: ET.Element, prov: Provenance) -> None:
+    props = [
+        (_q("Iptc4xmpExt", "DigitalSourceType"), DIGITAL_SOURCE_TYPE),
+        (_q("Iptc4xmpExt", "AISystemUsed"), prov.software),
+        (_q("Iptc4xmpExt", "AISystemVersionUsed"), prov.model_id),
+        (_q("xmp", "CreatorTool"), prov.software),
+    ]
+    for key, _ in props:
+        _set_simple(rdf, key, None)
+    existing = _descriptions(rdf)
+    about = existing[0].get(_q("rdf", "about"), "") if existing else ""
+    desc = ET.SubElement(rdf, _q("rdf", "Description"), {_q("rdf", "about"): about})
+    for key, value in props:
+        ET.SubElement(desc, key).text = value
+
+
+def _serialize_xmp(rdf: ET.Element, prefixes: dict[str, str]) -> bytes:
+    names: dict[str, str] = {}
+    used = {"x", "xml"}
+
+    def prefix(uri: str) -> str:
+        if uri not in names:
+            p = prefixes.get(uri) or _PREFIX_OF.get(uri) or "ns"
+            p = p if re.fullmatch(r"[A-Za-z_][\w.-]*", p) else "ns"
+            base, k = p, 1
+            while p in used:
+                p, k = f"{base}{k}", k + 1
+            names[uri], _ = p, used.add(p)
+        return names[uri]
+
+    def qname(tag: str) -> str:
+        if not tag.startswith("{"):
+            return tag
+        uri, local = tag[1:].split("}", 1)
+        return f"xml:{local}" if uri == _XML_NS else f"{prefix(uri)}:{local}"
+
+    def write(el: ET.Element, out: list[str]) -> None:
+        attrs = "".join(f' {qname(k)}="{_esc(v, True)}"' for k, v in el.attrib.items())
+        out.append(f"<{qname(el.tag)}{attrs}")
+        if len(el) == 0 and not el.text:
+            out.append("/>")
+        else:
+            out.append(">" + _esc(el.text or ""))
+            for child in el:
+                write(child, out)
+                out.append(_esc(child.tail or ""))
+            out.append(f"</{qname(el.tag)}>")
+
+    body: list[str] = []
+    write(rdf, body)  # names every namespace in use as a side effect
+    decls = "".join(f' xmlns:{p}="{_esc(uri, True)}"' for uri, p in names.items())
+    first = body[0]
+    body[0] = first[: len(qname(rdf.tag)) + 1] + decls + first[len(qname(rdf.tag)) + 1 :]
+    return (
+        _XPACKET_BEGIN
+        + f'<x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk="{_esc(SOFTWARE, True)}">'
+        + "".join(body)
+        + "</x:xmpmeta>"
+        + _XPACKET_END
+    ).encode("utf-8")
+
+
+def _esc(text: str, attr: bool = False) -> str:
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    if attr:
+        text = text.replace('"', "&quot;").replace("\n", "&#10;").replace("\r", "&#13;").replace("\t", "&#9;")
+    return text
+
+
+# --------------------------------------------------------------------------- the output's metadata
+
+
+class _Report:
+    """What happened to each group, as the short JSON of the manifest's ``metadata`` column."""
+
+    def __init__(self, meta: Metadata, keep: bool) -> None:
+        self.kept: list[str] = []
+        self.added = ["provenance", "icc:sRGB"]
+        self.dropped: dict[str, str] = {}
+        self.changed: dict[str, str] = {}
+        stripped = ("exif", "iptc", "xmp", "dpi")
+        for group, reason in meta.notes:
+            if not keep and group.split(".")[0] in stripped:
+                continue
+            (self.changed if reason.startswith("converted") else self.dropped)[group] = reason
+        if not keep:
+            for group in stripped:
+                if getattr(meta, group) is not None:
+                    self.dropped[group] = "not kept (keep=False)"
+        if meta.pages > 1:
+            self.dropped["pages"] = f"{meta.pages - 1} more page(s) not carried: only the first is colorized"
+
+    def change(self, group: str, what: str) -> None:
+        self.changed[group] = f"{self.changed[group]}; {what}" if group in self.changed else what
+
+    def json(self) -> str:
+        order = {"exif": 0, "iptc": 1, "xmp": 2, "dpi": 3}
+        out = {"kept": sorted(set(self.kept), key=order.get), "added": self.added}
+        if self.dropped:
+            out["dropped"] = self.dropped
+        if self.changed:
+            out["changed"] = self.changed
+        return json.dumps(out, separators=(",", ":"))
+
+
+@dataclass
+class _Parts:
+    """The output's metadata, ready for any container."""
+
+    exif: _Exif
+    xmp: bytes
+    iptc: bytes | None
+    dpi: tuple[float, float] | None
+    prov: Provenance
+
+
+def _prepare(meta: Metadata | None, prov: Provenance, keep: bool, size: tuple[int, int]) -> tuple[_Parts, _Report]:
+    meta = meta if meta is not None else Metadata()
+    rep = _Report(meta, keep)
+    dpi = meta.dpi if keep else None
+    if dpi is not None:
+        rep.kept.append("dpi")
+    iptc = meta.iptc if keep else None
+    if iptc is not None:
+        rep.kept.append("iptc")
+    exif = _exif_for_output(meta, prov, keep, size, dpi, rep)
+    xmp = _xmp_for_output(meta, prov, keep, size, rep)
+    return _Parts(exif, xmp, iptc, dpi, prov), rep
+
+
+def _exif_for_output(
+    meta: Metadata, prov: Provenance, keep: bool, size: tuple[int, int], dpi, rep: _Report
+) -> _Exif:
+    exif, changes = _Exif("<", _Dir({}, {}), False, [], {}), []
+    if keep and meta.exif:
+        try:
+            exif = _parse_exif(meta.exif)
+            changes = _fix_exif(exif, size)
+            _exif_bytes(exif)  # a value that cannot be written must fail here, not in the container
+            rep.kept.append("exif")
+        except MemoryError:
+            raise
+        except Exception as e:  # corrupt ones were noted on reading; this is for what slipped through
+            rep.dropped.setdefault("exif", f"cannot be rewritten: {type(e).__name__}: {e}")
+            exif, changes = _Exif("<", _Dir({}, {}), False, [], {}), []
+    bo, ifd0 = exif.bo, exif.ifd0
+    if dpi is not None:
+        ifd0.entries[282], ifd0.entries[283] = _rationals(bo, dpi[0]), _rationals(bo, dpi[1])
+        ifd0.entries[296] = _shorts(bo, 2)
+    ifd0.entries[305] = _ascii(prov.software)
+    if changes:
+        rep.change("exif", ", ".join(changes))
+    return exif
+
+
+def _fix_exif(exif: _Exif, size: tuple[int, int]) -> list[str]:
+    bo, ifd0 = exif.bo, exif.ifd0
+    changes = []
+    old = ifd0.entries.get(274)
+    if old is not None and (old.typ not in (3, 4) or _first_int(old.typ, old.data, bo) != 1):
+        changes.append("Orientation=1")
+    ifd0.entries[274] = _shorts(bo, 1)
+    if exif.has_ifd1:
+        changes.append("no thumbnail")
+    sub = ifd0.children.get(_EXIF_IFD)
+    if sub is not None:
+        e = sub.entries
+        if 0xA002 in e or 0xA003 in e:
+            changes.append("size")
+        e[0xA002], e[0xA003] = _longs(bo, size[0]), _longs(bo, size[1])  # Exif wants them whenever the IFD exists
+        cs = e.get(0xA001)
+        if cs is not None and (cs.typ not in (3, 4) or _first_int(cs.typ, cs.data, bo) != 1):
+            changes.append("ColorSpace=sRGB")
+        e[0xA001] = _shorts(bo, 1)
+        for tag, label in ((0xA500, "Gamma removed"), (0x9102, "CompressedBitsPerPixel removed")):
+            if e.pop(tag, None) is not None:  # no longer true of the re-encoded sRGB pixels
+                changes.append(label)
+        interop = sub.children.get(_INTEROP_IFD)
+        if interop is not None and interop.entries.get(1, _ascii("R98")).data[:3] != b"R98":
+            interop.entries[1] = _ascii("R98")  # "R03" would say Adobe RGB
+            changes.append("InteropIndex=R98")
+    return changes
+
+
+def _exif_bytes(exif: _Exif) -> bytes:
+    return _pack_tiff_header(exif.bo) + _pack_dir(exif.ifd0, exif.bo, 8)
+
+
+@cache
+def srgb_icc() -> bytes:
+    """The sRGB ICC profile every output carries (LittleCMS's built-in, via Pillow; made once)."""
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    return icc[:24] + bytes(12) + icc[36:]  # LittleCMS stamps today's date: zero it, so outputs are reproducible
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def encode(
+    rgb: np.ndarray,
+    fmt: str,
+    meta: Metadata | None,
+    prov: Provenance,
+    *,
+    keep: bool = True,
+    png_level: int = 1,
+    jpeg_quality: int = 92,
+) -> tuple[bytes, str]:
+    """Encode upright sRGB pixels with the input's metadata and provenance; returns (bytes, JSON report).
+
+    ``rgb``: uint8 or uint16 ``(H, W, 3)``. PNG and TIFF keep 16 bits; JPEG and WebP are 8-bit
+    (``round(v / 257)``). ``png_level`` is the zlib level of PNG and of TIFF's deflate; ``jpeg_quality``
+    that of JPEG and (lossy) WebP. JPEG pixels are encoded exactly as :func:`raycolor.images.encode_jpeg`
+    does, then take the metadata the way :func:`embed_jpeg` adds it, so both paths write the same.
+    """
+    fmt = _check_format(fmt)
+    arr = _check_pixels(rgb)
+    if not 0 <= png_level <= 9:
+        raise ValueError(f"png level must be in 0..9, got {png_level}")
+    if not 1 <= jpeg_quality <= 100:
+        raise ValueError(f"jpeg quality must be in 1..100, got {jpeg_quality}")
+    h, w = arr.shape[:2]
+    parts, rep = _prepare(meta, prov, keep, (w, h))
+    if arr.dtype == np.uint16 and fmt in ("jpeg", "webp"):
+        arr = ((arr.astype(np.uint32) + 128) // 257).astype(np.uint8)
+        rep.change("depth", f"16-bit samples written as 8-bit ({fmt.upper()} has no 16-bit mode)")
+    if fmt == "jpeg":
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="JPEG", quality=jpeg_quality, subsampling="4:2:0", optimize=False)
+        return _embed_jpeg(buf.getvalue(), parts, rep), rep.json()
+    if fmt == "png":
+        return _png(arr, parts, rep, png_level), rep.json()
+    if fmt == "tiff":
+        return _tiff(arr, parts, rep, png_level), rep.json()
+    return _webp(arr, parts, rep, jpeg_quality), rep.json()
+
+
+def embed_jpeg(
+    jpeg: bytes, meta: Metadata | None, prov: Provenance, *, keep: bool = True, width: int, height: int
+) -> tuple[bytes, str]:
+    """The metadata :func:`encode` writes, inserted into a JPEG encoded elsewhere (e.g. nvJPEG on a GPU).
+
+    Segments go right after SOI; an existing JFIF APP0 gets the density, existing APP1 Exif/XMP, APP2
+    ICC and APP13 Photoshop segments are replaced, everything else is copied unchanged.
+    """
+    parts, rep = _prepare(meta, prov, keep, (int(width), int(height)))
+    return _embed_jpeg(bytes(jpeg), parts, rep), rep.json()
+
+
+def _check_format(fmt: str) -> str:
+    fmt = {"jpg": "jpeg", "tif": "tiff"}.get(fmt, fmt)
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown output format {fmt!r} (expected one of {FORMATS})")
+    return fmt
+
+
+def _check_pixels(rgb: np.ndarray) -> np.ndarray:
+    arr = np.asarray(rgb)
+    if arr.dtype not in (np.uint8, np.uint16) or arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"expected a uint8 or uint16 (H, W, 3) array, got {arr.dtype} {arr.shape}")
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"cannot encode an empty image {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+# JPEG: a segment holds at most 65533 bytes after its length field.
+_JPEG_MAX = 65533
+_XMP_ID = b"http://ns.adobe.com/xap/1.0/\0"
+
+
+def _segment(marker: int, payload: bytes) -> bytes:
+    return bytes((0xFF, marker)) + struct.pack(">H", len(payload) + 2) + payload
+
+
+def _embed_jpeg(jpeg: bytes, parts: _Parts, rep: _Report) -> bytes:
+    if jpeg[:2] != b"\xff\xd8":
+        raise ValueError("not a JPEG (no SOI marker)")
+    jfif, others, pos = None, [], 2
+    while pos + 4 <= len(jpeg) and jpeg[pos] == 0xFF and (0xE0 <= jpeg[pos + 1] <= 0xEF or jpeg[pos + 1] == 0xFE):
+        marker, (n,) = jpeg[pos + 1], struct.unpack(">H", jpeg[pos + 2 : pos + 4])
+        seg, body = jpeg[pos : pos + 2 + n], jpeg[pos + 4 : pos + 2 + n]
+        pos += 2 + n
+        if marker == 0xE0 and body.startswith(b"JFIF\0") and jfif is None:
+            jfif = seg
+        elif not _replaced_segment(marker, body):
+            others.append(seg)
+    return b"".join([b"\xff\xd8", _jfif(jfif, parts.dpi), *_jpeg_segments(parts, rep), *others, jpeg[pos:]])
+
+
+def _replaced_segment(marker: int, body: bytes) -> bool:
+    return (
+        (marker == 0xE1 and (body.startswith(b"Exif\0") or body.startswith(_XMP_ID)))
+        or (marker == 0xE2 and body.startswith(b"ICC_PROFILE\0"))
+        or (marker == 0xED and body.startswith(b"Photoshop 3.0\0"))
+    )
+
+
+def _jfif(seg: bytes | None, dpi) -> bytes:
+    units, x, y = (1, *(min(65535, max(1, round(v))) for v in dpi)) if dpi else (0, 1, 1)
+    if seg is None or len(seg) < 18:
+        return _segment(0xE0, b"JFIF\0\x01\x01" + struct.pack(">BHH", units, x, y) + b"\0\0")
+    return seg[:11] + struct.pack(">BHH", units, x, y) + seg[16:]
+
+
+def _jpeg_segments(parts: _Parts, rep: _Report) -> list[bytes]:
+    segs = []
+    exif = b"Exif\0\0" + _exif_bytes(parts.exif)
+    if len(exif) > _JPEG_MAX:
+        rep.dropped["exif"] = f"{len(exif)} bytes exceed a JPEG APP1 segment ({_JPEG_MAX}); only Software written"
+        rep.kept = [g for g in rep.kept if g != "exif"]
+        bare = _Exif("<", _Dir({305: _ascii(parts.prov.software)}, {}), False, [], {})
+        exif = b"Exif\0\0" + _exif_bytes(bare)
+    segs.append(_segment(0xE1, exif))
+    xmp = parts.xmp
+    if len(_XMP_ID) + len(xmp) > _JPEG_MAX:  # extended XMP would be possible; a drop is honest and simple
+        rep.dropped["xmp"] = (
+            f"packet of {len(xmp)} bytes exceeds a JPEG APP1 segment ({_JPEG_MAX - len(_XMP_ID)}); "
+            "a fresh packet carries the provenance"
+        )
+        rep.kept = [g for g in rep.kept if g != "xmp"]
+        rep.changed.pop("xmp", None)
+        xmp = _fresh_xmp(parts.prov)
+    segs.append(_segment(0xE1, _XMP_ID + xmp))
+    icc = srgb_icc()  # 588 bytes: one APP2 chunk
+    segs.append(_segment(0xE2, b"ICC_PROFILE\0\x01\x01" + icc))
+    if parts.iptc is not None:
+        payload = b"Photoshop 3.0\0" + _irb(0x0404, parts.iptc)
+        if len(payload) > _JPEG_MAX:
+            rep.dropped["iptc"] = f"{len(parts.iptc)} bytes exceed a JPEG APP13 segment ({_JPEG_MAX})"
+            rep.kept = [g for g in rep.kept if g != "iptc"]
+        else:
+            segs.append(_segment(0xED, payload))
+    return segs
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _png(arr: np.ndarray, parts: _Parts, rep: _Report, level: int) -> bytes:
+    if arr.dtype == np.uint8:
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="PNG", compress_level=level)
+        png = buf.getvalue()
+    else:
+        png = _png16(arr, level)
+    # every metadata chunk may precede IDAT, so they all go right after IHDR (8 + 25 bytes)
+    return png[:33] + b"".join(_png_meta_chunks(parts)) + png[33:]
+
+
+def _png16(arr: np.ndarray, level: int) -> bytes:
+    """A 48-bit RGB PNG: Pillow has no 16-bit RGB mode and imageio/scikit-image write PNG through Pillow,
+    so this minimal writer (IHDR, IDAT with the Up filter, IEND) is the one dependency-free way."""
+    h, w = arr.shape[:2]
+    rows = arr.astype(">u2").reshape(h, w * 3).view(np.uint8)
+    up = rows.copy()
+    up[1:] -= rows[:-1]  # filter type 2 (Up), uint8 arithmetic wraps modulo 256 as PNG wants
+    raw = np.concatenate([np.full((h, 1), 2, np.uint8), up], axis=1)
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(raw.tobytes(), level))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def _png_meta_chunks(parts: _Parts) -> list[bytes]:
+    chunks = [_png_chunk(b"iCCP", b"sRGB\0\0" + zlib.compress(srgb_icc()))]
+    if parts.dpi is not None:
+        ppm = [max(1, round(v / 0.0254)) for v in parts.dpi]
+        chunks.append(_png_chunk(b"pHYs", struct.pack(">IIB", ppm[0], ppm[1], 1)))
+    chunks.append(_png_chunk(b"eXIf", _exif_bytes(parts.exif)))
+    chunks.append(_png_chunk(b"iTXt", b"XML:com.adobe.xmp\0\0\0\0\0" + parts.xmp))
+    if parts.iptc is not None:  # exiftool's form: hex of a Photoshop 8BIM block holding the IIM
+        text = _raw_profile_text("IPTC profile", _irb(0x0404, parts.iptc)).encode("latin-1")
+        chunks.append(_png_chunk(b"zTXt", b"Raw profile type iptc\0\0" + zlib.compress(text)))
+    return chunks
+
+
+def _tiff(arr: np.ndarray, parts: _Parts, rep: _Report, level: int) -> bytes:
+    """TIFF with deflate and the horizontal predictor, 8 or 16 bits, written here for both depths:
+    Pillow's libtiff writer cannot write the Exif/GPS sub-IFDs and has no 48-bit RGB mode."""
+    bo = parts.exif.bo
+    h, w = arr.shape[:2]
+    bits = 16 if arr.dtype == np.uint16 else 8
+    diff = arr.copy()
+    diff[:, 1:] -= arr[:, :-1]  # predictor 2, per sample, modulo 2**bits
+    samples = diff.astype(f"{bo}u2") if bits == 16 else diff
+    row_bytes = w * 3 * bits // 8
+    rows_per_strip = min(h, max(1, (256 << 10) // row_bytes))
+    strips = [
+        zlib.compress(samples[y : y + rows_per_strip].tobytes(), level) for y in range(0, h, rows_per_strip)
+    ]
+    offsets, pos = [], 8
+    for s in strips:
+        offsets.append(pos)
+        pos += len(s)
+    ifd_offset = pos + (pos & 1)
+    ifd0 = _Dir(dict(parts.exif.ifd0.entries), dict(parts.exif.ifd0.children))
+    ifd0.entries.update(
+        {
+            256: _longs(bo, w),
+            257: _longs(bo, h),
+            258: _shorts(bo, bits, bits, bits),
+            259: _shorts(bo, 8),  # Adobe deflate
+            262: _shorts(bo, 2),  # RGB
+            273: _longs(bo, *offsets),
+            277: _shorts(bo, 3),
+            278: _longs(bo, rows_per_strip),
+            279: _longs(bo, *(len(s) for s in strips)),
+            284: _shorts(bo, 1),
+            317: _shorts(bo, 2),
+            700: _Entry(1, len(parts.xmp), parts.xmp),
+            0x8773: _Entry(7, len(srgb_icc()), srgb_icc()),
+        }
+    )
+    if parts.iptc is not None:  # LONG, zero-padded, as Photoshop and exiftool write IPTC-NAA
+        iim = parts.iptc + b"\0" * (-len(parts.iptc) % 4)
+        ifd0.entries[0x83BB] = _Entry(4, len(iim) // 4, iim)
+    return b"".join(
+        [
+            (b"II*\0" if bo == "<" else b"MM\0*") + struct.pack(bo + "I", ifd_offset),
+            *strips,
+            b"\0" * (ifd_offset - pos),
+            _pack_dir(ifd0, bo, ifd_offset),
+        ]
+    )
+
+
+def _webp(arr: np.ndarray, parts: _Parts, rep: _Report, quality: int) -> bytes:
+    if parts.iptc is not None:
+        rep.dropped["iptc"] = "WebP has no IPTC-IIM container (its XMP keeps the IPTC Core fields it has)"
+        rep.kept = [g for g in rep.kept if g != "iptc"]
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(
+        buf,
+        format="WEBP",
+        quality=quality,
+        exif=_exif_bytes(parts.exif),
+        icc_profile=srgb_icc(),
+        xmp=parts.xmp,
+    )
+    return buf.getvalue()
