@@ -346,13 +346,13 @@ def _orient_array(a: np.ndarray, orientation: int) -> np.ndarray:
 
 def device_decodable_jpeg(
     data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
-) -> tuple[int, int, int] | None:
+) -> tuple[int, int, int, Metadata] | None:
     """EXIF orientation and upright-size check for a JPEG an accelerator (nvJPEG) may decode instead of Pillow.
 
-    Reads the header only (no pixels). Returns (orientation 1..8, upright width, upright height) for a baseline
-    8-bit grey or YCbCr JPEG; None for anything that must take :func:`decode_rgb`'s path instead
-    (not a JPEG, progressive, CMYK/YCCK, over max_pixels, unreadable header), so every policy
-    decision and every error reason stays with decode_rgb.
+    Reads the header only (no pixels). Returns (orientation 1..8, upright width, upright height, metadata) for a
+    baseline 8-bit grey or YCbCr JPEG in sRGB; None for anything that must take :func:`decode`'s path instead
+    (not a JPEG, progressive, CMYK/YCCK, an ICC profile that is not sRGB (LittleCMS converts it there), over
+    max_pixels, unreadable header), so every policy decision and every error reason stays with decode.
     """
     if len(data) < 4 or data[:2] != b"\xff\xd8":
         return None
@@ -372,7 +372,11 @@ def device_decodable_jpeg(
                 orientation = 1
             if orientation not in _ORIENTATION_TRANSPOSE:
                 orientation = 1
-            return (orientation, h, w) if orientation >= 5 else (orientation, w, h)
+            icc = im.info.get("icc_profile")
+            if icc and _icc_plan(bytes(icc), im.mode == "L", False) != (None, None):
+                return None
+            meta = metadata.read(im)  # a JPEG's metadata segments are all parsed with its header
+            return (orientation, h, w, meta) if orientation >= 5 else (orientation, w, h, meta)
         finally:
             im.close()
     except Exception:
@@ -826,6 +830,11 @@ def encode(
     return encode_jpeg(rgb, quality=jpeg_quality)
 
 
-def extension(fmt: Literal["png", "jpeg"]) -> str:
-    """File suffix for an output format: ``".png"`` or ``".jpg"``."""
-    return ".png" if _check_format(fmt) == "png" else ".jpg"
+_EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "jpg": ".jpg", "tiff": ".tif", "tif": ".tif", "webp": ".webp"}
+
+
+def extension(fmt: str) -> str:
+    """File suffix for an output format: ``".png"``, ``".jpg"``, ``".tif"`` or ``".webp"``."""
+    if fmt not in _EXTENSIONS:
+        raise ValueError(f"unknown output format {fmt!r} (expected png, jpeg, tiff or webp)")
+    return _EXTENSIONS[fmt]

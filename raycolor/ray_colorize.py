@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raycolor import checkpoint, images, ledger, runtime, sources
+from raycolor import checkpoint, images, ledger, metadata, runtime, sources
 from raycolor.config import DEFAULT_MAX_PIXELS, ColorizeConfig, StorageConfig
 from raycolor.ledger import IMAGE_COLUMN, MANIFEST_SCHEMA
 from raycolor.planning import classify_inputs, plan
@@ -72,6 +72,8 @@ class ModelStage:
     device_codec: bool = False  # baseline JPEGs travel as their bytes and the actor decodes them
     encode_jpeg_quality: int | None = None  # set: the actor also encodes the output as JPEG (nvJPEG on GPU)
     keep_rgb: bool = False  # the decoded original travels along too (evaluate compares against it)
+    depth: str = "8"  # images.decode's depth: "auto" keeps a 16-bit master at 16 bits (PNG/TIFF output)
+    bits: str = "auto"  # composed output: "auto" (the decoded array's), "8" or "16"
 
     @property
     def compose_on_device(self) -> bool:
@@ -92,7 +94,13 @@ class ModelStage:
             storage=config.storage,
             device_codec=codec,
             encode_jpeg_quality=config.jpeg_quality if codec and config.format == "jpeg" else None,
+            depth=config.decode_depth,
+            bits=config.bit_depth if config.format in ("png", "tiff") else "8",
         )
+
+    def output_bits(self, decoded_bits: int) -> int:
+        """Bits per sample of a composed image whose input decoded at `decoded_bits`."""
+        return decoded_bits if self.bits == "auto" else int(self.bits)
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,6 +127,8 @@ def _decode_batch(batch: dict, *, stage: ModelStage) -> dict:
     l_small = np.zeros((n, 1, render_size, render_size), dtype=np.float32)
     width = np.zeros(n, dtype=np.int64)
     height = np.zeros(n, dtype=np.int64)
+    bits = np.full(n, 8, dtype=np.int64)  # of the composed output (stage.output_bits)
+    meta = np.full(n, b"", dtype=object)  # metadata.Metadata.pack(): what the finish stage writes back
     error = np.full(n, "", dtype=object)  # "" = no error: an all-null column would not survive Arrow
     pre = batch["error"]  # rows that failed before reading (a shard that could not be expanded)
     rows = [i for i in range(n) if not pre[i]]
@@ -144,17 +154,21 @@ def _decode_batch(batch: dict, *, stage: ModelStage) -> dict:
         max_pixels=max_pixels,
         io_concurrency=storage.io_concurrency,
         peek=peek,
+        depth=stage.depth,
     )
     for i, got in zip(rows, decoded):
         if got.error is not None:
             error[i], l_full[i] = got.error, b""
             continue
         if got.peeked is not None:  # a JPEG the actor decodes on its device
-            orientation[i], width[i], height[i] = got.peeked
-            jpeg[i], l_full[i] = got.data, b""
+            orientation[i], width[i], height[i], m = got.peeked
+            jpeg[i], l_full[i], meta[i] = got.data, b"", m.pack()
+            bits[i] = stage.output_bits(8)
             continue
         rgb = got.rgb
         height[i], width[i] = rgb.shape[:2]
+        bits[i] = stage.output_bits(16 if rgb.dtype == np.uint16 else 8)
+        meta[i] = got.meta.pack()
         if stage.keep_rgb:
             original[i] = rgb.tobytes()
         L, small = prepare(rgb, render_size)
@@ -162,7 +176,7 @@ def _decode_batch(batch: dict, *, stage: ModelStage) -> dict:
         l_small[i] = small.numpy()
     # the item's columns are consumed here; everything else (the ledger's shard bookkeeping) travels on
     out = {k: v for k, v in batch.items() if k not in _ITEM_COLUMNS}
-    out.update(width=width, height=height, error=error, l_full=l_full, l_small=l_small)
+    out.update(width=width, height=height, bits=bits, meta=meta, error=error, l_full=l_full, l_small=l_small)
     if stage.keep_rgb:
         out["original"] = original
     if stage.device_codec:
@@ -285,14 +299,15 @@ class Predictor:
             if stage.compose_on_device:
                 # full-res Lab->RGB on the accelerator; the L planes are the only full-res data shipped in
                 composed = {}
-                by_size: dict[tuple[int, int], list[tuple[int, int]]] = {}  # (H, W) -> [(row, pred index)]
+                by_size: dict[tuple[int, int, int], list[tuple[int, int]]] = {}  # (H, W, bits) -> [(row, pred index)]
                 for j, i in enumerate(np.flatnonzero(ok)):
-                    by_size.setdefault((int(batch["height"][i]), int(batch["width"][i])), []).append((i, j))
-                for group in by_size.values():  # archives are mostly one size: few groups, few kernels
+                    key = (int(batch["height"][i]), int(batch["width"][i]), int(batch["bits"][i]))
+                    by_size.setdefault(key, []).append((i, j))
+                for (_, _, bits), group in by_size.items():  # archives are mostly one size: few groups, few kernels
                     L = torch.stack(
                         [l_device[i] if i in l_device else _l_full(batch, i).to(self.device) for i, _ in group]
                     )
-                    rgbs = compose_batch(L, pred[[j for _, j in group]])  # (n, H, W, 3) uint8
+                    rgbs = compose_batch(L, pred[[j for _, j in group]], bits=bits)  # (n, H, W, 3) uint8/uint16
                     composed.update({i: rgbs[k] for k, (i, _) in enumerate(group)})
                 if stage.encode_jpeg_quality is not None:
                     from torchvision.io import encode_jpeg
@@ -319,15 +334,16 @@ class Predictor:
 
 
 def colorized_rgb(batch: dict, i: int, stage: ModelStage) -> np.ndarray:
-    """Row i of a predicted batch -> full-res uint8 RGB (H, W, 3), composing on this CPU if the actor did not."""
+    """Row i of a predicted batch -> full-res RGB (H, W, 3), uint8 or (a 16-bit output) uint16, composing on
+    this CPU if the actor did not."""
     import torch
 
     from raycolor.colorize import compose
 
-    h, w = int(batch["height"][i]), int(batch["width"][i])
+    h, w, bits = int(batch["height"][i]), int(batch["width"][i]), int(batch["bits"][i])
     if stage.compose_on_device:
-        return np.frombuffer(batch["rgb"][i], dtype=np.uint8).reshape(h, w, 3)
-    return compose(_l_full(batch, i), torch.from_numpy(batch["ab"][i].astype(np.float32))).numpy()
+        return np.frombuffer(batch["rgb"][i], dtype=np.uint16 if bits == 16 else np.uint8).reshape(h, w, 3)
+    return compose(_l_full(batch, i), torch.from_numpy(batch["ab"][i].astype(np.float32)), bits=bits).numpy()
 
 
 def _part_name(sources_in_batch) -> str:
@@ -347,15 +363,24 @@ def _finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, out
     blobs: list[bytes | None] = []
     fmt, layout, storage = config.format, config.layout, config.storage
     ext = images.extension(fmt)
+    prov = metadata.Provenance(software=metadata.SOFTWARE, model_id=model_id)
+    keep = config.metadata == "keep"
     out_uris: list[str | None] = [None] * n
     encoded: list[bytes | None] = [None] * n
+    reports: list[str | None] = [None] * n
     for i in range(n):
         if not batch["error"][i]:
-            if stage.encode_jpeg_quality is not None:
-                encoded[i] = bytes(batch["encoded"][i])  # encoded by the actor (nvJPEG)
+            meta = metadata.Metadata.unpack(batch["meta"][i])
+            if stage.encode_jpeg_quality is not None:  # encoded by the actor (nvJPEG): metadata goes in here
+                encoded[i], reports[i] = metadata.embed_jpeg(
+                    bytes(batch["encoded"][i]), meta, prov, keep=keep,
+                    width=int(batch["width"][i]), height=int(batch["height"][i]),
+                )
             else:
                 rgb = colorized_rgb(batch, i, stage)
-                encoded[i] = images.encode(rgb, fmt, png_level=config.png_level, jpeg_quality=config.jpeg_quality)
+                encoded[i], reports[i] = metadata.encode(
+                    rgb, fmt, meta, prov, keep=keep, png_level=config.png_level, jpeg_quality=config.jpeg_quality
+                )
             key = sources.output_key(batch["relpath"][i], ext)
             # webdataset: the key travels with the row; the shard's merge writes the image into its tar
             out_uris[i] = key if layout == "webdataset" else sources.join_uri(output, "images", key)
@@ -386,6 +411,8 @@ def _finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, out
         rows["model_id"].append(model_id)
         rows["format"].append(fmt)
         rows["finished_at"].append(time.time())
+        rows["bit_depth"].append(int(batch["bits"][i]) if err is None else None)
+        rows["metadata"].append(reports[i] if err is None else None)
         blobs.append(blob)
     table = pa.table(rows, schema=MANIFEST_SCHEMA)
     if config.parquet_images or layout == "webdataset":
@@ -421,7 +448,8 @@ def _write_webdataset(table: pa.Table, *, output: str, sid: str, parquet_images:
     buf = io.BytesIO()
     outputs = table.column("output").to_pylist()
     blobs = table.column("image").to_pylist()
-    cols = {c: table.column(c).to_pylist() for c in ("source", "status", "width", "height", "model_id", "format")}
+    member_cols = ("source", "status", "width", "height", "model_id", "format", "bit_depth")
+    cols = {c: table.column(c).to_pylist() for c in (*member_cols, "metadata")}
     taken: set[str] = set()
     new_outputs: list[str | None] = []
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
@@ -434,7 +462,8 @@ def _write_webdataset(table: pa.Table, *, output: str, sid: str, parquet_images:
                 key = f"{key}__{hashlib.sha1(cols['source'][i].encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
             taken.add(key.lower())
             ext = out.rsplit(".", 1)[-1]
-            meta = {k: cols[k][i] for k in ("source", "status", "width", "height", "model_id", "format")}
+            meta = {k: cols[k][i] for k in member_cols}
+            meta["metadata"] = json.loads(cols["metadata"][i]) if cols["metadata"][i] else None
             for name, data in ((f"{key}.{ext}", blobs[i]), (f"{key}.json", json.dumps(meta).encode())):
                 info = tarfile.TarInfo(name)
                 info.size, info.mtime = len(data), 0
@@ -720,6 +749,14 @@ def colorize(
         raise ValueError(f"retry_errors must be none, transient or all, not {config.retry_errors!r}")
     if config.layout not in ("files", "webdataset"):
         raise ValueError(f"layout must be files or webdataset, not {config.layout!r}")
+    if config.format not in metadata.FORMATS:
+        raise ValueError(f"format must be one of {', '.join(metadata.FORMATS)}, not {config.format!r}")
+    if config.metadata not in ("keep", "strip"):
+        raise ValueError(f"metadata must be keep or strip, not {config.metadata!r}")
+    if config.bit_depth not in ("auto", "8", "16"):
+        raise ValueError(f"bit depth must be auto, 8 or 16, not {config.bit_depth!r}")
+    if config.bit_depth == "16" and config.format not in ("png", "tiff"):
+        raise ValueError(f"--bit-depth 16 needs PNG or TIFF output: {config.format} holds 8 bits per sample")
     roots = classify_inputs(config)
     runtime.ensure_ray()
     runtime.check_output_reachable(output, shared=config.storage.shared_output)
@@ -819,6 +856,8 @@ def _colorize_locked(config, output, meta, render_size, start, on_rows, on_total
         "checkpoint": config.checkpoint,
         "render_size": render_size,
         "format": config.format,
+        "metadata": config.metadata,
+        "bit_depth": config.bit_depth,
         "png_level": config.png_level,
         "jpeg_quality": config.jpeg_quality,
         "batch_size": config.batch_size,
