@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-kernels install bench clean
+.PHONY: demo test test-fast test-kernels test-tools install bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,16 @@ demo: $(STAMP)
 # 2 cores well (1467 s vs 1711 s for the same suite; docs/performance.md). TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 2
 
-test: $(STAMP)
+# exiftool (Debian's libimage-exiftool-perl) is the independent reader the metadata tests check outputs with;
+# installed here when missing and this user may (root, or sudo without a password); without it those tests skip
+test-tools:
+	@command -v exiftool >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] && echo "" || echo "sudo -n" ); \
+		( $$SUDO apt-get install -y -q libimage-exiftool-perl >/dev/null 2>&1 || \
+		  { $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q libimage-exiftool-perl >/dev/null 2>&1; } ) \
+		|| echo "note: could not install exiftool (libimage-exiftool-perl); the metadata read-back tests will skip"; }
+
+test: $(STAMP) test-tools
 	$(BIN)/python -m pytest -q --durations=15 $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 	$(MAKE) --no-print-directory test-kernels
 
@@ -32,7 +41,7 @@ test: $(STAMP)
 CORE_TESTS := tests/test_color.py tests/test_colorize.py tests/test_model.py tests/test_metrics.py tests/test_images.py \
 	$(wildcard tests/test_metadata.py)
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) test-tools
 	$(BIN)/python -m pytest -q -p no:xdist $(CORE_TESTS)
 
 # The numeric core once more under each CPU kernel torch has for this machine (default and avx2 always, avx512
