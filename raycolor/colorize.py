@@ -44,9 +44,31 @@ def orient(rgb: torch.Tensor, orientation: int) -> torch.Tensor:
     return rgb
 
 
+# Full-resolution maths runs in row strips of about this many pixels, so a 39 MP scan needs ~50 MB of float
+# temporaries (Lab -> RGB and the gamut fit hold ~100 B/pixel) instead of ~4 GB (docs/performance.md).
+STRIP_PIXELS = 1 << 19
+
+
+def strips(height: int, width: int, pixels: int | None = None) -> list[tuple[int, int]]:
+    """Row ranges [y0, y1) covering an image, each about `pixels` pixels.
+
+    Rows per strip are a multiple of 64, so every strip starts on a multiple of 64 pixels: torch's SIMD
+    loops (up to 2 x 16 float lanes) then see each pixel in the same lane as in one whole-image loop, and
+    the per-pixel results (pow's vector and scalar paths differ by an ulp) are bit-identical to it.
+    """
+    rows = max(64, (pixels or STRIP_PIXELS) // max(1, width) // 64 * 64)
+    return [(y0, min(height, y0 + rows)) for y0 in range(0, height, rows)]
+
+
 def full_l(rgb: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 or uint16 RGB (H, W, 3) -> float32 L (1, H, W); a 16-bit master keeps its precision in L."""
-    return color.rgb_uint8_to_l(_as_chw(rgb))
+    """uint8 or uint16 RGB (H, W, 3) -> float32 L (1, H, W); a 16-bit master keeps its precision in L.
+    In row strips: the only full-size float is L itself (4 B/pixel)."""
+    chw = _as_chw(rgb)  # (3, H, W), a view
+    H, W = chw.shape[-2:]
+    L = torch.empty((1, H, W), dtype=torch.float32, device=chw.device)
+    for y0, y1 in strips(H, W):
+        L[:, y0:y1] = color.rgb_uint8_to_l(chw[:, y0:y1])
+    return L
 
 
 def render_l(L: torch.Tensor, render_size: int) -> torch.Tensor:
@@ -93,12 +115,14 @@ def compose_batch(L: torch.Tensor, ab_small: torch.Tensor, *, bits: int = 8) -> 
 
     Batched so that an accelerator composes a whole batch of same-size images in a few kernels.
     """
-    H, W = L.shape[-2:]
+    N, H, W = L.shape[0], *L.shape[-2:]
     ab = F.interpolate(ab_small.to(L), size=(H, W), mode="bilinear", align_corners=False)  # (N, 2, H, W)
-    rgb = color.lab_to_rgb_in_gamut(L, ab)  # (N, 3, H, W) in [0, 1]
-    if bits == 16:
-        return (rgb * 65535).round_().to(torch.uint16).permute(0, 2, 3, 1).contiguous()
-    return (rgb * 255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    scale, dtype = (65535, torch.uint16) if bits == 16 else (255, torch.uint8)
+    out = torch.empty((N, H, W, 3), dtype=dtype, device=L.device)
+    for y0, y1 in strips(H, W):  # Lab -> RGB and the gamut fit are per pixel: strips change no result
+        rgb = color.lab_to_rgb_in_gamut(L[..., y0:y1, :], ab[..., y0:y1, :])  # (N, 3, k, W) in [0, 1]
+        out[:, y0:y1] = (rgb * scale).round_().to(dtype).permute(0, 2, 3, 1)
+    return out
 
 
 def compose(L: torch.Tensor, ab_small: torch.Tensor, *, bits: int = 8) -> torch.Tensor:

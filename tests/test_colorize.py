@@ -89,3 +89,40 @@ def test_a_16_bit_master_keeps_16_bit_lightness():
     assert np.abs(_l_f64(out16[..., 1], 65536) - _l_f64(v, 65536)).max() < 5.3e-4 + 1e-4
     out8 = compose(L, grey_ab).numpy()
     assert np.abs(_l_f64(out8[..., 1], 256) - _l_f64(v, 65536)).max() > 0.1  # what 8 bits cannot keep
+
+
+def _whole_image_compose(L: torch.Tensor, ab_small: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """compose_batch as it was before strips (one whole-image pass): the reference strips must equal."""
+    import torch.nn.functional as F
+
+    ab = F.interpolate(ab_small.to(L), size=L.shape[-2:], mode="bilinear", align_corners=False)
+    rgb = color.lab_to_rgb_in_gamut(L, ab)
+    dtype, scale = (torch.uint16, 65535) if bits == 16 else (torch.uint8, 255)
+    return (rgb * scale).round_().to(dtype).permute(0, 2, 3, 1).contiguous()
+
+
+@pytest.mark.parametrize("shape", [(1031, 517), (700, 1), (3, 5), (129, 2047)])
+@pytest.mark.parametrize("strip_pixels", [1 << 12, 1 << 19])
+def test_strips_give_the_whole_image_results(monkeypatch, shape, strip_pixels):
+    """Full-res L and compose run in row strips (bounded memory for big masters); every result is bit-identical
+    to one whole-image pass: L exactly, and the composed RGB (so the gamut fit too), on odd sizes and on strips
+    that split the image in many places. One thread, as the pipeline's stages run: torch's SIMD loops then see
+    each pixel in the same lane either way (colorize.strips)."""
+    from raycolor import colorize as cz
+
+    monkeypatch.setattr(cz, "STRIP_PIXELS", strip_pixels)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        g = torch.Generator().manual_seed(shape[0])
+        rgb = torch.randint(0, 256, (*shape, 3), dtype=torch.uint8, generator=g).numpy()
+        whole_l = color.rgb_uint8_to_l(torch.from_numpy(rgb).permute(2, 0, 1))
+        if strip_pixels == 1 << 12 and shape[0] > 64 and shape[1] > 64:
+            assert len(cz.strips(*shape)) > 1  # the image really is cut, in several places
+        L = cz.full_l(rgb)
+        assert torch.equal(L, whole_l)
+        ab = (torch.rand(1, 2, 32, 32, generator=g) - 0.5) * 260  # much of it out of gamut
+        for bits in (8, 16):
+            assert torch.equal(cz.compose_batch(L[None], ab, bits=bits), _whole_image_compose(L[None], ab, bits))
+    finally:
+        torch.set_num_threads(threads)

@@ -1,0 +1,140 @@
+"""Memory of big masters: peak memory of a whole `raycolor colorize` run (driver, workers, object store) on
+archive-sized TIFF scans, above the same command on one tiny image, in bytes per pixel.
+
+Machine memory in use (MemTotal - MemAvailable, /proc/meminfo) is sampled every 0.3 s while the command runs,
+so everything the run holds counts: the driver, Ray's workers and its object store (shared memory). Each case
+runs as a user runs it: `raycolor colorize FOLDER --output OUT --checkpoint CKPT --format png`, a new local Ray
+each time. Cases (--cases, default all):
+
+    1x8     one 7200 x 5400 (39 MP) 8-bit grey scan          target <= 0.8 GB above the tiny run (~20 B/pixel)
+    24x8    24 of them                                        target <= 3 GB above the tiny run, <= 186 s
+    1x16    one 39 MP 16-bit grey scan (16-bit PNG out)
+    24x16   24 of them
+    100x16  one 100 MP (11,550 x 8,660) 16-bit scan         target: completes within 3 GB above the tiny run
+
+    .venv/bin/python bench/big_scans.py --cases 1x8 1x16        # a few minutes on 2 cores
+    .venv/bin/python bench/big_scans.py --json                  # everything (~15 min on 2 cores)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+CASES = {"1x8": (1, 8, (5400, 7200)), "24x8": (24, 8, (5400, 7200)), "1x16": (1, 16, (5400, 7200)),
+         "24x16": (24, 16, (5400, 7200)), "100x16": (1, 16, (8660, 11550))}
+
+
+def used_bytes() -> int:
+    info = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            k, v = line.split(":", 1)
+            info[k] = int(v.split()[0]) * 1024
+    return info["MemTotal"] - info["MemAvailable"]
+
+
+def scan(height: int, width: int, bits: int, seed: int) -> np.ndarray:
+    """A grey scan-like image: smooth shading plus film grain (compresses like a real scan, not like noise)."""
+    rng = np.random.default_rng(seed)
+    y = np.linspace(0, 1, height, dtype=np.float32)[:, None]
+    x = np.linspace(0, 1, width, dtype=np.float32)[None, :]
+    img = 0.5 + 0.3 * np.sin(6 * x + 3 * y + seed) * np.cos(4 * y)
+    img = img + rng.normal(0, 0.02, (height, width)).astype(np.float32)
+    top = 65535 if bits == 16 else 255
+    return np.clip(img * top, 0, top).astype(np.uint16 if bits == 16 else np.uint8)
+
+
+def write_scans(folder: Path, n: int, bits: int, size: tuple[int, int]) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    first = folder / "scan-000.tif"
+    Image.fromarray(scan(*size, bits, 0)).save(first, compression="tiff_deflate")
+    for i in range(1, n):  # the same pixels under other names: decoding cost is per file, not per content
+        (folder / f"scan-{i:03d}.tif").write_bytes(first.read_bytes())
+
+
+def run(cmd: list[str], log: Path) -> tuple[int, float, int]:
+    """(peak bytes in use while cmd runs, seconds, returncode)."""
+    peak, stop = [used_bytes()], threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.3):
+            peak[0] = max(peak[0], used_bytes())
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    t0 = time.perf_counter()
+    with open(log, "w") as out:
+        rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode
+    elapsed = time.perf_counter() - t0
+    stop.set()
+    t.join()
+    return peak[0], elapsed, rc
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more colorize flags, e.g. --memory-per-cpu 2GB")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    import torch
+    from PIL import Image
+
+    from raycolor import checkpoint
+    from raycolor.model import build_colorizer
+
+    raycolor = [sys.executable, "-m", "raycolor.cli", "colorize"]
+    figures: dict = {}
+    with tempfile.TemporaryDirectory(prefix="big-scans-") as tmp:
+        tmp = Path(tmp)
+        ckpt = str(tmp / "model")
+        torch.manual_seed(0)
+        checkpoint.save(ckpt, build_colorizer(weights=None), render_size=224)
+        (tmp / "tiny").mkdir()
+        Image.fromarray(scan(48, 64, 8, 0)).save(tmp / "tiny" / "tiny.tif")
+
+        def colorize(folder: Path, name: str) -> tuple[int, float, int]:
+            cmd = [*raycolor, str(folder), "--output", str(tmp / f"out-{name}"), "--checkpoint", ckpt,
+                   "--format", "png", *args.extra]
+            return run(cmd, tmp / f"{name}.log")
+
+        idle = used_bytes()
+        tiny_peak, tiny_s, rc = colorize(tmp / "tiny", "tiny")
+        assert rc == 0, (tmp / "tiny.log").read_text()[-2000:]
+        print(f"tiny run: {(tiny_peak - idle) / 1e9:.2f} GB above idle, {tiny_s:.1f} s", flush=True)
+        figures["tiny"] = {"above_idle_gb": round((tiny_peak - idle) / 1e9, 2), "seconds": round(tiny_s, 1)}
+        for case in args.cases:
+            n, bits, (h, w) = CASES[case]
+            folder = tmp / f"in-{case}"
+            write_scans(folder, n, bits, (h, w))
+            peak, secs, rc = colorize(folder, case)
+            log = (tmp / f"{case}.log").read_text()
+            above = peak - tiny_peak
+            row = {"scans": n, "bits": bits, "megapixels": round(h * w / 1e6, 1), "returncode": rc,
+                   "peak_above_tiny_gb": round(above / 1e9, 2), "bytes_per_pixel": round(above / (h * w), 1),
+                   "seconds": round(secs, 1)}
+            figures[case] = row
+            print(f"{case}: {n} x {h * w / 1e6:.0f} MP {bits}-bit -> peak {above / 1e9:.2f} GB above the tiny run "
+                  f"({above / (h * w):.0f} B/pixel of one scan), {secs:.0f} s, exit {rc}", flush=True)
+            if rc:
+                print(log[-1500:], flush=True)
+            for p in folder.iterdir():
+                p.unlink()
+    if args.json:
+        print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
