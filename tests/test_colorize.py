@@ -63,6 +63,11 @@ def test_l_packs_into_uint16_and_back_within_its_precision():
     raw = pack_l(L)
     assert len(raw) == 2 * 5 * 7
     assert torch.allclose(unpack_l(raw, 5, 7), L, atol=0.5 / L_SCALE + 1e-6)
+    # in strips (bounded memory) and exactly the one-pass formula, on a size that several strips cut
+    big = torch.rand(1, 1031, 1031, dtype=torch.float32) * 100
+    whole = (big[0].numpy() * L_SCALE).round().astype(np.uint16)
+    assert pack_l(big) == whole.tobytes()
+    assert torch.equal(unpack_l(whole.tobytes(), 1031, 1031), torch.from_numpy(whole.astype(np.float32) / L_SCALE)[None])
 
 
 def _l_f64(v: np.ndarray, levels: int) -> np.ndarray:
