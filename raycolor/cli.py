@@ -5,6 +5,7 @@ Ray and torch are imported inside the commands, so `raycolor --help` is instant.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
@@ -31,6 +32,19 @@ app = typer.Typer(
 )
 
 EXIT_USAGE = 2
+
+
+_UNITS = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9, "T": 1e12, "TB": 1e12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """"4GB", "512MiB", "1.5G", "2000000" -> bytes; a clear usage error otherwise."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    unit = m.group(2).upper() if m else None
+    if not m or unit not in _UNITS or float(m.group(1)) <= 0:
+        raise typer.BadParameter(f"{text!r} is not a size such as 4GB, 512MiB or 2000000000")
+    return int(float(m.group(1)) * _UNITS[unit])
 
 
 class Format(str, Enum):
@@ -322,6 +336,14 @@ def colorize(
             "Both mark the output as machine-colorized (IPTC DigitalSourceType, model id).",
         ),
     ] = MetadataMode(ColorizeConfig.metadata),
+    memory_per_cpu: Annotated[
+        Optional[str],
+        typer.Option(
+            "--memory-per-cpu",
+            help="Memory one decode/finish task may use, e.g. 4GB: tasks ask Ray for it, and a scan too big for it "
+            "alone is an error row (see docs/colorizing.md, sizing). Default: no budget.",
+        ),
+    ] = None,
     bit_depth: Annotated[
         BitDepth,
         typer.Option("--bit-depth", help="PNG/TIFF bits per sample: auto follows the input (16-bit masters stay 16-bit)."),
@@ -372,6 +394,7 @@ def colorize(
         format=format.value,
         metadata=metadata.value,
         bit_depth=bit_depth.value,
+        memory_per_cpu=parse_bytes(memory_per_cpu) if memory_per_cpu else None,
         png_level=png_level,
         jpeg_quality=jpeg_quality,
         batch_size=batch_size,

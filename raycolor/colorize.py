@@ -44,6 +44,10 @@ def orient(rgb: torch.Tensor, orientation: int) -> torch.Tensor:
     return rgb
 
 
+# Memory one image holds at full resolution in a decode or finish task, per pixel (bench/big_scans.py measured
+# a whole run at 23 B/pixel for an 8-bit scan and 41 for a 16-bit one): what --memory-per-cpu is divided by.
+BYTES_PER_PIXEL = {8: 24, 16: 40}
+
 # Full-resolution maths runs in row strips of about this many pixels, so a 39 MP scan needs ~50 MB of float
 # temporaries (Lab -> RGB and the gamut fit hold ~100 B/pixel) instead of ~4 GB (docs/performance.md).
 STRIP_PIXELS = 1 << 19

@@ -210,7 +210,9 @@ def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> n
     return _decode(data, max_pixels, "8", managed=True).rgb
 
 
-def decode(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, depth: Depth = "auto") -> DecodedImage:
+def decode(
+    data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, depth: Depth = "auto", limit: str = "the limit"
+) -> DecodedImage:
     """Decode to upright sRGB pixels plus the input's :class:`~raycolor.metadata.Metadata`.
 
     The policy and errors of :func:`decode_rgb`, plus colour management (module docstring). ``depth``:
@@ -223,10 +225,10 @@ def decode(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, depth: D
     """
     if depth not in ("auto", "8", "16"):
         raise ValueError(f"depth must be 'auto', '8' or '16', got {depth!r}")
-    return _decode(data, max_pixels, depth, managed=True)
+    return _decode(data, max_pixels, depth, managed=True, limit=limit)
 
 
-def _decode(data: bytes, max_pixels: int | None, depth: Depth, *, managed: bool) -> DecodedImage:
+def _decode(data: bytes, max_pixels: int | None, depth: Depth, *, managed: bool, limit: str = "the limit") -> DecodedImage:
     """One body for both decoders; ``managed`` adds metadata, 16-bit depth and colour management."""
     if data is None or len(data) == 0:
         raise DecodeError("not_an_image", "empty input")
@@ -242,7 +244,7 @@ def _decode(data: bytes, max_pixels: int | None, depth: Depth, *, managed: bool)
         pixels = width * height
         if max_pixels is not None and pixels > max_pixels:
             raise DecodeError(
-                "too_large", f"{width}x{height} = {pixels} pixels exceeds the limit of {max_pixels}"
+                "too_large", f"{width}x{height} = {pixels} pixels exceeds {limit} of {max_pixels}"
             )
         if not managed:
             _load(im, pixels, lift)
@@ -402,6 +404,7 @@ def read_decoded(
     io_concurrency: int = DEFAULT_IO_CONCURRENCY,
     peek: Callable[[bytes], Any] | None = None,
     depth: Depth = "8",
+    limit: str = "the limit",
 ) -> Iterator[Decoded]:
     """The one reading loop (colorize, evaluate and both training transforms): one :class:`Decoded` per item,
     in order.
@@ -429,7 +432,7 @@ def read_decoded(
             yield Decoded(data=data, peeked=peeked)
             continue
         try:
-            got = decode(data, max_pixels=max_pixels, depth=depth)
+            got = decode(data, max_pixels=max_pixels, depth=depth, limit=limit)
         except DecodeError as e:
             yield Decoded(error=str(e))
             continue

@@ -74,6 +74,7 @@ class ModelStage:
     keep_rgb: bool = False  # the decoded original travels along too (evaluate compares against it)
     depth: str = "8"  # images.decode's depth: "auto" keeps a 16-bit master at 16 bits (PNG/TIFF output)
     bits: str = "auto"  # composed output: "auto" (the decoded array's), "8" or "16"
+    memory_budget: int | None = None  # bytes a decode or finish task may hold (ColorizeConfig.memory_per_cpu)
 
     @property
     def compose_on_device(self) -> bool:
@@ -96,7 +97,21 @@ class ModelStage:
             encode_jpeg_quality=config.jpeg_quality if codec and config.format == "jpeg" else None,
             depth=config.decode_depth,
             bits=config.bit_depth if config.format in ("png", "tiff") else "8",
+            memory_budget=config.memory_per_cpu,
         )
+
+    def pixel_limit(self) -> tuple[int | None, str]:
+        """(most pixels an input may have, how to name that limit in its error row): --max-pixels, or fewer
+        when the memory budget holds fewer (at the bytes per pixel of the deepest image this stage decodes)."""
+        from raycolor.colorize import BYTES_PER_PIXEL
+
+        if not self.memory_budget:
+            return self.max_pixels, "the limit"
+        bpp = BYTES_PER_PIXEL[8 if self.depth == "8" else 16]
+        fits = self.memory_budget // bpp
+        if self.max_pixels is not None and self.max_pixels <= fits:
+            return self.max_pixels, "the limit"
+        return fits, f"what --memory-per-cpu {self.memory_budget / 1e9:.3g} GB holds at {bpp} B/pixel"
 
     def output_bits(self, decoded_bits: int) -> int:
         """Bits per sample of a composed image whose input decoded at `decoded_bits`."""
@@ -118,7 +133,8 @@ def _decode_batch(batch: dict, *, stage: ModelStage) -> dict:
     from raycolor.colorize import pack_l, prepare
 
     torch.set_num_threads(1)  # one task per CPU slot; torch must not oversubscribe the node
-    render_size, max_pixels, storage = stage.render_size, stage.max_pixels, stage.storage
+    render_size, storage = stage.render_size, stage.storage
+    max_pixels, limit = stage.pixel_limit()
     n = len(batch["source"])
     l_full = np.empty(n, dtype=object)
     original = np.full(n, b"", dtype=object)
@@ -155,6 +171,7 @@ def _decode_batch(batch: dict, *, stage: ModelStage) -> dict:
         io_concurrency=storage.io_concurrency,
         peek=peek,
         depth=stage.depth,
+        limit=limit,
     )
     for i, got in zip(rows, decoded):
         if got.error is not None:
@@ -661,6 +678,8 @@ def predicted_dataset(items, stage: ModelStage, *, total: int | None = None):
         # Pillow decoding would run inside the single model process. A task pool sized to the cluster's
         # CPUs (never the actor count) keeps the stages apart, and is the right cap for decoding anyway.
         compute=TaskPoolStrategy(size=cpus if cpus != n_actors else cpus + 1),
+        # a budget: each task asks Ray for it, so a node runs only as many decodes as its memory holds
+        **({"memory": stage.memory_budget} if stage.memory_budget else {}),
     )
     return ds.map_batches(
         Predictor,
@@ -707,6 +726,7 @@ def build_dataset(shards: list[ledger.Shard], config: ColorizeConfig, *, output:
         batch_size=None,
         num_cpus=0 if one_node else 1,
         compute=TaskPoolStrategy(size=runtime.cluster_cpus()) if one_node else None,
+        **({"memory": config.memory_per_cpu} if config.memory_per_cpu else {}),
         fn_kwargs={"config": config, "stage": stage, "output": output, "model_id": model_id},
     )
 
@@ -755,11 +775,14 @@ def colorize(
         raise ValueError(f"metadata must be keep or strip, not {config.metadata!r}")
     if config.bit_depth not in ("auto", "8", "16"):
         raise ValueError(f"bit depth must be auto, 8 or 16, not {config.bit_depth!r}")
+    if config.memory_per_cpu is not None and config.memory_per_cpu < 1:
+        raise ValueError(f"memory per CPU must be positive, got {config.memory_per_cpu}")
     if config.bit_depth == "16" and config.format not in ("png", "tiff"):
         raise ValueError(f"--bit-depth 16 needs PNG or TIFF output: {config.format} holds 8 bits per sample")
     roots = classify_inputs(config)
     runtime.ensure_ray()
     runtime.check_output_reachable(output, shared=config.storage.shared_output)
+    runtime.check_memory_request(config.memory_per_cpu)
     if config.gpus and ray.cluster_resources().get("GPU", 0) < config.gpus:
         raise ValueError(
             f"--gpus {config.gpus} but the cluster has {int(ray.cluster_resources().get('GPU', 0))} GPU(s)"
@@ -858,6 +881,7 @@ def _colorize_locked(config, output, meta, render_size, start, on_rows, on_total
         "format": config.format,
         "metadata": config.metadata,
         "bit_depth": config.bit_depth,
+        "memory_per_cpu": config.memory_per_cpu,
         "png_level": config.png_level,
         "jpeg_quality": config.jpeg_quality,
         "batch_size": config.batch_size,

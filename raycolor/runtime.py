@@ -103,6 +103,20 @@ def data_context():
         return DataContext.get_current()
 
 
+def check_memory_request(per_task: int | None) -> None:
+    """Refuse a per-task memory request that no node can grant: Ray would queue those tasks for ever."""
+    if not per_task:
+        return
+    import ray
+
+    largest = max((n["Resources"].get("memory", 0) for n in ray.nodes() if n.get("Alive")), default=0)
+    if per_task > largest:
+        raise ValueError(
+            f"--memory-per-cpu {per_task / 1e9:.3g} GB is more than the largest node's memory for tasks "
+            f"({largest / 1e9:.3g} GB): no decode or finish task could ever be scheduled"
+        )
+
+
 def cluster_cpus() -> int:
     """CPUs of the connected cluster (at least 1): what CPU task pools and block sizes are sized by."""
     import ray

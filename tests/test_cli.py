@@ -219,3 +219,15 @@ def test_unreachable_s3_endpoint_is_exit_2(no_connect, s3_env, tiny_ckpt, tmp_pa
 
 
 # A local OUTPUT refused on a multi-node cluster: tests/test_chaos.py (it shares that file's 3-node cluster).
+
+
+def test_memory_sizes_parse_like_a_person_writes_them():
+    import typer
+
+    from raycolor.cli import parse_bytes
+
+    assert parse_bytes("4GB") == 4_000_000_000 and parse_bytes("512MiB") == 512 * 2**20
+    assert parse_bytes("1.5G") == 1_500_000_000 and parse_bytes("2000000") == 2_000_000
+    for bad in ("lots", "4 parsecs", "-1GB", "0"):
+        with pytest.raises(typer.BadParameter):
+            parse_bytes(bad)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import tarfile
@@ -212,3 +213,29 @@ def test_device_codec_path_matches_the_cpu_path(ray_local, tiny_ckpt, tmp_path, 
         assert np.abs(a - b).max() <= (8 if fmt == "jpeg" else 1), name  # two JPEG encoders may differ a little
         src = Path(row["source"]).read_bytes()
         assert (lightness(Path(dev[name]["output"]).read_bytes()) - lightness(src)).abs().mean() < (2.0 if fmt == "jpeg" else 0.5)
+
+
+def test_a_scan_over_the_memory_budget_is_an_error_row_and_the_rest_fit(ray_local, tiny_ckpt, tmp_path):
+    """--memory-per-cpu: decode and finish tasks ask Ray for that much memory (the run still schedules and
+    finishes), and an image whose working set is over it alone is a "too_large" row that names the budget;
+    not a transient error, so --retry-errors does not send it back into memory trouble."""
+    from raycolor.colorize import BYTES_PER_PIXEL
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(inp / f"small{i}.png")
+    Image.fromarray(rng.integers(0, 256, (1500, 2000), dtype=np.uint8), "L").save(inp / "big.png")
+    budget = 32 * 2**20  # holds 32 MiB / 40 B = 0.84 MP (depth auto: the 16-bit rate); the big scan is 3 MP
+    assert 48 * 64 * BYTES_PER_PIXEL[16] < budget < 1500 * 2000 * BYTES_PER_PIXEL[8]
+    cfg = ColorizeConfig(inputs=(str(inp),), output=str(tmp_path / "out"), checkpoint=tiny_ckpt, batch_size=2,
+                         memory_per_cpu=budget)
+    s = colorize(cfg)
+    assert (s.ok, s.error) == (3, 1) and s.settings["memory_per_cpu"] == budget
+    rows = {Path(r["source"]).name: r for r in read_manifest(str(tmp_path / "out")).to_pylist()}
+    assert rows["big.png"]["error"].startswith("too_large: 2000x1500 = 3000000 pixels exceeds what --memory-per-cpu")
+    again = colorize(dataclasses.replace(cfg, retry_errors="transient"))
+    assert again.processed == 0
+    with pytest.raises(ValueError, match="largest node"):
+        colorize(dataclasses.replace(cfg, memory_per_cpu=10**15))
