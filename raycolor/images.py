@@ -113,7 +113,6 @@ __all__ = [
     "Depth",
     "decode",
     "decode_rgb",
-    "encode",
     "encode_jpeg",
     "encode_png",
     "extension",
@@ -207,7 +206,7 @@ def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> n
 
     See the module docstring for the policy. Raises :class:`DecodeError`.
     """
-    return _decode(data, max_pixels, "8", managed=True).rgb
+    return decode(data, max_pixels=max_pixels, depth="8").rgb
 
 
 def decode(
@@ -225,11 +224,10 @@ def decode(
     """
     if depth not in ("auto", "8", "16"):
         raise ValueError(f"depth must be 'auto', '8' or '16', got {depth!r}")
-    return _decode(data, max_pixels, depth, managed=True, limit=limit)
+    return _decode(data, max_pixels, depth, limit)
 
 
-def _decode(data: bytes, max_pixels: int | None, depth: Depth, *, managed: bool, limit: str = "the limit") -> DecodedImage:
-    """One body for both decoders; ``managed`` adds metadata, 16-bit depth and colour management."""
+def _decode(data: bytes, max_pixels: int | None, depth: Depth, limit: str) -> DecodedImage:
     if data is None or len(data) == 0:
         raise DecodeError("not_an_image", "empty input")
     if max_pixels is not None and max_pixels < 1:
@@ -246,10 +244,6 @@ def _decode(data: bytes, max_pixels: int | None, depth: Depth, *, managed: bool,
             raise DecodeError(
                 "too_large", f"{width}x{height} = {pixels} pixels exceeds {limit} of {max_pixels}"
             )
-        if not managed:
-            _load(im, pixels, lift)
-            im = _apply_orientation(im)
-            return DecodedImage(_to_rgb_array(im), Metadata())
         meta = _read_meta(im, pixels, lift)
         mode, icc = im.mode, im.info.get("icc_profile")
         rgb48 = None
@@ -810,27 +804,6 @@ def encode_jpeg(rgb: np.ndarray, *, quality: int = 92) -> bytes:
     buf = io.BytesIO()
     _rgb_image(rgb).save(buf, format="JPEG", quality=quality, subsampling="4:2:0", optimize=False)
     return buf.getvalue()
-
-
-def _check_format(fmt: str) -> Literal["png", "jpeg"]:
-    if fmt == "png":
-        return "png"
-    if fmt in ("jpeg", "jpg"):
-        return "jpeg"
-    raise ValueError(f"unknown output format {fmt!r} (expected 'png' or 'jpeg')")
-
-
-def encode(
-    rgb: np.ndarray,
-    fmt: Literal["png", "jpeg"],
-    *,
-    png_level: int = 1,
-    jpeg_quality: int = 92,
-) -> bytes:
-    """Encode with the output format chosen in the config (``ColorizeConfig.format``)."""
-    if _check_format(fmt) == "png":
-        return encode_png(rgb, level=png_level)
-    return encode_jpeg(rgb, quality=jpeg_quality)
 
 
 _EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "jpg": ".jpg", "tiff": ".tif", "tif": ".tif", "webp": ".webp"}

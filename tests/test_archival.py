@@ -8,7 +8,6 @@ both layouts, and land in the manifest's `bit_depth` and `metadata` columns.
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 from pathlib import Path
@@ -65,23 +64,13 @@ def archive(tmp_path_factory):
 
     bad = d / "bad"
     bad.mkdir()
-    rgb = tm._noise(32, 24, 5)
-    maker = Image.Exif()
-    maker[0x010F] = "Acme"
-    maker[0x8769] = {0x9003: "1950:06:01 05:30:00", 0x927C: bytes(range(7, 250)) * 2}
-    with Image.open(io.BytesIO(tm._save(rgb, "JPEG", exif=maker.tobytes()))) as im:
-        exif = im.info["exif"]
-    wrong_iim = tm._iim((1, 90, b"\x1b%G"), (2, 0, b"\0\x04"), (2, 120, "Café au lait".encode("latin-1")))
-    corpus = {
-        "corrupt_exif.jpg": tm._jpeg_with_segment(rgb, 0xE1, b"Exif\0\0" + b"this is no TIFF header" * 3),
-        "makernote.jpg": tm._save(rgb, "JPEG", exif=maker.tobytes()),
-        "big_xmp.png": tm._png_with_xmp(rgb, tm._xmp_packet("x" * 70_000)),
-        "wrong_iptc.jpg": tm._jpeg_with_segment(rgb, 0xED, b"Photoshop 3.0\0" + metadata._irb(0x0404, wrong_iim)),
-        "refused_icc.jpg": tm._save(rgb, "JPEG", icc_profile=b"not an ICC profile at all " * 8),
-        "truncated_exif.jpg": tm._jpeg_with_segment(rgb, 0xE1, exif[: len(exif) * 3 // 5]),
-    }
-    for name, data in corpus.items():
-        (bad / name).write_bytes(data)
+    exif = Image.Exif()  # a valid block for the corpus to cut short
+    exif[0x010F] = "Acme"
+    exif[0x8769] = {0x9003: "1950:06:01 05:30:00"}
+    inputs, _ = tm.bad_metadata_inputs(tm._noise(32, 24, 5), exif.tobytes())
+    for name, (data, _) in inputs.items():
+        suffix = ".png" if data.startswith(b"\x89PNG") else ".jpg"
+        (bad / f"{name}{suffix}").write_bytes(data)
     return good, bad
 
 
@@ -125,7 +114,7 @@ def test_jpeg_to_jpeg_keeps_every_group_and_says_a_model_coloured_it(ray_local, 
     good, bad = archive
     s, rows = _run(tiny_ckpt, [good / "photo.jpg", bad], tmp_path / "out", format="jpeg", device_codec=device_codec)
     assert s.settings["device_codec"] is device_codec
-    assert s.error == 0 and s.ok == len(rows) == 7
+    assert s.error == 0 and s.ok == len(rows) == 8
     row = rows["photo.jpg"]
     assert (row["width"], row["height"]) == (STORED[1], STORED[0]) and row["bit_depth"] == 8
     report = json.loads(row["metadata"])
@@ -138,6 +127,7 @@ def test_jpeg_to_jpeg_keeps_every_group_and_says_a_model_coloured_it(ray_local, 
         "corrupt_exif.jpg": ("exif", "corrupt"),
         "makernote.jpg": ("exif.MakerNote", "dropped"),
         "big_xmp.png": ("xmp", "exceeds a JPEG APP1 segment"),
+        "unparseable_xmp.png": ("xmp", "unparseable"),
         "refused_icc.jpg": ("icc", "LittleCMS refused"),
         "truncated_exif.jpg": ("exif.", "truncated or corrupt"),
     }

@@ -487,18 +487,9 @@ def _xmp_packet(description: str) -> bytes:
     ).encode()
 
 
-@pytest.fixture(scope="module")
-def bad_corpus(tmp_path_factory):
-    """Six kinds of bad metadata, each decoded and encoded; exiftool's reading of every output."""
-    if EXIFTOOL is None:
-        pytest.skip(NO_EXIFTOOL)
-    d = tmp_path_factory.mktemp("badmeta")
-    rgb = _noise(32, 24, 5)
-    good = d / "good.jpg"
-    good.write_bytes(_save(rgb, "JPEG"))
-    _exiftool_write([good], *(f"-{k}={v}" for k, v in TAGS.items() if not k.startswith(("IPTC", "XMP"))))
-    with Image.open(good) as im:
-        exif = im.info["exif"]
+def bad_metadata_inputs(rgb: np.ndarray, exif: bytes) -> tuple[dict[str, tuple[bytes, str]], bytes]:
+    """Issue 21's bad-metadata corpus around `rgb`: name -> (file bytes, output format), and the IPTC block
+    in a wrong encoding that must come back verbatim. `exif`: a valid EXIF block to cut short."""
     maker = Image.Exif()
     maker[0x010F] = "Acme"
     maker[0x8769] = {0x9003: "1950:06:01 05:30:00", 0x927C: bytes(range(7, 250)) * 2}
@@ -512,6 +503,22 @@ def bad_corpus(tmp_path_factory):
         "truncated_exif": (_jpeg_with_segment(rgb, 0xE1, exif[: len(exif) * 3 // 5]), "jpeg"),
         "unparseable_xmp": (_png_with_xmp(rgb, b"<x:xmpmeta><rdf:RDF>unclosed"), "png"),
     }
+    return inputs, wrong_iim
+
+
+@pytest.fixture(scope="module")
+def bad_corpus(tmp_path_factory):
+    """Six kinds of bad metadata, each decoded and encoded; exiftool's reading of every output."""
+    if EXIFTOOL is None:
+        pytest.skip(NO_EXIFTOOL)
+    d = tmp_path_factory.mktemp("badmeta")
+    rgb = _noise(32, 24, 5)
+    good = d / "good.jpg"
+    good.write_bytes(_save(rgb, "JPEG"))
+    _exiftool_write([good], *(f"-{k}={v}" for k, v in TAGS.items() if not k.startswith(("IPTC", "XMP"))))
+    with Image.open(good) as im:
+        exif = im.info["exif"]
+    inputs, wrong_iim = bad_metadata_inputs(rgb, exif)
     results, paths = {}, []
     for name, (data, fmt) in inputs.items():
         dec = decode(data)
