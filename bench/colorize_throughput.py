@@ -376,14 +376,14 @@ def stage_functions(paths: list[Path], ckpt: str, args, model) -> dict:
         dec, fin = [], []
         for _ in range(3):  # the first round pays imports and first-write costs; keep the best
             t0, c0 = time.perf_counter(), time.thread_time()
-            decoded = rc._decode_batch(items, stage=stage)
+            decoded = rc.decode_batch(items, stage=stage)
             dec.append((time.perf_counter() - t0, time.thread_time() - c0))
             predicted = pred(decoded)
             with tempfile.TemporaryDirectory() as tmp:
                 t0, c0 = time.perf_counter(), time.thread_time()
-                rc._finish_batch(predicted, config=config, stage=stage, output=tmp, model_id="bench")
+                rc.finish_batch(predicted, config=config, stage=stage, output=tmp, model_id="bench")
                 fin.append((time.perf_counter() - t0, time.thread_time() - c0))
-        for name, xs in (("decode stage (_decode_batch)", dec), (f"finish stage (_finish_batch, {args.format})", fin)):
+        for name, xs in (("decode stage (decode_batch)", dec), (f"finish stage (finish_batch, {args.format})", fin)):
             res[name] = {"wall": round(min(w for w, _ in xs) / len(listed) * 1e3, 3),
                          "cpu": round(min(c for _, c in xs) / len(listed) * 1e3, 3)}
         return res

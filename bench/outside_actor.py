@@ -1,8 +1,8 @@
 """CPU per image spent outside the model actor, 640x480 JPEG -> JPEG, device codec on and off.
 
 The budget (issue 11): a 16-core GPU node at 4,000 images/s leaves 16 / 4,000 = 4 ms of CPU per image for
-everything outside the GPU. The CPU work outside the actor is the decode stage (`_decode_batch`: read the
-file, and without the device codec decode + prepare L) and the finish stage (`_finish_batch`: without the
+everything outside the GPU. The CPU work outside the actor is the decode stage (`decode_batch`: read the
+file, and without the device codec decode + prepare L) and the finish stage (`finish_batch`: without the
 device codec encode the RGB the actor composed; then write the file and the manifest rows). Both run here
 single-threaded on one batch, CPU time (`thread_time`), best of 3, exactly as the pipeline calls them with
 `--gpus N` (stage.gpus > 0: the actor composes full-res RGB) and `--device-codec off|on`. The actor's own
@@ -123,12 +123,12 @@ def main() -> None:
             dec, fin = [], []
             for _ in range(5):  # the first round pays imports and first writes; keep the best
                 c0 = time.thread_time()
-                decoded = rc._decode_batch(batch, stage=stage)
+                decoded = rc.decode_batch(batch, stage=stage)
                 dec.append(time.thread_time() - c0)
                 predicted = actor(decoded)
                 with tempfile.TemporaryDirectory(dir=tmp) as out:
                     c0 = time.thread_time()
-                    rc._finish_batch(predicted, config=config, stage=stage, output=out, model_id="bench")
+                    rc.finish_batch(predicted, config=config, stage=stage, output=out, model_id="bench")
                     fin.append(time.thread_time() - c0)
             d, f = min(dec) / n * 1e3, min(fin) / n * 1e3
             figures[name] = {"decode_stage_cpu_ms": round(d, 2), "finish_stage_cpu_ms": round(f, 2),

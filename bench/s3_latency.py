@@ -172,7 +172,7 @@ def raw_reads(fs, bucket: str, n: int, proxy, latency_s: float, concurrency: int
 
 def stage_profile(bucket: str, proxy, ckpt: str, args, latency_s: float, concurrency: int) -> dict:
     """Wall ms per batch of the two Ray CPU stage functions, called here without Ray (best of 3 batches, so
-    other users' load counts little): ``_decode_batch`` (reads + decode) and ``_finish_batch`` (encode +
+    other users' load counts little): ``decode_batch`` (reads + decode) and ``finish_batch`` (encode +
     image writes + manifest part), at 0 ms, at ``latency_s`` with ``concurrency``, and at ``latency_s``
     one request at a time."""
     import torch
@@ -210,11 +210,11 @@ def stage_profile(bucket: str, proxy, ckpt: str, args, latency_s: float, concurr
         dec, fin = [], []
         for k in range(3):
             t0 = time.perf_counter()
-            decoded = rc._decode_batch(batch(k), stage=stage)
+            decoded = rc.decode_batch(batch(k), stage=stage)
             dec.append(time.perf_counter() - t0)
             predicted = pred(decoded)
             t0 = time.perf_counter()
-            rc._finish_batch(predicted, config=config, stage=stage, output=output, model_id="bench")
+            rc.finish_batch(predicted, config=config, stage=stage, output=output, model_id="bench")
             fin.append(time.perf_counter() - t0)
         out[name] = {"decode_ms_per_batch": round(min(dec) * 1e3, 1), "finish_ms_per_batch": round(min(fin) * 1e3, 1)}
         print(f"  stages {name:<16} decode {out[name]['decode_ms_per_batch']:7.1f} ms, finish "

@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
             finetune_blocks=2,
         )
         ray_train.validate_config(config)
-        _, threads = ray_train._worker_resources(config)  # what each CPU worker gets, for a like-for-like raw rate
+        _, threads = ray_train.worker_resources(config)  # what each CPU worker gets, for a like-for-like raw rate
         raw = raw_rate(
             image_size=args.image_size,
             batch_size=args.batch_size,

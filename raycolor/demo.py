@@ -58,10 +58,10 @@ def sample_photos() -> list[Path]:
 def _resolve_weights(weights: str | None, echo: Callable[[str], None]) -> str | None:
     if weights is None or str(weights).lower() == "none":
         return None
-    from raycolor.model import WeightsUnavailableError, _load_weights
+    from raycolor.model import WeightsUnavailableError, load_weights
 
     try:
-        _load_weights(weights)
+        load_weights(weights)
     except WeightsUnavailableError as e:
         if str(weights) != "imagenet":
             raise

@@ -161,23 +161,23 @@ def classify(uri: str, *, s3_endpoint: str | None = None) -> RootPlan:
         raise sources.InputError(f"empty input URI: {uri!r}")
     uri = uri.strip()
     fs, path = sources.filesystem(uri, s3_endpoint=s3_endpoint)
-    root = sources._to_uri(fs, path, uri)
+    root = sources.to_uri(fs, path, uri)
     if _is_glob(uri):
         found = sorted(fs.glob(path))
         objs = []
         for p in found:
-            suffix = sources._suffix(p)
+            suffix = sources.suffix(p)
             kind = {".tar": "tar", ".parquet": "parquet", ".txt": "txt"}.get(suffix)
             if kind:
-                objs.append((kind, sources._to_uri(fs, p, uri), _tag(fs.info(p))))
+                objs.append((kind, sources.to_uri(fs, p, uri), _tag(fs.info(p))))
         if not objs:
             raise sources.InputError(f"no .tar/.parquet/.txt objects match {sources.redact(uri)}")
         return RootPlan(root=root, kind="objects", objects=tuple(objs))
     try:
-        info = sources._retrying(lambda: fs.info(path), 3)
+        info = sources.retrying(lambda: fs.info(path), 3)
     except Exception as exc:
-        raise sources._input_error("read", uri, exc) from exc
-    suffix = sources._suffix(path)
+        raise sources.input_error("read", uri, exc) from exc
+    suffix = sources.suffix(path)
     if info.get("type") == "directory":
         return RootPlan(root=root, kind="folder")  # listed in tasks (list_group), or by list_folder
     if suffix in sources.TAR_SUFFIXES:
@@ -193,9 +193,9 @@ def find_files(uri: str, *, s3_endpoint: str | None = None) -> list[str]:
     """Every file below ``uri`` (recursive, paged by the store's client), as filesystem paths."""
     fs, path = sources.filesystem(uri, s3_endpoint=s3_endpoint)
     try:
-        return list(sources._retrying(lambda: fs.find(path, withdirs=False), 3))
+        return list(sources.retrying(lambda: fs.find(path, withdirs=False), 3))
     except Exception as exc:
-        raise sources._input_error("list", uri, exc) from exc
+        raise sources.input_error("list", uri, exc) from exc
 
 
 def images_below(fs, root: str, paths: Iterable[str], *, s3_endpoint: str | None = None, exclude: Iterable[str] = ()
@@ -207,9 +207,9 @@ def images_below(fs, root: str, paths: Iterable[str], *, s3_endpoint: str | None
     prefix = sources.filesystem(root, s3_endpoint=s3_endpoint)[1]
     prefix = (prefix.replace(os.sep, "/") if local else prefix).rstrip("/") + "/"
     skip = [x for x in (_fs_path(e, s3_endpoint) for e in exclude) if x.startswith(prefix)]
-    images = [p for p in (p.replace(os.sep, "/") if local else p for p in paths) if p.startswith(prefix) and sources._is_image(p)]
+    images = [p for p in (p.replace(os.sep, "/") if local else p for p in paths) if p.startswith(prefix) and sources.is_image(p)]
     items = [
-        sources.Item(source=sources._to_uri(fs, p, root), relpath=sources.sanitize_relpath(p[len(prefix):]), uri=sources._to_uri(fs, p, root))
+        sources.Item(source=sources.to_uri(fs, p, root), relpath=sources.sanitize_relpath(p[len(prefix):]), uri=sources.to_uri(fs, p, root))
         for p in images
         if not _is_under(p, skip)
     ]
@@ -239,9 +239,9 @@ def list_folder(root: str, *, s3_endpoint: str | None = None) -> RootPlan:
         return RootPlan(root=root, kind="listing", items=tuple(items))
     objs = []
     for p in paths:
-        kind = {".tar": "tar", ".parquet": "parquet", ".txt": "txt"}.get(sources._suffix(p))
+        kind = {".tar": "tar", ".parquet": "parquet", ".txt": "txt"}.get(sources.suffix(p))
         if kind and not posixpath.basename(p).startswith((".", "_")):
-            objs.append((kind, sources._to_uri(fs, p, root), _tag(sources._retrying(lambda p=p: fs.info(p), 3))))
+            objs.append((kind, sources.to_uri(fs, p, root), _tag(sources.retrying(lambda p=p: fs.info(p), 3))))
     if objs:
         return RootPlan(root=root, kind="objects", objects=tuple(objs))
     raise no_images(root)
@@ -263,7 +263,7 @@ def size_object(kind: str, uri: str, tag: str, *, root: str, shard_size: int, s3
         except sources.InputError:
             raise
         except Exception as exc:
-            raise sources._input_error("read", uri, exc) from exc
+            raise sources.input_error("read", uri, exc) from exc
         if rows == 0:
             raise sources.InputError(f"empty manifest (no URIs): {sources.redact(uri)}")
         return [
@@ -272,7 +272,7 @@ def size_object(kind: str, uri: str, tag: str, *, root: str, shard_size: int, s3
             for a in range(0, rows, shard_size)
         ]
     # txt: one pass over the lines, cutting every shard_size entries at a line start
-    raw = sources._retrying(lambda: fs.cat_file(path), 3)
+    raw = sources.retrying(lambda: fs.cat_file(path), 3)
     shards, start, n, pos = [], 0, 0, 0
     bom = 3 if raw.startswith(b"\xef\xbb\xbf") else 0
     start = pos = bom
@@ -352,9 +352,9 @@ def expand(shard: Shard, *, s3_endpoint: str | None = None, retries: int = 5) ->
         return sources.dedupe(sources.list_tar(shard.uri, s3_endpoint=s3_endpoint))
     fs, path = sources.filesystem(shard.uri, s3_endpoint=s3_endpoint)
     if shard.kind == "listing":
-        return _listing_items(sources._retrying(lambda: pq.read_table(io.BytesIO(fs.cat_file(path))), retries))
+        return _listing_items(sources.retrying(lambda: pq.read_table(io.BytesIO(fs.cat_file(path))), retries))
     if shard.kind == "parquet":
-        t = sources._retrying(lambda: _parquet_rows(fs, path, shard.start, shard.stop, ["uri", "relpath"]), retries)
+        t = sources.retrying(lambda: _parquet_rows(fs, path, shard.start, shard.stop, ["uri", "relpath"]), retries)
         uris = [u for u in t.column("uri").to_pylist()]
         items = sources.manifest_items(shard.uri, [u for u in uris if u], s3_endpoint=s3_endpoint)
         if "relpath" in t.column_names:  # a listing saved by `raycolor list` keeps the folder's relpaths
@@ -362,7 +362,7 @@ def expand(shard: Shard, *, s3_endpoint: str | None = None, retries: int = 5) ->
             items = [sources.Item(source=i.source, relpath=sources.sanitize_relpath(r) if r else i.relpath, uri=i.uri) for i, r in zip(items, rel)]
         return sources.dedupe(items)
     if shard.kind == "txt":
-        raw = sources._retrying(lambda: fs.cat_file(path, start=shard.start, end=shard.stop), retries)
+        raw = sources.retrying(lambda: fs.cat_file(path, start=shard.start, end=shard.stop), retries)
         lines = [ln.strip() for ln in raw.decode("utf-8", "replace").splitlines()]
         return sources.dedupe(sources.manifest_items(shard.uri, [ln for ln in lines if ln and not ln.startswith("#")], s3_endpoint=s3_endpoint))
     raise ValueError(f"unknown shard kind {shard.kind!r}")
@@ -431,7 +431,7 @@ def namespace_for(root: str) -> str:
 def _ls(output: str, folder: str, *, s3_endpoint) -> list[str]:
     fs, path = sources.filesystem(sources.join_uri(output, folder), s3_endpoint=s3_endpoint)
     try:
-        return sorted(sources._retrying(lambda: fs.ls(path, detail=False), 3))
+        return sorted(sources.retrying(lambda: fs.ls(path, detail=False), 3))
     except FileNotFoundError:
         return []
 
@@ -448,7 +448,7 @@ def read_stats(output: str, ids: Iterable[str], *, s3_endpoint=None) -> dict[str
         return {}
     fs, _ = sources.filesystem(output, s3_endpoint=s3_endpoint)
     paths = {sources.filesystem(stats_uri(output, i), s3_endpoint=s3_endpoint)[1]: i for i in ids}
-    blobs = sources._retrying(lambda: fs.cat(list(paths)), 3)  # s3fs: one batch of concurrent GETs
+    blobs = sources.retrying(lambda: fs.cat(list(paths)), 3)  # s3fs: one batch of concurrent GETs
     return {paths[p]: json.loads(b) for p, b in blobs.items()}
 
 
@@ -458,7 +458,7 @@ def read_roots(output: str, *, s3_endpoint=None) -> dict[str, dict]:
     if not names:
         return {}
     fs, _ = sources.filesystem(output, s3_endpoint=s3_endpoint)
-    blobs = sources._retrying(lambda: fs.cat(names), 3)
+    blobs = sources.retrying(lambda: fs.cat(names), 3)
     records = [json.loads(b) for b in blobs.values()]
     return {r["root"]: r for r in records}
 
@@ -540,11 +540,11 @@ def acquire_lock(output: str, *, force: bool = False, s3_endpoint=None) -> dict:
     for _ in range(3):
         # retried on transient errors: a PUT that reached the store but lost its answer comes back as
         # "exists", and the token read below tells that the lock is ours
-        if sources._retrying(lambda: _create_exclusive(uri, json.dumps(me).encode(), s3_endpoint=s3_endpoint), 5):
+        if sources.retrying(lambda: _create_exclusive(uri, json.dumps(me).encode(), s3_endpoint=s3_endpoint), 5):
             return me
         fs, path = sources.filesystem(uri, s3_endpoint=s3_endpoint)
         try:
-            held = json.loads(sources._retrying(lambda: fs.cat_file(path), 5))
+            held = json.loads(sources.retrying(lambda: fs.cat_file(path), 5))
         except FileNotFoundError:
             continue  # released meanwhile: try again
         except Exception:
@@ -568,7 +568,7 @@ def release_lock(output: str, lock: dict, *, s3_endpoint=None) -> None:
     uri = lock_uri(output)
     fs, path = sources.filesystem(uri, s3_endpoint=s3_endpoint)
     try:
-        held = json.loads(sources._retrying(lambda: fs.cat_file(path), 5))
+        held = json.loads(sources.retrying(lambda: fs.cat_file(path), 5))
     except Exception:
         return
     if held.get("token") == lock.get("token"):
@@ -636,7 +636,7 @@ def list_group(group: ListGroup, *, chunk_uri: str, shard_size: int, fan_out: bo
         excluded = [x for x in (_fs_path(e, s3_endpoint) for e in group.exclude) if x.startswith(prefix)]
         try:
             if fan_out:
-                entries = sorted(sources._retrying(lambda fs=fs, path=path: fs.ls(path, detail=True), retries), key=lambda e: e["name"])
+                entries = sorted(sources.retrying(lambda fs=fs, path=path: fs.ls(path, detail=True), retries), key=lambda e: e["name"])
                 files = [e["name"] for e in entries if e.get("type") != "directory"]
                 for e in entries:
                     sub = (e["name"].replace(os.sep, "/") if isinstance(fs, LocalFileSystem) else e["name"]).rstrip("/")
@@ -646,11 +646,11 @@ def list_group(group: ListGroup, *, chunk_uri: str, shard_size: int, fan_out: bo
                         found[root] += 1  # its images belong to another input, which lists them
                         continue
                     key = sources.sanitize_relpath(sub[len(prefix):]).lower()
-                    children.setdefault(key, []).append((root, sources._to_uri(fs, e["name"], root)))
+                    children.setdefault(key, []).append((root, sources.to_uri(fs, e["name"], root)))
             else:
-                files = sources._retrying(lambda fs=fs, path=path: fs.find(path, withdirs=False), retries)
+                files = sources.retrying(lambda fs=fs, path=path: fs.find(path, withdirs=False), retries)
         except Exception as exc:
-            raise sources._input_error("list", folder, exc) from exc
+            raise sources.input_error("list", folder, exc) from exc
         mine, n = images_below(fs, root, files, s3_endpoint=s3_endpoint, exclude=group.exclude)
         found[root] += n
         tagged += [(root, i) for i in mine]
@@ -695,7 +695,7 @@ def write_bin(root: str, chunk_uri: str, *tables: pa.Table, s3_endpoint: str | N
 def _write_if_changed(uri: str, data: bytes, *, s3_endpoint: str | None, retries: int) -> None:
     fs, path = sources.filesystem(uri, s3_endpoint=s3_endpoint)
     try:
-        if sources._retrying(lambda: fs.cat_file(path), retries) == data:
+        if sources.retrying(lambda: fs.cat_file(path), retries) == data:
             return
     except FileNotFoundError:
         pass
@@ -706,6 +706,6 @@ def remove_stale_parts(output: str, keep: Iterable[str], *, s3_endpoint: str | N
     """Remove ``part-*.parquet`` under OUTPUT that this listing did not write (an earlier listing's)."""
     fs, path = sources.filesystem(output, s3_endpoint=s3_endpoint)
     keep = set(keep)
-    stale = [sources._to_uri(fs, p, output) for p in sources._retrying(lambda: fs.ls(path, detail=False), retries)
+    stale = [sources.to_uri(fs, p, output) for p in sources.retrying(lambda: fs.ls(path, detail=False), retries)
              if posixpath.basename(p).startswith("part-") and p.endswith(".parquet") and posixpath.basename(p) not in keep]
     remove(stale, s3_endpoint=s3_endpoint, retries=retries)

@@ -157,7 +157,7 @@ def vgg16_state_dict_to_encoder(state: dict[str, torch.Tensor]) -> dict[str, tor
     return out
 
 
-def _load_weights(weights: str | os.PathLike) -> dict[str, torch.Tensor]:
+def load_weights(weights: str | os.PathLike) -> dict[str, torch.Tensor]:
     if str(weights) == "imagenet":
         from torchvision.models import VGG16_Weights
 
@@ -182,5 +182,5 @@ def build_colorizer(*, weights: str | os.PathLike | None = None, skips: bool = T
     """weights: "imagenet" (torchvision VGG16_Weights.IMAGENET1K_V1), a local VGG16 state-dict path, or None."""
     model = Colorizer(skips=skips)
     if weights is not None and str(weights).lower() != "none":
-        model.encoder.load_state_dict(vgg16_state_dict_to_encoder(_load_weights(weights)))
+        model.encoder.load_state_dict(vgg16_state_dict_to_encoder(load_weights(weights)))
     return model

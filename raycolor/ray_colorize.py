@@ -2,10 +2,10 @@
 per-image maths lives in the core modules (images, colorize, color); the ledger's formats in ledger.py.
 
     shard descriptors (driver) ─▶ expand       CPU tasks: a shard -> item rows (a tar's members, a manifest chunk)
-        ─▶ _decode_block                       CPU tasks: bytes -> RGB -> L full-res (uint16) + L at render size
+        ─▶ decode_block                       CPU tasks: bytes -> RGB -> L full-res (uint16) + L at render size
         ─▶ Predictor                           actor pool, one per GPU (or CPU actors): L small -> ab small, or
                                                on a device full-res RGB (JPEGs decoded/encoded there with nvJPEG)
-        ─▶ _finish_batch                       CPU tasks: compose + encode + write images, spool rows per shard
+        ─▶ finish_batch                       CPU tasks: compose + encode + write images, spool rows per shard
         ─▶ merge                               per shard: one manifest part + stats (+ one tar for webdataset)
     driver: counts rows as they stream back, then checks the manifest and writes OUTPUT/_SUCCESS.json last.
 
@@ -123,7 +123,7 @@ class ModelStage:
 # --------------------------------------------------------------------------------------------
 
 
-def _decode_batch(batch: dict, *, stage: ModelStage) -> dict:
+def decode_batch(batch: dict, *, stage: ModelStage) -> dict:
     """Item rows -> decoded rows: L packed at full resolution and L at render size. stage.keep_rgb: the
     decoded RGB (raw bytes) travels along, for evaluation against the original. stage.device_codec: baseline
     JPEGs skip Pillow and travel as their own bytes (+ EXIF orientation) to the actor, which decodes them on
@@ -202,13 +202,13 @@ def _decode_batch(batch: dict, *, stage: ModelStage) -> dict:
     return out
 
 
-def _decode_block(block: dict, *, stage: ModelStage) -> Iterator[dict]:
+def decode_block(block: dict, *, stage: ModelStage) -> Iterator[dict]:
     """A block of item rows -> decoded rows, stage.batch_size rows at a time: a task holds one batch of decoded
     images, not a block's (up to _MAX_BLOCK_ROWS), and Ray Data streams each out. (Ray Data's own batch_size=32
     costs a batcher pass per batch: 61 s to the first shard of 2M manifest entries against 40 s this way.)"""
     n = len(block["source"])
     for start in range(0, n, stage.batch_size):
-        yield _decode_batch({k: v[start:start + stage.batch_size] for k, v in block.items()}, stage=stage)
+        yield decode_batch({k: v[start:start + stage.batch_size] for k, v in block.items()}, stage=stage)
 
 
 def _restarted_actor() -> bool:
@@ -368,7 +368,7 @@ def _part_name(sources_in_batch) -> str:
     return f"part-{digest}.parquet"
 
 
-def _finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, output: str, model_id: str) -> dict:
+def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, output: str, model_id: str) -> dict:
     """Encode, write the images (layout "files"), spool the rows per shard. With layout "webdataset" the
     images travel in the spool (its `image` column) and the row's output is the output key; the shard's
     merge writes them into one tar. `output`: config.output made absolute."""
@@ -504,7 +504,7 @@ def _with_old_members(table: pa.Table, *, output: str, sid: str, s3_endpoint, re
     if not any(o and o.startswith(tar_uri + "#") for o in outputs):
         return table
     fs, path = sources.filesystem(tar_uri, s3_endpoint=s3_endpoint)
-    data = sources._retrying(lambda: fs.cat_file(path), retries)
+    data = sources.retrying(lambda: fs.cat_file(path), retries)
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
         members = {m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isfile()}
     images = table.column(IMAGE_COLUMN).to_pylist() if IMAGE_COLUMN in table.column_names else [None] * len(outputs)
@@ -521,7 +521,7 @@ def _with_old_members(table: pa.Table, *, output: str, sid: str, s3_endpoint, re
     return table.append_column(IMAGE_COLUMN, image)
 
 
-def _merge_shard(shard: dict, *, output: str, s3_endpoint, retries: int, layout: str = "files",
+def merge_shard(shard: dict, *, output: str, s3_endpoint, retries: int, layout: str = "files",
                  parquet_images: bool = False) -> dict:
     """Spooled rows of one finished shard -> OUTPUT/manifest/<id>.parquet, then OUTPUT/_stats/<id>.json.
 
@@ -537,17 +537,17 @@ def _merge_shard(shard: dict, *, output: str, s3_endpoint, retries: int, layout:
     sid = shard["id"]
     fs, spool = sources.filesystem(ledger.spool_dir(output, sid), s3_endpoint=s3_endpoint)
     try:
-        names = sorted(p for p in sources._retrying(lambda: fs.ls(spool, detail=False), retries) if p.endswith(".parquet"))
+        names = sorted(p for p in sources.retrying(lambda: fs.ls(spool, detail=False), retries) if p.endswith(".parquet"))
     except FileNotFoundError:
         names = []
     tables = []
     if shard.get("retry", "none") != "none":
         pfs, ppath = sources.filesystem(ledger.part_uri(output, sid), s3_endpoint=s3_endpoint)
         try:
-            tables.append(pq.read_table(io.BytesIO(sources._retrying(lambda: pfs.cat_file(ppath), retries))))
+            tables.append(pq.read_table(io.BytesIO(sources.retrying(lambda: pfs.cat_file(ppath), retries))))
         except FileNotFoundError:
             pass
-    blobs = sources._retrying(lambda: fs.cat(names), retries) if names else {}
+    blobs = sources.retrying(lambda: fs.cat(names), retries) if names else {}
     tables += [pq.read_table(io.BytesIO(blobs[n])) for n in names]
     if tables:
         table = pa.concat_tables(tables, promote_options="default")
@@ -610,7 +610,7 @@ def _expand_shard(row: dict, *, output: str, s3_endpoint, retries: int) -> list[
     if shard.retry != "none":
         fs, path = sources.filesystem(ledger.part_uri(output, shard.id), s3_endpoint=s3_endpoint)
         try:
-            old = pq.read_table(io.BytesIO(sources._retrying(lambda: fs.cat_file(path), retries)), columns=["source", "error"])
+            old = pq.read_table(io.BytesIO(sources.retrying(lambda: fs.cat_file(path), retries)), columns=["source", "error"])
         except FileNotFoundError:  # the part is gone (removed by hand): the whole shard is redone
             old = None
         if old is not None:
@@ -669,7 +669,7 @@ def predicted_dataset(items, stage: ModelStage, *, total: int | None = None):
         # per_block-row blocks, so one shard is decoded by many tasks and its first images come out early
         ds = items.repartition(target_num_rows_per_block=per_block)
     ds = ds.map_batches(
-        _decode_block,
+        decode_block,
         batch_format="numpy",
         batch_size=None,
         fn_kwargs={"stage": stage},
@@ -721,7 +721,7 @@ def build_dataset(shards: list[ledger.Shard], config: ColorizeConfig, *, output:
     # docs/performance.md). On a multi-node cluster they reserve one, so that none runs on a 0-CPU head.
     one_node = runtime.node_count() <= 1
     return ds.map_batches(
-        _finish_batch,
+        finish_batch,
         batch_format="numpy",
         batch_size=None,
         num_cpus=0 if one_node else 1,
@@ -835,7 +835,7 @@ def _colorize_locked(config, output, meta, render_size, start, on_rows, on_total
         # _SUCCESS.json marks a finished run: one from an earlier run must not outlive new work
         sources.remove(sources.join_uri(output, "_SUCCESS.json"), s3_endpoint=endpoint, retries=retries)
         by_id = {s.id: {**asdict(s), "marker": _marker(s)} for s in todo}
-        merge = ray.remote(num_cpus=0, max_retries=3)(_merge_shard)
+        merge = ray.remote(num_cpus=0, max_retries=3)(merge_shard)
         merge_kw = {"output": output, "s3_endpoint": endpoint, "retries": retries, "layout": config.layout,
                     "parquet_images": config.parquet_images}
         seen: dict[str, int] = {}

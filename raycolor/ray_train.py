@@ -884,7 +884,7 @@ def _check_weights(config: TrainConfig) -> None:
     build_colorizer(weights=config.weights, skips=config.skips)  # raises WeightsUnavailableError
 
 
-def _worker_resources(config: TrainConfig) -> tuple[dict, int]:
+def worker_resources(config: TrainConfig) -> tuple[dict, int]:
     """(resources per worker, torch threads per CPU worker).
 
     GPU: 1 GPU + 1 CPU each. CPU: share the cluster's CPUs between the workers but leave at least one CPU
@@ -1001,7 +1001,7 @@ def fit(config: TrainConfig, *, progress: bool = True, terminal: IO[str] | None 
         ))
 
     if start_epoch < config.epochs:
-        resources, threads = _worker_resources(config)
+        resources, threads = worker_resources(config)
         events = _event_queue() if report else None
         data_ctx = runtime.data_context()
         saved_bars = data_ctx.enable_progress_bars

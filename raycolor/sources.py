@@ -271,7 +271,7 @@ def filesystem(uri: str, *, s3_endpoint: str | None = None) -> tuple[fsspec.Abst
             import s3fs
         except ImportError as exc:  # pragma: no cover - s3fs is a dependency
             raise InputError(f"s3fs is required for {proto}:// URIs") from exc
-        # Per-item reads/writes retry in our _retrying (StorageConfig.retries, exponential backoff). Left at
+        # Per-item reads/writes retry in our retrying (StorageConfig.retries, exponential backoff). Left at
         # their defaults, s3fs (5) x botocore (5) would multiply each of our attempts into 25 requests; s3fs's
         # loop is turned off and botocore keeps 3 attempts, which still covers the calls we do not wrap
         # (listings, manifests, checkpoints, Ray Train's own uploads) against a brief blip.
@@ -312,7 +312,7 @@ def is_local(uri: str) -> bool:
     return _protocol(uri) in (None, *_LOCAL_PROTOCOLS)
 
 
-def _to_uri(fs: fsspec.AbstractFileSystem, path: str, like: str) -> str:
+def to_uri(fs: fsspec.AbstractFileSystem, path: str, like: str) -> str:
     """User-visible URI for ``path`` on ``fs``; ``like`` is the URI the user gave (keeps its scheme)."""
     if isinstance(fs, LocalFileSystem):
         return path
@@ -425,7 +425,7 @@ def _is_transient(exc: BaseException) -> bool:
     return False
 
 
-def _retrying(fn: Callable[[], T], retries: int) -> T:
+def retrying(fn: Callable[[], T], retries: int) -> T:
     attempts = max(1, int(retries))
     for attempt in range(attempts):
         try:
@@ -470,7 +470,7 @@ def read_item(item: Item, *, s3_endpoint: str | None = None, retries: int = 5) -
             )
         return data
 
-    return _retrying(once, retries)
+    return retrying(once, retries)
 
 
 def write_bytes_atomic(
@@ -488,9 +488,9 @@ def write_bytes_atomic(
     data = bytes(data) if not isinstance(data, bytes) else data
     if isinstance(fs, LocalFileSystem):
         tmp_folder = filesystem(tmp_dir)[1] if tmp_dir and is_local(tmp_dir) else None
-        _retrying(lambda: _write_local_atomic(path, data, tmp_folder), retries)
+        retrying(lambda: _write_local_atomic(path, data, tmp_folder), retries)
     else:
-        _retrying(lambda: fs.pipe_file(path, data), retries)
+        retrying(lambda: fs.pipe_file(path, data), retries)
 
 
 def _bounded_map(fn: Callable[[T], object], args: list[T], max_in_flight: int) -> list:
@@ -591,13 +591,13 @@ def remove(uri: str, *, s3_endpoint: str | None = None, retries: int = 5) -> Non
         except FileNotFoundError:
             pass
 
-    _retrying(once, retries)
+    retrying(once, retries)
 
 
 def exists(uri: str, *, s3_endpoint: str | None = None) -> bool:
     """Whether the object/file/folder ``uri`` exists (fresh answer: no listing cache)."""
     fs, path = filesystem(uri, s3_endpoint=s3_endpoint)
-    return bool(_retrying(lambda: fs.exists(path), 3))
+    return bool(retrying(lambda: fs.exists(path), 3))
 
 
 # --------------------------------------------------------------------------------------------
@@ -605,15 +605,15 @@ def exists(uri: str, *, s3_endpoint: str | None = None) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def _suffix(path: str) -> str:
+def suffix(path: str) -> str:
     return posixpath.splitext(path.rstrip("/"))[1].lower()
 
 
-def _is_image(path: str) -> bool:
-    return _suffix(path) in IMAGE_SUFFIXES
+def is_image(path: str) -> bool:
+    return suffix(path) in IMAGE_SUFFIXES
 
 
-def _input_error(action: str, uri: str, exc: BaseException) -> InputError:
+def input_error(action: str, uri: str, exc: BaseException) -> InputError:
     if isinstance(exc, InputError):
         return exc
     if isinstance(exc, FileNotFoundError):
@@ -636,7 +636,7 @@ def _reading_input(uri: str) -> Iterator[None]:
     except InputError:
         raise
     except Exception as exc:
-        raise _input_error("read", uri, exc) from exc
+        raise input_error("read", uri, exc) from exc
 
 
 def list_items(inputs: Sequence[str], *, s3_endpoint: str | None = None) -> list[Item]:
@@ -661,19 +661,19 @@ def _list_one(uri: str, *, s3_endpoint: str | None) -> list[Item]:
     uri = uri.strip()
     fs, path = filesystem(uri, s3_endpoint=s3_endpoint)
     try:
-        info = _retrying(lambda: fs.info(path), 3)
+        info = retrying(lambda: fs.info(path), 3)
     except Exception as exc:
-        raise _input_error("read", uri, exc) from exc
+        raise input_error("read", uri, exc) from exc
     if info.get("type") == "directory":
         return _list_folder(fs, path, uri)
-    suffix = _suffix(path)
+    ext = suffix(path)
     with _reading_input(uri):
-        if suffix in TAR_SUFFIXES:
+        if ext in TAR_SUFFIXES:
             return _list_tar(fs, path, uri)
-        if suffix in MANIFEST_SUFFIXES:
-            return _list_manifest(fs, path, uri, suffix)
-    if suffix in IMAGE_SUFFIXES:
-        source = _to_uri(fs, path, uri)
+        if ext in MANIFEST_SUFFIXES:
+            return _list_manifest(fs, path, uri, ext)
+    if ext in IMAGE_SUFFIXES:
+        source = to_uri(fs, path, uri)
         return [Item(source=source, relpath=sanitize_relpath(posixpath.basename(path)), uri=source)]
     raise InputError(
         f"not an image, .tar archive or .txt/.parquet manifest: {_redact(uri)} "
@@ -683,9 +683,9 @@ def _list_one(uri: str, *, s3_endpoint: str | None) -> list[Item]:
 
 def _list_folder(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> list[Item]:
     try:
-        found = _retrying(lambda: fs.find(path, withdirs=False), 3)
+        found = retrying(lambda: fs.find(path, withdirs=False), 3)
     except Exception as exc:
-        raise _input_error("list", uri, exc) from exc
+        raise input_error("list", uri, exc) from exc
     root = path.rstrip("/")
     prefix = root + "/"
     if isinstance(fs, LocalFileSystem):
@@ -693,10 +693,10 @@ def _list_folder(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> list[Ite
         prefix = root.replace(os.sep, "/").rstrip("/") + "/"
     rows = []
     for p in found:
-        if not p.startswith(prefix) or not _is_image(p):
+        if not p.startswith(prefix) or not is_image(p):
             continue
         rel = sanitize_relpath(p[len(prefix) :])
-        source = _to_uri(fs, p, uri)
+        source = to_uri(fs, p, uri)
         rows.append(Item(source=source, relpath=rel, uri=source))
     if not rows:
         raise InputError(
@@ -707,7 +707,7 @@ def _list_folder(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> list[Ite
 
 
 def _list_tar(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> list[Item]:
-    tar_uri = _to_uri(fs, path, uri)
+    tar_uri = to_uri(fs, path, uri)
     base = sanitize_relpath(posixpath.basename(path))
     rows = []
     open_kwargs = {} if isinstance(fs, LocalFileSystem) else {"block_size": _TAR_BLOCK_SIZE, "cache_type": "readahead"}
@@ -716,7 +716,7 @@ def _list_tar(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> list[Item]:
         # large members are never downloaded while listing.
         with tarfile.open(fileobj=f, mode="r:") as tar:
             for member in tar:
-                if not member.isfile() or member.issparse() or not _is_image(member.name):
+                if not member.isfile() or member.issparse() or not is_image(member.name):
                     continue
                 rows.append(
                     Item(
@@ -809,7 +809,7 @@ def _manifest_items(fs: fsspec.AbstractFileSystem, path: str, uri: str, entries:
             if isinstance(fs, LocalFileSystem):
                 target = os.path.normpath(os.path.join(manifest_dir, entry))
             else:
-                target = _to_uri(fs, posixpath.normpath(posixpath.join(manifest_dir, entry)), uri)
+                target = to_uri(fs, posixpath.normpath(posixpath.join(manifest_dir, entry)), uri)
         elif proto is None or proto in _LOCAL_PROTOCOLS:
             raw = entry.split("://", 1)[1] if proto else entry
             target = os.path.abspath(os.path.expanduser(raw))
