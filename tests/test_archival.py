@@ -16,17 +16,24 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from raycolor import metadata
 from raycolor.config import ColorizeConfig
 from raycolor.ledger import read_manifest
 from raycolor.ray_colorize import colorize
 
-try:
-    import test_metadata as tm
-except ImportError:  # tests/ turned into a package
-    from tests import test_metadata as tm
+from support import (
+    EXIFTOOL,
+    NO_EXIFTOOL,
+    TAGS,
+    bad_metadata_inputs,
+    check_carried_groups,
+    check_provenance,
+    encoded,
+    exiftool_read,
+    exiftool_write,
+    noise,
+)
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(tm.EXIFTOOL is None, reason=tm.NO_EXIFTOOL)]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(EXIFTOOL is None, reason=NO_EXIFTOOL)]
 
 STORED = (64, 48)  # (W, H) as stored; Orientation 6 makes the output 48 wide, 64 high
 
@@ -48,26 +55,26 @@ def archive(tmp_path_factory):
     d = tmp_path_factory.mktemp("archive")
     good = d / "good"
     good.mkdir()
-    stored = tm._noise(*STORED)
+    stored = noise(*STORED)
     tagged = []
     for fmt, suffix in (("JPEG", ".jpg"), ("PNG", ".png"), ("TIFF", ".tif")):
         p = good / f"photo{suffix}"
-        p.write_bytes(tm._save(stored, fmt))
+        p.write_bytes(encoded(stored, fmt))
         tagged.append(p)
     ramp = _ramp16()
-    (good / "master16.tif").write_bytes(tm._save(Image.fromarray(ramp), "TIFF"))
-    (good / "master16.png").write_bytes(tm._save(Image.fromarray(ramp), "PNG"))
+    (good / "master16.tif").write_bytes(encoded(Image.fromarray(ramp), "TIFF"))
+    (good / "master16.png").write_bytes(encoded(Image.fromarray(ramp), "PNG"))
     tagged += [good / "master16.tif", good / "master16.png"]
-    tm._exiftool_write(tagged, "-Orientation#=6", *(f"-{k}={v}" for k, v in tm.TAGS.items()))
+    exiftool_write(tagged, "-Orientation#=6", *(f"-{k}={v}" for k, v in TAGS.items()))
     for p in (good / "master16.tif", good / "master16.png"):  # masters stay as scanned: upright
-        tm._exiftool_write([p], "-Orientation#=1")
+        exiftool_write([p], "-Orientation#=1")
 
     bad = d / "bad"
     bad.mkdir()
     exif = Image.Exif()  # a valid block for the corpus to cut short
     exif[0x010F] = "Acme"
     exif[0x8769] = {0x9003: "1950:06:01 05:30:00"}
-    inputs, _ = tm.bad_metadata_inputs(tm._noise(32, 24, 5), exif.tobytes())
+    inputs, _ = bad_metadata_inputs(noise(32, 24, 5), exif.tobytes())
     for name, (data, _) in inputs.items():
         suffix = ".png" if data.startswith(b"\x89PNG") else ".jpg"
         (bad / f"{name}{suffix}").write_bytes(data)
@@ -79,31 +86,6 @@ def _run(tiny_ckpt, inputs, out: Path, **kw):
                                 batch_size=4, **kw))
     rows = {Path(r["source"]).name: r for r in read_manifest(str(out)).to_pylist()}
     return s, rows
-
-
-def _check_groups(t: dict, *, fmt: str) -> None:
-    """What every carried output must say (exiftool's names)."""
-    assert t["IFD0:Orientation"] == 1
-    assert t["IFD0:ImageDescription"] == tm.TAGS["EXIF:ImageDescription"]
-    assert t["IFD0:Artist"] == tm.TAGS["EXIF:Artist"]
-    assert t["IFD0:Copyright"] == tm.TAGS["EXIF:Copyright"]
-    assert t["ExifIFD:DateTimeOriginal"] == tm.TAGS["EXIF:DateTimeOriginal"]
-    assert t["GPS:GPSLatitude"] == pytest.approx(48.85)
-    assert t["IPTC:Caption-Abstract"] == tm.TAGS["IPTC:Caption-Abstract"]
-    assert t["IPTC:By-line"] == tm.TAGS["IPTC:By-line"]
-    assert t["XMP-dc:Description"] == tm.TAGS["XMP-dc:Description"]
-    assert t["XMP-dc:Creator"] == tm.TAGS["XMP-dc:Creator"]
-    assert t["IFD0:XResolution"] == 600 and t["IFD0:ResolutionUnit"] == 2
-    if fmt == "jpeg":
-        assert (t["JFIF:XResolution"], t["JFIF:ResolutionUnit"]) == (600, 1)
-    assert t["ExifIFD:ColorSpace"] == 1 and "sRGB" in t["ICC_Profile:ProfileDescription"]
-    assert not any(k.startswith("IFD1:") for k in t), "the grey thumbnail must not be carried"
-
-
-def _check_provenance(t: dict, model_id: str) -> None:
-    assert t["XMP-iptcExt:DigitalSourceType"] == metadata.DIGITAL_SOURCE_TYPE
-    assert t["XMP-xmp:CreatorTool"] == metadata.SOFTWARE and t["IFD0:Software"] == metadata.SOFTWARE
-    assert t["XMP-iptcExt:AISystemVersionUsed"] == model_id
 
 
 @pytest.mark.parametrize("device_codec", [False, True], ids=["cpu-codec", "device-codec"])
@@ -119,10 +101,10 @@ def test_jpeg_to_jpeg_keeps_every_group_and_says_a_model_coloured_it(ray_local, 
     assert (row["width"], row["height"]) == (STORED[1], STORED[0]) and row["bit_depth"] == 8
     report = json.loads(row["metadata"])
     assert {"exif", "iptc", "xmp", "dpi"} <= set(report["kept"]) and "provenance" in report["added"]
-    tool = tm._exiftool_read([Path(r["output"]) for r in rows.values()])
+    tool = exiftool_read([Path(r["output"]) for r in rows.values()])
     t = tool["photo.jpg"]
-    _check_groups(t, fmt="jpeg")
-    _check_provenance(t, s.model_id)
+    check_carried_groups(t, fmt="jpeg")
+    check_provenance(t, s.model_id)
     expected = {  # group dropped -> words of its reason (tests/test_metadata.py holds the exact texts)
         "corrupt_exif.jpg": ("exif", "corrupt"),
         "makernote.jpg": ("exif.MakerNote", "dropped"),
@@ -137,15 +119,15 @@ def test_jpeg_to_jpeg_keeps_every_group_and_says_a_model_coloured_it(ray_local, 
         dropped = json.loads(r["metadata"]).get("dropped", {})
         assert any((g == group or (group.endswith(".") and g.startswith(group))) and words in why
                    for g, why in dropped.items()), (name, dropped)
-        _check_provenance(tool[Path(r["output"]).name], s.model_id)
+        check_provenance(tool[Path(r["output"]).name], s.model_id)
     assert "iptc" in json.loads(rows["wrong_iptc.jpg"]["metadata"])["kept"]  # copied verbatim, charset and all
 
 
 def test_strip_keeps_only_the_provenance(ray_local, tiny_ckpt, archive, tmp_path):
     good, _ = archive
     s, rows = _run(tiny_ckpt, [good / "photo.jpg"], tmp_path / "out", format="jpeg", metadata="strip")
-    t = tm._exiftool_read([Path(rows["photo.jpg"]["output"])])["photo.jpg"]
-    _check_provenance(t, s.model_id)
+    t = exiftool_read([Path(rows["photo.jpg"]["output"])])["photo.jpg"]
+    check_provenance(t, s.model_id)
     assert not any(k.startswith(("GPS:", "IPTC:", "XMP-dc:", "ExifIFD:DateTime")) for k in t)
     assert "IFD0:Artist" not in t and "IFD0:Copyright" not in t
     assert s.settings["metadata"] == "strip"
@@ -172,11 +154,11 @@ def test_tiff_masters_come_back_16_bit_with_their_tags(ray_local, tiny_ckpt, arc
     f = np.where(y > (6 / 29) ** 3, np.cbrt(y), y / (3 * (6 / 29) ** 2) + 4 / 29)
     dl = np.abs((116 * f - 16) - _lightness_f64(_ramp16(), 65536))
     assert np.quantile(dl, 0.999) <= 0.05, np.quantile(dl, 0.999)
-    tool = tm._exiftool_read([Path(master["output"]), Path(photo["output"])])
+    tool = exiftool_read([Path(master["output"]), Path(photo["output"])])
     assert tool["master16.tif"]["IFD0:BitsPerSample"] == "16 16 16"
     for name in ("master16.tif", "photo.tif"):
-        _check_groups(tool[name], fmt="tiff")
-        _check_provenance(tool[name], s.model_id)
+        check_carried_groups(tool[name], fmt="tiff")
+        check_provenance(tool[name], s.model_id)
 
 
 def test_png_in_webdataset_tars_carries_it_too(ray_local, tiny_ckpt, archive, tmp_path):
@@ -193,8 +175,8 @@ def test_png_in_webdataset_tars_carries_it_too(ray_local, tiny_ckpt, archive, tm
                 (extracted / Path(m.name).name).write_bytes(tf.extractfile(m).read())
     side = json.loads((extracted / "master16.json").read_bytes())
     assert side["bit_depth"] == 16 and "xmp" in side["metadata"]["kept"]
-    tool = tm._exiftool_read([extracted / "photo.png", extracted / "master16.png"])
+    tool = exiftool_read([extracted / "photo.png", extracted / "master16.png"])
     assert tool["master16.png"]["PNG:BitDepth"] == 16
     for name in ("photo.png", "master16.png"):
-        _check_groups(tool[name], fmt="png")
-        _check_provenance(tool[name], s.model_id)
+        check_carried_groups(tool[name], fmt="png")
+        check_provenance(tool[name], s.model_id)

@@ -19,7 +19,7 @@ import pytest
 
 from raycolor.ledger import read_manifest
 from tests.drivers import kill_group
-from tests.test_faults import _env
+from support import subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,7 @@ from raycolor.cli import app
 from raycolor.config import ColorizeConfig, StorageConfig
 from raycolor.ray_colorize import colorize
 from raycolor.ray_train import fit
-from tests.test_train import base_config
+from tests.support import base_config
 
 src, s3_out, ckpt, tmp, data = sys.argv[1:6]
 only = sys.argv[6].split(",") if len(sys.argv) > 6 else None  # a subset of the scenarios, when debugging one
@@ -168,15 +168,14 @@ def cluster_runs(s3_server, tiny_ckpt, tmp_path_factory) -> dict:
     """Run CLUSTER_DRIVER once: {scenario: record} plus "_env" (the S3 bucket's names) for the tests."""
     import s3fs
 
-    from tests.test_ledger_ray import _jpeg
-    from tests.test_train import make_images
+    from support import jpeg_bytes, make_images
 
     tmp = tmp_path_factory.mktemp("cluster")
     fs = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False)
     bucket = f"nodeloss-{os.getpid()}-{int(time.time())}"
     fs.mkdir(bucket)
     for i in range(N_NODE_LOSS):
-        fs.pipe_file(f"{bucket}/in/{i:03d}.jpg", _jpeg(300 + i))
+        fs.pipe_file(f"{bucket}/in/{i:03d}.jpg", jpeg_bytes(300 + i))
     data = make_images(tmp / "data")
     # training's inputs on S3: half the images (and broken.png) under a prefix, the other half in a tar
     with tarfile.open(tmp / "more.tar", "w") as tf:
@@ -189,7 +188,7 @@ def cluster_runs(s3_server, tiny_ckpt, tmp_path_factory) -> dict:
     src = f"s3://{bucket}/in"
     only = [os.environ["CHAOS_ONLY"]] if os.environ.get("CHAOS_ONLY") else []  # e.g. CHAOS_ONLY=train when debugging
     proc = subprocess.Popen([sys.executable, "-c", CLUSTER_DRIVER, src, f"s3://{bucket}/out", tiny_ckpt, str(tmp), str(data), *only],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, env=_env())
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, env=subprocess_env())
     try:
         text = proc.communicate(timeout=1500)[0].decode()
     finally:
@@ -277,7 +276,7 @@ def test_train_node_of_a_worker_removed_restores_from_checkpoint(cluster_runs):
     from raycolor import checkpoint
     from raycolor.ray_train import split_items
     from raycolor.sources import list_items
-    from tests.test_train import assert_finite_lines
+    from support import assert_finite_lines
 
     result = _run_of(cluster_runs, "train")
     assert result["removed"], "no training worker ran on a removable node"

@@ -22,24 +22,9 @@ from PIL import Image
 
 from raycolor.ledger import read_manifest
 from tests.drivers import finish, joining_env, kill_group, output, spawn
-from tests.test_ledger_ray import _img, _one_row_each
+from support import one_row_each, subprocess_env, write_image
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _env(**extra) -> dict:
-    """The subprocess's environment: this tree first on the path, and a private Ray temp dir. Without it a
-    plain ``ray.init()`` joins whatever local cluster /tmp/ray/ray_current_cluster names (another test
-    session's), and a ``Cluster`` head would point everyone else's ``ray.init()`` at ours. Short: the
-    raylet's socket paths must fit in 107 bytes."""
-    import tempfile
-
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "PYTHONPATH": path, "RAY_DEDUP_LOGS": "0", "RAY_TMPDIR": tempfile.mkdtemp(prefix="rc", dir="/tmp")}
-    env.pop("RAY_ADDRESS", None)
-    return {**env, **extra}
 
 
 def _cli(*args: str, env: dict, logs: Path) -> subprocess.Popen:
@@ -81,7 +66,7 @@ def _assert_nothing_partial(out: Path) -> None:
 
 
 def _assert_exactly_once(out: Path, src: Path, n: int) -> None:
-    rows = _one_row_each(out, [str(p) for p in src.iterdir()])
+    rows = one_row_each(out, [str(p) for p in src.iterdir()])
     assert {r["status"] for r in rows.values()} == {"ok"}, rows
     assert sorted(p.name for p in (out / "images").iterdir() if not p.name.startswith(".")) == sorted(
         f"{i:03d}.png" for i in range(n))
@@ -117,10 +102,10 @@ def test_driver_interrupted_stops_cleanly_and_the_same_command_resumes(ray_addre
     src, out = tmp_path / "in", tmp_path / "out"
     n = 18
     for i in range(n):
-        _img(src / f"{i:03d}.png", 200 + i)
+        write_image(src / f"{i:03d}.png", 200 + i)
     cmd = ["colorize", str(src), "--output", str(out), "--checkpoint", tiny_ckpt, "--batch-size", "1", "--shard-size", "3"]
     done = 0
-    for sig, code, env in ((signal.SIGINT, 130, _env()), (signal.SIGTERM, 143, joining_env(ray_address))):
+    for sig, code, env in ((signal.SIGINT, 130, subprocess_env()), (signal.SIGTERM, 143, joining_env(ray_address))):
         rc, err, stopped_s = _interrupt(cmd, out, sig, env, after=done, logs=tmp_path / "logs")
         assert rc == code, err[-3000:]
         assert stopped_s < 30, f"took {stopped_s:.1f} s to stop"
@@ -176,7 +161,7 @@ def test_disk_full_on_local_output_nothing_damaged_and_rerun_finishes(ray_addres
     src = tmp_path / "in"
     n = 16
     for i in range(n):
-        _img(src / f"{i:03d}.png", 400 + i, (48, 64))
+        write_image(src / f"{i:03d}.png", 400 + i, (48, 64))
     cmd = ["colorize", str(src), "--output", str(out), "--checkpoint", tiny_ckpt, "--batch-size", "2", "--shard-size", "4",
            "--retries", "1"]
     proc = _cli(*cmd, env=joining_env(ray_address), logs=tmp_path / "logs")
@@ -223,7 +208,7 @@ def test_checkpoint_unreadable_mid_run_restarting_actor_fails_clearly(ray_local,
     src = tmp_path / "in"
     n = 14
     for i in range(n):
-        _img(src / f"{i:03d}.png", 500 + i)
+        write_image(src / f"{i:03d}.png", 500 + i)
     out = tmp_path / "out"
     with FaultProxy(s3_env.endpoint) as proxy:
         cfg = ColorizeConfig(inputs=(str(src),), output=str(out), checkpoint=f"s3://{bucket}/model", batch_size=1,

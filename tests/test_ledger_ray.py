@@ -11,11 +11,9 @@ import textwrap
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
 from raycolor import images, runtime
@@ -25,32 +23,21 @@ from raycolor.config import ColorizeConfig, StorageConfig
 from raycolor.ledger import OutputLocked, read_manifest
 from raycolor.ray_colorize import colorize
 from tests.faultproxy import FaultProxy, always, combine
+from support import jpeg_bytes, one_row_each, write_image
 
 pytestmark = pytest.mark.slow
-
-
-def _img(path: Path, seed: int, size=(24, 32)) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
 
 
 def _l(data: bytes):
     return full_l(images.decode_rgb(data))
 
 
-def _one_row_each(out, expected) -> dict:
-    rows = read_manifest(str(out)).to_pylist()
-    srcs = [r["source"] for r in rows]
-    assert len(srcs) == len(set(srcs)) and set(srcs) == set(expected), (sorted(srcs), sorted(expected))
-    return {r["source"]: r for r in rows}
-
-
 def test_two_folders_into_one_output_nothing_overwritten(ray_local, tiny_ckpt, tmp_path, monkeypatch):
     a, b = tmp_path / "A" / "scans", tmp_path / "B" / "scans"
-    _img(a / "0001.jpg", 1)
-    _img(a / "0002.jpg", 2)
-    _img(b / "0001.jpg", 3, (30, 20))  # same name as A's, other picture
-    _img(b / "0003.jpg", 4)
+    write_image(a / "0001.jpg", 1)
+    write_image(a / "0002.jpg", 2)
+    write_image(b / "0001.jpg", 3, (30, 20))  # same name as A's, other picture
+    write_image(b / "0003.jpg", 4)
     out = tmp_path / "OUT"
     sa = colorize(ColorizeConfig(inputs=(str(a),), output=str(out), checkpoint=tiny_ckpt))
     assert (sa.ok, sa.settings["namespaces"]) == (2, {str(a): ""})
@@ -60,7 +47,7 @@ def test_two_folders_into_one_output_nothing_overwritten(ray_local, tiny_ckpt, t
     ns = sb.settings["namespaces"][str(b)]
     assert sb.ok == 2 and ns.startswith("scans-")
     assert (out / "images" / "0001.png").read_bytes() == first  # A's output untouched
-    rows = _one_row_each(out, [str(a / "0001.jpg"), str(a / "0002.jpg"), str(b / "0001.jpg"), str(b / "0003.jpg")])
+    rows = one_row_each(out, [str(a / "0001.jpg"), str(a / "0002.jpg"), str(b / "0001.jpg"), str(b / "0003.jpg")])
     outputs = [r["output"] for r in rows.values()]
     assert len(set(outputs)) == 4 and all(r["status"] == "ok" for r in rows.values())
     assert rows[str(b / "0001.jpg")]["output"] == str(out / "images" / ns / "0001.png")
@@ -102,7 +89,7 @@ def test_second_concurrent_driver_is_refused_and_nothing_is_lost(ray_address, ti
     src = tmp_path / "in"
     n = 16
     for i in range(n):
-        _img(src / f"{i:03d}.png", 10 + i)
+        write_image(src / f"{i:03d}.png", 10 + i)
     out = tmp_path / "out"
     proc = spawn([sys.executable, "-c", DRIVER, str(src), str(out), tiny_ckpt], joining_env(ray_address), tmp_path / "logs")
     try:
@@ -117,7 +104,7 @@ def test_second_concurrent_driver_is_refused_and_nothing_is_lost(ray_address, ti
     finally:
         text, err = finish(proc, timeout=300)
     assert proc.returncode == 0 and f"DONE {n}" in text, (text + err)[-3000:]
-    _one_row_each(out, [str(p) for p in src.iterdir()])
+    one_row_each(out, [str(p) for p in src.iterdir()])
     assert not (out / "_lock.json").exists()
     assert sorted(p.name for p in (out / "images").iterdir()) == sorted(f"{i:03d}.png" for i in range(n))
 
@@ -125,7 +112,7 @@ def test_second_concurrent_driver_is_refused_and_nothing_is_lost(ray_address, ti
 def test_manifest_shards_txt_and_parquet_folder_and_glob(ray_local, tiny_ckpt, tmp_path):
     pics = tmp_path / "pics"
     for i in range(7):
-        _img(pics / f"p{i}.jpg", 30 + i)
+        write_image(pics / f"p{i}.jpg", 30 + i)
     lists = tmp_path / "lists"
     lists.mkdir()
     (lists / "part-0.txt").write_text("# first part\n" + "".join(f"{pics}/p{i}.jpg\n" for i in range(4)) + f"{pics}/p0.jpg\n")
@@ -143,18 +130,12 @@ def test_manifest_shards_txt_and_parquet_folder_and_glob(ray_local, tiny_ckpt, t
     assert (again.processed, again.shards_skipped) == (0, 5)
 
 
-def _jpeg(seed: int) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (14, 18, 3), dtype=np.uint8)).save(buf, "JPEG")
-    return buf.getvalue()
-
-
 def test_retry_errors_after_persistent_s3_faults(ray_local, s3_env, tiny_ckpt):
     fs = s3_env.fs()
     bucket = s3_env.bucket("retry")
     names = ["a.jpg", "b.jpg", "c.jpg"]
     for i, name in enumerate(names):
-        fs.pipe_file(f"{bucket}/in/{name}", _jpeg(i))
+        fs.pipe_file(f"{bucket}/in/{name}", jpeg_bytes(i))
     fs.pipe_file(f"{bucket}/in/bad.jpg", b"<html>not an image</html>")  # permanent: stays an error
     want = [f"s3://{bucket}/in/{n}" for n in names + ["bad.jpg"]]
     out = f"s3://{bucket}/out"
@@ -170,7 +151,7 @@ def test_retry_errors_after_persistent_s3_faults(ray_local, s3_env, tiny_ckpt):
     with FaultProxy(s3_env.endpoint, policy) as proxy:
         s = run(proxy.url)
     assert (s.inputs, s.ok, s.error) == (4, 1, 3)
-    reasons = {src: (r["error"] or "").split(":")[0] for src, r in _one_row_each(out, want).items()}
+    reasons = {src: (r["error"] or "").split(":")[0] for src, r in one_row_each(out, want).items()}
     assert reasons == {want[0]: "write_failed", want[1]: "read_failed", want[2]: "", want[3]: "not_an_image"}
 
     # faults gone: a plain re-run changes nothing (error rows are final without --retry-errors)
@@ -178,7 +159,7 @@ def test_retry_errors_after_persistent_s3_faults(ray_local, s3_env, tiny_ckpt):
     assert (plain.processed, plain.ok, plain.error) == (0, 1, 3)
     retried = run(s3_env.endpoint, "transient")
     assert (retried.processed, retried.inputs, retried.ok, retried.error) == (2, 4, 3, 1)
-    rows = _one_row_each(out, want)
+    rows = one_row_each(out, want)
     assert {src for src, r in rows.items() if r["status"] == "ok"} == set(want[:3])
     for src in want[:3]:
         assert fs.exists(rows[src]["output"][5:])
@@ -186,7 +167,7 @@ def test_retry_errors_after_persistent_s3_faults(ray_local, s3_env, tiny_ckpt):
     # all: the permanent one is tried again (and fails again); still one row each
     everything = run(s3_env.endpoint, "all")
     assert (everything.processed, everything.ok, everything.error) == (1, 3, 1)
-    _one_row_each(out, want)
+    one_row_each(out, want)
     assert json.loads(fs.cat_file(f"{bucket}/out/_SUCCESS.json"))["ok"] == 3
 
 
@@ -231,7 +212,7 @@ def test_driver_sigkill_mid_run_then_rerun_is_exactly_once(ray_address, s3_env, 
     else:
         fs, base, scheme = LocalFileSystem(auto_mkdir=True), str(tmp_path), ""
     for i in range(n):
-        fs.pipe_file(f"{base}/in/{i:03d}.jpg", _jpeg(100 + i))
+        fs.pipe_file(f"{base}/in/{i:03d}.jpg", jpeg_bytes(100 + i))
     src, out = f"{scheme}{base}/in", f"{scheme}{base}/out"
     proc = spawn([sys.executable, "-c", KILLED_DRIVER, src, out, tiny_ckpt, layout], joining_env(ray_address), tmp_path / "logs")
     sigkill_when(proc, lambda: fs.exists(f"{base}/out/_stats") and bool(fs.ls(f"{base}/out/_stats", refresh=True)))
@@ -241,7 +222,7 @@ def test_driver_sigkill_mid_run_then_rerun_is_exactly_once(ray_address, s3_env, 
     assert fs.exists(f"{base}/out/_lock.json")  # the dead driver's lock (same host, dead pid): taken over
     s = colorize(ColorizeConfig(inputs=(src,), output=out, checkpoint=tiny_ckpt, batch_size=4, shard_size=3, layout=layout))
     assert (s.inputs, s.ok, s.skipped, s.processed) == (n, n, done, n - done)
-    rows = _one_row_each(out, [f"{src}/{i:03d}.jpg" for i in range(n)])
+    rows = one_row_each(out, [f"{src}/{i:03d}.jpg" for i in range(n)])
     if layout == "files":
         assert sorted(r["output"] for r in rows.values()) == [f"{out}/images/{i:03d}.png" for i in range(n)]
         assert sorted(fs.find(f"{base}/out/images")) == [f"{base}/out/images/{i:03d}.png" for i in range(n)]
@@ -259,7 +240,7 @@ def test_webdataset_layout_one_tar_per_shard(ray_local, tiny_ckpt, tmp_path):
 
     src = tmp_path / "in"
     for i in range(7):
-        _img(src / ("sub" if i % 2 else "") / f"p.{i}.png", 50 + i, (20 + i, 16))
+        write_image(src / ("sub" if i % 2 else "") / f"p.{i}.png", 50 + i, (20 + i, 16))
     (src / "bad.png").write_bytes(b"not a png")
     out = tmp_path / "out"
     cfg = ColorizeConfig(inputs=(str(src),), output=str(out), checkpoint=tiny_ckpt, shard_size=3, layout="webdataset")
@@ -268,7 +249,7 @@ def test_webdataset_layout_one_tar_per_shard(ray_local, tiny_ckpt, tmp_path):
     assert not (out / "images").exists()
     tars = sorted((out / "shards").glob("*.tar"))
     assert [t.stem for t in tars] == sorted(p.stem for p in (out / "manifest").iterdir()) and len(tars) == s.shards
-    rows = _one_row_each(out, [str(p) for p in src.rglob("*.png")])
+    rows = one_row_each(out, [str(p) for p in src.rglob("*.png")])
     assert rows[str(src / "bad.png")]["output"] is None
     members = {}
     for t in tars:
@@ -291,7 +272,7 @@ def test_webdataset_layout_one_tar_per_shard(ray_local, tiny_ckpt, tmp_path):
     again = colorize(cfg)
     assert 0 < again.processed <= 3
     assert again.shards_skipped == s.shards - 1 and again.ok == 7
-    _one_row_each(out, [str(p) for p in src.rglob("*.png")])
+    one_row_each(out, [str(p) for p in src.rglob("*.png")])
     assert sorted((out / "shards").glob("*.tar")) == tars
 
     # --retry-all-errors: bad.png, a real image by now, is redone; its shard's tar is rebuilt holding the
@@ -304,10 +285,10 @@ def test_webdataset_layout_one_tar_per_shard(ray_local, tiny_ckpt, tmp_path):
         return got
 
     before = members_of(tars)
-    _img(src / "bad.png", 99, (18, 14))
+    write_image(src / "bad.png", 99, (18, 14))
     retried = colorize(dataclasses.replace(cfg, retry_errors="all"))
     assert (retried.processed, retried.inputs, retried.ok, retried.error) == (1, 8, 8, 0)
-    rows = _one_row_each(out, [str(p) for p in src.rglob("*.png")])
+    rows = one_row_each(out, [str(p) for p in src.rglob("*.png")])
     after = members_of(sorted((out / "shards").glob("*.tar")))
     assert len(after) == 2 * 8 and {k: after[k] for k in before} == before
     bad = rows[str(src / "bad.png")]

@@ -9,74 +9,40 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import struct
-import subprocess
 import zlib
-from pathlib import Path
-from xml.sax.saxutils import escape
 
 import numpy as np
 import pytest
-from PIL import Image, ImageCms, PngImagePlugin
+from PIL import Image, ImageCms
 
 from raycolor import images, metadata
 from raycolor.images import decode, decode_rgb
 from raycolor.metadata import DIGITAL_SOURCE_TYPE, Metadata, Provenance, embed_jpeg, encode
+
+from support import (
+    EXIFTOOL,
+    NO_EXIFTOOL,
+    TAGS,
+    bad_metadata_inputs,
+    encoded,
+    exiftool_read,
+    exiftool_write,
+    jpeg_with_segment,
+    needs_exiftool,
+    noise,
+    png_with_xmp,
+    xmp_packet,
+)
 
 try:
     import badimages
 except ImportError:  # tests/ turned into a package
     from tests import badimages
 
-EXIFTOOL = shutil.which("exiftool")
-NO_EXIFTOOL = "exiftool is not installed (the independent reader/writer)"
-needs_exiftool = pytest.mark.skipif(EXIFTOOL is None, reason=NO_EXIFTOOL)
-
 PROV = Provenance(metadata.SOFTWARE, "ckpt-test-0123")
 SUFFIX = {"jpeg": ".jpg", "png": ".png", "tiff": ".tif", "webp": ".webp"}
 STORED_SIZE = (64, 48)  # (W, H) as stored; Orientation 6 makes it 48 wide, 64 high
-
-# what exiftool writes into every input (one call for all four formats)
-TAGS = {
-    "IPTC:Caption-Abstract": "Harbour at dawn, 1950",
-    "IPTC:By-line": "Jane Doe",
-    "XMP-dc:Description": "Harbour at dawn (xmp)",
-    "XMP-dc:Creator": "Jane Doe",
-    "EXIF:ImageDescription": "Harbour at dawn (exif)",
-    "EXIF:Artist": "Jérôme Müller",  # UTF-8 bytes in an ASCII tag: must come back byte for byte
-    "EXIF:Copyright": "(c) 1950 City Archive",
-    "EXIF:DateTimeOriginal": "1950:06:01 05:30:00",
-    "GPSLatitude": "48.85",
-    "GPSLatitudeRef": "N",
-    "GPSLongitude": "2.35",
-    "GPSLongitudeRef": "E",
-    "XResolution": "600",
-    "YResolution": "600",
-    "ResolutionUnit": "inches",
-}
-
-
-def _exiftool_write(paths: list[Path], *args: str) -> None:
-    subprocess.run([EXIFTOOL, "-q", "-q", "-overwrite_original", *args, *map(str, paths)], check=True)
-
-
-def _exiftool_read(paths: list[Path]) -> dict[str, dict]:
-    """exiftool's view of each file: -n numbers, -G1 groups, -a duplicates, -u unknown (IPTC 2025 AI tags)."""
-    out = subprocess.run([EXIFTOOL, "-j", "-G1", "-a", "-n", "-u", *map(str, paths)], capture_output=True)
-    return {Path(d["SourceFile"]).name: d for d in json.loads(out.stdout)}
-
-
-def _noise(w: int, h: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-
-
-def _save(arr_or_im, fmt: str, **kw) -> bytes:
-    im = arr_or_im if isinstance(arr_or_im, Image.Image) else Image.fromarray(arr_or_im)
-    buf = io.BytesIO()
-    im.save(buf, format=fmt, **kw)
-    return buf.getvalue()
-
 
 # --------------------------------------------------------------------------- round trips
 
@@ -88,16 +54,16 @@ def round_trip(tmp_path_factory):
     if EXIFTOOL is None:
         pytest.skip(NO_EXIFTOOL)
     d = tmp_path_factory.mktemp("roundtrip")
-    stored = _noise(*STORED_SIZE)
+    stored = noise(*STORED_SIZE)
     inputs = []
     for fmt, suffix in SUFFIX.items():
         p = d / f"in{suffix}"
-        p.write_bytes(_save(stored, fmt.upper()))
+        p.write_bytes(encoded(stored, fmt.upper()))
         inputs.append(p)
-    _exiftool_write(inputs, "-Orientation#=6", *(f"-{k}={v}" for k, v in TAGS.items()))
+    exiftool_write(inputs, "-Orientation#=6", *(f"-{k}={v}" for k, v in TAGS.items()))
     thumb = d / "thumb.jpg"
-    thumb.write_bytes(_save(_noise(8, 6, 1), "JPEG"))
-    _exiftool_write([d / "in.jpg"], f"-ThumbnailImage<={thumb}")
+    thumb.write_bytes(encoded(noise(8, 6, 1), "JPEG"))
+    exiftool_write([d / "in.jpg"], f"-ThumbnailImage<={thumb}")
     results, outputs = {}, []
     for fmt, suffix in SUFFIX.items():
         dec = decode((d / f"in{suffix}").read_bytes())
@@ -107,7 +73,7 @@ def round_trip(tmp_path_factory):
             p.write_bytes(data)
             outputs.append(p)
             results[fmt, keep] = (dec, data, json.loads(report))
-    return results, _exiftool_read(inputs + outputs)
+    return results, exiftool_read(inputs + outputs)
 
 
 def _tool(round_trip, fmt: str, keep: bool) -> dict:
@@ -210,7 +176,7 @@ def test_embed_jpeg_writes_what_encode_writes(round_trip):
     embedded, report2 = embed_jpeg(images.encode_jpeg(dec.rgb), dec.meta, PROV, width=w, height=h)
     assert embedded == data and json.loads(report2) == report
     # no JFIF, an old EXIF and ICC in the way: JFIF added, the rest replaced, the pixels untouched
-    other = _save(dec.rgb, "JPEG", exif=b"Exif\0\0II*\0\x08\0\0\0\0\0\0\0\0\0", icc_profile=b"x" * 40)
+    other = encoded(dec.rgb, "JPEG", exif=b"Exif\0\0II*\0\x08\0\0\0\0\0\0\0\0\0", icc_profile=b"x" * 40)
     pos = 2
     if other[pos : pos + 2] == b"\xff\xe0":  # drop Pillow's APP0
         other = other[:2] + other[4 + struct.unpack(">H", other[4:6])[0] :]
@@ -257,7 +223,7 @@ def test_decode_depth_8_matches_decode_rgb_on_the_corpus(corpus):
 
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_array_orientation_matches_pillow(orientation):
-    a = _noise(5, 3)
+    a = noise(5, 3)
     method = images._ORIENTATION_TRANSPOSE.get(orientation)
     want = np.asarray(Image.fromarray(a).transpose(method)) if method is not None else a
     assert np.array_equal(images._orient_array(a, orientation), want)
@@ -265,7 +231,7 @@ def test_array_orientation_matches_pillow(orientation):
 
 def test_multi_page_tiff_first_page_and_count():
     pages = [Image.new("L", (8, 6), v) for v in (10, 20, 30)]
-    dec = decode(_save(pages[0], "TIFF", save_all=True, append_images=pages[1:]))
+    dec = decode(encoded(pages[0], "TIFF", save_all=True, append_images=pages[1:]))
     assert dec.meta.pages == 3 and int(dec.rgb[0, 0, 0]) == 10
     _, report = encode(dec.rgb, "png", dec.meta, PROV)
     assert "2 more page(s)" in json.loads(report)["dropped"]["pages"]
@@ -295,7 +261,7 @@ def test_lightness_is_raycolor_colors_formula():
 
 def test_16bit_grey_tiff_keeps_16_bits_and_finer_lightness():
     ramp = np.linspace(0, 65535, 4096).round().astype(np.uint16).reshape(64, 64)
-    data = _save(Image.fromarray(ramp), "TIFF")
+    data = encoded(Image.fromarray(ramp), "TIFF")
     dec = decode(data)
     assert dec.meta.bit_depth == 16 and dec.rgb.dtype == np.uint16
     assert np.array_equal(dec.rgb[:, :, 0], ramp) and np.array_equal(dec.rgb[:, :, 2], ramp)
@@ -311,7 +277,7 @@ def test_16bit_grey_tiff_keeps_16_bits_and_finer_lightness():
 
 
 def test_depth_16_widens_8bit_sources_exactly():
-    data = _save(_noise(7, 5), "PNG")
+    data = encoded(noise(7, 5), "PNG")
     assert np.array_equal(decode(data, depth="16").rgb, decode_rgb(data).astype(np.uint16) * 257)
     with pytest.raises(ValueError):
         decode(data, depth="12")
@@ -355,7 +321,7 @@ def test_encode_16bit_tiff_and_png_read_back_16bit_identical(tmp_path):
     if EXIFTOOL:
         (tmp_path / "a.tif").write_bytes(tif)
         (tmp_path / "a.png").write_bytes(png)
-        tool = _exiftool_read([tmp_path / "a.tif", tmp_path / "a.png"])
+        tool = exiftool_read([tmp_path / "a.tif", tmp_path / "a.png"])
         assert tool["a.tif"]["IFD0:BitsPerSample"] == "16 16 16" and tool["a.tif"]["IFD0:Compression"] == 8
         assert tool["a.png"]["PNG:BitDepth"] == 16 and tool["a.png"]["PNG:ColorType"] == 2
         for t in tool.values():
@@ -428,7 +394,7 @@ def test_test_profiles_are_real_profiles():
 
 def test_adobe_rgb_is_converted_to_srgb():
     a = np.array([[[200, 100, 50], [30, 160, 90], [128, 128, 128], [250, 250, 250]]], np.uint8)
-    data = _save(a, "PNG", icc_profile=adobe_rgb_like())
+    data = encoded(a, "PNG", icc_profile=adobe_rgb_like())
     dec = decode(data)
     assert np.array_equal(decode_rgb(data), dec.rgb)  # the one decode policy: decode_rgb is colour-managed too
     assert not np.array_equal(dec.rgb, a)
@@ -441,7 +407,7 @@ def test_adobe_rgb_is_converted_to_srgb():
 
 def test_grey_gamma_profile_is_converted_and_stays_neutral():
     ramp = np.arange(0, 256, 5, dtype=np.uint8).reshape(1, -1)
-    data = _save(Image.fromarray(ramp), "PNG", icc_profile=gray_gamma_22())
+    data = encoded(Image.fromarray(ramp), "PNG", icc_profile=gray_gamma_22())
     dec = decode(data)
     assert dec.meta.notes == (("icc", "converted from Gray Gamma 2.2 to sRGB"),)
     assert np.array_equal(dec.rgb[..., 0], dec.rgb[..., 1]) and np.array_equal(dec.rgb[..., 0], dec.rgb[..., 2])
@@ -449,61 +415,19 @@ def test_grey_gamma_profile_is_converted_and_stays_neutral():
     assert dec.rgb[0, 0, 0] == 0 and dec.rgb[0, -1, 0] == 255
     # 16-bit grey with the same profile: converted at 16 bits, through the same curve
     ramp16 = (ramp.astype(np.uint16) * 257)
-    dec16 = decode(_save(Image.fromarray(ramp16), "TIFF", tiffinfo={34675: gray_gamma_22()}))
+    dec16 = decode(encoded(Image.fromarray(ramp16), "TIFF", tiffinfo={34675: gray_gamma_22()}))
     assert dec16.rgb.dtype == np.uint16 and dec16.meta.notes[-1][1].startswith("converted")
     assert np.abs(dec16.rgb[..., 0].astype(int) / 257 - dec.rgb[..., 0]).max() <= 1
 
 
 def test_srgb_profile_passes_unchanged():
-    a = _noise(9, 4)
+    a = noise(9, 4)
     for icc in (metadata.srgb_icc(), ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()):
-        dec = decode(_save(a, "PNG", icc_profile=icc))
+        dec = decode(encoded(a, "PNG", icc_profile=icc))
         assert np.array_equal(dec.rgb, a) and dec.meta.notes == ()
 
 
 # --------------------------------------------------------------------------- bad metadata never costs an image
-
-
-def _jpeg_with_segment(rgb: np.ndarray, marker: int, payload: bytes) -> bytes:
-    jpeg = _save(rgb, "JPEG")
-    return jpeg[:2] + bytes((0xFF, marker)) + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
-
-
-def _iim(*datasets: tuple[int, int, bytes]) -> bytes:
-    return b"".join(b"\x1c" + bytes((r, n)) + struct.pack(">H", len(v)) + v for r, n, v in datasets)
-
-
-def _xmp_packet(description: str) -> bytes:
-    return (
-        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
-        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-        '<rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/" '
-        'xmlns:tiff="http://ns.adobe.com/tiff/1.0/" xmlns:my="http://example.org/my/1.0/" '
-        'xmlns:xmp="http://ns.adobe.com/xap/1.0/" tiff:Orientation="6" xmp:CreatorTool="Scanner 9000">'
-        f'<dc:description><rdf:Alt><rdf:li xml:lang="x-default">{escape(description)}</rdf:li>'
-        "</rdf:Alt></dc:description>"
-        "<my:Box>B-17 &amp; C</my:Box>"
-        '</rdf:Description></rdf:RDF></x:xmpmeta><?xpacket end="w"?>'
-    ).encode()
-
-
-def bad_metadata_inputs(rgb: np.ndarray, exif: bytes) -> tuple[dict[str, tuple[bytes, str]], bytes]:
-    """Issue 21's bad-metadata corpus around `rgb`: name -> (file bytes, output format), and the IPTC block
-    in a wrong encoding that must come back verbatim. `exif`: a valid EXIF block to cut short."""
-    maker = Image.Exif()
-    maker[0x010F] = "Acme"
-    maker[0x8769] = {0x9003: "1950:06:01 05:30:00", 0x927C: bytes(range(7, 250)) * 2}
-    wrong_iim = _iim((1, 90, b"\x1b%G"), (2, 0, b"\0\x04"), (2, 120, "Café au lait".encode("latin-1")))
-    inputs = {
-        "corrupt_exif": (_jpeg_with_segment(rgb, 0xE1, b"Exif\0\0" + b"this is no TIFF header" * 3), "jpeg"),
-        "makernote": (_save(rgb, "JPEG", exif=maker.tobytes()), "jpeg"),
-        "big_xmp": (_png_with_xmp(rgb, _xmp_packet("x" * 70_000)), "jpeg"),
-        "wrong_iptc": (_jpeg_with_segment(rgb, 0xED, b"Photoshop 3.0\0" + metadata._irb(0x0404, wrong_iim)), "jpeg"),
-        "refused_icc": (_save(rgb, "JPEG", icc_profile=b"not an ICC profile at all " * 8), "jpeg"),
-        "truncated_exif": (_jpeg_with_segment(rgb, 0xE1, exif[: len(exif) * 3 // 5]), "jpeg"),
-        "unparseable_xmp": (_png_with_xmp(rgb, b"<x:xmpmeta><rdf:RDF>unclosed"), "png"),
-    }
-    return inputs, wrong_iim
 
 
 @pytest.fixture(scope="module")
@@ -512,10 +436,10 @@ def bad_corpus(tmp_path_factory):
     if EXIFTOOL is None:
         pytest.skip(NO_EXIFTOOL)
     d = tmp_path_factory.mktemp("badmeta")
-    rgb = _noise(32, 24, 5)
+    rgb = noise(32, 24, 5)
     good = d / "good.jpg"
-    good.write_bytes(_save(rgb, "JPEG"))
-    _exiftool_write([good], *(f"-{k}={v}" for k, v in TAGS.items() if not k.startswith(("IPTC", "XMP"))))
+    good.write_bytes(encoded(rgb, "JPEG"))
+    exiftool_write([good], *(f"-{k}={v}" for k, v in TAGS.items() if not k.startswith(("IPTC", "XMP"))))
     with Image.open(good) as im:
         exif = im.info["exif"]
     inputs, wrong_iim = bad_metadata_inputs(rgb, exif)
@@ -528,13 +452,7 @@ def bad_corpus(tmp_path_factory):
         p.write_bytes(out)
         paths.append(p)
         results[name] = (dec, out, json.loads(report))
-    return results, _exiftool_read(paths), wrong_iim
-
-
-def _png_with_xmp(rgb: np.ndarray, packet: bytes) -> bytes:
-    info = PngImagePlugin.PngInfo()
-    info.add_itxt("XML:com.adobe.xmp", packet.decode("utf-8", "replace"))
-    return _save(rgb, "PNG", pnginfo=info)
+    return results, exiftool_read(paths), wrong_iim
 
 
 @needs_exiftool
@@ -577,11 +495,11 @@ def test_what_survives_bad_metadata(bad_corpus):
 
 @needs_exiftool
 def test_xmp_merge_fixes_and_keeps_the_rest(tmp_path):
-    rgb = _noise(10, 8)
-    dec = decode(_png_with_xmp(rgb, _xmp_packet("caption <with> markup")))
+    rgb = noise(10, 8)
+    dec = decode(png_with_xmp(rgb, xmp_packet("caption <with> markup")))
     out, report = encode(dec.rgb, "jpeg", dec.meta, PROV)
     (tmp_path / "m.jpg").write_bytes(out)
-    t = _exiftool_read([tmp_path / "m.jpg"])["m.jpg"]
+    t = exiftool_read([tmp_path / "m.jpg"])["m.jpg"]
     assert t["XMP-tiff:Orientation"] == 1 and t["XMP-xmp:CreatorTool"] == PROV.software
     assert t["XMP-dc:Description"] == "caption <with> markup" and t["XMP-my:Box"] == "B-17 & C"
     assert b'xmlns:my="http://example.org/my/1.0/"' in out  # the input's own prefix
@@ -600,9 +518,9 @@ def _pillow_exif() -> bytes:
 def test_fuzzed_exif_never_costs_the_image():  # (Pillow warns about the EXIF it reads for orientation: the point here)
     """Truncations, flipped bytes and scribbled offsets/counts: every image still decodes and encodes."""
     rng = np.random.default_rng(21)
-    rgb = _noise(12, 10, 2)
+    rgb = noise(12, 10, 2)
     exif = _pillow_exif()
-    assert decode(_save(rgb, "JPEG", exif=exif)).meta.notes == ()
+    assert decode(encoded(rgb, "JPEG", exif=exif)).meta.notes == ()
     for _ in range(120):
         blob = bytearray(exif)
         kind = rng.integers(3)
@@ -614,7 +532,7 @@ def test_fuzzed_exif_never_costs_the_image():  # (Pillow warns about the EXIF it
         else:
             i = int(rng.integers(6, len(blob) - 4))
             blob[i : i + 4] = rng.integers(0, 256, 4, dtype=np.uint8).tobytes()
-        data = _jpeg_with_segment(rgb, 0xE1, bytes(blob))
+        data = jpeg_with_segment(rgb, 0xE1, bytes(blob))
         dec = decode(data)
         assert np.array_equal(dec.rgb, decode_rgb(data))
         for fmt in ("jpeg", "tiff", "png"):
