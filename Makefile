@@ -41,8 +41,12 @@ test: $(STAMP) test-tools
 CORE_TESTS := tests/test_color.py tests/test_colorize.py tests/test_model.py tests/test_metrics.py tests/test_images.py \
 	$(wildcard tests/test_metadata.py)
 
+# Every test that needs no Ray (the core, sources, ledger, the colorize stages run by hand, the CLI's flags, ...):
+# about 1.5 minutes on 2 cores, in one process. RAYCOLOR_NO_RAY=1 tells tests/conftest.py to leave out the tests
+# marked slow (Ray or a subprocess) or ray (Ray's library or a cluster), and to make `import ray` fail, so a test
+# that needs Ray without saying so fails here instead of starting Ray.
 test-fast: $(STAMP) test-tools
-	$(BIN)/python -m pytest -q -p no:xdist $(CORE_TESTS)
+	RAYCOLOR_NO_RAY=1 $(BIN)/python -m pytest -q -p no:xdist
 
 # The numeric core once more under each CPU kernel torch has for this machine (default and avx2 always, avx512
 # where the CPU has it): SIMD kernels round differently, and a newcomer's CPU must not surprise CI. Each run

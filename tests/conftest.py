@@ -17,12 +17,49 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+
+# `make test-fast` sets this: every test that needs no Ray, and none that does. In that tier `import ray` fails
+# (so does `import ray.data`, ...): a test that needs Ray fails loudly instead of starting Ray and being counted
+# as fast. Left out of the tier, by marker: `slow` (starts Ray or a subprocess, which this guard cannot reach)
+# and `ray` (needs Ray's library or a cluster; given here to every test that uses ray_local / ray_address); test
+# files that import Ray at module level are not even collected.
+NO_RAY = os.environ.get("RAYCOLOR_NO_RAY") == "1"
+_RAY_FIXTURES = ("ray_local", "ray_address")
+
+if NO_RAY:
+    sys.modules["ray"] = None  # type: ignore[assignment]
+    collect_ignore = [
+        p.name for p in Path(__file__).parent.glob("test_*.py")
+        if re.search(r"^(import|from) ray\b", p.read_text(), re.MULTILINE)
+    ]
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "ray: needs Ray, its library or a cluster (given to every test using ray_local or ray_address); "
+        "not in make test-fast")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects: the marker must be there when it looks
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(f in item.fixturenames for f in _RAY_FIXTURES):
+            item.add_marker(pytest.mark.ray)
+    if NO_RAY:
+        out = [i for i in items if i.get_closest_marker("slow") or i.get_closest_marker("ray")]
+        if out:
+            config.hook.pytest_deselected(items=out)
+            items[:] = [i for i in items if not (i.get_closest_marker("slow") or i.get_closest_marker("ray"))]
+
 
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",

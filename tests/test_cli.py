@@ -139,6 +139,11 @@ def test_bad_flag_values_are_usage_errors(calls):
 # -- error paths through the real functions (no patching of the failing code) --------------------
 
 
+# The real colorize / fit / evaluate import Ray's library first thing (nothing connects: runtime.connect is
+# patched), so the tests below that go through them are marked `ray`: out of `make test-fast`.
+needs_ray_library = pytest.mark.ray
+
+
 @pytest.fixture
 def no_connect(monkeypatch):
     monkeypatch.setattr(runtime, "connect", lambda address, **kw: "local")
@@ -151,16 +156,19 @@ def _one_line_error(r) -> str:
     return lines[0]
 
 
+@needs_ray_library
 def test_missing_checkpoint_is_exit_2(no_connect, tmp_path):
     r = runner.invoke(app, ["colorize", str(tmp_path), "--output", str(tmp_path / "o"), "--checkpoint", str(tmp_path / "nope")])
     assert "no checkpoint" in _one_line_error(r)
 
 
+@needs_ray_library
 def test_unknown_input_is_exit_2(no_connect, tiny_ckpt, tmp_path):
     r = runner.invoke(app, ["colorize", str(tmp_path / "missing"), "--output", str(tmp_path / "o"), "--checkpoint", tiny_ckpt])
     assert "not found" in _one_line_error(r)
 
 
+@needs_ray_library
 def test_invalid_checkpoint_is_exit_2(no_connect, tmp_path):
     (tmp_path / "config.json").write_text("{oops")
     r = runner.invoke(app, ["colorize", str(tmp_path), "--output", str(tmp_path / "o"), "--checkpoint", str(tmp_path)])
@@ -194,6 +202,7 @@ def test_end_to_end_colorize_and_evaluate_through_the_cli(ray_local, tiny_ckpt, 
     assert report["images"] == 3 and set(report) >= {"model", "baseline"}
 
 
+@needs_ray_library
 def test_imagenet_weights_while_offline_is_exit_2(no_connect, monkeypatch, tmp_path):
     # an empty hub cache and a proxy that refuses every connection: offline, deterministically
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
@@ -208,6 +217,7 @@ def test_imagenet_weights_while_offline_is_exit_2(no_connect, monkeypatch, tmp_p
     assert "ImageNet VGG16 weights" in line and "--weights PATH" in line
 
 
+@needs_ray_library
 def test_unreachable_s3_endpoint_is_exit_2(no_connect, s3_env, tiny_ckpt, tmp_path):
     r = runner.invoke(
         app,

@@ -123,6 +123,7 @@ def test_no_inline_credentials(config):
         assert needle not in text
 
 
+@pytest.mark.ray  # Ray's own schema and validation: needs Ray's library
 def test_ray_json_schema(config):
     """Strongest check: validate against the schema Ray's autoscaler uses."""
     pytest.importorskip("ray", reason="ray is not installed")
@@ -134,6 +135,7 @@ def test_ray_json_schema(config):
     jsonschema.validate(config, schema)
 
 
+@pytest.mark.ray  # Ray's own schema and validation: needs Ray's library
 def test_ray_prepare_config(config):
     """Fill in Ray's AWS defaults and run Ray's full config validation.
 

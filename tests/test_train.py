@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import shutil
 from pathlib import Path
@@ -22,47 +21,9 @@ from PIL import Image
 
 from raycolor import checkpoint
 from raycolor.checkpoint import CheckpointError
-from raycolor.config import TrainConfig
 from raycolor.model import WeightsUnavailableError
 
-N_IMAGES = 24
-SIZE = 32
-
-
-def make_images(folder: Path, n: int = N_IMAGES, size: int = SIZE, seed: int = 0) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        img = np.empty((size, size, 3), np.float32)
-        img[: size // 2] = (225, 95, 85)  # light red
-        img[size // 2 :] = (35, 45, 150)  # dark blue
-        img += rng.uniform(-25, 25, (size, size, 1))  # grey texture: the same offset on R, G and B
-        Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(folder / f"img{i:02d}.png")
-    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot an image")  # dropped, never fatal
-    return folder
-
-
-def base_config(data: str, output: str, **kw) -> TrainConfig:
-    args = dict(
-        data=(data,),
-        output=output,
-        val_fraction=0.15,
-        epochs=2,
-        image_size=SIZE,
-        batch_size=4,
-        workers=2,
-        weights=None,
-        freeze_encoder_epochs=1,
-        finetune_blocks=2,
-        lr=1e-3,
-        finetune_lr=1e-4,
-        num_to_keep=2,
-        max_failures=1,
-        seed=0,
-    )
-    args.update(kw)
-    return TrainConfig(**args)
-
+from support import SIZE, assert_finite_lines, base_config, make_images
 
 def read_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
@@ -72,15 +33,10 @@ def checkpoint_dirs(output: Path) -> list[Path]:
     return sorted(p for p in (output / "train").glob("checkpoint_*") if p.is_dir())
 
 
-def assert_finite_lines(lines: list[dict]) -> None:
-    for m in lines:
-        for key in ("train_loss", "val_loss", "val_psnr", "baseline_psnr", "images_per_s"):
-            assert isinstance(m[key], float) and math.isfinite(m[key]), (key, m)
-
-
 # --------------------------------------------------------------------------------------------- fast
 
 
+@pytest.mark.ray  # fit imports Ray's library before it checks the config
 def test_config_is_validated_before_anything_starts(tmp_path):
     from raycolor.ray_train import fit
 
