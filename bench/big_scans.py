@@ -34,11 +34,7 @@ CASES = {"1x8": (1, 8, (5400, 7200)), "24x8": (24, 8, (5400, 7200)), "1x16": (1,
 
 
 def used_bytes() -> int:
-    info = {}
-    with open("/proc/meminfo") as f:
-        for line in f:
-            k, v = line.split(":", 1)
-            info[k] = int(v.split()[0]) * 1024
+    info = meminfo()
     return info["MemTotal"] - info["MemAvailable"]
 
 
@@ -63,22 +59,84 @@ def write_scans(folder: Path, n: int, bits: int, size: tuple[int, int]) -> None:
         (folder / f"scan-{i:03d}.tif").write_bytes(first.read_bytes())
 
 
-def run(cmd: list[str], log: Path) -> tuple[int, float, int]:
-    """(peak bytes in use while cmd runs, seconds, returncode)."""
-    peak, stop = [used_bytes()], threading.Event()
+def where(top: int = 6) -> str:
+    """Where memory is now: the object store's shared memory, and the processes holding the most private memory
+    (Pss_Anon: their heaps, not the object store pages they map)."""
+    procs = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            anon = next(int(x.split()[1]) for x in (d / "smaps_rollup").read_text().splitlines() if x.startswith("Pss_Anon:"))
+            name = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:60] or d.name
+        except (OSError, StopIteration):
+            continue
+        procs.append((anon * 1024, name))
+    procs.sort(reverse=True)
+    shm = meminfo()["Shmem"]
+    return f"shared memory {shm / 1e9:.2f} GB; " + "; ".join(f"{b / 1e9:.2f} GB {n}" for b, n in procs[:top])
+
+
+def meminfo() -> dict[str, int]:
+    info = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            k, v = line.split(":", 1)
+            info[k] = int(v.split()[0]) * 1024
+    return info
+
+
+def own_bytes(root: int) -> int:
+    """Memory of one command alone: the private memory (Pss_Anon) of its process tree (the driver, Ray's own
+    processes and workers: a local Ray runs under the driver) plus the machine's shared memory (Ray's object
+    store). For figures on a machine where something else runs too; the headline stays machine-wide."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        try:
+            total += 1024 * next(int(x.split()[1]) for x in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+                                 if x.startswith("Pss_Anon:"))
+        except (OSError, StopIteration):
+            pass
+    return total + meminfo()["Shmem"]
+
+
+def run(cmd: list[str], log: Path, breakdown: bool = False) -> tuple[int, float, int]:
+    """(peak bytes in use while cmd runs, seconds, returncode). breakdown: print where the memory was at the peak,
+    and the command's own peak (own_bytes)."""
+    peak, stop, at_peak, own = [used_bytes()], threading.Event(), [""], [0]
+    proc: list[subprocess.Popen] = []
 
     def sample() -> None:
         while not stop.wait(0.3):
-            peak[0] = max(peak[0], used_bytes())
+            now = used_bytes()
+            if breakdown and proc:
+                own[0] = max(own[0], own_bytes(proc[0].pid))
+            if now > peak[0]:
+                peak[0] = now
+                if breakdown:
+                    at_peak[0] = where()
 
     t = threading.Thread(target=sample, daemon=True)
     t.start()
     t0 = time.perf_counter()
     with open(log, "w") as out:
-        rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode
+        proc.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT))
+        rc = proc[0].wait()
     elapsed = time.perf_counter() - t0
     stop.set()
     t.join()
+    if breakdown:
+        print(f"  at the peak: {at_peak[0]}\n  the command's own peak: {own[0] / 1e9:.2f} GB", flush=True)
     return peak[0], elapsed, rc
 
 
@@ -87,6 +145,7 @@ def main() -> None:
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more colorize flags, e.g. --memory-per-cpu 2GB")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--breakdown", action="store_true", help="print where the memory was at each case's peak")
     args = ap.parse_args()
 
     import torch
@@ -108,7 +167,7 @@ def main() -> None:
         def colorize(folder: Path, name: str) -> tuple[int, float, int]:
             cmd = [*raycolor, str(folder), "--output", str(tmp / f"out-{name}"), "--checkpoint", ckpt,
                    "--format", "png", *args.extra]
-            return run(cmd, tmp / f"{name}.log")
+            return run(cmd, tmp / f"{name}.log", breakdown=args.breakdown)
 
         idle = used_bytes()
         tiny_peak, tiny_s, rc = colorize(tmp / "tiny", "tiny")

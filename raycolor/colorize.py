@@ -48,6 +48,15 @@ def orient(rgb: torch.Tensor, orientation: int) -> torch.Tensor:
 # a whole run at 23 B/pixel for an 8-bit scan and 41 for a 16-bit one): what --memory-per-cpu is divided by.
 BYTES_PER_PIXEL = {8: 24, 16: 40}
 
+# Most pixels a block of decoded images holds (and so a decode, model or finish call works on) unless a memory
+# budget says otherwise (ModelStage.block_pixels): ~50 VGA images, or one 39 MP scan alone. At 2 B/pixel of
+# packed L that is a 32 MiB block, a quarter of Ray Data's default; a finish task then holds ~0.4 GB.
+BLOCK_PIXELS = 1 << 24
+
+# Most pixels of full-resolution images a model actor holds on its device at once when it decodes JPEGs and
+# composes there (GPU mode): ~13 B/pixel (RGB, L, the output), so ~0.9 GB of device memory beside the model.
+DEVICE_PIXELS = 1 << 26
+
 # Full-resolution maths runs in row strips of about this many pixels, so a 39 MP scan needs ~50 MB of float
 # temporaries (Lab -> RGB and the gamut fit hold ~100 B/pixel) instead of ~4 GB (docs/performance.md).
 STRIP_PIXELS = 1 << 19
@@ -93,14 +102,21 @@ def prepare(rgb: np.ndarray | torch.Tensor, render_size: int) -> tuple[torch.Ten
 L_SCALE = 65535 / 100  # L in [0, 100] <-> uint16: 2 bytes a pixel between processes, 0.0015 L units of precision
 
 
-def pack_l(L: torch.Tensor) -> bytes:
+def pack_l(L: torch.Tensor) -> bytearray:
     """Full-resolution L (1, H, W) -> uint16 bytes, the form in which it crosses Ray's object store.
-    In row strips: no full-size float temporary beside L (a 39 MP scan: 2 B/pixel out, not 14)."""
+    In row strips, straight into the buffer returned: no full-size temporary beside L (a 39 MP scan: 2 B/pixel
+    out, not 14; Arrow takes a bytearray as binary like bytes)."""
     x = L[0].numpy()
-    packed = np.empty(x.shape, dtype=np.uint16)
+    out = bytearray(2 * x.size)
+    packed = np.frombuffer(out, dtype=np.uint16).reshape(x.shape)
     for y0, y1 in strips(*x.shape):
         packed[y0:y1] = np.rint(x[y0:y1] * np.float32(L_SCALE))
-    return packed.tobytes()
+    return out
+
+
+def packed_l(raw: bytes, height: int, width: int) -> np.ndarray:
+    """pack_l's bytes as the uint16 (1, H, W) array they hold (a view: no copy); compose unpacks it by strips."""
+    return np.frombuffer(raw, dtype=np.uint16).reshape(1, height, width)
 
 
 def unpack_l(raw: bytes, height: int, width: int) -> torch.Tensor:
@@ -120,25 +136,73 @@ def predict_ab(model: torch.nn.Module, l_small: torch.Tensor) -> torch.Tensor:
     return ab.float()
 
 
-def compose_batch(L: torch.Tensor, ab_small: torch.Tensor, *, bits: int = 8) -> torch.Tensor:
+def _bilinear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(index0, index1, weight0, weight1) per output position of a bilinear resize n_in -> n_out with
+    align_corners=False: F.interpolate's taps, in its float32 arithmetic (aten's compute_source_index_and_lambda,
+    two roundings as its default CPU kernel has them), computed once here rather than by a SIMD kernel."""
+    if n_in == n_out:
+        i = np.arange(n_out)
+        return i, i, np.ones(n_out, np.float32), np.zeros(n_out, np.float32)
+    scale = np.float32(n_in) / np.float32(n_out)
+    src = scale * (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5)
+    src = np.maximum(src, np.float32(0))
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    w1 = np.clip(src - i0.astype(np.float32), np.float32(0), np.float32(1))
+    return i0, np.minimum(i0 + 1, n_in - 1), np.float32(1) - w1, w1
+
+
+class UpsampledAB:
+    """ab (N, 2, r, r) bilinearly upsampled to (N, 2, H, W), handed out a row strip at a time: full-resolution ab
+    is 8 B/pixel, the largest thing compose held. Each output pixel is (x00 w0 + x01 w1) h0 + (x10 w0 + x11 w1) h1
+    as F.interpolate computes it (bit-identical to its default CPU kernel), but in separate elementwise ops:
+    every strip, every device and every SIMD kernel gives the same values (tests/test_colorize.py)."""
+
+    def __init__(self, ab_small: torch.Tensor, height: int, width: int):
+        device = ab_small.device
+        ab = ab_small.float()  # (N, 2, r, r)
+        x0, x1, w0, w1 = (torch.from_numpy(t).to(device) for t in _bilinear_taps(ab.shape[-1], width))
+        self.rows = ab.index_select(3, x0) * w0 + ab.index_select(3, x1) * w1  # (N, 2, r, W): along x first
+        self.taps = [torch.from_numpy(t).to(device) for t in _bilinear_taps(ab.shape[-2], height)]
+
+    def strip(self, y0: int, y1: int) -> torch.Tensor:
+        """Rows [y0, y1) of the full-resolution ab: (N, 2, y1 - y0, W)."""
+        i0, i1, w0, w1 = (t[y0:y1] for t in self.taps)
+        return self.rows.index_select(2, i0) * w0[:, None] + self.rows.index_select(2, i1) * w1[:, None]
+
+
+def _l_strip(L: torch.Tensor | np.ndarray, y0: int, y1: int) -> torch.Tensor:
+    """Rows [y0, y1) of full-res L as float32: L itself, or L still packed (uint16 from pack_l), unpacked here a
+    strip at a time exactly as unpack_l does it."""
+    if isinstance(L, np.ndarray):
+        x = L[..., y0:y1, :].astype(np.float32)
+        x /= np.float32(L_SCALE)
+        return torch.from_numpy(x)
+    return L[..., y0:y1, :]
+
+
+def compose_batch(L: torch.Tensor | np.ndarray, ab_small: torch.Tensor, *, bits: int = 8) -> torch.Tensor:
     """L (N, 1, H, W) full-res + ab (N, 2, r, r) -> RGB (N, H, W, 3), uint8 (bits=8) or uint16 (bits=16);
-    the output keeps L exactly, up to that quantisation.
+    the output keeps L exactly, up to that quantisation. L is float32, or a uint16 array still packed by
+    pack_l (then it is never unpacked whole). All full-resolution maths runs in row strips: beside L and the
+    output, a strip of floats (~100 B/pixel of it) is all compose holds.
 
     Batched so that an accelerator composes a whole batch of same-size images in a few kernels.
     """
     N, H, W = L.shape[0], *L.shape[-2:]
-    ab = F.interpolate(ab_small.to(L), size=(H, W), mode="bilinear", align_corners=False)  # (N, 2, H, W)
+    device = L.device if isinstance(L, torch.Tensor) else torch.device("cpu")
+    ab = UpsampledAB(ab_small.to(device), H, W)
     scale, dtype = (65535, torch.uint16) if bits == 16 else (255, torch.uint8)
-    out = torch.empty((N, H, W, 3), dtype=dtype, device=L.device)
+    out = torch.empty((N, H, W, 3), dtype=dtype, device=device)
     for y0, y1 in strips(H, W):  # Lab -> RGB and the gamut fit are per pixel: strips change no result
-        rgb = color.lab_to_rgb_in_gamut(L[..., y0:y1, :], ab[..., y0:y1, :])  # (N, 3, k, W) in [0, 1]
+        rgb = color.lab_to_rgb_in_gamut(_l_strip(L, y0, y1), ab.strip(y0, y1))  # (N, 3, k, W) in [0, 1]
         out[:, y0:y1] = (rgb * scale).round_().to(dtype).permute(0, 2, 3, 1)
     return out
 
 
-def compose(L: torch.Tensor, ab_small: torch.Tensor, *, bits: int = 8) -> torch.Tensor:
-    """L (1, H, W) full-res + ab (2, r, r) -> RGB (H, W, 3), uint8 or (bits=16) uint16; L kept exactly."""
-    return compose_batch(L.unsqueeze(0), ab_small.unsqueeze(0), bits=bits)[0]
+def compose(L: torch.Tensor | np.ndarray, ab_small: torch.Tensor, *, bits: int = 8) -> torch.Tensor:
+    """L (1, H, W) full-res (float32, or uint16 packed by pack_l) + ab (2, r, r) -> RGB (H, W, 3), uint8 or
+    (bits=16) uint16; L kept exactly."""
+    return compose_batch(L[None], ab_small.unsqueeze(0), bits=bits)[0]
 
 
 def colorize_rgb(

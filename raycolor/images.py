@@ -197,8 +197,8 @@ Depth = Literal["auto", "8", "16"]
 class DecodedImage(NamedTuple):
     """:func:`decode`'s result: upright sRGB pixels and the input's metadata."""
 
-    rgb: np.ndarray  # (H, W, 3) uint8, or uint16 (see decode's ``depth``)
-    meta: Metadata
+    rgb: np.ndarray  # (H, W, 3) uint8, or uint16 (see decode's ``depth``); a grey source's is one plane seen three
+    meta: Metadata   # times (channel stride 0: read it, never write into it; decode_rgb gives a plain copy)
 
 
 def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -206,7 +206,7 @@ def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> n
 
     See the module docstring for the policy. Raises :class:`DecodeError`.
     """
-    return decode(data, max_pixels=max_pixels, depth="8").rgb
+    return np.ascontiguousarray(decode(data, max_pixels=max_pixels, depth="8").rgb)
 
 
 def decode(
@@ -416,8 +416,8 @@ def read_decoded(
 
     items = list(items)
     datas = sources.read_items(items, s3_endpoint=s3_endpoint, retries=retries, max_in_flight=io_concurrency)
-    for k, (item, data) in enumerate(zip(items, datas)):
-        datas[k] = None  # the batch's bytes go as their items are done
+    for k, item in enumerate(items):
+        data, datas[k] = datas[k], None  # the batch's bytes go as their items are done
         if isinstance(data, Exception):
             yield Decoded(error=f"read_failed: {sources.redact(data, item.uri)}")
             continue
@@ -426,12 +426,18 @@ def read_decoded(
             yield Decoded(data=data, peeked=peeked)
             continue
         try:
-            got = decode(data, max_pixels=max_pixels, depth=depth, limit=limit)
+            box = [decode(data, max_pixels=max_pixels, depth=depth, limit=limit)]
         except DecodeError as e:
             yield Decoded(error=str(e))
             continue
         del data
-        yield Decoded(rgb=got.rgb, meta=got.meta)
+        # popped on the way out: no local of this generator holds the pixels while it waits for the caller,
+        # who alone decides when they go
+        yield _as_decoded(box.pop())
+
+
+def _as_decoded(got: DecodedImage) -> Decoded:
+    return Decoded(rgb=got.rgb, meta=got.meta)
 
 
 def _needs_lift(max_pixels: int | None) -> bool:
@@ -566,6 +572,8 @@ def _to_rgb_array(im: Image.Image) -> np.ndarray:
         return _grey_to_rgb(_scale_float(np.asarray(im)))
     if _has_alpha(im):
         return _composite_on_white(im)
+    if mode == "L":  # Pillow's L -> RGB copies the plane three times; this is the same pixels
+        return _grey_to_rgb(np.asarray(im))
     if mode == "P":
         im = im.convert("RGB")
     elif mode == "CMYK":
@@ -766,7 +774,13 @@ def _scale_float(a: np.ndarray) -> np.ndarray:
 
 
 def _grey_to_rgb(grey: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
+    """A grey plane as (H, W, 3) RGB without three copies of it: a view whose three channels are the one plane
+    (stride 0), as Pillow's L -> RGB would give them. Archive masters are mostly grey, and this is 2 or 4
+    B/pixel a 39 MP scan does not hold. Nothing writes into decoded pixels; each consumer copies what it keeps."""
+    grey = np.ascontiguousarray(grey)
+    if not grey.flags.writeable:  # torch takes only writable arrays
+        grey = grey.copy()
+    return np.lib.stride_tricks.as_strided(grey[:, :, None], shape=(*grey.shape, 3), strides=(*grey.strides, 0))
 
 
 def _writeable_contiguous(a: np.ndarray) -> np.ndarray:

@@ -1036,28 +1036,40 @@ def _png(arr: np.ndarray, parts: _Parts, rep: _Report, level: int) -> bytes:
     if arr.dtype == np.uint8:
         buf = io.BytesIO()
         Image.fromarray(arr).save(buf, format="PNG", compress_level=level)
-        png = buf.getvalue()
+        png = buf.getbuffer()  # no copy: the file is copied once, below
+        pieces = [png[:33], png[33:]]
     else:
-        png = _png16(arr, level)
-    # every metadata chunk may precede IDAT, so they all go right after IHDR (8 + 25 bytes)
-    return png[:33] + b"".join(_png_meta_chunks(parts)) + png[33:]
+        pieces = _png16(arr, level)
+    # every metadata chunk may precede IDAT, so they all go right after IHDR (8 + 25 bytes); one join: a 100 MP
+    # master's file is copied once, not once per step
+    return b"".join([pieces[0], *_png_meta_chunks(parts), *pieces[1:]])
 
 
-def _png16(arr: np.ndarray, level: int) -> bytes:
-    """A 48-bit RGB PNG: Pillow has no 16-bit RGB mode and imageio/scikit-image write PNG through Pillow,
-    so this minimal writer (IHDR, IDAT with the Up filter, IEND) is the one dependency-free way."""
+def _png16(arr: np.ndarray, level: int) -> list[bytes]:
+    """A 48-bit RGB PNG, as pieces to join (signature + IHDR first): Pillow has no 16-bit RGB mode and
+    imageio/scikit-image write PNG through Pillow, so this minimal writer (IHDR, IDAT with the Up filter,
+    IEND) is the one dependency-free way."""
     h, w = arr.shape[:2]
-    rows = arr.astype(">u2").reshape(h, w * 3).view(np.uint8)
-    up = rows.copy()
-    up[1:] -= rows[:-1]  # filter type 2 (Up), uint8 arithmetic wraps modulo 256 as PNG wants
-    raw = np.concatenate([np.full((h, 1), 2, np.uint8), up], axis=1)
+    # in row strips (a 100 MP master would need ~24 B/pixel of copies at once); zlib's stream does not depend
+    # on how its input is cut, so the file is the same byte for byte
+    z = zlib.compressobj(level)
+    idat = []
+    above = np.zeros((1, w * 6), np.uint8)  # the row before the first: Up filters row 0 against zeros
+    step = max(1, (1 << 22) // max(1, w * 6))
+    for y0 in range(0, h, step):
+        rows = arr[y0 : y0 + step].astype(">u2").reshape(-1, w * 6 // 2).view(np.uint8)
+        raw = np.empty((rows.shape[0], w * 6 + 1), np.uint8)
+        raw[:, 0] = 2  # filter type 2 (Up); uint8 arithmetic wraps modulo 256 as PNG wants
+        np.subtract(rows, np.concatenate([above, rows[:-1]]), out=raw[:, 1:])
+        above = rows[-1:]
+        idat.append(z.compress(raw.tobytes()))
+    idat.append(z.flush())
     ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", ihdr)
-        + _png_chunk(b"IDAT", zlib.compress(raw.tobytes(), level))
-        + _png_chunk(b"IEND", b"")
-    )
+    crc = zlib.crc32(b"IDAT")
+    for piece in idat:
+        crc = zlib.crc32(piece, crc)
+    return [b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr), struct.pack(">I", sum(map(len, idat))) + b"IDAT", *idat,
+            struct.pack(">I", crc), _png_chunk(b"IEND", b"")]
 
 
 def _png_meta_chunks(parts: _Parts) -> list[bytes]:
@@ -1079,14 +1091,15 @@ def _tiff(arr: np.ndarray, parts: _Parts, rep: _Report, level: int) -> bytes:
     bo = parts.exif.bo
     h, w = arr.shape[:2]
     bits = 16 if arr.dtype == np.uint16 else 8
-    diff = arr.copy()
-    diff[:, 1:] -= arr[:, :-1]  # predictor 2, per sample, modulo 2**bits
-    samples = diff.astype(f"{bo}u2") if bits == 16 else diff
     row_bytes = w * 3 * bits // 8
     rows_per_strip = min(h, max(1, (256 << 10) // row_bytes))
-    strips = [
-        zlib.compress(samples[y : y + rows_per_strip].tobytes(), level) for y in range(0, h, rows_per_strip)
-    ]
+
+    def strip(y: int) -> bytes:  # one TIFF strip at a time: no full-size copy beside the output
+        diff = arr[y : y + rows_per_strip].copy()
+        diff[:, 1:] -= arr[y : y + rows_per_strip, :-1]  # predictor 2, per sample, modulo 2**bits
+        return zlib.compress((diff.astype(f"{bo}u2") if bits == 16 else diff).tobytes(), level)
+
+    strips = [strip(y) for y in range(0, h, rows_per_strip)]
     offsets, pos = [], 8
     for s in strips:
         offsets.append(pos)

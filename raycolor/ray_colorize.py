@@ -21,11 +21,13 @@ retried task overwrites its own file instead of adding a duplicate.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
@@ -113,6 +115,24 @@ class ModelStage:
             return self.max_pixels, "the limit"
         return fits, f"what --memory-per-cpu {self.memory_budget / 1e9:.3g} GB holds at {bpp} B/pixel"
 
+    @property
+    def block_pixels(self) -> int:
+        """Most pixels one block of decoded images holds (one bigger image travels alone): the memory budget's
+        worth at this stage's bytes per pixel, or colorize.BLOCK_PIXELS without one. Blocks, and so every
+        decode, model and finish call, are cut by this rather than by a row count."""
+        from raycolor.colorize import BLOCK_PIXELS, BYTES_PER_PIXEL
+
+        if not self.memory_budget:
+            return BLOCK_PIXELS
+        return max(1, min(BLOCK_PIXELS, self.memory_budget // BYTES_PER_PIXEL[8 if self.depth == "8" else 16]))
+
+    def dataset_limits(self, cpus: int) -> dict:
+        """Ray Data's limits for this stage's datasets (runtime.dataset_limits): blocks of block_pixels of packed L
+        (2 B/pixel), and STORE_BLOCKS_PER_CPU such blocks per CPU of the cluster in the object store, so decoding
+        runs ahead of a slow finish stage by a few blocks per CPU, not by half the store."""
+        block = 2 * self.block_pixels
+        return {"block_bytes": block, "object_store_bytes": STORE_BLOCKS_PER_CPU * cpus * block}
+
     def output_bits(self, decoded_bits: int) -> int:
         """Bits per sample of a composed image whose input decoded at `decoded_bits`."""
         return decoded_bits if self.bits == "auto" else int(self.bits)
@@ -124,32 +144,26 @@ class ModelStage:
 
 
 def decode_batch(batch: dict, *, stage: ModelStage) -> dict:
-    """Item rows -> decoded rows: L packed at full resolution and L at render size. stage.keep_rgb: the
-    decoded RGB (raw bytes) travels along, for evaluation against the original. stage.device_codec: baseline
-    JPEGs skip Pillow and travel as their own bytes (+ EXIF orientation) to the actor, which decodes them on
-    its device; everything else is decoded here as usual. Columns other than the item's pass through."""
+    """Item rows -> decoded rows (all of decode_parts' parts in one batch; benchmarks and tests call this)."""
+    return _concat(list(decode_parts(batch, stage=stage)))
+
+
+def decode_parts(batch: dict, *, stage: ModelStage) -> Iterator[dict]:
+    """Item rows -> decoded rows: L packed at full resolution and L at render size, handed on in parts of at
+    most stage.block_pixels pixels (one bigger image travels alone), so a task holds one part's images, not
+    its batch's. stage.keep_rgb: the decoded RGB (raw bytes) travels along, for evaluation against the
+    original. stage.device_codec: baseline JPEGs skip Pillow and travel as their own bytes (+ EXIF
+    orientation) to the actor, which decodes them on its device; everything else is decoded here as usual.
+    Columns other than the item's pass through."""
     import torch
 
     from raycolor.colorize import pack_l, prepare
 
     torch.set_num_threads(1)  # one task per CPU slot; torch must not oversubscribe the node
-    render_size, storage = stage.render_size, stage.storage
+    storage = stage.storage
     max_pixels, limit = stage.pixel_limit()
     n = len(batch["source"])
-    l_full = np.empty(n, dtype=object)
-    original = np.full(n, b"", dtype=object)
-    jpeg = np.full(n, b"", dtype=object)
-    orientation = np.ones(n, dtype=np.int64)
-    l_small = np.zeros((n, 1, render_size, render_size), dtype=np.float32)
-    width = np.zeros(n, dtype=np.int64)
-    height = np.zeros(n, dtype=np.int64)
-    bits = np.full(n, 8, dtype=np.int64)  # of the composed output (stage.output_bits)
-    meta = np.full(n, b"", dtype=object)  # metadata.Metadata.pack(): what the finish stage writes back
-    error = np.full(n, "", dtype=object)  # "" = no error: an all-null column would not survive Arrow
     pre = batch["error"]  # rows that failed before reading (a shard that could not be expanded)
-    rows = [i for i in range(n) if not pre[i]]
-    for i in set(range(n)) - set(rows):
-        error[i], l_full[i] = pre[i], b""
     items = [
         sources.Item(
             source=batch["source"][i],
@@ -158,12 +172,13 @@ def decode_batch(batch: dict, *, stage: ModelStage) -> dict:
             offset=int(batch["offset"][i]),
             size=int(batch["size"][i]),
         )
-        for i in rows
+        for i in range(n)
+        if not pre[i]
     ]
     # the one reading loop (training's too): the whole batch's reads in flight together, so object-store
     # latency is paid about once per batch; a failed read or decode is this row's error, the job goes on
     peek = (lambda data: images.device_decodable_jpeg(data, max_pixels=max_pixels)) if stage.device_codec else None
-    decoded = images.read_decoded(
+    decoded = iter(images.read_decoded(
         items,
         s3_endpoint=storage.s3_endpoint,
         retries=storage.retries,
@@ -172,43 +187,104 @@ def decode_batch(batch: dict, *, stage: ModelStage) -> dict:
         peek=peek,
         depth=stage.depth,
         limit=limit,
-    )
-    for i, got in zip(rows, decoded):
-        if got.error is not None:
-            error[i], l_full[i] = got.error, b""
-            continue
-        if got.peeked is not None:  # a JPEG the actor decodes on its device
-            orientation[i], width[i], height[i], m = got.peeked
-            jpeg[i], l_full[i], meta[i] = got.data, b"", m.pack()
-            bits[i] = stage.output_bits(8)
-            continue
-        rgb = got.rgb
-        height[i], width[i] = rgb.shape[:2]
-        bits[i] = stage.output_bits(16 if rgb.dtype == np.uint16 else 8)
-        meta[i] = got.meta.pack()
-        if stage.keep_rgb:
-            original[i] = rgb.tobytes()
-        L, small = prepare(rgb, render_size)
-        l_full[i] = pack_l(L)
-        l_small[i] = small.numpy()
+    ))
     # the item's columns are consumed here; everything else (the ledger's shard bookkeeping) travels on
-    out = {k: v for k, v in batch.items() if k not in _ITEM_COLUMNS}
-    out.update(width=width, height=height, bits=bits, meta=meta, error=error, l_full=l_full, l_small=l_small)
+    passthrough = {k: v for k, v in batch.items() if k not in _ITEM_COLUMNS}
+    part: list[tuple[int, dict]] = []
+    pixels = 0
+    for i in range(n):
+        row = {"error": pre[i]} if pre[i] else _decode_row(decoded, stage, pack_l, prepare)
+        part.append((i, row))
+        pixels += row.get("width", 0) * row.get("height", 0)
+        if pixels >= stage.block_pixels:
+            yield _decoded_part(passthrough, part, stage)
+            part, pixels = [], 0
+    if part:
+        yield _decoded_part(passthrough, part, stage)
+
+
+def _decode_row(decoded: Iterator[images.Decoded], stage: ModelStage, pack_l, prepare) -> dict:
+    """The next read item -> its decoded columns (error only, when it failed). Takes it from the iterator
+    itself, so that the decoded RGB goes as soon as L is made (nothing else holds it)."""
+    got = next(decoded)
+    if got.error is not None:
+        return {"error": got.error}
+    if got.peeked is not None:  # a JPEG the actor decodes on its device
+        orientation, width, height, m = got.peeked
+        return {"jpeg": got.data, "orientation": orientation, "width": width, "height": height,
+                "meta": m.pack(), "bits": stage.output_bits(8)}
+    rgb, meta = got.rgb, got.meta
+    del got
+    row = {"height": rgb.shape[0], "width": rgb.shape[1], "bits": stage.output_bits(16 if rgb.dtype == np.uint16 else 8),
+           "meta": meta.pack()}
     if stage.keep_rgb:
-        out["original"] = original
-    if stage.device_codec:
-        out["jpeg"] = jpeg
-        out["orientation"] = orientation
+        row["original"] = rgb.tobytes()
+    L, small = prepare(rgb, stage.render_size)
+    del rgb  # a 39 MP scan: 117 MB gone before L is packed
+    row.update(l_full=pack_l(L), l_small=small.numpy())
+    return row
+
+
+def _objects(values: list) -> np.ndarray:
+    """A 1-D object array of exactly these values (np.array would look inside sequences)."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
     return out
 
 
+def _decoded_part(passthrough: dict, part: list[tuple[int, dict]], stage: ModelStage) -> dict:
+    """Decoded rows -> the batch the next stage gets: passthrough columns of those rows + the decoded ones."""
+    idx = np.array([i for i, _ in part], dtype=np.int64)
+    rows = [row for _, row in part]
+    r = stage.render_size
+    l_small = np.zeros((len(rows), 1, r, r), dtype=np.float32)
+    for k, row in enumerate(rows):
+        if "l_small" in row:
+            l_small[k] = row["l_small"]
+    out = {k: v[idx] for k, v in passthrough.items()}
+    out.update(
+        width=np.array([row.get("width", 0) for row in rows], dtype=np.int64),
+        height=np.array([row.get("height", 0) for row in rows], dtype=np.int64),
+        bits=np.array([row.get("bits", 8) for row in rows], dtype=np.int64),  # of the output (stage.output_bits)
+        meta=_objects([row.get("meta", b"") for row in rows]),  # metadata.Metadata.pack(): the finish stage writes it back
+        error=_objects([row.get("error") or "" for row in rows]),  # "": no error (an all-null column would not survive Arrow)
+        l_full=_objects([row.get("l_full", b"") for row in rows]),
+        l_small=l_small,
+    )
+    if stage.keep_rgb:
+        out["original"] = _objects([row.get("original", b"") for row in rows])
+    if stage.device_codec:
+        out["jpeg"] = _objects([row.get("jpeg", b"") for row in rows])
+        out["orientation"] = np.array([row.get("orientation", 1) for row in rows], dtype=np.int64)
+    return out
+
+
+def _concat(parts: list[dict]) -> dict:
+    """Batches with the same columns -> one batch."""
+    if len(parts) == 1:
+        return parts[0]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
 def decode_block(block: dict, *, stage: ModelStage) -> Iterator[dict]:
-    """A block of item rows -> decoded rows, stage.batch_size rows at a time: a task holds one batch of decoded
-    images, not a block's (up to _MAX_BLOCK_ROWS), and Ray Data streams each out. (Ray Data's own batch_size=32
-    costs a batcher pass per batch: 61 s to the first shard of 2M manifest entries against 40 s this way.)"""
+    """A block of item rows -> decoded rows, read a group at a time and handed on in parts (decode_parts).
+    A group is stage.batch_size items, or as many as stage.block_pixels holds at the size of the images read
+    so far, starting with one: a block of 39 MP scans reads one at a time, a block of thumbnails a batch at a
+    time. (Ray Data's own batch_size=32 costs a batcher pass per batch: 61 s to the first shard of 2M
+    manifest entries against 40 s this way.)"""
     n = len(block["source"])
-    for start in range(0, n, stage.batch_size):
-        yield decode_batch({k: v[start:start + stage.batch_size] for k, v in block.items()}, stage=stage)
+    start, group = 0, 1
+    while start < n:
+        stop = min(n, start + group)
+        seen = pixels = 0
+        for part in decode_parts({k: v[start:stop] for k, v in block.items()}, stage=stage):
+            sizes = part["width"] * part["height"]
+            seen, pixels = seen + int(np.count_nonzero(sizes)), pixels + int(sizes.sum())
+            yield part
+        start = stop
+        runtime.trim_heap()
+        per_image = pixels / seen if seen else 0
+        group = max(1, min(stage.batch_size, int(stage.block_pixels // per_image) if per_image else 2 * group))
 
 
 def _restarted_actor() -> bool:
@@ -218,13 +294,27 @@ def _restarted_actor() -> bool:
     return ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed
 
 
-_ITEM_COLUMNS = ("uri", "offset", "size")  # read by the decode stage; source and relpath stay with the row
+_ITEM_COLUMNS = ("uri", "offset", "size")
+
+# Decoded blocks the object store holds per CPU of the cluster (ModelStage.dataset_limits): 256 MiB a CPU at the
+# default block size, 4 GiB for a 16-CPU GPU node, which at 4,000 images/s is a second of its pipeline.
+STORE_BLOCKS_PER_CPU = 8  # read by the decode stage; source and relpath stay with the row
 
 
 def _l_full(batch: dict, i: int):
     from raycolor.colorize import unpack_l
 
     return unpack_l(batch["l_full"][i], int(batch["height"][i]), int(batch["width"][i]))
+
+
+@contextlib.contextmanager
+def _torchvision_io() -> Iterator[None]:
+    """torchvision 0.29 warns on every call of its image codecs that TorchCodec will replace them; they are still
+    its nvJPEG path (and GPU machines here run 0.26), so the warning says nothing a user can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                                category=DeprecationWarning)
+        yield
 
 
 class Predictor:
@@ -273,25 +363,36 @@ class Predictor:
         from raycolor.colorize import orient
 
         data = [torch.frombuffer(bytearray(batch["jpeg"][i]), dtype=torch.uint8) for i in rows]
-        try:
-            decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)  # one batched call
-        except RuntimeError:  # one bad image fails the batch: find it
-            decoded = []
-            for i, d in zip(rows, data):
-                try:
-                    decoded.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=self.device))
-                except RuntimeError as e:
-                    errors[i] = f"truncated: {sources.redact(e)}"
-                    decoded.append(None)
+        with _torchvision_io():
+            try:
+                decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)  # one batched call
+            except RuntimeError:  # one bad image fails the batch: find it
+                decoded = []
+                for i, d in zip(rows, data):
+                    try:
+                        decoded.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=self.device))
+                    except RuntimeError as e:
+                        errors[i] = f"truncated: {sources.redact(e)}"
+                        decoded.append(None)
         return {
             i: orient(t, int(batch["orientation"][i])) for i, t in zip(rows, decoded) if t is not None
         }
 
     def __call__(self, batch: dict) -> dict:
-        import torch
+        """A block of decoded rows -> predicted rows, stage.batch_size rows per model call. With the compose on
+        the device, a call also holds at most colorize.DEVICE_PIXELS of full-resolution images there."""
+        from raycolor.colorize import DEVICE_PIXELS
 
         if self.broken is not None:
             raise self.broken
+        sizes = np.asarray(batch["width"], dtype=np.int64) * np.asarray(batch["height"], dtype=np.int64)
+        cuts = chunks(sizes, rows=self.stage.batch_size, pixels=DEVICE_PIXELS if self.stage.compose_on_device else None)
+        if len(cuts) == 1:
+            return self._predict(batch)
+        return _concat([self._predict({k: v[a:b] for k, v in batch.items()}) for a, b in cuts])
+
+    def _predict(self, batch: dict) -> dict:
+        import torch
 
         from raycolor import color
         from raycolor.colorize import compose_batch, predict_ab, render_l
@@ -330,7 +431,8 @@ class Predictor:
                     from torchvision.io import encode_jpeg
 
                     rows = list(composed)
-                    blobs = encode_jpeg([composed[i].permute(2, 0, 1) for i in rows], quality=stage.encode_jpeg_quality)
+                    with _torchvision_io():
+                        blobs = encode_jpeg([composed[i].permute(2, 0, 1) for i in rows], quality=stage.encode_jpeg_quality)
                     for i, blob in zip(rows, blobs):
                         encoded[i] = blob.cpu().numpy().tobytes()
                 else:
@@ -350,22 +452,40 @@ class Predictor:
         return out
 
 
+def chunks(sizes: np.ndarray, *, rows: int, pixels: int | None = None) -> list[tuple[int, int]]:
+    """Consecutive [a, b) ranges over images of these pixel counts: at most `rows` images and (if set) `pixels`
+    pixels each, an image bigger than that alone."""
+    cuts, a, total = [], 0, 0
+    for i, size in enumerate(sizes):
+        if i > a and (i - a >= rows or (pixels is not None and total + size > pixels)):
+            cuts.append((a, i))
+            a, total = i, 0
+        total += int(size)
+    return [*cuts, (a, len(sizes))] if len(sizes) else [(0, 0)]
+
+
 def colorized_rgb(batch: dict, i: int, stage: ModelStage) -> np.ndarray:
     """Row i of a predicted batch -> full-res RGB (H, W, 3), uint8 or (a 16-bit output) uint16, composing on
     this CPU if the actor did not."""
     import torch
 
-    from raycolor.colorize import compose
+    from raycolor.colorize import compose, packed_l
 
     h, w, bits = int(batch["height"][i]), int(batch["width"][i]), int(batch["bits"][i])
     if stage.compose_on_device:
         return np.frombuffer(batch["rgb"][i], dtype=np.uint16 if bits == 16 else np.uint8).reshape(h, w, 3)
-    return compose(_l_full(batch, i), torch.from_numpy(batch["ab"][i].astype(np.float32)), bits=bits).numpy()
+    # L stays packed (2 B/pixel): compose unpacks it a strip at a time
+    return compose(packed_l(batch["l_full"][i], h, w), torch.from_numpy(batch["ab"][i].astype(np.float32)), bits=bits).numpy()
 
 
 def _part_name(sources_in_batch) -> str:
     digest = hashlib.sha1("\n".join(sorted(sources_in_batch)).encode()).hexdigest()[:20]
     return f"part-{digest}.parquet"
+
+
+# Encoded images a finish task holds before it writes them (all of a batch of thumbnails, one by one for big
+# masters): writes in flight together hide object-store latency, a bound keeps a block of scans from piling up.
+WRITE_BYTES = 64 << 20
 
 
 def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, output: str, model_id: str) -> dict:
@@ -385,6 +505,29 @@ def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, outp
     out_uris: list[str | None] = [None] * n
     encoded: list[bytes | None] = [None] * n
     reports: list[str | None] = [None] * n
+    failures: dict[int, Exception | None] = {}
+    shard_col = [str(x) for x in batch["shard"]]
+    keep_blobs = config.parquet_images or layout == "webdataset"  # the spool carries the images too
+    pending: list[int] = []
+
+    def write_pending() -> None:
+        # the pending images' writes in flight together (each still atomic); the manifest part follows them. A
+        # local write's temp file goes in its shard's spool folder: one cut off by a stop or a crash goes with
+        # the spool when the shard is merged, never left beside the images
+        written = sources.write_many(
+            [(out_uris[i], encoded[i]) for i in pending],
+            s3_endpoint=storage.s3_endpoint,
+            retries=storage.retries,
+            max_in_flight=storage.io_concurrency,
+            tmp_dirs=[ledger.spool_dir(output, shard_col[i]) for i in pending],
+        )
+        failures.update(zip(pending, written))
+        if not keep_blobs:
+            for i in pending:
+                encoded[i] = None  # written: a task holds WRITE_BYTES of encoded images, not its block's
+        pending.clear()
+        runtime.trim_heap()
+
     for i in range(n):
         if not batch["error"][i]:
             meta = metadata.Metadata.unpack(batch["meta"][i])
@@ -398,25 +541,19 @@ def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, outp
                 encoded[i], reports[i] = metadata.encode(
                     rgb, fmt, meta, prov, keep=keep, png_level=config.png_level, jpeg_quality=config.jpeg_quality
                 )
+                del rgb
             key = sources.output_key(batch["relpath"][i], ext)
             # webdataset: the key travels with the row; the shard's merge writes the image into its tar
             out_uris[i] = key if layout == "webdataset" else sources.join_uri(output, "images", key)
-    todo = [i for i in range(n) if out_uris[i] is not None and layout != "webdataset"]
-    shard_col = [str(x) for x in batch["shard"]]
-    # the batch's image writes in flight together (each still atomic); the manifest part follows them. A
-    # local write's temp file goes in its shard's spool folder: one cut off by a stop or a crash goes with
-    # the spool when the shard is merged, never left beside the images
-    written = sources.write_many(
-        [(out_uris[i], encoded[i]) for i in todo],
-        s3_endpoint=storage.s3_endpoint,
-        retries=storage.retries,
-        max_in_flight=storage.io_concurrency,
-        tmp_dirs=[ledger.spool_dir(output, shard_col[i]) for i in todo],
-    )
-    failures = dict(zip(todo, written))
+            if layout != "webdataset":
+                pending.append(i)
+                if sum(len(encoded[j]) for j in pending) >= WRITE_BYTES:
+                    write_pending()
+    if pending:
+        write_pending()
     for i in range(n):
         source, err = batch["source"][i], batch["error"][i] or None
-        out_uri, blob = out_uris[i], encoded[i]
+        out_uri, blob = out_uris[i], encoded[i] if keep_blobs else None
         if failures.get(i) is not None:  # past the retry limit: an error row, never a silent loss
             err, out_uri, blob = f"write_failed: {sources.redact(failures[i], out_uri)}", None, None
         rows["source"].append(source)
@@ -663,7 +800,8 @@ def predicted_dataset(items, stage: ModelStage, *, total: int | None = None):
     per_block = max(1, min(_MAX_BLOCK_ROWS, math.ceil(n / (4 * cpus))))
     if isinstance(items, list):
         rows = [{**asdict(i), "error": ""} for i in items]
-        ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(n / per_block)))
+        with runtime.dataset_limits(**stage.dataset_limits(cpus)):
+            ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(n / per_block)))
     else:
         # a shard expands into one big block; a streaming split (no barrier) gives the decode stage
         # per_block-row blocks, so one shard is decoded by many tasks and its first images come out early
@@ -684,7 +822,10 @@ def predicted_dataset(items, stage: ModelStage, *, total: int | None = None):
     return ds.map_batches(
         Predictor,
         batch_format="numpy",
-        batch_size=stage.batch_size,
+        # CPU actors take a decoded block as it comes (cut by pixels) and feed the model batch_size rows at a
+        # time: Ray Data's own batching would gather batch_size rows from many blocks, 32 scans' L at once. GPU
+        # actors must name a batch size (Ray Data insists); there the host holds batch_size images per call
+        batch_size=stage.batch_size if stage.gpus > 0 else None,
         compute=ActorPoolStrategy(size=n_actors),
         num_gpus=1 if stage.gpus > 0 else 0,
         # CPU mode on one machine: the actor reserves no CPU slot (it still runs `threads` torch threads).
@@ -706,14 +847,15 @@ def build_dataset(shards: list[ledger.Shard], config: ColorizeConfig, *, output:
     from ray.data import TaskPoolStrategy
 
     endpoint, retries = config.storage.s3_endpoint, config.storage.retries
+    stage = ModelStage.for_colorize(config, render_size)
     descriptors = [{**asdict(s), "marker": _marker(s)} for s in shards]
-    ds = ray.data.from_items(descriptors, override_num_blocks=max(1, len(descriptors)))
+    with runtime.dataset_limits(**stage.dataset_limits(runtime.cluster_cpus())):
+        ds = ray.data.from_items(descriptors, override_num_blocks=max(1, len(descriptors)))
     # map_batches, not flat_map: Ray Data fuses it with predicted_dataset's streaming repartition, so the
     # expand task itself emits small blocks. As a stage of its own, the repartition held a CPU slot, and on a
     # 2-CPU node the later stages got none until every shard was expanded (docs/performance.md)
     ds = ds.map_batches(_expand_batch, batch_size=1, batch_format="pyarrow", num_cpus=1,
                         fn_kwargs={"output": output, "s3_endpoint": endpoint, "retries": retries})
-    stage = ModelStage.for_colorize(config, render_size)
     ds = predicted_dataset(ds, stage, total=total)
     # On one machine the finish tasks reserve no CPU slot (at most one per CPU runs at once, like the CPU-mode
     # model actor): Ray Data reserves CPU for the stages upstream first, and with expand and decode holding a

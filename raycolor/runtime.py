@@ -103,6 +103,41 @@ def data_context():
         return DataContext.get_current()
 
 
+@contextlib.contextmanager
+def dataset_limits(*, block_bytes: int, object_store_bytes: int | None = None) -> Iterator[None]:
+    """Datasets made inside this block cut their blocks at about `block_bytes` (Ray Data's target_max_block_size)
+    and, if set, keep at most `object_store_bytes` of blocks in the object store at once (its resource limit;
+    the default is half the store, which a queue of big scans fills). A dataset keeps the context it was made
+    with, so this process's defaults stay as they were."""
+    ctx = data_context()
+    old = ctx.target_max_block_size, ctx.execution_options.resource_limits
+    ctx.target_max_block_size = block_bytes
+    if object_store_bytes is not None:
+        ctx.execution_options.resource_limits = old[1].copy(object_store_memory=object_store_bytes)
+    try:
+        yield
+    finally:
+        ctx.target_max_block_size, ctx.execution_options.resource_limits = old
+
+
+_LIBC: list = []
+
+
+def trim_heap() -> None:
+    """Hand the memory this process has freed back to the OS. glibc keeps freed heap for reuse, so a worker that
+    has just finished a 39 MP scan would go on holding its peak while idle, or while it works on thumbnails (a
+    few ms; a no-op where the C library is not glibc)."""
+    if not _LIBC:
+        import ctypes
+
+        try:
+            _LIBC.append(ctypes.CDLL("libc.so.6").malloc_trim)
+        except (OSError, AttributeError):
+            _LIBC.append(None)
+    if _LIBC[0] is not None:
+        _LIBC[0](0)
+
+
 def check_memory_request(per_task: int | None) -> None:
     """Refuse a per-task memory request that no node can grant: Ray would queue those tasks for ever."""
     if not per_task:

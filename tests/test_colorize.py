@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -97,10 +99,10 @@ def test_a_16_bit_master_keeps_16_bit_lightness():
 
 
 def _whole_image_compose(L: torch.Tensor, ab_small: torch.Tensor, bits: int = 8) -> torch.Tensor:
-    """compose_batch as it was before strips (one whole-image pass): the reference strips must equal."""
-    import torch.nn.functional as F
+    """compose_batch as one whole-image pass (as it was before strips): the reference strips must equal."""
+    from raycolor.colorize import UpsampledAB
 
-    ab = F.interpolate(ab_small.to(L), size=L.shape[-2:], mode="bilinear", align_corners=False)
+    ab = UpsampledAB(ab_small, *L.shape[-2:]).strip(0, L.shape[-2])
     rgb = color.lab_to_rgb_in_gamut(L, ab)
     dtype, scale = (torch.uint16, 65535) if bits == 16 else (torch.uint8, 255)
     return (rgb * scale).round_().to(dtype).permute(0, 2, 3, 1).contiguous()
@@ -129,5 +131,59 @@ def test_strips_give_the_whole_image_results(monkeypatch, shape, strip_pixels):
         ab = (torch.rand(1, 2, 32, 32, generator=g) - 0.5) * 260  # much of it out of gamut
         for bits in (8, 16):
             assert torch.equal(cz.compose_batch(L[None], ab, bits=bits), _whole_image_compose(L[None], ab, bits))
+        # L still packed (the finish stage's form) is unpacked by strips, exactly as unpack_l does it whole
+        raw = cz.pack_l(L)
+        assert torch.equal(cz.compose(cz.packed_l(raw, *shape), ab[0]), cz.compose(cz.unpack_l(raw, *shape), ab[0]))
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("small, big", [((32, 32), (1031, 517)), ((224, 224), (5400, 7200)), ((32, 32), (700, 1)),
+                                        ((32, 32), (129, 2047)), ((32, 32), (3, 5)), ((7, 5), (7, 5))])
+def test_upsampled_ab_is_bilinear_and_the_same_by_strips(small, big):
+    """Full-resolution ab (8 B/pixel) is made a strip at a time. Every strip equals the same rows of the whole,
+    bit for bit, on any kernel (separate IEEE multiplies and adds, taps computed once in numpy). It is
+    F.interpolate's bilinear resize (align_corners=False): bit-identical to its default CPU kernel when
+    upsampling, and within the bound its SIMD kernels stray by elsewhere. Those contract the source index
+    scale * (i + 0.5) - 0.5 into one FMA, so a tap weight moves by up to an ulp of the index (< n_in), which moves
+    an output by that times the step between neighbours (at most 2 * max|ab|), plus a few ulps of max|ab| from
+    the products and sums."""
+    import torch.nn.functional as F
+
+    from raycolor.colorize import UpsampledAB
+
+    g = torch.Generator().manual_seed(big[0])
+    ab = (torch.rand(1, 2, *small, generator=g) - 0.5) * 260
+    whole = UpsampledAB(ab, *big).strip(0, big[0])
+    cut = UpsampledAB(ab, *big)
+    assert torch.equal(torch.cat([cut.strip(y0, min(big[0], y0 + 37)) for y0 in range(0, big[0], 37)], 2), whole)
+    ref = F.interpolate(ab, size=big, mode="bilinear", align_corners=False)
+    top = ab.abs().max().item()
+    bound = 2 * top * 2.0 ** (math.frexp(max(small))[1] - 24) + 4 * top * 2.0 ** -24
+    assert (whole - ref).abs().max().item() <= bound
+    upsampling = big[0] >= small[0] and big[1] >= small[1]
+    if upsampling and torch.backends.cpu.get_cpu_capability() == "DEFAULT":
+        assert torch.equal(whole, ref)
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_a_grey_master_is_decoded_as_one_plane_and_gives_the_same_l(bits):
+    """A grey scan decodes to one plane seen as three channels (images._grey_to_rgb: 1 or 2 B/pixel instead of
+    3 or 6 for a master). L made from that view is bit-identical to L from a plain RGB copy, on every kernel:
+    the channel lookups are exact, and everything after them runs on L's own contiguous tensors."""
+    import io
+
+    from PIL import Image
+
+    from raycolor import images
+    from raycolor.colorize import full_l
+
+    g = np.random.default_rng(bits)
+    grey = g.integers(0, 256 if bits == 8 else 65536, (197, 263)).astype(np.uint8 if bits == 8 else np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(grey).save(buf, format="PNG")
+    rgb = images.decode(buf.getvalue(), depth="auto").rgb
+    assert rgb.strides[-1] == 0 and rgb.dtype == grey.dtype  # the view, not three copies
+    plain = np.ascontiguousarray(rgb)
+    assert (plain == grey[:, :, None]).all()
+    assert torch.equal(full_l(rgb), full_l(plain))
