@@ -763,9 +763,15 @@ def _expand_shard(row: dict, *, output: str, s3_endpoint, retries: int) -> list[
     ]
 
 
-def _expand_batch(batch: pa.Table, **kw) -> pa.Table:
-    """Shard descriptors (one per batch) -> their item rows (:func:`_expand_shard`)."""
-    return pa.Table.from_pylist([r for row in batch.to_pylist() for r in _expand_shard(row, **kw)], schema=_ITEM_ROWS)
+def expand_batch(batch: pa.Table, *, rows: Callable[..., list[dict]] | None = None, schema: pa.Schema | None = None,
+                 **kw) -> pa.Table:
+    """Shard descriptors (one per batch) -> one table of their item rows, ``rows(descriptor, **kw)`` each:
+    colorize's (:func:`_expand_shard`, schema ``_ITEM_ROWS``) unless another expansion and its schema are given
+    (training keeps one side of its hold-out). Run it as ``map_batches(expand_batch, batch_size=1,
+    batch_format="pyarrow", num_cpus=1)`` followed by ``repartition(target_num_rows_per_block=...)``: Ray Data
+    fuses the two (see build_dataset)."""
+    rows, schema = rows or _expand_shard, schema or _ITEM_ROWS
+    return pa.Table.from_pylist([r for row in batch.to_pylist() for r in rows(row, **kw)], schema=schema)
 
 
 _ITEM_ROWS = pa.schema([("source", pa.string()), ("relpath", pa.string()), ("uri", pa.string()), ("offset", pa.int64()),
@@ -854,7 +860,7 @@ def build_dataset(shards: list[ledger.Shard], config: ColorizeConfig, *, output:
     # map_batches, not flat_map: Ray Data fuses it with predicted_dataset's streaming repartition, so the
     # expand task itself emits small blocks. As a stage of its own, the repartition held a CPU slot, and on a
     # 2-CPU node the later stages got none until every shard was expanded (docs/performance.md)
-    ds = ds.map_batches(_expand_batch, batch_size=1, batch_format="pyarrow", num_cpus=1,
+    ds = ds.map_batches(expand_batch, batch_size=1, batch_format="pyarrow", num_cpus=1,
                         fn_kwargs={"output": output, "s3_endpoint": endpoint, "retries": retries})
     ds = predicted_dataset(ds, stage, total=total)
     # On one machine the finish tasks reserve no CPU slot (at most one per CPU runs at once, like the CPU-mode

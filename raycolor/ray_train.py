@@ -5,7 +5,7 @@ descriptors only, never a per-image list:
 
     inputs ─classify, list folders in tasks, size manifests/tars (planning.shard_inputs)─▶ shard descriptors
     one task per shard: expand, count, hash (no image read) ─▶ totals + the hold-out rule (= split_items)
-    shards ─Ray Data: expand (ledger.expand), keep this side's rows ─┬─ train: read + decode (images.read_decoded),
+    shards ─Ray Data: expand (as colorize), keep this side's rows ───┬─ train: read + decode (images.read_decoded),
                                                                      │  random-resized crop, flip, Lab
                                                                      │  ─ streaming_split(workers, equal) ─┐
                                                                      └─ val: read + decode, Lab, squash resize ─┤
@@ -54,11 +54,12 @@ import random
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from raycolor import checkpoint as core_checkpoint
@@ -67,6 +68,7 @@ from raycolor.checkpoint import CheckpointError
 from raycolor.config import DEFAULT_IO_CONCURRENCY, DEFAULT_SHARD_SIZE, StorageConfig, TrainConfig
 from raycolor.model import LOSSES, VGG_BLOCKS, WeightsUnavailableError, ab_loss, build_colorizer, set_trainable_encoder_blocks
 from raycolor.progress import TrainProgress, fmt_duration
+from raycolor.ray_colorize import expand_batch
 
 __all__ = ["Split", "SplitStats", "TrainResult", "fit", "split_items", "validate_config"]
 
@@ -98,7 +100,7 @@ class TrainResult:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Config and data split (driver)
+# Config checks (driver, before Ray starts)
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -138,6 +140,18 @@ def validate_config(config: TrainConfig) -> None:
         raise ValueError(f"max_failures must be >= 0 (or -1 for unlimited), got {config.max_failures}")
     if config.max_pixels is not None and config.max_pixels < 1:
         raise ValueError(f"max_pixels must be positive, got {config.max_pixels}")
+
+
+def _check_weights(config: TrainConfig) -> None:
+    """Fail fast on the driver: the workers would hit the same WeightsUnavailableError after starting up."""
+    if config.weights is None or str(config.weights).lower() == "none":
+        return
+    build_colorizer(weights=config.weights, skips=config.skips)  # raises WeightsUnavailableError
+
+
+# ----------------------------------------------------------------------------------------------------
+# The hold-out split: the rule (split_items), its sums over shards (SplitStats), the rule per row (Split)
+# ----------------------------------------------------------------------------------------------------
 
 
 def _hash_fraction(source: str) -> float:
@@ -224,7 +238,7 @@ class Split:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Shards (driver plans them; tasks expand them): the inputs and the reading path of `raycolor colorize`
+# Driver planning: shard descriptors of the inputs (the colorize planner), counts and the hold-out rule
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -309,6 +323,11 @@ def _plan(config: TrainConfig, data_roots: list, val_roots: list) -> _Data:
     return _Data(train=train, val=val, split=split, held=held, n_train=n_train, n_val=n_val)
 
 
+# ----------------------------------------------------------------------------------------------------
+# Shard -> rows (Ray Data tasks): a shard expanded as colorize expands it, one side of the hold-out kept
+# ----------------------------------------------------------------------------------------------------
+
+
 _HELD: dict[str, frozenset] = {}  # the --val sources, fetched once per worker process
 
 
@@ -322,10 +341,14 @@ def _held_sources(ref) -> frozenset:
     return _HELD[key]
 
 
-def _shard_rows(desc: dict, *, side: str, split: Split | None, held, s3_endpoint, retries: int) -> list[dict]:
-    """One shard descriptor -> the item rows of `side` ("train" or "val"), in a Ray Data task: the
-    shard expanded as colorize expands it (ledger.expand), the hold-out rule (or the --val sources)
-    applied row by row. Training rows come in a fresh random order each epoch."""
+TRAIN_ROWS = pa.schema([("source", pa.string()), ("uri", pa.string()), ("offset", pa.int64()), ("size", pa.int64())])
+
+
+def shard_rows(desc: dict, *, side: str, split: Split | None, held, s3_endpoint, retries: int) -> list[dict]:
+    """One shard descriptor -> the item rows of `side` ("train" or "val"; columns TRAIN_ROWS), in a Ray Data
+    task (through ray_colorize.expand_batch): the shard expanded as colorize expands it (ledger.expand), the
+    hold-out rule (or the --val sources) applied row by row. Training rows come in a fresh random order each
+    epoch; a shard that cannot be expanded gives none (logged)."""
     try:
         items = _expand(desc, s3_endpoint=s3_endpoint, retries=retries)
     except Exception as e:  # noqa: BLE001 - after retries; it expanded when the run was planned: never fatal
@@ -343,7 +366,7 @@ def _shard_rows(desc: dict, *, side: str, split: Split | None, held, s3_endpoint
 
 
 # ----------------------------------------------------------------------------------------------------
-# Ray Data transforms (CPU tasks)
+# CPU transforms (Ray Data tasks): item rows -> decoded, cropped, Lab batches
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -435,6 +458,11 @@ def val_transform(
     return _lab_batch(labs, size)
 
 
+# ----------------------------------------------------------------------------------------------------
+# Dataset wiring: descriptors -> rows -> small blocks -> Lab batches; the ingest split per worker
+# ----------------------------------------------------------------------------------------------------
+
+
 def _dataset(side: str, fn, data: _Data, config: TrainConfig):
     """Shard descriptors -> item rows of `side` (tasks) -> small blocks -> decoded Lab (tasks)."""
     import ray
@@ -444,14 +472,18 @@ def _dataset(side: str, fn, data: _Data, config: TrainConfig):
     ds = ray.data.from_items(descs, override_num_blocks=max(1, len(descs)))
     if side == "train" and len(descs) > 1:
         ds = ds.randomize_block_order()  # the shards in a new order each epoch: a barrier over descriptors only
-    ds = ds.flat_map(
-        _shard_rows,
-        fn_kwargs={"side": side, "split": data.split, "held": data.held if side == "train" else None,
-                   "s3_endpoint": endpoint, "retries": retries},
-        num_cpus=0.5,
+    # expanded as colorize expands (ray_colorize.build_dataset): a map_batches of one descriptor at a time,
+    # which Ray Data fuses with the streaming repartition below (same 1 CPU, so the remote args match), so the
+    # expand task itself cuts its shard into small blocks that many tasks decode. As flat_map + repartition,
+    # the repartition was a stage of its own holding a CPU slot (docs/performance.md)
+    ds = ds.map_batches(
+        expand_batch,
+        batch_size=1,
+        batch_format="pyarrow",
+        num_cpus=1,
+        fn_kwargs={"rows": shard_rows, "schema": TRAIN_ROWS, "side": side, "split": data.split,
+                   "held": data.held if side == "train" else None, "s3_endpoint": endpoint, "retries": retries},
     )
-    # a shard expands into one big block; a streaming split (no barrier) into small blocks lets many tasks
-    # decode it (as in colorize)
     ds = ds.repartition(target_num_rows_per_block=max(1, min(_BLOCK_ROWS, math.ceil(n / (4 * runtime.cluster_cpus())))))
     return ds.map_batches(
         fn,
@@ -649,7 +681,7 @@ def _storage(config: TrainConfig) -> tuple[Any, str, CheckpointStore]:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Metrics helpers
+# Metrics formatting: the epoch's record, metrics.jsonl, the progress line, curves.png
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -680,101 +712,6 @@ def progress_line(m: dict, eta_s: float | None) -> str:
     )
 
 
-def _psnr_sum(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Sum over the batch of per-image PSNR (metrics.psnr) between uint8 (N, 3, H, W) tensors."""
-    a = a.permute(0, 2, 3, 1).cpu().numpy()
-    b = b.permute(0, 2, 3, 1).cpu().numpy()
-    return float(sum(metrics.psnr(x, y) for x, y in zip(a, b)))
-
-
-@dataclass
-class EpochSums:
-    """What a rank adds up over one epoch; summed over ranks as one float64 tensor, in field order."""
-
-    train_loss: float = 0.0  # sum over training images of the batch-mean loss
-    train_images: float = 0.0
-    val_loss: float = 0.0  # sum over validation images of each image's mean loss
-    val_psnr: float = 0.0  # of the prediction as `raycolor colorize` shows it
-    val_baseline_psnr: float = 0.0  # of the grey baseline (ab = 0)
-    val_images: float = 0.0
-
-    def all_reduce(self, device: torch.device) -> EpochSums:
-        import torch.distributed as dist
-
-        t = torch.tensor(dataclasses.astuple(self), dtype=torch.float64, device=device)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(t)
-        return EpochSums(*t.cpu().tolist())
-
-
-# ----------------------------------------------------------------------------------------------------
-# The training loop (runs on every Ray Train worker): one epoch, validation, the epoch's record
-# ----------------------------------------------------------------------------------------------------
-
-
-def stage_of(epoch: int, config: TrainConfig) -> str:
-    """0-based epoch -> "frozen" (encoder frozen) or "finetune" (top finetune_blocks VGG blocks trainable)."""
-    return "frozen" if epoch < config.freeze_encoder_epochs else "finetune"
-
-
-def _wrap_for_stage(model, stage: str, config: TrainConfig):
-    """Set which encoder blocks train in `stage` and return a fresh DDP wrapper around the same module:
-    DDP registers gradient hooks only for parameters that require grad when it is built."""
-    import ray.train.torch
-
-    set_trainable_encoder_blocks(model, 0 if stage == "frozen" else config.finetune_blocks)
-    gc.collect()  # the previous wrapper and its reducer go first
-    return ray.train.torch.prepare_model(model)
-
-
-def train_one_epoch(ddp, optimizer, shard, *, config: TrainConfig, device, autocast: dict, on_step) -> tuple[float, int, int]:
-    """One pass over this rank's training shard: (sum of batch-mean losses x batch size, images, steps)."""
-    ddp.train()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # on device: no host sync per step
-    images, steps = 0, 0
-    for batch in shard.iter_torch_batches(
-        batch_size=config.batch_size, dtypes=torch.float32, device=device, local_shuffle_buffer_size=max(config.batch_size * 4, 16)
-    ):
-        L, ab = batch["L"], batch["ab"]
-        with torch.autocast(**autocast):
-            pred = ddp(L)
-        loss = ab_loss(pred, ab, config.loss).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_sum += loss.detach().double() * len(L)
-        images += len(L)
-        steps += 1
-        on_step(steps)
-    return float(loss_sum.item()), images, steps
-
-
-@torch.no_grad()
-def evaluate(model, shard, *, config: TrainConfig, device, autocast: dict) -> tuple[float, float, float, int]:
-    """This rank's validation sums: (loss, PSNR of the colorized image, PSNR of the grey baseline, images).
-
-    The plain module, not DDP: DDP's forward would broadcast buffers (a collective) and val shards are uneven.
-    """
-    model.eval()
-    loss = psnr = base = 0.0
-    images = 0
-    for batch in shard.iter_torch_batches(batch_size=config.batch_size, dtypes=torch.float32, device=device):
-        L, ab = batch["L"], batch["ab"]
-        with torch.autocast(**autocast):
-            pred = model(L)
-        pred = pred.float()
-        loss += float(ab_loss(pred, ab, config.loss).mean(dim=(1, 2, 3)).double().sum())
-        truth = color.lab_to_rgb_uint8(torch.cat([L, ab], dim=1))
-        # the prediction as `raycolor colorize` shows it: chroma fitted into gamut, L kept
-        shown = color.lab_to_rgb_uint8(torch.cat([L, color.fit_ab_to_gamut(L, pred)], dim=1))
-        grey = color.lab_to_rgb_uint8(torch.cat([L, torch.zeros_like(ab)], dim=1))
-        psnr += _psnr_sum(shown, truth)
-        base += _psnr_sum(grey, truth)
-        images += len(L)
-    model.train()
-    return loss, psnr, base, images
-
-
 def _epoch_record(epoch: int, stage: str, sums: EpochSums, *, config: TrainConfig, steps: int, train_time: float,
                   epoch_time: float, resumed_from: int, workers: int) -> dict:
     """The line metrics.jsonl gets for an epoch (None where there was nothing to average)."""
@@ -799,6 +736,247 @@ def _epoch_record(epoch: int, stage: str, sums: EpochSums, *, config: TrainConfi
     })
 
 
+def _write_metrics(history: list[dict], config: TrainConfig) -> str:
+    """OUTPUT/metrics.jsonl, rewritten whole (one line per finished epoch); its URI."""
+    uri = sources.join_uri(config.output, METRICS_NAME)
+    sources.write_bytes_atomic(uri, _metrics_jsonl(history), s3_endpoint=config.storage.s3_endpoint,
+                               retries=config.storage.retries)
+    return uri
+
+
+def _write_curves(history: list[dict], config: TrainConfig) -> str | None:
+    """OUTPUT/curves.png from the metrics history; None (with a message) without matplotlib."""
+    from raycolor.curves import render_curves
+
+    png = render_curves(history) if history else None
+    if png is None:
+        if history:
+            print("training curves skipped: install matplotlib (pip install 'raycolor[plots]') for OUTPUT/curves.png")
+        return None
+    uri = sources.join_uri(config.output, CURVES_NAME)
+    sources.write_bytes_atomic(uri, png, s3_endpoint=config.storage.s3_endpoint, retries=config.storage.retries)
+    return uri
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training steps: plain functions of an iterable of batches, no Ray (tests/test_train_steps.py runs them)
+# ----------------------------------------------------------------------------------------------------
+
+
+def stage_of(epoch: int, config: TrainConfig) -> str:
+    """0-based epoch -> "frozen" (encoder frozen) or "finetune" (top finetune_blocks VGG blocks trainable)."""
+    return "frozen" if epoch < config.freeze_encoder_epochs else "finetune"
+
+
+def _autocast(args: dict | None):
+    return torch.autocast(**args) if args else contextlib.nullcontext()
+
+
+def train_one_epoch(
+    model, optimizer, batches: Iterable[dict[str, torch.Tensor]], *, loss: str = "smooth_l1", autocast: dict | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> tuple[float, int, int]:
+    """One optimizer step per batch ({"L": (n, 1, s, s), "ab": (n, 2, s, s)} float32, on the model's device):
+    (sum of batch-mean losses x batch size, images, steps). `model` may be DDP-wrapped; `autocast`: the
+    arguments of torch.autocast (None: full precision); `on_step(steps so far)` after each step."""
+    model.train()
+    loss_sum = None  # a tensor on the batches' device: no host sync per step
+    images, steps = 0, 0
+    for batch in batches:
+        L, ab = batch["L"], batch["ab"]
+        with _autocast(autocast):
+            pred = model(L)
+        batch_loss = ab_loss(pred, ab, loss).mean()
+        optimizer.zero_grad(set_to_none=True)
+        batch_loss.backward()
+        optimizer.step()
+        term = batch_loss.detach().double() * len(L)
+        loss_sum = term if loss_sum is None else loss_sum + term
+        images += len(L)
+        steps += 1
+        if on_step is not None:
+            on_step(steps)
+    return (float(loss_sum.item()) if loss_sum is not None else 0.0), images, steps
+
+
+def _psnr_sum(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Sum over the batch of per-image PSNR (metrics.psnr) between uint8 (N, 3, H, W) tensors."""
+    a = a.permute(0, 2, 3, 1).cpu().numpy()
+    b = b.permute(0, 2, 3, 1).cpu().numpy()
+    return float(sum(metrics.psnr(x, y) for x, y in zip(a, b)))
+
+
+@torch.no_grad()
+def evaluate(
+    model, batches: Iterable[dict[str, torch.Tensor]], *, loss: str = "smooth_l1", autocast: dict | None = None,
+) -> tuple[float, float, float, int]:
+    """Validation sums over `batches` (as train_one_epoch's): (sum over images of each image's mean loss,
+    of the PSNR of the colorized image as `raycolor colorize` shows it, of the PSNR of the grey baseline
+    (ab = 0), images). Leaves the model in training mode.
+
+    Give it the plain module, not DDP: DDP's forward would broadcast buffers (a collective) and val shards are uneven.
+    """
+    model.eval()
+    loss_sum = psnr = base = 0.0
+    images = 0
+    for batch in batches:
+        L, ab = batch["L"], batch["ab"]
+        with _autocast(autocast):
+            pred = model(L)
+        pred = pred.float()
+        loss_sum += float(ab_loss(pred, ab, loss).mean(dim=(1, 2, 3)).double().sum())
+        truth = color.lab_to_rgb_uint8(torch.cat([L, ab], dim=1))
+        # the prediction as `raycolor colorize` shows it: chroma fitted into gamut, L kept
+        shown = color.lab_to_rgb_uint8(torch.cat([L, color.fit_ab_to_gamut(L, pred)], dim=1))
+        grey = color.lab_to_rgb_uint8(torch.cat([L, torch.zeros_like(ab)], dim=1))
+        psnr += _psnr_sum(shown, truth)
+        base += _psnr_sum(grey, truth)
+        images += len(L)
+    model.train()
+    return loss_sum, psnr, base, images
+
+
+@dataclass
+class EpochSums:
+    """What a rank adds up over one epoch; summed over ranks as one float64 tensor, in field order."""
+
+    train_loss: float = 0.0  # sum over training images of the batch-mean loss
+    train_images: float = 0.0
+    val_loss: float = 0.0  # sum over validation images of each image's mean loss
+    val_psnr: float = 0.0  # of the prediction as `raycolor colorize` shows it
+    val_baseline_psnr: float = 0.0  # of the grey baseline (ab = 0)
+    val_images: float = 0.0
+
+    def all_reduce(self, device: torch.device) -> EpochSums:
+        """Summed over the ranks of torch.distributed's default group; in one process without it, the same sums."""
+        import torch.distributed as dist
+
+        t = torch.tensor(dataclasses.astuple(self), dtype=torch.float64, device=device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(t)
+        return EpochSums(*t.cpu().tolist())
+
+
+# ----------------------------------------------------------------------------------------------------
+# The worker loop (every Ray Train worker): setup -> restore -> per epoch: stage, train, evaluate,
+# all-reduce, record, checkpoint
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Worker:
+    """This Ray Train worker: rank, world size, device, precision and its progress channel."""
+
+    rank: int
+    world: int
+    device: torch.device
+    autocast: dict  # torch.autocast's arguments: bf16 on GPU, off on CPU
+    stats_device: torch.device  # where EpochSums are all_reduced (gloo: CPU, NCCL: the GPU)
+    events: _Events
+
+
+def _setup_worker(loop_config: dict) -> _Worker:
+    """Rank, device, CPU threads and seeds of this worker."""
+    import ray.train
+    import ray.train.torch
+
+    config: TrainConfig = loop_config["config"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(loop_config["threads"])
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed + rank)
+    return _Worker(
+        rank=rank, world=world, device=device,
+        autocast=dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"),
+        stats_device=device if device.type == "cuda" else torch.device("cpu"),
+        events=_Events(loop_config["events"], rank),
+    )
+
+
+def _build_model(config: TrainConfig, device: torch.device):
+    """The colorizer on `device` and its one AdamW (model.configure_optimizers)."""
+    model = build_colorizer(weights=config.weights, skips=config.skips).to(device)
+    optimizer = model.configure_optimizers(lr=config.lr, finetune_lr=config.finetune_lr, weight_decay=config.weight_decay)
+    return model, optimizer
+
+
+def _wrap_for_stage(model, stage: str, config: TrainConfig):
+    """Set which encoder blocks train in `stage` and return a fresh DDP wrapper around the same module:
+    DDP registers gradient hooks only for parameters that require grad when it is built."""
+    import ray.train.torch
+
+    set_trainable_encoder_blocks(model, 0 if stage == "frozen" else config.finetune_blocks)
+    gc.collect()  # the previous wrapper and its reducer go first
+    return ray.train.torch.prepare_model(model)
+
+
+def _train_batches(shard, config: TrainConfig, device):
+    """This rank's training batches for one epoch (a Ray Data iterator), locally shuffled."""
+    return shard.iter_torch_batches(
+        batch_size=config.batch_size, dtypes=torch.float32, device=device, local_shuffle_buffer_size=max(config.batch_size * 4, 16)
+    )
+
+
+def _val_batches(shard, config: TrainConfig, device):
+    return shard.iter_torch_batches(batch_size=config.batch_size, dtypes=torch.float32, device=device)
+
+
+def _save_epoch(store: CheckpointStore, w: _Worker, model, optimizer, line: dict, history: list[dict], *,
+                config: TrainConfig, eta_s: float) -> None:
+    """The epoch's checkpoint (every rank reports, rank 0 persists), then rank 0 rewrites metrics.jsonl and
+    sends the epoch's progress line."""
+    store.save(rank=w.rank, model=model, optimizer=optimizer, line=line, history=history, render_size=config.image_size)
+    if w.rank == 0:
+        _write_metrics(history, config)
+        w.events.epoch(line, eta_s)
+
+
+def _train_loop(loop_config: dict) -> None:
+    import ray.train
+
+    config: TrainConfig = loop_config["config"]
+    store: CheckpointStore = loop_config["store"]
+    w = _setup_worker(loop_config)
+    model, optimizer = _build_model(config, w.device)
+    start_epoch, history = store.restore(model, optimizer)
+    if start_epoch >= config.epochs:
+        return  # the run already finished: nothing to train (the driver exports the model)
+    train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
+
+    ddp, current_stage = None, None
+    epoch_times: list[float] = []
+    for epoch in range(start_epoch, config.epochs):
+        t_epoch = time.perf_counter()
+        stage = stage_of(epoch, config)
+        if stage != current_stage:
+            ddp, current_stage = None, stage
+            ddp = _wrap_for_stage(model, stage, config)
+        t0 = time.perf_counter()
+        loss, images, steps = train_one_epoch(
+            ddp, optimizer, _train_batches(train_shard, config, w.device), loss=config.loss, autocast=w.autocast,
+            on_step=lambda n: w.events.step(epoch + 1, config.epochs, n),
+        )
+        train_time = time.perf_counter() - t0
+        val = evaluate(model, _val_batches(val_shard, config, w.device), loss=config.loss, autocast=w.autocast)
+        sums = EpochSums(loss, images, *val).all_reduce(w.stats_device)
+        epoch_times.append(time.perf_counter() - t_epoch)
+        line = _epoch_record(
+            epoch, stage, sums, config=config, steps=steps, train_time=train_time, epoch_time=epoch_times[-1],
+            resumed_from=start_epoch, workers=w.world,
+        )
+        history.append(line)
+        eta_s = (config.epochs - epoch - 1) * (sum(epoch_times) / len(epoch_times))
+        _save_epoch(store, w, model, optimizer, line, history, config=config, eta_s=eta_s)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Progress: rank 0's events through a queue actor, drawn by a thread on the driver
+# ----------------------------------------------------------------------------------------------------
+
+
 class _Events:
     """Rank 0's progress for the driver (a ray.util.queue.Queue, or None): steps at most twice a second."""
 
@@ -814,119 +992,6 @@ class _Events:
     def epoch(self, line: dict, eta_s: float) -> None:
         if self.queue is not None:
             self.queue.put_nowait(("epoch", progress_line(line, eta_s)))
-
-
-def _train_loop(loop_config: dict) -> None:
-    import ray.train
-    import ray.train.torch
-
-    config: TrainConfig = loop_config["config"]
-    store: CheckpointStore = loop_config["store"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    events = _Events(loop_config["events"], rank)
-    device = ray.train.torch.get_device()
-    if device.type == "cpu":
-        torch.set_num_threads(loop_config["threads"])
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed + rank)
-
-    model = build_colorizer(weights=config.weights, skips=config.skips).to(device)
-    optimizer = model.configure_optimizers(lr=config.lr, finetune_lr=config.finetune_lr, weight_decay=config.weight_decay)
-    start_epoch, history = store.restore(model, optimizer)
-    if start_epoch >= config.epochs:
-        return  # the run already finished: nothing to train (the driver exports the model)
-
-    train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
-    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    stats_device = device if device.type == "cuda" else torch.device("cpu")
-    metrics_uri = sources.join_uri(config.output, METRICS_NAME)
-
-    ddp, current_stage = None, None
-    epoch_times: list[float] = []
-    for epoch in range(start_epoch, config.epochs):
-        t_epoch = time.perf_counter()
-        stage = stage_of(epoch, config)
-        if stage != current_stage:
-            ddp, current_stage = None, stage
-            ddp = _wrap_for_stage(model, stage, config)
-        t0 = time.perf_counter()
-        loss, images, steps = train_one_epoch(
-            ddp, optimizer, train_shard, config=config, device=device, autocast=autocast,
-            on_step=lambda n: events.step(epoch + 1, config.epochs, n),
-        )
-        train_time = time.perf_counter() - t0
-        val = evaluate(model, val_shard, config=config, device=device, autocast=autocast)
-        sums = EpochSums(loss, images, *val).all_reduce(stats_device)
-        epoch_times.append(time.perf_counter() - t_epoch)
-        line = _epoch_record(
-            epoch, stage, sums, config=config, steps=steps, train_time=train_time, epoch_time=epoch_times[-1],
-            resumed_from=start_epoch, workers=world,
-        )
-        history.append(line)
-        store.save(rank=rank, model=model, optimizer=optimizer, line=line, history=history, render_size=config.image_size)
-        if rank == 0:
-            sources.write_bytes_atomic(
-                metrics_uri, _metrics_jsonl(history), s3_endpoint=config.storage.s3_endpoint, retries=config.storage.retries
-            )
-            events.epoch(line, (config.epochs - epoch - 1) * (sum(epoch_times) / len(epoch_times)))
-
-
-# ----------------------------------------------------------------------------------------------------
-# Driver
-# ----------------------------------------------------------------------------------------------------
-
-
-def _check_weights(config: TrainConfig) -> None:
-    """Fail fast on the driver: the workers would hit the same WeightsUnavailableError after starting up."""
-    if config.weights is None or str(config.weights).lower() == "none":
-        return
-    build_colorizer(weights=config.weights, skips=config.skips)  # raises WeightsUnavailableError
-
-
-def worker_resources(config: TrainConfig) -> tuple[dict, int]:
-    """(resources per worker, torch threads per CPU worker).
-
-    GPU: 1 GPU + 1 CPU each. CPU: share the cluster's CPUs between the workers but leave at least one CPU
-    (a quarter on big machines) to the Ray Data decode tasks, or they could never be scheduled.
-    """
-    import ray
-
-    if config.use_gpu:
-        gpus = ray.cluster_resources().get("GPU", 0)
-        if gpus < config.workers:
-            log.warning("asked for %d GPU workers but the cluster has %s GPUs now", config.workers, gpus)
-        return {"CPU": 1, "GPU": 1}, 1
-    total = float(ray.cluster_resources().get("CPU", 1))
-    reserve = max(1.0, total // 4)
-    per_worker = max(0.1, (total - reserve) / config.workers)
-    return {"CPU": math.floor(per_worker * 100) / 100}, max(1, int(per_worker))
-
-
-def _unwrap_failure(err: BaseException) -> BaseException | None:
-    """The user-level cause of a Ray Train failure that deserves its own type on the driver."""
-    failures = getattr(err, "worker_failures", None) or {}
-    for exc in failures.values():
-        if isinstance(exc, (WeightsUnavailableError, CheckpointError)):
-            return exc
-    cause = getattr(err, "controller_failure", None)
-    if isinstance(cause, (WeightsUnavailableError, CheckpointError)):
-        return cause
-    return None
-
-
-def _write_curves(history: list[dict], config: TrainConfig) -> str | None:
-    """OUTPUT/curves.png from the metrics history; None (with a message) without matplotlib."""
-    from raycolor.curves import render_curves
-
-    png = render_curves(history) if history else None
-    if png is None:
-        if history:
-            print("training curves skipped: install matplotlib (pip install 'raycolor[plots]') for OUTPUT/curves.png")
-        return None
-    uri = sources.join_uri(config.output, CURVES_NAME)
-    sources.write_bytes_atomic(uri, png, s3_endpoint=config.storage.s3_endpoint, retries=config.storage.retries)
-    return uri
 
 
 def _event_queue():
@@ -966,93 +1031,134 @@ def _drawing(events, report: TrainProgress | None):
         events.shutdown()
 
 
-def fit(config: TrainConfig, *, progress: bool = True, terminal: IO[str] | None = None) -> TrainResult:
-    """Train (or resume training) the colorizer on Ray Train; export the final model to OUTPUT/model.
+# ----------------------------------------------------------------------------------------------------
+# Driver: fit = check config -> connect -> plan -> checkpoints so far -> progress report -> trainer
+# (datasets, workers) -> run -> summary (export the model, metrics, curves)
+# ----------------------------------------------------------------------------------------------------
 
-    Raises ValueError (bad config), sources.InputError (bad data URIs), WeightsUnavailableError,
-    CheckpointError (OUTPUT holds checkpoints but none is usable), ray.train.TrainingFailedError.
+
+def worker_resources(config: TrainConfig) -> tuple[dict, int]:
+    """(resources per worker, torch threads per CPU worker).
+
+    GPU: 1 GPU + 1 CPU each. CPU: share the cluster's CPUs between the workers but leave at least one CPU
+    (a quarter on big machines) to the Ray Data decode tasks, or they could never be scheduled.
     """
     import ray
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
 
-    t_start = time.perf_counter()
+    if config.use_gpu:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if gpus < config.workers:
+            log.warning("asked for %d GPU workers but the cluster has %s GPUs now", config.workers, gpus)
+        return {"CPU": 1, "GPU": 1}, 1
+    total = float(ray.cluster_resources().get("CPU", 1))
+    reserve = max(1.0, total // 4)
+    per_worker = max(0.1, (total - reserve) / config.workers)
+    return {"CPU": math.floor(per_worker * 100) / 100}, max(1, int(per_worker))
+
+
+def _unwrap_failure(err: BaseException) -> BaseException | None:
+    """The user-level cause of a Ray Train failure that deserves its own type on the driver."""
+    failures = getattr(err, "worker_failures", None) or {}
+    for exc in failures.values():
+        if isinstance(exc, (WeightsUnavailableError, CheckpointError)):
+            return exc
+    cause = getattr(err, "controller_failure", None)
+    if isinstance(cause, (WeightsUnavailableError, CheckpointError)):
+        return cause
+    return None
+
+
+def _checked(config: TrainConfig) -> tuple[TrainConfig, list, list]:
+    """Everything that can be checked before Ray starts: the config, the weights, what each input is.
+    Returns the config with an absolute output, and the classified data and --val inputs."""
     validate_config(config)
     config = dataclasses.replace(config, output=sources.absolute(config.output))
     _check_weights(config)
-    data_roots, val_roots = _classify(config.data, config), _classify(config.val, config)
+    return config, _classify(config.data, config), _classify(config.val, config)
+
+
+def _connect(config: TrainConfig) -> None:
+    """Start or join Ray; on a multi-node cluster, check that every node reaches OUTPUT."""
     runtime.ensure_ray()
     runtime.check_output_reachable(config.output, shared=config.storage.shared_output)
-    data = _plan(config, data_roots, val_roots)  # shard descriptors and totals, no per-image list
-    storage_fs, storage_path, store = _storage(config)
 
-    latest = store.latest_valid()
-    start_epoch = int(latest.state["epoch"]) if latest else 0
-    report = None
-    if progress:
-        report = TrainProgress(
-            stream=terminal, steps_per_epoch=math.ceil(data.n_train / (config.workers * config.batch_size))
+
+def _progress_report(config: TrainConfig, data: _Data, start_epoch: int, terminal: IO[str] | None) -> TrainProgress:
+    """The terminal report, opened with the run's first line."""
+    report = TrainProgress(stream=terminal, steps_per_epoch=math.ceil(data.n_train / (config.workers * config.batch_size)))
+    report.handle((
+        "epoch",
+        f"raycolor train: {data.n_train} training / {data.n_val} validation images, "
+        f"{config.workers} {'GPU' if config.use_gpu else 'CPU'} worker(s), output {config.output}"
+        + (f", resuming after epoch {start_epoch}" if start_epoch else ""),
+    ))
+    return report
+
+
+@contextlib.contextmanager
+def _no_data_progress_bars():
+    """Ray Data's progress bars off while datasets and the trainer are built: the epoch lines are the report."""
+    data_ctx = runtime.data_context()
+    saved_bars = data_ctx.enable_progress_bars
+    data_ctx.enable_progress_bars = False
+    try:
+        yield
+    finally:
+        data_ctx.enable_progress_bars = saved_bars
+
+
+def _trainer(config: TrainConfig, data: _Data, store: CheckpointStore, storage_fs, storage_path: str, events):
+    """The TorchTrainer: the train and val datasets, `workers` DDP workers running _train_loop, the run in
+    OUTPUT/train with Ray Train's checkpoint and failure settings."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    resources, threads = worker_resources(config)
+    with _no_data_progress_bars():
+        datasets = {
+            "train": _dataset("train", train_transform, data, config),
+            "val": _dataset("val", val_transform, data, config),
+        }
+        return TorchTrainer(
+            _train_loop,
+            train_loop_config={"config": config, "events": events, "threads": threads, "store": store},
+            torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
+            scaling_config=ray.train.ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu, resources_per_worker=resources),
+            run_config=ray.train.RunConfig(
+                name=RUN_NAME,
+                storage_path=storage_path,
+                storage_filesystem=storage_fs,
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.num_to_keep),
+                failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+            ),
+            datasets=datasets,
+            dataset_config=_ingest_config(),
         )
-        report.handle((
-            "epoch",
-            f"raycolor train: {data.n_train} training / {data.n_val} validation images, "
-            f"{config.workers} {'GPU' if config.use_gpu else 'CPU'} worker(s), output {config.output}"
-            + (f", resuming after epoch {start_epoch}" if start_epoch else ""),
-        ))
 
-    if start_epoch < config.epochs:
-        resources, threads = worker_resources(config)
-        events = _event_queue() if report else None
-        data_ctx = runtime.data_context()
-        saved_bars = data_ctx.enable_progress_bars
-        data_ctx.enable_progress_bars = False  # the epoch lines are the progress report
-        try:
-            datasets = {
-                "train": _dataset("train", train_transform, data, config),
-                "val": _dataset("val", val_transform, data, config),
-            }
-            trainer = TorchTrainer(
-                _train_loop,
-                train_loop_config={
-                    "config": config,
-                    "events": events,
-                    "threads": threads,
-                    "store": store,
-                },
-                torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
-                scaling_config=ray.train.ScalingConfig(
-                    num_workers=config.workers, use_gpu=config.use_gpu, resources_per_worker=resources
-                ),
-                run_config=ray.train.RunConfig(
-                    name=RUN_NAME,
-                    storage_path=storage_path,
-                    storage_filesystem=storage_fs,
-                    checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.num_to_keep),
-                    failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
-                ),
-                datasets=datasets,
-                dataset_config=_ingest_config(),
-            )
-        finally:
-            data_ctx.enable_progress_bars = saved_bars
-        try:
-            with _drawing(events, report):
-                trainer.fit()
-        except ray.train.TrainingFailedError as e:
-            cause = _unwrap_failure(e)
-            if cause is not None:
-                raise type(cause)(*cause.args) from e
-            raise
 
+def _run(trainer, events, report: TrainProgress | None) -> None:
+    """trainer.fit() with progress drawn; a worker's WeightsUnavailableError or CheckpointError re-raised as such."""
+    import ray.train
+
+    try:
+        with _drawing(events, report):
+            trainer.fit()
+    except ray.train.TrainingFailedError as e:
+        cause = _unwrap_failure(e)
+        if cause is not None:
+            raise type(cause)(*cause.args) from e
+        raise
+
+
+def _summary(config: TrainConfig, store: CheckpointStore, start_epoch: int, t_start: float) -> TrainResult:
+    """The latest valid checkpoint's model exported to OUTPUT/model, metrics.jsonl and curves.png from its
+    history, and this call's figures."""
     final = store.latest_valid(want_files=True)
     if final is None:
         raise CheckpointError(f"training finished without a checkpoint in {store.exp_path}")
     model_uri = CheckpointStore.export(final, sources.join_uri(config.output, MODEL_DIR), config.storage)
     history = list(final.state.get("history", []))
-    metrics_uri = sources.join_uri(config.output, METRICS_NAME)
-    sources.write_bytes_atomic(
-        metrics_uri, _metrics_jsonl(history), s3_endpoint=config.storage.s3_endpoint, retries=config.storage.retries
-    )
+    metrics_uri = _write_metrics(history, config)
     curves_uri = _write_curves(history, config)
     trained = [m for m in history if m.get("epoch", 0) > start_epoch]
     images = sum(m.get("train_images") or 0 for m in trained)
@@ -1066,3 +1172,24 @@ def fit(config: TrainConfig, *, progress: bool = True, terminal: IO[str] | None 
         elapsed_s=time.perf_counter() - t_start,
         images_per_s=images / seconds if seconds > 0 else 0.0,
     )
+
+
+def fit(config: TrainConfig, *, progress: bool = True, terminal: IO[str] | None = None) -> TrainResult:
+    """Train (or resume training) the colorizer on Ray Train; export the final model to OUTPUT/model.
+
+    Raises ValueError (bad config), sources.InputError (bad data URIs), WeightsUnavailableError,
+    CheckpointError (OUTPUT holds checkpoints but none is usable), ray.train.TrainingFailedError.
+    """
+    t_start = time.perf_counter()
+    config, data_roots, val_roots = _checked(config)
+    _connect(config)
+    data = _plan(config, data_roots, val_roots)  # shard descriptors and totals, no per-image list
+    storage_fs, storage_path, store = _storage(config)
+    latest = store.latest_valid()
+    start_epoch = int(latest.state["epoch"]) if latest else 0
+    report = _progress_report(config, data, start_epoch, terminal) if progress else None
+    if start_epoch < config.epochs:
+        events = _event_queue() if report else None
+        trainer = _trainer(config, data, store, storage_fs, storage_path, events)
+        _run(trainer, events, report)
+    return _summary(config, store, start_epoch, t_start)

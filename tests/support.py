@@ -8,7 +8,7 @@ tests/drivers.py (subprocess drivers) and tests/faultproxy.py (the S3 fault prox
 * the bad-metadata corpus of issue 21: `bad_metadata_inputs` and the pieces it is built from;
 * what an archival output must say: `check_carried_groups`, `check_provenance`;
 * a colorize OUTPUT: `one_row_each`, `lightness_rounding_bound`;
-* training: `make_images`, `base_config`, `assert_finite_lines`;
+* training: `make_images`, `base_config`, `manifest_shards`, `assert_finite_lines`;
 * subprocesses: `subprocess_env`.
 """
 
@@ -254,6 +254,15 @@ def base_config(data: str, output: str, **kw):
     )
     args.update(kw)
     return TrainConfig(**args)
+
+
+def manifest_shards(manifest: Path, shard_size: int) -> list:
+    """A .txt manifest's shards (ledger.Shard), as planning cuts them (one root, so no namespace); no Ray."""
+    from raycolor import ledger
+
+    plan = ledger.classify(str(manifest))
+    [(kind, uri, tag)] = plan.objects
+    return ledger.size_object(kind, uri, tag, root=plan.root, shard_size=shard_size)
 
 
 def assert_finite_lines(lines: list[dict]) -> None:
