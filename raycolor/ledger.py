@@ -56,6 +56,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from raycolor import sources
+from raycolor.suffixes import object_kind
 
 # error reasons that a later run may cure by itself (object-store or network trouble); everything else
 # (truncated, not_an_image, too_large, unsupported) is a property of the input
@@ -166,8 +167,7 @@ def classify(uri: str, *, s3_endpoint: str | None = None) -> RootPlan:
         found = sorted(fs.glob(path))
         objs = []
         for p in found:
-            suffix = sources.suffix(p)
-            kind = {".tar": "tar", ".parquet": "parquet", ".txt": "txt"}.get(suffix)
+            kind = object_kind(p)
             if kind:
                 objs.append((kind, sources.to_uri(fs, p, uri), _tag(fs.info(p))))
         if not objs:
@@ -177,15 +177,11 @@ def classify(uri: str, *, s3_endpoint: str | None = None) -> RootPlan:
         info = sources.retrying(lambda: fs.info(path), 3)
     except Exception as exc:
         raise sources.input_error("read", uri, exc) from exc
-    suffix = sources.suffix(path)
     if info.get("type") == "directory":
         return RootPlan(root=root, kind="folder")  # listed in tasks (list_group), or by list_folder
-    if suffix in sources.TAR_SUFFIXES:
-        return RootPlan(root=root, kind="objects", objects=(("tar", root, _tag(info)),))
-    if suffix == ".parquet":
-        return RootPlan(root=root, kind="objects", objects=(("parquet", root, _tag(info)),))
-    if suffix == ".txt":
-        return RootPlan(root=root, kind="objects", objects=(("txt", root, _tag(info)),))
+    kind = object_kind(path)
+    if kind:
+        return RootPlan(root=root, kind="objects", objects=((kind, root, _tag(info)),))
     return RootPlan(root=root, kind="listing", items=tuple(sources.list_items([uri], s3_endpoint=s3_endpoint)))
 
 
@@ -239,7 +235,7 @@ def list_folder(root: str, *, s3_endpoint: str | None = None) -> RootPlan:
         return RootPlan(root=root, kind="listing", items=tuple(items))
     objs = []
     for p in paths:
-        kind = {".tar": "tar", ".parquet": "parquet", ".txt": "txt"}.get(sources.suffix(p))
+        kind = object_kind(p)
         if kind and not posixpath.basename(p).startswith((".", "_")):
             objs.append((kind, sources.to_uri(fs, p, root), _tag(sources.retrying(lambda p=p: fs.info(p), 3))))
     if objs:

@@ -58,10 +58,12 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from raycolor.config import DEFAULT_IO_CONCURRENCY
-from raycolor.images import IMAGE_EXTENSIONS
+from raycolor.suffixes import IMAGE_SUFFIXES, MANIFEST_SUFFIXES, TAR_SUFFIXES, suffix
 
 __all__ = [
-    "IMAGE_SUFFIXES",
+    "IMAGE_SUFFIXES",  # these three and suffix(): raycolor.suffixes, the one definition
+    "MANIFEST_SUFFIXES",
+    "TAR_SUFFIXES",
     "InputError",
     "Item",
     "exists",
@@ -77,10 +79,6 @@ __all__ = [
     "write_bytes_atomic",
     "write_many",
 ]
-
-IMAGE_SUFFIXES = IMAGE_EXTENSIONS  # one definition, in images.py
-TAR_SUFFIXES = frozenset({".tar"})
-MANIFEST_SUFFIXES = frozenset({".txt", ".parquet"})
 
 _LOCAL_PROTOCOLS = frozenset({"file", "local"})
 _S3_PROTOCOLS = frozenset({"s3", "s3a"})
@@ -603,10 +601,6 @@ def exists(uri: str, *, s3_endpoint: str | None = None) -> bool:
 # --------------------------------------------------------------------------------------------
 # Listing
 # --------------------------------------------------------------------------------------------
-
-
-def suffix(path: str) -> str:
-    return posixpath.splitext(path.rstrip("/"))[1].lower()
 
 
 def is_image(path: str) -> bool:

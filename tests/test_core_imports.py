@@ -31,3 +31,15 @@ def test_a_warning_from_our_code_fails_the_suite():
         warnings.warn_explicit("ours", UserWarning, "raycolor/x.py", 1, module="raycolor.x")
     with pytest.warns(UserWarning):
         warnings.warn_explicit("theirs", UserWarning, "other/x.py", 1, module="other.x")
+
+
+def test_sources_does_not_import_images():
+    """No import cycle images <-> sources: the suffix sets live in raycolor.suffixes, which both import;
+    sources (listing, storage) never needs the decoder, and images imports sources only in its reading loop."""
+    code = (
+        "import sys, raycolor.sources, raycolor.suffixes\n"
+        "assert 'raycolor.images' not in sys.modules\n"
+        "import raycolor.images as images\n"
+        "assert images.IMAGE_EXTENSIONS is raycolor.sources.IMAGE_SUFFIXES is raycolor.suffixes.IMAGE_SUFFIXES\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
