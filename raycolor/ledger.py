@@ -269,19 +269,15 @@ def size_object(kind: str, uri: str, tag: str, *, root: str, shard_size: int, s3
         ]
     # txt: one pass over the lines, cutting every shard_size entries at a line start
     raw = sources.retrying(lambda: fs.cat_file(path), 3)
-    shards, start, n, pos = [], 0, 0, 0
-    bom = 3 if raw.startswith(b"\xef\xbb\xbf") else 0
-    start = pos = bom
-    for line in raw[bom:].splitlines(keepends=True):
-        stripped = line.strip()
-        if stripped and not stripped.startswith(b"#"):
-            if n == shard_size:
-                shards.append((start, pos, n))
-                start, n = pos, 0
-            n += 1
-        pos += len(line)
+    shards, n = [], 0
+    start = 3 if raw.startswith(b"\xef\xbb\xbf") else 0  # the first range starts after a BOM
+    for pos, _ in sources.txt_entries(raw, uri):
+        if n == shard_size:
+            shards.append((start, pos, n))
+            start, n = pos, 0
+        n += 1
     if n:
-        shards.append((start, pos, n))
+        shards.append((start, len(raw), n))
     if not shards:
         raise sources.InputError(f"empty manifest (no URIs): {sources.redact(uri)}")
     return [
@@ -359,8 +355,8 @@ def expand(shard: Shard, *, s3_endpoint: str | None = None, retries: int = 5) ->
         return sources.dedupe(items)
     if shard.kind == "txt":
         raw = sources.retrying(lambda: fs.cat_file(path, start=shard.start, end=shard.stop), retries)
-        lines = [ln.strip() for ln in raw.decode("utf-8", "replace").splitlines()]
-        return sources.dedupe(sources.manifest_items(shard.uri, [ln for ln in lines if ln and not ln.startswith("#")], s3_endpoint=s3_endpoint))
+        entries = [e for _, e in sources.txt_entries(raw, shard.uri, offset=shard.start)]
+        return sources.dedupe(sources.manifest_items(shard.uri, entries, s3_endpoint=s3_endpoint))
     raise ValueError(f"unknown shard kind {shard.kind!r}")
 
 

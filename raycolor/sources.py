@@ -76,6 +76,7 @@ __all__ = [
     "remove",
     "read_items",
     "sanitize_relpath",
+    "txt_entries",
     "write_bytes_atomic",
     "write_many",
 ]
@@ -728,19 +729,35 @@ def _list_tar(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> list[Item]:
     return rows
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
+def txt_entries(raw: bytes, uri: str, *, offset: int = 0) -> Iterator[tuple[int, str]]:
+    """The ``.txt`` manifest rule, stated once (listing, sizing into byte ranges, and expanding a range all
+    use it): ``raw`` is the manifest's bytes from byte ``offset`` (a line start) on. Yields (the byte
+    position in the file where the line starts, the entry) for each entry line, in file order.
+
+    Lines end at ``\n``, ``\r\n`` or ``\r`` only (so a byte range cut at a line start holds whole lines; other
+    Unicode line separators are characters of a name). A UTF-8 BOM opening the file is skipped. Each line
+    must be UTF-8: a line that is not raises :class:`InputError` (the manifest is refused, never read with
+    replacement characters). Entries are stripped of whitespace; blank lines and lines starting with
+    ``#`` are not entries."""
+    pos = offset
+    if offset == 0 and raw.startswith(_BOM):
+        raw, pos = raw[len(_BOM):], len(_BOM)
+    for line in raw.splitlines(keepends=True):
+        try:
+            entry = line.decode("utf-8").strip()
+        except UnicodeDecodeError as exc:
+            raise InputError(f"bad manifest {_redact(uri)}: not UTF-8 text (the line at byte {pos})") from exc
+        if entry and not entry.startswith("#"):
+            yield pos, entry
+        pos += len(line)
+
+
 def _manifest_entries(fs: fsspec.AbstractFileSystem, path: str, uri: str, suffix: str) -> list[str]:
     if suffix == ".txt":
-        raw = fs.cat_file(path)
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise InputError(f"bad manifest {_redact(uri)}: not UTF-8 text") from exc
-        entries = []
-        for line in text.splitlines():
-            line = line.strip()
-            if line and not line.startswith("#"):
-                entries.append(line)
-        return entries
+        return [entry for _, entry in txt_entries(fs.cat_file(path), uri)]
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -41,6 +41,31 @@ def test_txt_manifest_is_cut_into_byte_ranges_at_line_starts(tmp_path):
     assert (item.source, item.relpath) == (str(tmp_path / "imgs" / "a.jpg"), "imgs/a.jpg")
 
 
+def test_txt_manifest_rule_is_the_same_for_listing_sizing_and_expanding(tmp_path):
+    """One rule (sources.txt_entries) for list_items, size_object and expand. They used to disagree: expand
+    split at any Unicode line break and read non-UTF-8 with replacement characters, size_object counted
+    byte lines, list_items split like expand but refused non-UTF-8."""
+    names = ["a\u2028b.jpg", "c\x0cd.jpg", "e\x85f.jpg", "plain.jpg"]  # Unicode separators inside names
+    body = "\n".join([*names, "\u3000", "  # not an entry", "\r", "last.jpg"])  # ideographic-space line: blank
+    m = tmp_path / "odd.txt"
+    m.write_bytes(body.encode())
+    want = [str(tmp_path / n) for n in [*names, "last.jpg"]]
+    assert [i.source for i in sources.list_items([str(m)])] == want
+    for size in (1, 2, 5, 10):
+        shards = ledger.size_object("txt", str(m), "t", root="r", shard_size=size)
+        assert _entries(shards) == want
+        assert [s.count for s in shards] == [len(ledger.expand(s)) for s in shards]
+    # non-UTF-8: refused alike when listed, when sized (planning) and when a range is expanded
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("ok.jpg\ncaf\u00e9.jpg\n".encode("latin-1"))
+    with pytest.raises(sources.InputError, match="not UTF-8 text"):
+        sources.list_items([str(bad)])
+    with pytest.raises(sources.InputError, match="not UTF-8 text"):
+        ledger.size_object("txt", str(bad), "t", root="r", shard_size=5)
+    with pytest.raises(sources.InputError, match="not UTF-8 text"):
+        ledger.expand(ledger.Shard(kind="txt", uri=str(bad), root="r", start=0, stop=bad.stat().st_size))
+
+
 def test_parquet_manifest_row_ranges_read_only_their_row_groups(tmp_path):
     m = tmp_path / "m.parquet"
     uris = [f"s3://b/p/{i:03d}.jpg" for i in range(50)]
