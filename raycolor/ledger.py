@@ -194,43 +194,18 @@ def find_files(uri: str, *, s3_endpoint: str | None = None) -> list[str]:
         raise sources.input_error("list", uri, exc) from exc
 
 
-def images_below(fs, root: str, paths: Iterable[str], *, s3_endpoint: str | None = None, exclude: Iterable[str] = ()
-                 ) -> tuple[list[sources.Item], int]:
-    """The folder rules of :func:`sources.list_items` over listed ``paths`` (filesystem paths of ``fs``):
-    image suffixes, relpath relative to ``root``, sorted by (relpath, source); paths in or under an
-    ``exclude`` root strictly inside ``root`` are left out. Returns (items, images found, excluded ones too)."""
-    local = isinstance(fs, LocalFileSystem)
-    prefix = sources.filesystem(root, s3_endpoint=s3_endpoint)[1]
-    prefix = (prefix.replace(os.sep, "/") if local else prefix).rstrip("/") + "/"
-    skip = [x for x in (_fs_path(e, s3_endpoint) for e in exclude) if x.startswith(prefix)]
-    images = [p for p in (p.replace(os.sep, "/") if local else p for p in paths) if p.startswith(prefix) and sources.is_image(p)]
-    items = [
-        sources.Item(source=sources.to_uri(fs, p, root), relpath=sources.sanitize_relpath(p[len(prefix):]), uri=sources.to_uri(fs, p, root))
-        for p in images
-        if not _is_under(p, skip)
-    ]
-    items.sort(key=lambda it: (it.relpath, it.source))
-    return items, len(images)
-
-
 def _fs_path(uri: str, s3_endpoint: str | None) -> str:
     fs, path = sources.filesystem(uri, s3_endpoint=s3_endpoint)
     return (path.replace(os.sep, "/") if isinstance(fs, LocalFileSystem) else path).rstrip("/")
-
-
-def no_images(root: str) -> sources.InputError:
-    return sources.InputError(
-        f"no images found under {sources.redact(root)} (looked for {', '.join(sorted(sources.IMAGE_SUFFIXES))})"
-    )
 
 
 def list_folder(root: str, *, s3_endpoint: str | None = None) -> RootPlan:
     """A whole folder, listed here in one recursive listing -> its images, or, for a folder holding no
     image but ``.parquet`` / ``.txt`` / ``.tar`` objects (e.g. written by ``raycolor list``), those objects.
     The pipelines list folders of images in tasks (:func:`list_group`); this is for the second case."""
-    fs, _ = sources.filesystem(root, s3_endpoint=s3_endpoint)
+    fs, path = sources.filesystem(root, s3_endpoint=s3_endpoint)
     paths = sorted(find_files(root, s3_endpoint=s3_endpoint))
-    items, _ = images_below(fs, root, paths, s3_endpoint=s3_endpoint)
+    items, _ = sources.images_below(fs, path, root, paths)
     if items:
         return RootPlan(root=root, kind="listing", items=tuple(items))
     objs = []
@@ -240,7 +215,7 @@ def list_folder(root: str, *, s3_endpoint: str | None = None) -> RootPlan:
             objs.append((kind, sources.to_uri(fs, p, root), _tag(sources.retrying(lambda p=p: fs.info(p), 3))))
     if objs:
         return RootPlan(root=root, kind="objects", objects=tuple(objs))
-    raise no_images(root)
+    raise sources.no_images(root)
 
 
 def size_object(kind: str, uri: str, tag: str, *, root: str, shard_size: int, s3_endpoint: str | None = None) -> list[Shard]:
@@ -643,7 +618,7 @@ def list_group(group: ListGroup, *, chunk_uri: str, shard_size: int, fan_out: bo
                 files = sources.retrying(lambda fs=fs, path=path: fs.find(path, withdirs=False), retries)
         except Exception as exc:
             raise sources.input_error("list", folder, exc) from exc
-        mine, n = images_below(fs, root, files, s3_endpoint=s3_endpoint, exclude=group.exclude)
+        mine, n = sources.images_below(fs, prefix, root, files, exclude=excluded)
         found[root] += n
         tagged += [(root, i) for i in mine]
     owner: dict[str, str] = {}

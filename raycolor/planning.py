@@ -209,7 +209,7 @@ def write_listing(inputs: Sequence[str], output: str, *, shard_size: int, s3_end
                                   shard_size=shard_size, s3_endpoint=s3_endpoint, retries=retries)
     for root, n in found.items():
         if not n:
-            raise ledger.no_images(root)
+            raise sources.no_images(root)
     names = [s.uri.rsplit("/", 1)[-1] for s in shards]
     ledger.remove_stale_parts(output, names, s3_endpoint=s3_endpoint, retries=retries)
     return sum(s.count for s in shards), len(names)

@@ -70,7 +70,9 @@ __all__ = [
     "filesystem",
     "is_local",
     "join_uri",
+    "images_below",
     "list_items",
+    "no_images",
     "output_key",
     "read_item",
     "remove",
@@ -681,24 +683,37 @@ def _list_folder(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> list[Ite
         found = retrying(lambda: fs.find(path, withdirs=False), 3)
     except Exception as exc:
         raise input_error("list", uri, exc) from exc
-    root = path.rstrip("/")
-    prefix = root + "/"
-    if isinstance(fs, LocalFileSystem):
-        found = [p.replace(os.sep, "/") for p in found]
-        prefix = root.replace(os.sep, "/").rstrip("/") + "/"
-    rows = []
-    for p in found:
-        if not p.startswith(prefix) or not is_image(p):
-            continue
-        rel = sanitize_relpath(p[len(prefix) :])
-        source = to_uri(fs, p, uri)
-        rows.append(Item(source=source, relpath=rel, uri=source))
+    rows, _ = images_below(fs, path, uri, found)
     if not rows:
-        raise InputError(
-            f"no images found under {_redact(uri)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
-        )
-    rows.sort(key=lambda it: (it.relpath, it.source))
+        raise no_images(uri)
     return rows
+
+
+def images_below(fs: fsspec.AbstractFileSystem, folder: str, like: str, paths: Iterable[str], *,
+                 exclude: Iterable[str] = ()) -> tuple[list[Item], int]:
+    """The folder rule, stated once (:func:`list_items`, and the listing tasks of ``ledger``): the images
+    among ``paths`` (files listed below ``folder``, both paths on ``fs``): image suffixes only (any case),
+    ``relpath`` = the path relative to ``folder``, sanitised; ``source`` = ``uri`` = the file's URI (scheme
+    as in ``like``, the URI the user gave); sorted by (relpath, source). Images in or under an ``exclude``
+    folder (paths on ``fs``) strictly inside ``folder`` are left out. Returns (items, images found,
+    excluded ones too)."""
+    local = isinstance(fs, LocalFileSystem)
+    prefix = (folder.replace(os.sep, "/") if local else folder).rstrip("/") + "/"
+    skip = [x.rstrip("/") for x in exclude if x.startswith(prefix)]
+    images = [p for p in (p.replace(os.sep, "/") if local else p for p in paths) if p.startswith(prefix) and is_image(p)]
+    items = []
+    for p in images:
+        if any(p == x or p.startswith(x + "/") for x in skip):
+            continue
+        source = to_uri(fs, p, like)
+        items.append(Item(source=source, relpath=sanitize_relpath(p[len(prefix):]), uri=source))
+    items.sort(key=lambda it: (it.relpath, it.source))
+    return items, len(images)
+
+
+def no_images(uri: str) -> InputError:
+    """The error for a folder that holds no image."""
+    return InputError(f"no images found under {_redact(uri)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
 
 
 def _list_tar(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> list[Item]:

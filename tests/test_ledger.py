@@ -211,6 +211,23 @@ def test_list_group_on_s3_one_level_then_a_subtree(s3_env):
     assert any("__" in rel for _, rel in listed)  # x/b.png renamed after x/b.JPG, as list_items does
 
 
+def test_list_group_leaves_a_nested_root_to_its_own_listing(tmp_path):
+    """The folder rule with an excluded root inside (sources.images_below via ledger.list_group, no Ray): the
+    outer root's listing counts the inner root's images but leaves them to it; together they list what
+    list_items lists for the outer folder."""
+    outer, inner = tmp_path / "outer", tmp_path / "outer" / "Inner"
+    (inner / "deep").mkdir(parents=True)
+    for p in (outer / "a.JPG", outer / "notes.txt", inner / "b.png", inner / "deep" / "c.tif", outer / "Inner2.jpg"):
+        p.write_bytes(b"x")
+    group = ledger.ListGroup(key="", dirs=((str(outer), str(outer)), (str(inner), str(inner))), exclude=(str(outer), str(inner)))
+    (shards, nxt, found, left), rest = ledger.list_group(group, chunk_uri=str(tmp_path / "c-{id}.parquet"), shard_size=100,
+                                                          fan_out=False)
+    assert (shards, nxt, found) == ([], [], {str(outer): 4, str(inner): 2})
+    rows = list(zip(rest.column("root").to_pylist(), rest.column("relpath").to_pylist()))
+    assert rows == [(str(outer), "Inner2.jpg"), (str(outer), "a.JPG"), (str(inner), "b.png"), (str(inner), "deep/c.tif")]
+    assert sorted(rest.column("source").to_pylist()) == sorted(i.source for i in sources.list_items([str(outer)]))
+
+
 def test_packs_of_small_folder_remainders_are_bounded_and_realign():
     """planning.packs (pure; no Ray is started): packs never exceed the size, are at least half full except
     the last, and a folder that gained images changes only the packs near it."""
