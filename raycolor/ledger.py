@@ -39,7 +39,6 @@ after it.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -94,7 +93,8 @@ class OwnershipError(ValueError):
 
 
 def _h(*parts: object, n: int = 16) -> str:
-    return hashlib.sha1("\x1f".join(str(p) for p in parts).encode("utf-8", "surrogatepass")).hexdigest()[:n]
+    """The digest of several parts (ids of shards, roots, namespaces, the lock token): joined by \\x1f."""
+    return sources.digest("\x1f".join(str(p) for p in parts), n)
 
 
 def reason_of(error: str | None) -> str:
@@ -273,7 +273,7 @@ def chunk_listing(items: Sequence[sources.Item], *, root: str, shard_size: int) 
 
     for item in items:
         cur.append(item)
-        if len(cur) >= shard_size or int(_h(item.source, n=8), 16) % modulus == 0:
+        if len(cur) >= shard_size or int(sources.digest(item.source, 8), 16) % modulus == 0:
             close()
     if cur:
         close()

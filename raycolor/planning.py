@@ -11,7 +11,6 @@ The driver holds folder groups, counts and shard descriptors; never a per-image 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -64,7 +63,7 @@ def packs(remainders: list[tuple[str, object, int]], size: int) -> list[list[tup
             cur, n = [], 0
         cur.append((key, table))
         n += count
-        if n >= size / 2 and int(hashlib.sha1(key.encode("utf-8", "surrogatepass")).hexdigest()[:8], 16) % 4 == 0:
+        if n >= size / 2 and int(sources.digest(key, 8), 16) % 4 == 0:
             out.append(cur)
             cur, n = [], 0
     if cur:

@@ -66,6 +66,7 @@ __all__ = [
     "TAR_SUFFIXES",
     "InputError",
     "Item",
+    "digest",
     "exists",
     "filesystem",
     "is_local",
@@ -857,8 +858,11 @@ def _manifest_items(fs: fsspec.AbstractFileSystem, path: str, uri: str, entries:
     return rows
 
 
-def _short_hash(source: str) -> str:
-    return hashlib.sha1(source.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+def digest(text: str, n: int = 40) -> str:
+    """The first ``n`` hex digits of sha1(``text`` as UTF-8), the one hash of names and ids (collision
+    suffixes, shard and root ids, content-defined chunk ends, the training hold-out). Text with lone
+    surrogates (undecodable local file names) hashes too (their code units are encoded as such)."""
+    return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:n]
 
 
 def _dedupe(items: Iterable[Item]) -> list[Item]:
@@ -875,7 +879,7 @@ def _dedupe(items: Iterable[Item]) -> list[Item]:
         if key in taken:
             salt = item.source
             while True:
-                new_stem = f"{stem}__{_short_hash(salt)}"
+                new_stem = f"{stem}__{digest(salt, 8)}"
                 if new_stem.lower() not in taken:
                     break
                 salt += "#"  # astronomically rare: keep deterministic
