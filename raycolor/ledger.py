@@ -46,7 +46,7 @@ import posixpath
 import socket
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import pyarrow as pa
@@ -122,6 +122,12 @@ class Shard:
 
     def with_(self, **kw) -> Shard:
         return Shard(**{**asdict(self), **kw})
+
+    @classmethod
+    def from_row(cls, row: Mapping) -> Shard:
+        """The shard of a descriptor row (a dict holding at least the shard's fields, e.g. a Ray Data row
+        with a `marker` too; other keys ignored)."""
+        return cls(**{k: row[k] for k in cls.__dataclass_fields__})
 
 
 def shard_id(kind: str, root: str, uri: str, start: int, stop: int, tag: str) -> str:

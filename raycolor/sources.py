@@ -49,7 +49,7 @@ import re
 import tarfile
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -114,6 +114,23 @@ class Item:
     uri: str  # the object to read (for tar members: the tar's URI)
     offset: int = 0  # byte offset of the member's data within `uri` (tar members)
     size: int = -1  # bytes to read; -1 = whole object
+
+    @classmethod
+    def from_row(cls, row: Mapping) -> Item:
+        """The item of an item row (a dict, e.g. of a Ray Data dataset: source, uri, and optionally relpath,
+        offset, size; other keys ignored), with plain str/int fields whatever scalar types the row holds."""
+        return cls(source=str(row["source"]), relpath=str(row.get("relpath", "")), uri=str(row["uri"]),
+                   offset=int(row.get("offset", 0)), size=int(row.get("size", -1)))
+
+    @classmethod
+    def from_batch(cls, batch: Mapping, rows: Iterable[int] | None = None) -> list[Item]:
+        """The items of a columnar batch of item rows (columns as in :meth:`from_row`; numpy arrays or lists),
+        of the row indices ``rows`` (default: all), in that order."""
+        n = len(batch["source"])
+        return [cls.from_row({k: batch[k][i] for k in _ITEM_COLUMNS if k in batch}) for i in (range(n) if rows is None else rows)]
+
+
+_ITEM_COLUMNS = ("source", "relpath", "uri", "offset", "size")
 
 
 # --------------------------------------------------------------------------------------------

@@ -243,3 +243,22 @@ def test_packs_of_small_folder_remainders_are_bounded_and_realign():
     before, after = ({tuple(k for k, _ in p) for p in packs(r, 40)} for r in (rems, grown))
     assert len(before - after) <= 6, (len(before - after), len(out))  # a few packs change, not every later one
     assert packs([("a", "t", 0), ("b", "u", 5)], 40) == [[("b", "u")]]
+
+
+def test_descriptor_and_item_rows_back_to_objects():
+    """Shard.from_row and Item.from_row / from_batch: the one conversion of a Ray Data row (extra keys such as
+    a shard's marker ignored; numpy scalars become str/int; relpath, offset and size optional)."""
+    import dataclasses
+
+    import numpy as np
+
+    shard = ledger.Shard(kind="txt", uri="/m.txt", root="/m.txt", namespace="ns", start=3, stop=90, count=7, id="m-1", retry="all")
+    assert ledger.Shard.from_row({**dataclasses.asdict(shard), "marker": "/m.txt#shard"}) == shard
+    batch = {"source": np.array(["/a.jpg", "/t.tar#b.jpg"]), "uri": np.array(["/a.jpg", "/t.tar"]),
+             "offset": np.array([0, 512]), "size": np.array([-1, 100]), "error": np.array(["", ""])}
+    items = sources.Item.from_batch(batch, [1])
+    assert items == [sources.Item(source="/t.tar#b.jpg", relpath="", uri="/t.tar", offset=512, size=100)]
+    assert type(items[0].source) is str and type(items[0].offset) is int
+    row = {"source": "/a.jpg", "uri": "/a.jpg", "relpath": "ns/a.jpg"}
+    assert sources.Item.from_row(row) == sources.Item(source="/a.jpg", relpath="ns/a.jpg", uri="/a.jpg")
+    assert [i.source for i in sources.Item.from_batch(batch)] == ["/a.jpg", "/t.tar#b.jpg"]
