@@ -43,3 +43,12 @@ def test_sources_does_not_import_images():
         "assert images.IMAGE_EXTENSIONS is raycolor.sources.IMAGE_SUFFIXES is raycolor.suffixes.IMAGE_SUFFIXES\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_block_sizing_rule():
+    """runtime.rows_per_block (no Ray when cpus is given): ~4 blocks per CPU, capped, never below 1 row."""
+    from raycolor.runtime import MAX_BLOCK_ROWS, rows_per_block
+
+    assert MAX_BLOCK_ROWS == 128
+    assert [rows_per_block(n, 2) for n in (0, 1, 8, 9, 80, 1024, 2_000_000)] == [1, 1, 1, 2, 10, 128, 128]
+    assert rows_per_block(2_000_000, 2, cap=64) == 64 and rows_per_block(100, 0) == 25  # cpus at least 1
