@@ -94,6 +94,7 @@ from PIL import (
 from raycolor import metadata
 from raycolor.config import DEFAULT_IO_CONCURRENCY, DEFAULT_MAX_PIXELS
 from raycolor.metadata import Metadata
+from raycolor.suffixes import IMAGE_SUFFIXES
 
 if TYPE_CHECKING:
     from raycolor.sources import Item
@@ -119,10 +120,7 @@ __all__ = [
     "read_decoded",
 ]
 
-# the one list of inputs we take (any case); GIF is included because its first frame decodes like any still
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
-)
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES  # the one list of inputs we take: raycolor.suffixes
 
 DecodeReason = Literal["truncated", "not_an_image", "too_large", "unsupported"]
 _REASONS: frozenset[str] = frozenset(get_args(DecodeReason))
@@ -412,7 +410,7 @@ def read_decoded(
     returns something other than None the item is not decoded here and comes back as ``data`` +
     ``peeked``.
     """
-    from raycolor import sources  # here: sources imports this module (IMAGE_EXTENSIONS)
+    from raycolor import sources  # here, not at the top: only the reading loop needs fsspec
 
     items = list(items)
     datas = sources.read_items(items, s3_endpoint=s3_endpoint, retries=retries, max_in_flight=io_concurrency)

@@ -39,7 +39,6 @@ after it.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -47,7 +46,7 @@ import posixpath
 import socket
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import pyarrow as pa
@@ -56,6 +55,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from raycolor import sources
+from raycolor.suffixes import object_kind
 
 # error reasons that a later run may cure by itself (object-store or network trouble); everything else
 # (truncated, not_an_image, too_large, unsupported) is a property of the input
@@ -93,7 +93,8 @@ class OwnershipError(ValueError):
 
 
 def _h(*parts: object, n: int = 16) -> str:
-    return hashlib.sha1("\x1f".join(str(p) for p in parts).encode("utf-8", "surrogatepass")).hexdigest()[:n]
+    """The digest of several parts (ids of shards, roots, namespaces, the lock token): joined by \\x1f."""
+    return sources.digest("\x1f".join(str(p) for p in parts), n)
 
 
 def reason_of(error: str | None) -> str:
@@ -121,6 +122,12 @@ class Shard:
 
     def with_(self, **kw) -> Shard:
         return Shard(**{**asdict(self), **kw})
+
+    @classmethod
+    def from_row(cls, row: Mapping) -> Shard:
+        """The shard of a descriptor row (a dict holding at least the shard's fields, e.g. a Ray Data row
+        with a `marker` too; other keys ignored)."""
+        return cls(**{k: row[k] for k in cls.__dataclass_fields__})
 
 
 def shard_id(kind: str, root: str, uri: str, start: int, stop: int, tag: str) -> str:
@@ -166,8 +173,7 @@ def classify(uri: str, *, s3_endpoint: str | None = None) -> RootPlan:
         found = sorted(fs.glob(path))
         objs = []
         for p in found:
-            suffix = sources.suffix(p)
-            kind = {".tar": "tar", ".parquet": "parquet", ".txt": "txt"}.get(suffix)
+            kind = object_kind(p)
             if kind:
                 objs.append((kind, sources.to_uri(fs, p, uri), _tag(fs.info(p))))
         if not objs:
@@ -177,15 +183,11 @@ def classify(uri: str, *, s3_endpoint: str | None = None) -> RootPlan:
         info = sources.retrying(lambda: fs.info(path), 3)
     except Exception as exc:
         raise sources.input_error("read", uri, exc) from exc
-    suffix = sources.suffix(path)
     if info.get("type") == "directory":
         return RootPlan(root=root, kind="folder")  # listed in tasks (list_group), or by list_folder
-    if suffix in sources.TAR_SUFFIXES:
-        return RootPlan(root=root, kind="objects", objects=(("tar", root, _tag(info)),))
-    if suffix == ".parquet":
-        return RootPlan(root=root, kind="objects", objects=(("parquet", root, _tag(info)),))
-    if suffix == ".txt":
-        return RootPlan(root=root, kind="objects", objects=(("txt", root, _tag(info)),))
+    kind = object_kind(path)
+    if kind:
+        return RootPlan(root=root, kind="objects", objects=((kind, root, _tag(info)),))
     return RootPlan(root=root, kind="listing", items=tuple(sources.list_items([uri], s3_endpoint=s3_endpoint)))
 
 
@@ -198,53 +200,28 @@ def find_files(uri: str, *, s3_endpoint: str | None = None) -> list[str]:
         raise sources.input_error("list", uri, exc) from exc
 
 
-def images_below(fs, root: str, paths: Iterable[str], *, s3_endpoint: str | None = None, exclude: Iterable[str] = ()
-                 ) -> tuple[list[sources.Item], int]:
-    """The folder rules of :func:`sources.list_items` over listed ``paths`` (filesystem paths of ``fs``):
-    image suffixes, relpath relative to ``root``, sorted by (relpath, source); paths in or under an
-    ``exclude`` root strictly inside ``root`` are left out. Returns (items, images found, excluded ones too)."""
-    local = isinstance(fs, LocalFileSystem)
-    prefix = sources.filesystem(root, s3_endpoint=s3_endpoint)[1]
-    prefix = (prefix.replace(os.sep, "/") if local else prefix).rstrip("/") + "/"
-    skip = [x for x in (_fs_path(e, s3_endpoint) for e in exclude) if x.startswith(prefix)]
-    images = [p for p in (p.replace(os.sep, "/") if local else p for p in paths) if p.startswith(prefix) and sources.is_image(p)]
-    items = [
-        sources.Item(source=sources.to_uri(fs, p, root), relpath=sources.sanitize_relpath(p[len(prefix):]), uri=sources.to_uri(fs, p, root))
-        for p in images
-        if not _is_under(p, skip)
-    ]
-    items.sort(key=lambda it: (it.relpath, it.source))
-    return items, len(images)
-
-
 def _fs_path(uri: str, s3_endpoint: str | None) -> str:
     fs, path = sources.filesystem(uri, s3_endpoint=s3_endpoint)
     return (path.replace(os.sep, "/") if isinstance(fs, LocalFileSystem) else path).rstrip("/")
-
-
-def no_images(root: str) -> sources.InputError:
-    return sources.InputError(
-        f"no images found under {sources.redact(root)} (looked for {', '.join(sorted(sources.IMAGE_SUFFIXES))})"
-    )
 
 
 def list_folder(root: str, *, s3_endpoint: str | None = None) -> RootPlan:
     """A whole folder, listed here in one recursive listing -> its images, or, for a folder holding no
     image but ``.parquet`` / ``.txt`` / ``.tar`` objects (e.g. written by ``raycolor list``), those objects.
     The pipelines list folders of images in tasks (:func:`list_group`); this is for the second case."""
-    fs, _ = sources.filesystem(root, s3_endpoint=s3_endpoint)
+    fs, path = sources.filesystem(root, s3_endpoint=s3_endpoint)
     paths = sorted(find_files(root, s3_endpoint=s3_endpoint))
-    items, _ = images_below(fs, root, paths, s3_endpoint=s3_endpoint)
+    items, _ = sources.images_below(fs, path, root, paths)
     if items:
         return RootPlan(root=root, kind="listing", items=tuple(items))
     objs = []
     for p in paths:
-        kind = {".tar": "tar", ".parquet": "parquet", ".txt": "txt"}.get(sources.suffix(p))
+        kind = object_kind(p)
         if kind and not posixpath.basename(p).startswith((".", "_")):
             objs.append((kind, sources.to_uri(fs, p, root), _tag(sources.retrying(lambda p=p: fs.info(p), 3))))
     if objs:
         return RootPlan(root=root, kind="objects", objects=tuple(objs))
-    raise no_images(root)
+    raise sources.no_images(root)
 
 
 def size_object(kind: str, uri: str, tag: str, *, root: str, shard_size: int, s3_endpoint: str | None = None) -> list[Shard]:
@@ -273,19 +250,15 @@ def size_object(kind: str, uri: str, tag: str, *, root: str, shard_size: int, s3
         ]
     # txt: one pass over the lines, cutting every shard_size entries at a line start
     raw = sources.retrying(lambda: fs.cat_file(path), 3)
-    shards, start, n, pos = [], 0, 0, 0
-    bom = 3 if raw.startswith(b"\xef\xbb\xbf") else 0
-    start = pos = bom
-    for line in raw[bom:].splitlines(keepends=True):
-        stripped = line.strip()
-        if stripped and not stripped.startswith(b"#"):
-            if n == shard_size:
-                shards.append((start, pos, n))
-                start, n = pos, 0
-            n += 1
-        pos += len(line)
+    shards, n = [], 0
+    start = 3 if raw.startswith(b"\xef\xbb\xbf") else 0  # the first range starts after a BOM
+    for pos, _ in sources.txt_entries(raw, uri):
+        if n == shard_size:
+            shards.append((start, pos, n))
+            start, n = pos, 0
+        n += 1
     if n:
-        shards.append((start, pos, n))
+        shards.append((start, len(raw), n))
     if not shards:
         raise sources.InputError(f"empty manifest (no URIs): {sources.redact(uri)}")
     return [
@@ -306,7 +279,7 @@ def chunk_listing(items: Sequence[sources.Item], *, root: str, shard_size: int) 
 
     for item in items:
         cur.append(item)
-        if len(cur) >= shard_size or int(_h(item.source, n=8), 16) % modulus == 0:
+        if len(cur) >= shard_size or int(sources.digest(item.source, 8), 16) % modulus == 0:
             close()
     if cur:
         close()
@@ -363,8 +336,8 @@ def expand(shard: Shard, *, s3_endpoint: str | None = None, retries: int = 5) ->
         return sources.dedupe(items)
     if shard.kind == "txt":
         raw = sources.retrying(lambda: fs.cat_file(path, start=shard.start, end=shard.stop), retries)
-        lines = [ln.strip() for ln in raw.decode("utf-8", "replace").splitlines()]
-        return sources.dedupe(sources.manifest_items(shard.uri, [ln for ln in lines if ln and not ln.startswith("#")], s3_endpoint=s3_endpoint))
+        entries = [e for _, e in sources.txt_entries(raw, shard.uri, offset=shard.start)]
+        return sources.dedupe(sources.manifest_items(shard.uri, entries, s3_endpoint=s3_endpoint))
     raise ValueError(f"unknown shard kind {shard.kind!r}")
 
 
@@ -651,7 +624,7 @@ def list_group(group: ListGroup, *, chunk_uri: str, shard_size: int, fan_out: bo
                 files = sources.retrying(lambda fs=fs, path=path: fs.find(path, withdirs=False), retries)
         except Exception as exc:
             raise sources.input_error("list", folder, exc) from exc
-        mine, n = images_below(fs, root, files, s3_endpoint=s3_endpoint, exclude=group.exclude)
+        mine, n = sources.images_below(fs, prefix, root, files, exclude=excluded)
         found[root] += n
         tagged += [(root, i) for i in mine]
     owner: dict[str, str] = {}

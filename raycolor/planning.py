@@ -11,11 +11,10 @@ The driver holds folder groups, counts and shard descriptors; never a per-image 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from raycolor import ledger, sources
+from raycolor import ledger, runtime, sources
 from raycolor.config import ColorizeConfig
 
 
@@ -64,7 +63,7 @@ def packs(remainders: list[tuple[str, object, int]], size: int) -> list[list[tup
             cur, n = [], 0
         cur.append((key, table))
         n += count
-        if n >= size / 2 and int(hashlib.sha1(key.encode("utf-8", "surrogatepass")).hexdigest()[:8], 16) % 4 == 0:
+        if n >= size / 2 and int(sources.digest(key, 8), 16) % 4 == 0:
             out.append(cur)
             cur, n = [], 0
     if cur:
@@ -92,20 +91,12 @@ def list_in_tasks(groups: list, *, chunk_uri: str, shard_size: int, s3_endpoint,
                                  s3_endpoint=s3_endpoint, retries=retries)
         return meta, (group, rest)
 
-    def fail(e, refs):
-        for ref in refs:
-            ray.cancel(ref)
-        raise e.as_instanceof_cause() from None
-
     pending = dict(submit(g) for g in groups)
     shards, found, rests = [], {}, []
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         group, rest = pending.pop(done[0])
-        try:
-            got, nxt, seen, left = ray.get(done[0])
-        except ray.exceptions.RayTaskError as e:
-            fail(e, pending)
+        got, nxt, seen, left = runtime.ray_get(done[0], cancel=list(pending))
         shards += got
         for root, n in seen.items():
             found[root] = found.get(root, 0) + n
@@ -125,10 +116,7 @@ def list_in_tasks(groups: list, *, chunk_uri: str, shard_size: int, s3_endpoint,
         for root in sorted({r for _, _, left in rests for r in left}, key=lambda r: order.get(r, 0))
         for pack in packs([(g.key, ref, left.get(root, 0)) for g, ref, left in rests], size)
     ]
-    try:
-        shards += [(key, shard) for (key, _), shard in zip(bins, ray.get([ref for _, ref in bins]))]
-    except ray.exceptions.RayTaskError as e:
-        fail(e, [])
+    shards += [(key, shard) for (key, _), shard in zip(bins, runtime.ray_get([ref for _, ref in bins]))]
     shards.sort(key=lambda t: t[0])
     return [s for _, s in shards], found
 
@@ -178,10 +166,7 @@ def shard_inputs(roots: list, *, shard_size: int, s3_endpoint, listing: str, nam
     out: dict[str, list[ledger.Shard]] = {}
     for r in unique:
         if r.kind == "objects":
-            try:
-                mine = [s for ref in refs[r.root] for s in ray.get(ref)]
-            except ray.exceptions.RayTaskError as e:
-                raise e.as_instanceof_cause() from None
+            mine = [s for ref in refs[r.root] for s in runtime.ray_get(ref)]
         else:
             mine = by_root.get(r.root, [])
         out[r.root] = [s.with_(namespace=ns[r.root]) for s in mine]
@@ -209,7 +194,7 @@ def write_listing(inputs: Sequence[str], output: str, *, shard_size: int, s3_end
                                   shard_size=shard_size, s3_endpoint=s3_endpoint, retries=retries)
     for root, n in found.items():
         if not n:
-            raise ledger.no_images(root)
+            raise sources.no_images(root)
     names = [s.uri.rsplit("/", 1)[-1] for s in shards]
     ledger.remove_stale_parts(output, names, s3_endpoint=s3_endpoint, retries=retries)
     return sum(s.count for s in shards), len(names)

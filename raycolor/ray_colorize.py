@@ -22,7 +22,6 @@ retried task overwrites its own file instead of adding a duplicate.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import math
@@ -164,17 +163,7 @@ def decode_parts(batch: dict, *, stage: ModelStage) -> Iterator[dict]:
     max_pixels, limit = stage.pixel_limit()
     n = len(batch["source"])
     pre = batch["error"]  # rows that failed before reading (a shard that could not be expanded)
-    items = [
-        sources.Item(
-            source=batch["source"][i],
-            relpath=batch["relpath"][i],
-            uri=batch["uri"][i],
-            offset=int(batch["offset"][i]),
-            size=int(batch["size"][i]),
-        )
-        for i in range(n)
-        if not pre[i]
-    ]
+    items = sources.Item.from_batch(batch, [i for i in range(n) if not pre[i]])
     # the one reading loop (training's too): the whole batch's reads in flight together, so object-store
     # latency is paid about once per batch; a failed read or decode is this row's error, the job goes on
     peek = (lambda data: images.device_decodable_jpeg(data, max_pixels=max_pixels)) if stage.device_codec else None
@@ -479,8 +468,7 @@ def colorized_rgb(batch: dict, i: int, stage: ModelStage) -> np.ndarray:
 
 
 def _part_name(sources_in_batch) -> str:
-    digest = hashlib.sha1("\n".join(sorted(sources_in_batch)).encode()).hexdigest()[:20]
-    return f"part-{digest}.parquet"
+    return f"part-{sources.digest(chr(10).join(sorted(sources_in_batch)), 20)}.parquet"
 
 
 # Encoded images a finish task holds before it writes them (all of a batch of thumbnails, one by one for big
@@ -613,7 +601,7 @@ def _write_webdataset(table: pa.Table, *, output: str, sid: str, parquet_images:
                 continue
             key = wds_key(out)
             if key.lower() in taken:  # two output keys that differ only by their dots: keep both
-                key = f"{key}__{hashlib.sha1(cols['source'][i].encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+                key = f"{key}__{sources.digest(cols['source'][i], 8)}"
             taken.add(key.lower())
             ext = out.rsplit(".", 1)[-1]
             meta = {k: cols[k][i] for k in member_cols}
@@ -738,7 +726,7 @@ def merge_shard(shard: dict, *, output: str, s3_endpoint, retries: int, layout: 
 def _expand_shard(row: dict, *, output: str, s3_endpoint, retries: int) -> list[dict]:
     """One shard descriptor -> its item rows (source, relpath under the root's namespace, uri, offset,
     size, shard, shard_n, error). A shard that cannot be expanded becomes one error row (its marker)."""
-    shard = ledger.Shard(**{k: row[k] for k in ledger.Shard.__dataclass_fields__})
+    shard = ledger.Shard.from_row(row)
     try:
         items = ledger.expand(shard, s3_endpoint=s3_endpoint, retries=retries)
     except Exception as e:  # after retries: one error row stands for the shard; --retry-errors redoes it
@@ -777,12 +765,6 @@ def expand_batch(batch: pa.Table, *, rows: Callable[..., list[dict]] | None = No
 _ITEM_ROWS = pa.schema([("source", pa.string()), ("relpath", pa.string()), ("uri", pa.string()), ("offset", pa.int64()),
                         ("size", pa.int64()), ("shard", pa.string()), ("shard_n", pa.int64()), ("error", pa.string())])
 
-# Item rows per block: 128 rows cost a decode task ~0.3 s of 640x480 JPEGs, enough to amortise Ray Data's
-# per-task overhead (the task decodes them a batch at a time); 32-row blocks made bookkeeping-bound runs (2M
-# manifest entries naming missing files) twice as slow to their first finished shard (bench/archive_scale.py:
-# 88.6 s vs 43.6 s)
-_MAX_BLOCK_ROWS = 128
-
 
 # --------------------------------------------------------------------------------------------
 # Driver
@@ -803,7 +785,7 @@ def predicted_dataset(items, stage: ModelStage, *, total: int | None = None):
     n_actors = stage.gpus if stage.gpus > 0 else (stage.cpu_actors or 1)
     n = len(items) if isinstance(items, list) else max(1, total or 1)
     # small blocks so every stage has several tasks in flight, but not so small that overhead dominates
-    per_block = max(1, min(_MAX_BLOCK_ROWS, math.ceil(n / (4 * cpus))))
+    per_block = runtime.rows_per_block(n, cpus)
     if isinstance(items, list):
         rows = [{**asdict(i), "error": ""} for i in items]
         with runtime.dataset_limits(**stage.dataset_limits(cpus)):

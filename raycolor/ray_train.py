@@ -44,7 +44,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import hashlib
 import json
 import logging
 import math
@@ -156,8 +155,7 @@ def _check_weights(config: TrainConfig) -> None:
 
 def _hash_fraction(source: str) -> float:
     """A stable number in [0, 1) from the item's source URI (sha1), independent of listing order."""
-    digest = hashlib.sha1(source.encode("utf-8", "surrogatepass")).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64
+    return int(sources.digest(source, 16), 16) / 2.0**64
 
 
 def split_items(
@@ -259,17 +257,8 @@ def _classify(inputs: Sequence[str], config: TrainConfig) -> list:
     return [ledger.classify(u, s3_endpoint=config.storage.s3_endpoint) for u in inputs]
 
 
-def _ray_get(refs):
-    import ray
-
-    try:
-        return ray.get(refs)
-    except ray.exceptions.RayTaskError as e:
-        raise e.as_instanceof_cause() from None
-
-
 def _expand(desc: dict, *, s3_endpoint, retries: int) -> list[sources.Item]:
-    shard = ledger.Shard(**{k: desc[k] for k in ledger.Shard.__dataclass_fields__})
+    shard = ledger.Shard.from_row(desc)
     return ledger.expand(shard, s3_endpoint=s3_endpoint, retries=retries)
 
 
@@ -309,11 +298,11 @@ def _plan(config: TrainConfig, data_roots: list, val_roots: list) -> _Data:
         # the set is made in a task and stays in the object store
         task = ray.remote(num_cpus=0.5, max_retries=3, num_returns=2)(_sources_of)
         held, n_val_ref = task.remote(val, s3_endpoint=endpoint, retries=retries)
-        n_val = _ray_get(n_val_ref)
+        n_val = runtime.ray_get(n_val_ref)
     stats_task = ray.remote(num_cpus=0.5, max_retries=3)(_shard_stats)
     refs = [stats_task.remote(d, val_fraction=config.val_fraction, held=held, s3_endpoint=endpoint, retries=retries)
             for d in train]
-    stats = sum(_ray_get(refs), SplitStats())
+    stats = sum(runtime.ray_get(refs), SplitStats())
     if val_roots:
         n_train = stats.n
     else:
@@ -376,10 +365,7 @@ def _rgbs(
 ):
     """The batch's images through the one reading loop (images.read_decoded, as colorize reads): uint8 RGB
     arrays; a row that cannot be read or decoded is logged and dropped (training has no error rows)."""
-    items = [
-        sources.Item(source=str(source), relpath="", uri=str(uri), offset=int(offset), size=int(size))
-        for source, uri, offset, size in zip(batch["source"], batch["uri"], batch["offset"], batch["size"])
-    ]
+    items = sources.Item.from_batch(batch)
     decoded = images.read_decoded(
         items, s3_endpoint=s3_endpoint, retries=retries, max_pixels=max_pixels, io_concurrency=io_concurrency
     )
@@ -484,7 +470,7 @@ def _dataset(side: str, fn, data: _Data, config: TrainConfig):
         fn_kwargs={"rows": shard_rows, "schema": TRAIN_ROWS, "side": side, "split": data.split,
                    "held": data.held if side == "train" else None, "s3_endpoint": endpoint, "retries": retries},
     )
-    ds = ds.repartition(target_num_rows_per_block=max(1, min(_BLOCK_ROWS, math.ceil(n / (4 * runtime.cluster_cpus())))))
+    ds = ds.repartition(target_num_rows_per_block=runtime.rows_per_block(n, cap=_BLOCK_ROWS))
     return ds.map_batches(
         fn,
         batch_size=_DECODE_BATCH,

@@ -49,7 +49,7 @@ import re
 import tarfile
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -58,29 +58,31 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from raycolor.config import DEFAULT_IO_CONCURRENCY
-from raycolor.images import IMAGE_EXTENSIONS
+from raycolor.suffixes import IMAGE_SUFFIXES, MANIFEST_SUFFIXES, TAR_SUFFIXES, suffix
 
 __all__ = [
-    "IMAGE_SUFFIXES",
+    "IMAGE_SUFFIXES",  # these three and suffix(): raycolor.suffixes, the one definition
+    "MANIFEST_SUFFIXES",
+    "TAR_SUFFIXES",
     "InputError",
     "Item",
+    "digest",
     "exists",
     "filesystem",
     "is_local",
     "join_uri",
+    "images_below",
     "list_items",
+    "no_images",
     "output_key",
     "read_item",
     "remove",
     "read_items",
     "sanitize_relpath",
+    "txt_entries",
     "write_bytes_atomic",
     "write_many",
 ]
-
-IMAGE_SUFFIXES = IMAGE_EXTENSIONS  # one definition, in images.py
-TAR_SUFFIXES = frozenset({".tar"})
-MANIFEST_SUFFIXES = frozenset({".txt", ".parquet"})
 
 _LOCAL_PROTOCOLS = frozenset({"file", "local"})
 _S3_PROTOCOLS = frozenset({"s3", "s3a"})
@@ -112,6 +114,23 @@ class Item:
     uri: str  # the object to read (for tar members: the tar's URI)
     offset: int = 0  # byte offset of the member's data within `uri` (tar members)
     size: int = -1  # bytes to read; -1 = whole object
+
+    @classmethod
+    def from_row(cls, row: Mapping) -> Item:
+        """The item of an item row (a dict, e.g. of a Ray Data dataset: source, uri, and optionally relpath,
+        offset, size; other keys ignored), with plain str/int fields whatever scalar types the row holds."""
+        return cls(source=str(row["source"]), relpath=str(row.get("relpath", "")), uri=str(row["uri"]),
+                   offset=int(row.get("offset", 0)), size=int(row.get("size", -1)))
+
+    @classmethod
+    def from_batch(cls, batch: Mapping, rows: Iterable[int] | None = None) -> list[Item]:
+        """The items of a columnar batch of item rows (columns as in :meth:`from_row`; numpy arrays or lists),
+        of the row indices ``rows`` (default: all), in that order."""
+        n = len(batch["source"])
+        return [cls.from_row({k: batch[k][i] for k in _ITEM_COLUMNS if k in batch}) for i in (range(n) if rows is None else rows)]
+
+
+_ITEM_COLUMNS = ("source", "relpath", "uri", "offset", "size")
 
 
 # --------------------------------------------------------------------------------------------
@@ -605,10 +624,6 @@ def exists(uri: str, *, s3_endpoint: str | None = None) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def suffix(path: str) -> str:
-    return posixpath.splitext(path.rstrip("/"))[1].lower()
-
-
 def is_image(path: str) -> bool:
     return suffix(path) in IMAGE_SUFFIXES
 
@@ -686,24 +701,37 @@ def _list_folder(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> list[Ite
         found = retrying(lambda: fs.find(path, withdirs=False), 3)
     except Exception as exc:
         raise input_error("list", uri, exc) from exc
-    root = path.rstrip("/")
-    prefix = root + "/"
-    if isinstance(fs, LocalFileSystem):
-        found = [p.replace(os.sep, "/") for p in found]
-        prefix = root.replace(os.sep, "/").rstrip("/") + "/"
-    rows = []
-    for p in found:
-        if not p.startswith(prefix) or not is_image(p):
-            continue
-        rel = sanitize_relpath(p[len(prefix) :])
-        source = to_uri(fs, p, uri)
-        rows.append(Item(source=source, relpath=rel, uri=source))
+    rows, _ = images_below(fs, path, uri, found)
     if not rows:
-        raise InputError(
-            f"no images found under {_redact(uri)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
-        )
-    rows.sort(key=lambda it: (it.relpath, it.source))
+        raise no_images(uri)
     return rows
+
+
+def images_below(fs: fsspec.AbstractFileSystem, folder: str, like: str, paths: Iterable[str], *,
+                 exclude: Iterable[str] = ()) -> tuple[list[Item], int]:
+    """The folder rule, stated once (:func:`list_items`, and the listing tasks of ``ledger``): the images
+    among ``paths`` (files listed below ``folder``, both paths on ``fs``): image suffixes only (any case),
+    ``relpath`` = the path relative to ``folder``, sanitised; ``source`` = ``uri`` = the file's URI (scheme
+    as in ``like``, the URI the user gave); sorted by (relpath, source). Images in or under an ``exclude``
+    folder (paths on ``fs``) strictly inside ``folder`` are left out. Returns (items, images found,
+    excluded ones too)."""
+    local = isinstance(fs, LocalFileSystem)
+    prefix = (folder.replace(os.sep, "/") if local else folder).rstrip("/") + "/"
+    skip = [x.rstrip("/") for x in exclude if x.startswith(prefix)]
+    images = [p for p in (p.replace(os.sep, "/") if local else p for p in paths) if p.startswith(prefix) and is_image(p)]
+    items = []
+    for p in images:
+        if any(p == x or p.startswith(x + "/") for x in skip):
+            continue
+        source = to_uri(fs, p, like)
+        items.append(Item(source=source, relpath=sanitize_relpath(p[len(prefix):]), uri=source))
+    items.sort(key=lambda it: (it.relpath, it.source))
+    return items, len(images)
+
+
+def no_images(uri: str) -> InputError:
+    """The error for a folder that holds no image."""
+    return InputError(f"no images found under {_redact(uri)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
 
 
 def _list_tar(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> list[Item]:
@@ -734,19 +762,35 @@ def _list_tar(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> list[Item]:
     return rows
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
+def txt_entries(raw: bytes, uri: str, *, offset: int = 0) -> Iterator[tuple[int, str]]:
+    """The ``.txt`` manifest rule, stated once (listing, sizing into byte ranges, and expanding a range all
+    use it): ``raw`` is the manifest's bytes from byte ``offset`` (a line start) on. Yields (the byte
+    position in the file where the line starts, the entry) for each entry line, in file order.
+
+    Lines end at ``\n``, ``\r\n`` or ``\r`` only (so a byte range cut at a line start holds whole lines; other
+    Unicode line separators are characters of a name). A UTF-8 BOM opening the file is skipped. Each line
+    must be UTF-8: a line that is not raises :class:`InputError` (the manifest is refused, never read with
+    replacement characters). Entries are stripped of whitespace; blank lines and lines starting with
+    ``#`` are not entries."""
+    pos = offset
+    if offset == 0 and raw.startswith(_BOM):
+        raw, pos = raw[len(_BOM):], len(_BOM)
+    for line in raw.splitlines(keepends=True):
+        try:
+            entry = line.decode("utf-8").strip()
+        except UnicodeDecodeError as exc:
+            raise InputError(f"bad manifest {_redact(uri)}: not UTF-8 text (the line at byte {pos})") from exc
+        if entry and not entry.startswith("#"):
+            yield pos, entry
+        pos += len(line)
+
+
 def _manifest_entries(fs: fsspec.AbstractFileSystem, path: str, uri: str, suffix: str) -> list[str]:
     if suffix == ".txt":
-        raw = fs.cat_file(path)
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise InputError(f"bad manifest {_redact(uri)}: not UTF-8 text") from exc
-        entries = []
-        for line in text.splitlines():
-            line = line.strip()
-            if line and not line.startswith("#"):
-                entries.append(line)
-        return entries
+        return [entry for _, entry in txt_entries(fs.cat_file(path), uri)]
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -831,8 +875,11 @@ def _manifest_items(fs: fsspec.AbstractFileSystem, path: str, uri: str, entries:
     return rows
 
 
-def _short_hash(source: str) -> str:
-    return hashlib.sha1(source.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+def digest(text: str, n: int = 40) -> str:
+    """The first ``n`` hex digits of sha1(``text`` as UTF-8), the one hash of names and ids (collision
+    suffixes, shard and root ids, content-defined chunk ends, the training hold-out). Text with lone
+    surrogates (undecodable local file names) hashes too (their code units are encoded as such)."""
+    return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:n]
 
 
 def _dedupe(items: Iterable[Item]) -> list[Item]:
@@ -849,7 +896,7 @@ def _dedupe(items: Iterable[Item]) -> list[Item]:
         if key in taken:
             salt = item.source
             while True:
-                new_stem = f"{stem}__{_short_hash(salt)}"
+                new_stem = f"{stem}__{digest(salt, 8)}"
                 if new_stem.lower() not in taken:
                     break
                 salt += "#"  # astronomically rare: keep deterministic

@@ -31,3 +31,24 @@ def test_a_warning_from_our_code_fails_the_suite():
         warnings.warn_explicit("ours", UserWarning, "raycolor/x.py", 1, module="raycolor.x")
     with pytest.warns(UserWarning):
         warnings.warn_explicit("theirs", UserWarning, "other/x.py", 1, module="other.x")
+
+
+def test_sources_does_not_import_images():
+    """No import cycle images <-> sources: the suffix sets live in raycolor.suffixes, which both import;
+    sources (listing, storage) never needs the decoder, and images imports sources only in its reading loop."""
+    code = (
+        "import sys, raycolor.sources, raycolor.suffixes\n"
+        "assert 'raycolor.images' not in sys.modules\n"
+        "import raycolor.images as images\n"
+        "assert images.IMAGE_EXTENSIONS is raycolor.sources.IMAGE_SUFFIXES is raycolor.suffixes.IMAGE_SUFFIXES\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_block_sizing_rule():
+    """runtime.rows_per_block (no Ray when cpus is given): ~4 blocks per CPU, capped, never below 1 row."""
+    from raycolor.runtime import MAX_BLOCK_ROWS, rows_per_block
+
+    assert MAX_BLOCK_ROWS == 128
+    assert [rows_per_block(n, 2) for n in (0, 1, 8, 9, 80, 1024, 2_000_000)] == [1, 1, 1, 2, 10, 128, 128]
+    assert rows_per_block(2_000_000, 2, cap=64) == 64 and rows_per_block(100, 0) == 25  # cpus at least 1

@@ -41,6 +41,31 @@ def test_txt_manifest_is_cut_into_byte_ranges_at_line_starts(tmp_path):
     assert (item.source, item.relpath) == (str(tmp_path / "imgs" / "a.jpg"), "imgs/a.jpg")
 
 
+def test_txt_manifest_rule_is_the_same_for_listing_sizing_and_expanding(tmp_path):
+    """One rule (sources.txt_entries) for list_items, size_object and expand. They used to disagree: expand
+    split at any Unicode line break and read non-UTF-8 with replacement characters, size_object counted
+    byte lines, list_items split like expand but refused non-UTF-8."""
+    names = ["a\u2028b.jpg", "c\x0cd.jpg", "e\x85f.jpg", "plain.jpg"]  # Unicode separators inside names
+    body = "\n".join([*names, "\u3000", "  # not an entry", "\r", "last.jpg"])  # ideographic-space line: blank
+    m = tmp_path / "odd.txt"
+    m.write_bytes(body.encode())
+    want = [str(tmp_path / n) for n in [*names, "last.jpg"]]
+    assert [i.source for i in sources.list_items([str(m)])] == want
+    for size in (1, 2, 5, 10):
+        shards = ledger.size_object("txt", str(m), "t", root="r", shard_size=size)
+        assert _entries(shards) == want
+        assert [s.count for s in shards] == [len(ledger.expand(s)) for s in shards]
+    # non-UTF-8: refused alike when listed, when sized (planning) and when a range is expanded
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("ok.jpg\ncaf\u00e9.jpg\n".encode("latin-1"))
+    with pytest.raises(sources.InputError, match="not UTF-8 text"):
+        sources.list_items([str(bad)])
+    with pytest.raises(sources.InputError, match="not UTF-8 text"):
+        ledger.size_object("txt", str(bad), "t", root="r", shard_size=5)
+    with pytest.raises(sources.InputError, match="not UTF-8 text"):
+        ledger.expand(ledger.Shard(kind="txt", uri=str(bad), root="r", start=0, stop=bad.stat().st_size))
+
+
 def test_parquet_manifest_row_ranges_read_only_their_row_groups(tmp_path):
     m = tmp_path / "m.parquet"
     uris = [f"s3://b/p/{i:03d}.jpg" for i in range(50)]
@@ -186,6 +211,23 @@ def test_list_group_on_s3_one_level_then_a_subtree(s3_env):
     assert any("__" in rel for _, rel in listed)  # x/b.png renamed after x/b.JPG, as list_items does
 
 
+def test_list_group_leaves_a_nested_root_to_its_own_listing(tmp_path):
+    """The folder rule with an excluded root inside (sources.images_below via ledger.list_group, no Ray): the
+    outer root's listing counts the inner root's images but leaves them to it; together they list what
+    list_items lists for the outer folder."""
+    outer, inner = tmp_path / "outer", tmp_path / "outer" / "Inner"
+    (inner / "deep").mkdir(parents=True)
+    for p in (outer / "a.JPG", outer / "notes.txt", inner / "b.png", inner / "deep" / "c.tif", outer / "Inner2.jpg"):
+        p.write_bytes(b"x")
+    group = ledger.ListGroup(key="", dirs=((str(outer), str(outer)), (str(inner), str(inner))), exclude=(str(outer), str(inner)))
+    (shards, nxt, found, left), rest = ledger.list_group(group, chunk_uri=str(tmp_path / "c-{id}.parquet"), shard_size=100,
+                                                          fan_out=False)
+    assert (shards, nxt, found) == ([], [], {str(outer): 4, str(inner): 2})
+    rows = list(zip(rest.column("root").to_pylist(), rest.column("relpath").to_pylist()))
+    assert rows == [(str(outer), "Inner2.jpg"), (str(outer), "a.JPG"), (str(inner), "b.png"), (str(inner), "deep/c.tif")]
+    assert sorted(rest.column("source").to_pylist()) == sorted(i.source for i in sources.list_items([str(outer)]))
+
+
 def test_packs_of_small_folder_remainders_are_bounded_and_realign():
     """planning.packs (pure; no Ray is started): packs never exceed the size, are at least half full except
     the last, and a folder that gained images changes only the packs near it."""
@@ -201,3 +243,22 @@ def test_packs_of_small_folder_remainders_are_bounded_and_realign():
     before, after = ({tuple(k for k, _ in p) for p in packs(r, 40)} for r in (rems, grown))
     assert len(before - after) <= 6, (len(before - after), len(out))  # a few packs change, not every later one
     assert packs([("a", "t", 0), ("b", "u", 5)], 40) == [[("b", "u")]]
+
+
+def test_descriptor_and_item_rows_back_to_objects():
+    """Shard.from_row and Item.from_row / from_batch: the one conversion of a Ray Data row (extra keys such as
+    a shard's marker ignored; numpy scalars become str/int; relpath, offset and size optional)."""
+    import dataclasses
+
+    import numpy as np
+
+    shard = ledger.Shard(kind="txt", uri="/m.txt", root="/m.txt", namespace="ns", start=3, stop=90, count=7, id="m-1", retry="all")
+    assert ledger.Shard.from_row({**dataclasses.asdict(shard), "marker": "/m.txt#shard"}) == shard
+    batch = {"source": np.array(["/a.jpg", "/t.tar#b.jpg"]), "uri": np.array(["/a.jpg", "/t.tar"]),
+             "offset": np.array([0, 512]), "size": np.array([-1, 100]), "error": np.array(["", ""])}
+    items = sources.Item.from_batch(batch, [1])
+    assert items == [sources.Item(source="/t.tar#b.jpg", relpath="", uri="/t.tar", offset=512, size=100)]
+    assert type(items[0].source) is str and type(items[0].offset) is int
+    row = {"source": "/a.jpg", "uri": "/a.jpg", "relpath": "ns/a.jpg"}
+    assert sources.Item.from_row(row) == sources.Item(source="/a.jpg", relpath="ns/a.jpg", uri="/a.jpg")
+    assert [i.source for i in sources.Item.from_batch(batch)] == ["/a.jpg", "/t.tar#b.jpg"]

@@ -383,3 +383,30 @@ def test_folder_plan_lists_in_tasks_bins_small_folders_and_cuts_big_ones(ray_loc
     again = plan(cfg, str(out))
     assert [s.id for s in again.shards] == [s.id for s in shards]
     assert {p.name: p.stat().st_mtime_ns for p in (out / "_listing").iterdir()} == chunks
+
+
+def test_a_planning_task_error_reaches_the_driver_as_itself(ray_local, tmp_path):
+    """runtime.ray_get, the one unwrapping of a task's error: a non-UTF-8 .txt manifest is refused in its
+    sizing task (sources.txt_entries) and the driver sees the InputError, not a RayTaskError wrapper; the
+    refs given to cancel are cancelled."""
+    import ray
+
+    from raycolor import ledger, planning, sources
+
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("ok.jpg\ncaf\u00e9.jpg\n".encode("latin-1"))
+    with pytest.raises(sources.InputError, match="not UTF-8 text"):
+        planning.shard_inputs([ledger.classify(str(bad))], shard_size=10, s3_endpoint=None,
+                              listing=str(tmp_path / "_listing" / "{id}.parquet"))
+
+    def fails():
+        raise sources.InputError("bad manifest m.txt: not UTF-8 text")
+
+    def sleeps():
+        time.sleep(120)
+
+    pending = ray.remote(num_cpus=0)(sleeps).remote()
+    with pytest.raises(sources.InputError, match="not UTF-8"):
+        runtime.ray_get(ray.remote(max_retries=0)(fails).remote(), cancel=[pending])
+    with pytest.raises((ray.exceptions.TaskCancelledError, ray.exceptions.RayTaskError)):
+        ray.get(pending, timeout=60)

@@ -386,6 +386,19 @@ def test_duplicates_and_collisions(tmp_path):
     assert list_items([one, two]) == items  # deterministic
 
 
+def test_digest_is_the_one_name_hash():
+    """sources.digest: sha1 hex of the UTF-8 text, also for undecodable local names (lone surrogates), and
+    the collision suffix of dedupe is its first 8 digits."""
+    from raycolor import ledger, sources
+
+    name = "/scans/caf\udce9.jpg"  # os.fsdecode of a Latin-1 file name
+    assert sources.digest(name) == hashlib.sha1(b"/scans/caf\xed\xb3\xa9.jpg").hexdigest()
+    assert sources.digest(name, 8) == sources.digest(name)[:8] and len(sources.digest("x", 20)) == 20
+    a, b = (sources.Item(source=s, relpath="x.jpg", uri=s) for s in ("/a/x.jpg", name))
+    assert [i.relpath for i in sources.dedupe([a, b])] == ["x.jpg", f"x__{sources.digest(name, 8)}.jpg"]
+    assert ledger.root_id("/r") == sources.digest("root\x1f/r", 16)  # ids: the digest of parts joined by \x1f
+
+
 # ------------------------------------------------------------------------------------------
 # Writes
 # ------------------------------------------------------------------------------------------
