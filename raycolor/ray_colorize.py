@@ -888,13 +888,31 @@ def colorize(
     Progress hooks, called on the driver: on_total(total, skipped) once, before any image is processed
     (`total` inputs in all, `skipped` of them already done by an earlier run), then on_rows(ok, error) for
     each batch of finished rows as it comes back.
-    """
-    import ray
 
+    The driver in named steps: check (config, model, inputs, cluster: all before anything is written) ->
+    lock -> plan -> what is left -> stream + merge -> summary.
+    """
     start = time.time()
-    endpoint = config.storage.s3_endpoint
     output = sources.absolute(config.output)
-    meta, render_size = resolve_model(config.checkpoint, config.render_size, s3_endpoint=endpoint)
+    meta, render_size = resolve_model(config.checkpoint, config.render_size, s3_endpoint=config.storage.s3_endpoint)
+    check_config(config)
+    roots = classify_inputs(config)
+    _check_cluster(config, output)
+    endpoint = config.storage.s3_endpoint
+    lock = ledger.acquire_lock(output, force=config.force_unlock, s3_endpoint=endpoint)
+    try:
+        p = _plan(config, output, roots)
+        left = _what_is_left(config, output, p)
+        if on_total:
+            on_total(left.total, left.total - left.rows)
+        run = _stream_and_merge(config, output, left, meta.model_id, render_size, start, on_rows) if left.todo else _Run()
+        return _summary(config, output, p, left, run, meta.model_id, render_size, start)
+    finally:
+        ledger.release_lock(output, lock, s3_endpoint=endpoint)
+
+
+def check_config(config: ColorizeConfig) -> None:
+    """The settings a ColorizeConfig's type cannot check, refused before anything starts."""
     if config.retry_errors not in ("none", "transient", "all"):
         raise ValueError(f"retry_errors must be none, transient or all, not {config.retry_errors!r}")
     if config.layout not in ("files", "webdataset"):
@@ -909,7 +927,12 @@ def colorize(
         raise ValueError(f"memory per CPU must be positive, got {config.memory_per_cpu}")
     if config.bit_depth == "16" and config.format not in ("png", "tiff"):
         raise ValueError(f"--bit-depth 16 needs PNG or TIFF output: {config.format} holds 8 bits per sample")
-    roots = classify_inputs(config)
+
+
+def _check_cluster(config: ColorizeConfig, output: str) -> None:
+    """Ray up, the output reachable from every node, and the cluster able to grant what the run asks for."""
+    import ray
+
     runtime.ensure_ray()
     runtime.check_output_reachable(output, shared=config.storage.shared_output)
     runtime.check_memory_request(config.memory_per_cpu)
@@ -917,16 +940,11 @@ def colorize(
         raise ValueError(
             f"--gpus {config.gpus} but the cluster has {int(ray.cluster_resources().get('GPU', 0))} GPU(s)"
         )
-    lock = ledger.acquire_lock(output, force=config.force_unlock, s3_endpoint=endpoint)
-    try:
-        return _colorize_locked(config, output, meta, render_size, start, on_rows, on_total, roots)
-    finally:
-        ledger.release_lock(output, lock, s3_endpoint=endpoint)
 
 
-def _colorize_locked(config, output, meta, render_size, start, on_rows, on_total, roots) -> ColorizeSummary:
-    import ray
-
+def _plan(config: ColorizeConfig, output: str, roots):
+    """The shards of every input (planning.plan), with what an earlier run left for changed inputs removed
+    and each root's record written (before any image)."""
     endpoint, retries = config.storage.s3_endpoint, config.storage.retries
     p = plan(config, output, roots)
     # inputs that changed since an earlier run: their old shards go before anything new is written
@@ -940,13 +958,28 @@ def _colorize_locked(config, output, meta, render_size, start, on_rows, on_total
     for rec in p.roots.values():
         ledger.write_json(sources.join_uri(output, "_roots", f"{ledger.root_id(rec['root'])}.json"), rec,
                           s3_endpoint=endpoint, retries=retries)
+    return p
+
+
+@dataclass(frozen=True)
+class _Left:
+    """What an earlier run left to do: the shards to run (a finished one again only for its errors to retry)."""
+
+    done_before: dict  # shard id -> stats of a shard an earlier run finished
+    todo: list  # ledger.Shard
+    rows: int  # images to process
+    total: int  # images in all the run's shards
+
+
+def _what_is_left(config: ColorizeConfig, output: str, p) -> _Left:
+    endpoint = config.storage.s3_endpoint
     finished = ledger.finished_shards(output, s3_endpoint=endpoint)
     done_before = ledger.read_stats(output, [s.id for s in p.shards if s.id in finished], s3_endpoint=endpoint)
-    todo, to_do_rows = [], 0
+    todo, rows = [], 0
     for s in p.shards:
         if s.id not in done_before:
             todo.append(s)
-            to_do_rows += s.count
+            rows += s.count
             continue
         st = done_before[s.id]
         if config.retry_errors != "none":
@@ -954,53 +987,74 @@ def _colorize_locked(config, output, meta, render_size, start, on_rows, on_total
                        if config.retry_errors == "all" or reason in ledger.TRANSIENT_REASONS)
             if redo:
                 todo.append(s.with_(retry=config.retry_errors))
-                to_do_rows += redo
+                rows += redo
     total = sum(done_before[s.id]["rows"] if s.id in done_before else s.count for s in p.shards)
-    if on_total:
-        on_total(total, total - to_do_rows)
+    return _Left(done_before=done_before, todo=todo, rows=rows, total=total)
+
+
+@dataclass
+class _Run:
+    """What streaming the left shards gave: rows processed, seconds to the first, each merged shard's stats."""
+
+    processed: int = 0
     first_output: float | None = None
-    processed = 0
-    results: dict[str, dict] = {}
-    if todo:
-        # _SUCCESS.json marks a finished run: one from an earlier run must not outlive new work
-        sources.remove(sources.join_uri(output, "_SUCCESS.json"), s3_endpoint=endpoint, retries=retries)
-        by_id = {s.id: {**asdict(s), "marker": _marker(s)} for s in todo}
-        merge = ray.remote(num_cpus=0, max_retries=3)(merge_shard)
-        merge_kw = {"output": output, "s3_endpoint": endpoint, "retries": retries, "layout": config.layout,
-                    "parquet_images": config.parquet_images}
-        seen: dict[str, int] = {}
-        expected: dict[str, int] = {}
-        merging: dict[str, object] = {}
-        ds = build_dataset(todo, config, output=output, render_size=render_size, model_id=meta.model_id,
-                           total=max(1, to_do_rows))
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            now = time.time()
-            first_output = first_output if first_output is not None else now - start
-            n = len(batch["source"])
-            processed += n
-            for sid, sn in zip(batch["shard"], batch["shard_n"]):
-                seen[sid] = seen.get(sid, 0) + 1
-                expected[sid] = int(sn)
-            for sid in set(batch["shard"]):
-                if seen[sid] >= expected[sid] and sid not in merging:  # the shard's last rows: merge it now
-                    merging[sid] = merge.remote(by_id[sid], **merge_kw)
-            if on_rows:
-                n_ok = int(np.count_nonzero(batch["status"] == "ok"))
-                on_rows(n_ok, n - n_ok)
-        incomplete = {sid: (seen[sid], expected[sid]) for sid in seen if sid not in merging}
-        for s in todo:
-            if s.id in seen:
-                continue
-            if s.retry != "none":  # nothing to redo after all (e.g. a retry whose rows were fine)
-                merging[s.id] = merge.remote(by_id[s.id], **merge_kw)
-            else:  # a shard with inputs but no row back: never marked done with an empty part
-                incomplete[s.id] = (0, s.count)
-        results = dict(zip(merging, ray.get(list(merging.values()))))
-        if incomplete:
-            sid, (got, want) = next(iter(incomplete.items()))
-            raise RuntimeError(f"{len(incomplete)} shard(s) came back incomplete, e.g. {sid}: {got} of {want} rows; re-run to redo them")
+    merged: dict = field(default_factory=dict)
+
+
+def _stream_and_merge(config: ColorizeConfig, output: str, left: _Left, model_id: str, render_size: int,
+                      start: float, on_rows) -> _Run:
+    """Run the pipeline over the left shards, counting rows as they stream back; merge each shard as soon as
+    its last row is back (a Ray task each), and fail if a shard came back incomplete."""
+    import ray
+
+    endpoint = config.storage.s3_endpoint
+    # _SUCCESS.json marks a finished run: one from an earlier run must not outlive new work
+    sources.remove(sources.join_uri(output, "_SUCCESS.json"), s3_endpoint=endpoint, retries=config.storage.retries)
+    by_id = {s.id: {**asdict(s), "marker": _marker(s)} for s in left.todo}
+    merge = ray.remote(num_cpus=0, max_retries=3)(merge_shard)
+    merge_kw = {"output": output, "s3_endpoint": endpoint, "retries": config.storage.retries,
+                "layout": config.layout, "parquet_images": config.parquet_images}
+    run = _Run()
+    seen: dict[str, int] = {}
+    expected: dict[str, int] = {}
+    merging: dict[str, object] = {}
+    ds = build_dataset(left.todo, config, output=output, render_size=render_size, model_id=model_id,
+                       total=max(1, left.rows))
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        if run.first_output is None:
+            run.first_output = time.time() - start
+        n = len(batch["source"])
+        run.processed += n
+        for sid, sn in zip(batch["shard"], batch["shard_n"]):
+            seen[sid] = seen.get(sid, 0) + 1
+            expected[sid] = int(sn)
+        for sid in set(batch["shard"]):
+            if seen[sid] >= expected[sid] and sid not in merging:  # the shard's last rows: merge it now
+                merging[sid] = merge.remote(by_id[sid], **merge_kw)
+        if on_rows:
+            n_ok = int(np.count_nonzero(batch["status"] == "ok"))
+            on_rows(n_ok, n - n_ok)
+    incomplete = {sid: (seen[sid], expected[sid]) for sid in seen if sid not in merging}
+    for s in left.todo:
+        if s.id in seen:
+            continue
+        if s.retry != "none":  # nothing to redo after all (e.g. a retry whose rows were fine)
+            merging[s.id] = merge.remote(by_id[s.id], **merge_kw)
+        else:  # a shard with inputs but no row back: never marked done with an empty part
+            incomplete[s.id] = (0, s.count)
+    run.merged = dict(zip(merging, ray.get(list(merging.values()))))
+    if incomplete:
+        sid, (got, want) = next(iter(incomplete.items()))
+        raise RuntimeError(f"{len(incomplete)} shard(s) came back incomplete, e.g. {sid}: {got} of {want} rows; re-run to redo them")
+    return run
+
+
+def _summary(config: ColorizeConfig, output: str, p, left: _Left, run: _Run, model_id: str, render_size: int,
+             start: float) -> ColorizeSummary:
+    """The run's summary, from every shard's stats (this run's and earlier ones'), written last as
+    OUTPUT/_SUCCESS.json."""
     elapsed = time.time() - start
-    stats = {**{k: v for k, v in done_before.items()}, **results}
+    stats = {**left.done_before, **run.merged}
     mine = [stats[s.id] for s in p.shards]
     inputs = sum(st["rows"] for st in mine)
     ok = sum(st["ok"] for st in mine)
@@ -1027,21 +1081,21 @@ def _colorize_locked(config, output, meta, render_size, start, on_rows, on_total
         inputs=inputs,
         ok=ok,
         error=inputs - ok,
-        skipped=inputs - processed,
-        processed=processed,
+        skipped=inputs - run.processed,
+        processed=run.processed,
         elapsed_s=round(elapsed, 3),
-        images_per_s=round(processed / elapsed, 3) if elapsed > 0 else 0.0,
-        first_output_s=None if first_output is None else round(first_output, 3),
+        images_per_s=round(run.processed / elapsed, 3) if elapsed > 0 else 0.0,
+        first_output_s=None if run.first_output is None else round(run.first_output, 3),
         output=output,
-        model_id=meta.model_id,
+        model_id=model_id,
         settings=settings,
         shards=len(p.shards),
-        shards_skipped=len(p.shards) - len(todo),
+        shards_skipped=len(p.shards) - len(left.todo),
     )
     sources.write_bytes_atomic(
         sources.join_uri(output, "_SUCCESS.json"),
         json.dumps(asdict(summary), indent=2).encode(),
-        s3_endpoint=endpoint,
-        retries=retries,
+        s3_endpoint=config.storage.s3_endpoint,
+        retries=config.storage.retries,
     )
     return summary
