@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -239,3 +240,57 @@ def test_a_scan_over_the_memory_budget_is_an_error_row_and_the_rest_fit(ray_loca
     assert again.processed == 0
     with pytest.raises(ValueError, match="largest node"):
         colorize(dataclasses.replace(cfg, memory_per_cpu=10**15))
+
+
+_BUDGET_DRIVER = r"""
+import json, sys, time
+import ray
+from ray.cluster_utils import Cluster
+from raycolor.config import ColorizeConfig
+from raycolor.ray_colorize import colorize
+
+inp, out, ckpt, node_memory, budget = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "memory": node_memory, "include_dashboard": False})
+ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
+try:
+    s = colorize(ColorizeConfig(inputs=(inp,), output=out, checkpoint=ckpt, batch_size=2, memory_per_cpu=budget))
+    time.sleep(3)  # workers report task events to the GCS about once a second
+    spans = [(e["ts"], e["ts"] + e["dur"], e.get("cat", "") + " " + e["name"]) for e in ray.timeline() if e.get("ph") == "X"]
+    print("RESULT " + json.dumps({"ok": s.ok, "error": s.error, "spans": spans}), flush=True)
+finally:
+    ray.shutdown()
+    cluster.shutdown()
+"""
+
+
+def test_a_queue_of_big_scans_runs_as_many_at_once_as_the_memory_budget_allows(tiny_ckpt, tmp_path):
+    """A queue of large images under a small --memory-per-cpu, on a node whose memory holds the budget twice:
+    every image is colorized (no out-of-memory kill, no error row), and Ray's own timeline of the run shows at
+    most two decode or finish tasks at any moment (the stages' pools would run four on 2 CPUs: two decodes
+    and two 0-CPU finish tasks). A node of its own (ray.cluster_utils.Cluster, in a driver subprocess): the
+    session's Ray has the machine's memory. Measured: 2 at once with the budget, 4 with the same driver without
+    it (memory_per_cpu=None), so the bound is the budget's doing."""
+    import subprocess
+    import sys
+
+    from tests.drivers import ROOT
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):  # 3 MP grey scans: ~72 MB of working set each at 24 B/pixel
+        Image.fromarray(rng.integers(0, 256, (1500, 2000), dtype=np.uint8), "L").save(inp / f"scan{i}.png")
+    budget, node_memory = 200 * 2**20, 500 * 2**20  # the node holds two budgets, not three
+    proc = subprocess.run(
+        [sys.executable, "-c", _BUDGET_DRIVER, str(inp), str(tmp_path / "out"), tiny_ckpt, str(node_memory), str(budget)],
+        capture_output=True, text=True, timeout=600,
+        env={**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "PYTHONPATH": ROOT},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    assert (result["ok"], result["error"]) == (6, 0)
+    heavy = [(a, b) for a, b, name in result["spans"] if "decode_block" in name or "finish_batch" in name]
+    assert heavy, sorted({name for _, _, name in result["spans"]})
+    edges = sorted([(a, 1) for a, _ in heavy] + [(b, -1) for _, b in heavy])  # an end before a start at a tie
+    at_once = max(np.cumsum([d for _, d in edges]))
+    assert 1 <= at_once <= node_memory // budget, heavy
