@@ -23,7 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from archive_scale import checkpoint_dir, env, first_shard, peak_rss_mb
 
 ON_DRIVER = r"""

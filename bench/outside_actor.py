@@ -24,14 +24,12 @@ import dataclasses
 import json
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from colorize_throughput import synthetic_image  # the same photo-like 640x480 inputs
 
 

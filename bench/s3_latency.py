@@ -46,7 +46,18 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # tests/faultproxy.py and this checkout's raycolor
+
+
+def fault_proxy_class():
+    """tests/faultproxy.py's FaultProxy (the suite's S3 fault and latency proxy), loaded from its file: the
+    bench shares the suite's proxy without putting the repository on sys.path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("faultproxy", ROOT / "tests" / "faultproxy.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["faultproxy"] = module  # its dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module.FaultProxy
 
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -253,7 +264,7 @@ def main(argv=None) -> dict:
 
     from raycolor import checkpoint
     from raycolor.model import build_colorizer
-    from tests.faultproxy import FaultProxy
+    FaultProxy = fault_proxy_class()
 
     t_start = time.time()
     moto, endpoint = start_moto()
