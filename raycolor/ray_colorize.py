@@ -271,7 +271,7 @@ def decode_block(block: dict, *, stage: ModelStage) -> Iterator[dict]:
             seen, pixels = seen + int(np.count_nonzero(sizes)), pixels + int(sizes.sum())
             yield part
         start = stop
-        runtime.trim_heap()
+        runtime.trim_heap(pixels * 8)  # RGB, float L and packed L passed through
         per_image = pixels / seen if seen else 0
         group = max(1, min(stage.batch_size, int(stage.block_pixels // per_image) if per_image else 2 * group))
 
@@ -510,11 +510,12 @@ def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, outp
             tmp_dirs=[ledger.spool_dir(output, shard_col[i]) for i in pending],
         )
         failures.update(zip(pending, written))
+        handled = sum(len(encoded[i]) + 3 * int(batch["width"][i]) * int(batch["height"][i]) for i in pending)
         if not keep_blobs:
             for i in pending:
                 encoded[i] = None  # written: a task holds WRITE_BYTES of encoded images, not its block's
         pending.clear()
-        runtime.trim_heap()
+        runtime.trim_heap(handled)  # what was composed and encoded
 
     for i in range(n):
         if not batch["error"][i]:

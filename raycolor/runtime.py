@@ -122,12 +122,22 @@ def dataset_limits(*, block_bytes: int, object_store_bytes: int | None = None) -
 
 
 _LIBC: list = []
+_FREED = [0]
+
+# Heap handed back at most once per this many bytes of full-resolution data handled: malloc_trim walks the
+# whole heap (~1.5 ms in a worker with torch loaded), worth it after a big scan, not after every thumbnail.
+TRIM_AFTER_BYTES = 256 << 20
 
 
-def trim_heap() -> None:
-    """Hand the memory this process has freed back to the OS. glibc keeps freed heap for reuse, so a worker that
-    has just finished a 39 MP scan would go on holding its peak while idle, or while it works on thumbnails (a
-    few ms; a no-op where the C library is not glibc)."""
+def trim_heap(handled: int) -> None:
+    """Hand the memory this process has freed back to the OS, once `handled` bytes of full-resolution data
+    (added up over calls) reach TRIM_AFTER_BYTES. glibc keeps freed heap for reuse, so a worker that has just
+    finished a 39 MP scan would go on holding its peak while idle, or while it works on thumbnails. A no-op
+    where the C library is not glibc."""
+    _FREED[0] += handled
+    if _FREED[0] < TRIM_AFTER_BYTES:
+        return
+    _FREED[0] = 0
     if not _LIBC:
         import ctypes
 
@@ -137,21 +147,6 @@ def trim_heap() -> None:
             _LIBC.append(None)
     if _LIBC[0] is not None:
         _LIBC[0](0)
-
-
-def ray_get(refs, *, cancel=()):
-    """``ray.get(refs)``, with a failed task's error raised as the error the task raised (Ray's RayTaskError
-    unwrapped with ``as_instanceof_cause``: an InputError in a planning task is an InputError on the driver,
-    which the CLI reports in one line); the refs in ``cancel`` (e.g. the tasks still pending) are cancelled
-    first. The one place the drivers unwrap a task's error."""
-    import ray
-
-    try:
-        return ray.get(refs)
-    except ray.exceptions.RayTaskError as e:
-        for ref in cancel:
-            ray.cancel(ref)
-        raise e.as_instanceof_cause() from None
 
 
 def check_memory_request(per_task: int | None) -> None:
