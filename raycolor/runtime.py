@@ -149,6 +149,21 @@ def trim_heap(handled: int) -> None:
         _LIBC[0](0)
 
 
+def ray_get(refs, *, cancel=()):
+    """``ray.get(refs)``, with a failed task's error raised as the error the task raised (Ray's RayTaskError
+    unwrapped with ``as_instanceof_cause``: an InputError in a planning task is an InputError on the driver,
+    which the CLI reports in one line); the refs in ``cancel`` (e.g. the tasks still pending) are cancelled
+    first. The one place the drivers unwrap a task's error."""
+    import ray
+
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as e:
+        for ref in cancel:
+            ray.cancel(ref)
+        raise e.as_instanceof_cause() from None
+
+
 def check_memory_request(per_task: int | None) -> None:
     """Refuse a per-task memory request that no node can grant: Ray would queue those tasks for ever."""
     if not per_task:
