@@ -136,6 +136,7 @@ def join_uri(base: str, *parts: str) -> str:
         return ("/" if base.startswith("/") else "") + "/".join(rel)
     return trimmed + "/" + "/".join(rel)
 
+
 # --------------------------------------------------------------------------------------------
 # Filesystems
 # --------------------------------------------------------------------------------------------
@@ -555,12 +556,17 @@ def exists(uri: str, *, s3_endpoint: str | None = None) -> bool:
     fs, path = filesystem(uri, s3_endpoint=s3_endpoint)
     return bool(retrying(lambda: fs.exists(path), 3))
 
+
+# --------------------------------------------------------------------------------------------
+# Names and ids
+# --------------------------------------------------------------------------------------------
+
+
 def digest(text: str, n: int = 40) -> str:
     """The first ``n`` hex digits of sha1(``text`` as UTF-8), the one hash of names and ids (collision
     suffixes, shard and root ids, content-defined chunk ends, the training hold-out). Text with lone
     surrogates (undecodable local file names) hashes too (their code units are encoded as such)."""
     return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:n]
-
 
 
 def digest_parts(*parts: object, n: int = 16) -> str:

@@ -103,8 +103,8 @@ def test_one_reading_loop_reads_the_batch_together_and_training_drops_unreadable
 
 
 def test_hash_split_is_deterministic_and_never_empty():
-    from raycolor.ray_train import split_items
     from raycolor.inputs import Item
+    from raycolor.ray_train import split_items
 
     items = [Item(source=f"/d/{i}.png", relpath=f"{i}.png", uri=f"/d/{i}.png") for i in range(50)]
     train, val = split_items(items, 0.2)
@@ -121,8 +121,8 @@ def test_hash_split_is_deterministic_and_never_empty():
 def test_shard_split_equals_split_items():
     """Training holds no item list: per-shard SplitStats, summed, choose a rule that each shard's rows
     apply alone; the result is split_items' on the whole list, boundary moves included."""
-    from raycolor.ray_train import Split, SplitStats, split_items
     from raycolor.inputs import Item
+    from raycolor.ray_train import Split, SplitStats, split_items
 
     items = [Item(source=f"s3://b/d/{i}.jpg", relpath=f"{i}.jpg", uri=f"s3://b/d/{i}.jpg") for i in range(200)]
     cases = [(items, 0.1), (items, 0.5), (items[:2], 1e-9), (items[:2], 0.999999), (items[:7], 1e-9),
