@@ -41,7 +41,7 @@ test: $(STAMP) test-tools
 CORE_TESTS := tests/test_color.py tests/test_colorize.py tests/test_model.py tests/test_metrics.py tests/test_images.py \
 	$(wildcard tests/test_metadata.py)
 
-# Every test that needs no Ray (the core, sources, ledger, the colorize stages run by hand, the CLI's flags, ...):
+# Every test that needs no Ray (the core, storage, inputs, ledger, the colorize stages run by hand, the CLI's flags, ...):
 # about 1.5 minutes on 2 cores, in one process. RAYCOLOR_NO_RAY=1 tells tests/conftest.py to leave out the tests
 # marked slow (Ray or a subprocess) or ray (Ray's library or a cluster), and to make `import ray` fail, so a test
 # that needs Ray without saying so fails here instead of starting Ray.

@@ -354,10 +354,10 @@ def stage_functions(paths: list[Path], ckpt: str, args, model) -> dict:
 
         from dataclasses import asdict
 
-        from raycolor import sources
+        from raycolor import inputs
 
         wanted = {str(p) for p in paths}
-        listed = [asdict(i) for i in sources.list_items([str(paths[0].parent)]) if i.source in wanted]
+        listed = [asdict(i) for i in inputs.list_items([str(paths[0].parent)]) if i.source in wanted]
         items = {k: np.array([row[k] for row in listed], dtype=object if isinstance(listed[0][k], str) else np.int64)
                  for k in listed[0]}
         items["shard"] = np.array(["bench"] * len(listed), dtype=object)  # the ledger's columns

@@ -1,5 +1,5 @@
 """Folder listings at scale: the driver's peak memory and the wall time of `raycolor list` (listing in Ray
-tasks) against one listing of everything on the driver (what the command did before: sources.list_items,
+tasks) against one listing of everything on the driver (what the command did before: inputs.list_items,
 then the parts written from the driver's list), and `raycolor colorize FOLDER`'s driver peak memory and
 time to its first finished shard (the folder listed in tasks too), for folder trees of --sizes empty `.jpg`
 files (each becomes an error row at once: the bookkeeping is measured, not decoding).
@@ -28,14 +28,14 @@ from archive_scale import checkpoint_dir, env, first_shard, peak_rss_mb
 ON_DRIVER = r"""
 import io, sys
 import pyarrow as pa, pyarrow.parquet as pq
-from raycolor import sources
+from raycolor import inputs, storage
 src, out, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
-items = sources.list_items([src])
+items = inputs.list_items([src])
 for k, a in enumerate(range(0, len(items), size)):
     chunk = items[a:a + size]
     buf = io.BytesIO()
     pq.write_table(pa.table({"uri": [i.uri for i in chunk], "relpath": [i.relpath for i in chunk]}), buf)
-    sources.write_bytes_atomic(f"{out}/part-{k:05d}.parquet", buf.getvalue())
+    storage.write_bytes_atomic(f"{out}/part-{k:05d}.parquet", buf.getvalue())
 print(len(items))
 """
 

@@ -82,7 +82,7 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from raycolor import checkpoint, sources
+    from raycolor import checkpoint, inputs
     from raycolor import ray_colorize as rc
     from raycolor.config import ColorizeConfig, StorageConfig
     from raycolor.model import build_colorizer
@@ -109,7 +109,7 @@ def main() -> None:
         cases = [(f"{kind} inputs, device codec {'on' if codec else 'off'}", kind, codec)
                  for codec in (False, True) for kind in ("bare", "tagged")]
         for name, kind, codec in cases:
-            rows = [dataclasses.asdict(i) for i in sources.list_items([str(Path(tmp) / kind)])]
+            rows = [dataclasses.asdict(i) for i in inputs.list_items([str(Path(tmp) / kind)])]
             batch = {k: np.array([r[k] for r in rows], dtype=object if isinstance(rows[0][k], str) else np.int64)
                      for k in rows[0]}
             n = len(rows)

@@ -16,7 +16,7 @@ start-up and imports:
 1. ``0 ms``: ``--io-concurrency`` requests in flight per batch (default: the library default);
 2. ``N ms``: the same with the latency added to every request;
 3. ``N ms sequential``: ``io_concurrency=1``, i.e. one request at a time per task, as before
-   ``sources.read_items`` / ``write_many`` existed (skip with ``--skip-sequential``);
+   ``storage.read_items`` / ``write_many`` existed (skip with ``--skip-sequential``);
 4. ``0 ms`` again: the 0 ms reference is the mean of runs 1 and 4, and their difference is printed as the
    machine's noise (on a shared machine, ratios are only as good as that).
 
@@ -160,16 +160,16 @@ def run_once(name: str, *, bucket: str, proxy, latency_s: float, io_concurrency:
 def raw_reads(fs, bucket: str, n: int, proxy, latency_s: float, concurrency: int) -> dict:
     """The GETs alone, no Ray: read_items one at a time, read_items with ``concurrency`` in flight (threads over
     read_item), and s3fs's own batch ``cat`` of the same keys (coroutines gathered on its event loop)."""
-    from raycolor import sources
+    from raycolor import inputs, storage
 
-    items = [sources.Item(source=str(i), relpath="x.jpg", uri=f"s3://{bucket}/in/{i:05d}.jpg") for i in range(n)]
-    s3, _ = sources.filesystem(f"s3://{bucket}/in", s3_endpoint=proxy.url)
+    items = [inputs.Item(source=str(i), relpath="x.jpg", uri=f"s3://{bucket}/in/{i:05d}.jpg") for i in range(n)]
+    s3, _ = storage.filesystem(f"s3://{bucket}/in", s3_endpoint=proxy.url)
     proxy.latency_s = latency_s
-    sources.read_items(items[:4], s3_endpoint=proxy.url)  # connect outside the timings
+    storage.read_items(items[:4], s3_endpoint=proxy.url)  # connect outside the timings
     out = {}
     for name, call in (
-        ("read_items sequential", lambda: sources.read_items(items, s3_endpoint=proxy.url, max_in_flight=1)),
-        (f"read_items x{concurrency}", lambda: sources.read_items(items, s3_endpoint=proxy.url, max_in_flight=concurrency)),
+        ("read_items sequential", lambda: storage.read_items(items, s3_endpoint=proxy.url, max_in_flight=1)),
+        (f"read_items x{concurrency}", lambda: storage.read_items(items, s3_endpoint=proxy.url, max_in_flight=concurrency)),
         ("s3fs cat(list)", lambda: list(s3.cat([f"{bucket}/in/{i:05d}.jpg" for i in range(n)], on_error="return").values())),
     ):
         t0 = time.perf_counter()

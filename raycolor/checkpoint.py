@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from raycolor import color, sources
+from raycolor import color, storage
 from raycolor.model import ARCH, Colorizer
 
 FORMAT = "raycolor"
@@ -42,7 +42,7 @@ class CheckpointMeta:
 
 
 def _fs(uri: str, s3_endpoint: str | None):
-    fs, path = sources.filesystem(uri, s3_endpoint=s3_endpoint)
+    fs, path = storage.filesystem(uri, s3_endpoint=s3_endpoint)
     return fs, path.rstrip("/")
 
 
@@ -82,7 +82,7 @@ def read_meta(uri: str, *, s3_endpoint: str | None = None) -> CheckpointMeta:
     except (ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"invalid {CONFIG_NAME} in {uri}: {e}") from None
     except Exception as e:  # noqa: BLE001 - OSError, and botocore's errors (no OSError): an unreachable store
-        raise CheckpointError(f"cannot read checkpoint {uri}: {sources.redact(e, uri)}") from None
+        raise CheckpointError(f"cannot read checkpoint {uri}: {storage.redact(e, uri)}") from None
     if raw.get("format") != FORMAT or raw.get("version") != VERSION:
         raise CheckpointError(f"{uri} is not a raycolor v{VERSION} checkpoint")
     if raw.get("arch") != ARCH:
@@ -102,7 +102,7 @@ def load(
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {uri} has no {WEIGHTS_NAME}") from None
     except Exception as e:  # noqa: BLE001 - as in read_meta
-        raise CheckpointError(f"cannot read checkpoint {uri}: {sources.redact(e, uri)}") from None
+        raise CheckpointError(f"cannot read checkpoint {uri}: {storage.redact(e, uri)}") from None
     if hashlib.sha256(data).hexdigest()[:16] != meta.model_id:
         raise CheckpointError(f"checkpoint {uri} is corrupt: {WEIGHTS_NAME} does not match its model_id")
     state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)

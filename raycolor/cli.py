@@ -125,7 +125,7 @@ def main(
 def _usage_errors() -> tuple[type[BaseException], ...]:
     from raycolor.checkpoint import CheckpointError
     from raycolor.model import WeightsUnavailableError
-    from raycolor.sources import InputError
+    from raycolor.storage import InputError
 
     # ValueError covers ledger.OutputLocked (another driver holds OUTPUT) and ledger.OwnershipError
     return (InputError, CheckpointError, WeightsUnavailableError, ValueError, ConnectionError, FileNotFoundError)
@@ -183,7 +183,7 @@ def _run(
     import threading
 
     from raycolor import runtime
-    from raycolor.sources import redact
+    from raycolor.storage import redact
 
     with runtime.quiet_stderr(enabled=not verbose) as terminal:
         try:

@@ -10,7 +10,7 @@ from typing import Literal
 
 # Pillow's own default is ~89 Mpx; archives hold big scans, so allow a little more by default.
 DEFAULT_MAX_PIXELS = 178_956_970
-# Object reads/writes in flight at once per batch (per CPU task); see sources.read_items and
+# Object reads/writes in flight at once per batch (per CPU task); see storage.read_items and
 # docs/performance.md ("Object storage latency") for how it was chosen.
 DEFAULT_IO_CONCURRENCY = 32
 # Inputs per shard (a manifest or listing chunk; a .tar is one shard): the unit of work, resume and, in

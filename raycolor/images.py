@@ -1,7 +1,7 @@
 """Image decoding and encoding: the one decode policy used everywhere.
 
 Pure Pillow + NumPy (no Ray, no torch), so it can be imported anywhere cheaply; :func:`read_decoded`, the
-one reading loop of colorize, evaluate and training, also uses :mod:`raycolor.sources` (fsspec) for the reads.
+one reading loop of colorize, evaluate and training, also uses :mod:`raycolor.storage` (fsspec) for the reads.
 
 Decode policy of :func:`decode_rgb` (bytes in, ``uint8`` ``(H, W, 3)`` C-contiguous,
 writeable array out, or a :class:`DecodeError` with a typed ``reason``):
@@ -97,7 +97,7 @@ from raycolor.metadata import Metadata
 from raycolor.suffixes import IMAGE_SUFFIXES
 
 if TYPE_CHECKING:
-    from raycolor.sources import Item
+    from raycolor.inputs import Item
 
 try:  # WebP support is optional in Pillow builds
     from PIL import WebPImagePlugin  # noqa: F401
@@ -401,7 +401,7 @@ def read_decoded(
     """The one reading loop (colorize, evaluate and both training transforms): one :class:`Decoded` per item,
     in order.
 
-    The batch's reads are in flight together (:func:`sources.read_items`: ``io_concurrency`` at a time,
+    The batch's reads are in flight together (:func:`storage.read_items`: ``io_concurrency`` at a time,
     per-item retries), then each item is decoded with :func:`decode_rgb` when the caller asks for it, so a
     caller that works as it goes holds one full-size RGB at a time (plus the batch's bytes, each released
     once its item is yielded). A read that failed after its retries is ``error="read_failed: ..."`` (the
@@ -410,14 +410,14 @@ def read_decoded(
     returns something other than None the item is not decoded here and comes back as ``data`` +
     ``peeked``.
     """
-    from raycolor import sources  # here, not at the top: only the reading loop needs fsspec
+    from raycolor import storage  # here, not at the top: only the reading loop needs fsspec
 
     items = list(items)
-    datas = sources.read_items(items, s3_endpoint=s3_endpoint, retries=retries, max_in_flight=io_concurrency)
+    datas = storage.read_items(items, s3_endpoint=s3_endpoint, retries=retries, max_in_flight=io_concurrency)
     for k, item in enumerate(items):
         data, datas[k] = datas[k], None  # the batch's bytes go as their items are done
         if isinstance(data, Exception):
-            yield Decoded(error=f"read_failed: {sources.redact(data, item.uri)}")
+            yield Decoded(error=f"read_failed: {storage.redact(data, item.uri)}")
             continue
         peeked = peek(data) if peek is not None else None
         if peeked is not None:

@@ -1,10 +1,10 @@
 """Planning, with Ray: inputs -> shard descriptors (colorize and training), folder listings in Ray tasks,
 and `raycolor list`. Imports no torch, so that `raycolor list` starts as fast as Ray does.
 
-    inputs ─ledger.classify─▶ roots ─shard_inputs─┬─ folders/images: list_in_tasks (ledger.list_group tasks,
+    inputs ─inputs.classify─▶ roots ─shard_inputs─┬─ folders/images: list_in_tasks (inputs.list_group tasks,
                                                    │  chunks written by the tasks, small remainders packed
-                                                   │  by ledger.write_bin tasks) ─▶ listing shards
-                                                   └─ manifests/tars: ledger.size_object tasks ─▶ shards
+                                                   │  by inputs.write_bin tasks) ─▶ listing shards
+                                                   └─ manifests/tars: inputs.size_object tasks ─▶ shards
 
 The driver holds folder groups, counts and shard descriptors; never a per-image row.
 """
@@ -14,13 +14,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from raycolor import ledger, runtime, sources
+from raycolor import inputs, ledger, runtime, storage
 from raycolor.config import ColorizeConfig
 
 
 @dataclass(frozen=True)
 class Plan:
-    shards: list  # every shard of the inputs (ledger.Shard), namespaces assigned
+    shards: list  # every shard of the inputs (inputs.Shard), namespaces assigned
     superseded: list  # ids of shards OUTPUT holds for these roots that the inputs no longer make
     roots: dict  # root -> record to write to OUTPUT/_roots/
 
@@ -29,11 +29,11 @@ def classify_inputs(config: ColorizeConfig) -> list:
     """What each input is (folders are listed later, in tasks); raises InputError before anything is
     started or written."""
     if not config.inputs:
-        raise sources.InputError("no inputs given")
-    return [ledger.classify(u, s3_endpoint=config.storage.s3_endpoint) for u in config.inputs]
+        raise inputs.InputError("no inputs given")
+    return [inputs.classify(u, s3_endpoint=config.storage.s3_endpoint) for u in config.inputs]
 
 
-def _root_group(roots: list) -> ledger.ListGroup:
+def _root_group(roots: list) -> inputs.ListGroup:
     """The first-level listing group of folder and image roots (RootPlans, in input order) that are
     de-duplicated together. A root inside an earlier one adds nothing (the earlier root lists its images
     first); a root inside a later one keeps its images, which the later root's listing skips."""
@@ -44,7 +44,7 @@ def _root_group(roots: list) -> ledger.ListGroup:
     for r in roots:
         if not any(inside(r.root, k.root) for k in kept):
             kept.append(r)
-    return ledger.ListGroup(key="", dirs=tuple((r.root, r.root) for r in kept), exclude=tuple(r.root for r in kept),
+    return inputs.ListGroup(key="", dirs=tuple((r.root, r.root) for r in kept), exclude=tuple(r.root for r in kept),
                             files=tuple((r.root, tuple(r.items)) for r in kept if r.kind == "listing"))
 
 
@@ -63,7 +63,7 @@ def packs(remainders: list[tuple[str, object, int]], size: int) -> list[list[tup
             cur, n = [], 0
         cur.append((key, table))
         n += count
-        if n >= size / 2 and int(sources.digest(key, 8), 16) % 4 == 0:
+        if n >= size / 2 and int(storage.digest(key, 8), 16) % 4 == 0:
             out.append(cur)
             cur, n = [], 0
     if cur:
@@ -72,22 +72,22 @@ def packs(remainders: list[tuple[str, object, int]], size: int) -> list[list[tup
 
 
 def list_in_tasks(groups: list, *, chunk_uri: str, shard_size: int, s3_endpoint, retries: int = 5
-                  ) -> tuple[list[ledger.Shard], dict[str, int]]:
-    """Folder groups (:class:`ledger.ListGroup`) listed in Ray tasks (:func:`ledger.list_group`): each task
-    lists one level of its group (or, below ``ledger.LIST_FANOUT_DEPTH``, its whole subtree), writes its
+                  ) -> tuple[list[inputs.Shard], dict[str, int]]:
+    """Folder groups (:class:`inputs.ListGroup`) listed in Ray tasks (:func:`inputs.list_group`): each task
+    lists one level of its group (or, below ``inputs.LIST_FANOUT_DEPTH``, its whole subtree), writes its
     listing chunks to ``chunk_uri`` ({id}: the shard id) and hands back listing shards and the next level's
     groups. A group's remainder of fewer than ``shard_size`` images of a root stays in the object store;
     once everything is listed, consecutive remainders (in path order) are packed into chunks of at most
-    ``shard_size`` (:func:`packs`; :func:`ledger.write_bin`, a task each). Returns (the shards in path
+    ``shard_size`` (:func:`packs`; :func:`inputs.write_bin`, a task each). Returns (the shards in path
     order, {root: images found under it}). The driver holds groups, counts and shard descriptors, never per-image rows: a single
     recursive listing of a 100M-object prefix takes hours (ray-project/ray#40686)."""
     import ray
 
     size = max(1, shard_size)
-    task = ray.remote(num_cpus=0.5, max_retries=3, num_returns=2)(ledger.list_group)
+    task = ray.remote(num_cpus=0.5, max_retries=3, num_returns=2)(inputs.list_group)
 
     def submit(group):
-        meta, rest = task.remote(group, chunk_uri=chunk_uri, shard_size=size, fan_out=group.depth < ledger.LIST_FANOUT_DEPTH,
+        meta, rest = task.remote(group, chunk_uri=chunk_uri, shard_size=size, fan_out=group.depth < inputs.LIST_FANOUT_DEPTH,
                                  s3_endpoint=s3_endpoint, retries=retries)
         return meta, (group, rest)
 
@@ -109,7 +109,7 @@ def list_in_tasks(groups: list, *, chunk_uri: str, shard_size: int, s3_endpoint,
         for root, _ in g.dirs:
             order.setdefault(root, len(order))
     rests.sort(key=lambda t: t[0].key)
-    writer = ray.remote(num_cpus=0.5, max_retries=3)(ledger.write_bin)
+    writer = ray.remote(num_cpus=0.5, max_retries=3)(inputs.write_bin)
     bins = [
         ((pack[0][0], order.get(root, 0), -1),
          writer.remote(root, chunk_uri, *(ref for _, ref in pack), s3_endpoint=s3_endpoint, retries=retries))
@@ -122,15 +122,15 @@ def list_in_tasks(groups: list, *, chunk_uri: str, shard_size: int, s3_endpoint,
 
 
 def shard_inputs(roots: list, *, shard_size: int, s3_endpoint, listing: str, namespaces: dict[str, str] | None = None,
-                 retries: int = 5) -> dict[str, list[ledger.Shard]]:
-    """Classified inputs (:func:`ledger.classify`) -> each distinct root's shards, in input order: the
+                 retries: int = 5) -> dict[str, list[inputs.Shard]]:
+    """Classified inputs (:func:`inputs.classify`) -> each distinct root's shards, in input order: the
     driver's "inputs -> shards" step, shared by colorize (:func:`plan`) and training (``ray_train``).
 
     Folder and image roots are listed in Ray tasks (:func:`list_in_tasks`), those sharing a namespace
     de-duplicated together (a source belongs to the first root that lists it) and cut into content-defined
-    chunks per root (:func:`ledger.chunk_listing`), each chunk written by its task to ``listing`` ({id}: the
+    chunks per root (:func:`inputs.chunk_listing`), each chunk written by its task to ``listing`` ({id}: the
     shard id; colorize: OUTPUT/_listing/, training: its run's output). Manifest and tar objects are sized
-    in tasks (:func:`ledger.size_object`: tar headers, a Parquet footer, one .txt scan). A folder holding
+    in tasks (:func:`inputs.size_object`: tar headers, a Parquet footer, one .txt scan). A folder holding
     no image but manifests or tars (e.g. written by ``raycolor list``) is those objects.
 
     ``namespaces``: {root URI: namespace} sets each root's namespace (on its shards, and as the
@@ -152,9 +152,9 @@ def shard_inputs(roots: list, *, shard_size: int, s3_endpoint, listing: str, nam
     listed, found = list_in_tasks([_root_group(g) for g in groups.values()], chunk_uri=listing, shard_size=size,
                                   s3_endpoint=s3_endpoint, retries=retries)
     # a folder with no image under it: a folder of manifests or tars, or an error
-    unique = [ledger.list_folder(r.root, s3_endpoint=s3_endpoint) if r.kind == "folder" and r.root in found
+    unique = [inputs.list_folder(r.root, s3_endpoint=s3_endpoint) if r.kind == "folder" and r.root in found
               and not found[r.root] else r for r in unique]
-    sizer = ray.remote(num_cpus=0.5, max_retries=3)(ledger.size_object)
+    sizer = ray.remote(num_cpus=0.5, max_retries=3)(inputs.size_object)
     refs = {
         r.root: [sizer.remote(kind, uri, tag, root=r.root, shard_size=size, s3_endpoint=s3_endpoint) for kind, uri, tag in r.objects]
         for r in unique
@@ -163,7 +163,7 @@ def shard_inputs(roots: list, *, shard_size: int, s3_endpoint, listing: str, nam
     by_root: dict[str, list] = {}
     for shard in listed:
         by_root.setdefault(shard.root, []).append(shard)
-    out: dict[str, list[ledger.Shard]] = {}
+    out: dict[str, list[inputs.Shard]] = {}
     for r in unique:
         if r.kind == "objects":
             mine = [s for ref in refs[r.root] for s in runtime.ray_get(ref)]
@@ -173,7 +173,7 @@ def shard_inputs(roots: list, *, shard_size: int, s3_endpoint, listing: str, nam
     return out
 
 
-def write_listing(inputs: Sequence[str], output: str, *, shard_size: int, s3_endpoint: str | None = None,
+def write_listing(uris: Sequence[str], output: str, *, shard_size: int, s3_endpoint: str | None = None,
                   retries: int = 5) -> tuple[int, int]:
     """`raycolor list`: list folders / prefixes in Ray tasks (:func:`list_in_tasks`) and save the listing as
     Parquet manifest parts ``OUTPUT/part-<chunk id>.parquet`` (``uri``, ``relpath``, ``source``: colorizing
@@ -184,19 +184,19 @@ def write_listing(inputs: Sequence[str], output: str, *, shard_size: int, s3_end
     shards are keyed by each part's ETag/mtime) redoes only those. Parts of an earlier listing in the same
     place that this one did not write are removed."""
     roots = []
-    for uri in inputs:
-        r = ledger.classify(uri, s3_endpoint=s3_endpoint)
+    for uri in uris:
+        r = inputs.classify(uri, s3_endpoint=s3_endpoint)
         if r.kind != "folder":
-            raise sources.InputError(f"raycolor list lists folders and prefixes; {sources.redact(uri)} is not one "
+            raise inputs.InputError(f"raycolor list lists folders and prefixes; {storage.redact(uri)} is not one "
                                      "(colorize takes images, .tar shards and manifests as they are)")
         roots.append(r)
-    shards, found = list_in_tasks([_root_group(roots)], chunk_uri=sources.join_uri(output, "part-{id}.parquet"),
+    shards, found = list_in_tasks([_root_group(roots)], chunk_uri=storage.join_uri(output, "part-{id}.parquet"),
                                   shard_size=shard_size, s3_endpoint=s3_endpoint, retries=retries)
     for root, n in found.items():
         if not n:
-            raise sources.no_images(root)
+            raise inputs.no_images(root)
     names = [s.uri.rsplit("/", 1)[-1] for s in shards]
-    ledger.remove_stale_parts(output, names, s3_endpoint=s3_endpoint, retries=retries)
+    inputs.remove_stale_parts(output, names, s3_endpoint=s3_endpoint, retries=retries)
     return sum(s.count for s in shards), len(names)
 
 

@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raycolor import checkpoint, images, ledger, metadata, runtime, sources
+from raycolor import checkpoint, images, inputs, ledger, metadata, runtime, storage
 from raycolor.config import DEFAULT_MAX_PIXELS, ColorizeConfig, StorageConfig
 from raycolor.ledger import IMAGE_COLUMN, MANIFEST_SCHEMA
 from raycolor.planning import classify_inputs, plan
@@ -159,20 +159,20 @@ def decode_parts(batch: dict, *, stage: ModelStage) -> Iterator[dict]:
     from raycolor.colorize import pack_l, prepare
 
     torch.set_num_threads(1)  # one task per CPU slot; torch must not oversubscribe the node
-    storage = stage.storage
+    store = stage.storage
     max_pixels, limit = stage.pixel_limit()
     n = len(batch["source"])
     pre = batch["error"]  # rows that failed before reading (a shard that could not be expanded)
-    items = sources.Item.from_batch(batch, [i for i in range(n) if not pre[i]])
+    items = inputs.Item.from_batch(batch, [i for i in range(n) if not pre[i]])
     # the one reading loop (training's too): the whole batch's reads in flight together, so object-store
     # latency is paid about once per batch; a failed read or decode is this row's error, the job goes on
     peek = (lambda data: images.device_decodable_jpeg(data, max_pixels=max_pixels)) if stage.device_codec else None
     decoded = iter(images.read_decoded(
         items,
-        s3_endpoint=storage.s3_endpoint,
-        retries=storage.retries,
+        s3_endpoint=store.s3_endpoint,
+        retries=store.retries,
         max_pixels=max_pixels,
-        io_concurrency=storage.io_concurrency,
+        io_concurrency=store.io_concurrency,
         peek=peek,
         depth=stage.depth,
         limit=limit,
@@ -361,7 +361,7 @@ class Predictor:
                     try:
                         decoded.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=self.device))
                     except RuntimeError as e:
-                        errors[i] = f"truncated: {sources.redact(e)}"
+                        errors[i] = f"truncated: {storage.redact(e)}"
                         decoded.append(None)
         return {
             i: orient(t, int(batch["orientation"][i])) for i, t in zip(rows, decoded) if t is not None
@@ -468,7 +468,7 @@ def colorized_rgb(batch: dict, i: int, stage: ModelStage) -> np.ndarray:
 
 
 def _part_name(sources_in_batch) -> str:
-    return f"part-{sources.digest(chr(10).join(sorted(sources_in_batch)), 20)}.parquet"
+    return f"part-{storage.digest(chr(10).join(sorted(sources_in_batch)), 20)}.parquet"
 
 
 # Encoded images a finish task holds before it writes them (all of a batch of thumbnails, one by one for big
@@ -486,7 +486,7 @@ def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, outp
     n = len(batch["source"])
     rows: dict[str, list] = {name: [] for name in MANIFEST_SCHEMA.names}
     blobs: list[bytes | None] = []
-    fmt, layout, storage = config.format, config.layout, config.storage
+    fmt, layout, store = config.format, config.layout, config.storage
     ext = images.extension(fmt)
     prov = metadata.Provenance(software=metadata.SOFTWARE, model_id=model_id)
     keep = config.metadata == "keep"
@@ -502,11 +502,11 @@ def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, outp
         # the pending images' writes in flight together (each still atomic); the manifest part follows them. A
         # local write's temp file goes in its shard's spool folder: one cut off by a stop or a crash goes with
         # the spool when the shard is merged, never left beside the images
-        written = sources.write_many(
+        written = storage.write_many(
             [(out_uris[i], encoded[i]) for i in pending],
-            s3_endpoint=storage.s3_endpoint,
-            retries=storage.retries,
-            max_in_flight=storage.io_concurrency,
+            s3_endpoint=store.s3_endpoint,
+            retries=store.retries,
+            max_in_flight=store.io_concurrency,
             tmp_dirs=[ledger.spool_dir(output, shard_col[i]) for i in pending],
         )
         failures.update(zip(pending, written))
@@ -531,9 +531,9 @@ def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, outp
                     rgb, fmt, meta, prov, keep=keep, png_level=config.png_level, jpeg_quality=config.jpeg_quality
                 )
                 del rgb
-            key = sources.output_key(batch["relpath"][i], ext)
+            key = inputs.output_key(batch["relpath"][i], ext)
             # webdataset: the key travels with the row; the shard's merge writes the image into its tar
-            out_uris[i] = key if layout == "webdataset" else sources.join_uri(output, "images", key)
+            out_uris[i] = key if layout == "webdataset" else storage.join_uri(output, "images", key)
             if layout != "webdataset":
                 pending.append(i)
                 if sum(len(encoded[j]) for j in pending) >= WRITE_BYTES:
@@ -544,7 +544,7 @@ def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, outp
         source, err = batch["source"][i], batch["error"][i] or None
         out_uri, blob = out_uris[i], encoded[i] if keep_blobs else None
         if failures.get(i) is not None:  # past the retry limit: an error row, never a silent loss
-            err, out_uri, blob = f"write_failed: {sources.redact(failures[i], out_uri)}", None, None
+            err, out_uri, blob = f"write_failed: {storage.redact(failures[i], out_uri)}", None, None
         rows["source"].append(source)
         rows["output"].append(out_uri)
         rows["status"].append("ok" if err is None else "error")
@@ -566,8 +566,8 @@ def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, outp
         part = table.take(pa.array(rows_of, type=pa.int64()))
         buf = io.BytesIO()
         pq.write_table(part, buf)
-        uri = sources.join_uri(ledger.spool_dir(output, sid), _part_name([rows["source"][i] for i in rows_of]))
-        sources.write_bytes_atomic(uri, buf.getvalue(), s3_endpoint=storage.s3_endpoint, retries=storage.retries)
+        uri = storage.join_uri(ledger.spool_dir(output, sid), _part_name([rows["source"][i] for i in rows_of]))
+        storage.write_bytes_atomic(uri, buf.getvalue(), s3_endpoint=store.s3_endpoint, retries=store.retries)
     return {
         "source": np.array(rows["source"], dtype=object),
         "status": np.array(rows["status"], dtype=object),
@@ -587,7 +587,7 @@ def _write_webdataset(table: pa.Table, *, output: str, sid: str, parquet_images:
     (atomic rename locally); rows' `output` becomes `<tar uri>#<key>.<ext>`."""
     import tarfile
 
-    tar_uri = sources.join_uri(output, "shards", f"{sid}.tar")
+    tar_uri = storage.join_uri(output, "shards", f"{sid}.tar")
     buf = io.BytesIO()
     outputs = table.column("output").to_pylist()
     blobs = table.column("image").to_pylist()
@@ -602,7 +602,7 @@ def _write_webdataset(table: pa.Table, *, output: str, sid: str, parquet_images:
                 continue
             key = wds_key(out)
             if key.lower() in taken:  # two output keys that differ only by their dots: keep both
-                key = f"{key}__{sources.digest(cols['source'][i], 8)}"
+                key = f"{key}__{storage.digest(cols['source'][i], 8)}"
             taken.add(key.lower())
             ext = out.rsplit(".", 1)[-1]
             meta = {k: cols[k][i] for k in member_cols}
@@ -612,7 +612,7 @@ def _write_webdataset(table: pa.Table, *, output: str, sid: str, parquet_images:
                 info.size, info.mtime = len(data), 0
                 tf.addfile(info, io.BytesIO(data))
             new_outputs.append(f"{tar_uri}#{key}.{ext}")
-    sources.write_bytes_atomic(tar_uri, buf.getvalue(), s3_endpoint=s3_endpoint, retries=retries,
+    storage.write_bytes_atomic(tar_uri, buf.getvalue(), s3_endpoint=s3_endpoint, retries=retries,
                                tmp_dir=ledger.spool_dir(output, sid))
     table = table.set_column(table.schema.get_field_index("output"), "output", pa.array(new_outputs, type=pa.string()))
     return table if parquet_images else table.drop_columns(["image"])
@@ -625,12 +625,12 @@ def _with_old_members(table: pa.Table, *, output: str, sid: str, s3_endpoint, re
     fails the merge (the old rows would otherwise lose their images) and the run says so."""
     import tarfile
 
-    tar_uri = sources.join_uri(output, "shards", f"{sid}.tar")
+    tar_uri = storage.join_uri(output, "shards", f"{sid}.tar")
     outputs = table.column("output").to_pylist()
     if not any(o and o.startswith(tar_uri + "#") for o in outputs):
         return table
-    fs, path = sources.filesystem(tar_uri, s3_endpoint=s3_endpoint)
-    data = sources.retrying(lambda: fs.cat_file(path), retries)
+    fs, path = storage.filesystem(tar_uri, s3_endpoint=s3_endpoint)
+    data = storage.retrying(lambda: fs.cat_file(path), retries)
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
         members = {m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isfile()}
     images = table.column(IMAGE_COLUMN).to_pylist() if IMAGE_COLUMN in table.column_names else [None] * len(outputs)
@@ -661,19 +661,19 @@ def merge_shard(shard: dict, *, output: str, s3_endpoint, retries: int, layout: 
     shard's old part is the base and the new rows replace its rows for the same sources.
     """
     sid = shard["id"]
-    fs, spool = sources.filesystem(ledger.spool_dir(output, sid), s3_endpoint=s3_endpoint)
+    fs, spool = storage.filesystem(ledger.spool_dir(output, sid), s3_endpoint=s3_endpoint)
     try:
-        names = sorted(p for p in sources.retrying(lambda: fs.ls(spool, detail=False), retries) if p.endswith(".parquet"))
+        names = sorted(p for p in storage.retrying(lambda: fs.ls(spool, detail=False), retries) if p.endswith(".parquet"))
     except FileNotFoundError:
         names = []
     tables = []
     if shard.get("retry", "none") != "none":
-        pfs, ppath = sources.filesystem(ledger.part_uri(output, sid), s3_endpoint=s3_endpoint)
+        pfs, ppath = storage.filesystem(ledger.part_uri(output, sid), s3_endpoint=s3_endpoint)
         try:
-            tables.append(pq.read_table(io.BytesIO(sources.retrying(lambda: pfs.cat_file(ppath), retries))))
+            tables.append(pq.read_table(io.BytesIO(storage.retrying(lambda: pfs.cat_file(ppath), retries))))
         except FileNotFoundError:
             pass
-    blobs = sources.retrying(lambda: fs.cat(names), retries) if names else {}
+    blobs = storage.retrying(lambda: fs.cat(names), retries) if names else {}
     tables += [pq.read_table(io.BytesIO(blobs[n])) for n in names]
     if tables:
         table = pa.concat_tables(tables, promote_options="default")
@@ -696,7 +696,7 @@ def merge_shard(shard: dict, *, output: str, s3_endpoint, retries: int, layout: 
                                   s3_endpoint=s3_endpoint, retries=retries)
     buf = io.BytesIO()
     pq.write_table(table, buf)
-    sources.write_bytes_atomic(ledger.part_uri(output, sid), buf.getvalue(), s3_endpoint=s3_endpoint, retries=retries,
+    storage.write_bytes_atomic(ledger.part_uri(output, sid), buf.getvalue(), s3_endpoint=s3_endpoint, retries=retries,
                                tmp_dir=ledger.spool_dir(output, sid))
     status, errors = table.column("status").to_pylist(), table.column("error").to_pylist()
     reasons: dict[str, int] = {}
@@ -716,7 +716,7 @@ def merge_shard(shard: dict, *, output: str, s3_endpoint, retries: int, layout: 
     }
     # written after the part: a stats record means "this shard's part is complete"
     ledger.write_json(ledger.stats_uri(output, sid), stats, s3_endpoint=s3_endpoint, retries=retries)
-    if names or sources.is_local(output):  # locally the spool also holds what killed writes left (temp files)
+    if names or storage.is_local(output):  # locally the spool also holds what killed writes left (temp files)
         try:
             fs.rm(spool, recursive=True)
         except FileNotFoundError:
@@ -727,16 +727,16 @@ def merge_shard(shard: dict, *, output: str, s3_endpoint, retries: int, layout: 
 def _expand_shard(row: dict, *, output: str, s3_endpoint, retries: int) -> list[dict]:
     """One shard descriptor -> its item rows (source, relpath under the root's namespace, uri, offset,
     size, shard, shard_n, error). A shard that cannot be expanded becomes one error row (its marker)."""
-    shard = ledger.Shard.from_row(row)
+    shard = inputs.Shard.from_row(row)
     try:
-        items = ledger.expand(shard, s3_endpoint=s3_endpoint, retries=retries)
+        items = inputs.expand(shard, s3_endpoint=s3_endpoint, retries=retries)
     except Exception as e:  # after retries: one error row stands for the shard; --retry-errors redoes it
         return [{"source": row["marker"], "relpath": "", "uri": "", "offset": 0, "size": 0, "shard": shard.id,
-                 "shard_n": 1, "error": f"read_failed: {sources.redact(e, shard.uri)}"}]
+                 "shard_n": 1, "error": f"read_failed: {storage.redact(e, shard.uri)}"}]
     if shard.retry != "none":
-        fs, path = sources.filesystem(ledger.part_uri(output, shard.id), s3_endpoint=s3_endpoint)
+        fs, path = storage.filesystem(ledger.part_uri(output, shard.id), s3_endpoint=s3_endpoint)
         try:
-            old = pq.read_table(io.BytesIO(sources.retrying(lambda: fs.cat_file(path), retries)), columns=["source", "error"])
+            old = pq.read_table(io.BytesIO(storage.retrying(lambda: fs.cat_file(path), retries)), columns=["source", "error"])
         except FileNotFoundError:  # the part is gone (removed by hand): the whole shard is redone
             old = None
         if old is not None:
@@ -776,7 +776,7 @@ def predicted_dataset(items, stage: ModelStage, *, total: int | None = None):
     """Lazy dataset of items -> decode tasks -> model actor pool. Rows: source, relpath, width, height,
     error ("" when fine) and either l_full + ab or, when stage.compose_on_device, rgb / encoded.
 
-    ``items``: a list of :class:`sources.Item`, or a Ray Dataset of item rows (source, relpath, uri,
+    ``items``: a list of :class:`inputs.Item`, or a Ray Dataset of item rows (source, relpath, uri,
     offset, size, error; optional shard, shard_n), e.g. expanded from shards inside tasks; then ``total``
     (the number of rows, or an estimate) sizes the blocks."""
     import ray
@@ -828,7 +828,7 @@ def predicted_dataset(items, stage: ModelStage, *, total: int | None = None):
     )
 
 
-def build_dataset(shards: list[ledger.Shard], config: ColorizeConfig, *, output: str, render_size: int, model_id: str,
+def build_dataset(shards: list[inputs.Shard], config: ColorizeConfig, *, output: str, render_size: int, model_id: str,
                   total: int):
     """The lazy Ray Data pipeline for `shards` (not yet executed): shard descriptors -> items (in tasks)
     -> decode -> model -> compose/encode/write images and spool rows. Yields one row per input."""
@@ -862,7 +862,7 @@ def build_dataset(shards: list[ledger.Shard], config: ColorizeConfig, *, output:
     )
 
 
-def _marker(shard: ledger.Shard) -> str:
+def _marker(shard: inputs.Shard) -> str:
     """The `source` of the one error row that stands for a shard that could not be expanded."""
     if shard.kind in ("tar", "listing"):
         return shard.uri if shard.kind == "tar" else f"{shard.root}#listing={shard.id}"
@@ -894,7 +894,7 @@ def colorize(
     lock -> plan -> what is left -> stream + merge -> summary.
     """
     start = time.time()
-    output = sources.absolute(config.output)
+    output = storage.absolute(config.output)
     meta, render_size = resolve_model(config.checkpoint, config.render_size, s3_endpoint=config.storage.s3_endpoint)
     check_config(config)
     roots = classify_inputs(config)
@@ -953,11 +953,11 @@ def _plan(config: ColorizeConfig, output: str, roots):
         ledger.remove(
             [u for sid in p.superseded for u in (ledger.stats_uri(output, sid), ledger.part_uri(output, sid),
                                                   ledger.listing_uri(output, sid), ledger.spool_dir(output, sid),
-                                                  sources.join_uri(output, "shards", f"{sid}.tar"))],
+                                                  storage.join_uri(output, "shards", f"{sid}.tar"))],
             s3_endpoint=endpoint,
         )
     for rec in p.roots.values():
-        ledger.write_json(sources.join_uri(output, "_roots", f"{ledger.root_id(rec['root'])}.json"), rec,
+        ledger.write_json(storage.join_uri(output, "_roots", f"{ledger.root_id(rec['root'])}.json"), rec,
                           s3_endpoint=endpoint, retries=retries)
     return p
 
@@ -967,7 +967,7 @@ class _Left:
     """What an earlier run left to do: the shards to run (a finished one again only for its errors to retry)."""
 
     done_before: dict  # shard id -> stats of a shard an earlier run finished
-    todo: list  # ledger.Shard
+    todo: list  # inputs.Shard
     rows: int  # images to process
     total: int  # images in all the run's shards
 
@@ -1010,7 +1010,7 @@ def _stream_and_merge(config: ColorizeConfig, output: str, left: _Left, model_id
 
     endpoint = config.storage.s3_endpoint
     # _SUCCESS.json marks a finished run: one from an earlier run must not outlive new work
-    sources.remove(sources.join_uri(output, "_SUCCESS.json"), s3_endpoint=endpoint, retries=config.storage.retries)
+    storage.remove(storage.join_uri(output, "_SUCCESS.json"), s3_endpoint=endpoint, retries=config.storage.retries)
     by_id = {s.id: {**asdict(s), "marker": _marker(s)} for s in left.todo}
     merge = ray.remote(num_cpus=0, max_retries=3)(merge_shard)
     merge_kw = {"output": output, "s3_endpoint": endpoint, "retries": config.storage.retries,
@@ -1093,8 +1093,8 @@ def _summary(config: ColorizeConfig, output: str, p, left: _Left, run: _Run, mod
         shards=len(p.shards),
         shards_skipped=len(p.shards) - len(left.todo),
     )
-    sources.write_bytes_atomic(
-        sources.join_uri(output, "_SUCCESS.json"),
+    storage.write_bytes_atomic(
+        storage.join_uri(output, "_SUCCESS.json"),
         json.dumps(asdict(summary), indent=2).encode(),
         s3_endpoint=config.storage.s3_endpoint,
         retries=config.storage.retries,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from raycolor import gallery, images, runtime, sources
+from raycolor import gallery, images, inputs, runtime, storage
 from raycolor.config import EvaluateConfig
 from raycolor.metrics import METRICS
 from raycolor.ray_colorize import ModelStage, colorized_rgb, predicted_dataset, resolve_model
@@ -101,7 +101,7 @@ def evaluate(
     """Progress hooks as in ray_colorize.colorize: on_total(images, 0), then on_rows(ok, error) per batch."""
     endpoint = config.storage.s3_endpoint
     meta, render_size = resolve_model(config.checkpoint, config.render_size, s3_endpoint=endpoint)
-    items = sources.list_items(config.data, s3_endpoint=endpoint)
+    items = inputs.list_items(config.data, s3_endpoint=endpoint)
     runtime.ensure_ray()
     if on_total:
         on_total(len(items), 0)
@@ -142,7 +142,7 @@ def evaluate(
         rows.sort(key=lambda r: r[0])
         png = images.encode_png(gallery.make_gallery(rows, height=_THUMB_H), level=6)
         gallery_uri = config.gallery
-        sources.write_bytes_atomic(gallery_uri, png, s3_endpoint=endpoint)
+        storage.write_bytes_atomic(gallery_uri, png, s3_endpoint=endpoint)
     return EvaluateReport(
         model_id=meta.model_id,
         images=len(ok),

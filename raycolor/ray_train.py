@@ -62,7 +62,7 @@ import pyarrow as pa
 import torch
 
 from raycolor import checkpoint as core_checkpoint
-from raycolor import color, colorize, images, ledger, metrics, runtime, sources
+from raycolor import color, colorize, images, inputs, metrics, runtime, storage
 from raycolor.checkpoint import CheckpointError
 from raycolor.config import DEFAULT_IO_CONCURRENCY, DEFAULT_SHARD_SIZE, StorageConfig, TrainConfig
 from raycolor.model import LOSSES, VGG_BLOCKS, WeightsUnavailableError, ab_loss, build_colorizer, set_trainable_encoder_blocks
@@ -155,12 +155,12 @@ def _check_weights(config: TrainConfig) -> None:
 
 def _hash_fraction(source: str) -> float:
     """A stable number in [0, 1) from the item's source URI (sha1), independent of listing order."""
-    return int(sources.digest(source, 16), 16) / 2.0**64
+    return int(storage.digest(source, 16), 16) / 2.0**64
 
 
 def split_items(
-    items: Sequence[sources.Item], val_fraction: float
-) -> tuple[list[sources.Item], list[sources.Item]]:
+    items: Sequence[inputs.Item], val_fraction: float
+) -> tuple[list[inputs.Item], list[inputs.Item]]:
     """Deterministic hold-out: an item is validation iff sha1(source) maps below val_fraction.
 
     With >= 2 items both sides get at least one (the lowest-hash item is moved to val, or the highest to
@@ -244,7 +244,7 @@ class Split:
 class _Data:
     """What the driver holds about the data: shard descriptors, never a per-image list."""
 
-    train: list[dict]  # shard descriptors (ledger.Shard's fields) of the training side
+    train: list[dict]  # shard descriptors (inputs.Shard's fields) of the training side
     val: list[dict]  # of the validation side: the same shards as train without --val
     split: Split | None  # the hold-out rule, None with --val
     held: Any  # with --val: ObjectRef of the frozenset of validation sources, excluded from training
@@ -252,14 +252,14 @@ class _Data:
     n_val: int
 
 
-def _classify(inputs: Sequence[str], config: TrainConfig) -> list:
-    """What each input is (ledger.classify, as colorize does); raises InputError before Ray starts."""
-    return [ledger.classify(u, s3_endpoint=config.storage.s3_endpoint) for u in inputs]
+def _classify(uris: Sequence[str], config: TrainConfig) -> list:
+    """What each input is (inputs.classify, as colorize does); raises InputError before Ray starts."""
+    return [inputs.classify(u, s3_endpoint=config.storage.s3_endpoint) for u in uris]
 
 
-def _expand(desc: dict, *, s3_endpoint, retries: int) -> list[sources.Item]:
-    shard = ledger.Shard.from_row(desc)
-    return ledger.expand(shard, s3_endpoint=s3_endpoint, retries=retries)
+def _expand(desc: dict, *, s3_endpoint, retries: int) -> list[inputs.Item]:
+    shard = inputs.Shard.from_row(desc)
+    return inputs.expand(shard, s3_endpoint=s3_endpoint, retries=retries)
 
 
 def _shard_stats(desc: dict, *, val_fraction: float, held: frozenset | None, s3_endpoint, retries: int) -> SplitStats:
@@ -283,7 +283,7 @@ def _plan(config: TrainConfig, data_roots: list, val_roots: list) -> _Data:
     from raycolor.planning import shard_inputs
 
     endpoint, retries = config.storage.s3_endpoint, config.storage.retries
-    listing = sources.join_uri(config.output, "_listing", "{id}.parquet")
+    listing = storage.join_uri(config.output, "_listing", "{id}.parquet")
 
     def descriptors(roots: list) -> list[dict]:
         return [dataclasses.asdict(shard)
@@ -335,13 +335,13 @@ TRAIN_ROWS = pa.schema([("source", pa.string()), ("uri", pa.string()), ("offset"
 
 def shard_rows(desc: dict, *, side: str, split: Split | None, held, s3_endpoint, retries: int) -> list[dict]:
     """One shard descriptor -> the item rows of `side` ("train" or "val"; columns TRAIN_ROWS), in a Ray Data
-    task (through ray_colorize.expand_batch): the shard expanded as colorize expands it (ledger.expand), the
+    task (through ray_colorize.expand_batch): the shard expanded as colorize expands it (inputs.expand), the
     hold-out rule (or the --val sources) applied row by row. Training rows come in a fresh random order each
     epoch; a shard that cannot be expanded gives none (logged)."""
     try:
         items = _expand(desc, s3_endpoint=s3_endpoint, retries=retries)
     except Exception as e:  # noqa: BLE001 - after retries; it expanded when the run was planned: never fatal
-        log.warning("dropping shard %s of %s this epoch (%s)", desc["id"], desc["root"], sources.redact(e, desc["uri"]))
+        log.warning("dropping shard %s of %s this epoch (%s)", desc["id"], desc["root"], storage.redact(e, desc["uri"]))
         return []
     if held is not None:
         exclude = _held_sources(held)
@@ -365,7 +365,7 @@ def _rgbs(
 ):
     """The batch's images through the one reading loop (images.read_decoded, as colorize reads): uint8 RGB
     arrays; a row that cannot be read or decoded is logged and dropped (training has no error rows)."""
-    items = sources.Item.from_batch(batch)
+    items = inputs.Item.from_batch(batch)
     decoded = images.read_decoded(
         items, s3_endpoint=s3_endpoint, retries=retries, max_pixels=max_pixels, io_concurrency=io_concurrency
     )
@@ -580,7 +580,7 @@ class CheckpointStore:
                 ckpt = Checkpoint(path=f"{self.exp_path}/{name}", filesystem=self.fs)
                 return self._load(ckpt, name, want_files=want_files)
             except Exception as e:  # a checkpoint that does not load is never used, whatever the reason
-                msg = sources.redact(e)
+                msg = storage.redact(e)
                 log.warning("skipping unusable checkpoint %s: %s", name, msg)
                 problems.append(f"{name}: {msg}")
         if problems:
@@ -638,14 +638,14 @@ class CheckpointStore:
             ray.train.report(line, checkpoint=ckpt, checkpoint_dir_name=name)
 
     @staticmethod
-    def export(restored: _Restored, model_uri: str, storage: StorageConfig) -> str:
+    def export(restored: _Restored, model_uri: str, store: StorageConfig) -> str:
         """Copy a checkpoint's core files to model_uri: config.json removed first, weights, config last, so a
         reader never takes old config with new weights (checkpoint.load verifies the pair anyway)."""
-        config_uri = sources.join_uri(model_uri, core_checkpoint.CONFIG_NAME)
-        sources.remove(config_uri, s3_endpoint=storage.s3_endpoint, retries=storage.retries)
+        config_uri = storage.join_uri(model_uri, core_checkpoint.CONFIG_NAME)
+        storage.remove(config_uri, s3_endpoint=store.s3_endpoint, retries=store.retries)
         for name in (core_checkpoint.WEIGHTS_NAME, core_checkpoint.CONFIG_NAME):
-            sources.write_bytes_atomic(
-                sources.join_uri(model_uri, name), restored.files[name], s3_endpoint=storage.s3_endpoint, retries=storage.retries
+            storage.write_bytes_atomic(
+                storage.join_uri(model_uri, name), restored.files[name], s3_endpoint=store.s3_endpoint, retries=store.retries
             )
         return model_uri
 
@@ -656,7 +656,7 @@ def _storage(config: TrainConfig) -> tuple[Any, str, CheckpointStore]:
 
     from fsspec.implementations.local import LocalFileSystem
 
-    fs, path = sources.filesystem(config.output, s3_endpoint=config.storage.s3_endpoint)
+    fs, path = storage.filesystem(config.output, s3_endpoint=config.storage.s3_endpoint)
 
     if isinstance(fs, LocalFileSystem):
         storage_fs, storage_path = pafs.LocalFileSystem(), path
@@ -724,8 +724,8 @@ def _epoch_record(epoch: int, stage: str, sums: EpochSums, *, config: TrainConfi
 
 def _write_metrics(history: list[dict], config: TrainConfig) -> str:
     """OUTPUT/metrics.jsonl, rewritten whole (one line per finished epoch); its URI."""
-    uri = sources.join_uri(config.output, METRICS_NAME)
-    sources.write_bytes_atomic(uri, _metrics_jsonl(history), s3_endpoint=config.storage.s3_endpoint,
+    uri = storage.join_uri(config.output, METRICS_NAME)
+    storage.write_bytes_atomic(uri, _metrics_jsonl(history), s3_endpoint=config.storage.s3_endpoint,
                                retries=config.storage.retries)
     return uri
 
@@ -739,8 +739,8 @@ def _write_curves(history: list[dict], config: TrainConfig) -> str | None:
         if history:
             print("training curves skipped: install matplotlib (pip install 'raycolor[plots]') for OUTPUT/curves.png")
         return None
-    uri = sources.join_uri(config.output, CURVES_NAME)
-    sources.write_bytes_atomic(uri, png, s3_endpoint=config.storage.s3_endpoint, retries=config.storage.retries)
+    uri = storage.join_uri(config.output, CURVES_NAME)
+    storage.write_bytes_atomic(uri, png, s3_endpoint=config.storage.s3_endpoint, retries=config.storage.retries)
     return uri
 
 
@@ -1058,7 +1058,7 @@ def _checked(config: TrainConfig) -> tuple[TrainConfig, list, list]:
     """Everything that can be checked before Ray starts: the config, the weights, what each input is.
     Returns the config with an absolute output, and the classified data and --val inputs."""
     validate_config(config)
-    config = dataclasses.replace(config, output=sources.absolute(config.output))
+    config = dataclasses.replace(config, output=storage.absolute(config.output))
     _check_weights(config)
     return config, _classify(config.data, config), _classify(config.val, config)
 
@@ -1142,7 +1142,7 @@ def _summary(config: TrainConfig, store: CheckpointStore, start_epoch: int, t_st
     final = store.latest_valid(want_files=True)
     if final is None:
         raise CheckpointError(f"training finished without a checkpoint in {store.exp_path}")
-    model_uri = CheckpointStore.export(final, sources.join_uri(config.output, MODEL_DIR), config.storage)
+    model_uri = CheckpointStore.export(final, storage.join_uri(config.output, MODEL_DIR), config.storage)
     history = list(final.state.get("history", []))
     metrics_uri = _write_metrics(history, config)
     curves_uri = _write_curves(history, config)
@@ -1163,7 +1163,7 @@ def _summary(config: TrainConfig, store: CheckpointStore, start_epoch: int, t_st
 def fit(config: TrainConfig, *, progress: bool = True, terminal: IO[str] | None = None) -> TrainResult:
     """Train (or resume training) the colorizer on Ray Train; export the final model to OUTPUT/model.
 
-    Raises ValueError (bad config), sources.InputError (bad data URIs), WeightsUnavailableError,
+    Raises ValueError (bad config), inputs.InputError (bad data URIs), WeightsUnavailableError,
     CheckpointError (OUTPUT holds checkpoints but none is usable), ray.train.TrainingFailedError.
     """
     t_start = time.perf_counter()

@@ -210,9 +210,9 @@ def node_count() -> int:
 def check_output_reachable(output: str, *, shared: bool) -> None:
     """Refuse a local OUTPUT on a multi-node cluster: every node would write to its own disk and the results
     (and the resume ledger) would be scattered. `shared`: the path is the same shared storage on every node."""
-    from raycolor import sources
+    from raycolor import storage
 
-    if shared or not sources.is_local(output):
+    if shared or not storage.is_local(output):
         return
     nodes = node_count()
     if nodes > 1:

@@ -1,5 +1,5 @@
 """What an input is, by its file suffix: the one list of image suffixes, and those of tar archives and
-manifests. No imports: :mod:`raycolor.images` (decoding) and :mod:`raycolor.sources` (listing) both take
+manifests. No imports: :mod:`raycolor.images` (decoding) and :mod:`raycolor.inputs` (listing) both take
 their suffixes from here, so neither needs the other for them."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ __all__ = ["IMAGE_SUFFIXES", "MANIFEST_SUFFIXES", "OBJECT_KINDS", "TAR_SUFFIXES"
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
 TAR_SUFFIXES: frozenset[str] = frozenset({".tar"})
 MANIFEST_SUFFIXES: frozenset[str] = frozenset({".txt", ".parquet"})
-# suffix -> the kind of shard object a planner sizes (ledger.size_object)
+# suffix -> the kind of shard object a planner sizes (inputs.size_object)
 OBJECT_KINDS: dict[str, str] = {".tar": "tar", ".parquet": "parquet", ".txt": "txt"}
 
 

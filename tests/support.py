@@ -257,12 +257,12 @@ def base_config(data: str, output: str, **kw):
 
 
 def manifest_shards(manifest: Path, shard_size: int) -> list:
-    """A .txt manifest's shards (ledger.Shard), as planning cuts them (one root, so no namespace); no Ray."""
-    from raycolor import ledger
+    """A .txt manifest's shards (inputs.Shard), as planning cuts them (one root, so no namespace); no Ray."""
+    from raycolor import inputs
 
-    plan = ledger.classify(str(manifest))
+    plan = inputs.classify(str(manifest))
     [(kind, uri, tag)] = plan.objects
-    return ledger.size_object(kind, uri, tag, root=plan.root, shard_size=shard_size)
+    return inputs.size_object(kind, uri, tag, root=plan.root, shard_size=shard_size)
 
 
 def assert_finite_lines(lines: list[dict]) -> None:

@@ -275,7 +275,7 @@ def test_train_node_of_a_worker_removed_restores_from_checkpoint(cluster_runs):
 
     from raycolor import checkpoint
     from raycolor.ray_train import split_items
-    from raycolor.sources import list_items
+    from raycolor.inputs import list_items
     from support import assert_finite_lines
 
     result = _run_of(cluster_runs, "train")

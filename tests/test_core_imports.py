@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-CORE = ["color", "model", "colorize", "checkpoint", "config", "images", "sources", "ledger", "metrics"]
+CORE = ["color", "model", "colorize", "checkpoint", "config", "images", "storage", "inputs", "ledger", "metrics"]
 
 
 def test_core_modules_do_not_import_ray():
@@ -33,14 +33,17 @@ def test_a_warning_from_our_code_fails_the_suite():
         warnings.warn_explicit("theirs", UserWarning, "other/x.py", 1, module="other.x")
 
 
-def test_sources_does_not_import_images():
-    """No import cycle images <-> sources: the suffix sets live in raycolor.suffixes, which both import;
-    sources (listing, storage) never needs the decoder, and images imports sources only in its reading loop."""
+def test_storage_and_inputs_do_not_import_images():
+    """No import cycle images <-> storage/inputs: the suffix sets live in raycolor.suffixes, which images and
+    inputs import; storage and inputs never need the decoder, and images imports storage only in its reading
+    loop. The rooms stack one way: storage imports neither inputs nor the ledger, inputs not the ledger."""
     code = (
-        "import sys, raycolor.sources, raycolor.suffixes\n"
-        "assert 'raycolor.images' not in sys.modules\n"
+        "import sys, raycolor.storage\n"
+        "assert not {'raycolor.inputs', 'raycolor.ledger', 'raycolor.images'} & set(sys.modules)\n"
+        "import raycolor.inputs, raycolor.suffixes\n"
+        "assert not {'raycolor.ledger', 'raycolor.images'} & set(sys.modules)\n"
         "import raycolor.images as images\n"
-        "assert images.IMAGE_EXTENSIONS is raycolor.sources.IMAGE_SUFFIXES is raycolor.suffixes.IMAGE_SUFFIXES\n"
+        "assert images.IMAGE_EXTENSIONS is raycolor.inputs.IMAGE_SUFFIXES is raycolor.suffixes.IMAGE_SUFFIXES\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -24,7 +24,7 @@ import pytest
 import torch
 from PIL import Image
 
-from raycolor import checkpoint, images, sources
+from raycolor import checkpoint, images, inputs, storage
 from raycolor.colorize import full_l
 from raycolor.config import ColorizeConfig, StorageConfig
 from raycolor.ledger import read_manifest
@@ -129,7 +129,7 @@ def test_bad_corpus_one_row_each_right_output_or_reason(ray_local, tiny_ckpt, tm
     want: dict[str, tuple[str | None, bytes]] = {
         str(src / name): (reason, (src / name).read_bytes()) for name, reason in expected.items()
     }
-    assert all(Path(name).suffix.lower() in sources.IMAGE_SUFFIXES for name in expected)
+    assert all(Path(name).suffix.lower() in inputs.IMAGE_SUFFIXES for name in expected)
     # symlink member: never an item; '../evil.jpg' and '/abs.jpg' are regular files, read safely
     for member in ("ok/good.jpg", "../evil.jpg", "/abs.jpg"):
         want[f"{evil_tar}#{member}"] = (None, _tar_member(evil_tar, member))
@@ -256,8 +256,8 @@ def test_killed_model_actor_is_replaced_and_every_input_done_once(ray_local, tin
 # 3. S3 faults, through tests/faultproxy.py in front of the moto server
 # --------------------------------------------------------------------------------------------
 
-# One call of ours (sources.read_item / write_bytes_atomic, one attempt) makes this many requests when
-# every one of them is reset: sources.filesystem turns s3fs's retry loop off and keeps botocore's at 3
+# One call of ours (storage.read_item / write_bytes_atomic, one attempt) makes this many requests when
+# every one of them is reset: storage.filesystem turns s3fs's retry loop off and keeps botocore's at 3
 # attempts; the rest is the HTTP stack's reconnects of a dropped keep-alive connection. Asserted by test_s3_persistent_faults_become_error_rows; if a library update
 # changes it, that test says so and the number below must follow.
 INNER_REQUESTS_PER_CALL_ON_RESET = 8
@@ -548,19 +548,19 @@ def test_credentials_in_uris_are_refused_and_never_listed(tmp_path):
         f"https://{SECRET}@example.invalid/x.jpg",
         f"gs://user:{SECRET}@bucket/x.jpg",
     ):
-        with pytest.raises(sources.InputError, match="credentials in URIs are not supported") as err:
-            sources.filesystem(uri)
+        with pytest.raises(storage.InputError, match="credentials in URIs are not supported") as err:
+            storage.filesystem(uri)
         assert SECRET not in str(err.value) and err.value.__cause__ is None
     # '@' elsewhere is not a credential: a key like icon@2x.png, a local path
-    assert sources.filesystem("s3://bucket/icons/icon@2x.png")[1] == "bucket/icons/icon@2x.png"
-    assert sources.filesystem(str(tmp_path / "a@b.png"))[1] == str(tmp_path / "a@b.png")
+    assert storage.filesystem("s3://bucket/icons/icon@2x.png")[1] == "bucket/icons/icon@2x.png"
+    assert storage.filesystem(str(tmp_path / "a@b.png"))[1] == str(tmp_path / "a@b.png")
 
     manifest = tmp_path / "list.txt"
     manifest.write_text(f"s3://AKIAFAKEKEYID:{SECRET}@bucket/p/x.jpg\nhttps://u:{SECRET}@example.invalid/q/y.jpg\n")
-    items = sources.list_items([str(manifest)])
+    items = inputs.list_items([str(manifest)])
     assert [(it.source, it.uri, it.relpath) for it in items] == [
         ("s3://***@bucket/p/x.jpg", "s3://***@bucket/p/x.jpg", "p/x.jpg"),
         ("https://***@example.invalid/q/y.jpg", "https://***@example.invalid/q/y.jpg", "q/y.jpg"),
     ]
-    with pytest.raises(sources.InputError, match="credentials in URIs are not supported"):
-        sources.read_item(items[0])
+    with pytest.raises(storage.InputError, match="credentials in URIs are not supported"):
+        storage.read_item(items[0])

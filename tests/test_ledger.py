@@ -12,12 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raycolor import ledger, sources
+from raycolor import inputs, ledger, storage
 from raycolor.ledger import OutputLocked
 
 
 def _entries(shards, **kw):
-    return [i.source for s in shards for i in ledger.expand(s, **kw)]
+    return [i.source for s in shards for i in inputs.expand(s, **kw)]
 
 
 def test_txt_manifest_is_cut_into_byte_ranges_at_line_starts(tmp_path):
@@ -25,24 +25,24 @@ def test_txt_manifest_is_cut_into_byte_ranges_at_line_starts(tmp_path):
     lines.insert(10, "# a comment in the middle")
     m = tmp_path / "list.txt"
     m.write_bytes(b"\xef\xbb\xbf" + ("\r\n".join(lines) + "\n").encode())
-    shards = ledger.size_object("txt", str(m), "t", root=str(m), shard_size=5)
+    shards = inputs.size_object("txt", str(m), "t", root=str(m), shard_size=5)
     assert [s.count for s in shards] == [5, 5, 5, 5, 3]
     assert all(s.kind == "txt" and s.stop > s.start for s in shards)
     assert [(a.stop, b.start) for a, b in zip(shards, shards[1:])] == [(a.stop, a.stop) for a in shards[:-1]]
     got = _entries(shards)
     assert got == [f"/data/p/{i:04d}.jpg" for i in range(23)]  # every entry once, in file order
     # the shard ids are deterministic and distinct; another tag (the file changed) gives other ids
-    again = ledger.size_object("txt", str(m), "t", root=str(m), shard_size=5)
+    again = inputs.size_object("txt", str(m), "t", root=str(m), shard_size=5)
     assert [s.id for s in again] == [s.id for s in shards] and len({s.id for s in shards}) == 5
-    assert not {s.id for s in ledger.size_object("txt", str(m), "t2", root=str(m), shard_size=5)} & {s.id for s in shards}
+    assert not {s.id for s in inputs.size_object("txt", str(m), "t2", root=str(m), shard_size=5)} & {s.id for s in shards}
     # relpath rule of manifests, relative entries next to the manifest
     (tmp_path / "rel.txt").write_text("imgs/a.jpg\n")
-    (item,) = ledger.expand(ledger.size_object("txt", str(tmp_path / "rel.txt"), "t", root="r", shard_size=5)[0])
+    (item,) = inputs.expand(inputs.size_object("txt", str(tmp_path / "rel.txt"), "t", root="r", shard_size=5)[0])
     assert (item.source, item.relpath) == (str(tmp_path / "imgs" / "a.jpg"), "imgs/a.jpg")
 
 
 def test_txt_manifest_rule_is_the_same_for_listing_sizing_and_expanding(tmp_path):
-    """One rule (sources.txt_entries) for list_items, size_object and expand. They used to disagree: expand
+    """One rule (inputs.txt_entries) for list_items, size_object and expand. They used to disagree: expand
     split at any Unicode line break and read non-UTF-8 with replacement characters, size_object counted
     byte lines, list_items split like expand but refused non-UTF-8."""
     names = ["a\u2028b.jpg", "c\x0cd.jpg", "e\x85f.jpg", "plain.jpg"]  # Unicode separators inside names
@@ -50,75 +50,75 @@ def test_txt_manifest_rule_is_the_same_for_listing_sizing_and_expanding(tmp_path
     m = tmp_path / "odd.txt"
     m.write_bytes(body.encode())
     want = [str(tmp_path / n) for n in [*names, "last.jpg"]]
-    assert [i.source for i in sources.list_items([str(m)])] == want
+    assert [i.source for i in inputs.list_items([str(m)])] == want
     for size in (1, 2, 5, 10):
-        shards = ledger.size_object("txt", str(m), "t", root="r", shard_size=size)
+        shards = inputs.size_object("txt", str(m), "t", root="r", shard_size=size)
         assert _entries(shards) == want
-        assert [s.count for s in shards] == [len(ledger.expand(s)) for s in shards]
+        assert [s.count for s in shards] == [len(inputs.expand(s)) for s in shards]
     # non-UTF-8: refused alike when listed, when sized (planning) and when a range is expanded
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("ok.jpg\ncaf\u00e9.jpg\n".encode("latin-1"))
-    with pytest.raises(sources.InputError, match="not UTF-8 text"):
-        sources.list_items([str(bad)])
-    with pytest.raises(sources.InputError, match="not UTF-8 text"):
-        ledger.size_object("txt", str(bad), "t", root="r", shard_size=5)
-    with pytest.raises(sources.InputError, match="not UTF-8 text"):
-        ledger.expand(ledger.Shard(kind="txt", uri=str(bad), root="r", start=0, stop=bad.stat().st_size))
+    with pytest.raises(inputs.InputError, match="not UTF-8 text"):
+        inputs.list_items([str(bad)])
+    with pytest.raises(inputs.InputError, match="not UTF-8 text"):
+        inputs.size_object("txt", str(bad), "t", root="r", shard_size=5)
+    with pytest.raises(inputs.InputError, match="not UTF-8 text"):
+        inputs.expand(inputs.Shard(kind="txt", uri=str(bad), root="r", start=0, stop=bad.stat().st_size))
 
 
 def test_parquet_manifest_row_ranges_read_only_their_row_groups(tmp_path):
     m = tmp_path / "m.parquet"
     uris = [f"s3://b/p/{i:03d}.jpg" for i in range(50)]
     pq.write_table(pa.table({"uri": uris, "other": list(range(50))}), m, row_group_size=7)
-    shards = ledger.size_object("parquet", str(m), "t", root=str(m), shard_size=12)
+    shards = inputs.size_object("parquet", str(m), "t", root=str(m), shard_size=12)
     assert [(s.start, s.stop, s.count) for s in shards] == [(0, 12, 12), (12, 24, 12), (24, 36, 12), (36, 48, 12), (48, 50, 2)]
     assert _entries(shards) == uris
-    assert ledger.expand(shards[1])[0].relpath == "p/012.jpg"
+    assert inputs.expand(shards[1])[0].relpath == "p/012.jpg"
     # a listing saved with a relpath column keeps those relpaths
     pq.write_table(pa.table({"uri": ["/x/a.jpg", "/y/a.jpg"], "relpath": ["a.jpg", "sub/a.jpg"]}), tmp_path / "l.parquet")
-    items = ledger.expand(ledger.size_object("parquet", str(tmp_path / "l.parquet"), "t", root="r", shard_size=9)[0])
+    items = inputs.expand(inputs.size_object("parquet", str(tmp_path / "l.parquet"), "t", root="r", shard_size=9)[0])
     assert [i.relpath for i in items] == ["a.jpg", "sub/a.jpg"]
     pq.write_table(pa.table({"path": ["a"]}), tmp_path / "bad.parquet")
-    with pytest.raises(sources.InputError, match="uri"):
-        ledger.size_object("parquet", str(tmp_path / "bad.parquet"), "t", root="r", shard_size=9)
+    with pytest.raises(inputs.InputError, match="uri"):
+        inputs.size_object("parquet", str(tmp_path / "bad.parquet"), "t", root="r", shard_size=9)
 
 
 def test_classify_folders_globs_and_folders_of_manifests(tmp_path):
     (tmp_path / "imgs" / "sub").mkdir(parents=True)
     (tmp_path / "imgs" / "a.jpg").write_bytes(b"x")
     (tmp_path / "imgs" / "sub" / "b.png").write_bytes(b"x")
-    assert ledger.classify(str(tmp_path / "imgs")).kind == "folder"  # listed later (Ray tasks per sub-folder)
-    plan = ledger.list_folder(str(tmp_path / "imgs"))
+    assert inputs.classify(str(tmp_path / "imgs")).kind == "folder"  # listed later (Ray tasks per sub-folder)
+    plan = inputs.list_folder(str(tmp_path / "imgs"))
     assert plan.kind == "listing" and [i.relpath for i in plan.items] == ["a.jpg", "sub/b.png"]
-    assert plan.items == tuple(sources.list_items([str(tmp_path / "imgs")]))  # the folder rules of list_items
+    assert plan.items == tuple(inputs.list_items([str(tmp_path / "imgs")]))  # the folder rules of list_items
     (tmp_path / "lists").mkdir()
     for n in (0, 1):
         pq.write_table(pa.table({"uri": [f"/d/{n}.jpg"]}), tmp_path / "lists" / f"part-{n}.parquet")
     (tmp_path / "lists" / "_SUCCESS").write_text("")
-    plan = ledger.list_folder(str(tmp_path / "lists"))
+    plan = inputs.list_folder(str(tmp_path / "lists"))
     assert plan.kind == "objects" and [(k, os.path.basename(u)) for k, u, _ in plan.objects] == [
         ("parquet", "part-0.parquet"), ("parquet", "part-1.parquet")]
-    glob = ledger.classify(str(tmp_path / "lists" / "part-*.parquet"))
+    glob = inputs.classify(str(tmp_path / "lists" / "part-*.parquet"))
     assert [u for _, u, _ in glob.objects] == [u for _, u, _ in plan.objects]
-    with pytest.raises(sources.InputError):
-        ledger.classify(str(tmp_path / "nothing-*.tar"))
-    with pytest.raises(sources.InputError, match="not found"):
-        ledger.classify(str(tmp_path / "missing"))
+    with pytest.raises(inputs.InputError):
+        inputs.classify(str(tmp_path / "nothing-*.tar"))
+    with pytest.raises(inputs.InputError, match="not found"):
+        inputs.classify(str(tmp_path / "missing"))
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     (tmp_path / "empty" / "sub" / "notes.md").write_text("x")
-    with pytest.raises(sources.InputError, match="no images found"):
-        ledger.list_folder(str(tmp_path / "empty"))
+    with pytest.raises(inputs.InputError, match="no images found"):
+        inputs.list_folder(str(tmp_path / "empty"))
 
 
 def test_listing_chunks_are_content_defined(tmp_path):
-    items = [sources.Item(source=f"/d/{i:05d}.jpg", relpath=f"{i:05d}.jpg", uri=f"/d/{i:05d}.jpg") for i in range(2000)]
-    chunks = ledger.chunk_listing(items, root="/d", shard_size=100)
+    items = [inputs.Item(source=f"/d/{i:05d}.jpg", relpath=f"{i:05d}.jpg", uri=f"/d/{i:05d}.jpg") for i in range(2000)]
+    chunks = inputs.chunk_listing(items, root="/d", shard_size=100)
     assert all(1 <= s.count <= 100 for s, _ in chunks) and sum(s.count for s, _ in chunks) == 2000
     assert [i for _, its in chunks for i in its] == items
     assert 20 < len(chunks) < 60  # about twice as many as fixed 100-item chunks: ~50 items on average
     # one file added in the middle changes at most the two chunks around it, not every later chunk
-    extra = sources.Item(source="/d/01000x.jpg", relpath="01000x.jpg", uri="/d/01000x.jpg")
-    grown = ledger.chunk_listing(items[:1001] + [extra] + items[1001:], root="/d", shard_size=100)
+    extra = inputs.Item(source="/d/01000x.jpg", relpath="01000x.jpg", uri="/d/01000x.jpg")
+    grown = inputs.chunk_listing(items[:1001] + [extra] + items[1001:], root="/d", shard_size=100)
     changed = {s.id for s, _ in grown} - {s.id for s, _ in chunks}
     assert 1 <= len(changed) <= 2, len(changed)
 
@@ -141,7 +141,7 @@ def test_retryable_reasons():
 
 HOLD = """
 import sys, time
-from raycolor import ledger
+from raycolor import inputs, ledger, storage
 ledger.acquire_lock(sys.argv[1])
 print("HELD", flush=True)
 time.sleep(60)
@@ -183,7 +183,7 @@ def test_s3_lock_uses_a_conditional_put(s3_env):
     with pytest.raises(OutputLocked, match="host elsewhere"):
         ledger.acquire_lock(out)
     # the create itself is exclusive on the server (If-None-Match: *), not exists-then-put
-    fs, path = sources.filesystem(ledger.lock_uri(out))
+    fs, path = storage.filesystem(ledger.lock_uri(out))
     assert ledger._create_exclusive(ledger.lock_uri(out), b"{}", s3_endpoint=None) is False
     fs.rm(path)
     assert ledger._create_exclusive(ledger.lock_uri(out), b"{}", s3_endpoint=None) is True
@@ -198,34 +198,34 @@ def test_list_group_on_s3_one_level_then_a_subtree(s3_env):
     for key in ("in/a.jpg", "in/x/b.JPG", "in/x/y/c.png", "in/z/notes.txt", "in/x/b.png", "other/d.jpg"):
         fs.pipe_file(f"{bucket}/{key}", b"x")
     root, chunks = f"s3://{bucket}/in", f"s3://{bucket}/out/{{id}}.parquet"
-    top = ledger.ListGroup(key="", dirs=((root, root),), exclude=(root,))
-    (shards, nxt, found, left), rest = ledger.list_group(top, chunk_uri=chunks, shard_size=2, fan_out=True)
+    top = inputs.ListGroup(key="", dirs=((root, root),), exclude=(root,))
+    (shards, nxt, found, left), rest = inputs.list_group(top, chunk_uri=chunks, shard_size=2, fan_out=True)
     assert [(g.key, g.dirs, g.depth) for g in nxt] == [("x", ((root, f"{root}/x"),), 1), ("z", ((root, f"{root}/z"),), 1)]
     assert (shards, found, dict(left)) == ([], {root: 1}, {root: 1})  # one image, fewer than shard_size: left to bin
     assert rest.column("relpath").to_pylist() == ["a.jpg"] and rest.column("root").to_pylist() == [root]
-    (shards, nxt, found, left), rest = ledger.list_group(nxt[0], chunk_uri=chunks, shard_size=2, fan_out=False)
+    (shards, nxt, found, left), rest = inputs.list_group(nxt[0], chunk_uri=chunks, shard_size=2, fan_out=False)
     assert (nxt, found, dict(left), rest.num_rows) == ([], {root: 3}, {}, 0)
     assert all(s.uri == chunks.replace("{id}", s.id) and fs.exists(s.uri) for _, s in shards)
-    listed = [("s3://" + f"{bucket}/in/a.jpg", "a.jpg")] + [(i.source, i.relpath) for _, s in shards for i in ledger.expand(s)]
-    assert sorted(listed) == sorted((i.source, i.relpath) for i in sources.list_items([root]))
+    listed = [("s3://" + f"{bucket}/in/a.jpg", "a.jpg")] + [(i.source, i.relpath) for _, s in shards for i in inputs.expand(s)]
+    assert sorted(listed) == sorted((i.source, i.relpath) for i in inputs.list_items([root]))
     assert any("__" in rel for _, rel in listed)  # x/b.png renamed after x/b.JPG, as list_items does
 
 
 def test_list_group_leaves_a_nested_root_to_its_own_listing(tmp_path):
-    """The folder rule with an excluded root inside (sources.images_below via ledger.list_group, no Ray): the
+    """The folder rule with an excluded root inside (inputs.images_below via inputs.list_group, no Ray): the
     outer root's listing counts the inner root's images but leaves them to it; together they list what
     list_items lists for the outer folder."""
     outer, inner = tmp_path / "outer", tmp_path / "outer" / "Inner"
     (inner / "deep").mkdir(parents=True)
     for p in (outer / "a.JPG", outer / "notes.txt", inner / "b.png", inner / "deep" / "c.tif", outer / "Inner2.jpg"):
         p.write_bytes(b"x")
-    group = ledger.ListGroup(key="", dirs=((str(outer), str(outer)), (str(inner), str(inner))), exclude=(str(outer), str(inner)))
-    (shards, nxt, found, left), rest = ledger.list_group(group, chunk_uri=str(tmp_path / "c-{id}.parquet"), shard_size=100,
+    group = inputs.ListGroup(key="", dirs=((str(outer), str(outer)), (str(inner), str(inner))), exclude=(str(outer), str(inner)))
+    (shards, nxt, found, left), rest = inputs.list_group(group, chunk_uri=str(tmp_path / "c-{id}.parquet"), shard_size=100,
                                                           fan_out=False)
     assert (shards, nxt, found) == ([], [], {str(outer): 4, str(inner): 2})
     rows = list(zip(rest.column("root").to_pylist(), rest.column("relpath").to_pylist()))
     assert rows == [(str(outer), "Inner2.jpg"), (str(outer), "a.JPG"), (str(inner), "b.png"), (str(inner), "deep/c.tif")]
-    assert sorted(rest.column("source").to_pylist()) == sorted(i.source for i in sources.list_items([str(outer)]))
+    assert sorted(rest.column("source").to_pylist()) == sorted(i.source for i in inputs.list_items([str(outer)]))
 
 
 def test_packs_of_small_folder_remainders_are_bounded_and_realign():
@@ -252,13 +252,13 @@ def test_descriptor_and_item_rows_back_to_objects():
 
     import numpy as np
 
-    shard = ledger.Shard(kind="txt", uri="/m.txt", root="/m.txt", namespace="ns", start=3, stop=90, count=7, id="m-1", retry="all")
-    assert ledger.Shard.from_row({**dataclasses.asdict(shard), "marker": "/m.txt#shard"}) == shard
+    shard = inputs.Shard(kind="txt", uri="/m.txt", root="/m.txt", namespace="ns", start=3, stop=90, count=7, id="m-1", retry="all")
+    assert inputs.Shard.from_row({**dataclasses.asdict(shard), "marker": "/m.txt#shard"}) == shard
     batch = {"source": np.array(["/a.jpg", "/t.tar#b.jpg"]), "uri": np.array(["/a.jpg", "/t.tar"]),
              "offset": np.array([0, 512]), "size": np.array([-1, 100]), "error": np.array(["", ""])}
-    items = sources.Item.from_batch(batch, [1])
-    assert items == [sources.Item(source="/t.tar#b.jpg", relpath="", uri="/t.tar", offset=512, size=100)]
+    items = inputs.Item.from_batch(batch, [1])
+    assert items == [inputs.Item(source="/t.tar#b.jpg", relpath="", uri="/t.tar", offset=512, size=100)]
     assert type(items[0].source) is str and type(items[0].offset) is int
     row = {"source": "/a.jpg", "uri": "/a.jpg", "relpath": "ns/a.jpg"}
-    assert sources.Item.from_row(row) == sources.Item(source="/a.jpg", relpath="ns/a.jpg", uri="/a.jpg")
-    assert [i.source for i in sources.Item.from_batch(batch)] == ["/a.jpg", "/t.tar#b.jpg"]
+    assert inputs.Item.from_row(row) == inputs.Item(source="/a.jpg", relpath="ns/a.jpg", uri="/a.jpg")
+    assert [i.source for i in inputs.Item.from_batch(batch)] == ["/a.jpg", "/t.tar#b.jpg"]

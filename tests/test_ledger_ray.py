@@ -298,17 +298,17 @@ def test_webdataset_layout_one_tar_per_shard(ray_local, tiny_ckpt, tmp_path):
 
 def _listed(out: str) -> list[tuple[str, str]]:
     """(source, relpath) of every entry of the manifest shards `raycolor list` wrote, as colorize reads them."""
-    from raycolor import ledger
+    from raycolor import inputs
 
-    plan = ledger.list_folder(out)
-    shards = [s for kind, uri, tag in plan.objects for s in ledger.size_object(kind, uri, tag, root=plan.root, shard_size=100)]
-    return sorted((i.source, i.relpath) for s in shards for i in ledger.expand(s))
+    plan = inputs.list_folder(out)
+    shards = [s for kind, uri, tag in plan.objects for s in inputs.size_object(kind, uri, tag, root=plan.root, shard_size=100)]
+    return sorted((i.source, i.relpath) for s in shards for i in inputs.expand(s))
 
 
 def test_list_command_in_tasks_gives_list_items_entries(ray_local, tmp_path):
     """Folder groups listed in Ray tasks, beyond the fan-out depth too: the same entries and relpaths as one
-    listing of everything (sources.list_items), collisions renamed alike, across roots and case-variant folders."""
-    from raycolor import ledger, sources
+    listing of everything (inputs.list_items), collisions renamed alike, across roots and case-variant folders."""
+    from raycolor import inputs
 
     scans, more = tmp_path / "scans", tmp_path / "more"
     names = ["a.jpg", "b.JPG", "b.png", "notes.txt", "sub/c.tif", "X/p.jpg", "x/p.png", "d1/d2/d3/deep.jpg",
@@ -316,15 +316,15 @@ def test_list_command_in_tasks_gives_list_items_entries(ray_local, tmp_path):
     for root, name in [(scans, n) for n in names] + [(more, "a.jpg"), (more, "sub/C.tif"), (more, "d1/d2/d3/deep.tif")]:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(b"x")
-    assert ledger.LIST_FANOUT_DEPTH < 3  # d1/d2/d3/... is listed below the fan-out depth
-    for n, inputs in enumerate([[scans, more, scans / "sub"], [scans / "d1", scans, more]]):
+    assert inputs.LIST_FANOUT_DEPTH < 3  # d1/d2/d3/... is listed below the fan-out depth
+    for n, roots in enumerate([[scans, more, scans / "sub"], [scans / "d1", scans, more]]):
         out = tmp_path / f"lists{n}"
         out.mkdir()
         (out / "part-00009.parquet").write_bytes(b"stale")  # from an earlier listing in the same place
-        args = ["list", *map(str, inputs), "--output", str(out), "--shard-size", "3"]
+        args = ["list", *map(str, roots), "--output", str(out), "--shard-size", "3"]
         r = CliRunner().invoke(app, args)
         assert r.exit_code == 0, r.output
-        want = sorted((i.source, i.relpath) for i in sources.list_items([str(p) for p in inputs]))
+        want = sorted((i.source, i.relpath) for i in inputs.list_items([str(p) for p in roots]))
         assert _listed(str(out)) == want and len(want) == 12
         assert any("__" in rel for _, rel in want)  # collisions were renamed, the same way
         assert "part-00009.parquet" not in {p.name for p in out.iterdir()}
@@ -339,17 +339,17 @@ def test_list_command_in_tasks_gives_list_items_entries(ray_local, tmp_path):
 
 
 def test_list_command_on_s3_prefixes(ray_local, s3_env):
-    from raycolor import sources
+    from raycolor import inputs
 
     fs = s3_env.fs()
     bucket = s3_env.bucket("lister")
     for key in ("in/a.jpg", "in/x/b.JPG", "in/x/y/c.png", "in/x/y/z/w/deep.png", "in/z/notes.txt", "in/x/b.png",
                 "in2/X/b.jpg", "in2/q.png", "other/d.jpg"):
         fs.pipe_file(f"{bucket}/{key}", b"x")
-    inputs = [f"s3://{bucket}/in", f"s3://{bucket}/in2"]
-    r = CliRunner().invoke(app, ["list", *inputs, "--output", f"s3://{bucket}/lists", "--shard-size", "2"])
+    roots = [f"s3://{bucket}/in", f"s3://{bucket}/in2"]
+    r = CliRunner().invoke(app, ["list", *roots, "--output", f"s3://{bucket}/lists", "--shard-size", "2"])
     assert r.exit_code == 0, r.output
-    want = sorted((i.source, i.relpath) for i in sources.list_items(inputs))
+    want = sorted((i.source, i.relpath) for i in inputs.list_items(roots))
     assert _listed(f"s3://{bucket}/lists") == want and len(want) == 7
 
 
@@ -357,7 +357,7 @@ def test_folder_plan_lists_in_tasks_bins_small_folders_and_cuts_big_ones(ray_loc
     """colorize's plan of a folder: the listing tasks write the chunks under OUTPUT/_listing/ themselves;
     30 small sub-folders are packed into chunks of at most --shard-size, one big sub-folder is cut by its
     own task; an unchanged folder plans the same shards and rewrites no chunk."""
-    from raycolor import ledger
+    from raycolor import inputs
     from raycolor.planning import plan
 
     src, out = tmp_path / "scans", tmp_path / "out"
@@ -370,7 +370,7 @@ def test_folder_plan_lists_in_tasks_bins_small_folders_and_cuts_big_ones(ray_loc
     shards = p.shards
     assert all(s.kind == "listing" and 0 < s.count <= 20 for s in shards), shards
     assert sum(s.count for s in shards) == len(names)
-    items = {s.id: ledger.expand(s) for s in shards}
+    items = {s.id: inputs.expand(s) for s in shards}
     assert sorted(i.source for v in items.values() for i in v) == sorted(str(src / n) for n in names)
     # the 50-image folder: chunks of its own (content-defined); the 31 small groups (30 boxes of 3, top.jpg):
     # packs of 10-20 images (a pack ends at least half full, or when the next folder would not fit), not 31
@@ -387,27 +387,27 @@ def test_folder_plan_lists_in_tasks_bins_small_folders_and_cuts_big_ones(ray_loc
 
 def test_a_planning_task_error_reaches_the_driver_as_itself(ray_local, tmp_path):
     """runtime.ray_get, the one unwrapping of a task's error: a non-UTF-8 .txt manifest is refused in its
-    sizing task (sources.txt_entries) and the driver sees the InputError, not a RayTaskError wrapper; the
+    sizing task (inputs.txt_entries) and the driver sees the InputError, not a RayTaskError wrapper; the
     refs given to cancel are cancelled."""
     import ray
 
-    from raycolor import ledger, planning, sources
+    from raycolor import inputs, planning
 
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("ok.jpg\ncaf\u00e9.jpg\n".encode("latin-1"))
-    with pytest.raises(sources.InputError, match="not UTF-8 text"):
-        planning.shard_inputs([ledger.classify(str(bad))], shard_size=10, s3_endpoint=None,
+    with pytest.raises(inputs.InputError, match="not UTF-8 text"):
+        planning.shard_inputs([inputs.classify(str(bad))], shard_size=10, s3_endpoint=None,
                               listing=str(tmp_path / "_listing" / "{id}.parquet"))
 
     def fails():
-        raise sources.InputError("bad manifest m.txt: not UTF-8 text")
+        raise inputs.InputError("bad manifest m.txt: not UTF-8 text")
 
     def sleeps():
         for _ in range(1200):  # short sleeps: Ray's cancel raises in the task between bytecodes, not inside one
             time.sleep(0.1)
 
     pending = ray.remote(num_cpus=0)(sleeps).remote()
-    with pytest.raises(sources.InputError, match="not UTF-8"):
+    with pytest.raises(inputs.InputError, match="not UTF-8"):
         runtime.ray_get(ray.remote(max_retries=0)(fails).remote(), cancel=[pending])
     with pytest.raises((ray.exceptions.TaskCancelledError, ray.exceptions.RayTaskError)):
         ray.get(pending, timeout=60)

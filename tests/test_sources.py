@@ -1,4 +1,5 @@
-"""raycolor.sources: listings (folders, tars, manifests), range reads, sanitising, atomic writes.
+"""raycolor.storage and raycolor.inputs (once one module, sources.py): listings (folders, tars, manifests),
+range reads, sanitising, retries, atomic writes.
 
 Local cases use tmp_path; S3 cases use a real moto server (see conftest.py), never mocks.
 """
@@ -14,19 +15,9 @@ import tarfile
 
 import pytest
 
-from raycolor import sources
-from raycolor.sources import (
-    InputError,
-    Item,
-    exists,
-    filesystem,
-    join_uri,
-    list_items,
-    output_key,
-    read_item,
-    sanitize_relpath,
-    write_bytes_atomic,
-)
+from raycolor import inputs, storage
+from raycolor.inputs import InputError, Item, list_items, output_key
+from raycolor.storage import exists, filesystem, join_uri, read_item, sanitize_relpath, write_bytes_atomic
 
 
 def _payload(name: str, n: int = 700) -> bytes:
@@ -129,8 +120,8 @@ def test_output_key():
     assert output_key("a.b/c", ".png") == "a.b/c.png"
 
 
-def test_sources_does_not_import_ray_or_torch():
-    code = "import sys, raycolor.sources; bad = {'ray', 'torch'} & set(sys.modules); assert not bad, bad"
+def test_storage_and_inputs_do_not_import_ray_or_torch():
+    code = "import sys, raycolor.storage, raycolor.inputs; bad = {'ray', 'torch'} & set(sys.modules); assert not bad, bad"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -244,7 +235,7 @@ def test_truncated_tar_member_is_a_read_error_not_a_retry(tmp_path, monkeypatch)
     (item,) = list_items([str(tar_path)])
     tar_path.write_bytes(data[: item.offset + 100])
     calls = []
-    monkeypatch.setattr(sources.time, "sleep", calls.append)
+    monkeypatch.setattr(storage.time, "sleep", calls.append)
     with pytest.raises(OSError, match="short read"):
         read_item(item)
     assert calls == []
@@ -255,7 +246,7 @@ def test_read_item_retries_transient_errors_only(tmp_path, monkeypatch):
     (item,) = list_items([str(tmp_path / "x.jpg")])
     fs, _ = filesystem(item.uri)
     sleeps: list[float] = []
-    monkeypatch.setattr(sources.time, "sleep", sleeps.append)
+    monkeypatch.setattr(storage.time, "sleep", sleeps.append)
     real = type(fs).cat_file
     failures = [ConnectionResetError(104, "Connection reset by peer"), TimeoutError("read timed out")]
 
@@ -292,7 +283,7 @@ def test_read_item_retries_transient_errors_only(tmp_path, monkeypatch):
     ],
 )
 def test_is_transient(exc, transient):
-    assert sources._is_transient(exc) is transient
+    assert storage.is_transient(exc) is transient
 
 
 def test_botocore_style_errors_are_classified():
@@ -301,16 +292,16 @@ def test_botocore_style_errors_are_classified():
             super().__init__(code)
             self.response = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
 
-    assert sources._is_transient(ClientError(503, "SlowDown"))
-    assert sources._is_transient(ClientError(500, "InternalError"))
-    assert not sources._is_transient(ClientError(403, "AccessDenied"))
+    assert storage.is_transient(ClientError(503, "SlowDown"))
+    assert storage.is_transient(ClientError(500, "InternalError"))
+    assert not storage.is_transient(ClientError(403, "AccessDenied"))
     try:  # s3fs-style wrapping: OSError raised from the botocore error
         try:
             raise ClientError(503, "SlowDown")
         except ClientError as inner:
             raise OSError("wrapped") from inner
     except OSError as wrapped:
-        assert sources._is_transient(wrapped)
+        assert storage.is_transient(wrapped)
 
 
 def test_manifests(tmp_path):
@@ -387,16 +378,16 @@ def test_duplicates_and_collisions(tmp_path):
 
 
 def test_digest_is_the_one_name_hash():
-    """sources.digest: sha1 hex of the UTF-8 text, also for undecodable local names (lone surrogates), and
+    """storage.digest: sha1 hex of the UTF-8 text, also for undecodable local names (lone surrogates), and
     the collision suffix of dedupe is its first 8 digits."""
-    from raycolor import ledger, sources
+    from raycolor import ledger
 
     name = "/scans/caf\udce9.jpg"  # os.fsdecode of a Latin-1 file name
-    assert sources.digest(name) == hashlib.sha1(b"/scans/caf\xed\xb3\xa9.jpg").hexdigest()
-    assert sources.digest(name, 8) == sources.digest(name)[:8] and len(sources.digest("x", 20)) == 20
-    a, b = (sources.Item(source=s, relpath="x.jpg", uri=s) for s in ("/a/x.jpg", name))
-    assert [i.relpath for i in sources.dedupe([a, b])] == ["x.jpg", f"x__{sources.digest(name, 8)}.jpg"]
-    assert ledger.root_id("/r") == sources.digest("root\x1f/r", 16)  # ids: the digest of parts joined by \x1f
+    assert storage.digest(name) == hashlib.sha1(b"/scans/caf\xed\xb3\xa9.jpg").hexdigest()
+    assert storage.digest(name, 8) == storage.digest(name)[:8] and len(storage.digest("x", 20)) == 20
+    a, b = (inputs.Item(source=s, relpath="x.jpg", uri=s) for s in ("/a/x.jpg", name))
+    assert [i.relpath for i in inputs.dedupe([a, b])] == ["x.jpg", f"x__{storage.digest(name, 8)}.jpg"]
+    assert ledger.root_id("/r") == storage.digest("root\x1f/r", 16)  # ids: the digest of parts joined by \x1f
 
 
 # ------------------------------------------------------------------------------------------
@@ -423,7 +414,7 @@ def test_write_bytes_atomic_local_failure_leaves_nothing(tmp_path, monkeypatch):
     def fail(src, dst):
         raise PermissionError("nope")
 
-    monkeypatch.setattr(sources.os, "replace", fail)
+    monkeypatch.setattr(storage.os, "replace", fail)
     with pytest.raises(PermissionError):
         write_bytes_atomic(str(target), b"new")
     assert sorted(os.listdir(tmp_path)) == ["x.png"] and target.read_bytes() == b"old"
@@ -441,7 +432,7 @@ def test_write_bytes_atomic_temp_file_in_tmp_dir_or_beside_across_mounts(tmp_pat
             raise OSError(errno.EXDEV, "Invalid cross-device link")
         return real(src, dst)
 
-    monkeypatch.setattr(sources.os, "replace", replace)
+    monkeypatch.setattr(storage.os, "replace", replace)
     write_bytes_atomic(str(target), b"one", tmp_dir=str(spool))
     assert seen == [str(spool)] and target.read_bytes() == b"one"
     write_bytes_atomic(str(target), b"two", tmp_dir=str(spool))
@@ -536,7 +527,7 @@ def test_s3_tar_and_manifest(s3_env):
 
 @pytest.fixture
 def fast_backoff(monkeypatch):
-    monkeypatch.setattr(sources, "_BACKOFF_BASE_S", 0.01)
+    monkeypatch.setattr(storage, "_BACKOFF_BASE_S", 0.01)
 
 
 @pytest.mark.parametrize("max_in_flight", [1, 4, 64])
@@ -550,7 +541,7 @@ def test_read_items_local_order_errors_and_tar_ranges(tmp_path, max_in_flight):
     gone = Item(source="gone", relpath="gone.jpg", uri=str(tmp_path / "gone.jpg"))
     items = items[:5] + [gone] + items[5:]
 
-    got = sources.read_items(items, retries=2, max_in_flight=max_in_flight)
+    got = storage.read_items(items, retries=2, max_in_flight=max_in_flight)
     assert len(got) == len(items)
     expected = [_payload(n, 300 + 37 * len(n)) for n in names[:5]] + [None]
     expected += [_payload(n, 300 + 37 * len(n)) for n in names[5:]] + list(members.values())
@@ -559,7 +550,7 @@ def test_read_items_local_order_errors_and_tar_ranges(tmp_path, max_in_flight):
             assert isinstance(data, FileNotFoundError), data
         else:
             assert data == want, item.source
-    assert sources.read_items([], max_in_flight=max_in_flight) == []
+    assert storage.read_items([], max_in_flight=max_in_flight) == []
 
 
 @pytest.mark.parametrize("max_in_flight", [1, 8])
@@ -570,9 +561,9 @@ def test_write_many_local_atomic_order_and_failures(tmp_path, max_in_flight):
     (tmp_path / "out" / "sub1").mkdir(parents=True)
     (tmp_path / "out" / "sub1" / "1.png").write_bytes(b"old content is replaced")
 
-    result = sources.write_many(pairs, retries=2, max_in_flight=max_in_flight)
+    result = storage.write_many(pairs, retries=2, max_in_flight=max_in_flight)
     assert len(result) == len(pairs)
-    assert isinstance(result[4], OSError) and not sources._is_transient(result[4])
+    assert isinstance(result[4], OSError) and not storage.is_transient(result[4])
     assert [r is None for r in result] == [i != 4 for i in range(len(pairs))]
     for (uri, data), r in zip(pairs, result):
         if r is None:
@@ -580,7 +571,7 @@ def test_write_many_local_atomic_order_and_failures(tmp_path, max_in_flight):
                 assert f.read() == data
     leftovers = [n for _, _, fs_ in os.walk(tmp_path) for n in fs_ if n.endswith(".tmp")]
     assert leftovers == []  # every write was temp + rename, nothing left behind
-    assert sources.write_many([], max_in_flight=max_in_flight) == []
+    assert storage.write_many([], max_in_flight=max_in_flight) == []
 
 
 def test_read_items_and_write_many_s3_concurrent_bounded_and_retried(s3_env, fast_backoff):
@@ -599,7 +590,7 @@ def test_read_items_and_write_many_s3_concurrent_bounded_and_retried(s3_env, fas
     items.insert(3, missing)
     expected = list(data.values())[:3] + [None] + list(data.values())[3:] + list(members.values())
 
-    # BOTO: botocore's own attempts per call of ours (sources.filesystem sets max_attempts=3). Keys failing
+    # BOTO: botocore's own attempts per call of ours (storage.filesystem sets max_attempts=3). Keys failing
     # that many times in a row get through only by our per-item retry; the others' single faults by either.
     BOTO = 3
     hard_get, hard_put = f"/{bucket}/in/05.jpg", f"/{bucket}/out/7.png"
@@ -610,7 +601,7 @@ def test_read_items_and_write_many_s3_concurrent_bounded_and_retried(s3_env, fas
         first_n(1, "reset", where=lambda m, k: m == "PUT" and k.startswith(f"/{bucket}/out/")),
     )
     with FaultProxy(s3_env.endpoint, policy, latency_s=0.05) as proxy:
-        got = sources.read_items(items, s3_endpoint=proxy.url, retries=3, max_in_flight=8)
+        got = storage.read_items(items, s3_endpoint=proxy.url, retries=3, max_in_flight=8)
         assert 1 < proxy.peak_in_flight <= 8  # concurrent, and never more than asked for
         assert len(got) == len(items)
         for item, data_i, want in zip(items, got, expected):
@@ -627,7 +618,7 @@ def test_read_items_and_write_many_s3_concurrent_bounded_and_retried(s3_env, fas
         no_bucket = f"{s3_env.bucket('x')}-nonexistent"
         pairs.insert(2, (f"s3://{no_bucket}/out/x.png", b"no bucket"))
         proxy.peak_in_flight = 0
-        result = sources.write_many(pairs, s3_endpoint=proxy.url, retries=3, max_in_flight=8)
+        result = storage.write_many(pairs, s3_endpoint=proxy.url, retries=3, max_in_flight=8)
         assert 1 < proxy.peak_in_flight <= 8
         assert outcomes("PUT", hard_put) == ["slowdown"] * BOTO + ["forwarded"]
         assert outcomes("PUT", f"/{no_bucket}/out/x.png") == ["forwarded"]
@@ -653,13 +644,13 @@ def test_concurrency_hides_latency(s3_env):
         fs.pipe_file(f"{bucket}/in/{i}.jpg", _payload(str(i)))
     items = list_items([f"s3://{bucket}/in"])
     with FaultProxy(s3_env.endpoint, latency_s=latency) as proxy:
-        sources.read_items(items[:1], s3_endpoint=proxy.url)  # connect once, outside the timings
+        storage.read_items(items[:1], s3_endpoint=proxy.url)  # connect once, outside the timings
         t0 = time.perf_counter()
-        one_at_a_time = sources.read_items(items, s3_endpoint=proxy.url, max_in_flight=1)
+        one_at_a_time = storage.read_items(items, s3_endpoint=proxy.url, max_in_flight=1)
         sequential_s = time.perf_counter() - t0
         assert proxy.peak_in_flight == 1
         t0 = time.perf_counter()
-        together = sources.read_items(items, s3_endpoint=proxy.url, max_in_flight=n)
+        together = storage.read_items(items, s3_endpoint=proxy.url, max_in_flight=n)
         concurrent_s = time.perf_counter() - t0
         assert proxy.peak_in_flight > n // 2
     assert one_at_a_time == together == [_payload(it.relpath[:-4]) for it in items]
@@ -671,7 +662,7 @@ def test_concurrency_hides_latency(s3_env):
 def test_absolute_makes_local_outputs_usable_from_any_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert sources.absolute("out/") == str(tmp_path / "out")
-    assert sources.absolute(" file://rel/x ") == str(tmp_path / "rel" / "x")
-    assert sources.absolute("~/runs") == str(tmp_path / "home" / "runs")
-    assert sources.absolute("s3://bucket/prefix//") == "s3://bucket/prefix"
+    assert storage.absolute("out/") == str(tmp_path / "out")
+    assert storage.absolute(" file://rel/x ") == str(tmp_path / "rel" / "x")
+    assert storage.absolute("~/runs") == str(tmp_path / "home" / "runs")
+    assert storage.absolute("s3://bucket/prefix//") == "s3://bucket/prefix"

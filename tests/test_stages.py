@@ -3,8 +3,8 @@ locally, without Ray"): every stage is a plain function of a numpy batch, and `P
 actor's code on a model in memory.
 
 `_run_stages` reproduces by hand what `build_dataset` / `predicted_dataset` / `colorize` (its `_stream_and_merge` step) wire together in
-raycolor/ray_colorize.py: a .txt manifest cut into shards (ledger.size_object, as planning does), each shard
-expanded into item rows (ledger.expand; the columns `_expand_shard` gives them), blocks of those rows ->
+raycolor/ray_colorize.py: a .txt manifest cut into shards (inputs.size_object, as planning does), each shard
+expanded into item rows (inputs.expand; the columns `_expand_shard` gives them), blocks of those rows ->
 decode_block -> Predictor -> finish_batch, and a shard's `merge_shard` once its last row is back (the driver's
 count against `shard_n`). Only the scheduling is left out: the rows, files and ledger records are the real ones.
 
@@ -27,7 +27,7 @@ import pytest
 import torch
 from PIL import Image
 
-from raycolor import checkpoint, color, images, ledger, sources
+from raycolor import checkpoint, color, images, inputs, ledger, storage
 from raycolor import ray_colorize as rc
 from raycolor.colorize import L_SCALE
 from raycolor.config import ColorizeConfig, StorageConfig
@@ -75,21 +75,21 @@ def _inputs(folder: Path, extra: dict[str, bytes] | None = None) -> Path:
     return manifest
 
 
-def _shards(manifest: Path, shard_size: int) -> list[ledger.Shard]:
+def _shards(manifest: Path, shard_size: int) -> list[inputs.Shard]:
     """The manifest's shards, as planning makes them (one root, so no namespace)."""
-    plan = ledger.classify(str(manifest))
+    plan = inputs.classify(str(manifest))
     [(kind, uri, tag)] = plan.objects
-    return ledger.size_object(kind, uri, tag, root=plan.root, shard_size=shard_size)
+    return inputs.size_object(kind, uri, tag, root=plan.root, shard_size=shard_size)
 
 
-def _item_rows(shard: ledger.Shard) -> list[dict]:
+def _item_rows(shard: inputs.Shard) -> list[dict]:
     """A shard's item rows, with the columns the expand task gives them."""
-    items = ledger.expand(shard)
+    items = inputs.expand(shard)
     return [{"source": i.source, "relpath": i.relpath, "uri": i.uri, "offset": i.offset, "size": i.size,
              "shard": shard.id, "shard_n": len(items), "error": ""} for i in items]
 
 
-def _descriptor(shard: ledger.Shard) -> dict:
+def _descriptor(shard: inputs.Shard) -> dict:
     """What the driver hands merge_shard: the shard's fields and its marker (the source of the one error row
     standing for a .txt shard that could not be expanded)."""
     return {**asdict(shard), "marker": f"{shard.uri}#bytes={shard.start}-{shard.stop}"}
@@ -101,11 +101,11 @@ def _batch(rows: list[dict]) -> dict[str, np.ndarray]:
             for k in rows[0]}
 
 
-def _run_stages(config: ColorizeConfig, shards: list[ledger.Shard], model, meta, *, block_rows: int = 4):
+def _run_stages(config: ColorizeConfig, shards: list[inputs.Shard], model, meta, *, block_rows: int = 4):
     """shards -> expand -> decode_block -> Predictor -> finish_batch -> merge_shard, by hand. Blocks of
     `block_rows` item rows cut across shards, as Ray Data's blocks do. Returns (the rows finish_batch handed
     back, {shard id: merge_shard's stats})."""
-    output = sources.absolute(config.output)
+    output = storage.absolute(config.output)
     stage = rc.ModelStage.for_colorize(config, meta.render_size)
     predictor = rc.Predictor.with_model(model, torch.device("cpu"), stage)
     descriptors = {s.id: _descriptor(s) for s in shards}
@@ -135,7 +135,7 @@ def _lightness(rgb: np.ndarray) -> torch.Tensor:
     return color.rgb_uint8_to_l(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1))
 
 
-def _check_ledger(out: Path, shards: list[ledger.Shard], stats: dict, *, ok: int, errors: dict[str, int]) -> None:
+def _check_ledger(out: Path, shards: list[inputs.Shard], stats: dict, *, ok: int, errors: dict[str, int]) -> None:
     """Every shard merged once: its stats record on disk (what merge returned), its part, no spool left."""
     assert set(stats) == {s.id for s in shards}
     assert ledger.finished_shards(str(out)) == set(stats)
@@ -186,14 +186,14 @@ def test_files_layout_decode_predict_finish_merge(tmp_path, tiny_ckpt, model):
     rows = one_row_each(out, srcs)
     for rel, _ in GOOD:
         row = rows[str(tmp_path / "in" / rel)]
-        want = out / "images" / sources.output_key(rel, ".png")
+        want = out / "images" / inputs.output_key(rel, ".png")
         assert row["output"] == str(want) and (row["status"], row["error"]) == ("ok", None)
         assert (row["model_id"], row["format"], row["bit_depth"]) == (meta.model_id, "png", 8)
         assert "provenance" in json.loads(row["metadata"])["added"]
         _check_image(want.read_bytes(), tmp_path / "in" / rel, row)
     # nothing else written: the images, one part and one stats record per shard
     written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
-    assert written == ({f"images/{sources.output_key(rel, '.png')}" for rel, _ in GOOD}
+    assert written == ({f"images/{inputs.output_key(rel, '.png')}" for rel, _ in GOOD}
                        | {f"manifest/{s.id}.parquet" for s in shards} | {f"_stats/{s.id}.json" for s in shards})
 
 
@@ -221,7 +221,7 @@ def test_webdataset_layout_writes_one_tar_per_shard(tmp_path, tiny_ckpt, model):
     for src, rel in srcs.items():
         row = rows[src]
         tar, name = row["output"].split("#")
-        key = rc.wds_key(sources.output_key(rel, ".png"))
+        key = rc.wds_key(inputs.output_key(rel, ".png"))
         assert name == f"{key}.png" and tar in members
         _check_image(members[tar][name], Path(src), row)
         side = json.loads(members[tar][f"{key}.json"])

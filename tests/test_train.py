@@ -63,14 +63,14 @@ def test_one_reading_loop_reads_the_batch_together_and_training_drops_unreadable
     """images.read_decoded, the one reading loop of colorize and training: one read_items call per batch,
     one result per item in order (decoded RGB, the bytes a peek hook took, or colorize's error text);
     the training transforms log and drop the error rows and transform the rest."""
-    from raycolor import images, ray_train, sources
+    from raycolor import images, inputs, ray_train, storage
 
     folder = make_images(tmp_path / "imgs", n=3)
     rows = [str(folder / "img00.png"), str(tmp_path / "gone.png"), str(folder / "broken.png"), str(folder / "img02.png")]
-    items = [sources.Item(source=r, relpath="", uri=r) for r in rows]
+    items = [inputs.Item(source=r, relpath="", uri=r) for r in rows]
     calls = []
-    read_items = sources.read_items
-    monkeypatch.setattr(sources, "read_items", lambda its, **kw: calls.append(len(its)) or read_items(its, **kw))
+    read_items = storage.read_items
+    monkeypatch.setattr(storage, "read_items", lambda its, **kw: calls.append(len(its)) or read_items(its, **kw))
     mine = (folder / "img02.png").read_bytes()
     got = list(images.read_decoded(
         items, s3_endpoint=None, retries=1, max_pixels=None, io_concurrency=4, peek=lambda data: "mine" if data == mine else None
@@ -103,8 +103,8 @@ def test_one_reading_loop_reads_the_batch_together_and_training_drops_unreadable
 
 
 def test_hash_split_is_deterministic_and_never_empty():
+    from raycolor.inputs import Item
     from raycolor.ray_train import split_items
-    from raycolor.sources import Item
 
     items = [Item(source=f"/d/{i}.png", relpath=f"{i}.png", uri=f"/d/{i}.png") for i in range(50)]
     train, val = split_items(items, 0.2)
@@ -121,8 +121,8 @@ def test_hash_split_is_deterministic_and_never_empty():
 def test_shard_split_equals_split_items():
     """Training holds no item list: per-shard SplitStats, summed, choose a rule that each shard's rows
     apply alone; the result is split_items' on the whole list, boundary moves included."""
+    from raycolor.inputs import Item
     from raycolor.ray_train import Split, SplitStats, split_items
-    from raycolor.sources import Item
 
     items = [Item(source=f"s3://b/d/{i}.jpg", relpath=f"{i}.jpg", uri=f"s3://b/d/{i}.jpg") for i in range(200)]
     cases = [(items, 0.1), (items, 0.5), (items[:2], 1e-9), (items[:2], 0.999999), (items[:7], 1e-9),

@@ -1,98 +1,74 @@
-"""Where images come from and where results go: URIs, listings, tar members, atomic writes.
+"""Where bytes live: fsspec filesystems, URIs, credential redaction, the retry policy, reads and writes.
 
-Pure fsspec/pyarrow: this module never imports ray or torch, so the Ray pipelines (and their
-workers) can call it cheaply.
+Pure fsspec: this module never imports ray or torch (nor any other raycolor module but ``config``), so the
+Ray pipelines (and their workers) can call it cheaply. What an input *is* (listing rules, items, shards)
+is :mod:`raycolor.inputs`; what an OUTPUT holds is :mod:`raycolor.ledger`.
 
-Inputs accepted by :func:`list_items` (any mix, in any number):
-
-* a folder -- local path, ``file://``, ``s3://bucket/prefix`` (or any installed fsspec protocol
-  such as ``gs://`` / ``az://``): recursive listing of the image files below it
-  (suffixes in :data:`IMAGE_SUFFIXES`, case-insensitive); ``relpath`` is the path relative to the
-  folder. Tars found inside a folder are *not* expanded: pass them explicitly.
-* a single image file: one item, ``relpath`` = its basename.
-* a ``.tar`` (uncompressed) archive: its regular image members are listed by reading the tar
-  headers only (seekable, no extraction, nothing written to disk). Each member becomes an item
-  whose ``uri`` is the tar itself plus ``offset``/``size``, so :func:`read_item` does one range
-  read. ``relpath`` = ``"<tar basename>/<member name>"``, sanitised. Links, devices, directories
-  and sparse members are skipped.
-* a manifest -- ``.txt`` (one URI per line; blank lines and ``#`` comments ignored) or
-  ``.parquet`` with a string ``uri`` column. Entries are taken as image files *as given*: no
-  listing and no existence check is done (that is the point of a manifest on a huge prefix); an
-  entry that cannot be read or decoded becomes an error row downstream.
-  Relative entries are resolved against the manifest's own folder. An entry with credentials in
-  its URI (``s3://key:secret@b/x.jpg``) is listed with them replaced by ``***`` and fails to
-  read: credentials in URIs are not supported anywhere (see :func:`filesystem`).
-  **Manifest relpath rule**: the entry's path without scheme and bucket/host -- ``s3://b/p/x.jpg``
-  -> ``p/x.jpg``, ``/data/p/x.jpg`` -> ``data/p/x.jpg``, ``file:///data/x.jpg`` ->
-  ``data/x.jpg``; a relative entry keeps its text (``imgs/x.jpg`` -> ``imgs/x.jpg``); always
-  sanitised.
-
-The order is deterministic: inputs in the order given; within a folder, sorted by relpath; within
-a tar, archive order (which is also the best order for range reads); within a manifest, file
-order. The same ``source`` appearing twice (across or within inputs) is kept once (first wins).
-Two different sources whose outputs would collide -- same relpath up to the extension and
-letter case, e.g. ``x.jpg`` and ``x.PNG`` both become ``x.png`` -- are disambiguated
-deterministically: the first keeps its name, later ones get ``"__" + sha1(source)[:8]`` before the
-extension (``x__1a2b3c4d.PNG``). "First keeps its name" means that appending inputs to a rerun
-never renames outputs that already exist.
+* URIs: :func:`filesystem` (local paths, ``file://``, ``s3://`` and any installed fsspec protocol),
+  :func:`join_uri` (never escapes its base), :func:`absolute`, :func:`is_local`, :func:`to_uri`,
+  :func:`protocol`; :func:`sanitize_relpath` is the path-safety rule ``join_uri`` applies to each part.
+* Credentials: never in URIs (:func:`has_credentials` refuses them); :func:`redact` scrubs any text built
+  from an exception before it is shown or stored.
+* Retries: :func:`retrying` (exponential backoff with jitter) on the failures :func:`is_transient` names.
+* Reads and writes: :func:`read_item` / :func:`read_items` (whole objects or one range read),
+  :func:`write_bytes_atomic` / :func:`write_many` (temp-then-rename locally, one PUT on object stores),
+  :func:`remove`, :func:`exists`.
+* :func:`digest` / :func:`digest_parts`: the one hash of names and ids.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import os
-import posixpath
 import random
 import re
-import tarfile
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from raycolor.config import DEFAULT_IO_CONCURRENCY
-from raycolor.suffixes import IMAGE_SUFFIXES, MANIFEST_SUFFIXES, TAR_SUFFIXES, suffix
+
+if TYPE_CHECKING:  # an Item is what an input is (raycolor.inputs, which imports this module)
+    from raycolor.inputs import Item
 
 __all__ = [
-    "IMAGE_SUFFIXES",  # these three and suffix(): raycolor.suffixes, the one definition
-    "MANIFEST_SUFFIXES",
-    "TAR_SUFFIXES",
+    "DRIVE_RE",
+    "LOCAL_PROTOCOLS",
     "InputError",
-    "Item",
+    "absolute",
     "digest",
+    "digest_parts",
     "exists",
     "filesystem",
+    "has_credentials",
     "is_local",
+    "is_transient",
     "join_uri",
-    "images_below",
-    "list_items",
-    "no_images",
-    "output_key",
+    "protocol",
     "read_item",
-    "remove",
     "read_items",
+    "redact",
+    "remove",
+    "retrying",
     "sanitize_relpath",
-    "txt_entries",
+    "to_uri",
+    "without_credentials",
     "write_bytes_atomic",
     "write_many",
 ]
 
-_LOCAL_PROTOCOLS = frozenset({"file", "local"})
+LOCAL_PROTOCOLS = frozenset({"file", "local"})
 _S3_PROTOCOLS = frozenset({"s3", "s3a"})
 
 # Backoff between attempts: base * 2**attempt (with jitter), capped. Module-level so tests can shrink it.
 _BACKOFF_BASE_S = 0.2
 _BACKOFF_CAP_S = 10.0
-# Block size for walking tar headers on object stores: every header costs at most one request of
-# this size (read-ahead), member data beyond it is skipped with a seek.
-_TAR_BLOCK_SIZE = 4 * 2**20
 # HTTP connections per S3 filesystem instance (one per process and endpoint): above any sensible
 # io_concurrency, so that the requests read_items/write_many put in flight never wait for a connection.
 _S3_MAX_POOL_CONNECTIONS = 128
@@ -103,34 +79,10 @@ T = TypeVar("T")
 class InputError(ValueError):
     """An input cannot be used: unknown/unreachable URI, empty listing, bad manifest.
 
-    The message is one line and never contains credentials.
+    The message is one line and never contains credentials. Defined here, below :mod:`raycolor.inputs`,
+    because :func:`filesystem` raises it (a URI with credentials, an unknown scheme) and the retry policy
+    never retries it; the listing rules of :mod:`raycolor.inputs` raise the same class.
     """
-
-
-@dataclass(frozen=True)
-class Item:
-    source: str  # user-visible URI: "s3://b/p/x.jpg", "/abs/x.jpg", or "s3://b/shard.tar#dir/x.jpg"
-    relpath: str  # sanitised relative output path (extension not yet replaced), e.g. "sub/x.jpg"
-    uri: str  # the object to read (for tar members: the tar's URI)
-    offset: int = 0  # byte offset of the member's data within `uri` (tar members)
-    size: int = -1  # bytes to read; -1 = whole object
-
-    @classmethod
-    def from_row(cls, row: Mapping) -> Item:
-        """The item of an item row (a dict, e.g. of a Ray Data dataset: source, uri, and optionally relpath,
-        offset, size; other keys ignored), with plain str/int fields whatever scalar types the row holds."""
-        return cls(source=str(row["source"]), relpath=str(row.get("relpath", "")), uri=str(row["uri"]),
-                   offset=int(row.get("offset", 0)), size=int(row.get("size", -1)))
-
-    @classmethod
-    def from_batch(cls, batch: Mapping, rows: Iterable[int] | None = None) -> list[Item]:
-        """The items of a columnar batch of item rows (columns as in :meth:`from_row`; numpy arrays or lists),
-        of the row indices ``rows`` (default: all), in that order."""
-        n = len(batch["source"])
-        return [cls.from_row({k: batch[k][i] for k in _ITEM_COLUMNS if k in batch}) for i in (range(n) if rows is None else rows)]
-
-
-_ITEM_COLUMNS = ("source", "relpath", "uri", "offset", "size")
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,7 +91,7 @@ _ITEM_COLUMNS = ("source", "relpath", "uri", "offset", "size")
 
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _SURROGATE_RE = re.compile(r"[\ud800-\udfff]")
-_DRIVE_RE = re.compile(r"^[A-Za-z]:")
+DRIVE_RE = re.compile(r"^[A-Za-z]:")
 
 
 def _components(name: str) -> list[str]:
@@ -149,7 +101,7 @@ def _components(name: str) -> list[str]:
     parts = [p for p in name.split("/") if p not in ("", ".", "..")]
     # A drive prefix only matters (Windows-absolute / drive-relative) on the first component;
     # loop because stripping "C:" may expose another one ("C:D:x").
-    while parts and _DRIVE_RE.match(parts[0]):
+    while parts and DRIVE_RE.match(parts[0]):
         rest = parts[0][2:]
         if rest in ("", ".", ".."):
             parts.pop(0)
@@ -166,20 +118,6 @@ def sanitize_relpath(name: str) -> str:
     are kept (undecodable bytes, i.e. lone surrogates, become U+FFFD). Empty -> "unnamed".
     """
     return "/".join(_components(name)) or "unnamed"
-
-
-def _split_ext(relpath: str) -> tuple[str, str]:
-    head, base = posixpath.split(relpath)
-    stem, ext = posixpath.splitext(base)  # ".hidden" -> (".hidden", "")
-    return posixpath.join(head, stem) if head else stem, ext
-
-
-def output_key(relpath: str, ext: str) -> str:
-    """``relpath`` (sanitised) with its extension replaced by ``ext``: ("a/b/x.JPG", ".png") -> "a/b/x.png"."""
-    if ext and not ext.startswith("."):
-        ext = "." + ext
-    stem, _ = _split_ext(sanitize_relpath(relpath))
-    return stem + ext
 
 
 def join_uri(base: str, *parts: str) -> str:
@@ -204,7 +142,7 @@ def join_uri(base: str, *parts: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _protocol(uri: str) -> str | None:
+def protocol(uri: str) -> str | None:
     if "://" not in uri:
         return None
     proto = uri.split("://", 1)[0].lower()
@@ -237,17 +175,17 @@ def _userinfo(uri: str) -> str:
     return uri.split("://", 1)[1].split("/", 1)[0].rpartition("@")[0]
 
 
-def _has_credentials(uri: str) -> bool:
+def has_credentials(uri: str) -> bool:
     """Whether ``uri`` carries credentials: any userinfo on s3:// and http(s)://, ``user:password@`` on
     any other remote scheme (``abfs://container@account...`` names a container, not a credential)."""
     info = _userinfo(uri)
-    proto = _protocol(uri)
-    if not info or proto is None or proto in _LOCAL_PROTOCOLS:
+    proto = protocol(uri)
+    if not info or proto is None or proto in LOCAL_PROTOCOLS:
         return False
     return proto in _S3_PROTOCOLS or proto in ("http", "https") or ":" in info
 
 
-def _without_credentials(uri: str) -> str:
+def without_credentials(uri: str) -> str:
     """``uri`` with its userinfo replaced by ``***`` (the rest of the URI kept byte for byte)."""
     scheme, rest = uri.split("://", 1)
     authority, sep, path = rest.partition("/")
@@ -268,19 +206,19 @@ def filesystem(uri: str, *, s3_endpoint: str | None = None) -> tuple[fsspec.Abst
 
     For S3 the endpoint is ``s3_endpoint`` or else ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``;
     credentials come from the usual AWS chain. A URI that carries credentials (see
-    :func:`_has_credentials`) raises :class:`InputError`. Directory-listing caching is disabled so that a
+    :func:`has_credentials`) raises :class:`InputError`. Directory-listing caching is disabled so that a
     listing or ``exists`` never answers from a stale cache. Instances are cached by fsspec (per
     process and arguments).
     """
     if not isinstance(uri, str) or not uri.strip():
         raise InputError(f"empty URI: {uri!r}")
-    proto = _protocol(uri)
-    if proto is None or proto in _LOCAL_PROTOCOLS:
+    proto = protocol(uri)
+    if proto is None or proto in LOCAL_PROTOCOLS:
         fs = LocalFileSystem()
         raw = uri.split("://", 1)[1] if proto else uri
         path = os.path.abspath(os.path.expanduser(raw)) if raw else os.sep
         return fs, path
-    if _has_credentials(uri):
+    if has_credentials(uri):
         # refused before any request, so no library error (or traceback) can echo them
         raise InputError(
             f"credentials in URIs are not supported (use the AWS environment/profile): {_redact(uri)}"
@@ -328,14 +266,14 @@ def absolute(uri: str) -> str:
 
 def is_local(uri: str) -> bool:
     """Whether ``uri`` names this machine's own filesystem (a plain path or ``file://``)."""
-    return _protocol(uri) in (None, *_LOCAL_PROTOCOLS)
+    return protocol(uri) in (None, *LOCAL_PROTOCOLS)
 
 
 def to_uri(fs: fsspec.AbstractFileSystem, path: str, like: str) -> str:
     """User-visible URI for ``path`` on ``fs``; ``like`` is the URI the user gave (keeps its scheme)."""
     if isinstance(fs, LocalFileSystem):
         return path
-    proto = _protocol(like)
+    proto = protocol(like)
     if proto in _S3_PROTOCOLS:
         return f"{proto}://{path}"
     return fs.unstrip_protocol(path)
@@ -414,7 +352,7 @@ def _status_of(exc: BaseException) -> tuple[int | None, str | None]:
     return (status if isinstance(status, int) else None), None
 
 
-def _is_transient(exc: BaseException) -> bool:
+def is_transient(exc: BaseException) -> bool:
     """5xx / throttling / connection reset / timeouts: retry. Not found, permission, bad input: don't."""
     seen: set[int] = set()
     chain: list[BaseException] = []
@@ -450,7 +388,7 @@ def retrying(fn: Callable[[], T], retries: int) -> T:
         try:
             return fn()
         except Exception as exc:
-            if attempt + 1 >= attempts or not _is_transient(exc):
+            if attempt + 1 >= attempts or not is_transient(exc):
                 raise
             delay = min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * (2**attempt))
             time.sleep(delay * (0.5 + random.random() / 2))
@@ -474,7 +412,7 @@ def read_item(item: Item, *, s3_endpoint: str | None = None, retries: int = 5) -
         return b""
     # s3fs answers a whole-object cat_file with a HEAD (for the size) and then the GET, unless its
     # chunked download is off: one round trip per image instead of two (objects of any size, one GET)
-    whole = {"max_concurrency": 1} if _protocol(item.uri) in _S3_PROTOCOLS else {}
+    whole = {"max_concurrency": 1} if protocol(item.uri) in _S3_PROTOCOLS else {}
 
     def once() -> bytes:
         if item.size < 0:
@@ -620,259 +558,8 @@ def exists(uri: str, *, s3_endpoint: str | None = None) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# Listing
+# Names and ids
 # --------------------------------------------------------------------------------------------
-
-
-def is_image(path: str) -> bool:
-    return suffix(path) in IMAGE_SUFFIXES
-
-
-def input_error(action: str, uri: str, exc: BaseException) -> InputError:
-    if isinstance(exc, InputError):
-        return exc
-    if isinstance(exc, FileNotFoundError):
-        return InputError(f"input not found: {_redact(uri)}")
-    if isinstance(exc, PermissionError):
-        return InputError(f"input not readable (permission denied): {_redact(uri)}")
-    detail = _redact(f"{type(exc).__name__}: {exc}", uri)
-    if len(detail) > 300:
-        detail = detail[:297] + "..."
-    return InputError(f"cannot {action} input {_redact(uri)} ({detail})")
-
-
-@contextlib.contextmanager
-def _reading_input(uri: str) -> Iterator[None]:
-    """What reading a tar's headers or a manifest can raise, as one-line InputErrors."""
-    try:
-        yield
-    except (tarfile.TarError, EOFError) as exc:
-        raise InputError(f"not a valid tar archive: {_redact(uri)} ({_redact(exc, uri)})") from exc
-    except InputError:
-        raise
-    except Exception as exc:
-        raise input_error("read", uri, exc) from exc
-
-
-def list_items(inputs: Sequence[str], *, s3_endpoint: str | None = None) -> list[Item]:
-    """Every image named by ``inputs`` (folders, image files, .tar archives, .txt/.parquet manifests).
-
-    See the module docstring for the rules. Raises :class:`InputError` for an input that does not
-    exist, cannot be read, is not a supported kind, or yields no image.
-    """
-    if isinstance(inputs, str):
-        inputs = [inputs]
-    if not inputs:
-        raise InputError("no inputs given")
-    items: list[Item] = []
-    for uri in inputs:
-        items.extend(_list_one(uri, s3_endpoint=s3_endpoint))
-    return _dedupe(items)
-
-
-def _list_one(uri: str, *, s3_endpoint: str | None) -> list[Item]:
-    if not isinstance(uri, str) or not uri.strip():
-        raise InputError(f"empty input URI: {uri!r}")
-    uri = uri.strip()
-    fs, path = filesystem(uri, s3_endpoint=s3_endpoint)
-    try:
-        info = retrying(lambda: fs.info(path), 3)
-    except Exception as exc:
-        raise input_error("read", uri, exc) from exc
-    if info.get("type") == "directory":
-        return _list_folder(fs, path, uri)
-    ext = suffix(path)
-    with _reading_input(uri):
-        if ext in TAR_SUFFIXES:
-            return _list_tar(fs, path, uri)
-        if ext in MANIFEST_SUFFIXES:
-            return _list_manifest(fs, path, uri, ext)
-    if ext in IMAGE_SUFFIXES:
-        source = to_uri(fs, path, uri)
-        return [Item(source=source, relpath=sanitize_relpath(posixpath.basename(path)), uri=source)]
-    raise InputError(
-        f"not an image, .tar archive or .txt/.parquet manifest: {_redact(uri)} "
-        f"(images: {', '.join(sorted(IMAGE_SUFFIXES))})"
-    )
-
-
-def _list_folder(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> list[Item]:
-    try:
-        found = retrying(lambda: fs.find(path, withdirs=False), 3)
-    except Exception as exc:
-        raise input_error("list", uri, exc) from exc
-    rows, _ = images_below(fs, path, uri, found)
-    if not rows:
-        raise no_images(uri)
-    return rows
-
-
-def images_below(fs: fsspec.AbstractFileSystem, folder: str, like: str, paths: Iterable[str], *,
-                 exclude: Iterable[str] = ()) -> tuple[list[Item], int]:
-    """The folder rule, stated once (:func:`list_items`, and the listing tasks of ``ledger``): the images
-    among ``paths`` (files listed below ``folder``, both paths on ``fs``): image suffixes only (any case),
-    ``relpath`` = the path relative to ``folder``, sanitised; ``source`` = ``uri`` = the file's URI (scheme
-    as in ``like``, the URI the user gave); sorted by (relpath, source). Images in or under an ``exclude``
-    folder (paths on ``fs``) strictly inside ``folder`` are left out. Returns (items, images found,
-    excluded ones too)."""
-    local = isinstance(fs, LocalFileSystem)
-    prefix = (folder.replace(os.sep, "/") if local else folder).rstrip("/") + "/"
-    skip = [x.rstrip("/") for x in exclude if x.startswith(prefix)]
-    images = [p for p in (p.replace(os.sep, "/") if local else p for p in paths) if p.startswith(prefix) and is_image(p)]
-    items = []
-    for p in images:
-        if any(p == x or p.startswith(x + "/") for x in skip):
-            continue
-        source = to_uri(fs, p, like)
-        items.append(Item(source=source, relpath=sanitize_relpath(p[len(prefix):]), uri=source))
-    items.sort(key=lambda it: (it.relpath, it.source))
-    return items, len(images)
-
-
-def no_images(uri: str) -> InputError:
-    """The error for a folder that holds no image."""
-    return InputError(f"no images found under {_redact(uri)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-
-
-def _list_tar(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> list[Item]:
-    tar_uri = to_uri(fs, path, uri)
-    base = sanitize_relpath(posixpath.basename(path))
-    rows = []
-    open_kwargs = {} if isinstance(fs, LocalFileSystem) else {"block_size": _TAR_BLOCK_SIZE, "cache_type": "readahead"}
-    with fs.open(path, "rb", **open_kwargs) as f:
-        # "r:" (seekable, uncompressed): tarfile reads each header and seeks over member data, so
-        # large members are never downloaded while listing.
-        with tarfile.open(fileobj=f, mode="r:") as tar:
-            for member in tar:
-                if not member.isfile() or member.issparse() or not is_image(member.name):
-                    continue
-                rows.append(
-                    Item(
-                        source=f"{tar_uri}#{member.name}",
-                        relpath=f"{base}/{sanitize_relpath(member.name)}",
-                        uri=tar_uri,
-                        offset=member.offset_data,
-                        size=member.size,
-                    )
-                )
-    if not rows:
-        raise InputError(
-            f"no image members in tar archive {_redact(uri)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
-        )
-    return rows
-
-
-_BOM = b"\xef\xbb\xbf"
-
-
-def txt_entries(raw: bytes, uri: str, *, offset: int = 0) -> Iterator[tuple[int, str]]:
-    """The ``.txt`` manifest rule, stated once (listing, sizing into byte ranges, and expanding a range all
-    use it): ``raw`` is the manifest's bytes from byte ``offset`` (a line start) on. Yields (the byte
-    position in the file where the line starts, the entry) for each entry line, in file order.
-
-    Lines end at ``\n``, ``\r\n`` or ``\r`` only (so a byte range cut at a line start holds whole lines; other
-    Unicode line separators are characters of a name). A UTF-8 BOM opening the file is skipped. Each line
-    must be UTF-8: a line that is not raises :class:`InputError` (the manifest is refused, never read with
-    replacement characters). Entries are stripped of whitespace; blank lines and lines starting with
-    ``#`` are not entries."""
-    pos = offset
-    if offset == 0 and raw.startswith(_BOM):
-        raw, pos = raw[len(_BOM):], len(_BOM)
-    for line in raw.splitlines(keepends=True):
-        try:
-            entry = line.decode("utf-8").strip()
-        except UnicodeDecodeError as exc:
-            raise InputError(f"bad manifest {_redact(uri)}: not UTF-8 text (the line at byte {pos})") from exc
-        if entry and not entry.startswith("#"):
-            yield pos, entry
-        pos += len(line)
-
-
-def _manifest_entries(fs: fsspec.AbstractFileSystem, path: str, uri: str, suffix: str) -> list[str]:
-    if suffix == ".txt":
-        return [entry for _, entry in txt_entries(fs.cat_file(path), uri)]
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        with fs.open(path, "rb") as f:
-            table = pq.read_table(f, columns=["uri"])
-    except (KeyError, pa.ArrowException) as exc:
-        raise InputError(f"bad manifest {_redact(uri)}: needs a parquet file with a 'uri' column ({_redact(exc, uri)})") from exc
-    column = table.column("uri")
-    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-        raise InputError(f"bad manifest {_redact(uri)}: column 'uri' must hold strings, not {column.type}")
-    return [v.strip() for v in column.to_pylist() if v is not None and v.strip()]
-
-
-def _manifest_relpath(entry: str) -> str:
-    proto = _protocol(entry)
-    if proto is None:
-        return sanitize_relpath(entry)
-    rest = entry.split("://", 1)[1]
-    if proto not in _LOCAL_PROTOCOLS:
-        rest = rest.lstrip("/").split("/", 1)[1] if "/" in rest.lstrip("/") else ""
-    return sanitize_relpath(rest)
-
-
-def _list_manifest(fs: fsspec.AbstractFileSystem, path: str, uri: str, suffix: str) -> list[Item]:
-    entries = _manifest_entries(fs, path, uri, suffix)
-    if not entries:
-        raise InputError(f"empty manifest (no URIs): {_redact(uri)}")
-    return _manifest_items(fs, path, uri, entries)
-
-
-def manifest_items(uri: str, entries: Sequence[str], *, s3_endpoint: str | None = None) -> list[Item]:
-    """Items for ``entries`` (lines or ``uri`` values) of the manifest at ``uri``: the manifest rules of
-    :func:`list_items` (relative entries resolve next to the manifest; relpath rule) applied to a part of
-    a manifest, as a shard task reads it. Not de-duplicated."""
-    fs, path = filesystem(uri, s3_endpoint=s3_endpoint)
-    return _manifest_items(fs, path, uri, [e.strip() for e in entries if e and e.strip()])
-
-
-def list_tar(uri: str, *, s3_endpoint: str | None = None) -> list[Item]:
-    """The image members of the tar archive at ``uri`` (header walk only), as :func:`list_items` lists them."""
-    fs, path = filesystem(uri, s3_endpoint=s3_endpoint)
-    with _reading_input(uri):
-        return _list_tar(fs, path, uri)
-
-
-def dedupe(items: Iterable[Item]) -> list[Item]:
-    """Public name of the de-duplication / collision-renaming rule (see the module docstring)."""
-    return _dedupe(items)
-
-
-def _manifest_items(fs: fsspec.AbstractFileSystem, path: str, uri: str, entries: Sequence[str]) -> list[Item]:
-    manifest_dir = posixpath.dirname(path) if not isinstance(fs, LocalFileSystem) else os.path.dirname(path)
-    checked: set[str] = set()
-    rows = []
-    for n, entry in enumerate(entries, 1):
-        proto = _protocol(entry)
-        if proto is None and not entry.startswith(("/", "~")) and not _DRIVE_RE.match(entry):
-            # relative entry: resolve against the manifest's folder, keep its own text as relpath
-            if isinstance(fs, LocalFileSystem):
-                target = os.path.normpath(os.path.join(manifest_dir, entry))
-            else:
-                target = to_uri(fs, posixpath.normpath(posixpath.join(manifest_dir, entry)), uri)
-        elif proto is None or proto in _LOCAL_PROTOCOLS:
-            raw = entry.split("://", 1)[1] if proto else entry
-            target = os.path.abspath(os.path.expanduser(raw))
-        else:
-            if proto not in checked:
-                try:
-                    fsspec.get_filesystem_class(proto)
-                except (ValueError, ImportError) as exc:
-                    raise InputError(
-                        f"bad manifest {_redact(uri)} line {n}: unsupported URI scheme {proto}:// ({_redact(exc, uri)})"
-                    ) from exc
-                checked.add(proto)
-            target = f"{proto}://{entry.split('://', 1)[1].lstrip('/')}"
-            if _has_credentials(target):
-                # kept as an item (it becomes an error row) but never with its credentials: the
-                # source is stored in the manifest and shipped to workers
-                target = _without_credentials(target)
-        rows.append(Item(source=target, relpath=_manifest_relpath(entry), uri=target))
-    return rows
 
 
 def digest(text: str, n: int = 40) -> str:
@@ -882,26 +569,6 @@ def digest(text: str, n: int = 40) -> str:
     return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:n]
 
 
-def _dedupe(items: Iterable[Item]) -> list[Item]:
-    """Drop repeated sources (first wins); rename later relpaths whose outputs would collide."""
-    out: list[Item] = []
-    seen_sources: set[str] = set()
-    taken: set[str] = set()  # lower-cased output stems (extension-less relpaths)
-    for item in items:
-        if item.source in seen_sources:
-            continue
-        seen_sources.add(item.source)
-        stem, ext = _split_ext(item.relpath)
-        key = stem.lower()
-        if key in taken:
-            salt = item.source
-            while True:
-                new_stem = f"{stem}__{digest(salt, 8)}"
-                if new_stem.lower() not in taken:
-                    break
-                salt += "#"  # astronomically rare: keep deterministic
-            stem, key = new_stem, new_stem.lower()
-            item = Item(source=item.source, relpath=stem + ext, uri=item.uri, offset=item.offset, size=item.size)
-        taken.add(key)
-        out.append(item)
-    return out
+def digest_parts(*parts: object, n: int = 16) -> str:
+    """The digest of several parts (ids of shards, roots, namespaces, the lock token): joined by \\x1f."""
+    return digest("\x1f".join(str(p) for p in parts), n)
