@@ -283,11 +283,11 @@ def _restarted_actor() -> bool:
     return ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed
 
 
-_ITEM_COLUMNS = ("uri", "offset", "size")
+_ITEM_COLUMNS = ("uri", "offset", "size")  # read by the decode stage; source and relpath stay with the row
 
 # Decoded blocks the object store holds per CPU of the cluster (ModelStage.dataset_limits): 256 MiB a CPU at the
 # default block size, 4 GiB for a 16-CPU GPU node, which at 4,000 images/s is a second of its pipeline.
-STORE_BLOCKS_PER_CPU = 8  # read by the decode stage; source and relpath stay with the row
+STORE_BLOCKS_PER_CPU = 8
 
 
 def _l_full(batch: dict, i: int):
