@@ -121,7 +121,13 @@ def packed_l(raw: bytes, height: int, width: int) -> np.ndarray:
 
 def unpack_l(raw: bytes, height: int, width: int) -> torch.Tensor:
     """pack_l's inverse: (1, H, W) float32 L (divided in place: one full-size float, 4 B/pixel)."""
-    L = np.frombuffer(raw, dtype=np.uint16).reshape(1, height, width).astype(np.float32)
+    return _unpacked(packed_l(raw, height, width))
+
+
+def _unpacked(packed: np.ndarray) -> torch.Tensor:
+    """uint16 L (any rows of pack_l's array) -> float32 L, divided in place: the one unpacking rule, used whole
+    (unpack_l) and by strips (compose), so both give the same floats."""
+    L = packed.astype(np.float32)
     L /= np.float32(L_SCALE)
     return torch.from_numpy(L)
 
@@ -173,11 +179,7 @@ class UpsampledAB:
 def _l_strip(L: torch.Tensor | np.ndarray, y0: int, y1: int) -> torch.Tensor:
     """Rows [y0, y1) of full-res L as float32: L itself, or L still packed (uint16 from pack_l), unpacked here a
     strip at a time exactly as unpack_l does it."""
-    if isinstance(L, np.ndarray):
-        x = L[..., y0:y1, :].astype(np.float32)
-        x /= np.float32(L_SCALE)
-        return torch.from_numpy(x)
-    return L[..., y0:y1, :]
+    return _unpacked(L[..., y0:y1, :]) if isinstance(L, np.ndarray) else L[..., y0:y1, :]
 
 
 def compose_batch(L: torch.Tensor | np.ndarray, ab_small: torch.Tensor, *, bits: int = 8) -> torch.Tensor:

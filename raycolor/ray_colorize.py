@@ -156,8 +156,6 @@ def decode_parts(batch: dict, *, stage: ModelStage) -> Iterator[dict]:
     Columns other than the item's pass through."""
     import torch
 
-    from raycolor.colorize import pack_l, prepare
-
     torch.set_num_threads(1)  # one task per CPU slot; torch must not oversubscribe the node
     store = stage.storage
     max_pixels, limit = stage.pixel_limit()
@@ -182,7 +180,7 @@ def decode_parts(batch: dict, *, stage: ModelStage) -> Iterator[dict]:
     part: list[tuple[int, dict]] = []
     pixels = 0
     for i in range(n):
-        row = {"error": pre[i]} if pre[i] else _decode_row(decoded, stage, pack_l, prepare)
+        row = {"error": pre[i]} if pre[i] else _decode_row(decoded, stage)
         part.append((i, row))
         pixels += row.get("width", 0) * row.get("height", 0)
         if pixels >= stage.block_pixels:
@@ -192,9 +190,11 @@ def decode_parts(batch: dict, *, stage: ModelStage) -> Iterator[dict]:
         yield _decoded_part(passthrough, part, stage)
 
 
-def _decode_row(decoded: Iterator[images.Decoded], stage: ModelStage, pack_l, prepare) -> dict:
+def _decode_row(decoded: Iterator[images.Decoded], stage: ModelStage) -> dict:
     """The next read item -> its decoded columns (error only, when it failed). Takes it from the iterator
     itself, so that the decoded RGB goes as soon as L is made (nothing else holds it)."""
+    from raycolor.colorize import pack_l, prepare
+
     got = next(decoded)
     if got.error is not None:
         return {"error": got.error}
@@ -558,7 +558,7 @@ def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, outp
         rows["metadata"].append(reports[i] if err is None else None)
         blobs.append(blob)
     table = pa.table(rows, schema=MANIFEST_SCHEMA)
-    if config.parquet_images or layout == "webdataset":
+    if keep_blobs:
         table = table.append_column(IMAGE_COLUMN, pa.array(blobs, type=pa.binary()))
     # one spool file per shard in this batch; named by its sources, so a retried task overwrites its own
     for sid in sorted(set(shard_col)):

@@ -4,6 +4,7 @@ keeping Ray's own chatter off a person's terminal."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -121,8 +122,7 @@ def dataset_limits(*, block_bytes: int, object_store_bytes: int | None = None) -
         ctx.target_max_block_size, ctx.execution_options.resource_limits = old
 
 
-_LIBC: list = []
-_FREED = [0]
+_HANDLED = [0]  # full-resolution bytes handled since the heap was last trimmed, in this process
 
 # Heap handed back at most once per this many bytes of full-resolution data handled: malloc_trim walks the
 # whole heap (~1.5 ms in a worker with torch loaded), worth it after a big scan, not after every thumbnail.
@@ -134,19 +134,23 @@ def trim_heap(handled: int) -> None:
     (added up over calls) reach TRIM_AFTER_BYTES. glibc keeps freed heap for reuse, so a worker that has just
     finished a 39 MP scan would go on holding its peak while idle, or while it works on thumbnails. A no-op
     where the C library is not glibc."""
-    _FREED[0] += handled
-    if _FREED[0] < TRIM_AFTER_BYTES:
+    _HANDLED[0] += handled
+    if _HANDLED[0] < TRIM_AFTER_BYTES:
         return
-    _FREED[0] = 0
-    if not _LIBC:
-        import ctypes
+    _HANDLED[0] = 0
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
-        try:
-            _LIBC.append(ctypes.CDLL("libc.so.6").malloc_trim)
-        except (OSError, AttributeError):
-            _LIBC.append(None)
-    if _LIBC[0] is not None:
-        _LIBC[0](0)
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def ray_get(refs, *, cancel=()):
