@@ -195,8 +195,10 @@ Depth = Literal["auto", "8", "16"]
 class DecodedImage(NamedTuple):
     """:func:`decode`'s result: upright sRGB pixels and the input's metadata."""
 
-    rgb: np.ndarray  # (H, W, 3) uint8, or uint16 (see decode's ``depth``); a grey source's is one plane seen three
-    meta: Metadata   # times (channel stride 0: read it, never write into it; decode_rgb gives a plain copy)
+    # rgb: (H, W, 3) uint8, or uint16 (see decode's ``depth``); a grey source's is one plane seen three times
+    # (channel stride 0: read it, never write into it; decode_rgb gives a plain copy)
+    rgb: np.ndarray
+    meta: Metadata
 
 
 def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
