@@ -27,6 +27,9 @@ _RAY_NOISE = re.compile(
     # (ray-project/ray#53727); it is lost only with the driver's node, so restarts do work (the killed-actor
     # test proves it). Ray's C++ core reports it at ERROR level with no switch of its own: known, dropped.
     r"|\[[^]]* E \d+ \d+\] core_worker\.cc:\d+: Actor with class name: 'MapWorker.*has constructor arguments"
+    # a task that failed while the driver was leaving (after its error was reported): the error it could not
+    # push is the one already reported, so this says only that the driver is gone
+    r"|\[[^]]* E \d+ \d+\] task_manager\.cc:\d+: Failed to push error to driver for task"
     r"|.*(A new progress UI is available|tqdm is not installed))"
 )
 
@@ -82,6 +85,17 @@ def connect(
         f"Started a local Ray runtime ({cpus} CPUs, {gpus} GPUs; no dashboard, {auth}); "
         "set --address or RAY_ADDRESS to use a cluster"
     )
+
+
+def disconnect() -> None:
+    """Leave Ray now (stop the local runtime, or detach from a cluster); a no-op when not connected.
+
+    The CLI calls it before its last line on a handled failure, inside runtime.quiet_stderr: Ray's core
+    otherwise logs from its own threads until the process exits, after that line and past the filter."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def ensure_ray() -> None:
