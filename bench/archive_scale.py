@@ -48,8 +48,8 @@ def write_manifest(path: Path, n: int, missing_root: Path) -> None:
 def checkpoint_dir(root: Path) -> str:
     import torch
 
-    from raycolor import checkpoint
-    from raycolor.model import build_colorizer
+    from raycolor.core import checkpoint
+    from raycolor.core.model import build_colorizer
 
     torch.manual_seed(0)
     path = root / "model"

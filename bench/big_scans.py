@@ -151,8 +151,8 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from raycolor import checkpoint
-    from raycolor.model import build_colorizer
+    from raycolor.core import checkpoint
+    from raycolor.core.model import build_colorizer
 
     raycolor = [sys.executable, "-m", "raycolor.cli", "colorize"]
     figures: dict = {}

@@ -8,13 +8,13 @@
 What it prints (all from one process, one run, so ratios are comparable even on a noisy machine):
 
 * model-only images/s: the Predictor's model (loaded from a checkpoint exactly as the actor loads it) on
-  random L batches at the render size, after warm-up, via ``raycolor.colorize.predict_ab``, in a Ray
+  random L batches at the render size, after warm-up, via ``raycolor.core.colorize.predict_ab``, in a Ray
   worker (the same kind of process as the actor: Ray runs workers at nice 15, so on a shared machine a
   measurement in the driver would not be comparable). CUDA: bf16 autocast and channels_last as in the
   actor, plus a torch.compile'd figure with ``--compile``. CPU: fp32, torch threads = the cores (``--cpus``
   or the largest node's CPUs). Measured before and after the end-to-end run; the mean of the two is the
   reference (the spread shows how noisy the machine was).
-* end-to-end: ``raycolor.ray_colorize.colorize`` over the synthetic inputs, timing every batch the driver
+* end-to-end: ``raycolor.pipelines.colorize.colorize`` over the synthetic inputs, timing every batch the driver
   receives through its ``on_rows(ok, error)`` callback (timed here). steady-state images/s = images completed between the
   10 % and 90 % marks / the time between them; plus time to first output and the total.
 * the ratio steady-state / model-only (CPU target: >= 0.70 at the same render size).
@@ -101,8 +101,8 @@ def make_inputs(cache_dir: Path, n: int) -> Path:
 def make_checkpoint(cache_dir: Path, render_size: int) -> str:
     import torch
 
-    from raycolor import checkpoint
-    from raycolor.model import build_colorizer
+    from raycolor.core import checkpoint
+    from raycolor.core.model import build_colorizer
 
     torch.manual_seed(0)
     path = Path(tempfile.mkdtemp(prefix=f"ckpt-r{render_size}-", dir=cache_dir))
@@ -234,7 +234,7 @@ def bench_model(model, *, render_size: int, batch_size: int, device, min_seconds
     """images/s of predict_ab(model, L) on random L batches (CPU tensors, as the actor receives them)."""
     import torch
 
-    from raycolor.colorize import predict_ab
+    from raycolor.core.colorize import predict_ab
 
     g = torch.Generator().manual_seed(1)
     batches = [torch.rand(batch_size, 1, render_size, render_size, generator=g) * 100 for _ in range(2)]
@@ -262,7 +262,7 @@ def bench_model(model, *, render_size: int, batch_size: int, device, min_seconds
 def load_model(ckpt: str, device, *, compile_model: bool):
     import torch
 
-    from raycolor import checkpoint
+    from raycolor.core import checkpoint
 
     model, _ = checkpoint.load(ckpt, map_location=device)
     if device.type == "cuda":
@@ -279,8 +279,8 @@ def profile_stages(folder: Path, ckpt: str, args, *, sample: int, include_model:
     """Single-thread ms/image of every CPU step an image takes, on `sample` of the inputs."""
     import torch
 
-    from raycolor import color, images
-    from raycolor.colorize import compose, predict_ab, prepare
+    from raycolor.core import color, images
+    from raycolor.core.colorize import compose, predict_ab, prepare
 
     torch.set_num_threads(1)
     paths = sorted(folder.glob("*.jpg"))[:sample]
@@ -293,7 +293,7 @@ def profile_stages(folder: Path, ckpt: str, args, *, sample: int, include_model:
     rgbs = [images.decode_rgb(b) for b in blobs]
     ms["prepare (RGB->L full + L small)"] = timed(lambda x: prepare(x, r), rgbs)
     prepared = [prepare(x, r) for x in rgbs]
-    from raycolor.colorize import pack_l, unpack_l
+    from raycolor.core.colorize import pack_l, unpack_l
 
     ms["pack L (float->uint16 bytes)"] = timed(lambda p: pack_l(p[0]), prepared)
     packed = [pack_l(p[0]) for p in prepared]
@@ -350,11 +350,10 @@ def profile_stages(folder: Path, ckpt: str, args, *, sample: int, include_model:
 
 def stage_functions(paths: list[Path], ckpt: str, args, model) -> dict:
     try:
-        from raycolor import ray_colorize as rc
-
         from dataclasses import asdict
 
         from raycolor import inputs
+        from raycolor.pipelines import colorize as rc
 
         wanted = {str(p) for p in paths}
         listed = [asdict(i) for i in inputs.list_items([str(paths[0].parent)]) if i.source in wanted]
@@ -416,7 +415,7 @@ def steady_state(events: list[tuple[float, int, float | None]], total: int, star
 
 def run_e2e(folder: Path, ckpt: str, output: str, args) -> dict:
     from raycolor.config import ColorizeConfig
-    from raycolor.ray_colorize import colorize
+    from raycolor.pipelines.colorize import colorize
 
     kw = {}
     if args.cpu_actors:

@@ -1,7 +1,7 @@
 """`raycolor evaluate` end to end, and SSIM alone, on the issue's case: 13 photos of 1024x640.
 
 Figures from one run:
-* SSIM on one 1024x640 pair: raycolor.metrics.ssim (scikit-image) vs the 2-D float64 convolution it
+* SSIM on one 1024x640 pair: raycolor.core.metrics.ssim (scikit-image) vs the 2-D float64 convolution it
   replaced (written out here as the reference), and the largest difference between their values;
 * the whole command as a user runs it -- `raycolor evaluate --checkpoint ... --data ... --json`, a fresh
   process starting its own local Ray -- wall-clock seconds (target <= 90 s on 2 cores).
@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from raycolor import checkpoint
+from raycolor.core import checkpoint
+from raycolor.core.metrics import ssim
+from raycolor.core.model import build_colorizer
 from raycolor.demo import sample_photos
-from raycolor.metrics import ssim
-from raycolor.model import build_colorizer
 
 
 def ssim_conv2d(a: np.ndarray, b: np.ndarray, window: int = 11, sigma: float = 1.5) -> float:

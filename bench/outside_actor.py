@@ -29,9 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from colorize_throughput import synthetic_image  # the same photo-like 640x480 inputs
-
 
 XMP = (
     '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/">'
@@ -82,10 +80,11 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from raycolor import checkpoint, inputs
-    from raycolor import ray_colorize as rc
+    from raycolor import inputs
     from raycolor.config import ColorizeConfig, StorageConfig
-    from raycolor.model import build_colorizer
+    from raycolor.core import checkpoint
+    from raycolor.core.model import build_colorizer
+    from raycolor.pipelines import colorize as rc
 
     torch.set_num_threads(1)
     figures = {}

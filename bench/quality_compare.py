@@ -6,9 +6,9 @@
     python bench/quality_compare.py --variants baseline,mse          # a subset
 
 Data: ``raycolor.demo.sample_photos()`` with the demo's split (every 4th photo held out: 12 train, 4 held out).
-Each variant trains with ``raycolor.ray_train.fit`` into ``OUT/<variant>/`` (``--val`` = the held-out list,
+Each variant trains with ``raycolor.pipelines.train.fit`` into ``OUT/<variant>/`` (``--val`` = the held-out list,
 so the training log's val numbers are on the same 4 photos) and is then scored with
-``raycolor.ray_evaluate.evaluate`` on the held-out originals at full resolution (grey-ify, colorize at the
+``raycolor.pipelines.evaluate.evaluate`` on the held-out originals at full resolution (grey-ify, colorize at the
 render size, compare), with a gallery in ``OUT/<variant>/gallery.png``.
 
 Variants (the baseline is TrainConfig's defaults for the three choices under test):
@@ -132,8 +132,9 @@ def train_config(args: argparse.Namespace, variant: str, seed: int, train_list: 
 
 
 def run_variant(args: argparse.Namespace, variant: str, seed: int, train_list: Path, held_list: Path, out: Path) -> dict:
-    from raycolor import ray_evaluate, ray_train
     from raycolor.config import EvaluateConfig
+    from raycolor.pipelines import evaluate as ray_evaluate
+    from raycolor.pipelines import train as ray_train
 
     cfg = train_config(args, variant, seed, train_list, held_list, out)
     run = out / run_name(variant, seed)
@@ -236,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     train_list, held_list, n_train, n_held = split_samples(out)
 
-    from raycolor import runtime
+    from raycolor.pipelines import runtime
 
     print(runtime.connect(args.address, num_cpus=args.num_cpus), flush=True)
     import ray

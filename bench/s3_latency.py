@@ -123,7 +123,7 @@ def steady_state(marks: list[tuple[float, int]], total: int) -> float | None:
 
 def run_once(name: str, *, bucket: str, proxy, latency_s: float, io_concurrency: int, ckpt: str, args) -> dict:
     from raycolor.config import ColorizeConfig, StorageConfig
-    from raycolor.ray_colorize import colorize
+    from raycolor.pipelines.colorize import colorize
 
     proxy.latency_s = latency_s
     before = proxy.counts["requests"]
@@ -188,10 +188,9 @@ def stage_profile(bucket: str, proxy, ckpt: str, args, latency_s: float, concurr
     one request at a time."""
     import torch
 
-    from raycolor import checkpoint
-    from raycolor import ray_colorize as rc
-
     from raycolor.config import ColorizeConfig, StorageConfig
+    from raycolor.core import checkpoint
+    from raycolor.pipelines import colorize as rc
 
     model, _ = checkpoint.load(ckpt)
     b = args.batch_size
@@ -262,8 +261,8 @@ def main(argv=None) -> dict:
     import s3fs
     import torch
 
-    from raycolor import checkpoint
-    from raycolor.model import build_colorizer
+    from raycolor.core import checkpoint
+    from raycolor.core.model import build_colorizer
     FaultProxy = fault_proxy_class()
 
     t_start = time.time()
@@ -295,7 +294,7 @@ def main(argv=None) -> dict:
                 stages = stage_profile(bucket, proxy, ckpt, args, lat, concurrency) if args.stages else {}
                 if not args.skip_pipeline:
                     from raycolor.config import ColorizeConfig, StorageConfig
-                    from raycolor.ray_colorize import colorize
+                    from raycolor.pipelines.colorize import colorize
 
                     colorize(ColorizeConfig(  # warm-up: Ray workers, imports, the S3 clients
                         inputs=(f"s3://{bucket}/warm",), output=f"s3://{bucket}/out-warm", checkpoint=ckpt,

@@ -3,7 +3,7 @@
 raw  images/s of forward + backward + AdamW step on random tensors already in memory, one process,
      model only (no data loading, no DDP), with the torch thread count one Ray CPU worker gets;
      best of 3 timed rounds.
-e2e  raycolor.ray_train.fit on JPEG files: Ray Data tasks read, decode, crop, flip and convert to Lab,
+e2e  raycolor.pipelines.train.fit on JPEG files: Ray Data tasks read, decode, crop, flip and convert to Lab,
      DDP workers train; the images/s of the last epoch (the first one includes pipeline start-up).
 
     python bench/train_throughput.py                       # small CPU defaults, < 2 min on 2 cores
@@ -42,7 +42,11 @@ def make_jpegs(folder: str, n: int, size: int, seed: int = 0) -> None:
 
 
 def raw_rate(*, image_size: int, batch_size: int, stage: str, gpu: bool, threads: int, steps: int) -> float:
-    from raycolor.model import ab_loss, build_colorizer, set_trainable_encoder_blocks
+    from raycolor.core.model import (
+        ab_loss,
+        build_colorizer,
+        set_trainable_encoder_blocks,
+    )
 
     device = torch.device("cuda" if gpu else "cpu")
     if not gpu:
@@ -90,8 +94,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--address", default=None, help="Ray cluster address (default: a private local Ray)")
     args = p.parse_args(argv)
 
-    from raycolor import ray_train, runtime
     from raycolor.config import TrainConfig
+    from raycolor.pipelines import runtime
+    from raycolor.pipelines import train as ray_train
 
     print(runtime.connect(args.address), flush=True)
     with tempfile.TemporaryDirectory(prefix="raycolor-bench-") as tmp:

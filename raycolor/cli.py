@@ -21,7 +21,7 @@ from raycolor.config import (
     StorageConfig,
     TrainConfig,
 )
-from raycolor.progress import DEFAULT_EVERY_S
+from raycolor.pipelines.progress import DEFAULT_EVERY_S
 
 app = typer.Typer(
     name="raycolor",
@@ -123,8 +123,8 @@ def main(
 
 
 def _usage_errors() -> tuple[type[BaseException], ...]:
-    from raycolor.checkpoint import CheckpointError
-    from raycolor.model import WeightsUnavailableError
+    from raycolor.core.checkpoint import CheckpointError
+    from raycolor.core.model import WeightsUnavailableError
     from raycolor.storage import InputError
 
     # ValueError covers ledger.OutputLocked (another driver holds OUTPUT) and ledger.OwnershipError
@@ -182,7 +182,7 @@ def _run(
     import signal
     import threading
 
-    from raycolor import runtime
+    from raycolor.pipelines import runtime
     from raycolor.storage import redact
 
     with runtime.quiet_stderr(enabled=not verbose) as terminal:
@@ -222,7 +222,7 @@ def _run(
 
 
 def _progress(label: str, terminal: IO[str], every_s: float):
-    from raycolor.progress import Progress
+    from raycolor.pipelines.progress import Progress
 
     return Progress(label, stream=terminal, every_s=every_s)
 
@@ -296,7 +296,7 @@ def train(
     )
 
     def call(terminal):
-        from raycolor import ray_train
+        from raycolor.pipelines import train as ray_train
 
         return ray_train.fit(config, terminal=terminal)
 
@@ -416,7 +416,7 @@ def colorize(
     )
 
     def call(terminal):
-        from raycolor import ray_colorize
+        from raycolor.pipelines import colorize as ray_colorize
 
         with _progress("colorize", terminal, progress_every) as bar:
             return ray_colorize.colorize(config, on_total=bar.start, on_rows=bar.update)
@@ -457,7 +457,7 @@ def list_(
     manifest shards (uri, relpath) for `colorize`."""
 
     def call(terminal):
-        from raycolor.planning import write_listing
+        from raycolor.pipelines.planning import write_listing
 
         return write_listing(inputs, output, shard_size=shard_size, s3_endpoint=s3_endpoint, retries=retries)
 
@@ -499,7 +499,7 @@ def evaluate(
     )
 
     def call(terminal):
-        from raycolor import ray_evaluate
+        from raycolor.pipelines import evaluate as ray_evaluate
 
         with _progress("evaluate", terminal, progress_every) as bar:
             return ray_evaluate.evaluate(config, on_total=bar.start, on_rows=bar.update)

@@ -7,9 +7,9 @@ sizes are chosen to finish in a few minutes on a 2-core laptop.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
-import contextlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -58,7 +58,7 @@ def sample_photos() -> list[Path]:
 def _resolve_weights(weights: str | None, echo: Callable[[str], None]) -> str | None:
     if weights is None or str(weights).lower() == "none":
         return None
-    from raycolor.model import WeightsUnavailableError, load_weights
+    from raycolor.core.model import WeightsUnavailableError, load_weights
 
     try:
         load_weights(weights)
@@ -78,9 +78,11 @@ def run_demo(
     progress: Callable[[str], Any] | None = None,
     terminal: IO[str] | None = None,
 ) -> DemoResult:
-    """progress(label) makes a raycolor.progress.Progress for the colorize and evaluate steps (none: silent);
+    """progress(label) makes a raycolor.pipelines.progress.Progress for the colorize and evaluate steps (none: silent);
     terminal: where training draws its progress."""
-    from raycolor import ray_colorize, ray_evaluate, ray_train
+    from raycolor.pipelines import colorize as ray_colorize
+    from raycolor.pipelines import evaluate as ray_evaluate
+    from raycolor.pipelines import train as ray_train
 
     start = time.time()
     out = Path(config.output).resolve()

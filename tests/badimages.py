@@ -1,7 +1,7 @@
 """Generator of a small corpus of awkward and broken image inputs.
 
 ``make_corpus(dirpath)`` writes the files and returns ``{filename: expected}``, where
-``expected`` is the :class:`raycolor.images.DecodeError` reason that
+``expected`` is the :class:`raycolor.core.images.DecodeError` reason that
 ``decode_rgb(data, max_pixels=BOMB_LIMIT)`` must raise, or ``None`` when the file must
 decode. The whole corpus is well under 1 MB and takes a few tens of milliseconds.
 

@@ -186,8 +186,8 @@ def tiny_ckpt(tmp_path_factory) -> str:
     """A saved checkpoint of a seeded, untrained model (weights=None) rendering at 32 px."""
     import torch
 
-    from raycolor import checkpoint
-    from raycolor.model import build_colorizer
+    from raycolor.core import checkpoint
+    from raycolor.core.model import build_colorizer
 
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("tiny_ckpt")

@@ -22,7 +22,7 @@ def joining_env(ray_address: str, **extra: str) -> dict[str, str]:
 
 def colorize_in_thread(cfg) -> tuple[threading.Thread, dict]:
     """colorize(cfg) running in a daemon thread; the dict gets "summary" or "error" when it ends."""
-    from raycolor.ray_colorize import colorize
+    from raycolor.pipelines.colorize import colorize
 
     result: dict = {}
 

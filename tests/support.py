@@ -129,7 +129,7 @@ def png_with_xmp(rgb: np.ndarray, packet: bytes) -> bytes:
 def bad_metadata_inputs(rgb: np.ndarray, exif: bytes) -> tuple[dict[str, tuple[bytes, str]], bytes]:
     """Issue 21's bad-metadata corpus around `rgb`: name -> (file bytes, output format), and the IPTC block
     in a wrong encoding that must come back verbatim. `exif`: a valid EXIF block to cut short."""
-    from raycolor import metadata
+    from raycolor.core import metadata
 
     maker = Image.Exif()
     maker[0x010F] = "Acme"
@@ -171,7 +171,7 @@ def check_carried_groups(t: dict, *, fmt: str) -> None:
 
 def check_provenance(t: dict, model_id: str) -> None:
     """The output says a model made its colour, and which."""
-    from raycolor import metadata
+    from raycolor.core import metadata
 
     assert t["XMP-iptcExt:DigitalSourceType"] == metadata.DIGITAL_SOURCE_TYPE
     assert t["XMP-xmp:CreatorTool"] == metadata.SOFTWARE and t["IFD0:Software"] == metadata.SOFTWARE
@@ -183,7 +183,7 @@ def check_provenance(t: dict, model_id: str) -> None:
 
 def one_row_each(out, expected) -> dict:
     """OUTPUT's manifest rows by source, after checking there is exactly one row per expected source."""
-    from raycolor.ledger import read_manifest
+    from raycolor.outputs.ledger import read_manifest
 
     rows = read_manifest(str(out)).to_pylist()
     srcs = [r["source"] for r in rows]

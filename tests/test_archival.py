@@ -15,11 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
-from raycolor.config import ColorizeConfig
-from raycolor.ledger import read_manifest
-from raycolor.ray_colorize import colorize
-
 from support import (
     EXIFTOOL,
     NO_EXIFTOOL,
@@ -32,6 +27,10 @@ from support import (
     exiftool_write,
     noise,
 )
+
+from raycolor.config import ColorizeConfig
+from raycolor.outputs.ledger import read_manifest
+from raycolor.pipelines.colorize import colorize
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(EXIFTOOL is None, reason=NO_EXIFTOOL)]
 

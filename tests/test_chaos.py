@@ -16,10 +16,10 @@ import tarfile
 import time
 
 import pytest
-
-from raycolor.ledger import read_manifest
-from tests.drivers import kill_group
 from support import subprocess_env
+
+from raycolor.outputs.ledger import read_manifest
+from tests.drivers import kill_group
 
 pytestmark = pytest.mark.slow
 
@@ -38,8 +38,8 @@ from ray.cluster_utils import Cluster
 from typer.testing import CliRunner
 from raycolor.cli import app
 from raycolor.config import ColorizeConfig, StorageConfig
-from raycolor.ray_colorize import colorize
-from raycolor.ray_train import fit
+from raycolor.pipelines.colorize import colorize
+from raycolor.pipelines.train import fit
 from tests.support import base_config
 
 src, s3_out, ckpt, tmp, data = sys.argv[1:6]
@@ -167,7 +167,6 @@ cluster.shutdown()
 def cluster_runs(s3_server, tiny_ckpt, tmp_path_factory) -> dict:
     """Run CLUSTER_DRIVER once: {scenario: record} plus "_env" (the S3 bucket's names) for the tests."""
     import s3fs
-
     from support import jpeg_bytes, make_images
 
     tmp = tmp_path_factory.mktemp("cluster")
@@ -272,11 +271,11 @@ def test_train_node_of_a_worker_removed_restores_from_checkpoint(cluster_runs):
     import io
 
     import torch
-
-    from raycolor import checkpoint
-    from raycolor.ray_train import split_items
-    from raycolor.inputs import list_items
     from support import assert_finite_lines
+
+    from raycolor.core import checkpoint
+    from raycolor.inputs import list_items
+    from raycolor.pipelines.train import split_items
 
     result = _run_of(cluster_runs, "train")
     assert result["removed"], "no training worker ran on a removable node"

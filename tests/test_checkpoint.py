@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from raycolor import checkpoint
-from raycolor.model import build_colorizer
+from raycolor.core import checkpoint
+from raycolor.core.model import build_colorizer
 
 
 def test_save_load_gives_identical_outputs(tmp_path):

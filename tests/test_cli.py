@@ -11,9 +11,13 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from raycolor import __version__, ray_colorize, ray_evaluate, ray_train, runtime
+from raycolor import __version__
 from raycolor.cli import app
 from raycolor.config import ColorizeConfig, EvaluateConfig, StorageConfig, TrainConfig
+from raycolor.pipelines import colorize as ray_colorize
+from raycolor.pipelines import evaluate as ray_evaluate
+from raycolor.pipelines import runtime
+from raycolor.pipelines import train as ray_train
 
 runner = CliRunner()
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from raycolor import color
+from raycolor.core import color
 
 
 def all_uint8_colors(step: int = 1) -> torch.Tensor:

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from raycolor import color
-from raycolor.colorize import colorize_rgb, compose, grey_baseline, prepare
-from raycolor.model import build_colorizer
+from raycolor.core import color
+from raycolor.core.colorize import colorize_rgb, compose, grey_baseline, prepare
+from raycolor.core.model import build_colorizer
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_grey_baseline_is_grey_with_same_lightness():
 
 
 def test_l_packs_into_uint16_and_back_within_its_precision():
-    from raycolor.colorize import L_SCALE, pack_l, unpack_l
+    from raycolor.core.colorize import L_SCALE, pack_l, unpack_l
 
     L = torch.rand(1, 5, 7, dtype=torch.float32) * 100
     raw = pack_l(L)
@@ -100,7 +100,7 @@ def test_a_16_bit_master_keeps_16_bit_lightness():
 
 def _whole_image_compose(L: torch.Tensor, ab_small: torch.Tensor, bits: int = 8) -> torch.Tensor:
     """compose_batch as one whole-image pass (as it was before strips): the reference strips must equal."""
-    from raycolor.colorize import UpsampledAB
+    from raycolor.core.colorize import UpsampledAB
 
     ab = UpsampledAB(ab_small, *L.shape[-2:]).strip(0, L.shape[-2])
     rgb = color.lab_to_rgb_in_gamut(L, ab)
@@ -115,7 +115,7 @@ def test_strips_give_the_whole_image_results(monkeypatch, shape, strip_pixels):
     to one whole-image pass: L exactly, and the composed RGB (so the gamut fit too), on odd sizes and on strips
     that split the image in many places. One thread, as the pipeline's stages run: torch's SIMD loops then see
     each pixel in the same lane either way (colorize.strips)."""
-    from raycolor import colorize as cz
+    from raycolor.core import colorize as cz
 
     monkeypatch.setattr(cz, "STRIP_PIXELS", strip_pixels)
     threads = torch.get_num_threads()
@@ -150,7 +150,7 @@ def test_upsampled_ab_is_bilinear_and_the_same_by_strips(small, big):
     the products and sums."""
     import torch.nn.functional as F
 
-    from raycolor.colorize import UpsampledAB
+    from raycolor.core.colorize import UpsampledAB
 
     g = torch.Generator().manual_seed(big[0])
     ab = (torch.rand(1, 2, *small, generator=g) - 0.5) * 260
@@ -175,8 +175,8 @@ def test_a_grey_master_is_decoded_as_one_plane_and_gives_the_same_l(bits):
 
     from PIL import Image
 
-    from raycolor import images
-    from raycolor.colorize import full_l
+    from raycolor.core import images
+    from raycolor.core.colorize import full_l
 
     g = np.random.default_rng(bits)
     grey = g.integers(0, 256 if bits == 8 else 65536, (197, 263)).astype(np.uint8 if bits == 8 else np.uint16)

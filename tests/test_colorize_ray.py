@@ -15,11 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
-from raycolor import images
-from raycolor.colorize import full_l
 from raycolor.config import ColorizeConfig
-from raycolor.ledger import read_manifest
-from raycolor.ray_colorize import colorize
+from raycolor.core import images
+from raycolor.core.colorize import full_l
+from raycolor.outputs.ledger import read_manifest
+from raycolor.pipelines.colorize import colorize
 
 pytestmark = pytest.mark.slow
 
@@ -220,7 +220,7 @@ def test_a_scan_over_the_memory_budget_is_an_error_row_and_the_rest_fit(ray_loca
     """--memory-per-cpu: decode and finish tasks ask Ray for that much memory (the run still schedules and
     finishes), and an image whose working set is over it alone is a "too_large" row that names the budget;
     not a transient error, so --retry-errors does not send it back into memory trouble."""
-    from raycolor.colorize import BYTES_PER_PIXEL
+    from raycolor.core.colorize import BYTES_PER_PIXEL
 
     inp = tmp_path / "in"
     inp.mkdir()
@@ -247,7 +247,7 @@ import json, sys, time
 import ray
 from ray.cluster_utils import Cluster
 from raycolor.config import ColorizeConfig
-from raycolor.ray_colorize import colorize
+from raycolor.pipelines.colorize import colorize
 
 inp, out, ckpt, node_memory, budget = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "memory": node_memory, "include_dashboard": False})

@@ -1,22 +1,93 @@
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
-CORE = ["color", "model", "colorize", "checkpoint", "config", "images", "storage", "inputs", "ledger", "metrics"]
+import raycolor
+
+PACKAGE = Path(raycolor.__file__).parent
+# The layers, lowest first: a module imports only from its own layer or those below it. The surface (cli, demo)
+# is everything that is not in a sub-package. docs/architecture.md draws the same stack.
+LAYERS = ("config", "storage", "core", "inputs", "outputs", "pipelines", "surface")
+BELOW_RAY = ("config", "storage", "core", "inputs", "outputs")
 
 
-def test_core_modules_do_not_import_ray():
+def _layer(module: str) -> str:
+    """raycolor.<x>[.<y>] -> its layer; the package root (raycolor.__version__) is the lowest."""
+    parts = module.split(".")
+    if len(parts) == 1 or parts[1] in ("__init__", "__version__", "config"):
+        return "config"
+    return parts[1] if parts[1] in LAYERS else "surface"
+
+
+def _modules() -> dict[str, Path]:
+    return {
+        ".".join(("raycolor", *p.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(".__init__"): p
+        for p in PACKAGE.rglob("*.py")
+    }
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """(line, raycolor module) for every import in the file, lazy ones too; imports under TYPE_CHECKING are
+    for annotations only and are left out."""
+    tree = ast.parse(path.read_text())
+    typing_only = {
+        id(n) for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test) for n in ast.walk(node)
+    }
+    found = []
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("raycolor"):
+            found += [(node.lineno, f"{node.module}.{a.name}") for a in node.names]
+        elif isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.startswith("raycolor")]
+    return found
+
+
+def test_every_module_belongs_to_a_layer_the_test_knows():
+    layers = {_layer(m) for m in _modules()}
+    assert layers == set(LAYERS), layers
+    assert _layer("raycolor.core.colorize") == "core" and _layer("raycolor.cli") == "surface"
+
+
+def test_layers_import_only_downwards():
+    """No module imports from a layer above its own (so there are no cycles between layers): the core never
+    sees inputs, the ledger or Ray's pipelines; storage sees nothing but config."""
+    upward = [
+        f"{module}:{line} imports {target}"
+        for module, path in _modules().items()
+        for line, target in _imports(path)
+        if LAYERS.index(_layer(target)) > LAYERS.index(_layer(module))
+    ]
+    assert not upward, upward
+
+
+def test_no_module_uses_another_modules_private_name():
+    """`from raycolor.x import _name` or `x._name` from another module: what is shared is public."""
+    used = []
+    for module, path in _modules().items():
+        for line, target in _imports(path):
+            if target.rsplit(".", 1)[-1].startswith("_") and not target.endswith(("__version__", "__init__")):
+                used.append(f"{module}:{line} imports {target}")
+    assert not used, used
+
+
+def test_the_layers_below_the_pipelines_do_not_import_ray():
+    modules = sorted(m for m in _modules() if _layer(m) in BELOW_RAY)
     code = (
         "import importlib, sys\n"
-        f"for name in {CORE!r}:\n"
-        "    importlib.import_module('raycolor.' + name)\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
         "assert 'ray' not in sys.modules, sorted(m for m in sys.modules if m.startswith('ray.'))[:5]\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_planning_imports_no_torch():
-    """`raycolor list` and the planners import raycolor.planning: without torch (~3 s and ~500 MB)."""
-    code = "import sys, raycolor.planning\nassert 'torch' not in sys.modules\n"
+    """`raycolor list` and the planners import raycolor.pipelines.planning: without torch (~3 s and ~500 MB)."""
+    code = "import sys, raycolor.pipelines.planning\nassert 'torch' not in sys.modules\n"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -33,24 +104,25 @@ def test_a_warning_from_our_code_fails_the_suite():
         warnings.warn_explicit("theirs", UserWarning, "other/x.py", 1, module="other.x")
 
 
-def test_storage_and_inputs_do_not_import_images():
-    """No import cycle images <-> storage/inputs: the suffix sets live in raycolor.suffixes, which images and
+def test_storage_and_inputs_do_not_load_the_decoder():
+    """What importing storage or inputs loads (the static test above sees only import lines): the suffix sets live
+    in raycolor.core.suffixes, which images and
     inputs import; storage and inputs never need the decoder, and images imports storage only in its reading
     loop. The rooms stack one way: storage imports neither inputs nor the ledger, inputs not the ledger."""
     code = (
         "import sys, raycolor.storage\n"
-        "assert not {'raycolor.inputs', 'raycolor.ledger', 'raycolor.images'} & set(sys.modules)\n"
-        "import raycolor.inputs, raycolor.suffixes\n"
-        "assert not {'raycolor.ledger', 'raycolor.images'} & set(sys.modules)\n"
-        "import raycolor.images as images\n"
-        "assert images.IMAGE_EXTENSIONS is raycolor.inputs.IMAGE_SUFFIXES is raycolor.suffixes.IMAGE_SUFFIXES\n"
+        "assert not {'raycolor.inputs', 'raycolor.outputs.ledger', 'raycolor.core.images'} & set(sys.modules)\n"
+        "import raycolor.inputs, raycolor.core.suffixes\n"
+        "assert not {'raycolor.outputs.ledger', 'raycolor.core.images'} & set(sys.modules)\n"
+        "import raycolor.core.images\n"
+        "assert raycolor.inputs.IMAGE_SUFFIXES is raycolor.core.suffixes.IMAGE_SUFFIXES\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_block_sizing_rule():
     """runtime.rows_per_block (no Ray when cpus is given): ~4 blocks per CPU, capped, never below 1 row."""
-    from raycolor.runtime import MAX_BLOCK_ROWS, rows_per_block
+    from raycolor.pipelines.runtime import MAX_BLOCK_ROWS, rows_per_block
 
     assert MAX_BLOCK_ROWS == 128
     assert [rows_per_block(n, 2) for n in (0, 1, 8, 9, 80, 1024, 2_000_000)] == [1, 1, 1, 2, 10, 128, 128]

@@ -3,7 +3,7 @@ import io
 import pytest
 from PIL import Image
 
-from raycolor.curves import render_curves
+from raycolor.core.curves import render_curves
 
 
 def test_curves_png_from_metrics_rows():

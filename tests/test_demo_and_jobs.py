@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from raycolor import checkpoint
 from raycolor.cli import app
+from raycolor.core import checkpoint
+from raycolor.core.model import build_colorizer
 from raycolor.demo import HELD_OUT_EVERY, sample_photos
-from raycolor.model import build_colorizer
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

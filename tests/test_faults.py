@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-
-from raycolor.ledger import read_manifest
-from tests.drivers import finish, joining_env, kill_group, output, spawn
 from support import one_row_each, subprocess_env, write_image
+
+from raycolor.outputs.ledger import read_manifest
+from tests.drivers import finish, joining_env, kill_group, output, spawn
 
 pytestmark = pytest.mark.slow
 

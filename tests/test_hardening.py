@@ -24,12 +24,13 @@ import pytest
 import torch
 from PIL import Image
 
-from raycolor import checkpoint, images, inputs, storage
-from raycolor.colorize import full_l
+from raycolor import inputs, storage
 from raycolor.config import ColorizeConfig, StorageConfig
-from raycolor.ledger import read_manifest
-from raycolor.model import build_colorizer
-from raycolor.ray_colorize import colorize
+from raycolor.core import checkpoint, images
+from raycolor.core.colorize import full_l
+from raycolor.core.model import build_colorizer
+from raycolor.outputs.ledger import read_manifest
+from raycolor.pipelines.colorize import colorize
 from tests import badimages
 from tests.faultproxy import FaultProxy, always, combine, first_n, random_faults
 

@@ -1,4 +1,4 @@
-"""raycolor.images: decode policy, typed errors, encoders. Fast, no Ray."""
+"""raycolor.core.images: decode policy, typed errors, encoders. Fast, no Ray."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ import pytest
 from PIL import Image, ImageFile
 
 from raycolor.config import DEFAULT_MAX_PIXELS
-from raycolor.images import (
-    IMAGE_EXTENSIONS,
+from raycolor.core.images import (
     DecodeError,
     decode_rgb,
     encode_jpeg,
     encode_png,
     extension,
 )
+from raycolor.core.suffixes import IMAGE_SUFFIXES
 
 try:
     import badimages
@@ -318,8 +318,8 @@ def test_encode_rejects_non_rgb_uint8(bad):
 
 
 def test_image_extensions():
-    assert IMAGE_EXTENSIONS == frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
-    assert all(e == e.lower() for e in IMAGE_EXTENSIONS)
+    assert IMAGE_SUFFIXES == frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
+    assert all(e == e.lower() for e in IMAGE_SUFFIXES)
 
 
 # ---------------------------------------------------------------------- tar corpus
@@ -343,7 +343,7 @@ def test_tar_with_bad_members(tmp_path):
 
 def test_importing_images_does_not_import_ray_or_torch():
     code = (
-        "import raycolor.images, sys; "
+        "import raycolor.core.images, sys; "
         "assert 'ray' not in sys.modules, 'ray'; assert 'torch' not in sys.modules, 'torch'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=60)

@@ -1,4 +1,4 @@
-"""raycolor.ledger without Ray: shard planning and expansion, content-defined listing chunks, namespaces,
+"""raycolor.outputs.ledger without Ray: shard planning and expansion, content-defined listing chunks, namespaces,
 the OUTPUT lock (local O_EXCL and S3 conditional PUT against the moto server)."""
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raycolor import inputs, ledger, storage
-from raycolor.ledger import OutputLocked
+from raycolor import inputs, storage
+from raycolor.outputs import ledger
+from raycolor.outputs.ledger import OutputLocked
 
 
 def _entries(shards, **kw):
@@ -141,7 +142,8 @@ def test_retryable_reasons():
 
 HOLD = """
 import sys, time
-from raycolor import inputs, ledger, storage
+from raycolor import inputs, storage
+from raycolor.outputs import ledger
 ledger.acquire_lock(sys.argv[1])
 print("HELD", flush=True)
 time.sleep(60)
@@ -231,7 +233,7 @@ def test_list_group_leaves_a_nested_root_to_its_own_listing(tmp_path):
 def test_packs_of_small_folder_remainders_are_bounded_and_realign():
     """planning.packs (pure; no Ray is started): packs never exceed the size, are at least half full except
     the last, and a folder that gained images changes only the packs near it."""
-    from raycolor.planning import packs
+    from raycolor.pipelines.planning import packs
 
     rems = [(f"box{i:04d}", f"t{i}", 3 + i % 5) for i in range(400)]
     out = packs(rems, 40)

@@ -14,16 +14,17 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from support import jpeg_bytes, one_row_each, write_image
 from typer.testing import CliRunner
 
-from raycolor import images, runtime
 from raycolor.cli import app
-from raycolor.colorize import full_l
 from raycolor.config import ColorizeConfig, StorageConfig
-from raycolor.ledger import OutputLocked, read_manifest
-from raycolor.ray_colorize import colorize
+from raycolor.core import images
+from raycolor.core.colorize import full_l
+from raycolor.outputs.ledger import OutputLocked, read_manifest
+from raycolor.pipelines import runtime
+from raycolor.pipelines.colorize import colorize
 from tests.faultproxy import FaultProxy, always, combine
-from support import jpeg_bytes, one_row_each, write_image
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +76,7 @@ DRIVER = textwrap.dedent(
     """
     import sys, ray
     from raycolor.config import ColorizeConfig
-    from raycolor.ray_colorize import colorize
+    from raycolor.pipelines.colorize import colorize
     ray.init()  # RAY_ADDRESS: the session's Ray, joined as a cluster job would
     s = colorize(ColorizeConfig(inputs=(sys.argv[1],), output=sys.argv[2], checkpoint=sys.argv[3], batch_size=1, shard_size=3))
     print("DONE", s.ok)
@@ -175,7 +176,7 @@ KILLED_DRIVER = textwrap.dedent(
     """
     import sys, ray
     from raycolor.config import ColorizeConfig
-    from raycolor.ray_colorize import colorize
+    from raycolor.pipelines.colorize import colorize
     ray.init()  # RAY_ADDRESS: the session's Ray, joined as a cluster job would
     colorize(ColorizeConfig(inputs=(sys.argv[1],), output=sys.argv[2], checkpoint=sys.argv[3], batch_size=1, shard_size=3,
                             layout=sys.argv[4]))
@@ -358,7 +359,7 @@ def test_folder_plan_lists_in_tasks_bins_small_folders_and_cuts_big_ones(ray_loc
     30 small sub-folders are packed into chunks of at most --shard-size, one big sub-folder is cut by its
     own task; an unchanged folder plans the same shards and rewrites no chunk."""
     from raycolor import inputs
-    from raycolor.planning import plan
+    from raycolor.pipelines.planning import plan
 
     src, out = tmp_path / "scans", tmp_path / "out"
     names = [f"box{b:02d}/{i}.jpg" for b in range(30) for i in range(3)] + [f"big/{i:03d}.jpg" for i in range(50)] + ["top.jpg"]
@@ -391,7 +392,8 @@ def test_a_planning_task_error_reaches_the_driver_as_itself(ray_local, tmp_path)
     refs given to cancel are cancelled."""
     import ray
 
-    from raycolor import inputs, planning
+    from raycolor import inputs
+    from raycolor.pipelines import planning
 
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("ok.jpg\ncaf\u00e9.jpg\n".encode("latin-1"))

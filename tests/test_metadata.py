@@ -1,4 +1,4 @@
-"""raycolor.metadata and images.decode: metadata carried from input to output, provenance, 16-bit, ICC.
+"""raycolor.core.metadata and images.decode: metadata carried from input to output, provenance, 16-bit, ICC.
 
 Fast, no Ray. Outputs are read back with exiftool (an independent reader, not Pillow) and inputs are
 written with Pillow plus exiftool (an independent writer); exiftool reads many files per call, so each
@@ -15,11 +15,6 @@ import zlib
 import numpy as np
 import pytest
 from PIL import Image, ImageCms
-
-from raycolor import images, metadata
-from raycolor.images import decode, decode_rgb
-from raycolor.metadata import DIGITAL_SOURCE_TYPE, Metadata, Provenance, embed_jpeg, encode
-
 from support import (
     EXIFTOOL,
     NO_EXIFTOOL,
@@ -33,6 +28,16 @@ from support import (
     noise,
     png_with_xmp,
     xmp_packet,
+)
+
+from raycolor.core import images, metadata
+from raycolor.core.images import decode, decode_rgb
+from raycolor.core.metadata import (
+    DIGITAL_SOURCE_TYPE,
+    Metadata,
+    Provenance,
+    embed_jpeg,
+    encode,
 )
 
 try:
@@ -241,7 +246,7 @@ def test_multi_page_tiff_first_page_and_count():
 
 
 def _lightness(v: np.ndarray) -> np.ndarray:
-    """raycolor.color's L* of a grey sRGB value in [0, 1], in float64 NumPy (R = G = B, so Y = linear)."""
+    """raycolor.core.color's L* of a grey sRGB value in [0, 1], in float64 NumPy (R = G = B, so Y = linear)."""
     lin = np.where(v <= 0.04045, v / 12.92, ((np.maximum(v, 0.04045) + 0.055) / 1.055) ** 2.4)
     delta = 6 / 29
     f = np.where(lin > delta**3, np.cbrt(lin), lin / (3 * delta**2) + 4 / 29)
@@ -249,10 +254,10 @@ def _lightness(v: np.ndarray) -> np.ndarray:
 
 
 def test_lightness_is_raycolor_colors_formula():
-    """The NumPy L* above is raycolor.color's (torch) on grey input. Both run in float64, where pow and
+    """The NumPy L* above is raycolor.core.color's (torch) on grey input. Both run in float64, where pow and
     cbrt differ by a few ulp between kernels: L <= 100, so a few ulp are ~1e-13; 1e-9 bounds it."""
     torch = pytest.importorskip("torch")
-    from raycolor.color import rgb_to_lab
+    from raycolor.core.color import rgb_to_lab
 
     v = np.linspace(0, 1, 1001)
     rgb = torch.from_numpy(np.stack([v, v, v])[:, None, :])  # (3, 1, N) float64

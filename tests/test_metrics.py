@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from raycolor.metrics import colourfulness, image_metrics, psnr, ssim
+from raycolor.core.metrics import colourfulness, image_metrics, psnr, ssim
 
 
 def test_psnr_of_known_arrays():

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from raycolor import color
-from raycolor.model import (
+from raycolor.core import color
+from raycolor.core.model import (
     VGG_BLOCKS,
     WeightsUnavailableError,
     build_colorizer,
@@ -52,7 +52,7 @@ def test_freeze_then_unfreeze_top_blocks(model):
 def test_encoder_layers_are_torchvisions_make_layers():
     from torchvision.models.vgg import cfgs, make_layers
 
-    from raycolor.model import vgg16_features
+    from raycolor.core.model import vgg16_features
 
     ours, theirs = vgg16_features(), make_layers(cfgs["D"], batch_norm=False)
     assert [repr(m) for m in ours] == [repr(m) for m in theirs]
@@ -120,7 +120,7 @@ def test_overfits_one_tiny_batch():
 
 
 def test_configure_optimizers_covers_every_parameter_once_with_the_stage_rates():
-    from raycolor.model import build_colorizer
+    from raycolor.core.model import build_colorizer
 
     model = build_colorizer(weights=None)
     opt = model.configure_optimizers(lr=1e-3, finetune_lr=1e-5, weight_decay=0.01)
@@ -132,8 +132,8 @@ def test_configure_optimizers_covers_every_parameter_once_with_the_stage_rates()
 
 
 def test_ab_loss_smooth_l1_is_l1_beyond_beta_and_mse_is_squared():
-    from raycolor import color
-    from raycolor.model import SMOOTH_L1_BETA, ab_loss
+    from raycolor.core import color
+    from raycolor.core.model import SMOOTH_L1_BETA, ab_loss
 
     true = torch.zeros(1, 2, 1, 1)
     far = torch.full((1, 2, 1, 1), 0.5 * color.AB_NORM)  # 0.5 in normalised units, far beyond beta

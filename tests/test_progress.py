@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import time
 
-from raycolor.progress import Progress, TrainProgress, fmt_duration
+from raycolor.pipelines.progress import Progress, TrainProgress, fmt_duration
 
 
 def test_plain_lines_count_rate_eta_and_outcomes():

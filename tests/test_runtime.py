@@ -7,7 +7,7 @@ pytestmark = pytest.mark.slow
 
 PROBE = """
 import os, ray
-from raycolor.runtime import connect
+from raycolor.pipelines.runtime import connect
 line = connect(None, num_cpus=1)
 print(line)
 print("AUTH", os.environ.get("RAY_AUTH_MODE"))

@@ -3,7 +3,7 @@ locally, without Ray"): every stage is a plain function of a numpy batch, and `P
 actor's code on a model in memory.
 
 `_run_stages` reproduces by hand what `build_dataset` / `predicted_dataset` / `colorize` (its `_stream_and_merge` step) wire together in
-raycolor/ray_colorize.py: a .txt manifest cut into shards (inputs.size_object, as planning does), each shard
+raycolor/pipelines/colorize.py: a .txt manifest cut into shards (inputs.size_object, as planning does), each shard
 expanded into item rows (inputs.expand; the columns `_expand_shard` gives them), blocks of those rows ->
 decode_block -> Predictor -> finish_batch, and a shard's `merge_shard` once its last row is back (the driver's
 count against `shard_n`). Only the scheduling is left out: the rows, files and ledger records are the real ones.
@@ -26,12 +26,6 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
-
-from raycolor import checkpoint, color, images, inputs, ledger, storage
-from raycolor import ray_colorize as rc
-from raycolor.colorize import L_SCALE
-from raycolor.config import ColorizeConfig, StorageConfig
-
 from support import (
     TAGS,
     check_carried_groups,
@@ -44,6 +38,13 @@ from support import (
     noise,
     one_row_each,
 )
+
+from raycolor import inputs, storage
+from raycolor.config import ColorizeConfig, StorageConfig
+from raycolor.core import checkpoint, color, images
+from raycolor.core.colorize import L_SCALE
+from raycolor.outputs import ledger
+from raycolor.pipelines import colorize as rc
 
 # (relpath in the manifest, (h, w)): sizes all different, so an image written under another row's name shows
 GOOD = [("a.png", (24, 32)), ("sub/b.jpg", (40, 20)), ("c.png", (17, 30)), ("sub/deeper/d.png", (33, 33)),
@@ -332,7 +333,7 @@ def test_archival_metadata_survives_the_stages(tmp_path, tiny_ckpt, model, devic
 def _store(path: Path):
     import pyarrow.fs as pafs
 
-    from raycolor.ray_train import CheckpointStore
+    from raycolor.pipelines.train import CheckpointStore
 
     return CheckpointStore(pafs.LocalFileSystem(), str(path))
 
@@ -340,7 +341,7 @@ def _store(path: Path):
 def test_checkpoint_names_sort_by_epoch_and_only_checkpoints_count(tmp_path):
     """new_name puts the epoch first (zero-padded), so names() in order is the order of progress; other folders
     and files in the run's folder are not checkpoints."""
-    from raycolor.ray_train import CheckpointStore
+    from raycolor.pipelines.train import CheckpointStore
 
     store = _store(tmp_path / "train")
     assert store.names() == []  # no folder yet
@@ -354,8 +355,8 @@ def test_checkpoint_names_sort_by_epoch_and_only_checkpoints_count(tmp_path):
 
 def _write_checkpoint(store_dir: Path, epoch: int, seed: int) -> tuple[str, torch.nn.Module, torch.optim.Optimizer]:
     """A checkpoint folder as CheckpointStore.save hands it to Ray Train: the core checkpoint plus train_state.pt."""
-    from raycolor import ray_train
-    from raycolor.model import build_colorizer
+    from raycolor.core.model import build_colorizer
+    from raycolor.pipelines import train as ray_train
 
     torch.manual_seed(seed)
     m = build_colorizer(weights=None)
@@ -375,7 +376,7 @@ def _write_checkpoint(store_dir: Path, epoch: int, seed: int) -> tuple[str, torc
 def test_checkpoint_store_skips_unusable_checkpoints_and_exports_the_newest_good_one(tmp_path):
     import ray
 
-    from raycolor.checkpoint import CheckpointError
+    from raycolor.core.checkpoint import CheckpointError
 
     started_before = ray.is_initialized()  # another test file of this pytest worker may have started one
     run = tmp_path / "train"
@@ -398,7 +399,7 @@ def test_checkpoint_store_skips_unusable_checkpoints_and_exports_the_newest_good
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     (model_dir / checkpoint.CONFIG_NAME).write_text("{}")  # an older export's config is replaced, not mixed in
-    from raycolor.ray_train import CheckpointStore
+    from raycolor.pipelines.train import CheckpointStore
 
     assert CheckpointStore.export(restored, str(model_dir), StorageConfig(retries=1)) == str(model_dir)
     exported, exported_meta = checkpoint.load(str(model_dir))

@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-from raycolor import checkpoint
-from raycolor.checkpoint import CheckpointError
-from raycolor.model import WeightsUnavailableError
-
 from support import SIZE, assert_finite_lines, base_config, make_images
+
+from raycolor.core import checkpoint
+from raycolor.core.checkpoint import CheckpointError
+from raycolor.core.model import WeightsUnavailableError
+
 
 def read_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
@@ -38,7 +38,7 @@ def checkpoint_dirs(output: Path) -> list[Path]:
 
 @pytest.mark.ray  # fit imports Ray's library before it checks the config
 def test_config_is_validated_before_anything_starts(tmp_path):
-    from raycolor.ray_train import fit
+    from raycolor.pipelines.train import fit
 
     cfg = base_config(str(tmp_path), str(tmp_path / "out"))
     for change, message in [
@@ -63,7 +63,9 @@ def test_one_reading_loop_reads_the_batch_together_and_training_drops_unreadable
     """images.read_decoded, the one reading loop of colorize and training: one read_items call per batch,
     one result per item in order (decoded RGB, the bytes a peek hook took, or colorize's error text);
     the training transforms log and drop the error rows and transform the rest."""
-    from raycolor import images, inputs, ray_train, storage
+    from raycolor import inputs, storage
+    from raycolor.core import images
+    from raycolor.pipelines import train as ray_train
 
     folder = make_images(tmp_path / "imgs", n=3)
     rows = [str(folder / "img00.png"), str(tmp_path / "gone.png"), str(folder / "broken.png"), str(folder / "img02.png")]
@@ -104,7 +106,7 @@ def test_one_reading_loop_reads_the_batch_together_and_training_drops_unreadable
 
 def test_hash_split_is_deterministic_and_never_empty():
     from raycolor.inputs import Item
-    from raycolor.ray_train import split_items
+    from raycolor.pipelines.train import split_items
 
     items = [Item(source=f"/d/{i}.png", relpath=f"{i}.png", uri=f"/d/{i}.png") for i in range(50)]
     train, val = split_items(items, 0.2)
@@ -122,7 +124,7 @@ def test_shard_split_equals_split_items():
     """Training holds no item list: per-shard SplitStats, summed, choose a rule that each shard's rows
     apply alone; the result is split_items' on the whole list, boundary moves included."""
     from raycolor.inputs import Item
-    from raycolor.ray_train import Split, SplitStats, split_items
+    from raycolor.pipelines.train import Split, SplitStats, split_items
 
     items = [Item(source=f"s3://b/d/{i}.jpg", relpath=f"{i}.jpg", uri=f"s3://b/d/{i}.jpg") for i in range(200)]
     cases = [(items, 0.1), (items, 0.5), (items[:2], 1e-9), (items[:2], 0.999999), (items[:7], 1e-9),
@@ -147,7 +149,7 @@ slow = pytest.mark.slow
 @pytest.fixture(scope="module")
 def resumed_run(ray_local, tmp_path_factory):
     """One epoch, then the same command with epochs=2: the second call resumes and trains epoch 2 only."""
-    from raycolor.ray_train import fit
+    from raycolor.pipelines.train import fit
 
     root = tmp_path_factory.mktemp("train")
     data = make_images(root / "data")
@@ -192,7 +194,7 @@ def test_two_stage_training_exports_a_loadable_model(resumed_run):
 
 @slow
 def test_rerun_resumes_from_checkpoint_with_optimizer_state(resumed_run):
-    from raycolor.ray_train import TRAIN_STATE_NAME, fit
+    from raycolor.pipelines.train import TRAIN_STATE_NAME, fit
 
     out, first, second = resumed_run["out"], resumed_run["first"], resumed_run["second"]
     assert first.epochs_run == 1 and second.epochs_run == 1
@@ -227,7 +229,7 @@ def truncate(path: Path) -> None:
 
 @slow
 def test_corrupt_latest_checkpoint_is_never_loaded(resumed_run, tmp_path):
-    from raycolor.ray_train import fit
+    from raycolor.pipelines.train import fit
 
     data = str(resumed_run["data"])
     # after a 1-epoch run the only checkpoint is corrupt: nothing safe to resume from, so a clear error

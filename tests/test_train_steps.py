@@ -14,11 +14,23 @@ import pytest
 import torch
 from support import manifest_shards
 
-from raycolor import color
-from raycolor.metrics import PSNR_CAP_DB
-from raycolor.model import SMOOTH_L1_BETA, VGG_BLOCKS, build_colorizer, set_trainable_encoder_blocks
-from raycolor.ray_colorize import expand_batch
-from raycolor.ray_train import TRAIN_ROWS, EpochSums, Split, evaluate, shard_rows, train_one_epoch
+from raycolor.core import color
+from raycolor.core.metrics import PSNR_CAP_DB
+from raycolor.core.model import (
+    SMOOTH_L1_BETA,
+    VGG_BLOCKS,
+    build_colorizer,
+    set_trainable_encoder_blocks,
+)
+from raycolor.pipelines.colorize import expand_batch
+from raycolor.pipelines.train import (
+    TRAIN_ROWS,
+    EpochSums,
+    Split,
+    evaluate,
+    shard_rows,
+    train_one_epoch,
+)
 
 SIZE = 32
 

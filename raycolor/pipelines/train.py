@@ -61,13 +61,27 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from raycolor import checkpoint as core_checkpoint
-from raycolor import color, colorize, images, inputs, metrics, runtime, storage
-from raycolor.checkpoint import CheckpointError
-from raycolor.config import DEFAULT_IO_CONCURRENCY, DEFAULT_SHARD_SIZE, StorageConfig, TrainConfig
-from raycolor.model import LOSSES, VGG_BLOCKS, WeightsUnavailableError, ab_loss, build_colorizer, set_trainable_encoder_blocks
-from raycolor.progress import TrainProgress, fmt_duration
-from raycolor.ray_colorize import expand_batch
+from raycolor import inputs, storage
+from raycolor.config import (
+    DEFAULT_IO_CONCURRENCY,
+    DEFAULT_SHARD_SIZE,
+    StorageConfig,
+    TrainConfig,
+)
+from raycolor.core import checkpoint as core_checkpoint
+from raycolor.core import color, colorize, images, metrics
+from raycolor.core.checkpoint import CheckpointError
+from raycolor.core.model import (
+    LOSSES,
+    VGG_BLOCKS,
+    WeightsUnavailableError,
+    ab_loss,
+    build_colorizer,
+    set_trainable_encoder_blocks,
+)
+from raycolor.pipelines import runtime
+from raycolor.pipelines.colorize import expand_batch
+from raycolor.pipelines.progress import TrainProgress, fmt_duration
 
 __all__ = ["Split", "SplitStats", "TrainResult", "fit", "split_items", "validate_config"]
 
@@ -280,7 +294,7 @@ def _plan(config: TrainConfig, data_roots: list, val_roots: list) -> _Data:
     that expands it and reads no image: the totals and the hold-out rule."""
     import ray
 
-    from raycolor.planning import shard_inputs
+    from raycolor.pipelines.planning import shard_inputs
 
     endpoint, retries = config.storage.s3_endpoint, config.storage.retries
     listing = storage.join_uri(config.output, "_listing", "{id}.parquet")
@@ -653,7 +667,6 @@ class CheckpointStore:
 def _storage(config: TrainConfig) -> tuple[Any, str, CheckpointStore]:
     """(pyarrow filesystem, storage path without scheme) for RunConfig, and the run's checkpoint store."""
     import pyarrow.fs as pafs
-
     from fsspec.implementations.local import LocalFileSystem
 
     fs, path = storage.filesystem(config.output, s3_endpoint=config.storage.s3_endpoint)
@@ -732,7 +745,7 @@ def _write_metrics(history: list[dict], config: TrainConfig) -> str:
 
 def _write_curves(history: list[dict], config: TrainConfig) -> str | None:
     """OUTPUT/curves.png from the metrics history; None (with a message) without matplotlib."""
-    from raycolor.curves import render_curves
+    from raycolor.core.curves import render_curves
 
     png = render_curves(history) if history else None
     if png is None:

@@ -1,6 +1,6 @@
 """Image metadata carried from an input to its colorized output, and the provenance every output gets.
 
-Pure stdlib + NumPy + Pillow (no Ray, no torch), like :mod:`raycolor.images`, so it runs anywhere cheaply.
+Pure stdlib + NumPy + Pillow (no Ray, no torch), like :mod:`raycolor.core.images`, so it runs anywhere cheaply.
 
 Why: an archive's value is in its captions, credits, dates and places as much as in its pixels, and a
 colorized copy must say a model made its colour. So the decoder reads the input's metadata once
@@ -163,7 +163,7 @@ def read(im: Image.Image) -> Metadata:
     """The metadata of an opened Pillow image (before ``exif_transpose``). Never raises.
 
     A group that cannot be read is left None with a note. Timing matters for two formats, and
-    :func:`raycolor.images.decode` gets it right: a TIFF's tags are read from its file, which Pillow
+    :func:`raycolor.core.images.decode` gets it right: a TIFF's tags are read from its file, which Pillow
     closes once a TIFF is loaded, so call this before ``load()``; a PNG's chunks after IDAT are only
     read by ``load()``, so call it after (and take :func:`source_bit_depth` before).
     """
@@ -905,7 +905,7 @@ def encode(
 
     ``rgb``: uint8 or uint16 ``(H, W, 3)``. PNG and TIFF keep 16 bits; JPEG and WebP are 8-bit
     (``round(v / 257)``). ``png_level`` is the zlib level of PNG and of TIFF's deflate; ``jpeg_quality``
-    that of JPEG and (lossy) WebP. JPEG pixels are encoded exactly as :func:`raycolor.images.encode_jpeg`
+    that of JPEG and (lossy) WebP. JPEG pixels are encoded exactly as :func:`raycolor.core.images.encode_jpeg`
     does, then take the metadata the way :func:`embed_jpeg` adds it, so both paths write the same.
     """
     fmt = _check_format(fmt)

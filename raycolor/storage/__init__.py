@@ -2,7 +2,7 @@
 
 Pure fsspec: this module never imports ray or torch (nor any other raycolor module but ``config``), so the
 Ray pipelines (and their workers) can call it cheaply. What an input *is* (listing rules, items, shards)
-is :mod:`raycolor.inputs`; what an OUTPUT holds is :mod:`raycolor.ledger`.
+is :mod:`raycolor.inputs`; what an OUTPUT holds is :mod:`raycolor.outputs.ledger`.
 
 * URIs: :func:`filesystem` (local paths, ``file://``, ``s3://`` and any installed fsspec protocol),
   :func:`join_uri` (never escapes its base), :func:`absolute`, :func:`is_local`, :func:`to_uri`,

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from raycolor import color
+from raycolor.core import color
 
 
 def _as_chw(rgb: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 
-
 PSNR_CAP_DB = 100.0  # identical images (MSE 0, PSNR inf) count as this, so every mean stays finite
 
 

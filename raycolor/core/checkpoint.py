@@ -16,8 +16,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from raycolor import color, storage
-from raycolor.model import ARCH, Colorizer
+from raycolor import storage
+from raycolor.core import color
+from raycolor.core.model import ARCH, Colorizer
 
 FORMAT = "raycolor"
 VERSION = 1

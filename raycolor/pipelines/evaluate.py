@@ -12,10 +12,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from raycolor import gallery, images, inputs, runtime, storage
+from raycolor import inputs, storage
 from raycolor.config import EvaluateConfig
-from raycolor.metrics import METRICS
-from raycolor.ray_colorize import ModelStage, colorized_rgb, predicted_dataset, resolve_model
+from raycolor.core import gallery, images
+from raycolor.core.metrics import METRICS
+from raycolor.pipelines import runtime
+from raycolor.pipelines.colorize import (
+    ModelStage,
+    colorized_rgb,
+    predicted_dataset,
+    resolve_model,
+)
 
 _THUMB_H = 160
 
@@ -44,8 +51,8 @@ class EvaluateReport:
 def _metrics_batch(batch: dict, *, thumbs: bool, stage: ModelStage) -> dict:
     import torch
 
-    from raycolor.colorize import grey_baseline
-    from raycolor.metrics import image_metrics
+    from raycolor.core.colorize import grey_baseline
+    from raycolor.core.metrics import image_metrics
 
     torch.set_num_threads(1)
     out: dict[str, list] = {"source": [], "error": [], "thumbs": []}

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raycolor import color
+from raycolor.core import color
 
 ARCH = "vgg16-unet"
 

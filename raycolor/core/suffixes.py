@@ -1,5 +1,5 @@
 """What an input is, by its file suffix: the one list of image suffixes, and those of tar archives and
-manifests. No imports: :mod:`raycolor.images` (decoding) and :mod:`raycolor.inputs` (listing) both take
+manifests. No imports: :mod:`raycolor.core.images` (decoding) and :mod:`raycolor.inputs` (listing) both take
 their suffixes from here, so neither needs the other for them."""
 
 from __future__ import annotations

@@ -34,10 +34,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raycolor import checkpoint, images, inputs, ledger, metadata, runtime, storage
+from raycolor import inputs, storage
 from raycolor.config import DEFAULT_MAX_PIXELS, ColorizeConfig, StorageConfig
-from raycolor.ledger import IMAGE_COLUMN, MANIFEST_SCHEMA
-from raycolor.planning import classify_inputs, plan
+from raycolor.core import checkpoint, images, metadata
+from raycolor.outputs import ledger
+from raycolor.outputs.ledger import IMAGE_COLUMN, MANIFEST_SCHEMA
+from raycolor.pipelines import runtime
+from raycolor.pipelines.planning import classify_inputs, plan
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,7 @@ class ModelStage:
     def pixel_limit(self) -> tuple[int | None, str]:
         """(most pixels an input may have, how to name that limit in its error row): --max-pixels, or fewer
         when the memory budget holds fewer (at the bytes per pixel of the deepest image this stage decodes)."""
-        from raycolor.colorize import BYTES_PER_PIXEL
+        from raycolor.core.colorize import BYTES_PER_PIXEL
 
         if not self.memory_budget:
             return self.max_pixels, "the limit"
@@ -119,7 +122,7 @@ class ModelStage:
         """Most pixels one block of decoded images holds (one bigger image travels alone): the memory budget's
         worth at this stage's bytes per pixel, or colorize.BLOCK_PIXELS without one. Blocks, and so every
         decode, model and finish call, are cut by this rather than by a row count."""
-        from raycolor.colorize import BLOCK_PIXELS, BYTES_PER_PIXEL
+        from raycolor.core.colorize import BLOCK_PIXELS, BYTES_PER_PIXEL
 
         if not self.memory_budget:
             return BLOCK_PIXELS
@@ -193,7 +196,7 @@ def decode_parts(batch: dict, *, stage: ModelStage) -> Iterator[dict]:
 def _decode_row(decoded: Iterator[images.Decoded], stage: ModelStage) -> dict:
     """The next read item -> its decoded columns (error only, when it failed). Takes it from the iterator
     itself, so that the decoded RGB goes as soon as L is made (nothing else holds it)."""
-    from raycolor.colorize import pack_l, prepare
+    from raycolor.core.colorize import pack_l, prepare
 
     got = next(decoded)
     if got.error is not None:
@@ -291,7 +294,7 @@ STORE_BLOCKS_PER_CPU = 8
 
 
 def _l_full(batch: dict, i: int):
-    from raycolor.colorize import unpack_l
+    from raycolor.core.colorize import unpack_l
 
     return unpack_l(batch["l_full"][i], int(batch["height"][i]), int(batch["width"][i]))
 
@@ -349,7 +352,7 @@ class Predictor:
         import torch
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        from raycolor.colorize import orient
+        from raycolor.core.colorize import orient
 
         data = [torch.frombuffer(bytearray(batch["jpeg"][i]), dtype=torch.uint8) for i in rows]
         with _torchvision_io():
@@ -370,7 +373,7 @@ class Predictor:
     def __call__(self, batch: dict) -> dict:
         """A block of decoded rows -> predicted rows, stage.batch_size rows per model call. With the compose on
         the device, a call also holds at most colorize.DEVICE_PIXELS of full-resolution images there."""
-        from raycolor.colorize import DEVICE_PIXELS
+        from raycolor.core.colorize import DEVICE_PIXELS
 
         if self.broken is not None:
             raise self.broken
@@ -383,8 +386,8 @@ class Predictor:
     def _predict(self, batch: dict) -> dict:
         import torch
 
-        from raycolor import color
-        from raycolor.colorize import compose_batch, predict_ab, render_l
+        from raycolor.core import color
+        from raycolor.core.colorize import compose_batch, predict_ab, render_l
 
         errors = np.array(batch["error"], dtype=object)
         n = len(errors)
@@ -458,7 +461,7 @@ def colorized_rgb(batch: dict, i: int, stage: ModelStage) -> np.ndarray:
     this CPU if the actor did not."""
     import torch
 
-    from raycolor.colorize import compose, packed_l
+    from raycolor.core.colorize import compose, packed_l
 
     h, w, bits = int(batch["height"][i]), int(batch["width"][i]), int(batch["bits"][i])
     if stage.compose_on_device:
@@ -884,7 +887,7 @@ def colorize(
     on_total: Callable[[int, int], None] | None = None,
     on_rows: Callable[[int, int], None] | None = None,
 ) -> ColorizeSummary:
-    """Colorize every input under config.output; resumable, shard by shard (see raycolor/ledger.py).
+    """Colorize every input under config.output; resumable, shard by shard (see raycolor/outputs/ledger.py).
 
     Progress hooks, called on the driver: on_total(total, skipped) once, before any image is processed
     (`total` inputs in all, `skipped` of them already done by an earlier run), then on_rows(ok, error) for

@@ -82,7 +82,13 @@ class Progress:
         self.total, self.skipped = total, skipped
         self._t0 = time.monotonic()
         if self.live:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import Progress as Bar
 
             self._bar = Bar(
                 TextColumn("{task.description}"),
@@ -162,7 +168,13 @@ class TrainProgress:
         elif kind == "step" and self.live:
             epoch, epochs, steps = args
             if self._bar is None:
-                from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn
+                from rich.progress import (
+                    BarColumn,
+                    MofNCompleteColumn,
+                    TextColumn,
+                    TimeElapsedColumn,
+                )
+                from rich.progress import Progress as Bar
 
                 self._bar = Bar(
                     TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),

@@ -54,7 +54,7 @@ writeable array out, or a :class:`DecodeError` with a typed ``reason``):
     decode.
 
 :func:`decode` is the same policy plus what an archive needs kept: it also returns the input's
-:class:`raycolor.metadata.Metadata` (EXIF, IPTC, XMP, resolution, bit depth, page count), keeps
+:class:`raycolor.core.metadata.Metadata` (EXIF, IPTC, XMP, resolution, bit depth, page count), keeps
 16-bit sources at 16 bits (``depth``), and colour-manages: an embedded ICC profile (an RGB one such as
 Adobe RGB, or a grey one such as Gray Gamma 2.2 or Dot Gain 20% on grey pixels) is converted to sRGB
 with LittleCMS (``PIL.ImageCms``, relative colorimetric with black-point compensation) before the
@@ -91,10 +91,9 @@ from PIL import (
     UnidentifiedImageError,
 )
 
-from raycolor import metadata
 from raycolor.config import DEFAULT_IO_CONCURRENCY, DEFAULT_MAX_PIXELS
-from raycolor.metadata import Metadata
-from raycolor.suffixes import IMAGE_SUFFIXES
+from raycolor.core import metadata
+from raycolor.core.metadata import Metadata
 
 if TYPE_CHECKING:
     from raycolor.inputs import Item
@@ -106,7 +105,6 @@ except ImportError:  # pragma: no cover
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
-    "IMAGE_EXTENSIONS",
     "DecodeError",
     "DecodeReason",
     "Decoded",
@@ -119,8 +117,6 @@ __all__ = [
     "extension",
     "read_decoded",
 ]
-
-IMAGE_EXTENSIONS = IMAGE_SUFFIXES  # the one list of inputs we take: raycolor.suffixes
 
 DecodeReason = Literal["truncated", "not_an_image", "too_large", "unsupported"]
 _REASONS: frozenset[str] = frozenset(get_args(DecodeReason))
@@ -212,7 +208,7 @@ def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> n
 def decode(
     data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, depth: Depth = "auto", limit: str = "the limit"
 ) -> DecodedImage:
-    """Decode to upright sRGB pixels plus the input's :class:`~raycolor.metadata.Metadata`.
+    """Decode to upright sRGB pixels plus the input's :class:`~raycolor.core.metadata.Metadata`.
 
     The policy and errors of :func:`decode_rgb`, plus colour management (module docstring). ``depth``:
     ``"8"`` always gives uint8 (:func:`decode_rgb`'s pixels, converted to sRGB where a profile says
@@ -412,7 +408,9 @@ def read_decoded(
     returns something other than None the item is not decoded here and comes back as ``data`` +
     ``peeked``.
     """
-    from raycolor import storage  # here, not at the top: only the reading loop needs fsspec
+    from raycolor import (
+        storage,  # here, not at the top: only the reading loop needs fsspec
+    )
 
     items = list(items)
     datas = storage.read_items(items, s3_endpoint=s3_endpoint, retries=retries, max_in_flight=io_concurrency)

@@ -73,11 +73,17 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from raycolor import storage
+from raycolor.core.suffixes import (
+    IMAGE_SUFFIXES,
+    MANIFEST_SUFFIXES,
+    TAR_SUFFIXES,
+    object_kind,
+    suffix,
+)
 from raycolor.storage import InputError
-from raycolor.suffixes import IMAGE_SUFFIXES, MANIFEST_SUFFIXES, TAR_SUFFIXES, object_kind, suffix
 
 __all__ = [
-    "IMAGE_SUFFIXES",  # these three and suffix(): raycolor.suffixes, the one definition
+    "IMAGE_SUFFIXES",  # these three and suffix(): raycolor.core.suffixes, the one definition
     "LISTING_SCHEMA",
     "LIST_FANOUT_DEPTH",
     "MANIFEST_SUFFIXES",
