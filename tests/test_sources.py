@@ -242,7 +242,7 @@ def test_truncated_tar_member_is_a_read_error_not_a_retry(tmp_path, monkeypatch)
     (item,) = list_items([str(tar_path)])
     tar_path.write_bytes(data[: item.offset + 100])
     calls = []
-    monkeypatch.setattr(storage.time, "sleep", calls.append)
+    monkeypatch.setattr(storage.retry.time, "sleep", calls.append)
     with pytest.raises(OSError, match="short read"):
         read_item(item)
     assert calls == []
@@ -253,7 +253,7 @@ def test_read_item_retries_transient_errors_only(tmp_path, monkeypatch):
     (item,) = list_items([str(tmp_path / "x.jpg")])
     fs, _ = filesystem(item.uri)
     sleeps: list[float] = []
-    monkeypatch.setattr(storage.time, "sleep", sleeps.append)
+    monkeypatch.setattr(storage.retry.time, "sleep", sleeps.append)
     real = type(fs).cat_file
     failures = [ConnectionResetError(104, "Connection reset by peer"), TimeoutError("read timed out")]
 
@@ -421,7 +421,7 @@ def test_write_bytes_atomic_local_failure_leaves_nothing(tmp_path, monkeypatch):
     def fail(src, dst):
         raise PermissionError("nope")
 
-    monkeypatch.setattr(storage.os, "replace", fail)
+    monkeypatch.setattr(storage.files.os, "replace", fail)
     with pytest.raises(PermissionError):
         write_bytes_atomic(str(target), b"new")
     assert sorted(os.listdir(tmp_path)) == ["x.png"] and target.read_bytes() == b"old"
@@ -439,7 +439,7 @@ def test_write_bytes_atomic_temp_file_in_tmp_dir_or_beside_across_mounts(tmp_pat
             raise OSError(errno.EXDEV, "Invalid cross-device link")
         return real(src, dst)
 
-    monkeypatch.setattr(storage.os, "replace", replace)
+    monkeypatch.setattr(storage.files.os, "replace", replace)
     write_bytes_atomic(str(target), b"one", tmp_dir=str(spool))
     assert seen == [str(spool)] and target.read_bytes() == b"one"
     write_bytes_atomic(str(target), b"two", tmp_dir=str(spool))
@@ -534,7 +534,7 @@ def test_s3_tar_and_manifest(s3_env):
 
 @pytest.fixture
 def fast_backoff(monkeypatch):
-    monkeypatch.setattr(storage, "_BACKOFF_BASE_S", 0.01)
+    monkeypatch.setattr(storage.retry, "_BACKOFF_BASE_S", 0.01)
 
 
 @pytest.mark.parametrize("max_in_flight", [1, 4, 64])
