@@ -1,0 +1,355 @@
+"""The listing rules: what a folder, a tar or a manifest yields (:class:`Item`), the output-name rule
+(:func:`output_key`) and de-duplication; the rules themselves are stated in :mod:`raycolor.inputs`."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import tarfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+from raycolor import storage
+from raycolor.core.suffixes import (
+    IMAGE_SUFFIXES,
+    MANIFEST_SUFFIXES,
+    TAR_SUFFIXES,
+    suffix,
+)
+from raycolor.storage import InputError
+
+# Block size for walking tar headers on object stores: every header costs at most one request of
+# this size (read-ahead), member data beyond it is skipped with a seek.
+_TAR_BLOCK_SIZE = 4 * 2**20
+
+LISTING_SCHEMA = pa.schema([("uri", pa.string()), ("relpath", pa.string()), ("source", pa.string())])
+
+@dataclass(frozen=True)
+class Item:
+    source: str  # user-visible URI: "s3://b/p/x.jpg", "/abs/x.jpg", or "s3://b/shard.tar#dir/x.jpg"
+    relpath: str  # sanitised relative output path (extension not yet replaced), e.g. "sub/x.jpg"
+    uri: str  # the object to read (for tar members: the tar's URI)
+    offset: int = 0  # byte offset of the member's data within `uri` (tar members)
+    size: int = -1  # bytes to read; -1 = whole object
+
+    @classmethod
+    def from_row(cls, row: Mapping) -> Item:
+        """The item of an item row (a dict, e.g. of a Ray Data dataset: source, uri, and optionally relpath,
+        offset, size; other keys ignored), with plain str/int fields whatever scalar types the row holds."""
+        return cls(source=str(row["source"]), relpath=str(row.get("relpath", "")), uri=str(row["uri"]),
+                   offset=int(row.get("offset", 0)), size=int(row.get("size", -1)))
+
+    @classmethod
+    def from_batch(cls, batch: Mapping, rows: Iterable[int] | None = None) -> list[Item]:
+        """The items of a columnar batch of item rows (columns as in :meth:`from_row`; numpy arrays or lists),
+        of the row indices ``rows`` (default: all), in that order."""
+        n = len(batch["source"])
+        return [cls.from_row({k: batch[k][i] for k in _ITEM_COLUMNS if k in batch}) for i in (range(n) if rows is None else rows)]
+
+
+_ITEM_COLUMNS = ("source", "relpath", "uri", "offset", "size")
+
+
+# --------------------------------------------------------------------------------------------
+# Output names (the rule de-duplication is stated in)
+# --------------------------------------------------------------------------------------------
+
+
+def _split_ext(relpath: str) -> tuple[str, str]:
+    head, base = posixpath.split(relpath)
+    stem, ext = posixpath.splitext(base)  # ".hidden" -> (".hidden", "")
+    return posixpath.join(head, stem) if head else stem, ext
+
+
+def output_key(relpath: str, ext: str) -> str:
+    """``relpath`` (sanitised) with its extension replaced by ``ext``: ("a/b/x.JPG", ".png") -> "a/b/x.png"."""
+    if ext and not ext.startswith("."):
+        ext = "." + ext
+    stem, _ = _split_ext(storage.sanitize_relpath(relpath))
+    return stem + ext
+
+
+# --------------------------------------------------------------------------------------------
+# Listing
+# --------------------------------------------------------------------------------------------
+
+
+def is_image(path: str) -> bool:
+    return suffix(path) in IMAGE_SUFFIXES
+
+
+def input_error(action: str, uri: str, exc: BaseException) -> InputError:
+    if isinstance(exc, InputError):
+        return exc
+    if isinstance(exc, FileNotFoundError):
+        return InputError(f"input not found: {storage.redact(uri)}")
+    if isinstance(exc, PermissionError):
+        return InputError(f"input not readable (permission denied): {storage.redact(uri)}")
+    detail = storage.redact(f"{type(exc).__name__}: {exc}", uri)
+    if len(detail) > 300:
+        detail = detail[:297] + "..."
+    return InputError(f"cannot {action} input {storage.redact(uri)} ({detail})")
+
+
+@contextlib.contextmanager
+def _reading_input(uri: str) -> Iterator[None]:
+    """What reading a tar's headers or a manifest can raise, as one-line InputErrors."""
+    try:
+        yield
+    except (tarfile.TarError, EOFError) as exc:
+        raise InputError(f"not a valid tar archive: {storage.redact(uri)} ({storage.redact(exc, uri)})") from exc
+    except InputError:
+        raise
+    except Exception as exc:
+        raise input_error("read", uri, exc) from exc
+
+
+def list_items(inputs: Sequence[str], *, s3_endpoint: str | None = None) -> list[Item]:
+    """Every image named by ``inputs`` (folders, image files, .tar archives, .txt/.parquet manifests).
+
+    See the module docstring for the rules. Raises :class:`InputError` for an input that does not
+    exist, cannot be read, is not a supported kind, or yields no image.
+    """
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if not inputs:
+        raise InputError("no inputs given")
+    items: list[Item] = []
+    for uri in inputs:
+        items.extend(_list_one(uri, s3_endpoint=s3_endpoint))
+    return _dedupe(items)
+
+
+def _list_one(uri: str, *, s3_endpoint: str | None) -> list[Item]:
+    if not isinstance(uri, str) or not uri.strip():
+        raise InputError(f"empty input URI: {uri!r}")
+    uri = uri.strip()
+    fs, path = storage.filesystem(uri, s3_endpoint=s3_endpoint)
+    try:
+        info = storage.retrying(lambda: fs.info(path), 3)
+    except Exception as exc:
+        raise input_error("read", uri, exc) from exc
+    if info.get("type") == "directory":
+        return _list_folder(fs, path, uri)
+    ext = suffix(path)
+    with _reading_input(uri):
+        if ext in TAR_SUFFIXES:
+            return _list_tar(fs, path, uri)
+        if ext in MANIFEST_SUFFIXES:
+            return _list_manifest(fs, path, uri, ext)
+    if ext in IMAGE_SUFFIXES:
+        source = storage.to_uri(fs, path, uri)
+        return [Item(source=source, relpath=storage.sanitize_relpath(posixpath.basename(path)), uri=source)]
+    raise InputError(
+        f"not an image, .tar archive or .txt/.parquet manifest: {storage.redact(uri)} "
+        f"(images: {', '.join(sorted(IMAGE_SUFFIXES))})"
+    )
+
+
+def _list_folder(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> list[Item]:
+    try:
+        found = storage.retrying(lambda: fs.find(path, withdirs=False), 3)
+    except Exception as exc:
+        raise input_error("list", uri, exc) from exc
+    rows, _ = images_below(fs, path, uri, found)
+    if not rows:
+        raise no_images(uri)
+    return rows
+
+
+def images_below(fs: fsspec.AbstractFileSystem, folder: str, like: str, paths: Iterable[str], *,
+                 exclude: Iterable[str] = ()) -> tuple[list[Item], int]:
+    """The folder rule, stated once (:func:`list_items`, and the listing tasks, :func:`list_group`): the images
+    among ``paths`` (files listed below ``folder``, both paths on ``fs``): image suffixes only (any case),
+    ``relpath`` = the path relative to ``folder``, sanitised; ``source`` = ``uri`` = the file's URI (scheme
+    as in ``like``, the URI the user gave); sorted by (relpath, source). Images in or under an ``exclude``
+    folder (paths on ``fs``) strictly inside ``folder`` are left out. Returns (items, images found,
+    excluded ones too)."""
+    local = isinstance(fs, LocalFileSystem)
+    prefix = (folder.replace(os.sep, "/") if local else folder).rstrip("/") + "/"
+    skip = [x.rstrip("/") for x in exclude if x.startswith(prefix)]
+    images = [p for p in (p.replace(os.sep, "/") if local else p for p in paths) if p.startswith(prefix) and is_image(p)]
+    items = []
+    for p in images:
+        if any(p == x or p.startswith(x + "/") for x in skip):
+            continue
+        source = storage.to_uri(fs, p, like)
+        items.append(Item(source=source, relpath=storage.sanitize_relpath(p[len(prefix):]), uri=source))
+    items.sort(key=lambda it: (it.relpath, it.source))
+    return items, len(images)
+
+
+def no_images(uri: str) -> InputError:
+    """The error for a folder that holds no image."""
+    return InputError(f"no images found under {storage.redact(uri)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+
+
+def _list_tar(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> list[Item]:
+    tar_uri = storage.to_uri(fs, path, uri)
+    base = storage.sanitize_relpath(posixpath.basename(path))
+    rows = []
+    open_kwargs = {} if isinstance(fs, LocalFileSystem) else {"block_size": _TAR_BLOCK_SIZE, "cache_type": "readahead"}
+    with fs.open(path, "rb", **open_kwargs) as f:
+        # "r:" (seekable, uncompressed): tarfile reads each header and seeks over member data, so
+        # large members are never downloaded while listing.
+        with tarfile.open(fileobj=f, mode="r:") as tar:
+            for member in tar:
+                if not member.isfile() or member.issparse() or not is_image(member.name):
+                    continue
+                rows.append(
+                    Item(
+                        source=f"{tar_uri}#{member.name}",
+                        relpath=f"{base}/{storage.sanitize_relpath(member.name)}",
+                        uri=tar_uri,
+                        offset=member.offset_data,
+                        size=member.size,
+                    )
+                )
+    if not rows:
+        raise InputError(
+            f"no image members in tar archive {storage.redact(uri)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
+    return rows
+
+
+_BOM = b"\xef\xbb\xbf"
+
+
+def txt_entries(raw: bytes, uri: str, *, offset: int = 0) -> Iterator[tuple[int, str]]:
+    """The ``.txt`` manifest rule, stated once (listing, sizing into byte ranges, and expanding a range all
+    use it): ``raw`` is the manifest's bytes from byte ``offset`` (a line start) on. Yields (the byte
+    position in the file where the line starts, the entry) for each entry line, in file order.
+
+    Lines end at ``\n``, ``\r\n`` or ``\r`` only (so a byte range cut at a line start holds whole lines; other
+    Unicode line separators are characters of a name). A UTF-8 BOM opening the file is skipped. Each line
+    must be UTF-8: a line that is not raises :class:`InputError` (the manifest is refused, never read with
+    replacement characters). Entries are stripped of whitespace; blank lines and lines starting with
+    ``#`` are not entries."""
+    pos = offset
+    if offset == 0 and raw.startswith(_BOM):
+        raw, pos = raw[len(_BOM):], len(_BOM)
+    for line in raw.splitlines(keepends=True):
+        try:
+            entry = line.decode("utf-8").strip()
+        except UnicodeDecodeError as exc:
+            raise InputError(f"bad manifest {storage.redact(uri)}: not UTF-8 text (the line at byte {pos})") from exc
+        if entry and not entry.startswith("#"):
+            yield pos, entry
+        pos += len(line)
+
+
+def _manifest_entries(fs: fsspec.AbstractFileSystem, path: str, uri: str, suffix: str) -> list[str]:
+    if suffix == ".txt":
+        return [entry for _, entry in txt_entries(fs.cat_file(path), uri)]
+    import pyarrow as pa
+
+    try:
+        with fs.open(path, "rb") as f:
+            table = pq.read_table(f, columns=["uri"])
+    except (KeyError, pa.ArrowException) as exc:
+        raise InputError(f"bad manifest {storage.redact(uri)}: needs a parquet file with a 'uri' column ({storage.redact(exc, uri)})") from exc
+    column = table.column("uri")
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        raise InputError(f"bad manifest {storage.redact(uri)}: column 'uri' must hold strings, not {column.type}")
+    return [v.strip() for v in column.to_pylist() if v is not None and v.strip()]
+
+
+def _manifest_relpath(entry: str) -> str:
+    proto = storage.protocol(entry)
+    if proto is None:
+        return storage.sanitize_relpath(entry)
+    rest = entry.split("://", 1)[1]
+    if proto not in storage.LOCAL_PROTOCOLS:
+        rest = rest.lstrip("/").split("/", 1)[1] if "/" in rest.lstrip("/") else ""
+    return storage.sanitize_relpath(rest)
+
+
+def _list_manifest(fs: fsspec.AbstractFileSystem, path: str, uri: str, suffix: str) -> list[Item]:
+    entries = _manifest_entries(fs, path, uri, suffix)
+    if not entries:
+        raise InputError(f"empty manifest (no URIs): {storage.redact(uri)}")
+    return _manifest_items(fs, path, uri, entries)
+
+
+def manifest_items(uri: str, entries: Sequence[str], *, s3_endpoint: str | None = None) -> list[Item]:
+    """Items for ``entries`` (lines or ``uri`` values) of the manifest at ``uri``: the manifest rules of
+    :func:`list_items` (relative entries resolve next to the manifest; relpath rule) applied to a part of
+    a manifest, as a shard task reads it. Not de-duplicated."""
+    fs, path = storage.filesystem(uri, s3_endpoint=s3_endpoint)
+    return _manifest_items(fs, path, uri, [e.strip() for e in entries if e and e.strip()])
+
+
+def list_tar(uri: str, *, s3_endpoint: str | None = None) -> list[Item]:
+    """The image members of the tar archive at ``uri`` (header walk only), as :func:`list_items` lists them."""
+    fs, path = storage.filesystem(uri, s3_endpoint=s3_endpoint)
+    with _reading_input(uri):
+        return _list_tar(fs, path, uri)
+
+
+def dedupe(items: Iterable[Item]) -> list[Item]:
+    """Public name of the de-duplication / collision-renaming rule (see the module docstring)."""
+    return _dedupe(items)
+
+
+def _manifest_items(fs: fsspec.AbstractFileSystem, path: str, uri: str, entries: Sequence[str]) -> list[Item]:
+    manifest_dir = posixpath.dirname(path) if not isinstance(fs, LocalFileSystem) else os.path.dirname(path)
+    checked: set[str] = set()
+    rows = []
+    for n, entry in enumerate(entries, 1):
+        proto = storage.protocol(entry)
+        if proto is None and not entry.startswith(("/", "~")) and not storage.DRIVE_RE.match(entry):
+            # relative entry: resolve against the manifest's folder, keep its own text as relpath
+            if isinstance(fs, LocalFileSystem):
+                target = os.path.normpath(os.path.join(manifest_dir, entry))
+            else:
+                target = storage.to_uri(fs, posixpath.normpath(posixpath.join(manifest_dir, entry)), uri)
+        elif proto is None or proto in storage.LOCAL_PROTOCOLS:
+            raw = entry.split("://", 1)[1] if proto else entry
+            target = os.path.abspath(os.path.expanduser(raw))
+        else:
+            if proto not in checked:
+                try:
+                    fsspec.get_filesystem_class(proto)
+                except (ValueError, ImportError) as exc:
+                    raise InputError(
+                        f"bad manifest {storage.redact(uri)} line {n}: unsupported URI scheme {proto}:// ({storage.redact(exc, uri)})"
+                    ) from exc
+                checked.add(proto)
+            target = f"{proto}://{entry.split('://', 1)[1].lstrip('/')}"
+            if storage.has_credentials(target):
+                # kept as an item (it becomes an error row) but never with its credentials: the
+                # source is stored in the manifest and shipped to workers
+                target = storage.without_credentials(target)
+        rows.append(Item(source=target, relpath=_manifest_relpath(entry), uri=target))
+    return rows
+
+
+def _dedupe(items: Iterable[Item]) -> list[Item]:
+    """Drop repeated sources (first wins); rename later relpaths whose outputs would collide."""
+    out: list[Item] = []
+    seen_sources: set[str] = set()
+    taken: set[str] = set()  # lower-cased output stems (extension-less relpaths)
+    for item in items:
+        if item.source in seen_sources:
+            continue
+        seen_sources.add(item.source)
+        stem, ext = _split_ext(item.relpath)
+        key = stem.lower()
+        if key in taken:
+            salt = item.source
+            while True:
+                new_stem = f"{stem}__{storage.digest(salt, 8)}"
+                if new_stem.lower() not in taken:
+                    break
+                salt += "#"  # astronomically rare: keep deterministic
+            stem, key = new_stem, new_stem.lower()
+            item = Item(source=item.source, relpath=stem + ext, uri=item.uri, offset=item.offset, size=item.size)
+        taken.add(key)
+        out.append(item)
+    return out
