@@ -6,7 +6,7 @@
     python bench/quality_compare.py --variants baseline,mse          # a subset
 
 Data: ``raycolor.demo.sample_photos()`` with the demo's split (every 4th photo held out: 12 train, 4 held out).
-Each variant trains with ``raycolor.pipelines.train.fit`` into ``OUT/<variant>/`` (``--val`` = the held-out list,
+Each variant trains with ``raycolor.pipelines.training.driver.fit`` into ``OUT/<variant>/`` (``--val`` = the held-out list,
 so the training log's val numbers are on the same 4 photos) and is then scored with
 ``raycolor.pipelines.evaluate.evaluate`` on the held-out originals at full resolution (grey-ify, colorize at the
 render size, compare), with a gallery in ``OUT/<variant>/gallery.png``.
@@ -134,7 +134,7 @@ def train_config(args: argparse.Namespace, variant: str, seed: int, train_list: 
 def run_variant(args: argparse.Namespace, variant: str, seed: int, train_list: Path, held_list: Path, out: Path) -> dict:
     from raycolor.config import EvaluateConfig
     from raycolor.pipelines import evaluate as ray_evaluate
-    from raycolor.pipelines import train as ray_train
+    from raycolor.pipelines.training import driver as ray_train
 
     cfg = train_config(args, variant, seed, train_list, held_list, out)
     run = out / run_name(variant, seed)

@@ -3,7 +3,7 @@
 raw  images/s of forward + backward + AdamW step on random tensors already in memory, one process,
      model only (no data loading, no DDP), with the torch thread count one Ray CPU worker gets;
      best of 3 timed rounds.
-e2e  raycolor.pipelines.train.fit on JPEG files: Ray Data tasks read, decode, crop, flip and convert to Lab,
+e2e  raycolor.pipelines.training.driver.fit on JPEG files: Ray Data tasks read, decode, crop, flip and convert to Lab,
      DDP workers train; the images/s of the last epoch (the first one includes pipeline start-up).
 
     python bench/train_throughput.py                       # small CPU defaults, < 2 min on 2 cores
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from raycolor.config import TrainConfig
     from raycolor.pipelines import runtime
-    from raycolor.pipelines import train as ray_train
+    from raycolor.pipelines.training import driver as ray_train
 
     print(runtime.connect(args.address), flush=True)
     with tempfile.TemporaryDirectory(prefix="raycolor-bench-") as tmp:

@@ -296,7 +296,7 @@ def train(
     )
 
     def call(terminal):
-        from raycolor.pipelines import train as ray_train
+        from raycolor.pipelines.training import driver as ray_train
 
         return ray_train.fit(config, terminal=terminal)
 

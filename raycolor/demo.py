@@ -82,7 +82,7 @@ def run_demo(
     terminal: where training draws its progress."""
     from raycolor.pipelines import colorize as ray_colorize
     from raycolor.pipelines import evaluate as ray_evaluate
-    from raycolor.pipelines import train as ray_train
+    from raycolor.pipelines.training import driver as ray_train
 
     start = time.time()
     out = Path(config.output).resolve()

@@ -39,7 +39,7 @@ from typer.testing import CliRunner
 from raycolor.cli import app
 from raycolor.config import ColorizeConfig, StorageConfig
 from raycolor.pipelines.colorize import colorize
-from raycolor.pipelines.train import fit
+from raycolor.pipelines.training.driver import fit
 from tests.support import base_config
 
 src, s3_out, ckpt, tmp, data = sys.argv[1:6]
@@ -275,7 +275,7 @@ def test_train_node_of_a_worker_removed_restores_from_checkpoint(cluster_runs):
 
     from raycolor.core import checkpoint
     from raycolor.inputs import list_items
-    from raycolor.pipelines.train import split_items
+    from raycolor.pipelines.training.split import split_items
 
     result = _run_of(cluster_runs, "train")
     assert result["removed"], "no training worker ran on a removable node"

@@ -17,7 +17,7 @@ from raycolor.config import ColorizeConfig, EvaluateConfig, StorageConfig, Train
 from raycolor.pipelines import colorize as ray_colorize
 from raycolor.pipelines import evaluate as ray_evaluate
 from raycolor.pipelines import runtime
-from raycolor.pipelines import train as ray_train
+from raycolor.pipelines.training import driver as ray_train
 
 runner = CliRunner()
 

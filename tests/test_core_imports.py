@@ -127,3 +127,19 @@ def test_block_sizing_rule():
     assert MAX_BLOCK_ROWS == 128
     assert [rows_per_block(n, 2) for n in (0, 1, 8, 9, 80, 1024, 2_000_000)] == [1, 1, 1, 2, 10, 128, 128]
     assert rows_per_block(2_000_000, 2, cap=64) == 64 and rows_per_block(100, 0) == 25  # cpus at least 1
+
+
+def test_training_modules_import_without_ray():
+    """The fast tier imports the training steps, the transforms and CheckpointStore with `import ray` disabled:
+    every module of pipelines.training imports Ray only where it uses it; the hold-out maths not even torch."""
+    modules = sorted(m for m in _modules() if m.startswith("raycolor.pipelines.training."))
+    code = (
+        "import importlib, sys\n"
+        "sys.modules['ray'] = None\n"
+        "import raycolor.pipelines.training.split\n"
+        "assert 'torch' not in sys.modules\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+    )
+    assert "raycolor.pipelines.training.driver" in modules
+    subprocess.run([sys.executable, "-c", code], check=True)

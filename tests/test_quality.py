@@ -44,7 +44,7 @@ def make_set(folder: Path, n: int, size: int, seed: int) -> Path:
 
 
 def test_trained_model_beats_grey_baseline_via_cli(ray_local, tmp_path):
-    from raycolor.pipelines import train as ray_train
+    from raycolor.pipelines.training import driver as ray_train
 
     train = make_set(tmp_path / "train", n=20, size=32, seed=0)
     held_out = make_set(tmp_path / "held-out", n=6, size=48, seed=1)  # larger than the render size on purpose

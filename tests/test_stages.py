@@ -333,7 +333,7 @@ def test_archival_metadata_survives_the_stages(tmp_path, tiny_ckpt, model, devic
 def _store(path: Path):
     import pyarrow.fs as pafs
 
-    from raycolor.pipelines.train import CheckpointStore
+    from raycolor.pipelines.training.checkpoints import CheckpointStore
 
     return CheckpointStore(pafs.LocalFileSystem(), str(path))
 
@@ -341,7 +341,7 @@ def _store(path: Path):
 def test_checkpoint_names_sort_by_epoch_and_only_checkpoints_count(tmp_path):
     """new_name puts the epoch first (zero-padded), so names() in order is the order of progress; other folders
     and files in the run's folder are not checkpoints."""
-    from raycolor.pipelines.train import CheckpointStore
+    from raycolor.pipelines.training.checkpoints import CheckpointStore
 
     store = _store(tmp_path / "train")
     assert store.names() == []  # no folder yet
@@ -356,7 +356,7 @@ def test_checkpoint_names_sort_by_epoch_and_only_checkpoints_count(tmp_path):
 def _write_checkpoint(store_dir: Path, epoch: int, seed: int) -> tuple[str, torch.nn.Module, torch.optim.Optimizer]:
     """A checkpoint folder as CheckpointStore.save hands it to Ray Train: the core checkpoint plus train_state.pt."""
     from raycolor.core.model import build_colorizer
-    from raycolor.pipelines import train as ray_train
+    from raycolor.pipelines.training import checkpoints as ray_train
 
     torch.manual_seed(seed)
     m = build_colorizer(weights=None)
@@ -399,7 +399,7 @@ def test_checkpoint_store_skips_unusable_checkpoints_and_exports_the_newest_good
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     (model_dir / checkpoint.CONFIG_NAME).write_text("{}")  # an older export's config is replaced, not mixed in
-    from raycolor.pipelines.train import CheckpointStore
+    from raycolor.pipelines.training.checkpoints import CheckpointStore
 
     assert CheckpointStore.export(restored, str(model_dir), StorageConfig(retries=1)) == str(model_dir)
     exported, exported_meta = checkpoint.load(str(model_dir))

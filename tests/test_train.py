@@ -38,7 +38,7 @@ def checkpoint_dirs(output: Path) -> list[Path]:
 
 @pytest.mark.ray  # fit imports Ray's library before it checks the config
 def test_config_is_validated_before_anything_starts(tmp_path):
-    from raycolor.pipelines.train import fit
+    from raycolor.pipelines.training.driver import fit
 
     cfg = base_config(str(tmp_path), str(tmp_path / "out"))
     for change, message in [
@@ -65,7 +65,7 @@ def test_one_reading_loop_reads_the_batch_together_and_training_drops_unreadable
     the training transforms log and drop the error rows and transform the rest."""
     from raycolor import inputs, storage
     from raycolor.core import images
-    from raycolor.pipelines import train as ray_train
+    from raycolor.pipelines.training import data as train_data
 
     folder = make_images(tmp_path / "imgs", n=3)
     rows = [str(folder / "img00.png"), str(tmp_path / "gone.png"), str(folder / "broken.png"), str(folder / "img02.png")]
@@ -92,11 +92,11 @@ def test_one_reading_loop_reads_the_batch_together_and_training_drops_unreadable
     warnings: list[str] = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
-    ray_train.log.addHandler(handler)
+    train_data.log.addHandler(handler)
     try:
-        out = ray_train.val_transform(batch, size=16, retries=1, io_concurrency=4)
+        out = train_data.val_transform(batch, size=16, retries=1, io_concurrency=4)
     finally:
-        ray_train.log.removeHandler(handler)
+        train_data.log.removeHandler(handler)
     assert calls == [4, 4]
     assert out["L"].shape == (2, 1, 16, 16) and out["ab"].shape == (2, 2, 16, 16)
     assert len(warnings) == 2, warnings
@@ -106,7 +106,7 @@ def test_one_reading_loop_reads_the_batch_together_and_training_drops_unreadable
 
 def test_hash_split_is_deterministic_and_never_empty():
     from raycolor.inputs import Item
-    from raycolor.pipelines.train import split_items
+    from raycolor.pipelines.training.split import split_items
 
     items = [Item(source=f"/d/{i}.png", relpath=f"{i}.png", uri=f"/d/{i}.png") for i in range(50)]
     train, val = split_items(items, 0.2)
@@ -124,7 +124,7 @@ def test_shard_split_equals_split_items():
     """Training holds no item list: per-shard SplitStats, summed, choose a rule that each shard's rows
     apply alone; the result is split_items' on the whole list, boundary moves included."""
     from raycolor.inputs import Item
-    from raycolor.pipelines.train import Split, SplitStats, split_items
+    from raycolor.pipelines.training.split import Split, SplitStats, split_items
 
     items = [Item(source=f"s3://b/d/{i}.jpg", relpath=f"{i}.jpg", uri=f"s3://b/d/{i}.jpg") for i in range(200)]
     cases = [(items, 0.1), (items, 0.5), (items[:2], 1e-9), (items[:2], 0.999999), (items[:7], 1e-9),
@@ -149,7 +149,7 @@ slow = pytest.mark.slow
 @pytest.fixture(scope="module")
 def resumed_run(ray_local, tmp_path_factory):
     """One epoch, then the same command with epochs=2: the second call resumes and trains epoch 2 only."""
-    from raycolor.pipelines.train import fit
+    from raycolor.pipelines.training.driver import fit
 
     root = tmp_path_factory.mktemp("train")
     data = make_images(root / "data")
@@ -194,7 +194,8 @@ def test_two_stage_training_exports_a_loadable_model(resumed_run):
 
 @slow
 def test_rerun_resumes_from_checkpoint_with_optimizer_state(resumed_run):
-    from raycolor.pipelines.train import TRAIN_STATE_NAME, fit
+    from raycolor.pipelines.training.checkpoints import TRAIN_STATE_NAME
+    from raycolor.pipelines.training.driver import fit
 
     out, first, second = resumed_run["out"], resumed_run["first"], resumed_run["second"]
     assert first.epochs_run == 1 and second.epochs_run == 1
@@ -229,7 +230,7 @@ def truncate(path: Path) -> None:
 
 @slow
 def test_corrupt_latest_checkpoint_is_never_loaded(resumed_run, tmp_path):
-    from raycolor.pipelines.train import fit
+    from raycolor.pipelines.training.driver import fit
 
     data = str(resumed_run["data"])
     # after a 1-epoch run the only checkpoint is corrupt: nothing safe to resume from, so a clear error

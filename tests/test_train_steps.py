@@ -23,14 +23,9 @@ from raycolor.core.model import (
     set_trainable_encoder_blocks,
 )
 from raycolor.pipelines.colorize import expand_batch
-from raycolor.pipelines.train import (
-    TRAIN_ROWS,
-    EpochSums,
-    Split,
-    evaluate,
-    shard_rows,
-    train_one_epoch,
-)
+from raycolor.pipelines.training.data import TRAIN_ROWS, shard_rows
+from raycolor.pipelines.training.loop import EpochSums, evaluate, train_one_epoch
+from raycolor.pipelines.training.split import Split
 
 SIZE = 32
 

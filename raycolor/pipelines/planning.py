@@ -126,7 +126,7 @@ def list_in_tasks(groups: list, *, chunk_uri: str, shard_size: int, s3_endpoint,
 def shard_inputs(roots: list, *, shard_size: int, s3_endpoint, listing: str, namespaces: dict[str, str] | None = None,
                  retries: int = 5) -> dict[str, list[inputs.Shard]]:
     """Classified inputs (:func:`inputs.classify`) -> each distinct root's shards, in input order: the
-    driver's "inputs -> shards" step, shared by colorize (:func:`plan`) and training (``pipelines.train``).
+    driver's "inputs -> shards" step, shared by colorize (:func:`plan`) and training (``pipelines.training.plan``).
 
     Folder and image roots are listed in Ray tasks (:func:`list_in_tasks`), those sharing a namespace
     de-duplicated together (a source belongs to the first root that lists it) and cut into content-defined
