@@ -536,7 +536,7 @@ def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, outp
                 del rgb
             key = inputs.output_key(batch["relpath"][i], ext)
             # webdataset: the key travels with the row; the shard's merge writes the image into its tar
-            out_uris[i] = key if layout == "webdataset" else storage.join_uri(output, "images", key)
+            out_uris[i] = key if layout == "webdataset" else ledger.image_uri(output, key)
             if layout != "webdataset":
                 pending.append(i)
                 if sum(len(encoded[j]) for j in pending) >= WRITE_BYTES:
@@ -590,7 +590,7 @@ def _write_webdataset(table: pa.Table, *, output: str, sid: str, parquet_images:
     (atomic rename locally); rows' `output` becomes `<tar uri>#<key>.<ext>`."""
     import tarfile
 
-    tar_uri = storage.join_uri(output, "shards", f"{sid}.tar")
+    tar_uri = ledger.shard_tar_uri(output, sid)
     buf = io.BytesIO()
     outputs = table.column("output").to_pylist()
     blobs = table.column("image").to_pylist()
@@ -628,7 +628,7 @@ def _with_old_members(table: pa.Table, *, output: str, sid: str, s3_endpoint, re
     fails the merge (the old rows would otherwise lose their images) and the run says so."""
     import tarfile
 
-    tar_uri = storage.join_uri(output, "shards", f"{sid}.tar")
+    tar_uri = ledger.shard_tar_uri(output, sid)
     outputs = table.column("output").to_pylist()
     if not any(o and o.startswith(tar_uri + "#") for o in outputs):
         return table
@@ -956,11 +956,11 @@ def _plan(config: ColorizeConfig, output: str, roots):
         ledger.remove(
             [u for sid in p.superseded for u in (ledger.stats_uri(output, sid), ledger.part_uri(output, sid),
                                                   ledger.listing_uri(output, sid), ledger.spool_dir(output, sid),
-                                                  storage.join_uri(output, "shards", f"{sid}.tar"))],
+                                                  ledger.shard_tar_uri(output, sid))],
             s3_endpoint=endpoint,
         )
     for rec in p.roots.values():
-        ledger.write_json(storage.join_uri(output, "_roots", f"{ledger.root_id(rec['root'])}.json"), rec,
+        ledger.write_json(ledger.root_uri(output, rec["root"]), rec,
                           s3_endpoint=endpoint, retries=retries)
     return p
 
@@ -1013,7 +1013,7 @@ def _stream_and_merge(config: ColorizeConfig, output: str, left: _Left, model_id
 
     endpoint = config.storage.s3_endpoint
     # _SUCCESS.json marks a finished run: one from an earlier run must not outlive new work
-    storage.remove(storage.join_uri(output, "_SUCCESS.json"), s3_endpoint=endpoint, retries=config.storage.retries)
+    storage.remove(ledger.success_uri(output), s3_endpoint=endpoint, retries=config.storage.retries)
     by_id = {s.id: {**asdict(s), "marker": _marker(s)} for s in left.todo}
     merge = ray.remote(num_cpus=0, max_retries=3)(merge_shard)
     merge_kw = {"output": output, "s3_endpoint": endpoint, "retries": config.storage.retries,
@@ -1097,7 +1097,7 @@ def _summary(config: ColorizeConfig, output: str, p, left: _Left, run: _Run, mod
         shards_skipped=len(p.shards) - len(left.todo),
     )
     storage.write_bytes_atomic(
-        storage.join_uri(output, "_SUCCESS.json"),
+        ledger.success_uri(output),
         json.dumps(asdict(summary), indent=2).encode(),
         s3_endpoint=config.storage.s3_endpoint,
         retries=config.storage.retries,
