@@ -43,7 +43,7 @@ from raycolor import inputs, storage
 from raycolor.config import ColorizeConfig, StorageConfig
 from raycolor.core import checkpoint, color, images
 from raycolor.core.colorize import L_SCALE
-from raycolor.outputs import ledger
+from raycolor.outputs import ledger, writers
 from raycolor.pipelines import colorize as rc
 
 # (relpath in the manifest, (h, w)): sizes all different, so an image written under another row's name shows
@@ -222,7 +222,7 @@ def test_webdataset_layout_writes_one_tar_per_shard(tmp_path, tiny_ckpt, model):
     for src, rel in srcs.items():
         row = rows[src]
         tar, name = row["output"].split("#")
-        key = rc.wds_key(inputs.output_key(rel, ".png"))
+        key = writers.wds_key(inputs.output_key(rel, ".png"))
         assert name == f"{key}.png" and tar in members
         _check_image(members[tar][name], Path(src), row)
         side = json.loads(members[tar][f"{key}.json"])

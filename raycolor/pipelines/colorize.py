@@ -39,6 +39,7 @@ from raycolor.config import DEFAULT_MAX_PIXELS, ColorizeConfig, StorageConfig
 from raycolor.core import checkpoint, images, metadata
 from raycolor.outputs import ledger
 from raycolor.outputs.ledger import IMAGE_COLUMN, MANIFEST_SCHEMA
+from raycolor.outputs.writers import WRITERS
 from raycolor.pipelines import runtime
 from raycolor.pipelines.planning import classify_inputs, plan
 
@@ -480,16 +481,15 @@ WRITE_BYTES = 64 << 20
 
 
 def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, output: str, model_id: str) -> dict:
-    """Encode, write the images (layout "files"), spool the rows per shard. With layout "webdataset" the
-    images travel in the spool (its `image` column) and the row's output is the output key; the shard's
-    merge writes them into one tar. `output`: config.output made absolute."""
+    """Encode, write the images (unless config.layout's writer spools them: its merge writes them), spool the
+    rows per shard. `output`: config.output made absolute."""
     import torch
 
     torch.set_num_threads(1)
     n = len(batch["source"])
     rows: dict[str, list] = {name: [] for name in MANIFEST_SCHEMA.names}
     blobs: list[bytes | None] = []
-    fmt, layout, store = config.format, config.layout, config.storage
+    fmt, writer, store = config.format, WRITERS[config.layout], config.storage
     ext = images.extension(fmt)
     prov = metadata.Provenance(software=metadata.SOFTWARE, model_id=model_id)
     keep = config.metadata == "keep"
@@ -498,20 +498,13 @@ def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, outp
     reports: list[str | None] = [None] * n
     failures: dict[int, Exception | None] = {}
     shard_col = [str(x) for x in batch["shard"]]
-    keep_blobs = config.parquet_images or layout == "webdataset"  # the spool carries the images too
+    keep_blobs = config.parquet_images or writer.spools_images  # the spool carries the images too
     pending: list[int] = []
 
     def write_pending() -> None:
-        # the pending images' writes in flight together (each still atomic); the manifest part follows them. A
-        # local write's temp file goes in its shard's spool folder: one cut off by a stop or a crash goes with
-        # the spool when the shard is merged, never left beside the images
-        written = storage.write_many(
-            [(out_uris[i], encoded[i]) for i in pending],
-            s3_endpoint=store.s3_endpoint,
-            retries=store.retries,
-            max_in_flight=store.io_concurrency,
-            tmp_dirs=[ledger.spool_dir(output, shard_col[i]) for i in pending],
-        )
+        # the pending images are written before the manifest part that names them
+        written = writer.write_images([(out_uris[i], encoded[i]) for i in pending], [shard_col[i] for i in pending],
+                                      output=output, store=store)
         failures.update(zip(pending, written))
         handled = sum(len(encoded[i]) + 3 * int(batch["width"][i]) * int(batch["height"][i]) for i in pending)
         if not keep_blobs:
@@ -534,10 +527,8 @@ def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, outp
                     rgb, fmt, meta, prov, keep=keep, png_level=config.png_level, jpeg_quality=config.jpeg_quality
                 )
                 del rgb
-            key = inputs.output_key(batch["relpath"][i], ext)
-            # webdataset: the key travels with the row; the shard's merge writes the image into its tar
-            out_uris[i] = key if layout == "webdataset" else ledger.image_uri(output, key)
-            if layout != "webdataset":
+            out_uris[i] = writer.row_output(output, inputs.output_key(batch["relpath"][i], ext))
+            if not writer.spools_images:
                 pending.append(i)
                 if sum(len(encoded[j]) for j in pending) >= WRITE_BYTES:
                     write_pending()
@@ -577,77 +568,6 @@ def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, outp
         "shard": np.array(shard_col, dtype=object),
         "shard_n": np.asarray(batch["shard_n"], dtype=np.int64),
     }
-
-
-def wds_key(output_key: str) -> str:
-    """WebDataset member key of an output key: extension off, dots in the path replaced (keys hold no dots)."""
-    stem = output_key.rsplit(".", 1)[0] if "." in output_key.rsplit("/", 1)[-1] else output_key
-    return stem.replace(".", "_")
-
-
-def _write_webdataset(table: pa.Table, *, output: str, sid: str, parquet_images: bool, s3_endpoint, retries: int) -> pa.Table:
-    """One tar OUTPUT/shards/<shard id>.tar holding key.<ext> + key.json per ok row, written with one PUT
-    (atomic rename locally); rows' `output` becomes `<tar uri>#<key>.<ext>`."""
-    import tarfile
-
-    tar_uri = ledger.shard_tar_uri(output, sid)
-    buf = io.BytesIO()
-    outputs = table.column("output").to_pylist()
-    blobs = table.column("image").to_pylist()
-    member_cols = ("source", "status", "width", "height", "model_id", "format", "bit_depth")
-    cols = {c: table.column(c).to_pylist() for c in (*member_cols, "metadata")}
-    taken: set[str] = set()
-    new_outputs: list[str | None] = []
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        for i, out in enumerate(outputs):
-            if cols["status"][i] != "ok" or out is None or blobs[i] is None:
-                new_outputs.append(None)
-                continue
-            key = wds_key(out)
-            if key.lower() in taken:  # two output keys that differ only by their dots: keep both
-                key = f"{key}__{storage.digest(cols['source'][i], 8)}"
-            taken.add(key.lower())
-            ext = out.rsplit(".", 1)[-1]
-            meta = {k: cols[k][i] for k in member_cols}
-            meta["metadata"] = json.loads(cols["metadata"][i]) if cols["metadata"][i] else None
-            for name, data in ((f"{key}.{ext}", blobs[i]), (f"{key}.json", json.dumps(meta).encode())):
-                info = tarfile.TarInfo(name)
-                info.size, info.mtime = len(data), 0
-                tf.addfile(info, io.BytesIO(data))
-            new_outputs.append(f"{tar_uri}#{key}.{ext}")
-    storage.write_bytes_atomic(tar_uri, buf.getvalue(), s3_endpoint=s3_endpoint, retries=retries,
-                               tmp_dir=ledger.spool_dir(output, sid))
-    table = table.set_column(table.schema.get_field_index("output"), "output", pa.array(new_outputs, type=pa.string()))
-    return table if parquet_images else table.drop_columns(["image"])
-
-
-def _with_old_members(table: pa.Table, *, output: str, sid: str, s3_endpoint, retries: int) -> pa.Table:
-    """A retried webdataset shard: its rows kept from the earlier part point into the earlier tar
-    (`<tar>#key.ext`); give them back their member's bytes and name, so the rebuilt tar holds the earlier
-    images under the same keys next to the retried ones. One GET of the old tar; a tar that cannot be read
-    fails the merge (the old rows would otherwise lose their images) and the run says so."""
-    import tarfile
-
-    tar_uri = ledger.shard_tar_uri(output, sid)
-    outputs = table.column("output").to_pylist()
-    if not any(o and o.startswith(tar_uri + "#") for o in outputs):
-        return table
-    fs, path = storage.filesystem(tar_uri, s3_endpoint=s3_endpoint)
-    data = storage.retrying(lambda: fs.cat_file(path), retries)
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
-        members = {m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isfile()}
-    images = table.column(IMAGE_COLUMN).to_pylist() if IMAGE_COLUMN in table.column_names else [None] * len(outputs)
-    for i, out in enumerate(outputs):
-        if out and out.startswith(tar_uri + "#"):
-            name = out[len(tar_uri) + 1 :]
-            if name not in members:
-                raise RuntimeError(f"{tar_uri} has no member {name}, which the shard's manifest part names: the tar was changed outside raycolor")
-            outputs[i], images[i] = name, members[name]
-    table = table.set_column(table.schema.get_field_index("output"), "output", pa.array(outputs, type=pa.string()))
-    image = pa.array(images, type=pa.binary())
-    if IMAGE_COLUMN in table.column_names:
-        return table.set_column(table.schema.get_field_index(IMAGE_COLUMN), IMAGE_COLUMN, image)
-    return table.append_column(IMAGE_COLUMN, image)
 
 
 def merge_shard(shard: dict, *, output: str, s3_endpoint, retries: int, layout: str = "files",
@@ -692,11 +612,9 @@ def merge_shard(shard: dict, *, output: str, s3_endpoint, retries: int, layout: 
     if shard.get("marker") in best and len(best) > 1:  # a shard that failed to expand, now expanded
         del best[shard["marker"]]
     table = table.take(pa.array(sorted(best.values()), type=pa.int64()))
-    if layout == "webdataset" and shard.get("retry", "none") != "none":
-        table = _with_old_members(table, output=output, sid=sid, s3_endpoint=s3_endpoint, retries=retries)
-    if layout == "webdataset":  # the shard's images, in one tar, before its part
-        table = _write_webdataset(table, output=output, sid=sid, parquet_images=parquet_images,
-                                  s3_endpoint=s3_endpoint, retries=retries)
+    # the layout's images (webdataset: the shard's tar), before its part
+    table = WRITERS[layout].merge(table, output=output, sid=sid, retried=shard.get("retry", "none") != "none",
+                                  parquet_images=parquet_images, s3_endpoint=s3_endpoint, retries=retries)
     buf = io.BytesIO()
     pq.write_table(table, buf)
     storage.write_bytes_atomic(ledger.part_uri(output, sid), buf.getvalue(), s3_endpoint=s3_endpoint, retries=retries,
@@ -919,7 +837,7 @@ def check_config(config: ColorizeConfig) -> None:
     """The settings a ColorizeConfig's type cannot check, refused before anything starts."""
     if config.retry_errors not in ("none", "transient", "all"):
         raise ValueError(f"retry_errors must be none, transient or all, not {config.retry_errors!r}")
-    if config.layout not in ("files", "webdataset"):
+    if config.layout not in WRITERS:
         raise ValueError(f"layout must be files or webdataset, not {config.layout!r}")
     if config.format not in metadata.FORMATS:
         raise ValueError(f"format must be one of {', '.join(metadata.FORMATS)}, not {config.format!r}")
