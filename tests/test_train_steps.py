@@ -22,7 +22,7 @@ from raycolor.core.model import (
     build_colorizer,
     set_trainable_encoder_blocks,
 )
-from raycolor.pipelines.colorize import expand_batch
+from raycolor.pipelines.stages import expand_batch
 from raycolor.pipelines.train import (
     TRAIN_ROWS,
     EpochSums,

@@ -80,8 +80,8 @@ from raycolor.core.model import (
     set_trainable_encoder_blocks,
 )
 from raycolor.pipelines import runtime
-from raycolor.pipelines.colorize import expand_batch
 from raycolor.pipelines.progress import TrainProgress, fmt_duration
+from raycolor.pipelines.stages import expand_batch
 
 __all__ = ["Split", "SplitStats", "TrainResult", "fit", "split_items", "validate_config"]
 
