@@ -125,7 +125,9 @@ class WebDatasetWriter:
         data = storage.retrying(lambda: fs.cat_file(path), retries)
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
             members = {m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isfile()}
-        images = table.column(IMAGE_COLUMN).to_pylist() if IMAGE_COLUMN in table.column_names else [None] * len(outputs)
+        # by name: a pa.Field is never `in` a list of column names, and table.column() takes no Field
+        has_images = IMAGE_COLUMN.name in table.column_names
+        images = table.column(IMAGE_COLUMN.name).to_pylist() if has_images else [None] * len(outputs)
         for i, out in enumerate(outputs):
             if out and out.startswith(tar_uri + "#"):
                 name = out[len(tar_uri) + 1 :]
@@ -134,8 +136,8 @@ class WebDatasetWriter:
                 outputs[i], images[i] = name, members[name]
         table = table.set_column(table.schema.get_field_index("output"), "output", pa.array(outputs, type=pa.string()))
         image = pa.array(images, type=pa.binary())
-        if IMAGE_COLUMN in table.column_names:
-            return table.set_column(table.schema.get_field_index(IMAGE_COLUMN), IMAGE_COLUMN, image)
+        if has_images:
+            return table.set_column(table.schema.get_field_index(IMAGE_COLUMN.name), IMAGE_COLUMN, image)
         return table.append_column(IMAGE_COLUMN, image)
 
 
