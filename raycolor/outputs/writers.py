@@ -2,11 +2,12 @@
 sample writers: pure fsspec/pyarrow, no Ray.
 
 Two stages of the pipeline touch the images: the finish stage, which encodes each image and spools its row,
-and the shard's merge, which joins the spooled rows into the shard's manifest part. A writer says, with the
-same few members, what its layout does at each:
+and the shard's merge, which joins the spooled rows into the shard's manifest part. Every writer says what its
+layout does at each:
 
 * ``spools_images``: whether the images travel in the spool (their rows' ``image`` column) to the merge,
-  which writes them, rather than being written by the finish stage (:meth:`FilesWriter.write_images`);
+  which writes them; a writer that does not spool them writes them at the finish stage (``write_images``,
+  which only such a writer has);
 * ``row_output(output, key)``: the ``output`` a finished row carries into the spool;
 * ``merge(table, ...)``: a shard's de-duplicated rows -> the rows its part holds, its images written.
 
