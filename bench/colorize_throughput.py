@@ -353,7 +353,7 @@ def stage_functions(paths: list[Path], ckpt: str, args, model) -> dict:
         from dataclasses import asdict
 
         from raycolor import inputs
-        from raycolor.pipelines import colorize as rc
+        from raycolor.pipelines import stages
 
         wanted = {str(p) for p in paths}
         listed = [asdict(i) for i in inputs.list_items([str(paths[0].parent)]) if i.source in wanted]
@@ -370,17 +370,17 @@ def stage_functions(paths: list[Path], ckpt: str, args, model) -> dict:
         storage = StorageConfig(retries=1)
         config = ColorizeConfig(inputs=(), output="", checkpoint=ckpt, format=args.format, png_level=args.png_level,
                                 jpeg_quality=args.jpeg_quality, max_pixels=None, storage=storage)
-        stage = rc.ModelStage.for_colorize(config, args.render_size)
-        pred = rc.Predictor.with_model(model, torch.device("cpu"), stage)  # the actor's __call__ without its process
+        stage = stages.ModelStage.for_colorize(config, args.render_size)
+        pred = stages.Predictor.with_model(model, torch.device("cpu"), stage)  # the actor's __call__ without its process
         dec, fin = [], []
         for _ in range(3):  # the first round pays imports and first-write costs; keep the best
             t0, c0 = time.perf_counter(), time.thread_time()
-            decoded = rc.decode_batch(items, stage=stage)
+            decoded = stages.decode_batch(items, stage=stage)
             dec.append((time.perf_counter() - t0, time.thread_time() - c0))
             predicted = pred(decoded)
             with tempfile.TemporaryDirectory() as tmp:
                 t0, c0 = time.perf_counter(), time.thread_time()
-                rc.finish_batch(predicted, config=config, stage=stage, output=tmp, model_id="bench")
+                stages.finish_batch(predicted, config=config, stage=stage, output=tmp, model_id="bench")
                 fin.append((time.perf_counter() - t0, time.thread_time() - c0))
         for name, xs in (("decode stage (decode_batch)", dec), (f"finish stage (finish_batch, {args.format})", fin)):
             res[name] = {"wall": round(min(w for w, _ in xs) / len(listed) * 1e3, 3),

@@ -84,7 +84,7 @@ def main() -> None:
     from raycolor.config import ColorizeConfig, StorageConfig
     from raycolor.core import checkpoint
     from raycolor.core.model import build_colorizer
-    from raycolor.pipelines import colorize as rc
+    from raycolor.pipelines import stages
 
     torch.set_num_threads(1)
     figures = {}
@@ -114,18 +114,18 @@ def main() -> None:
             n = len(rows)
             batch.update(shard=np.array(["bench"] * n, dtype=object), shard_n=np.full(n, n),
                          error=np.full(n, "", dtype=object))
-            stage = rc.ModelStage(checkpoint=ckpt, render_size=args.render_size, batch_size=n, gpus=1, storage=storage,
+            stage = stages.ModelStage(checkpoint=ckpt, render_size=args.render_size, batch_size=n, gpus=1, storage=storage,
                                   device_codec=codec, encode_jpeg_quality=args.jpeg_quality if codec else None)
-            actor = rc.Predictor.with_model(model, device, stage)
+            actor = stages.Predictor.with_model(model, device, stage)
             dec, fin = [], []
             for _ in range(5):  # the first round pays imports and first writes; keep the best
                 c0 = time.thread_time()
-                decoded = rc.decode_batch(batch, stage=stage)
+                decoded = stages.decode_batch(batch, stage=stage)
                 dec.append(time.thread_time() - c0)
                 predicted = actor(decoded)
                 with tempfile.TemporaryDirectory(dir=tmp) as out:
                     c0 = time.thread_time()
-                    rc.finish_batch(predicted, config=config, stage=stage, output=out, model_id="bench")
+                    stages.finish_batch(predicted, config=config, stage=stage, output=out, model_id="bench")
                     fin.append(time.thread_time() - c0)
             d, f = min(dec) / n * 1e3, min(fin) / n * 1e3
             figures[name] = {"decode_stage_cpu_ms": round(d, 2), "finish_stage_cpu_ms": round(f, 2),

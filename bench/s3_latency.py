@@ -190,7 +190,7 @@ def stage_profile(bucket: str, proxy, ckpt: str, args, latency_s: float, concurr
 
     from raycolor.config import ColorizeConfig, StorageConfig
     from raycolor.core import checkpoint
-    from raycolor.pipelines import colorize as rc
+    from raycolor.pipelines import stages
 
     model, _ = checkpoint.load(ckpt)
     b = args.batch_size
@@ -215,16 +215,16 @@ def stage_profile(bucket: str, proxy, ckpt: str, args, latency_s: float, concurr
         output = f"s3://{bucket}/out-stages-{name}"
         config = ColorizeConfig(inputs=(), output=output, checkpoint=ckpt, format="png", max_pixels=None,
                                 storage=StorageConfig(s3_endpoint=proxy.url, retries=3, io_concurrency=conc))
-        stage = rc.ModelStage.for_colorize(config, args.render_size)
-        pred = rc.Predictor.with_model(model, torch.device("cpu"), stage)  # the actor's __call__ without its process
+        stage = stages.ModelStage.for_colorize(config, args.render_size)
+        pred = stages.Predictor.with_model(model, torch.device("cpu"), stage)  # the actor's __call__ without its process
         dec, fin = [], []
         for k in range(3):
             t0 = time.perf_counter()
-            decoded = rc.decode_batch(batch(k), stage=stage)
+            decoded = stages.decode_batch(batch(k), stage=stage)
             dec.append(time.perf_counter() - t0)
             predicted = pred(decoded)
             t0 = time.perf_counter()
-            rc.finish_batch(predicted, config=config, stage=stage, output=output, model_id="bench")
+            stages.finish_batch(predicted, config=config, stage=stage, output=output, model_id="bench")
             fin.append(time.perf_counter() - t0)
         out[name] = {"decode_ms_per_batch": round(min(dec) * 1e3, 1), "finish_ms_per_batch": round(min(fin) * 1e3, 1)}
         print(f"  stages {name:<16} decode {out[name]['decode_ms_per_batch']:7.1f} ms, finish "

@@ -2,8 +2,8 @@
 locally, without Ray"): every stage is a plain function of a numpy batch, and `Predictor.with_model` runs the
 actor's code on a model in memory.
 
-`_run_stages` reproduces by hand what `build_dataset` / `predicted_dataset` / `colorize` (its `_stream_and_merge` step) wire together in
-raycolor/pipelines/colorize.py: a .txt manifest cut into shards (inputs.size_object, as planning does), each shard
+`_run_stages` reproduces by hand what `build_dataset` / `predicted_dataset` / `colorize` (its `_stream_and_merge` step) in
+raycolor/pipelines/colorize.py wire together from raycolor/pipelines/stages.py: a .txt manifest cut into shards (inputs.size_object, as planning does), each shard
 expanded into item rows (inputs.expand; the columns `_expand_shard` gives them), blocks of those rows ->
 decode_block -> Predictor -> finish_batch, and a shard's `merge_shard` once its last row is back (the driver's
 count against `shard_n`). Only the scheduling is left out: the rows, files and ledger records are the real ones.
@@ -43,8 +43,8 @@ from raycolor import inputs, storage
 from raycolor.config import ColorizeConfig, StorageConfig
 from raycolor.core import checkpoint, color, images
 from raycolor.core.colorize import L_SCALE
-from raycolor.outputs import ledger
-from raycolor.pipelines import colorize as rc
+from raycolor.outputs import ledger, writers
+from raycolor.pipelines import stages
 
 # (relpath in the manifest, (h, w)): sizes all different, so an image written under another row's name shows
 GOOD = [("a.png", (24, 32)), ("sub/b.jpg", (40, 20)), ("c.png", (17, 30)), ("sub/deeper/d.png", (33, 33)),
@@ -107,21 +107,21 @@ def _run_stages(config: ColorizeConfig, shards: list[inputs.Shard], model, meta,
     `block_rows` item rows cut across shards, as Ray Data's blocks do. Returns (the rows finish_batch handed
     back, {shard id: merge_shard's stats})."""
     output = storage.absolute(config.output)
-    stage = rc.ModelStage.for_colorize(config, meta.render_size)
-    predictor = rc.Predictor.with_model(model, torch.device("cpu"), stage)
+    stage = stages.ModelStage.for_colorize(config, meta.render_size)
+    predictor = stages.Predictor.with_model(model, torch.device("cpu"), stage)
     descriptors = {s.id: _descriptor(s) for s in shards}
     rows = [r for s in shards for r in _item_rows(s)]
     finished, seen, stats = [], {}, {}
     for start in range(0, len(rows), block_rows):
-        for decoded in rc.decode_block(_batch(rows[start:start + block_rows]), stage=stage):
+        for decoded in stages.decode_block(_batch(rows[start:start + block_rows]), stage=stage):
             if stage.device_codec:  # the JPEGs really went to the actor as their bytes
                 assert any(len(j) for j in decoded["jpeg"])
-            out = rc.finish_batch(predictor(decoded), config=config, stage=stage, output=output, model_id=meta.model_id)
+            out = stages.finish_batch(predictor(decoded), config=config, stage=stage, output=output, model_id=meta.model_id)
             finished += [dict(zip(out, values)) for values in zip(*out.values())]
             for sid, n in zip(out["shard"], out["shard_n"]):
                 seen[sid] = seen.get(sid, 0) + 1
                 if seen[sid] == n:  # the shard's last row is back: merge it
-                    stats[sid] = rc.merge_shard(descriptors[sid], output=output, s3_endpoint=None,
+                    stats[sid] = stages.merge_shard(descriptors[sid], output=output, s3_endpoint=None,
                                                 retries=config.storage.retries, layout=config.layout,
                                                 parquet_images=config.parquet_images)
     return finished, stats
@@ -222,7 +222,7 @@ def test_webdataset_layout_writes_one_tar_per_shard(tmp_path, tiny_ckpt, model):
     for src, rel in srcs.items():
         row = rows[src]
         tar, name = row["output"].split("#")
-        key = rc.wds_key(inputs.output_key(rel, ".png"))
+        key = writers.wds_key(inputs.output_key(rel, ".png"))
         assert name == f"{key}.png" and tar in members
         _check_image(members[tar][name], Path(src), row)
         side = json.loads(members[tar][f"{key}.json"])
@@ -273,17 +273,17 @@ def test_merge_keeps_one_row_per_source_after_a_retried_task(tmp_path, tiny_ckpt
     [shard] = _shards(manifest, shard_size=100)
     out = tmp_path / "out"
     config = _config(manifest, out, tiny_ckpt)
-    stage = rc.ModelStage.for_colorize(config, meta.render_size)
-    predicted = rc.Predictor.with_model(m, torch.device("cpu"), stage)(rc.decode_batch(_batch(_item_rows(shard)), stage=stage))
-    first = rc.finish_batch(predicted, config=config, stage=stage, output=str(out), model_id=meta.model_id)
+    stage = stages.ModelStage.for_colorize(config, meta.render_size)
+    predicted = stages.Predictor.with_model(m, torch.device("cpu"), stage)(stages.decode_batch(_batch(_item_rows(shard)), stage=stage))
+    first = stages.finish_batch(predicted, config=config, stage=stage, output=str(out), model_id=meta.model_id)
     assert list(first["status"]) == ["ok"] * len(GOOD)
     cut = {k: v[:3] for k, v in predicted.items()}  # the retry's batch: the first three rows only
-    rc.finish_batch(cut, config=config, stage=stage, output=str(out), model_id=meta.model_id)
+    stages.finish_batch(cut, config=config, stage=stage, output=str(out), model_id=meta.model_id)
     spooled = list(Path(ledger.spool_dir(str(out), shard.id)).glob("*.parquet"))
     assert len(spooled) == 2 and sum(pq.read_metadata(p).num_rows for p in spooled) == len(GOOD) + 3
     newest = {r["source"]: r["finished_at"] for r in pq.read_table(min(spooled, key=lambda p: pq.read_metadata(p).num_rows)).to_pylist()}
 
-    stats = rc.merge_shard(_descriptor(shard), output=str(out), s3_endpoint=None, retries=1)
+    stats = stages.merge_shard(_descriptor(shard), output=str(out), s3_endpoint=None, retries=1)
     assert (stats["rows"], stats["ok"]) == (len(GOOD), len(GOOD))
     rows = one_row_each(out, [str(tmp_path / "in" / rel) for rel, _ in GOOD])
     for src, t in newest.items():

@@ -1,7 +1,7 @@
 """The training steps without Ray: train_one_epoch and evaluate on an iterable of batches built here (the Ray
 worker hands them `shard.iter_torch_batches(...)`), on the real colorizer built with weights=None and 32 px
 images; EpochSums.all_reduce in one process without torch.distributed; and a shard expanded into one side's
-training rows through ray_colorize.expand_batch, the function the Ray Data task runs."""
+training rows through stages.expand_batch, the function the Ray Data task runs."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from raycolor.core.model import (
     build_colorizer,
     set_trainable_encoder_blocks,
 )
-from raycolor.pipelines.colorize import expand_batch
+from raycolor.pipelines.stages import expand_batch
 from raycolor.pipelines.training.data import TRAIN_ROWS, shard_rows
 from raycolor.pipelines.training.loop import EpochSums, evaluate, train_one_epoch
 from raycolor.pipelines.training.split import Split
@@ -190,7 +190,7 @@ def test_epoch_sums_all_reduce_in_one_process_without_torch_distributed():
 
 
 def test_a_shard_expands_into_one_side_of_the_hold_out(tmp_path):
-    """ray_colorize.expand_batch with training's rows (what the fused Ray Data task runs): the two sides are
+    """stages.expand_batch with training's rows (what the fused Ray Data task runs): the two sides are
     disjoint, together every listed image, each row on the side Split says, in TRAIN_ROWS' columns; a shard
     that cannot be expanded gives no rows (dropped for the epoch, never fatal)."""
     names = [f"img{i:02d}.jpg" for i in range(40)]

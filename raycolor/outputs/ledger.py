@@ -1,13 +1,14 @@
 """The resume ledger of a colorize OUTPUT: pure fsspec/pyarrow, no Ray (a test asserts it).
 
 What a shard is and how inputs become shards is :mod:`raycolor.inputs`; this module records what became of
-them: every OUTPUT path below (:func:`part_uri`, :func:`stats_uri`, :func:`listing_uri`, :func:`spool_dir`,
-:func:`lock_uri`), the manifest schema and error reasons, per-shard stats, roots and their namespaces, the
+them: every OUTPUT path below (:func:`image_uri`, :func:`shard_tar_uri`, :func:`part_uri`, :func:`stats_uri`,
+:func:`root_uri`, :func:`listing_uri`, :func:`spool_dir`, :func:`lock_uri`, :func:`success_uri`), the manifest schema and error reasons, per-shard stats, roots and their namespaces, the
 lock, and reading the manifest back.
 
 OUTPUT layout::
 
-    OUTPUT/images/[<namespace>/]<key>            the colorized images
+    OUTPUT/images/[<namespace>/]<key>            the colorized images (layout "files")
+    OUTPUT/shards/<shard id>.tar                 the colorized images of one shard (layout "webdataset")
     OUTPUT/manifest/<shard id>.parquet           one part per shard: one row per input of the shard
     OUTPUT/_stats/<shard id>.json                counts of the shard; written after its part: "shard done"
     OUTPUT/_roots/<root id>.json                 one per input root: its namespace and its current shards
@@ -91,7 +92,7 @@ def is_retryable(error: str | None, mode: str) -> bool:
 
 def read_manifest(output: str, *, s3_endpoint=None, columns=None) -> pa.Table:
     """All manifest rows under OUTPUT/manifest/ (empty table if none), with a `_part` column."""
-    fs, path = storage.filesystem(storage.join_uri(output, "manifest"), s3_endpoint=s3_endpoint)
+    fs, path = storage.filesystem(manifest_dir(output), s3_endpoint=s3_endpoint)
     try:
         names = sorted(p for p in fs.ls(path, detail=False) if p.endswith(".parquet"))
     except FileNotFoundError:
@@ -118,6 +119,22 @@ def with_manifest_columns(table: pa.Table, cols=None) -> pa.Table:
     })
 
 
+def images_dir(output: str) -> str:
+    return storage.join_uri(output, "images")
+
+
+def image_uri(output: str, key: str) -> str:
+    return storage.join_uri(output, "images", key)
+
+
+def shard_tar_uri(output: str, sid: str) -> str:
+    return storage.join_uri(output, "shards", f"{sid}.tar")
+
+
+def manifest_dir(output: str) -> str:
+    return storage.join_uri(output, "manifest")
+
+
 def part_uri(output: str, sid: str) -> str:
     return storage.join_uri(output, "manifest", f"{sid}.parquet")
 
@@ -132,6 +149,14 @@ def listing_uri(output: str, sid: str) -> str:
 
 def spool_dir(output: str, sid: str) -> str:
     return storage.join_uri(output, "_spool", sid)
+
+
+def root_uri(output: str, root: str) -> str:
+    return storage.join_uri(output, "_roots", f"{root_id(root)}.json")
+
+
+def success_uri(output: str) -> str:
+    return storage.join_uri(output, "_SUCCESS.json")
 
 
 def root_id(root: str) -> str:

@@ -1,5 +1,5 @@
-"""Bulk colorization with Ray Data: the plan (inputs -> shards), the stages, and the run's bookkeeping. The
-per-image maths lives in the core modules (images, colorize, color); the ledger's formats in ledger.py.
+"""Bulk colorization with Ray Data: the stages (raycolor/pipelines/stages.py) wired into a lazy dataset, and the
+driver that plans the shards, streams the dataset and keeps the run's bookkeeping.
 
     shard descriptors (driver) ─▶ expand       CPU tasks: a shard -> item rows (a tar's members, a manifest chunk)
         ─▶ decode_block                       CPU tasks: bytes -> RGB -> L full-res (uint16) + L at render size
@@ -9,38 +9,35 @@ per-image maths lives in the core modules (images, colorize, color); the ledger'
         ─▶ merge                               per shard: one manifest part + stats (+ one tar for webdataset)
     driver: counts rows as they stream back, then checks the manifest and writes OUTPUT/_SUCCESS.json last.
 
-ModelStage, settled once on the driver, says what each stage does; no stage guesses from its columns. What
-crosses the object store: L as uint16 (2 B/pixel) and render-size L/ab on the CPU path; with the device codec
-the JPEG bytes go to the actor and composed RGB (or encoded JPEG) comes back. Pillow never runs in the actor.
-
-Exactly once: a source with a manifest row is done; a re-run skips finished shards. Images are written before
-their rows (temp + rename locally, one PUT on object stores), so a crash leaves at worst an image without a
-row, which the re-run overwrites with identical content. Spool files are named by the sources they hold, so a
-retried task overwrites its own file instead of adding a duplicate.
+Exactly once: a source with a manifest row is done; a re-run skips finished shards (how the stages keep a
+crash from leaving duplicates: raycolor/pipelines/stages.py).
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from raycolor import inputs, storage
-from raycolor.config import DEFAULT_MAX_PIXELS, ColorizeConfig, StorageConfig
-from raycolor.core import checkpoint, images, metadata
+from raycolor.config import ColorizeConfig
+from raycolor.core import checkpoint, metadata
 from raycolor.outputs import ledger
-from raycolor.outputs.ledger import IMAGE_COLUMN, MANIFEST_SCHEMA
+from raycolor.outputs.writers import WRITERS
 from raycolor.pipelines import runtime
 from raycolor.pipelines.planning import classify_inputs, plan
+from raycolor.pipelines.stages import (
+    ModelStage,
+    Predictor,
+    decode_block,
+    expand_batch,
+    finish_batch,
+    merge_shard,
+)
 
 
 @dataclass(frozen=True)
@@ -59,715 +56,6 @@ class ColorizeSummary:
     shards: int = 0  # shards of the inputs
     shards_skipped: int = 0  # finished by an earlier run (and nothing to retry)
 
-
-@dataclass(frozen=True)
-class ModelStage:
-    """How the decode and model stages run (and what they hand on), settled once on the driver from a
-    ColorizeConfig or an EvaluateConfig. Every stage reads its mode here, never from the columns a batch
-    happens to carry."""
-
-    checkpoint: str
-    render_size: int
-    batch_size: int  # images per model call
-    gpus: int = 0  # 0: CPU actors
-    cpu_actors: int | None = None  # CPU-mode pool size; None: one actor
-    max_pixels: int | None = DEFAULT_MAX_PIXELS
-    storage: StorageConfig = field(default_factory=StorageConfig)
-    device_codec: bool = False  # baseline JPEGs travel as their bytes and the actor decodes them
-    encode_jpeg_quality: int | None = None  # set: the actor also encodes the output as JPEG (nvJPEG on GPU)
-    keep_rgb: bool = False  # the decoded original travels along too (evaluate compares against it)
-    depth: str = "8"  # images.decode's depth: "auto" keeps a 16-bit master at 16 bits (PNG/TIFF output)
-    bits: str = "auto"  # composed output: "auto" (the decoded array's), "8" or "16"
-    memory_budget: int | None = None  # bytes a decode or finish task may hold (ColorizeConfig.memory_per_cpu)
-
-    @property
-    def compose_on_device(self) -> bool:
-        """The actor composes full-res RGB (column `rgb`, or `encoded` when it encodes too); otherwise it
-        hands on `ab` at render size and the next CPU stage composes."""
-        return self.gpus > 0 or self.device_codec
-
-    @classmethod
-    def for_colorize(cls, config: ColorizeConfig, render_size: int) -> ModelStage:
-        codec = config.uses_device_codec
-        return cls(
-            checkpoint=config.checkpoint,
-            render_size=render_size,
-            batch_size=config.batch_size,
-            gpus=config.gpus,
-            cpu_actors=config.cpu_actors,
-            max_pixels=config.max_pixels,
-            storage=config.storage,
-            device_codec=codec,
-            encode_jpeg_quality=config.jpeg_quality if codec and config.format == "jpeg" else None,
-            depth=config.decode_depth,
-            bits=config.bit_depth if config.format in ("png", "tiff") else "8",
-            memory_budget=config.memory_per_cpu,
-        )
-
-    def pixel_limit(self) -> tuple[int | None, str]:
-        """(most pixels an input may have, how to name that limit in its error row): --max-pixels, or fewer
-        when the memory budget holds fewer (at the bytes per pixel of the deepest image this stage decodes)."""
-        from raycolor.core.colorize import BYTES_PER_PIXEL
-
-        if not self.memory_budget:
-            return self.max_pixels, "the limit"
-        bpp = BYTES_PER_PIXEL[8 if self.depth == "8" else 16]
-        fits = self.memory_budget // bpp
-        if self.max_pixels is not None and self.max_pixels <= fits:
-            return self.max_pixels, "the limit"
-        return fits, f"what --memory-per-cpu {self.memory_budget / 1e9:.3g} GB holds at {bpp} B/pixel"
-
-    @property
-    def block_pixels(self) -> int:
-        """Most pixels one block of decoded images holds (one bigger image travels alone): the memory budget's
-        worth at this stage's bytes per pixel, or colorize.BLOCK_PIXELS without one. Blocks, and so every
-        decode, model and finish call, are cut by this rather than by a row count."""
-        from raycolor.core.colorize import BLOCK_PIXELS, BYTES_PER_PIXEL
-
-        if not self.memory_budget:
-            return BLOCK_PIXELS
-        return max(1, min(BLOCK_PIXELS, self.memory_budget // BYTES_PER_PIXEL[8 if self.depth == "8" else 16]))
-
-    def dataset_limits(self, cpus: int) -> dict:
-        """Ray Data's limits for this stage's datasets (runtime.dataset_limits): blocks of block_pixels of packed L
-        (2 B/pixel), and STORE_BLOCKS_PER_CPU such blocks per CPU of the cluster in the object store, so decoding
-        runs ahead of a slow finish stage by a few blocks per CPU, not by half the store."""
-        block = 2 * self.block_pixels
-        return {"block_bytes": block, "object_store_bytes": STORE_BLOCKS_PER_CPU * cpus * block}
-
-    def output_bits(self, decoded_bits: int) -> int:
-        """Bits per sample of a composed image whose input decoded at `decoded_bits`."""
-        return decoded_bits if self.bits == "auto" else int(self.bits)
-
-
-# --------------------------------------------------------------------------------------------
-# Stage functions (run inside Ray workers; plain functions of a numpy batch)
-# --------------------------------------------------------------------------------------------
-
-
-def decode_batch(batch: dict, *, stage: ModelStage) -> dict:
-    """Item rows -> decoded rows (all of decode_parts' parts in one batch; benchmarks and tests call this)."""
-    return _concat(list(decode_parts(batch, stage=stage)))
-
-
-def decode_parts(batch: dict, *, stage: ModelStage) -> Iterator[dict]:
-    """Item rows -> decoded rows: L packed at full resolution and L at render size, handed on in parts of at
-    most stage.block_pixels pixels (one bigger image travels alone), so a task holds one part's images, not
-    its batch's. stage.keep_rgb: the decoded RGB (raw bytes) travels along, for evaluation against the
-    original. stage.device_codec: baseline JPEGs skip Pillow and travel as their own bytes (+ EXIF
-    orientation) to the actor, which decodes them on its device; everything else is decoded here as usual.
-    Columns other than the item's pass through."""
-    import torch
-
-    torch.set_num_threads(1)  # one task per CPU slot; torch must not oversubscribe the node
-    store = stage.storage
-    max_pixels, limit = stage.pixel_limit()
-    n = len(batch["source"])
-    pre = batch["error"]  # rows that failed before reading (a shard that could not be expanded)
-    items = inputs.Item.from_batch(batch, [i for i in range(n) if not pre[i]])
-    # the one reading loop (training's too): the whole batch's reads in flight together, so object-store
-    # latency is paid about once per batch; a failed read or decode is this row's error, the job goes on
-    peek = (lambda data: images.device_decodable_jpeg(data, max_pixels=max_pixels)) if stage.device_codec else None
-    decoded = iter(images.read_decoded(
-        items,
-        s3_endpoint=store.s3_endpoint,
-        retries=store.retries,
-        max_pixels=max_pixels,
-        io_concurrency=store.io_concurrency,
-        peek=peek,
-        depth=stage.depth,
-        limit=limit,
-    ))
-    # the item's columns are consumed here; everything else (the ledger's shard bookkeeping) travels on
-    passthrough = {k: v for k, v in batch.items() if k not in _ITEM_COLUMNS}
-    part: list[tuple[int, dict]] = []
-    pixels = 0
-    for i in range(n):
-        row = {"error": pre[i]} if pre[i] else _decode_row(decoded, stage)
-        part.append((i, row))
-        pixels += row.get("width", 0) * row.get("height", 0)
-        if pixels >= stage.block_pixels:
-            yield _decoded_part(passthrough, part, stage)
-            part, pixels = [], 0
-    if part:
-        yield _decoded_part(passthrough, part, stage)
-
-
-def _decode_row(decoded: Iterator[images.Decoded], stage: ModelStage) -> dict:
-    """The next read item -> its decoded columns (error only, when it failed). Takes it from the iterator
-    itself, so that the decoded RGB goes as soon as L is made (nothing else holds it)."""
-    from raycolor.core.colorize import pack_l, prepare
-
-    got = next(decoded)
-    if got.error is not None:
-        return {"error": got.error}
-    if got.peeked is not None:  # a JPEG the actor decodes on its device
-        orientation, width, height, m = got.peeked
-        return {"jpeg": got.data, "orientation": orientation, "width": width, "height": height,
-                "meta": m.pack(), "bits": stage.output_bits(8)}
-    rgb, meta = got.rgb, got.meta
-    del got
-    row = {"height": rgb.shape[0], "width": rgb.shape[1], "bits": stage.output_bits(16 if rgb.dtype == np.uint16 else 8),
-           "meta": meta.pack()}
-    if stage.keep_rgb:
-        row["original"] = rgb.tobytes()
-    L, small = prepare(rgb, stage.render_size)
-    del rgb  # a 39 MP scan: 117 MB gone before L is packed
-    row.update(l_full=pack_l(L), l_small=small.numpy())
-    return row
-
-
-def _objects(values: list) -> np.ndarray:
-    """A 1-D object array of exactly these values (np.array would look inside sequences)."""
-    out = np.empty(len(values), dtype=object)
-    out[:] = values
-    return out
-
-
-def _decoded_part(passthrough: dict, part: list[tuple[int, dict]], stage: ModelStage) -> dict:
-    """Decoded rows -> the batch the next stage gets: passthrough columns of those rows + the decoded ones."""
-    idx = np.array([i for i, _ in part], dtype=np.int64)
-    rows = [row for _, row in part]
-    r = stage.render_size
-    l_small = np.zeros((len(rows), 1, r, r), dtype=np.float32)
-    for k, row in enumerate(rows):
-        if "l_small" in row:
-            l_small[k] = row["l_small"]
-    out = {k: v[idx] for k, v in passthrough.items()}
-    out.update(
-        width=np.array([row.get("width", 0) for row in rows], dtype=np.int64),
-        height=np.array([row.get("height", 0) for row in rows], dtype=np.int64),
-        bits=np.array([row.get("bits", 8) for row in rows], dtype=np.int64),  # of the output (stage.output_bits)
-        meta=_objects([row.get("meta", b"") for row in rows]),  # metadata.Metadata.pack(): the finish stage writes it back
-        error=_objects([row.get("error") or "" for row in rows]),  # "": no error (an all-null column would not survive Arrow)
-        l_full=_objects([row.get("l_full", b"") for row in rows]),
-        l_small=l_small,
-    )
-    if stage.keep_rgb:
-        out["original"] = _objects([row.get("original", b"") for row in rows])
-    if stage.device_codec:
-        out["jpeg"] = _objects([row.get("jpeg", b"") for row in rows])
-        out["orientation"] = np.array([row.get("orientation", 1) for row in rows], dtype=np.int64)
-    return out
-
-
-def _concat(parts: list[dict]) -> dict:
-    """Batches with the same columns -> one batch."""
-    if len(parts) == 1:
-        return parts[0]
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-
-def decode_block(block: dict, *, stage: ModelStage) -> Iterator[dict]:
-    """A block of item rows -> decoded rows, read a group at a time and handed on in parts (decode_parts).
-    A group is stage.batch_size items, or as many as stage.block_pixels holds at the size of the images read
-    so far, starting with one: a block of 39 MP scans reads one at a time, a block of thumbnails a batch at a
-    time. (Ray Data's own batch_size=32 costs a batcher pass per batch: 61 s to the first shard of 2M
-    manifest entries against 40 s this way.)"""
-    n = len(block["source"])
-    start, group = 0, 1
-    while start < n:
-        stop = min(n, start + group)
-        seen = pixels = 0
-        for part in decode_parts({k: v[start:stop] for k, v in block.items()}, stage=stage):
-            sizes = part["width"] * part["height"]
-            seen, pixels = seen + int(np.count_nonzero(sizes)), pixels + int(sizes.sum())
-            yield part
-        start = stop
-        runtime.trim_heap(pixels * 8)  # RGB, float L and packed L passed through
-        per_image = pixels / seen if seen else 0
-        group = max(1, min(stage.batch_size, int(stage.block_pixels // per_image) if per_image else 2 * group))
-
-
-def _restarted_actor() -> bool:
-    """Whether this process is an actor that Ray restarted after its first process died."""
-    import ray
-
-    return ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed
-
-
-_ITEM_COLUMNS = ("uri", "offset", "size")  # read by the decode stage; source and relpath stay with the row
-
-# Decoded blocks the object store holds per CPU of the cluster (ModelStage.dataset_limits): 256 MiB a CPU at the
-# default block size, 4 GiB for a 16-CPU GPU node, which at 4,000 images/s is a second of its pipeline.
-STORE_BLOCKS_PER_CPU = 8
-
-
-def _l_full(batch: dict, i: int):
-    from raycolor.core.colorize import unpack_l
-
-    return unpack_l(batch["l_full"][i], int(batch["height"][i]), int(batch["width"][i]))
-
-
-@contextlib.contextmanager
-def _torchvision_io() -> Iterator[None]:
-    """torchvision 0.29 warns on every call of its image codecs that TorchCodec will replace them; they are still
-    its nvJPEG path (and GPU machines here run 0.26), so the warning says nothing a user can act on."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                                category=DeprecationWarning)
-        yield
-
-
-class Predictor:
-    """The model on one device. Keeps no per-image CPU work: L small in, ab (or RGB, on GPU) out."""
-
-    def __init__(self, stage: ModelStage, *, threads: int):
-        import torch
-
-        if stage.gpus == 0:
-            torch.set_num_threads(max(1, threads))
-        device = torch.device("cuda" if stage.gpus > 0 else "cpu")
-        self.broken: Exception | None = None
-        try:
-            model, self.meta = checkpoint.load(stage.checkpoint, map_location=device, s3_endpoint=stage.storage.s3_endpoint)
-        except Exception as e:
-            if not _restarted_actor():
-                raise  # at start Ray Data fails the run at once with this error
-            # Ray restarted this actor (its process died) and the checkpoint cannot be read any more. Raising
-            # here would leave a dead actor that Ray Data 2.60 neither replaces nor reports when no batch was
-            # in flight on it (ray-project/ray#62746): the run would hang. Alive, it fails the next batch with
-            # this error instead, which ends the run with a clear message.
-            self.broken, self.meta = e, None
-            return
-        self._use(model, device, stage)
-
-    @classmethod
-    def with_model(cls, model, device, stage: ModelStage) -> Predictor:
-        """A Predictor around a model already in memory (benchmarks, tests): __call__ without the actor."""
-        self = cls.__new__(cls)
-        self.meta, self.broken = None, None
-        self._use(model, device, stage)
-        return self
-
-    def _use(self, model, device, stage: ModelStage) -> None:
-        import torch
-
-        self.device = device
-        self.model = model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
-        self.stage = stage
-
-    def _decode_jpegs(self, batch: dict, rows: list[int], errors: np.ndarray) -> dict:
-        """Rows' JPEG bytes -> upright uint8 (3, H, W) on the device; a failing image becomes an error row."""
-        import torch
-        from torchvision.io import ImageReadMode, decode_jpeg
-
-        from raycolor.core.colorize import orient
-
-        data = [torch.frombuffer(bytearray(batch["jpeg"][i]), dtype=torch.uint8) for i in rows]
-        with _torchvision_io():
-            try:
-                decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)  # one batched call
-            except RuntimeError:  # one bad image fails the batch: find it
-                decoded = []
-                for i, d in zip(rows, data):
-                    try:
-                        decoded.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=self.device))
-                    except RuntimeError as e:
-                        errors[i] = f"truncated: {storage.redact(e)}"
-                        decoded.append(None)
-        return {
-            i: orient(t, int(batch["orientation"][i])) for i, t in zip(rows, decoded) if t is not None
-        }
-
-    def __call__(self, batch: dict) -> dict:
-        """A block of decoded rows -> predicted rows, stage.batch_size rows per model call. With the compose on
-        the device, a call also holds at most colorize.DEVICE_PIXELS of full-resolution images there."""
-        from raycolor.core.colorize import DEVICE_PIXELS
-
-        if self.broken is not None:
-            raise self.broken
-        sizes = np.asarray(batch["width"], dtype=np.int64) * np.asarray(batch["height"], dtype=np.int64)
-        cuts = chunks(sizes, rows=self.stage.batch_size, pixels=DEVICE_PIXELS if self.stage.compose_on_device else None)
-        if len(cuts) == 1:
-            return self._predict(batch)
-        return _concat([self._predict({k: v[a:b] for k, v in batch.items()}) for a, b in cuts])
-
-    def _predict(self, batch: dict) -> dict:
-        import torch
-
-        from raycolor.core import color
-        from raycolor.core.colorize import compose_batch, predict_ab, render_l
-
-        errors = np.array(batch["error"], dtype=object)
-        n = len(errors)
-        r = batch["l_small"].shape[-1]
-        stage = self.stage
-        jpeg_rows = [i for i in range(n) if stage.device_codec and not errors[i] and len(batch["jpeg"][i])]
-        on_device = self._decode_jpegs(batch, jpeg_rows, errors) if jpeg_rows else {}
-        l_small = torch.from_numpy(np.array(batch["l_small"], dtype=np.float32)).to(self.device)
-        l_device = {}
-        for i, rgb_t in on_device.items():
-            l_device[i] = color.rgb_uint8_to_l(rgb_t)  # (1, H, W)
-            l_small[i] = render_l(l_device[i], r)
-        ok = np.array([not e for e in errors], dtype=bool)
-        ab = np.zeros((n, 2, r, r), dtype=np.float16)
-        rgb = np.full(n, b"", dtype=object)
-        encoded = np.full(n, b"", dtype=object)
-        if ok.any():
-            pred = predict_ab(self.model, l_small[torch.from_numpy(ok).to(self.device)])
-            if stage.compose_on_device:
-                # full-res Lab->RGB on the accelerator; the L planes are the only full-res data shipped in
-                composed = {}
-                by_size: dict[tuple[int, int, int], list[tuple[int, int]]] = {}  # (H, W, bits) -> [(row, pred index)]
-                for j, i in enumerate(np.flatnonzero(ok)):
-                    key = (int(batch["height"][i]), int(batch["width"][i]), int(batch["bits"][i]))
-                    by_size.setdefault(key, []).append((i, j))
-                for (_, _, bits), group in by_size.items():  # archives are mostly one size: few groups, few kernels
-                    L = torch.stack(
-                        [l_device[i] if i in l_device else _l_full(batch, i).to(self.device) for i, _ in group]
-                    )
-                    rgbs = compose_batch(L, pred[[j for _, j in group]], bits=bits)  # (n, H, W, 3) uint8/uint16
-                    composed.update({i: rgbs[k] for k, (i, _) in enumerate(group)})
-                if stage.encode_jpeg_quality is not None:
-                    from torchvision.io import encode_jpeg
-
-                    rows = list(composed)
-                    with _torchvision_io():
-                        blobs = encode_jpeg([composed[i].permute(2, 0, 1) for i in rows], quality=stage.encode_jpeg_quality)
-                    for i, blob in zip(rows, blobs):
-                        encoded[i] = blob.cpu().numpy().tobytes()
-                else:
-                    for i, t in composed.items():
-                        rgb[i] = t.cpu().numpy().tobytes()
-            else:
-                ab[ok] = pred.cpu().numpy().astype(np.float16)
-        # pass every other column through (e.g. evaluate's originals); drop what is consumed here
-        consumed = {"l_small", "jpeg", "orientation"} | ({"l_full"} if stage.compose_on_device else set())
-        out = {k: v for k, v in batch.items() if k not in consumed}
-        out["error"] = errors
-        if stage.compose_on_device:
-            out["rgb"] = rgb
-            out["encoded"] = encoded
-        else:
-            out["ab"] = ab
-        return out
-
-
-def chunks(sizes: np.ndarray, *, rows: int, pixels: int | None = None) -> list[tuple[int, int]]:
-    """Consecutive [a, b) ranges over images of these pixel counts: at most `rows` images and (if set) `pixels`
-    pixels each, an image bigger than that alone."""
-    cuts, a, total = [], 0, 0
-    for i, size in enumerate(sizes):
-        if i > a and (i - a >= rows or (pixels is not None and total + size > pixels)):
-            cuts.append((a, i))
-            a, total = i, 0
-        total += int(size)
-    return [*cuts, (a, len(sizes))] if len(sizes) else [(0, 0)]
-
-
-def colorized_rgb(batch: dict, i: int, stage: ModelStage) -> np.ndarray:
-    """Row i of a predicted batch -> full-res RGB (H, W, 3), uint8 or (a 16-bit output) uint16, composing on
-    this CPU if the actor did not."""
-    import torch
-
-    from raycolor.core.colorize import compose, packed_l
-
-    h, w, bits = int(batch["height"][i]), int(batch["width"][i]), int(batch["bits"][i])
-    if stage.compose_on_device:
-        return np.frombuffer(batch["rgb"][i], dtype=np.uint16 if bits == 16 else np.uint8).reshape(h, w, 3)
-    # L stays packed (2 B/pixel): compose unpacks it a strip at a time
-    return compose(packed_l(batch["l_full"][i], h, w), torch.from_numpy(batch["ab"][i].astype(np.float32)), bits=bits).numpy()
-
-
-def _part_name(sources_in_batch) -> str:
-    return f"part-{storage.digest(chr(10).join(sorted(sources_in_batch)), 20)}.parquet"
-
-
-# Encoded images a finish task holds before it writes them (all of a batch of thumbnails, one by one for big
-# masters): writes in flight together hide object-store latency, a bound keeps a block of scans from piling up.
-WRITE_BYTES = 64 << 20
-
-
-def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, output: str, model_id: str) -> dict:
-    """Encode, write the images (layout "files"), spool the rows per shard. With layout "webdataset" the
-    images travel in the spool (its `image` column) and the row's output is the output key; the shard's
-    merge writes them into one tar. `output`: config.output made absolute."""
-    import torch
-
-    torch.set_num_threads(1)
-    n = len(batch["source"])
-    rows: dict[str, list] = {name: [] for name in MANIFEST_SCHEMA.names}
-    blobs: list[bytes | None] = []
-    fmt, layout, store = config.format, config.layout, config.storage
-    ext = images.extension(fmt)
-    prov = metadata.Provenance(software=metadata.SOFTWARE, model_id=model_id)
-    keep = config.metadata == "keep"
-    out_uris: list[str | None] = [None] * n
-    encoded: list[bytes | None] = [None] * n
-    reports: list[str | None] = [None] * n
-    failures: dict[int, Exception | None] = {}
-    shard_col = [str(x) for x in batch["shard"]]
-    keep_blobs = config.parquet_images or layout == "webdataset"  # the spool carries the images too
-    pending: list[int] = []
-
-    def write_pending() -> None:
-        # the pending images' writes in flight together (each still atomic); the manifest part follows them. A
-        # local write's temp file goes in its shard's spool folder: one cut off by a stop or a crash goes with
-        # the spool when the shard is merged, never left beside the images
-        written = storage.write_many(
-            [(out_uris[i], encoded[i]) for i in pending],
-            s3_endpoint=store.s3_endpoint,
-            retries=store.retries,
-            max_in_flight=store.io_concurrency,
-            tmp_dirs=[ledger.spool_dir(output, shard_col[i]) for i in pending],
-        )
-        failures.update(zip(pending, written))
-        handled = sum(len(encoded[i]) + 3 * int(batch["width"][i]) * int(batch["height"][i]) for i in pending)
-        if not keep_blobs:
-            for i in pending:
-                encoded[i] = None  # written: a task holds WRITE_BYTES of encoded images, not its block's
-        pending.clear()
-        runtime.trim_heap(handled)  # what was composed and encoded
-
-    for i in range(n):
-        if not batch["error"][i]:
-            meta = metadata.Metadata.unpack(batch["meta"][i])
-            if stage.encode_jpeg_quality is not None:  # encoded by the actor (nvJPEG): metadata goes in here
-                encoded[i], reports[i] = metadata.embed_jpeg(
-                    bytes(batch["encoded"][i]), meta, prov, keep=keep,
-                    width=int(batch["width"][i]), height=int(batch["height"][i]),
-                )
-            else:
-                rgb = colorized_rgb(batch, i, stage)
-                encoded[i], reports[i] = metadata.encode(
-                    rgb, fmt, meta, prov, keep=keep, png_level=config.png_level, jpeg_quality=config.jpeg_quality
-                )
-                del rgb
-            key = inputs.output_key(batch["relpath"][i], ext)
-            # webdataset: the key travels with the row; the shard's merge writes the image into its tar
-            out_uris[i] = key if layout == "webdataset" else storage.join_uri(output, "images", key)
-            if layout != "webdataset":
-                pending.append(i)
-                if sum(len(encoded[j]) for j in pending) >= WRITE_BYTES:
-                    write_pending()
-    if pending:
-        write_pending()
-    for i in range(n):
-        source, err = batch["source"][i], batch["error"][i] or None
-        out_uri, blob = out_uris[i], encoded[i] if keep_blobs else None
-        if failures.get(i) is not None:  # past the retry limit: an error row, never a silent loss
-            err, out_uri, blob = f"write_failed: {storage.redact(failures[i], out_uri)}", None, None
-        rows["source"].append(source)
-        rows["output"].append(out_uri)
-        rows["status"].append("ok" if err is None else "error")
-        rows["error"].append(err)
-        rows["width"].append(int(batch["width"][i]) or None)  # 0: never decoded
-        rows["height"].append(int(batch["height"][i]) or None)
-        rows["model_id"].append(model_id)
-        rows["format"].append(fmt)
-        rows["finished_at"].append(time.time())
-        rows["bit_depth"].append(int(batch["bits"][i]) if err is None else None)
-        rows["metadata"].append(reports[i] if err is None else None)
-        blobs.append(blob)
-    table = pa.table(rows, schema=MANIFEST_SCHEMA)
-    if keep_blobs:
-        table = table.append_column(IMAGE_COLUMN, pa.array(blobs, type=pa.binary()))
-    # one spool file per shard in this batch; named by its sources, so a retried task overwrites its own
-    for sid in sorted(set(shard_col)):
-        rows_of = [i for i, x in enumerate(shard_col) if x == sid]
-        part = table.take(pa.array(rows_of, type=pa.int64()))
-        buf = io.BytesIO()
-        pq.write_table(part, buf)
-        uri = storage.join_uri(ledger.spool_dir(output, sid), _part_name([rows["source"][i] for i in rows_of]))
-        storage.write_bytes_atomic(uri, buf.getvalue(), s3_endpoint=store.s3_endpoint, retries=store.retries)
-    return {
-        "source": np.array(rows["source"], dtype=object),
-        "status": np.array(rows["status"], dtype=object),
-        "shard": np.array(shard_col, dtype=object),
-        "shard_n": np.asarray(batch["shard_n"], dtype=np.int64),
-    }
-
-
-def wds_key(output_key: str) -> str:
-    """WebDataset member key of an output key: extension off, dots in the path replaced (keys hold no dots)."""
-    stem = output_key.rsplit(".", 1)[0] if "." in output_key.rsplit("/", 1)[-1] else output_key
-    return stem.replace(".", "_")
-
-
-def _write_webdataset(table: pa.Table, *, output: str, sid: str, parquet_images: bool, s3_endpoint, retries: int) -> pa.Table:
-    """One tar OUTPUT/shards/<shard id>.tar holding key.<ext> + key.json per ok row, written with one PUT
-    (atomic rename locally); rows' `output` becomes `<tar uri>#<key>.<ext>`."""
-    import tarfile
-
-    tar_uri = storage.join_uri(output, "shards", f"{sid}.tar")
-    buf = io.BytesIO()
-    outputs = table.column("output").to_pylist()
-    blobs = table.column("image").to_pylist()
-    member_cols = ("source", "status", "width", "height", "model_id", "format", "bit_depth")
-    cols = {c: table.column(c).to_pylist() for c in (*member_cols, "metadata")}
-    taken: set[str] = set()
-    new_outputs: list[str | None] = []
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        for i, out in enumerate(outputs):
-            if cols["status"][i] != "ok" or out is None or blobs[i] is None:
-                new_outputs.append(None)
-                continue
-            key = wds_key(out)
-            if key.lower() in taken:  # two output keys that differ only by their dots: keep both
-                key = f"{key}__{storage.digest(cols['source'][i], 8)}"
-            taken.add(key.lower())
-            ext = out.rsplit(".", 1)[-1]
-            meta = {k: cols[k][i] for k in member_cols}
-            meta["metadata"] = json.loads(cols["metadata"][i]) if cols["metadata"][i] else None
-            for name, data in ((f"{key}.{ext}", blobs[i]), (f"{key}.json", json.dumps(meta).encode())):
-                info = tarfile.TarInfo(name)
-                info.size, info.mtime = len(data), 0
-                tf.addfile(info, io.BytesIO(data))
-            new_outputs.append(f"{tar_uri}#{key}.{ext}")
-    storage.write_bytes_atomic(tar_uri, buf.getvalue(), s3_endpoint=s3_endpoint, retries=retries,
-                               tmp_dir=ledger.spool_dir(output, sid))
-    table = table.set_column(table.schema.get_field_index("output"), "output", pa.array(new_outputs, type=pa.string()))
-    return table if parquet_images else table.drop_columns(["image"])
-
-
-def _with_old_members(table: pa.Table, *, output: str, sid: str, s3_endpoint, retries: int) -> pa.Table:
-    """A retried webdataset shard: its rows kept from the earlier part point into the earlier tar
-    (`<tar>#key.ext`); give them back their member's bytes and name, so the rebuilt tar holds the earlier
-    images under the same keys next to the retried ones. One GET of the old tar; a tar that cannot be read
-    fails the merge (the old rows would otherwise lose their images) and the run says so."""
-    import tarfile
-
-    tar_uri = storage.join_uri(output, "shards", f"{sid}.tar")
-    outputs = table.column("output").to_pylist()
-    if not any(o and o.startswith(tar_uri + "#") for o in outputs):
-        return table
-    fs, path = storage.filesystem(tar_uri, s3_endpoint=s3_endpoint)
-    data = storage.retrying(lambda: fs.cat_file(path), retries)
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
-        members = {m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isfile()}
-    images = table.column(IMAGE_COLUMN).to_pylist() if IMAGE_COLUMN in table.column_names else [None] * len(outputs)
-    for i, out in enumerate(outputs):
-        if out and out.startswith(tar_uri + "#"):
-            name = out[len(tar_uri) + 1 :]
-            if name not in members:
-                raise RuntimeError(f"{tar_uri} has no member {name}, which the shard's manifest part names: the tar was changed outside raycolor")
-            outputs[i], images[i] = name, members[name]
-    table = table.set_column(table.schema.get_field_index("output"), "output", pa.array(outputs, type=pa.string()))
-    image = pa.array(images, type=pa.binary())
-    if IMAGE_COLUMN in table.column_names:
-        return table.set_column(table.schema.get_field_index(IMAGE_COLUMN), IMAGE_COLUMN, image)
-    return table.append_column(IMAGE_COLUMN, image)
-
-
-def merge_shard(shard: dict, *, output: str, s3_endpoint, retries: int, layout: str = "files",
-                 parquet_images: bool = False) -> dict:
-    """Spooled rows of one finished shard -> OUTPUT/manifest/<id>.parquet, then OUTPUT/_stats/<id>.json.
-
-    Why a spool and a merge rather than one task per shard: the model sits in an actor pool between the
-    CPU stages, so the rows of one shard come back from many finish tasks, in any order, mixed with other
-    shards' rows; grouping them inside Ray Data (groupby) is an all-to-all barrier that would hold every
-    output until the whole dataset is done. The spool costs one small PUT per (batch, shard) plus one GET
-    and one DELETE per spool file at merge time, about 0.1 request per image at batch size 32, and keeps
-    the ledger at one part and one stats record per shard. Rows are de-duplicated by source here (a
-    crashed earlier attempt may have left spool files), the newest row winning; with ``retry`` set, the
-    shard's old part is the base and the new rows replace its rows for the same sources.
-    """
-    sid = shard["id"]
-    fs, spool = storage.filesystem(ledger.spool_dir(output, sid), s3_endpoint=s3_endpoint)
-    try:
-        names = sorted(p for p in storage.retrying(lambda: fs.ls(spool, detail=False), retries) if p.endswith(".parquet"))
-    except FileNotFoundError:
-        names = []
-    tables = []
-    if shard.get("retry", "none") != "none":
-        pfs, ppath = storage.filesystem(ledger.part_uri(output, sid), s3_endpoint=s3_endpoint)
-        try:
-            tables.append(pq.read_table(io.BytesIO(storage.retrying(lambda: pfs.cat_file(ppath), retries))))
-        except FileNotFoundError:
-            pass
-    blobs = storage.retrying(lambda: fs.cat(names), retries) if names else {}
-    tables += [pq.read_table(io.BytesIO(blobs[n])) for n in names]
-    if tables:
-        table = pa.concat_tables(tables, promote_options="default")
-    else:
-        table = MANIFEST_SCHEMA.empty_table()
-    # newest row per source (old part rows are older than this run's rows)
-    srcs = table.column("source").to_pylist()
-    when = table.column("finished_at").to_pylist()
-    best: dict[str, int] = {}
-    for i, (src, t) in enumerate(zip(srcs, when)):
-        if src not in best or (t or 0) >= (when[best[src]] or 0):
-            best[src] = i
-    if shard.get("marker") in best and len(best) > 1:  # a shard that failed to expand, now expanded
-        del best[shard["marker"]]
-    table = table.take(pa.array(sorted(best.values()), type=pa.int64()))
-    if layout == "webdataset" and shard.get("retry", "none") != "none":
-        table = _with_old_members(table, output=output, sid=sid, s3_endpoint=s3_endpoint, retries=retries)
-    if layout == "webdataset":  # the shard's images, in one tar, before its part
-        table = _write_webdataset(table, output=output, sid=sid, parquet_images=parquet_images,
-                                  s3_endpoint=s3_endpoint, retries=retries)
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    storage.write_bytes_atomic(ledger.part_uri(output, sid), buf.getvalue(), s3_endpoint=s3_endpoint, retries=retries,
-                               tmp_dir=ledger.spool_dir(output, sid))
-    status, errors = table.column("status").to_pylist(), table.column("error").to_pylist()
-    reasons: dict[str, int] = {}
-    for st, e in zip(status, errors):
-        if st != "ok":
-            reasons[ledger.reason_of(e)] = reasons.get(ledger.reason_of(e), 0) + 1
-    stats = {
-        "shard": sid,
-        "root": shard["root"],
-        "kind": shard["kind"],
-        "uri": shard["uri"],
-        "rows": table.num_rows,
-        "ok": sum(1 for st in status if st == "ok"),
-        "error": sum(1 for st in status if st != "ok"),
-        "errors_by_reason": reasons,
-        "finished_at": time.time(),
-    }
-    # written after the part: a stats record means "this shard's part is complete"
-    ledger.write_json(ledger.stats_uri(output, sid), stats, s3_endpoint=s3_endpoint, retries=retries)
-    if names or storage.is_local(output):  # locally the spool also holds what killed writes left (temp files)
-        try:
-            fs.rm(spool, recursive=True)
-        except FileNotFoundError:
-            pass
-    return stats
-
-
-def _expand_shard(row: dict, *, output: str, s3_endpoint, retries: int) -> list[dict]:
-    """One shard descriptor -> its item rows (source, relpath under the root's namespace, uri, offset,
-    size, shard, shard_n, error). A shard that cannot be expanded becomes one error row (its marker)."""
-    shard = inputs.Shard.from_row(row)
-    try:
-        items = inputs.expand(shard, s3_endpoint=s3_endpoint, retries=retries)
-    except Exception as e:  # after retries: one error row stands for the shard; --retry-errors redoes it
-        return [{"source": row["marker"], "relpath": "", "uri": "", "offset": 0, "size": 0, "shard": shard.id,
-                 "shard_n": 1, "error": f"read_failed: {storage.redact(e, shard.uri)}"}]
-    if shard.retry != "none":
-        fs, path = storage.filesystem(ledger.part_uri(output, shard.id), s3_endpoint=s3_endpoint)
-        try:
-            old = pq.read_table(io.BytesIO(storage.retrying(lambda: fs.cat_file(path), retries)), columns=["source", "error"])
-        except FileNotFoundError:  # the part is gone (removed by hand): the whole shard is redone
-            old = None
-        if old is not None:
-            redo = {s for s, e in zip(old.column("source").to_pylist(), old.column("error").to_pylist())
-                    if ledger.is_retryable(e, shard.retry)}
-            if row["marker"] not in redo:
-                items = [i for i in items if i.source in redo]
-    ns = shard.namespace
-    return [
-        {"source": i.source, "relpath": f"{ns}/{i.relpath}" if ns else i.relpath, "uri": i.uri, "offset": i.offset,
-         "size": i.size, "shard": shard.id, "shard_n": len(items), "error": ""}
-        for i in items
-    ]
-
-
-def expand_batch(batch: pa.Table, *, rows: Callable[..., list[dict]] | None = None, schema: pa.Schema | None = None,
-                 **kw) -> pa.Table:
-    """Shard descriptors (one per batch) -> one table of their item rows, ``rows(descriptor, **kw)`` each:
-    colorize's (:func:`_expand_shard`, schema ``_ITEM_ROWS``) unless another expansion and its schema are given
-    (training keeps one side of its hold-out). Run it as ``map_batches(expand_batch, batch_size=1,
-    batch_format="pyarrow", num_cpus=1)`` followed by ``repartition(target_num_rows_per_block=...)``: Ray Data
-    fuses the two (see build_dataset)."""
-    rows, schema = rows or _expand_shard, schema or _ITEM_ROWS
-    return pa.Table.from_pylist([r for row in batch.to_pylist() for r in rows(row, **kw)], schema=schema)
-
-
-_ITEM_ROWS = pa.schema([("source", pa.string()), ("relpath", pa.string()), ("uri", pa.string()), ("offset", pa.int64()),
-                        ("size", pa.int64()), ("shard", pa.string()), ("shard_n", pa.int64()), ("error", pa.string())])
 
 
 # --------------------------------------------------------------------------------------------
@@ -919,7 +207,7 @@ def check_config(config: ColorizeConfig) -> None:
     """The settings a ColorizeConfig's type cannot check, refused before anything starts."""
     if config.retry_errors not in ("none", "transient", "all"):
         raise ValueError(f"retry_errors must be none, transient or all, not {config.retry_errors!r}")
-    if config.layout not in ("files", "webdataset"):
+    if config.layout not in WRITERS:
         raise ValueError(f"layout must be files or webdataset, not {config.layout!r}")
     if config.format not in metadata.FORMATS:
         raise ValueError(f"format must be one of {', '.join(metadata.FORMATS)}, not {config.format!r}")
@@ -956,11 +244,11 @@ def _plan(config: ColorizeConfig, output: str, roots):
         ledger.remove(
             [u for sid in p.superseded for u in (ledger.stats_uri(output, sid), ledger.part_uri(output, sid),
                                                   ledger.listing_uri(output, sid), ledger.spool_dir(output, sid),
-                                                  storage.join_uri(output, "shards", f"{sid}.tar"))],
+                                                  ledger.shard_tar_uri(output, sid))],
             s3_endpoint=endpoint,
         )
     for rec in p.roots.values():
-        ledger.write_json(storage.join_uri(output, "_roots", f"{ledger.root_id(rec['root'])}.json"), rec,
+        ledger.write_json(ledger.root_uri(output, rec["root"]), rec,
                           s3_endpoint=endpoint, retries=retries)
     return p
 
@@ -1013,7 +301,7 @@ def _stream_and_merge(config: ColorizeConfig, output: str, left: _Left, model_id
 
     endpoint = config.storage.s3_endpoint
     # _SUCCESS.json marks a finished run: one from an earlier run must not outlive new work
-    storage.remove(storage.join_uri(output, "_SUCCESS.json"), s3_endpoint=endpoint, retries=config.storage.retries)
+    storage.remove(ledger.success_uri(output), s3_endpoint=endpoint, retries=config.storage.retries)
     by_id = {s.id: {**asdict(s), "marker": _marker(s)} for s in left.todo}
     merge = ray.remote(num_cpus=0, max_retries=3)(merge_shard)
     merge_kw = {"output": output, "s3_endpoint": endpoint, "retries": config.storage.retries,
@@ -1097,7 +385,7 @@ def _summary(config: ColorizeConfig, output: str, p, left: _Left, run: _Run, mod
         shards_skipped=len(p.shards) - len(left.todo),
     )
     storage.write_bytes_atomic(
-        storage.join_uri(output, "_SUCCESS.json"),
+        ledger.success_uri(output),
         json.dumps(asdict(summary), indent=2).encode(),
         s3_endpoint=config.storage.s3_endpoint,
         retries=config.storage.retries,

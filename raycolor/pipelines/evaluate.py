@@ -17,12 +17,8 @@ from raycolor.config import EvaluateConfig
 from raycolor.core import gallery, images
 from raycolor.core.metrics import METRICS
 from raycolor.pipelines import runtime
-from raycolor.pipelines.colorize import (
-    ModelStage,
-    colorized_rgb,
-    predicted_dataset,
-    resolve_model,
-)
+from raycolor.pipelines.colorize import predicted_dataset, resolve_model
+from raycolor.pipelines.stages import ModelStage, colorized_rgb
 
 _THUMB_H = 160
 

@@ -21,7 +21,7 @@ from raycolor import inputs, storage
 from raycolor.config import DEFAULT_IO_CONCURRENCY, TrainConfig
 from raycolor.core import color, colorize, images
 from raycolor.pipelines import runtime
-from raycolor.pipelines.colorize import expand_batch
+from raycolor.pipelines.stages import expand_batch
 from raycolor.pipelines.training.plan import Data, expand_shard
 from raycolor.pipelines.training.split import Split
 
@@ -60,7 +60,7 @@ TRAIN_ROWS = pa.schema([("source", pa.string()), ("uri", pa.string()), ("offset"
 
 def shard_rows(desc: dict, *, side: str, split: Split | None, held, s3_endpoint, retries: int) -> list[dict]:
     """One shard descriptor -> the item rows of `side` ("train" or "val"; columns TRAIN_ROWS), in a Ray Data
-    task (through ray_colorize.expand_batch): the shard expanded as colorize expands it (inputs.expand), the
+    task (through stages.expand_batch): the shard expanded as colorize expands it (inputs.expand), the
     hold-out rule (or the --val sources) applied row by row. Training rows come in a fresh random order each
     epoch; a shard that cannot be expanded gives none (logged)."""
     try:
