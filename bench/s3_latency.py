@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -161,15 +162,17 @@ def raw_reads(fs, bucket: str, n: int, proxy, latency_s: float, concurrency: int
     """The GETs alone, no Ray: read_items one at a time, read_items with ``concurrency`` in flight (threads over
     read_item), and s3fs's own batch ``cat`` of the same keys (coroutines gathered on its event loop)."""
     from raycolor import inputs, storage
+    from raycolor.config import StorageConfig
 
     items = [inputs.Item(source=str(i), relpath="x.jpg", uri=f"s3://{bucket}/in/{i:05d}.jpg") for i in range(n)]
-    s3, _ = storage.filesystem(f"s3://{bucket}/in", s3_endpoint=proxy.url)
+    store = StorageConfig(s3_endpoint=proxy.url)
+    s3, _ = storage.filesystem(f"s3://{bucket}/in", store=store)
     proxy.latency_s = latency_s
-    storage.read_items(items[:4], s3_endpoint=proxy.url)  # connect outside the timings
+    storage.read_items(items[:4], store=store)  # connect outside the timings
     out = {}
     for name, call in (
-        ("read_items sequential", lambda: storage.read_items(items, s3_endpoint=proxy.url, max_in_flight=1)),
-        (f"read_items x{concurrency}", lambda: storage.read_items(items, s3_endpoint=proxy.url, max_in_flight=concurrency)),
+        ("read_items sequential", lambda: storage.read_items(items, store=replace(store, io_concurrency=1))),
+        (f"read_items x{concurrency}", lambda: storage.read_items(items, store=replace(store, io_concurrency=concurrency))),
         ("s3fs cat(list)", lambda: list(s3.cat([f"{bucket}/in/{i:05d}.jpg" for i in range(n)], on_error="return").values())),
     ):
         t0 = time.perf_counter()

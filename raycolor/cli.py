@@ -15,6 +15,7 @@ import typer
 
 from raycolor import __version__
 from raycolor.config import (
+    DEFAULT_STORE,
     ColorizeConfig,
     DemoConfig,
     EvaluateConfig,
@@ -167,7 +168,7 @@ def _out_of_space(e: BaseException) -> str:
 
 def _run(
     address: str | None,
-    s3_endpoint: str | None,
+    store: StorageConfig,
     call: Callable[[IO[str]], Any],
     *,
     verbose: bool = False,
@@ -189,7 +190,7 @@ def _run(
         try:
             if connect:
                 # stderr, so stdout stays machine-readable (evaluate --json)
-                typer.echo(runtime.connect(address, s3_endpoint=s3_endpoint, verbose=verbose), err=True)
+                typer.echo(runtime.connect(address, store=store, verbose=verbose), err=True)
             if threading.current_thread() is threading.main_thread():
                 # after ray.init, whose own handler would exit with status 15 and skip nothing we need
                 signal.signal(signal.SIGTERM, _on_sigterm)
@@ -300,7 +301,7 @@ def train(
 
         return ray_train.fit(config, terminal=terminal)
 
-    result = _run(address, s3_endpoint, call, verbose=verbose)
+    result = _run(address, config.storage, call, verbose=verbose)
     _table("raycolor train", _train_rows(result))
 
 
@@ -421,7 +422,7 @@ def colorize(
         with _progress("colorize", terminal, progress_every) as bar:
             return ray_colorize.colorize(config, on_total=bar.start, on_rows=bar.update)
 
-    s = _run(address, s3_endpoint, call, verbose=verbose)
+    s = _run(address, config.storage, call, verbose=verbose)
     _table(
         "raycolor colorize",
         {
@@ -456,12 +457,14 @@ def list_(
     """List images once, in parallel Ray tasks (one per sub-folder group), and save the listing as Parquet
     manifest shards (uri, relpath) for `colorize`."""
 
+    store = StorageConfig(s3_endpoint=s3_endpoint, retries=retries)
+
     def call(terminal):
         from raycolor.pipelines.planning import write_listing
 
-        return write_listing(inputs, output, shard_size=shard_size, s3_endpoint=s3_endpoint, retries=retries)
+        return write_listing(inputs, output, shard_size=shard_size, store=store)
 
-    entries, parts = _run(address, s3_endpoint, call, verbose=verbose)
+    entries, parts = _run(address, store, call, verbose=verbose)
     _table("raycolor list", {"entries": entries, "manifest shards": parts, "output": output})
 
 
@@ -504,7 +507,7 @@ def evaluate(
         with _progress("evaluate", terminal, progress_every) as bar:
             return ray_evaluate.evaluate(config, on_total=bar.start, on_rows=bar.update)
 
-    report = _run(address, s3_endpoint, call, verbose=verbose)
+    report = _run(address, config.storage, call, verbose=verbose)
     if json_out:
         import json
 
@@ -539,7 +542,7 @@ def demo(
             config, echo=typer.echo, progress=lambda label: _progress(label, terminal, DEFAULT_EVERY_S), terminal=terminal
         )
 
-    result = _run(address, None, call, verbose=verbose)
+    result = _run(address, DEFAULT_STORE, call, verbose=verbose)
     _table("raycolor demo", result.where())
 
 

@@ -27,6 +27,10 @@ class StorageConfig:
     shared_output: bool = False
 
 
+# the default of every storage call's ``store=`` (the dataclass is frozen, so one instance is shared safely)
+DEFAULT_STORE = StorageConfig()
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     data: tuple[str, ...]

@@ -83,6 +83,7 @@ def test_train_flags_map_onto_train_config(calls):
     )
     assert r.exit_code == 0, r.output
     assert r.output.splitlines()[0] == "connected ray://h:1"
+    assert calls["connect"]["store"].s3_endpoint == "http://127.0.0.1:9000"  # exported to the workers
     assert calls["train"] == TrainConfig(
         data=("a/", "s3://b/c"), output="s3://runs/x", val=("v/",), epochs=3, image_size=64, batch_size=8,
         workers=2, use_gpu=True, weights=None, skips=False, freeze_encoder_epochs=1, finetune_blocks=3,

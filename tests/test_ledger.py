@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from raycolor import inputs, storage
+from raycolor.config import StorageConfig
 from raycolor.outputs import ledger
 from raycolor.outputs.ledger import OutputLocked
 
@@ -186,10 +187,10 @@ def test_s3_lock_uses_a_conditional_put(s3_env):
         ledger.acquire_lock(out)
     # the create itself is exclusive on the server (If-None-Match: *), not exists-then-put
     fs, path = storage.filesystem(ledger.lock_uri(out))
-    assert ledger._create_exclusive(ledger.lock_uri(out), b"{}", s3_endpoint=None) is False
+    assert ledger._create_exclusive(ledger.lock_uri(out), b"{}", store=StorageConfig()) is False
     fs.rm(path)
-    assert ledger._create_exclusive(ledger.lock_uri(out), b"{}", s3_endpoint=None) is True
-    assert ledger._create_exclusive(ledger.lock_uri(out), b"{}", s3_endpoint=None) is False
+    assert ledger._create_exclusive(ledger.lock_uri(out), b"{}", store=StorageConfig()) is True
+    assert ledger._create_exclusive(ledger.lock_uri(out), b"{}", store=StorageConfig()) is False
 
 
 def test_list_group_on_s3_one_level_then_a_subtree(s3_env):

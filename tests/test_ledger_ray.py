@@ -398,8 +398,7 @@ def test_a_planning_task_error_reaches_the_driver_as_itself(ray_local, tmp_path)
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("ok.jpg\ncaf\u00e9.jpg\n".encode("latin-1"))
     with pytest.raises(inputs.InputError, match="not UTF-8 text"):
-        planning.shard_inputs([inputs.classify(str(bad))], shard_size=10, s3_endpoint=None,
-                              listing=str(tmp_path / "_listing" / "{id}.parquet"))
+        planning.shard_inputs([inputs.classify(str(bad))], shard_size=10, listing=str(tmp_path / "_listing" / "{id}.parquet"))
 
     def fails():
         raise inputs.InputError("bad manifest m.txt: not UTF-8 text")

@@ -16,6 +16,7 @@ import tarfile
 import pytest
 
 from raycolor import inputs, storage
+from raycolor.config import StorageConfig
 from raycolor.inputs import InputError, Item, list_items, output_key
 from raycolor.storage import (
     exists,
@@ -263,12 +264,12 @@ def test_read_item_retries_transient_errors_only(tmp_path, monkeypatch):
         return real(self, path, *a, **kw)
 
     monkeypatch.setattr(type(fs), "cat_file", flaky)
-    assert read_item(item, retries=5) == b"pixels"
+    assert read_item(item, store=StorageConfig(retries=5)) == b"pixels"
     assert len(sleeps) == 2 and sleeps[1] >= sleeps[0] > 0
 
     failures[:] = [ConnectionResetError(104, "reset")] * 3
     with pytest.raises(ConnectionResetError):
-        read_item(item, retries=2)
+        read_item(item, store=StorageConfig(retries=2))
 
     sleeps.clear()
     failures.clear()
@@ -475,7 +476,7 @@ def test_s3_prefix_listing_read_write_exists(s3_env):
     assert [it.relpath for it in list_items([f"s3://{bucket}/in/sub/c.tiff"])] == ["c.tiff"]
 
     # explicit endpoint argument overrides the environment
-    assert list_items([f"s3://{bucket}/in"], s3_endpoint=s3_env.endpoint) == items
+    assert list_items([f"s3://{bucket}/in"], store=StorageConfig(s3_endpoint=s3_env.endpoint)) == items
 
     out = join_uri(f"s3://{bucket}/out", "images", output_key("../sub/B.JPG", ".png"))
     assert out == f"s3://{bucket}/out/images/sub/B.png"
@@ -491,7 +492,7 @@ def test_s3_prefix_listing_read_write_exists(s3_env):
     with pytest.raises(InputError, match="input not found"):
         list_items([f"s3://{s3_env.bucket('x')}-nonexistent/p"])
     with pytest.raises(FileNotFoundError):
-        read_item(Item(source="s", relpath="s.jpg", uri=f"s3://{bucket}/nope.jpg"), retries=2)
+        read_item(Item(source="s", relpath="s.jpg", uri=f"s3://{bucket}/nope.jpg"), store=StorageConfig(retries=2))
     # messages are one line and never show userinfo credentials
     with pytest.raises(InputError) as err:
         list_items([f"s3://AKIDSECRET:hunter2@{bucket}/x.jpg"])
@@ -537,8 +538,8 @@ def fast_backoff(monkeypatch):
     monkeypatch.setattr(storage.retry, "_BACKOFF_BASE_S", 0.01)
 
 
-@pytest.mark.parametrize("max_in_flight", [1, 4, 64])
-def test_read_items_local_order_errors_and_tar_ranges(tmp_path, max_in_flight):
+@pytest.mark.parametrize("io_concurrency", [1, 4, 64])
+def test_read_items_local_order_errors_and_tar_ranges(tmp_path, io_concurrency):
     names = [f"d/{i:02d}.jpg" for i in range(12)]
     for name in names:
         _write(tmp_path / name, _payload(name, 300 + 37 * len(name)))
@@ -548,7 +549,7 @@ def test_read_items_local_order_errors_and_tar_ranges(tmp_path, max_in_flight):
     gone = Item(source="gone", relpath="gone.jpg", uri=str(tmp_path / "gone.jpg"))
     items = items[:5] + [gone] + items[5:]
 
-    got = storage.read_items(items, retries=2, max_in_flight=max_in_flight)
+    got = storage.read_items(items, store=StorageConfig(retries=2, io_concurrency=io_concurrency))
     assert len(got) == len(items)
     expected = [_payload(n, 300 + 37 * len(n)) for n in names[:5]] + [None]
     expected += [_payload(n, 300 + 37 * len(n)) for n in names[5:]] + list(members.values())
@@ -557,18 +558,18 @@ def test_read_items_local_order_errors_and_tar_ranges(tmp_path, max_in_flight):
             assert isinstance(data, FileNotFoundError), data
         else:
             assert data == want, item.source
-    assert storage.read_items([], max_in_flight=max_in_flight) == []
+    assert storage.read_items([], store=StorageConfig(io_concurrency=io_concurrency)) == []
 
 
-@pytest.mark.parametrize("max_in_flight", [1, 8])
-def test_write_many_local_atomic_order_and_failures(tmp_path, max_in_flight):
+@pytest.mark.parametrize("io_concurrency", [1, 8])
+def test_write_many_local_atomic_order_and_failures(tmp_path, io_concurrency):
     (tmp_path / "blocker").write_bytes(b"a file, so nothing can be written below it")
     pairs = [(str(tmp_path / "out" / f"sub{i % 3}" / f"{i}.png"), _payload(str(i))) for i in range(10)]
     pairs.insert(4, (str(tmp_path / "blocker" / "x.png"), b"cannot"))
     (tmp_path / "out" / "sub1").mkdir(parents=True)
     (tmp_path / "out" / "sub1" / "1.png").write_bytes(b"old content is replaced")
 
-    result = storage.write_many(pairs, retries=2, max_in_flight=max_in_flight)
+    result = storage.write_many(pairs, store=StorageConfig(retries=2, io_concurrency=io_concurrency))
     assert len(result) == len(pairs)
     assert isinstance(result[4], OSError) and not storage.is_transient(result[4])
     assert [r is None for r in result] == [i != 4 for i in range(len(pairs))]
@@ -578,7 +579,7 @@ def test_write_many_local_atomic_order_and_failures(tmp_path, max_in_flight):
                 assert f.read() == data
     leftovers = [n for _, _, fs_ in os.walk(tmp_path) for n in fs_ if n.endswith(".tmp")]
     assert leftovers == []  # every write was temp + rename, nothing left behind
-    assert storage.write_many([], max_in_flight=max_in_flight) == []
+    assert storage.write_many([], store=StorageConfig(io_concurrency=io_concurrency)) == []
 
 
 def test_read_items_and_write_many_s3_concurrent_bounded_and_retried(s3_env, fast_backoff):
@@ -608,7 +609,8 @@ def test_read_items_and_write_many_s3_concurrent_bounded_and_retried(s3_env, fas
         first_n(1, "reset", where=lambda m, k: m == "PUT" and k.startswith(f"/{bucket}/out/")),
     )
     with FaultProxy(s3_env.endpoint, policy, latency_s=0.05) as proxy:
-        got = storage.read_items(items, s3_endpoint=proxy.url, retries=3, max_in_flight=8)
+        store = StorageConfig(s3_endpoint=proxy.url, retries=3, io_concurrency=8)
+        got = storage.read_items(items, store=store)
         assert 1 < proxy.peak_in_flight <= 8  # concurrent, and never more than asked for
         assert len(got) == len(items)
         for item, data_i, want in zip(items, got, expected):
@@ -625,7 +627,7 @@ def test_read_items_and_write_many_s3_concurrent_bounded_and_retried(s3_env, fas
         no_bucket = f"{s3_env.bucket('x')}-nonexistent"
         pairs.insert(2, (f"s3://{no_bucket}/out/x.png", b"no bucket"))
         proxy.peak_in_flight = 0
-        result = storage.write_many(pairs, s3_endpoint=proxy.url, retries=3, max_in_flight=8)
+        result = storage.write_many(pairs, store=store)
         assert 1 < proxy.peak_in_flight <= 8
         assert outcomes("PUT", hard_put) == ["slowdown"] * BOTO + ["forwarded"]
         assert outcomes("PUT", f"/{no_bucket}/out/x.png") == ["forwarded"]
@@ -651,13 +653,13 @@ def test_concurrency_hides_latency(s3_env):
         fs.pipe_file(f"{bucket}/in/{i}.jpg", _payload(str(i)))
     items = list_items([f"s3://{bucket}/in"])
     with FaultProxy(s3_env.endpoint, latency_s=latency) as proxy:
-        storage.read_items(items[:1], s3_endpoint=proxy.url)  # connect once, outside the timings
+        storage.read_items(items[:1], store=StorageConfig(s3_endpoint=proxy.url))  # connect once, outside the timings
         t0 = time.perf_counter()
-        one_at_a_time = storage.read_items(items, s3_endpoint=proxy.url, max_in_flight=1)
+        one_at_a_time = storage.read_items(items, store=StorageConfig(s3_endpoint=proxy.url, io_concurrency=1))
         sequential_s = time.perf_counter() - t0
         assert proxy.peak_in_flight == 1
         t0 = time.perf_counter()
-        together = storage.read_items(items, s3_endpoint=proxy.url, max_in_flight=n)
+        together = storage.read_items(items, store=StorageConfig(s3_endpoint=proxy.url, io_concurrency=n))
         concurrent_s = time.perf_counter() - t0
         assert proxy.peak_in_flight > n // 2
     assert one_at_a_time == together == [_payload(it.relpath[:-4]) for it in items]

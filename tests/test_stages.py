@@ -121,8 +121,8 @@ def _run_stages(config: ColorizeConfig, shards: list[inputs.Shard], model, meta,
             for sid, n in zip(out["shard"], out["shard_n"]):
                 seen[sid] = seen.get(sid, 0) + 1
                 if seen[sid] == n:  # the shard's last row is back: merge it
-                    stats[sid] = stages.merge_shard(descriptors[sid], output=output, s3_endpoint=None,
-                                                retries=config.storage.retries, layout=config.layout,
+                    stats[sid] = stages.merge_shard(descriptors[sid], output=output, store=config.storage,
+                                                layout=config.layout,
                                                 parquet_images=config.parquet_images)
     return finished, stats
 
@@ -283,7 +283,7 @@ def test_merge_keeps_one_row_per_source_after_a_retried_task(tmp_path, tiny_ckpt
     assert len(spooled) == 2 and sum(pq.read_metadata(p).num_rows for p in spooled) == len(GOOD) + 3
     newest = {r["source"]: r["finished_at"] for r in pq.read_table(min(spooled, key=lambda p: pq.read_metadata(p).num_rows)).to_pylist()}
 
-    stats = stages.merge_shard(_descriptor(shard), output=str(out), s3_endpoint=None, retries=1)
+    stats = stages.merge_shard(_descriptor(shard), output=str(out), store=StorageConfig(retries=1))
     assert (stats["rows"], stats["ok"]) == (len(GOOD), len(GOOD))
     rows = one_row_each(out, [str(tmp_path / "in" / rel) for rel, _ in GOOD])
     for src, t in newest.items():

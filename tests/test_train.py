@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from support import SIZE, assert_finite_lines, base_config, make_images
 
+from raycolor.config import StorageConfig
 from raycolor.core import checkpoint
 from raycolor.core.checkpoint import CheckpointError
 from raycolor.core.model import WeightsUnavailableError
@@ -75,7 +76,7 @@ def test_one_reading_loop_reads_the_batch_together_and_training_drops_unreadable
     monkeypatch.setattr(storage, "read_items", lambda its, **kw: calls.append(len(its)) or read_items(its, **kw))
     mine = (folder / "img02.png").read_bytes()
     got = list(images.read_decoded(
-        items, s3_endpoint=None, retries=1, max_pixels=None, io_concurrency=4, peek=lambda data: "mine" if data == mine else None
+        items, store=StorageConfig(retries=1, io_concurrency=4), max_pixels=None, peek=lambda data: "mine" if data == mine else None
     ))
     assert calls == [4]  # the batch's reads went out together
     assert np.array_equal(got[0].rgb, np.asarray(Image.open(folder / "img00.png").convert("RGB")))
@@ -94,7 +95,7 @@ def test_one_reading_loop_reads_the_batch_together_and_training_drops_unreadable
     handler.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
     train_data.log.addHandler(handler)
     try:
-        out = train_data.val_transform(batch, size=16, retries=1, io_concurrency=4)
+        out = train_data.val_transform(batch, size=16, store=StorageConfig(retries=1, io_concurrency=4))
     finally:
         train_data.log.removeHandler(handler)
     assert calls == [4, 4]

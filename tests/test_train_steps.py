@@ -14,6 +14,7 @@ import pytest
 import torch
 from support import manifest_shards
 
+from raycolor.config import StorageConfig
 from raycolor.core import color
 from raycolor.core.metrics import PSNR_CAP_DB
 from raycolor.core.model import (
@@ -199,7 +200,7 @@ def test_a_shard_expands_into_one_side_of_the_hold_out(tmp_path):
     [shard] = manifest_shards(manifest, shard_size=1000)
     split = Split(0.5)
     batch = pa.Table.from_pylist([asdict(shard)])
-    kw = dict(rows=shard_rows, schema=TRAIN_ROWS, split=split, held=None, s3_endpoint=None, retries=1)
+    kw = dict(rows=shard_rows, schema=TRAIN_ROWS, split=split, held=None, store=StorageConfig(retries=1))
     sides = {side: expand_batch(batch, side=side, **kw) for side in ("train", "val")}
     for t in sides.values():
         assert t.schema == TRAIN_ROWS

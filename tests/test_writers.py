@@ -34,7 +34,7 @@ def _ok(source: str, key: str, image: bytes) -> dict:
 
 def _merge(writer, table: pa.Table, out: Path, *, retried: bool = False, parquet_images: bool = False) -> pa.Table:
     return writer.merge(table, output=str(out), sid=SID, retried=retried, parquet_images=parquet_images,
-                        s3_endpoint=None, retries=1)
+                        store=StorageConfig(retries=1))
 
 
 def _members(tar: Path) -> dict[str, bytes]:

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from raycolor import storage
+from raycolor.config import DEFAULT_STORE, StorageConfig
 from raycolor.core import color
 from raycolor.core.model import ARCH, Colorizer
 
@@ -42,8 +43,8 @@ class CheckpointMeta:
     extra: dict | None = None  # e.g. training epoch and metrics; never needed to load
 
 
-def _fs(uri: str, s3_endpoint: str | None):
-    fs, path = storage.filesystem(uri, s3_endpoint=s3_endpoint)
+def _fs(uri: str, store: StorageConfig):
+    fs, path = storage.filesystem(uri, store=store)
     return fs, path.rstrip("/")
 
 
@@ -54,7 +55,7 @@ def state_bytes(state: dict) -> bytes:
 
 
 def save(
-    uri: str, model: Colorizer, *, render_size: int, extra: dict | None = None, s3_endpoint: str | None = None
+    uri: str, model: Colorizer, *, render_size: int, extra: dict | None = None, store: StorageConfig = DEFAULT_STORE
 ) -> CheckpointMeta:
     model = getattr(model, "module", model)  # unwrap DDP
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -67,15 +68,15 @@ def save(
         normalization={"l_cent": color.L_CENT, "l_norm": color.L_NORM, "ab_norm": color.AB_NORM},
         extra=extra,
     )
-    fs, path = _fs(uri, s3_endpoint)
+    fs, path = _fs(uri, store)
     fs.makedirs(path, exist_ok=True)
     fs.pipe_file(f"{path}/{WEIGHTS_NAME}", data)
     fs.pipe_file(f"{path}/{CONFIG_NAME}", json.dumps(asdict(meta), indent=2).encode())
     return meta
 
 
-def read_meta(uri: str, *, s3_endpoint: str | None = None) -> CheckpointMeta:
-    fs, path = _fs(uri, s3_endpoint)
+def read_meta(uri: str, *, store: StorageConfig = DEFAULT_STORE) -> CheckpointMeta:
+    fs, path = _fs(uri, store)
     try:
         raw = json.loads(fs.cat_file(f"{path}/{CONFIG_NAME}"))
     except FileNotFoundError:
@@ -93,11 +94,11 @@ def read_meta(uri: str, *, s3_endpoint: str | None = None) -> CheckpointMeta:
 
 
 def load(
-    uri: str, *, map_location: str | torch.device = "cpu", s3_endpoint: str | None = None
+    uri: str, *, map_location: str | torch.device = "cpu", store: StorageConfig = DEFAULT_STORE
 ) -> tuple[Colorizer, CheckpointMeta]:
     """Load a checkpoint directory; the model is returned in eval mode."""
-    meta = read_meta(uri, s3_endpoint=s3_endpoint)
-    fs, path = _fs(uri, s3_endpoint)
+    meta = read_meta(uri, store=store)
+    fs, path = _fs(uri, store)
     try:
         data = fs.cat_file(f"{path}/{WEIGHTS_NAME}")
     except FileNotFoundError:

@@ -91,7 +91,7 @@ from PIL import (
     UnidentifiedImageError,
 )
 
-from raycolor.config import DEFAULT_IO_CONCURRENCY, DEFAULT_MAX_PIXELS
+from raycolor.config import DEFAULT_MAX_PIXELS, DEFAULT_STORE, StorageConfig
 from raycolor.core import metadata
 from raycolor.core.metadata import Metadata
 
@@ -388,10 +388,8 @@ class Decoded(NamedTuple):
 def read_decoded(
     items: Sequence[Item],
     *,
-    s3_endpoint: str | None = None,
-    retries: int = 5,
+    store: StorageConfig = DEFAULT_STORE,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    io_concurrency: int = DEFAULT_IO_CONCURRENCY,
     peek: Callable[[bytes], Any] | None = None,
     depth: Depth = "8",
     limit: str = "the limit",
@@ -399,7 +397,7 @@ def read_decoded(
     """The one reading loop (colorize, evaluate and both training transforms): one :class:`Decoded` per item,
     in order.
 
-    The batch's reads are in flight together (:func:`storage.read_items`: ``io_concurrency`` at a time,
+    The batch's reads are in flight together (:func:`storage.read_items`: ``store.io_concurrency`` at a time,
     per-item retries), then each item is decoded with :func:`decode_rgb` when the caller asks for it, so a
     caller that works as it goes holds one full-size RGB at a time (plus the batch's bytes, each released
     once its item is yielded). A read that failed after its retries is ``error="read_failed: ..."`` (the
@@ -413,7 +411,7 @@ def read_decoded(
     )
 
     items = list(items)
-    datas = storage.read_items(items, s3_endpoint=s3_endpoint, retries=retries, max_in_flight=io_concurrency)
+    datas = storage.read_items(items, store=store)
     for k, item in enumerate(items):
         data, datas[k] = datas[k], None  # the batch's bytes go as their items are done
         if isinstance(data, Exception):

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from raycolor import storage
+from raycolor.config import DEFAULT_STORE, StorageConfig
 from raycolor.inputs.listing import Item, dedupe, images_below, input_error
 from raycolor.inputs.shards import (
     Shard,
@@ -56,8 +57,8 @@ def _is_under(path: str, folders: Iterable[str]) -> bool:
     return any(path == f or path.startswith(f + "/") for f in folders)
 
 
-def list_group(group: ListGroup, *, chunk_uri: str, shard_size: int, fan_out: bool, s3_endpoint: str | None = None,
-               retries: int = 5) -> tuple[tuple[list[tuple[tuple, Shard]], list[ListGroup], dict[str, int], Counter], pa.Table]:
+def list_group(group: ListGroup, *, chunk_uri: str, shard_size: int, fan_out: bool, store: StorageConfig = DEFAULT_STORE
+               ) -> tuple[tuple[list[tuple[tuple, Shard]], list[ListGroup], dict[str, int], Counter], pa.Table]:
     """One listing task: the images directly in the group's folders (``fan_out``: one paged listing of each
     folder's first level; its sub-folders come back as the next level's groups) or below them (not
     ``fan_out``: one recursive listing each), de-duplicated and collision-renamed together
@@ -81,13 +82,13 @@ def list_group(group: ListGroup, *, chunk_uri: str, shard_size: int, fan_out: bo
             found[root] += len(given[folder])
             tagged += [(root, i) for i in given[folder]]
             continue
-        fs, path = storage.filesystem(folder, s3_endpoint=s3_endpoint)
-        here = fs_path(folder, s3_endpoint)
-        prefix = fs_path(root, s3_endpoint) + "/"
-        excluded = [x for x in (fs_path(e, s3_endpoint) for e in group.exclude) if x.startswith(prefix)]
+        fs, path = storage.filesystem(folder, store=store)
+        here = fs_path(folder, store=store)
+        prefix = fs_path(root, store=store) + "/"
+        excluded = [x for x in (fs_path(e, store=store) for e in group.exclude) if x.startswith(prefix)]
         try:
             if fan_out:
-                entries = sorted(storage.retrying(lambda fs=fs, path=path: fs.ls(path, detail=True), retries), key=lambda e: e["name"])
+                entries = sorted(storage.retrying(lambda fs=fs, path=path: fs.ls(path, detail=True), store.retries), key=lambda e: e["name"])
                 files = [e["name"] for e in entries if e.get("type") != "directory"]
                 for e in entries:
                     sub = (e["name"].replace(os.sep, "/") if isinstance(fs, LocalFileSystem) else e["name"]).rstrip("/")
@@ -99,7 +100,7 @@ def list_group(group: ListGroup, *, chunk_uri: str, shard_size: int, fan_out: bo
                     key = storage.sanitize_relpath(sub[len(prefix):]).lower()
                     children.setdefault(key, []).append((root, storage.to_uri(fs, e["name"], root)))
             else:
-                files = storage.retrying(lambda fs=fs, path=path: fs.find(path, withdirs=False), retries)
+                files = storage.retrying(lambda fs=fs, path=path: fs.find(path, withdirs=False), store.retries)
         except Exception as exc:
             raise input_error("list", folder, exc) from exc
         mine, n = images_below(fs, prefix, root, files, exclude=excluded)
@@ -118,46 +119,46 @@ def list_group(group: ListGroup, *, chunk_uri: str, shard_size: int, fan_out: bo
             small += [(root, i) for i in mine]
             continue
         for k, (shard, chunk) in enumerate(chunk_listing(mine, root=root, shard_size=shard_size)):
-            shards.append(((group.key, order[root], k), _write_chunk(shard, chunk, chunk_uri, s3_endpoint=s3_endpoint, retries=retries)))
+            shards.append(((group.key, order[root], k), _write_chunk(shard, chunk, chunk_uri, store=store)))
     nxt = [ListGroup(key=k, dirs=tuple(d), depth=group.depth + 1, exclude=group.exclude) for k, d in sorted(children.items())]
     rest = listing_table(i for _, i in small)
     rest = rest.add_column(0, "root", pa.array([r for r, _ in small], pa.string()))
     return (shards, nxt, found, Counter(r for r, _ in small)), rest
 
 
-def _write_chunk(shard: Shard, chunk: Sequence[Item], chunk_uri: str, *, s3_endpoint, retries: int) -> Shard:
+def _write_chunk(shard: Shard, chunk: Sequence[Item], chunk_uri: str, *, store: StorageConfig) -> Shard:
     uri = chunk_uri.replace("{id}", shard.id)
     buf = io.BytesIO()
     pq.write_table(listing_table(chunk), buf)
-    _write_if_changed(uri, buf.getvalue(), s3_endpoint=s3_endpoint, retries=retries)
+    _write_if_changed(uri, buf.getvalue(), store=store)
     return shard.with_(uri=uri)
 
 
-def write_bin(root: str, chunk_uri: str, *tables: pa.Table, s3_endpoint: str | None = None, retries: int = 5) -> Shard:
+def write_bin(root: str, chunk_uri: str, *tables: pa.Table, store: StorageConfig = DEFAULT_STORE) -> Shard:
     """The small remainders of consecutive folder groups (what :func:`list_group` left unwritten: fewer than
     ``shard_size`` images of ``root``), as one listing chunk of ``root``; returns its shard."""
     t = pa.concat_tables([t.filter(pc.equal(t.column("root"), root)) for t in tables])
     items = listing_items(t)
     shard = Shard(kind="listing", uri="", root=root, count=len(items),
                   id=shard_id("listing", root, root, 0, len(items), storage.digest_parts(*(i.source for i in items), n=40)))
-    return _write_chunk(shard, items, chunk_uri, s3_endpoint=s3_endpoint, retries=retries)
+    return _write_chunk(shard, items, chunk_uri, store=store)
 
 
-def _write_if_changed(uri: str, data: bytes, *, s3_endpoint: str | None, retries: int) -> None:
-    fs, path = storage.filesystem(uri, s3_endpoint=s3_endpoint)
+def _write_if_changed(uri: str, data: bytes, *, store: StorageConfig) -> None:
+    fs, path = storage.filesystem(uri, store=store)
     try:
-        if storage.retrying(lambda: fs.cat_file(path), retries) == data:
+        if storage.retrying(lambda: fs.cat_file(path), store.retries) == data:
             return
     except FileNotFoundError:
         pass
-    storage.write_bytes_atomic(uri, data, s3_endpoint=s3_endpoint, retries=retries)
+    storage.write_bytes_atomic(uri, data, store=store)
 
 
-def remove_stale_parts(output: str, keep: Iterable[str], *, s3_endpoint: str | None = None, retries: int = 5) -> None:
+def remove_stale_parts(output: str, keep: Iterable[str], *, store: StorageConfig = DEFAULT_STORE) -> None:
     """Remove ``part-*.parquet`` under OUTPUT that this listing did not write (an earlier listing's)."""
-    fs, path = storage.filesystem(output, s3_endpoint=s3_endpoint)
+    fs, path = storage.filesystem(output, store=store)
     keep = set(keep)
-    stale = [storage.to_uri(fs, p, output) for p in storage.retrying(lambda: fs.ls(path, detail=False), retries)
+    stale = [storage.to_uri(fs, p, output) for p in storage.retrying(lambda: fs.ls(path, detail=False), store.retries)
              if posixpath.basename(p).startswith("part-") and p.endswith(".parquet") and posixpath.basename(p) not in keep]
     for uri in stale:
-        storage.remove(uri, s3_endpoint=s3_endpoint, retries=retries)
+        storage.remove(uri, store=store)

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from raycolor import storage
+from raycolor.config import DEFAULT_STORE, StorageConfig
 from raycolor.core.suffixes import (
     IMAGE_SUFFIXES,
     MANIFEST_SUFFIXES,
@@ -110,7 +111,7 @@ def _reading_input(uri: str) -> Iterator[None]:
         raise input_error("read", uri, exc) from exc
 
 
-def list_items(inputs: Sequence[str], *, s3_endpoint: str | None = None) -> list[Item]:
+def list_items(inputs: Sequence[str], *, store: StorageConfig = DEFAULT_STORE) -> list[Item]:
     """Every image named by ``inputs`` (folders, image files, .tar archives, .txt/.parquet manifests).
 
     See the module docstring for the rules. Raises :class:`InputError` for an input that does not
@@ -122,15 +123,15 @@ def list_items(inputs: Sequence[str], *, s3_endpoint: str | None = None) -> list
         raise InputError("no inputs given")
     items: list[Item] = []
     for uri in inputs:
-        items.extend(_list_one(uri, s3_endpoint=s3_endpoint))
+        items.extend(_list_one(uri, store=store))
     return _dedupe(items)
 
 
-def _list_one(uri: str, *, s3_endpoint: str | None) -> list[Item]:
+def _list_one(uri: str, *, store: StorageConfig) -> list[Item]:
     if not isinstance(uri, str) or not uri.strip():
         raise InputError(f"empty input URI: {uri!r}")
     uri = uri.strip()
-    fs, path = storage.filesystem(uri, s3_endpoint=s3_endpoint)
+    fs, path = storage.filesystem(uri, store=store)
     try:
         info = storage.retrying(lambda: fs.info(path), 3)
     except Exception as exc:
@@ -277,17 +278,17 @@ def _list_manifest(fs: fsspec.AbstractFileSystem, path: str, uri: str, suffix: s
     return _manifest_items(fs, path, uri, entries)
 
 
-def manifest_items(uri: str, entries: Sequence[str], *, s3_endpoint: str | None = None) -> list[Item]:
+def manifest_items(uri: str, entries: Sequence[str], *, store: StorageConfig = DEFAULT_STORE) -> list[Item]:
     """Items for ``entries`` (lines or ``uri`` values) of the manifest at ``uri``: the manifest rules of
     :func:`list_items` (relative entries resolve next to the manifest; relpath rule) applied to a part of
     a manifest, as a shard task reads it. Not de-duplicated."""
-    fs, path = storage.filesystem(uri, s3_endpoint=s3_endpoint)
+    fs, path = storage.filesystem(uri, store=store)
     return _manifest_items(fs, path, uri, [e.strip() for e in entries if e and e.strip()])
 
 
-def list_tar(uri: str, *, s3_endpoint: str | None = None) -> list[Item]:
+def list_tar(uri: str, *, store: StorageConfig = DEFAULT_STORE) -> list[Item]:
     """The image members of the tar archive at ``uri`` (header walk only), as :func:`list_items` lists them."""
-    fs, path = storage.filesystem(uri, s3_endpoint=s3_endpoint)
+    fs, path = storage.filesystem(uri, store=store)
     with _reading_input(uri):
         return _list_tar(fs, path, uri)
 

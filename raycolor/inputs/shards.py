@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from raycolor import storage
+from raycolor.config import DEFAULT_STORE, StorageConfig
 from raycolor.core.suffixes import (
     object_kind,
 )
@@ -90,12 +91,12 @@ class RootPlan:
     objects: tuple = ()  # objects: (kind, uri, tag) with kind "tar" | "parquet" | "txt"
 
 
-def classify(uri: str, *, s3_endpoint: str | None = None) -> RootPlan:
+def classify(uri: str, *, store: StorageConfig = DEFAULT_STORE) -> RootPlan:
     """Folder, image, tar, manifest, folder/glob of manifests or tars -> a RootPlan. Raises InputError."""
     if not isinstance(uri, str) or not uri.strip():
         raise InputError(f"empty input URI: {uri!r}")
     uri = uri.strip()
-    fs, path = storage.filesystem(uri, s3_endpoint=s3_endpoint)
+    fs, path = storage.filesystem(uri, store=store)
     root = storage.to_uri(fs, path, uri)
     if _is_glob(uri):
         found = sorted(fs.glob(path))
@@ -116,29 +117,29 @@ def classify(uri: str, *, s3_endpoint: str | None = None) -> RootPlan:
     kind = object_kind(path)
     if kind:
         return RootPlan(root=root, kind="objects", objects=((kind, root, _tag(info)),))
-    return RootPlan(root=root, kind="listing", items=tuple(list_items([uri], s3_endpoint=s3_endpoint)))
+    return RootPlan(root=root, kind="listing", items=tuple(list_items([uri], store=store)))
 
 
-def find_files(uri: str, *, s3_endpoint: str | None = None) -> list[str]:
+def find_files(uri: str, *, store: StorageConfig = DEFAULT_STORE) -> list[str]:
     """Every file below ``uri`` (recursive, paged by the store's client), as filesystem paths."""
-    fs, path = storage.filesystem(uri, s3_endpoint=s3_endpoint)
+    fs, path = storage.filesystem(uri, store=store)
     try:
         return list(storage.retrying(lambda: fs.find(path, withdirs=False), 3))
     except Exception as exc:
         raise input_error("list", uri, exc) from exc
 
 
-def fs_path(uri: str, s3_endpoint: str | None) -> str:
-    fs, path = storage.filesystem(uri, s3_endpoint=s3_endpoint)
+def fs_path(uri: str, *, store: StorageConfig = DEFAULT_STORE) -> str:
+    fs, path = storage.filesystem(uri, store=store)
     return (path.replace(os.sep, "/") if isinstance(fs, LocalFileSystem) else path).rstrip("/")
 
 
-def list_folder(root: str, *, s3_endpoint: str | None = None) -> RootPlan:
+def list_folder(root: str, *, store: StorageConfig = DEFAULT_STORE) -> RootPlan:
     """A whole folder, listed here in one recursive listing -> its images, or, for a folder holding no
     image but ``.parquet`` / ``.txt`` / ``.tar`` objects (e.g. written by ``raycolor list``), those objects.
     The pipelines list folders of images in tasks (:func:`list_group`); this is for the second case."""
-    fs, path = storage.filesystem(root, s3_endpoint=s3_endpoint)
-    paths = sorted(find_files(root, s3_endpoint=s3_endpoint))
+    fs, path = storage.filesystem(root, store=store)
+    paths = sorted(find_files(root, store=store))
     items, _ = images_below(fs, path, root, paths)
     if items:
         return RootPlan(root=root, kind="listing", items=tuple(items))
@@ -152,11 +153,11 @@ def list_folder(root: str, *, s3_endpoint: str | None = None) -> RootPlan:
     raise no_images(root)
 
 
-def size_object(kind: str, uri: str, tag: str, *, root: str, shard_size: int, s3_endpoint: str | None = None) -> list[Shard]:
+def size_object(kind: str, uri: str, tag: str, *, root: str, shard_size: int, store: StorageConfig = DEFAULT_STORE) -> list[Shard]:
     """The shards of one manifest or tar object (reads a tar's headers, a Parquet footer, or a .txt once)."""
-    fs, path = storage.filesystem(uri, s3_endpoint=s3_endpoint)
+    fs, path = storage.filesystem(uri, store=store)
     if kind == "tar":
-        n = len(list_tar(uri, s3_endpoint=s3_endpoint))
+        n = len(list_tar(uri, store=store))
         return [Shard(kind="tar", uri=uri, root=root, count=n, id=shard_id("tar", root, uri, 0, -1, tag))]
     if kind == "parquet":
         try:
@@ -247,23 +248,23 @@ def listing_items(t: pa.Table) -> list[Item]:
     return [Item(source=s, relpath=r, uri=u) for u, r, s in zip(*(t.column(c).to_pylist() for c in ("uri", "relpath", "source")))]
 
 
-def expand(shard: Shard, *, s3_endpoint: str | None = None, retries: int = 5) -> list[Item]:
+def expand(shard: Shard, *, store: StorageConfig = DEFAULT_STORE) -> list[Item]:
     """The shard's items, de-duplicated and collision-renamed within the shard (first wins)."""
     if shard.kind == "tar":
-        return dedupe(list_tar(shard.uri, s3_endpoint=s3_endpoint))
-    fs, path = storage.filesystem(shard.uri, s3_endpoint=s3_endpoint)
+        return dedupe(list_tar(shard.uri, store=store))
+    fs, path = storage.filesystem(shard.uri, store=store)
     if shard.kind == "listing":
-        return listing_items(storage.retrying(lambda: pq.read_table(io.BytesIO(fs.cat_file(path))), retries))
+        return listing_items(storage.retrying(lambda: pq.read_table(io.BytesIO(fs.cat_file(path))), store.retries))
     if shard.kind == "parquet":
-        t = storage.retrying(lambda: _parquet_rows(fs, path, shard.start, shard.stop, ["uri", "relpath"]), retries)
+        t = storage.retrying(lambda: _parquet_rows(fs, path, shard.start, shard.stop, ["uri", "relpath"]), store.retries)
         uris = [u for u in t.column("uri").to_pylist()]
-        items = manifest_items(shard.uri, [u for u in uris if u], s3_endpoint=s3_endpoint)
+        items = manifest_items(shard.uri, [u for u in uris if u], store=store)
         if "relpath" in t.column_names:  # a listing saved by `raycolor list` keeps the folder's relpaths
             rel = [r for u, r in zip(uris, t.column("relpath").to_pylist()) if u and u.strip()]
             items = [Item(source=i.source, relpath=storage.sanitize_relpath(r) if r else i.relpath, uri=i.uri) for i, r in zip(items, rel)]
         return dedupe(items)
     if shard.kind == "txt":
-        raw = storage.retrying(lambda: fs.cat_file(path, start=shard.start, end=shard.stop), retries)
+        raw = storage.retrying(lambda: fs.cat_file(path, start=shard.start, end=shard.stop), store.retries)
         entries = [e for _, e in txt_entries(raw, shard.uri, offset=shard.start)]
-        return dedupe(manifest_items(shard.uri, entries, s3_endpoint=s3_endpoint))
+        return dedupe(manifest_items(shard.uri, entries, store=store))
     raise ValueError(f"unknown shard kind {shard.kind!r}")

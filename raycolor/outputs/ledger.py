@@ -34,12 +34,14 @@ import posixpath
 import socket
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from raycolor import storage
+from raycolor.config import DEFAULT_STORE, StorageConfig
 
 # error reasons that a later run may cure by itself (object-store or network trouble); everything else
 # (truncated, not_an_image, too_large, unsupported) is a property of the input
@@ -90,9 +92,9 @@ def is_retryable(error: str | None, mode: str) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def read_manifest(output: str, *, s3_endpoint=None, columns=None) -> pa.Table:
+def read_manifest(output: str, *, store: StorageConfig = DEFAULT_STORE, columns=None) -> pa.Table:
     """All manifest rows under OUTPUT/manifest/ (empty table if none), with a `_part` column."""
-    fs, path = storage.filesystem(manifest_dir(output), s3_endpoint=s3_endpoint)
+    fs, path = storage.filesystem(manifest_dir(output), store=store)
     try:
         names = sorted(p for p in fs.ls(path, detail=False) if p.endswith(".parquet"))
     except FileNotFoundError:
@@ -169,48 +171,48 @@ def namespace_for(root: str) -> str:
     return f"{stem}-{storage.digest_parts('ns', root, n=8)}"
 
 
-def _ls(output: str, folder: str, *, s3_endpoint) -> list[str]:
-    fs, path = storage.filesystem(storage.join_uri(output, folder), s3_endpoint=s3_endpoint)
+def _ls(output: str, folder: str, *, store: StorageConfig) -> list[str]:
+    fs, path = storage.filesystem(storage.join_uri(output, folder), store=store)
     try:
         return sorted(storage.retrying(lambda: fs.ls(path, detail=False), 3))
     except FileNotFoundError:
         return []
 
 
-def finished_shards(output: str, *, s3_endpoint=None) -> set[str]:
+def finished_shards(output: str, *, store: StorageConfig = DEFAULT_STORE) -> set[str]:
     """Ids of the shards whose stats record exists: one listing of OUTPUT/_stats/, no row is read."""
-    return {posixpath.basename(p)[: -len(".json")] for p in _ls(output, "_stats", s3_endpoint=s3_endpoint) if p.endswith(".json")}
+    return {posixpath.basename(p)[: -len(".json")] for p in _ls(output, "_stats", store=store) if p.endswith(".json")}
 
 
-def read_stats(output: str, ids: Iterable[str], *, s3_endpoint=None) -> dict[str, dict]:
+def read_stats(output: str, ids: Iterable[str], *, store: StorageConfig = DEFAULT_STORE) -> dict[str, dict]:
     """Stats records of ``ids`` (fetched concurrently on object stores)."""
     ids = list(ids)
     if not ids:
         return {}
-    fs, _ = storage.filesystem(output, s3_endpoint=s3_endpoint)
-    paths = {storage.filesystem(stats_uri(output, i), s3_endpoint=s3_endpoint)[1]: i for i in ids}
+    fs, _ = storage.filesystem(output, store=store)
+    paths = {storage.filesystem(stats_uri(output, i), store=store)[1]: i for i in ids}
     blobs = storage.retrying(lambda: fs.cat(list(paths)), 3)  # s3fs: one batch of concurrent GETs
     return {paths[p]: json.loads(b) for p, b in blobs.items()}
 
 
-def read_roots(output: str, *, s3_endpoint=None) -> dict[str, dict]:
+def read_roots(output: str, *, store: StorageConfig = DEFAULT_STORE) -> dict[str, dict]:
     """root URI -> its record (namespace, shards) for every root OUTPUT has seen."""
-    names = [p for p in _ls(output, "_roots", s3_endpoint=s3_endpoint) if p.endswith(".json")]
+    names = [p for p in _ls(output, "_roots", store=store) if p.endswith(".json")]
     if not names:
         return {}
-    fs, _ = storage.filesystem(output, s3_endpoint=s3_endpoint)
+    fs, _ = storage.filesystem(output, store=store)
     blobs = storage.retrying(lambda: fs.cat(names), 3)
     records = [json.loads(b) for b in blobs.values()]
     return {r["root"]: r for r in records}
 
 
-def write_json(uri: str, obj, *, s3_endpoint=None, retries: int = 5) -> None:
-    storage.write_bytes_atomic(uri, json.dumps(obj, indent=1).encode(), s3_endpoint=s3_endpoint, retries=retries)
+def write_json(uri: str, obj, *, store: StorageConfig = DEFAULT_STORE) -> None:
+    storage.write_bytes_atomic(uri, json.dumps(obj, indent=1).encode(), store=store)
 
 
-def remove(uris: Iterable[str], *, s3_endpoint=None, retries: int = 5) -> None:
+def remove(uris: Iterable[str], *, store: StorageConfig = DEFAULT_STORE) -> None:
     for uri in uris:
-        storage.remove(uri, s3_endpoint=s3_endpoint, retries=retries)
+        storage.remove(uri, store=store)
 
 
 def assign_namespaces(roots: Sequence[str], known: dict[str, dict]) -> dict[str, str]:
@@ -227,6 +229,11 @@ def assign_namespaces(roots: Sequence[str], known: dict[str, dict]) -> dict[str,
 # --------------------------------------------------------------------------------------------
 
 
+# attempts of every lock call, whatever ``store.retries`` says: the lock is taken and released once per run,
+# so it keeps the one fixed policy it always had
+_LOCK_ATTEMPTS = 5
+
+
 def lock_uri(output: str) -> str:
     return storage.join_uri(output, "_lock.json")
 
@@ -241,11 +248,11 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _create_exclusive(uri: str, data: bytes, *, s3_endpoint) -> bool:
+def _create_exclusive(uri: str, data: bytes, *, store: StorageConfig) -> bool:
     """Create ``uri`` only if it does not exist; False if it does. Local: O_EXCL. S3: a conditional PUT
     (If-None-Match: *). Other stores: exists-then-write (a race between two drivers starting in the
     same instant is possible there)."""
-    fs, path = storage.filesystem(uri, s3_endpoint=s3_endpoint)
+    fs, path = storage.filesystem(uri, store=store)
     if isinstance(fs, LocalFileSystem):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         try:
@@ -271,7 +278,7 @@ def _create_exclusive(uri: str, data: bytes, *, s3_endpoint) -> bool:
     return True
 
 
-def acquire_lock(output: str, *, force: bool = False, s3_endpoint=None) -> dict:
+def acquire_lock(output: str, *, force: bool = False, store: StorageConfig = DEFAULT_STORE) -> dict:
     """Create OUTPUT/_lock.json (host, pid, start time) or raise :class:`OutputLocked`.
 
     A lock left by a dead process on this same host is stale and taken over; ``force`` takes over any lock
@@ -281,11 +288,11 @@ def acquire_lock(output: str, *, force: bool = False, s3_endpoint=None) -> dict:
     for _ in range(3):
         # retried on transient errors: a PUT that reached the store but lost its answer comes back as
         # "exists", and the token read below tells that the lock is ours
-        if storage.retrying(lambda: _create_exclusive(uri, json.dumps(me).encode(), s3_endpoint=s3_endpoint), 5):
+        if storage.retrying(lambda: _create_exclusive(uri, json.dumps(me).encode(), store=store), _LOCK_ATTEMPTS):
             return me
-        fs, path = storage.filesystem(uri, s3_endpoint=s3_endpoint)
+        fs, path = storage.filesystem(uri, store=store)
         try:
-            held = json.loads(storage.retrying(lambda: fs.cat_file(path), 5))
+            held = json.loads(storage.retrying(lambda: fs.cat_file(path), _LOCK_ATTEMPTS))
         except FileNotFoundError:
             continue  # released meanwhile: try again
         except Exception:
@@ -294,7 +301,7 @@ def acquire_lock(output: str, *, force: bool = False, s3_endpoint=None) -> dict:
             return me
         stale = held.get("host") == me["host"] and isinstance(held.get("pid"), int) and not _pid_alive(held["pid"])
         if force or stale:
-            remove([uri], s3_endpoint=s3_endpoint)
+            remove([uri], store=replace(store, retries=_LOCK_ATTEMPTS))
             continue
         since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(held.get("started_at", 0)))
         raise OutputLocked(
@@ -304,13 +311,13 @@ def acquire_lock(output: str, *, force: bool = False, s3_endpoint=None) -> dict:
     raise OutputLocked(f"could not take the lock {storage.redact(uri)}")
 
 
-def release_lock(output: str, lock: dict, *, s3_endpoint=None) -> None:
+def release_lock(output: str, lock: dict, *, store: StorageConfig = DEFAULT_STORE) -> None:
     """Remove OUTPUT/_lock.json if it is still ours."""
     uri = lock_uri(output)
-    fs, path = storage.filesystem(uri, s3_endpoint=s3_endpoint)
+    fs, path = storage.filesystem(uri, store=store)
     try:
-        held = json.loads(storage.retrying(lambda: fs.cat_file(path), 5))
+        held = json.loads(storage.retrying(lambda: fs.cat_file(path), _LOCK_ATTEMPTS))
     except Exception:
         return
     if held.get("token") == lock.get("token"):
-        remove([uri], s3_endpoint=s3_endpoint)
+        remove([uri], store=replace(store, retries=_LOCK_ATTEMPTS))

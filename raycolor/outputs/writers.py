@@ -47,14 +47,12 @@ class FilesWriter:
         # beside the images
         return storage.write_many(
             images,
-            s3_endpoint=store.s3_endpoint,
-            retries=store.retries,
-            max_in_flight=store.io_concurrency,
+            store=store,
             tmp_dirs=[ledger.spool_dir(output, sid) for sid in shards],
         )
 
-    def merge(self, table: pa.Table, *, output: str, sid: str, retried: bool, parquet_images: bool, s3_endpoint,
-              retries: int) -> pa.Table:
+    def merge(self, table: pa.Table, *, output: str, sid: str, retried: bool, parquet_images: bool,
+              store: StorageConfig) -> pa.Table:
         """The images were written by the finish stage: the part holds the rows as they are."""
         return table
 
@@ -70,17 +68,16 @@ class WebDatasetWriter:
         """The output key: the merge turns it into `<tar uri>#<member>`."""
         return key
 
-    def merge(self, table: pa.Table, *, output: str, sid: str, retried: bool, parquet_images: bool, s3_endpoint,
-              retries: int) -> pa.Table:
+    def merge(self, table: pa.Table, *, output: str, sid: str, retried: bool, parquet_images: bool,
+              store: StorageConfig) -> pa.Table:
         """The shard's tar, written before its part; a retried shard's tar keeps the members of its rows that
         were not retried."""
         if retried:
-            table = self._with_old_members(table, output=output, sid=sid, s3_endpoint=s3_endpoint, retries=retries)
-        return self._write_tar(table, output=output, sid=sid, parquet_images=parquet_images, s3_endpoint=s3_endpoint,
-                               retries=retries)
+            table = self._with_old_members(table, output=output, sid=sid, store=store)
+        return self._write_tar(table, output=output, sid=sid, parquet_images=parquet_images, store=store)
 
-    def _write_tar(self, table: pa.Table, *, output: str, sid: str, parquet_images: bool, s3_endpoint,
-                   retries: int) -> pa.Table:
+    def _write_tar(self, table: pa.Table, *, output: str, sid: str, parquet_images: bool,
+                   store: StorageConfig) -> pa.Table:
         """One tar holding key.<ext> + key.json per ok row, written with one PUT (atomic rename locally); rows'
         `output` becomes `<tar uri>#<key>.<ext>`."""
         tar_uri = ledger.shard_tar_uri(output, sid)
@@ -108,12 +105,11 @@ class WebDatasetWriter:
                     info.size, info.mtime = len(data), 0
                     tf.addfile(info, io.BytesIO(data))
                 new_outputs.append(f"{tar_uri}#{key}.{ext}")
-        storage.write_bytes_atomic(tar_uri, buf.getvalue(), s3_endpoint=s3_endpoint, retries=retries,
-                                   tmp_dir=ledger.spool_dir(output, sid))
+        storage.write_bytes_atomic(tar_uri, buf.getvalue(), store=store, tmp_dir=ledger.spool_dir(output, sid))
         table = table.set_column(table.schema.get_field_index("output"), "output", pa.array(new_outputs, type=pa.string()))
         return table if parquet_images else table.drop_columns(["image"])
 
-    def _with_old_members(self, table: pa.Table, *, output: str, sid: str, s3_endpoint, retries: int) -> pa.Table:
+    def _with_old_members(self, table: pa.Table, *, output: str, sid: str, store: StorageConfig) -> pa.Table:
         """A retried shard: its rows kept from the earlier part point into the earlier tar (`<tar>#key.ext`);
         give them back their member's bytes and name, so the rebuilt tar holds the earlier images under the
         same keys next to the retried ones. One GET of the old tar; a tar that cannot be read fails the merge
@@ -122,8 +118,8 @@ class WebDatasetWriter:
         outputs = table.column("output").to_pylist()
         if not any(o and o.startswith(tar_uri + "#") for o in outputs):
             return table
-        fs, path = storage.filesystem(tar_uri, s3_endpoint=s3_endpoint)
-        data = storage.retrying(lambda: fs.cat_file(path), retries)
+        fs, path = storage.filesystem(tar_uri, store=store)
+        data = storage.retrying(lambda: fs.cat_file(path), store.retries)
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
             members = {m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isfile()}
         # by name: a pa.Field is never `in` a list of column names, and table.column() takes no Field

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from raycolor import inputs, storage
-from raycolor.config import ColorizeConfig
+from raycolor.config import ColorizeConfig, StorageConfig
 from raycolor.core import checkpoint, metadata
 from raycolor.outputs import ledger
 from raycolor.outputs.writers import WRITERS
@@ -126,7 +126,6 @@ def build_dataset(shards: list[inputs.Shard], config: ColorizeConfig, *, output:
     import ray
     from ray.data import TaskPoolStrategy
 
-    endpoint, retries = config.storage.s3_endpoint, config.storage.retries
     stage = ModelStage.for_colorize(config, render_size)
     descriptors = [{**asdict(s), "marker": _marker(s)} for s in shards]
     with runtime.dataset_limits(**stage.dataset_limits(runtime.cluster_cpus())):
@@ -135,7 +134,7 @@ def build_dataset(shards: list[inputs.Shard], config: ColorizeConfig, *, output:
     # expand task itself emits small blocks. As a stage of its own, the repartition held a CPU slot, and on a
     # 2-CPU node the later stages got none until every shard was expanded (docs/performance.md)
     ds = ds.map_batches(expand_batch, batch_size=1, batch_format="pyarrow", num_cpus=1,
-                        fn_kwargs={"output": output, "s3_endpoint": endpoint, "retries": retries})
+                        fn_kwargs={"output": output, "store": config.storage})
     ds = predicted_dataset(ds, stage, total=total)
     # On one machine the finish tasks reserve no CPU slot (at most one per CPU runs at once, like the CPU-mode
     # model actor): Ray Data reserves CPU for the stages upstream first, and with expand and decode holding a
@@ -160,9 +159,9 @@ def _marker(shard: inputs.Shard) -> str:
     return f"{shard.uri}#{'rows' if shard.kind == 'parquet' else 'bytes'}={shard.start}-{shard.stop}"
 
 
-def resolve_model(checkpoint_uri: str, render_size: int | None, *, s3_endpoint) -> tuple[checkpoint.CheckpointMeta, int]:
+def resolve_model(checkpoint_uri: str, render_size: int | None, *, store: StorageConfig) -> tuple[checkpoint.CheckpointMeta, int]:
     """Read the checkpoint's metadata (failing fast, before any Ray work) and settle the render size."""
-    meta = checkpoint.read_meta(checkpoint_uri, s3_endpoint=s3_endpoint)
+    meta = checkpoint.read_meta(checkpoint_uri, store=store)
     size = render_size or meta.render_size
     if size % 16:
         raise ValueError(f"render size must be a multiple of 16, got {size}")
@@ -186,12 +185,11 @@ def colorize(
     """
     start = time.time()
     output = storage.absolute(config.output)
-    meta, render_size = resolve_model(config.checkpoint, config.render_size, s3_endpoint=config.storage.s3_endpoint)
+    meta, render_size = resolve_model(config.checkpoint, config.render_size, store=config.storage)
     check_config(config)
     roots = classify_inputs(config)
     _check_cluster(config, output)
-    endpoint = config.storage.s3_endpoint
-    lock = ledger.acquire_lock(output, force=config.force_unlock, s3_endpoint=endpoint)
+    lock = ledger.acquire_lock(output, force=config.force_unlock, store=config.storage)
     try:
         p = _plan(config, output, roots)
         left = _what_is_left(config, output, p)
@@ -200,7 +198,7 @@ def colorize(
         run = _stream_and_merge(config, output, left, meta.model_id, render_size, start, on_rows) if left.todo else _Run()
         return _summary(config, output, p, left, run, meta.model_id, render_size, start)
     finally:
-        ledger.release_lock(output, lock, s3_endpoint=endpoint)
+        ledger.release_lock(output, lock, store=config.storage)
 
 
 def check_config(config: ColorizeConfig) -> None:
@@ -237,7 +235,6 @@ def _check_cluster(config: ColorizeConfig, output: str) -> None:
 def _plan(config: ColorizeConfig, output: str, roots):
     """The shards of every input (planning.plan), with what an earlier run left for changed inputs removed
     and each root's record written (before any image)."""
-    endpoint, retries = config.storage.s3_endpoint, config.storage.retries
     p = plan(config, output, roots)
     # inputs that changed since an earlier run: their old shards go before anything new is written
     if p.superseded:
@@ -245,11 +242,10 @@ def _plan(config: ColorizeConfig, output: str, roots):
             [u for sid in p.superseded for u in (ledger.stats_uri(output, sid), ledger.part_uri(output, sid),
                                                   ledger.listing_uri(output, sid), ledger.spool_dir(output, sid),
                                                   ledger.shard_tar_uri(output, sid))],
-            s3_endpoint=endpoint,
+            store=config.storage,
         )
     for rec in p.roots.values():
-        ledger.write_json(ledger.root_uri(output, rec["root"]), rec,
-                          s3_endpoint=endpoint, retries=retries)
+        ledger.write_json(ledger.root_uri(output, rec["root"]), rec, store=config.storage)
     return p
 
 
@@ -264,9 +260,8 @@ class _Left:
 
 
 def _what_is_left(config: ColorizeConfig, output: str, p) -> _Left:
-    endpoint = config.storage.s3_endpoint
-    finished = ledger.finished_shards(output, s3_endpoint=endpoint)
-    done_before = ledger.read_stats(output, [s.id for s in p.shards if s.id in finished], s3_endpoint=endpoint)
+    finished = ledger.finished_shards(output, store=config.storage)
+    done_before = ledger.read_stats(output, [s.id for s in p.shards if s.id in finished], store=config.storage)
     todo, rows = [], 0
     for s in p.shards:
         if s.id not in done_before:
@@ -299,12 +294,11 @@ def _stream_and_merge(config: ColorizeConfig, output: str, left: _Left, model_id
     its last row is back (a Ray task each), and fail if a shard came back incomplete."""
     import ray
 
-    endpoint = config.storage.s3_endpoint
     # _SUCCESS.json marks a finished run: one from an earlier run must not outlive new work
-    storage.remove(ledger.success_uri(output), s3_endpoint=endpoint, retries=config.storage.retries)
+    storage.remove(ledger.success_uri(output), store=config.storage)
     by_id = {s.id: {**asdict(s), "marker": _marker(s)} for s in left.todo}
     merge = ray.remote(num_cpus=0, max_retries=3)(merge_shard)
-    merge_kw = {"output": output, "s3_endpoint": endpoint, "retries": config.storage.retries,
+    merge_kw = {"output": output, "store": config.storage,
                 "layout": config.layout, "parquet_images": config.parquet_images}
     run = _Run()
     seen: dict[str, int] = {}
@@ -387,7 +381,6 @@ def _summary(config: ColorizeConfig, output: str, p, left: _Left, run: _Run, mod
     storage.write_bytes_atomic(
         ledger.success_uri(output),
         json.dumps(asdict(summary), indent=2).encode(),
-        s3_endpoint=config.storage.s3_endpoint,
-        retries=config.storage.retries,
+        store=config.storage,
     )
     return summary

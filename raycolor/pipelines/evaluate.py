@@ -101,10 +101,9 @@ def evaluate(
     on_total: Callable[[int, int], None] | None = None,
     on_rows: Callable[[int, int], None] | None = None,
 ) -> EvaluateReport:
-    """Progress hooks as in ray_colorize.colorize: on_total(images, 0), then on_rows(ok, error) per batch."""
-    endpoint = config.storage.s3_endpoint
-    meta, render_size = resolve_model(config.checkpoint, config.render_size, s3_endpoint=endpoint)
-    items = inputs.list_items(config.data, s3_endpoint=endpoint)
+    """Progress hooks as in pipelines.colorize.colorize: on_total(images, 0), then on_rows(ok, error) per batch."""
+    meta, render_size = resolve_model(config.checkpoint, config.render_size, store=config.storage)
+    items = inputs.list_items(config.data, store=config.storage)
     runtime.ensure_ray()
     if on_total:
         on_total(len(items), 0)
@@ -145,7 +144,7 @@ def evaluate(
         rows.sort(key=lambda r: r[0])
         png = images.encode_png(gallery.make_gallery(rows, height=_THUMB_H), level=6)
         gallery_uri = config.gallery
-        storage.write_bytes_atomic(gallery_uri, png, s3_endpoint=endpoint)
+        storage.write_bytes_atomic(gallery_uri, png, store=config.storage)
     return EvaluateReport(
         model_id=meta.model_id,
         images=len(ok),

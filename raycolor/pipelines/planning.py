@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from raycolor import inputs, storage
-from raycolor.config import ColorizeConfig
+from raycolor.config import DEFAULT_STORE, ColorizeConfig, StorageConfig
 from raycolor.outputs import ledger
 from raycolor.pipelines import runtime
 
@@ -32,7 +32,7 @@ def classify_inputs(config: ColorizeConfig) -> list:
     started or written."""
     if not config.inputs:
         raise inputs.InputError("no inputs given")
-    return [inputs.classify(u, s3_endpoint=config.storage.s3_endpoint) for u in config.inputs]
+    return [inputs.classify(u, store=config.storage) for u in config.inputs]
 
 
 def _root_group(roots: list) -> inputs.ListGroup:
@@ -73,7 +73,7 @@ def packs(remainders: list[tuple[str, object, int]], size: int) -> list[list[tup
     return out
 
 
-def list_in_tasks(groups: list, *, chunk_uri: str, shard_size: int, s3_endpoint, retries: int = 5
+def list_in_tasks(groups: list, *, chunk_uri: str, shard_size: int, store: StorageConfig = DEFAULT_STORE
                   ) -> tuple[list[inputs.Shard], dict[str, int]]:
     """Folder groups (:class:`inputs.ListGroup`) listed in Ray tasks (:func:`inputs.list_group`): each task
     lists one level of its group (or, below ``inputs.LIST_FANOUT_DEPTH``, its whole subtree), writes its
@@ -90,7 +90,7 @@ def list_in_tasks(groups: list, *, chunk_uri: str, shard_size: int, s3_endpoint,
 
     def submit(group):
         meta, rest = task.remote(group, chunk_uri=chunk_uri, shard_size=size, fan_out=group.depth < inputs.LIST_FANOUT_DEPTH,
-                                 s3_endpoint=s3_endpoint, retries=retries)
+                                 store=store)
         return meta, (group, rest)
 
     pending = dict(submit(g) for g in groups)
@@ -114,7 +114,7 @@ def list_in_tasks(groups: list, *, chunk_uri: str, shard_size: int, s3_endpoint,
     writer = ray.remote(num_cpus=0.5, max_retries=3)(inputs.write_bin)
     bins = [
         ((pack[0][0], order.get(root, 0), -1),
-         writer.remote(root, chunk_uri, *(ref for _, ref in pack), s3_endpoint=s3_endpoint, retries=retries))
+         writer.remote(root, chunk_uri, *(ref for _, ref in pack), store=store))
         for root in sorted({r for _, _, left in rests for r in left}, key=lambda r: order.get(r, 0))
         for pack in packs([(g.key, ref, left.get(root, 0)) for g, ref, left in rests], size)
     ]
@@ -123,8 +123,8 @@ def list_in_tasks(groups: list, *, chunk_uri: str, shard_size: int, s3_endpoint,
     return [s for _, s in shards], found
 
 
-def shard_inputs(roots: list, *, shard_size: int, s3_endpoint, listing: str, namespaces: dict[str, str] | None = None,
-                 retries: int = 5) -> dict[str, list[inputs.Shard]]:
+def shard_inputs(roots: list, *, shard_size: int, listing: str, namespaces: dict[str, str] | None = None,
+                 store: StorageConfig = DEFAULT_STORE) -> dict[str, list[inputs.Shard]]:
     """Classified inputs (:func:`inputs.classify`) -> each distinct root's shards, in input order: the
     driver's "inputs -> shards" step, shared by colorize (:func:`plan`) and training (``pipelines.training.plan``).
 
@@ -151,14 +151,13 @@ def shard_inputs(roots: list, *, shard_size: int, s3_endpoint, listing: str, nam
     for r in unique:
         if r.kind in ("folder", "listing"):
             groups.setdefault(ns[r.root], []).append(r)
-    listed, found = list_in_tasks([_root_group(g) for g in groups.values()], chunk_uri=listing, shard_size=size,
-                                  s3_endpoint=s3_endpoint, retries=retries)
+    listed, found = list_in_tasks([_root_group(g) for g in groups.values()], chunk_uri=listing, shard_size=size, store=store)
     # a folder with no image under it: a folder of manifests or tars, or an error
-    unique = [inputs.list_folder(r.root, s3_endpoint=s3_endpoint) if r.kind == "folder" and r.root in found
+    unique = [inputs.list_folder(r.root, store=store) if r.kind == "folder" and r.root in found
               and not found[r.root] else r for r in unique]
     sizer = ray.remote(num_cpus=0.5, max_retries=3)(inputs.size_object)
     refs = {
-        r.root: [sizer.remote(kind, uri, tag, root=r.root, shard_size=size, s3_endpoint=s3_endpoint) for kind, uri, tag in r.objects]
+        r.root: [sizer.remote(kind, uri, tag, root=r.root, shard_size=size, store=store) for kind, uri, tag in r.objects]
         for r in unique
         if r.kind == "objects"
     }
@@ -175,8 +174,8 @@ def shard_inputs(roots: list, *, shard_size: int, s3_endpoint, listing: str, nam
     return out
 
 
-def write_listing(uris: Sequence[str], output: str, *, shard_size: int, s3_endpoint: str | None = None,
-                  retries: int = 5) -> tuple[int, int]:
+def write_listing(uris: Sequence[str], output: str, *, shard_size: int, store: StorageConfig = DEFAULT_STORE
+                  ) -> tuple[int, int]:
     """`raycolor list`: list folders / prefixes in Ray tasks (:func:`list_in_tasks`) and save the listing as
     Parquet manifest parts ``OUTPUT/part-<chunk id>.parquet`` (``uri``, ``relpath``, ``source``: colorizing
     OUTPUT gives the output keys colorizing the folders would). Returns (entries, parts).
@@ -187,30 +186,29 @@ def write_listing(uris: Sequence[str], output: str, *, shard_size: int, s3_endpo
     place that this one did not write are removed."""
     roots = []
     for uri in uris:
-        r = inputs.classify(uri, s3_endpoint=s3_endpoint)
+        r = inputs.classify(uri, store=store)
         if r.kind != "folder":
             raise inputs.InputError(f"raycolor list lists folders and prefixes; {storage.redact(uri)} is not one "
                                      "(colorize takes images, .tar shards and manifests as they are)")
         roots.append(r)
     shards, found = list_in_tasks([_root_group(roots)], chunk_uri=storage.join_uri(output, "part-{id}.parquet"),
-                                  shard_size=shard_size, s3_endpoint=s3_endpoint, retries=retries)
+                                  shard_size=shard_size, store=store)
     for root, n in found.items():
         if not n:
             raise inputs.no_images(root)
     names = [s.uri.rsplit("/", 1)[-1] for s in shards]
-    inputs.remove_stale_parts(output, names, s3_endpoint=s3_endpoint, retries=retries)
+    inputs.remove_stale_parts(output, names, store=store)
     return sum(s.count for s in shards), len(names)
 
 
 def plan(config: ColorizeConfig, output: str, roots: list | None = None) -> Plan:
     """The shards of the inputs (:func:`shard_inputs`; folder listings chunked into OUTPUT/_listing/) with
     each root's namespace (see ledger.assign_namespaces). Call with OUTPUT locked."""
-    endpoint = config.storage.s3_endpoint
     roots = classify_inputs(config) if roots is None else roots
-    known = ledger.read_roots(output, s3_endpoint=endpoint)
+    known = ledger.read_roots(output, store=config.storage)
     ns = ledger.assign_namespaces(list(dict.fromkeys(r.root for r in roots)), known)
-    by_root = shard_inputs(roots, shard_size=config.shard_size, s3_endpoint=endpoint, namespaces=ns,
-                           listing=ledger.listing_uri(output, "{id}"), retries=config.storage.retries)
+    by_root = shard_inputs(roots, shard_size=config.shard_size, namespaces=ns, listing=ledger.listing_uri(output, "{id}"),
+                           store=config.storage)
     shards, records = [], {}
     for root, mine in by_root.items():
         shards += mine

@@ -15,6 +15,8 @@ import warnings
 from collections.abc import Iterator
 from typing import IO
 
+from raycolor.config import DEFAULT_STORE, StorageConfig
+
 AUTH_MODE_ENV = "RAY_AUTH_MODE"  # Ray >= 2.52 token authentication
 DEFAULT_LOGS_DIR = "/tmp/ray/session_latest/logs"
 
@@ -45,20 +47,21 @@ def logs_dir() -> str:
 
 
 def connect(
-    address: str | None = None, *, num_cpus: int | None = None, s3_endpoint: str | None = None, verbose: bool = True
+    address: str | None = None, *, num_cpus: int | None = None, store: StorageConfig = DEFAULT_STORE, verbose: bool = True
 ) -> str:
     """Start or join Ray; returns one line saying which, for the CLI to print first.
 
     Local mode starts no dashboard and relies on Ray's token authentication (on by default for a new local
     cluster): Ray's own services listen on the machine's address (Ray refuses a loopback node IP), so the
     token is what keeps other machines out. An explicit RAY_AUTH_MODE=disabled is respected but reported.
-    s3_endpoint is exported to the workers. verbose=False: Ray logs below ERROR and the workers' output stay
-    in Ray's log files, and Ray Data's own progress bars are off (the caller shows its own).
+    ``store.s3_endpoint`` is exported to the workers (as AWS_ENDPOINT_URL). verbose=False: Ray logs below ERROR
+    and the workers' output stay in Ray's log files, and Ray Data's own progress bars are off (the caller shows
+    its own).
     """
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS") or None
-    runtime_env = {"env_vars": {"AWS_ENDPOINT_URL": s3_endpoint}} if s3_endpoint else None
+    runtime_env = {"env_vars": {"AWS_ENDPOINT_URL": store.s3_endpoint}} if store.s3_endpoint else None
     quiet = {} if verbose else {"logging_level": logging.ERROR, "log_to_driver": False}
     if not verbose:
         ctx = data_context()

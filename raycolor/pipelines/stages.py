@@ -146,10 +146,8 @@ def decode_parts(batch: dict, *, stage: ModelStage) -> Iterator[dict]:
     peek = (lambda data: images.device_decodable_jpeg(data, max_pixels=max_pixels)) if stage.device_codec else None
     decoded = iter(images.read_decoded(
         items,
-        s3_endpoint=store.s3_endpoint,
-        retries=store.retries,
+        store=store,
         max_pixels=max_pixels,
-        io_concurrency=store.io_concurrency,
         peek=peek,
         depth=stage.depth,
         limit=limit,
@@ -296,7 +294,7 @@ class Predictor:
         device = torch.device("cuda" if stage.gpus > 0 else "cpu")
         self.broken: Exception | None = None
         try:
-            model, self.meta = checkpoint.load(stage.checkpoint, map_location=device, s3_endpoint=stage.storage.s3_endpoint)
+            model, self.meta = checkpoint.load(stage.checkpoint, map_location=device, store=stage.storage)
         except Exception as e:
             if not _restarted_actor():
                 raise  # at start Ray Data fails the run at once with this error
@@ -536,7 +534,7 @@ def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, outp
         buf = io.BytesIO()
         pq.write_table(part, buf)
         uri = storage.join_uri(ledger.spool_dir(output, sid), _part_name([rows["source"][i] for i in rows_of]))
-        storage.write_bytes_atomic(uri, buf.getvalue(), s3_endpoint=store.s3_endpoint, retries=store.retries)
+        storage.write_bytes_atomic(uri, buf.getvalue(), store=store)
     return {
         "source": np.array(rows["source"], dtype=object),
         "status": np.array(rows["status"], dtype=object),
@@ -545,7 +543,7 @@ def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, outp
     }
 
 
-def merge_shard(shard: dict, *, output: str, s3_endpoint, retries: int, layout: str = "files",
+def merge_shard(shard: dict, *, output: str, store: StorageConfig, layout: str = "files",
                  parquet_images: bool = False) -> dict:
     """Spooled rows of one finished shard -> OUTPUT/manifest/<id>.parquet, then OUTPUT/_stats/<id>.json.
 
@@ -559,19 +557,19 @@ def merge_shard(shard: dict, *, output: str, s3_endpoint, retries: int, layout: 
     shard's old part is the base and the new rows replace its rows for the same sources.
     """
     sid = shard["id"]
-    fs, spool = storage.filesystem(ledger.spool_dir(output, sid), s3_endpoint=s3_endpoint)
+    fs, spool = storage.filesystem(ledger.spool_dir(output, sid), store=store)
     try:
-        names = sorted(p for p in storage.retrying(lambda: fs.ls(spool, detail=False), retries) if p.endswith(".parquet"))
+        names = sorted(p for p in storage.retrying(lambda: fs.ls(spool, detail=False), store.retries) if p.endswith(".parquet"))
     except FileNotFoundError:
         names = []
     tables = []
     if shard.get("retry", "none") != "none":
-        pfs, ppath = storage.filesystem(ledger.part_uri(output, sid), s3_endpoint=s3_endpoint)
+        pfs, ppath = storage.filesystem(ledger.part_uri(output, sid), store=store)
         try:
-            tables.append(pq.read_table(io.BytesIO(storage.retrying(lambda: pfs.cat_file(ppath), retries))))
+            tables.append(pq.read_table(io.BytesIO(storage.retrying(lambda: pfs.cat_file(ppath), store.retries))))
         except FileNotFoundError:
             pass
-    blobs = storage.retrying(lambda: fs.cat(names), retries) if names else {}
+    blobs = storage.retrying(lambda: fs.cat(names), store.retries) if names else {}
     tables += [pq.read_table(io.BytesIO(blobs[n])) for n in names]
     if tables:
         table = pa.concat_tables(tables, promote_options="default")
@@ -589,11 +587,10 @@ def merge_shard(shard: dict, *, output: str, s3_endpoint, retries: int, layout: 
     table = table.take(pa.array(sorted(best.values()), type=pa.int64()))
     # the layout's images (webdataset: the shard's tar), before its part
     table = WRITERS[layout].merge(table, output=output, sid=sid, retried=shard.get("retry", "none") != "none",
-                                  parquet_images=parquet_images, s3_endpoint=s3_endpoint, retries=retries)
+                                  parquet_images=parquet_images, store=store)
     buf = io.BytesIO()
     pq.write_table(table, buf)
-    storage.write_bytes_atomic(ledger.part_uri(output, sid), buf.getvalue(), s3_endpoint=s3_endpoint, retries=retries,
-                               tmp_dir=ledger.spool_dir(output, sid))
+    storage.write_bytes_atomic(ledger.part_uri(output, sid), buf.getvalue(), store=store, tmp_dir=ledger.spool_dir(output, sid))
     status, errors = table.column("status").to_pylist(), table.column("error").to_pylist()
     reasons: dict[str, int] = {}
     for st, e in zip(status, errors):
@@ -611,7 +608,7 @@ def merge_shard(shard: dict, *, output: str, s3_endpoint, retries: int, layout: 
         "finished_at": time.time(),
     }
     # written after the part: a stats record means "this shard's part is complete"
-    ledger.write_json(ledger.stats_uri(output, sid), stats, s3_endpoint=s3_endpoint, retries=retries)
+    ledger.write_json(ledger.stats_uri(output, sid), stats, store=store)
     if names or storage.is_local(output):  # locally the spool also holds what killed writes left (temp files)
         try:
             fs.rm(spool, recursive=True)
@@ -620,19 +617,19 @@ def merge_shard(shard: dict, *, output: str, s3_endpoint, retries: int, layout: 
     return stats
 
 
-def _expand_shard(row: dict, *, output: str, s3_endpoint, retries: int) -> list[dict]:
+def _expand_shard(row: dict, *, output: str, store: StorageConfig) -> list[dict]:
     """One shard descriptor -> its item rows (source, relpath under the root's namespace, uri, offset,
     size, shard, shard_n, error). A shard that cannot be expanded becomes one error row (its marker)."""
     shard = inputs.Shard.from_row(row)
     try:
-        items = inputs.expand(shard, s3_endpoint=s3_endpoint, retries=retries)
+        items = inputs.expand(shard, store=store)
     except Exception as e:  # after retries: one error row stands for the shard; --retry-errors redoes it
         return [{"source": row["marker"], "relpath": "", "uri": "", "offset": 0, "size": 0, "shard": shard.id,
                  "shard_n": 1, "error": f"read_failed: {storage.redact(e, shard.uri)}"}]
     if shard.retry != "none":
-        fs, path = storage.filesystem(ledger.part_uri(output, shard.id), s3_endpoint=s3_endpoint)
+        fs, path = storage.filesystem(ledger.part_uri(output, shard.id), store=store)
         try:
-            old = pq.read_table(io.BytesIO(storage.retrying(lambda: fs.cat_file(path), retries)), columns=["source", "error"])
+            old = pq.read_table(io.BytesIO(storage.retrying(lambda: fs.cat_file(path), store.retries)), columns=["source", "error"])
         except FileNotFoundError:  # the part is gone (removed by hand): the whole shard is redone
             old = None
         if old is not None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from fsspec.implementations.local import LocalFileSystem
 
-from raycolor.config import DEFAULT_IO_CONCURRENCY
+from raycolor.config import DEFAULT_STORE, StorageConfig
 from raycolor.storage.retry import ShortRead, retrying
 from raycolor.storage.uris import S3_PROTOCOLS, filesystem, is_local, protocol, redact
 
@@ -28,14 +28,14 @@ T = TypeVar("T")
 # --------------------------------------------------------------------------------------------
 
 
-def read_item(item: Item, *, s3_endpoint: str | None = None, retries: int = 5) -> bytes:
+def read_item(item: Item, *, store: StorageConfig = DEFAULT_STORE) -> bytes:
     """The bytes of ``item``: the whole object, or one range read for a tar member.
 
-    Retries (``retries`` attempts in all, exponential backoff) on transient errors only; a missing
+    Retries (``store.retries`` attempts in all, exponential backoff) on transient errors only; a missing
     object or a permission error is raised at once. A range that the object cannot fill raises
     ``OSError`` (truncated archive) without retrying.
     """
-    fs, path = filesystem(item.uri, s3_endpoint=s3_endpoint)
+    fs, path = filesystem(item.uri, store=store)
     if item.size == 0:
         return b""
     # s3fs answers a whole-object cat_file with a HEAD (for the size) and then the GET, unless its
@@ -55,11 +55,11 @@ def read_item(item: Item, *, s3_endpoint: str | None = None, retries: int = 5) -
             )
         return data
 
-    return retrying(once, retries)
+    return retrying(once, store.retries)
 
 
 def write_bytes_atomic(
-    uri: str, data: bytes, *, s3_endpoint: str | None = None, retries: int = 5, tmp_dir: str | None = None
+    uri: str, data: bytes, *, store: StorageConfig = DEFAULT_STORE, tmp_dir: str | None = None
 ) -> None:
     """Write ``data`` to ``uri`` so that readers see either the old object or the whole new one.
 
@@ -69,13 +69,13 @@ def write_bytes_atomic(
     goes with the spool), else next to the target. Object stores: one single PUT (``fs.pipe_file``), which
     is atomic there; ``tmp_dir`` is not used.
     """
-    fs, path = filesystem(uri, s3_endpoint=s3_endpoint)
+    fs, path = filesystem(uri, store=store)
     data = bytes(data) if not isinstance(data, bytes) else data
     if isinstance(fs, LocalFileSystem):
         tmp_folder = filesystem(tmp_dir)[1] if tmp_dir and is_local(tmp_dir) else None
-        retrying(lambda: _write_local_atomic(path, data, tmp_folder), retries)
+        retrying(lambda: _write_local_atomic(path, data, tmp_folder), store.retries)
     else:
-        retrying(lambda: fs.pipe_file(path, data), retries)
+        retrying(lambda: fs.pipe_file(path, data), store.retries)
 
 
 def _bounded_map(fn: Callable[[T], object], args: list[T], max_in_flight: int) -> list:
@@ -90,16 +90,14 @@ def _bounded_map(fn: Callable[[T], object], args: list[T], max_in_flight: int) -
 def read_items(
     items: Sequence[Item],
     *,
-    s3_endpoint: str | None = None,
-    retries: int = 5,
-    max_in_flight: int = DEFAULT_IO_CONCURRENCY,
+    store: StorageConfig = DEFAULT_STORE,
 ) -> list[bytes | Exception]:
-    """The bytes of every item, ``max_in_flight`` reads at a time; one entry per item, in order.
+    """The bytes of every item, ``store.io_concurrency`` reads at a time; one entry per item, in order.
 
     Each entry is what :func:`read_item` returns, or the exception it raised after its own retries
     (transient errors retried with backoff per item, permanent ones at once): one failing item never
     fails the others. Tar members stay single range reads. Memory: the caller passes one batch, and
-    holds its bytes; at most ``max_in_flight`` requests are open at once.
+    holds its bytes; at most ``store.io_concurrency`` requests are open at once.
 
     Why threads over :func:`read_item` rather than s3fs's batch ``cat``/``cat_ranges``: the requests
     still run concurrently on s3fs's one event loop (each thread waits on its own coroutine), per-item
@@ -109,22 +107,20 @@ def read_items(
 
     def one(item: Item) -> bytes | Exception:
         try:
-            return read_item(item, s3_endpoint=s3_endpoint, retries=retries)
+            return read_item(item, store=store)
         except Exception as exc:  # the caller turns it into this item's error row
             return exc
 
-    return _bounded_map(one, list(items), max_in_flight)
+    return _bounded_map(one, list(items), store.io_concurrency)
 
 
 def write_many(
     pairs: Sequence[tuple[str, bytes]],
     *,
-    s3_endpoint: str | None = None,
-    retries: int = 5,
-    max_in_flight: int = DEFAULT_IO_CONCURRENCY,
+    store: StorageConfig = DEFAULT_STORE,
     tmp_dirs: Sequence[str | None] | None = None,
 ) -> list[Exception | None]:
-    """:func:`write_bytes_atomic` for every ``(uri, data)``, ``max_in_flight`` at a time; ``tmp_dirs``: each
+    """:func:`write_bytes_atomic` for every ``(uri, data)``, ``store.io_concurrency`` at a time; ``tmp_dirs``: each
     write's ``tmp_dir``.
 
     One entry per pair, in order: ``None`` when written, else the exception after that write's
@@ -136,12 +132,12 @@ def write_many(
     def one(job: tuple[tuple[str, bytes], str | None]) -> Exception | None:
         (uri, data), tmp_dir = job
         try:
-            write_bytes_atomic(uri, data, s3_endpoint=s3_endpoint, retries=retries, tmp_dir=tmp_dir)
+            write_bytes_atomic(uri, data, store=store, tmp_dir=tmp_dir)
         except Exception as exc:
             return exc
         return None
 
-    return _bounded_map(one, list(zip(pairs, tmps)), max_in_flight)
+    return _bounded_map(one, list(zip(pairs, tmps)), store.io_concurrency)
 
 
 def _write_local_atomic(path: str, data: bytes, tmp_folder: str | None = None) -> None:
@@ -166,9 +162,9 @@ def _write_local_atomic(path: str, data: bytes, tmp_folder: str | None = None) -
         raise
 
 
-def remove(uri: str, *, s3_endpoint: str | None = None, retries: int = 5) -> None:
+def remove(uri: str, *, store: StorageConfig = DEFAULT_STORE) -> None:
     """Delete the object / file / folder ``uri`` (recursively) if it exists; retried like every other call."""
-    fs, path = filesystem(uri, s3_endpoint=s3_endpoint)
+    fs, path = filesystem(uri, store=store)
 
     def once() -> None:
         try:
@@ -176,10 +172,11 @@ def remove(uri: str, *, s3_endpoint: str | None = None, retries: int = 5) -> Non
         except FileNotFoundError:
             pass
 
-    retrying(once, retries)
+    retrying(once, store.retries)
 
 
-def exists(uri: str, *, s3_endpoint: str | None = None) -> bool:
-    """Whether the object/file/folder ``uri`` exists (fresh answer: no listing cache)."""
-    fs, path = filesystem(uri, s3_endpoint=s3_endpoint)
+def exists(uri: str, *, store: StorageConfig = DEFAULT_STORE) -> bool:
+    """Whether the object/file/folder ``uri`` exists (fresh answer: no listing cache). Only ``store``'s
+    endpoint is used: the answer is retried 3 times, not ``store.retries``."""
+    fs, path = filesystem(uri, store=store)
     return bool(retrying(lambda: fs.exists(path), 3))

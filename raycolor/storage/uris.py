@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from raycolor.config import DEFAULT_STORE, StorageConfig
+
 if TYPE_CHECKING:  # an Item is what an input is (raycolor.inputs, which imports this module)
     pass
 
@@ -147,10 +149,10 @@ def _s3_endpoint(s3_endpoint: str | None) -> str | None:
     return s3_endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
-def filesystem(uri: str, *, s3_endpoint: str | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+def filesystem(uri: str, *, store: StorageConfig = DEFAULT_STORE) -> tuple[fsspec.AbstractFileSystem, str]:
     """(fs, path) for ``uri``: local paths, ``file://``, ``s3://`` and any installed fsspec protocol.
 
-    For S3 the endpoint is ``s3_endpoint`` or else ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``;
+    For S3 the endpoint is ``store.s3_endpoint`` or else ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``;
     credentials come from the usual AWS chain. A URI that carries credentials (see
     :func:`has_credentials`) raises :class:`InputError`. Directory-listing caching is disabled so that a
     listing or ``exists`` never answers from a stale cache. Instances are cached by fsspec (per
@@ -182,7 +184,7 @@ def filesystem(uri: str, *, s3_endpoint: str | None = None) -> tuple[fsspec.Abst
             "use_listings_cache": False,
             "config_kwargs": {"retries": {"max_attempts": 3, "mode": "standard"}},
         }
-        endpoint = _s3_endpoint(s3_endpoint)
+        endpoint = _s3_endpoint(store.s3_endpoint)
         if endpoint:
             kwargs["endpoint_url"] = endpoint
         # aiobotocore's connection pool defaults to 10 connections per filesystem (per process): fewer than the

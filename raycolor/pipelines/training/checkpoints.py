@@ -176,9 +176,7 @@ class CheckpointStore:
         """Copy a checkpoint's core files to model_uri: config.json removed first, weights, config last, so a
         reader never takes old config with new weights (checkpoint.load verifies the pair anyway)."""
         config_uri = storage.join_uri(model_uri, core_checkpoint.CONFIG_NAME)
-        storage.remove(config_uri, s3_endpoint=store.s3_endpoint, retries=store.retries)
+        storage.remove(config_uri, store=store)
         for name in (core_checkpoint.WEIGHTS_NAME, core_checkpoint.CONFIG_NAME):
-            storage.write_bytes_atomic(
-                storage.join_uri(model_uri, name), restored.files[name], s3_endpoint=store.s3_endpoint, retries=store.retries
-            )
+            storage.write_bytes_atomic(storage.join_uri(model_uri, name), restored.files[name], store=store)
         return model_uri

@@ -18,7 +18,7 @@ import pyarrow as pa
 import torch
 
 from raycolor import inputs, storage
-from raycolor.config import DEFAULT_IO_CONCURRENCY, TrainConfig
+from raycolor.config import DEFAULT_STORE, StorageConfig, TrainConfig
 from raycolor.core import color, colorize, images
 from raycolor.pipelines import runtime
 from raycolor.pipelines.stages import expand_batch
@@ -58,13 +58,13 @@ def _held_sources(ref) -> frozenset:
 TRAIN_ROWS = pa.schema([("source", pa.string()), ("uri", pa.string()), ("offset", pa.int64()), ("size", pa.int64())])
 
 
-def shard_rows(desc: dict, *, side: str, split: Split | None, held, s3_endpoint, retries: int) -> list[dict]:
+def shard_rows(desc: dict, *, side: str, split: Split | None, held, store: StorageConfig) -> list[dict]:
     """One shard descriptor -> the item rows of `side` ("train" or "val"; columns TRAIN_ROWS), in a Ray Data
     task (through stages.expand_batch): the shard expanded as colorize expands it (inputs.expand), the
     hold-out rule (or the --val sources) applied row by row. Training rows come in a fresh random order each
     epoch; a shard that cannot be expanded gives none (logged)."""
     try:
-        items = expand_shard(desc, s3_endpoint=s3_endpoint, retries=retries)
+        items = expand_shard(desc, store=store)
     except Exception as e:  # noqa: BLE001 - after retries; it expanded when the run was planned: never fatal
         log.warning("dropping shard %s of %s this epoch (%s)", desc["id"], desc["root"], storage.redact(e, desc["uri"]))
         return []
@@ -85,15 +85,12 @@ def shard_rows(desc: dict, *, side: str, split: Split | None, held, s3_endpoint,
 
 
 def _rgbs(
-    batch: dict[str, np.ndarray], *, s3_endpoint, retries: int, max_pixels, what: str,
-    io_concurrency: int = DEFAULT_IO_CONCURRENCY,
+    batch: dict[str, np.ndarray], *, store: StorageConfig, max_pixels, what: str,
 ):
     """The batch's images through the one reading loop (images.read_decoded, as colorize reads): uint8 RGB
     arrays; a row that cannot be read or decoded is logged and dropped (training has no error rows)."""
     items = inputs.Item.from_batch(batch)
-    decoded = images.read_decoded(
-        items, s3_endpoint=s3_endpoint, retries=retries, max_pixels=max_pixels, io_concurrency=io_concurrency
-    )
+    decoded = images.read_decoded(items, store=store, max_pixels=max_pixels)
     for item, got in zip(items, decoded):
         if got.error is not None:
             kind = "unreadable" if got.error.startswith("read_failed:") else "undecodable"
@@ -131,8 +128,7 @@ def _random_box(h: int, w: int, rng: np.random.Generator) -> tuple[int, int, int
 
 
 def train_transform(
-    batch: dict[str, np.ndarray], *, size: int, s3_endpoint=None, retries: int = 5, max_pixels=None,
-    io_concurrency: int = DEFAULT_IO_CONCURRENCY,
+    batch: dict[str, np.ndarray], *, size: int, store: StorageConfig = DEFAULT_STORE, max_pixels=None,
 ) -> dict[str, np.ndarray]:
     """Rows of items -> {"L": (n,1,s,s), "ab": (n,2,s,s)} float32: random-resized crop, h-flip, Lab."""
     from PIL import Image
@@ -140,9 +136,7 @@ def train_transform(
     torch.set_num_threads(1)
     rng = np.random.default_rng()  # fresh entropy per call: every epoch sees new crops
     labs = []
-    for rgb in _rgbs(
-        batch, s3_endpoint=s3_endpoint, retries=retries, max_pixels=max_pixels, what="training", io_concurrency=io_concurrency
-    ):
+    for rgb in _rgbs(batch, store=store, max_pixels=max_pixels, what="training"):
         top, left, ch, cw = _random_box(rgb.shape[0], rgb.shape[1], rng)
         # PIL resizes the crop with an antialiasing (support-scaled) bilinear filter, in C, before the Lab
         # maths, so big scans cost one resize rather than a full-resolution colour conversion
@@ -155,15 +149,12 @@ def train_transform(
 
 
 def val_transform(
-    batch: dict[str, np.ndarray], *, size: int, s3_endpoint=None, retries: int = 5, max_pixels=None,
-    io_concurrency: int = DEFAULT_IO_CONCURRENCY,
+    batch: dict[str, np.ndarray], *, size: int, store: StorageConfig = DEFAULT_STORE, max_pixels=None,
 ) -> dict[str, np.ndarray]:
     """Rows of items -> Lab squashed to size x size exactly as inference renders L (colorize.render_l)."""
     torch.set_num_threads(1)
     labs = []
-    for rgb in _rgbs(
-        batch, s3_endpoint=s3_endpoint, retries=retries, max_pixels=max_pixels, what="validation", io_concurrency=io_concurrency
-    ):
+    for rgb in _rgbs(batch, store=store, max_pixels=max_pixels, what="validation"):
         lab = color.rgb_uint8_to_lab(torch.from_numpy(rgb).permute(2, 0, 1))
         labs.append(colorize.render_l(lab, size))  # same antialiased bilinear squash for L and ab
     return _lab_batch(labs, size)
@@ -179,11 +170,10 @@ def build_dataset(side: str, fn, data: Data, config: TrainConfig):
     import ray
 
     descs, n = (data.train, data.n_train) if side == "train" else (data.val, data.n_val)
-    endpoint, retries = config.storage.s3_endpoint, config.storage.retries
     ds = ray.data.from_items(descs, override_num_blocks=max(1, len(descs)))
     if side == "train" and len(descs) > 1:
         ds = ds.randomize_block_order()  # the shards in a new order each epoch: a barrier over descriptors only
-    # expanded as colorize expands (ray_colorize.build_dataset): a map_batches of one descriptor at a time,
+    # expanded as colorize expands (pipelines.colorize.build_dataset): a map_batches of one descriptor at a time,
     # which Ray Data fuses with the streaming repartition below (same 1 CPU, so the remote args match), so the
     # expand task itself cuts its shard into small blocks that many tasks decode. As flat_map + repartition,
     # the repartition was a stage of its own holding a CPU slot (docs/performance.md)
@@ -193,7 +183,7 @@ def build_dataset(side: str, fn, data: Data, config: TrainConfig):
         batch_format="pyarrow",
         num_cpus=1,
         fn_kwargs={"rows": shard_rows, "schema": TRAIN_ROWS, "side": side, "split": data.split,
-                   "held": data.held if side == "train" else None, "s3_endpoint": endpoint, "retries": retries},
+                   "held": data.held if side == "train" else None, "store": config.storage},
     )
     ds = ds.repartition(target_num_rows_per_block=runtime.rows_per_block(n, cap=_BLOCK_ROWS))
     return ds.map_batches(
@@ -203,9 +193,7 @@ def build_dataset(side: str, fn, data: Data, config: TrainConfig):
         num_cpus=1,
         fn_kwargs={
             "size": config.image_size,
-            "s3_endpoint": endpoint,
-            "retries": retries,
-            "io_concurrency": config.storage.io_concurrency,
+            "store": config.storage,
             "max_pixels": config.max_pixels,
         },
     )

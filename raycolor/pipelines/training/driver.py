@@ -234,7 +234,7 @@ def _storage(config: TrainConfig) -> tuple[Any, str, CheckpointStore]:
     import pyarrow.fs as pafs
     from fsspec.implementations.local import LocalFileSystem
 
-    fs, path = storage.filesystem(config.output, s3_endpoint=config.storage.s3_endpoint)
+    fs, path = storage.filesystem(config.output, store=config.storage)
 
     if isinstance(fs, LocalFileSystem):
         storage_fs, storage_path = pafs.LocalFileSystem(), path

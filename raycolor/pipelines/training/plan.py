@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from raycolor import inputs, storage
-from raycolor.config import DEFAULT_SHARD_SIZE, TrainConfig
+from raycolor.config import DEFAULT_SHARD_SIZE, StorageConfig, TrainConfig
 from raycolor.pipelines import runtime
 from raycolor.pipelines.training.split import Split, SplitStats
 
@@ -31,24 +31,24 @@ class Data:
 
 def classify(uris: Sequence[str], config: TrainConfig) -> list:
     """What each input is (inputs.classify, as colorize does); raises InputError before Ray starts."""
-    return [inputs.classify(u, s3_endpoint=config.storage.s3_endpoint) for u in uris]
+    return [inputs.classify(u, store=config.storage) for u in uris]
 
 
-def expand_shard(desc: dict, *, s3_endpoint, retries: int) -> list[inputs.Item]:
+def expand_shard(desc: dict, *, store: StorageConfig) -> list[inputs.Item]:
     """One shard descriptor -> its items, as colorize expands it (inputs.expand)."""
     shard = inputs.Shard.from_row(desc)
-    return inputs.expand(shard, s3_endpoint=s3_endpoint, retries=retries)
+    return inputs.expand(shard, store=store)
 
 
-def _shard_stats(desc: dict, *, val_fraction: float, held: frozenset | None, s3_endpoint, retries: int) -> SplitStats:
+def _shard_stats(desc: dict, *, val_fraction: float, held: frozenset | None, store: StorageConfig) -> SplitStats:
     """One shard's SplitStats (a task: expands the shard, reads no image)."""
-    items = expand_shard(desc, s3_endpoint=s3_endpoint, retries=retries)
+    items = expand_shard(desc, store=store)
     return SplitStats.of((i.source for i in items if held is None or i.source not in held), val_fraction)
 
 
-def _sources_of(descs: list[dict], *, s3_endpoint, retries: int) -> tuple[frozenset, int]:
+def _sources_of(descs: list[dict], *, store: StorageConfig) -> tuple[frozenset, int]:
     """The --val sources as one set (a task; it stays in the object store) and their number."""
-    held = frozenset(i.source for d in descs for i in expand_shard(d, s3_endpoint=s3_endpoint, retries=retries))
+    held = frozenset(i.source for d in descs for i in expand_shard(d, store=store))
     return held, len(held)
 
 
@@ -60,13 +60,12 @@ def plan_data(config: TrainConfig, data_roots: list, val_roots: list) -> Data:
 
     from raycolor.pipelines.planning import shard_inputs
 
-    endpoint, retries = config.storage.s3_endpoint, config.storage.retries
     listing = storage.join_uri(config.output, "_listing", "{id}.parquet")
 
     def descriptors(roots: list) -> list[dict]:
         return [dataclasses.asdict(shard)
-                for shards in shard_inputs(roots, shard_size=DEFAULT_SHARD_SIZE, s3_endpoint=endpoint, listing=listing,
-                                           retries=retries).values()
+                for shards in shard_inputs(roots, shard_size=DEFAULT_SHARD_SIZE, listing=listing,
+                                           store=config.storage).values()
                 for shard in shards]
 
     train = descriptors(data_roots)
@@ -75,10 +74,10 @@ def plan_data(config: TrainConfig, data_roots: list, val_roots: list) -> Data:
         val = descriptors(val_roots)
         # the set is made in a task and stays in the object store
         task = ray.remote(num_cpus=0.5, max_retries=3, num_returns=2)(_sources_of)
-        held, n_val_ref = task.remote(val, s3_endpoint=endpoint, retries=retries)
+        held, n_val_ref = task.remote(val, store=config.storage)
         n_val = runtime.ray_get(n_val_ref)
     stats_task = ray.remote(num_cpus=0.5, max_retries=3)(_shard_stats)
-    refs = [stats_task.remote(d, val_fraction=config.val_fraction, held=held, s3_endpoint=endpoint, retries=retries)
+    refs = [stats_task.remote(d, val_fraction=config.val_fraction, held=held, store=config.storage)
             for d in train]
     stats = sum(runtime.ray_get(refs), SplitStats())
     if val_roots:

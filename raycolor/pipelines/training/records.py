@@ -72,8 +72,7 @@ def epoch_record(epoch: int, stage: str, sums: EpochSums, *, config: TrainConfig
 def write_metrics(history: list[dict], config: TrainConfig) -> str:
     """OUTPUT/metrics.jsonl, rewritten whole (one line per finished epoch); its URI."""
     uri = storage.join_uri(config.output, METRICS_NAME)
-    storage.write_bytes_atomic(uri, _metrics_jsonl(history), s3_endpoint=config.storage.s3_endpoint,
-                               retries=config.storage.retries)
+    storage.write_bytes_atomic(uri, _metrics_jsonl(history), store=config.storage)
     return uri
 
 
@@ -87,5 +86,5 @@ def write_curves(history: list[dict], config: TrainConfig) -> str | None:
             print("training curves skipped: install matplotlib (pip install 'raycolor[plots]') for OUTPUT/curves.png")
         return None
     uri = storage.join_uri(config.output, CURVES_NAME)
-    storage.write_bytes_atomic(uri, png, s3_endpoint=config.storage.s3_endpoint, retries=config.storage.retries)
+    storage.write_bytes_atomic(uri, png, store=config.storage)
     return uri
