@@ -61,11 +61,10 @@ def test_config_is_validated_before_anything_starts(tmp_path):
 
 
 def test_one_reading_loop_reads_the_batch_together_and_training_drops_unreadable_rows(tmp_path, monkeypatch):
-    """images.read_decoded, the one reading loop of colorize and training: one read_items call per batch,
+    """inputs.read_decoded, the one reading loop of colorize and training: one read_items call per batch,
     one result per item in order (decoded RGB, the bytes a peek hook took, or colorize's error text);
     the training transforms log and drop the error rows and transform the rest."""
     from raycolor import inputs, storage
-    from raycolor.core import images
     from raycolor.pipelines.training import data as train_data
 
     folder = make_images(tmp_path / "imgs", n=3)
@@ -75,7 +74,7 @@ def test_one_reading_loop_reads_the_batch_together_and_training_drops_unreadable
     read_items = storage.read_items
     monkeypatch.setattr(storage, "read_items", lambda its, **kw: calls.append(len(its)) or read_items(its, **kw))
     mine = (folder / "img02.png").read_bytes()
-    got = list(images.read_decoded(
+    got = list(inputs.read_decoded(
         items, store=StorageConfig(retries=1, io_concurrency=4), max_pixels=None, peek=lambda data: "mine" if data == mine else None
     ))
     assert calls == [4]  # the batch's reads went out together

@@ -1,7 +1,7 @@
 """Image decoding and encoding: the one decode policy used everywhere.
 
-Pure Pillow + NumPy (no Ray, no torch), so it can be imported anywhere cheaply; :func:`read_decoded`, the
-one reading loop of colorize, evaluate and training, also uses :mod:`raycolor.storage` (fsspec) for the reads.
+Pure Pillow + NumPy (no Ray, no torch, no storage), so it can be imported anywhere cheaply; the one reading
+loop that reads items and decodes them here is :func:`raycolor.inputs.read_decoded`.
 
 Decode policy of :func:`decode_rgb` (bytes in, ``uint8`` ``(H, W, 3)`` C-contiguous,
 writeable array out, or a :class:`DecodeError` with a typed ``reason``):
@@ -73,7 +73,7 @@ import struct
 import threading
 import warnings
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from functools import cache, lru_cache
@@ -91,12 +91,12 @@ from PIL import (
     UnidentifiedImageError,
 )
 
-from raycolor.config import DEFAULT_MAX_PIXELS, DEFAULT_STORE, StorageConfig
+from raycolor.config import DEFAULT_MAX_PIXELS
 from raycolor.core import metadata
 from raycolor.core.metadata import Metadata
 
 if TYPE_CHECKING:
-    from raycolor.inputs import Item
+    pass
 
 try:  # WebP support is optional in Pillow builds
     from PIL import WebPImagePlugin  # noqa: F401
@@ -107,7 +107,6 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "DecodeError",
     "DecodeReason",
-    "Decoded",
     "DecodedImage",
     "Depth",
     "decode",
@@ -115,7 +114,6 @@ __all__ = [
     "encode_jpeg",
     "encode_png",
     "extension",
-    "read_decoded",
 ]
 
 DecodeReason = Literal["truncated", "not_an_image", "too_large", "unsupported"]
@@ -373,67 +371,6 @@ def device_decodable_jpeg(
             im.close()
     except Exception:
         return None
-
-
-class Decoded(NamedTuple):
-    """One item's outcome in :func:`read_decoded`: exactly one of ``rgb``, ``peeked`` or ``error`` is set."""
-
-    rgb: np.ndarray | None = None  # decode's upright (H, W, 3): uint8, or uint16 for a 16-bit source at depth "auto"
-    meta: Metadata | None = None  # the input's metadata (set with ``rgb``)
-    data: bytes | None = None  # the item's own bytes, when ``peek`` took them (set with ``peeked``)
-    peeked: Any = None  # what ``peek`` returned
-    error: str | None = None  # "read_failed: <redacted cause>" or the DecodeError text ("truncated: ...")
-
-
-def read_decoded(
-    items: Sequence[Item],
-    *,
-    store: StorageConfig = DEFAULT_STORE,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    peek: Callable[[bytes], Any] | None = None,
-    depth: Depth = "8",
-    limit: str = "the limit",
-) -> Iterator[Decoded]:
-    """The one reading loop (colorize, evaluate and both training transforms): one :class:`Decoded` per item,
-    in order.
-
-    The batch's reads are in flight together (:func:`storage.read_items`: ``store.io_concurrency`` at a time,
-    per-item retries), then each item is decoded with :func:`decode_rgb` when the caller asks for it, so a
-    caller that works as it goes holds one full-size RGB at a time (plus the batch's bytes, each released
-    once its item is yielded). A read that failed after its retries is ``error="read_failed: ..."`` (the
-    cause redacted), an undecodable item is ``error=str(DecodeError)``; neither stops the others. ``peek``
-    (e.g. the device-codec check, :func:`device_decodable_jpeg`) sees each item's bytes first: when it
-    returns something other than None the item is not decoded here and comes back as ``data`` +
-    ``peeked``.
-    """
-    from raycolor import (
-        storage,  # here, not at the top: only the reading loop needs fsspec
-    )
-
-    items = list(items)
-    datas = storage.read_items(items, store=store)
-    for k, item in enumerate(items):
-        data, datas[k] = datas[k], None  # the batch's bytes go as their items are done
-        if isinstance(data, Exception):
-            yield Decoded(error=f"read_failed: {storage.redact(data, item.uri)}")
-            continue
-        peeked = peek(data) if peek is not None else None
-        if peeked is not None:
-            yield Decoded(data=data, peeked=peeked)
-            continue
-        try:
-            box = [decode(data, max_pixels=max_pixels, depth=depth, limit=limit)]
-        except DecodeError as e:
-            yield Decoded(error=str(e))
-            continue
-        del data
-        # popped on the way out: no local of this generator holds the pixels while it waits for the caller,
-        # who alone decides when they go
-        yield _as_decoded(box.pop())
-
-
-def _as_decoded(got: DecodedImage) -> Decoded:
-    return Decoded(rgb=got.rgb, meta=got.meta)
 
 
 def _needs_lift(max_pixels: int | None) -> bool:

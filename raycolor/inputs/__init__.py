@@ -3,7 +3,7 @@
 Pure fsspec/pyarrow on top of :mod:`raycolor.storage` (the reads, the retry policy): this package never
 imports ray or torch, so the Ray pipelines (and their workers) can call it cheaply. Three modules, one job
 each: :mod:`.listing` (the listing rules and items), :mod:`.shards` (classify, size, chunk, expand),
-:mod:`.folders` (listing folders in tasks); callers use the names below, as ``inputs.expand(...)``.
+:mod:`.folders` (listing folders in tasks), :mod:`.reading` (the one reading loop); callers use the names below, as ``inputs.expand(...)``.
 
 Inputs accepted by :func:`list_items` (any mix, in any number):
 
@@ -79,6 +79,7 @@ from raycolor.inputs.listing import (
     output_key,
     txt_entries,
 )
+from raycolor.inputs.reading import Decoded, read_decoded
 from raycolor.inputs.shards import (
     RootPlan,
     Shard,
@@ -100,6 +101,7 @@ __all__ = [
     "MANIFEST_SUFFIXES",
     "TAR_SUFFIXES",
     "InputError",  # raycolor.storage's (filesystem raises it too), the one class
+    "Decoded",
     "Item",
     "ListGroup",
     "RootPlan",
@@ -120,6 +122,7 @@ __all__ = [
     "manifest_items",
     "no_images",
     "output_key",
+    "read_decoded",
     "remove_stale_parts",
     "shard_id",
     "size_object",

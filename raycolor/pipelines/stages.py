@@ -144,7 +144,7 @@ def decode_parts(batch: dict, *, stage: ModelStage) -> Iterator[dict]:
     # the one reading loop (training's too): the whole batch's reads in flight together, so object-store
     # latency is paid about once per batch; a failed read or decode is this row's error, the job goes on
     peek = (lambda data: images.device_decodable_jpeg(data, max_pixels=max_pixels)) if stage.device_codec else None
-    decoded = iter(images.read_decoded(
+    decoded = iter(inputs.read_decoded(
         items,
         store=store,
         max_pixels=max_pixels,
@@ -167,7 +167,7 @@ def decode_parts(batch: dict, *, stage: ModelStage) -> Iterator[dict]:
         yield _decoded_part(passthrough, part, stage)
 
 
-def _decode_row(decoded: Iterator[images.Decoded], stage: ModelStage) -> dict:
+def _decode_row(decoded: Iterator[inputs.Decoded], stage: ModelStage) -> dict:
     """The next read item -> its decoded columns (error only, when it failed). Takes it from the iterator
     itself, so that the decoded RGB goes as soon as L is made (nothing else holds it)."""
     from raycolor.core.colorize import pack_l, prepare

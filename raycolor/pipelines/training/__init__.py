@@ -13,7 +13,7 @@ descriptors only, never a per-image list:
 
     inputs ─classify, list folders in tasks, size manifests/tars (planning.shard_inputs)─▶ shard descriptors
     one task per shard: expand, count, hash (no image read) ─▶ totals + the hold-out rule (= split_items)
-    shards ─Ray Data: expand (as colorize), keep this side's rows ───┬─ train: read + decode (images.read_decoded),
+    shards ─Ray Data: expand (as colorize), keep this side's rows ───┬─ train: read + decode (inputs.read_decoded),
                                                                      │  random-resized crop, flip, Lab
                                                                      │  ─ streaming_split(workers, equal) ─┐
                                                                      └─ val: read + decode, Lab, squash resize ─┤

@@ -1,7 +1,7 @@
 """Training's Ray Data side: a shard expanded into one side's item rows, the CPU transforms that decode,
 crop and convert them to Lab, and the datasets and ingest split the workers read.
 
-    shards ─expand (as colorize), keep this side's rows ─┬─ train: read + decode (images.read_decoded),
+    shards ─expand (as colorize), keep this side's rows ─┬─ train: read + decode (inputs.read_decoded),
                                                           │  random-resized crop, flip, Lab
                                                           └─ val: read + decode, Lab, squash resize
                                                              (the square inference renders)
@@ -19,7 +19,7 @@ import torch
 
 from raycolor import inputs, storage
 from raycolor.config import DEFAULT_STORE, StorageConfig, TrainConfig
-from raycolor.core import color, colorize, images
+from raycolor.core import color, colorize
 from raycolor.pipelines import runtime
 from raycolor.pipelines.stages import expand_batch
 from raycolor.pipelines.training.plan import Data, expand_shard
@@ -87,10 +87,10 @@ def shard_rows(desc: dict, *, side: str, split: Split | None, held, store: Stora
 def _rgbs(
     batch: dict[str, np.ndarray], *, store: StorageConfig, max_pixels, what: str,
 ):
-    """The batch's images through the one reading loop (images.read_decoded, as colorize reads): uint8 RGB
+    """The batch's images through the one reading loop (inputs.read_decoded, as colorize reads): uint8 RGB
     arrays; a row that cannot be read or decoded is logged and dropped (training has no error rows)."""
     items = inputs.Item.from_batch(batch)
-    decoded = images.read_decoded(items, store=store, max_pixels=max_pixels)
+    decoded = inputs.read_decoded(items, store=store, max_pixels=max_pixels)
     for item, got in zip(items, decoded):
         if got.error is not None:
             kind = "unreadable" if got.error.startswith("read_failed:") else "undecodable"
