@@ -186,6 +186,12 @@ def _run(
     from raycolor.pipelines import runtime
     from raycolor.storage import redact
 
+    owned = connect and not runtime.connected()  # a connection made here is left here, one made before is not
+
+    def leave() -> None:
+        if owned:
+            runtime.disconnect()  # before the last line: Ray's core would otherwise log after it, unfiltered
+
     with runtime.quiet_stderr(enabled=not verbose) as terminal:
         try:
             if connect:
@@ -196,7 +202,7 @@ def _run(
                 signal.signal(signal.SIGTERM, _on_sigterm)
             return call(terminal)
         except _usage_errors() as e:
-            runtime.disconnect()  # before the last line: Ray's core would otherwise log after it, unfiltered
+            leave()
             typer.echo(f"error: {redact(e)}", err=True)
             raise typer.Exit(EXIT_USAGE) from None
         except Exception as e:
@@ -207,7 +213,7 @@ def _run(
                         err=True,
                     )
                 raise
-            runtime.disconnect()
+            leave()
             typer.echo(f"error: no space left on device while writing the output ({redact(_out_of_space(e))}); "
                        f"nothing finished is lost: free space, then run the same command to resume "
                        f"(with --retry-errors for images that became write errors): {redact(_resume_hint())}", err=True)
@@ -216,7 +222,7 @@ def _run(
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             term = isinstance(e, _Terminated)
-            runtime.disconnect()
+            leave()
             typer.echo(f"{'terminated' if term else 'interrupted'}: nothing finished is lost; "
                        f"run the same command to resume: {redact(_resume_hint())}", err=True)
             raise typer.Exit(143 if term else 130) from None

@@ -141,6 +141,23 @@ def test_bad_flag_values_are_usage_errors(calls):
     assert "colorize" not in calls
 
 
+@pytest.mark.parametrize("connected_before", [False, True])
+def test_a_handled_failure_leaves_ray_only_when_the_cli_connected(calls, monkeypatch, connected_before):
+    """On a handled failure the CLI leaves Ray before its last line (so Ray's core cannot log after it), but
+    only a connection it made itself: a job script or a test that connected first keeps its connection."""
+    left = []
+    monkeypatch.setattr(runtime, "connected", lambda: connected_before)
+    monkeypatch.setattr(runtime, "disconnect", lambda: left.append(True))
+
+    def refuse(config, **kw):
+        raise ValueError("refused")
+
+    monkeypatch.setattr(ray_colorize, "colorize", refuse)
+    r = runner.invoke(app, ["colorize", "in", "--output", "out", "--checkpoint", "ck"])
+    assert r.exit_code == 2 and r.output.strip().splitlines()[-1] == "error: refused", r.output
+    assert left == ([] if connected_before else [True])
+
+
 # -- error paths through the real functions (no patching of the failing code) --------------------
 
 

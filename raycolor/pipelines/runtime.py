@@ -90,14 +90,22 @@ def connect(
     )
 
 
+def connected() -> bool:
+    """Whether this process is connected to Ray already (without importing Ray when it is not loaded)."""
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
+
+
 def disconnect() -> None:
     """Leave Ray now (stop the local runtime, or detach from a cluster); a no-op when not connected.
 
-    The CLI calls it before its last line on a handled failure, inside runtime.quiet_stderr: Ray's core
-    otherwise logs from its own threads until the process exits, after that line and past the filter."""
-    import ray
+    The CLI calls it before its last line on a handled failure, inside runtime.quiet_stderr, when it made the
+    connection itself: Ray's core otherwise logs from its own threads until the process exits, after that line
+    and past the filter. A connection the caller made (a job script, a test driving the CLI in-process) is the
+    caller's to keep."""
+    if connected():
+        import ray
 
-    if ray.is_initialized():
         ray.shutdown()
 
 
