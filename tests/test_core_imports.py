@@ -64,13 +64,42 @@ def test_layers_import_only_downwards():
     assert not upward, upward
 
 
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _module_aliases(tree: ast.AST, modules: set[str]) -> dict[str, str]:
+    """Local name -> raycolor module, for every import that binds a module (`from raycolor.core import images`,
+    `import raycolor.x as y`)."""
+    aliases = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("raycolor"):
+            for a in node.names:
+                if f"{node.module}.{a.name}" in modules:
+                    aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name in modules and a.asname:
+                    aliases[a.asname] = a.name
+    return aliases
+
+
 def test_no_module_uses_another_modules_private_name():
-    """`from raycolor.x import _name` or `x._name` from another module: what is shared is public."""
+    """`from raycolor.x import _name`, or `x._name` on another raycolor module: what is shared is public."""
+    modules = _modules()
     used = []
-    for module, path in _modules().items():
+    for module, path in modules.items():
         for line, target in _imports(path):
-            if target.rsplit(".", 1)[-1].startswith("_") and not target.endswith(("__version__", "__init__")):
+            if _private(target.rsplit(".", 1)[-1]):
                 used.append(f"{module}:{line} imports {target}")
+        tree = ast.parse(path.read_text())
+        aliases = _module_aliases(tree, set(modules))
+        used += [
+            f"{module}:{node.lineno} uses {aliases[node.value.id]}.{node.attr}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+            and aliases[node.value.id] != module and _private(node.attr)
+        ]
     assert not used, used
 
 
