@@ -110,8 +110,15 @@ for victim_kind, layout in (("cpu-only", "files"), ("actor", "webdataset")):
     t, result = in_thread(lambda: colorize(cfg))
     stats, spool = (out.replace("s3://", "") + d for d in ("/_stats", "/_spool"))
     deadline = time.time() + 300
-    # mid-run: the model actor is up and the first images are written (spooled rows), not all shards done
-    while time.time() < deadline and t.is_alive() and not (alive("Predictor") and fs.exists(spool) and fs.find(spool)):
+
+    def some_written():
+        # rows spooled (a shard under way) or a shard finished: a shard's spool lives only from its first
+        # finished batch to its merge, which an idle machine runs within one poll, so the spool alone can miss
+        # every shard of the run; a finished shard's stats record stays
+        return any(fs.exists(d) and fs.find(d) for d in (spool, stats))
+
+    # mid-run: the model actor is up and the first images are written, not all shards done (checked below)
+    while time.time() < deadline and t.is_alive() and not (alive("Predictor") and some_written()):
         time.sleep(0.1)
     on = alive("Predictor")
     hit = [w for w in workers if (w.node_id in on) == (victim_kind == "actor")]
