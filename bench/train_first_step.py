@@ -115,8 +115,10 @@ def first_step(checkout: Path, manifest: Path, output: Path, timeout: float) -> 
     env = {**os.environ, "PYTHONPATH": str(checkout)}
     start = time.time()
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(manifest), str(output)], env=env, cwd=output.parent,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    err_path = output.parent / f"{output.name}.stderr"  # a file: a pipe nobody reads would stall the child
+    with open(err_path, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(manifest), str(output)], env=env,
+                                cwd=output.parent, stdout=subprocess.PIPE, stderr=err, start_new_session=True)
     os.set_blocking(proc.stdout.fileno(), False)
     result: dict = {"first_step_s": None, "first_batch_s": None}
     buf = b""
@@ -146,7 +148,8 @@ def first_step(checkout: Path, manifest: Path, output: Path, timeout: float) -> 
                 break
             time.sleep(0.5)
     if result["first_step_s"] is None and result["first_batch_s"] is None:
-        raise SystemExit(f"{checkout}: no first step within {timeout:.0f} s (exit {proc.returncode})")
+        tail = err_path.read_text(errors="replace")[-3000:]
+        raise SystemExit(f"{checkout}: no first step within {timeout:.0f} s (exit {proc.returncode}):\n{tail}")
     return {k: (round(v, 1) if v is not None else None) for k, v in result.items()}
 
 
