@@ -120,6 +120,13 @@ def test_planning_imports_no_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_the_stages_import_torch_only_where_they_use_it():
+    """A merge, expansion or listing task unpickles its function from raycolor.pipelines.stages in a process
+    of its own (a 0-CPU head starts one per merge); only decode, the model and compose need torch."""
+    code = "import sys, raycolor.pipelines.stages\nassert 'torch' not in sys.modules\n"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_a_warning_from_our_code_fails_the_suite():
     """pyproject's filterwarnings turns any warning raised from a raycolor module into an error; a third
     party's stays a warning (Ray Data's chatter is handled by runtime.quiet_stderr)."""

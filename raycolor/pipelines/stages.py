@@ -3,6 +3,11 @@ tests/test_stages.py and the benchmarks call them without Ray); raycolor/pipelin
 into a dataset. The per-image maths lives in the core modules (images, colorize, color); where and how
 images are written in raycolor/outputs (ledger.py, writers.py).
 
+torch is imported only by the stages that use it (decode, the model, compose). A merge, expansion or listing
+task often gets a process of its own: the merges are 0-CPU tasks, so while every worker is busy Ray starts a new
+one for each, and reaps it when idle (on tests/test_chaos.py's cluster, with a 0-CPU head, 21 of 54 worker
+processes ran one merge and nothing else). Importing torch there cost ~2 s of CPU and ~300 MB each, for nothing.
+
     expand_batch        a shard descriptor -> item rows (a tar's members, a manifest chunk)
     decode_block        bytes -> RGB -> L full-res (uint16) + L at render size
     Predictor           the model on one device: L small -> ab small, or on a device full-res RGB (JPEGs
@@ -34,7 +39,7 @@ import pyarrow.parquet as pq
 
 from raycolor import inputs, storage
 from raycolor.config import DEFAULT_MAX_PIXELS, ColorizeConfig, StorageConfig
-from raycolor.core import checkpoint, images, metadata
+from raycolor.core import images, metadata
 from raycolor.outputs import ledger
 from raycolor.outputs.ledger import IMAGE_COLUMN, MANIFEST_SCHEMA
 from raycolor.outputs.writers import WRITERS
@@ -288,6 +293,8 @@ class Predictor:
 
     def __init__(self, stage: ModelStage, *, threads: int):
         import torch
+
+        from raycolor.core import checkpoint
 
         if stage.gpus == 0:
             torch.set_num_threads(max(1, threads))
