@@ -37,9 +37,12 @@ test: $(STAMP) test-tools
 	$(BIN)/python -m pytest -q --durations=15 $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 	$(MAKE) --no-print-directory test-kernels
 
-# The Ray-free numeric core (colour maths, compose, model, metrics, image decoding and metadata): seconds, no Ray.
-CORE_TESTS := tests/test_color.py tests/test_colorize.py tests/test_model.py tests/test_metrics.py tests/test_images.py \
-	$(wildcard tests/test_metadata.py)
+# The tests whose results go through torch's CPU kernels (colour maths, compose, model, metrics, and the metadata
+# test that checks L* against raycolor.core.color): ATEN_CPU_CAPABILITY changes nothing else. Image decoding and
+# the rest of the metadata tests run in Pillow and NumPy, the same under every torch kernel, so they run once, in
+# the main suite; so do the tests marked kernel_free (pyproject.toml).
+KERNEL_TESTS := tests/test_color.py tests/test_colorize.py tests/test_model.py tests/test_metrics.py \
+	$(wildcard tests/test_metadata.py)$(if $(wildcard tests/test_metadata.py),::test_lightness_is_raycolor_colors_formula)
 
 # Every test that needs no Ray (the core, storage, inputs, ledger, the colorize stages run by hand, the CLI's flags, ...):
 # about 1.5 minutes on 2 cores, in one process. RAYCOLOR_NO_RAY=1 tells tests/conftest.py to leave out the tests
@@ -48,13 +51,13 @@ CORE_TESTS := tests/test_color.py tests/test_colorize.py tests/test_model.py tes
 test-fast: $(STAMP) test-tools
 	RAYCOLOR_NO_RAY=1 $(BIN)/python -m pytest -q -p no:xdist
 
-# The numeric core once more under each CPU kernel torch has for this machine (default and avx2 always, avx512
+# The torch-kernel tests once more under each CPU kernel torch has for this machine (default and avx2 always, avx512
 # where the CPU has it): SIMD kernels round differently, and a newcomer's CPU must not surprise CI. Each run
 # checks that torch really uses the kernel asked for (tests/test_color.py::test_runs_on_the_cpu_kernel_asked_for).
 test-kernels: $(STAMP)
 	@set -e; for cap in $$($(BIN)/python tests/cpu_kernels.py); do \
 		echo "== numeric core with ATEN_CPU_CAPABILITY=$$cap"; \
-		ATEN_CPU_CAPABILITY=$$cap $(BIN)/python -m pytest -q -p no:xdist -p no:cacheprovider $(CORE_TESTS); \
+		ATEN_CPU_CAPABILITY=$$cap $(BIN)/python -m pytest -q -p no:xdist -p no:cacheprovider -m "not kernel_free" $(KERNEL_TESTS); \
 	done
 
 bench: $(STAMP)

@@ -49,6 +49,7 @@ def test_freeze_then_unfreeze_top_blocks(model):
         set_trainable_encoder_blocks(model, 6)
 
 
+@pytest.mark.kernel_free
 def test_encoder_layers_are_torchvisions_make_layers():
     from torchvision.models.vgg import cfgs, make_layers
 
@@ -63,6 +64,7 @@ def test_encoder_layers_are_torchvisions_make_layers():
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # same default init, same order
 
 
+@pytest.mark.kernel_free
 def test_loads_a_local_torchvision_state_dict(tmp_path):
     from torchvision.models import vgg16
 
