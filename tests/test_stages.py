@@ -412,3 +412,24 @@ def test_checkpoint_store_skips_unusable_checkpoints_and_exports_the_newest_good
     with pytest.raises(CheckpointError, match="no usable checkpoint"):
         store.latest_valid()
     assert ray.is_initialized() == started_before  # Ray's library only: this test started nothing
+
+
+def test_a_run_that_stops_after_its_checkpoint_went_names_the_checkpoint(tmp_path, tiny_ckpt):
+    """The colorize driver's report of a failed stream (pipelines.colorize.model_gone): Ray Data may end a run
+    whose restarted model actor cannot load the checkpoint with its own error about the dead actor's task; the
+    driver then reads the checkpoint again and reports that instead. A readable checkpoint changes nothing."""
+    import shutil
+
+    from raycolor.pipelines.colorize import model_gone
+
+    ckpt = tmp_path / "model"
+    shutil.copytree(tiny_ckpt, ckpt)
+    cfg = ColorizeConfig(inputs=(str(tmp_path),), output=str(tmp_path / "out"), checkpoint=str(ckpt))
+    ray_data_error = AssertionError("Above ray.get should raise an exception.")
+    assert model_gone(cfg, ray_data_error) is None  # readable: the pipeline's own error stands
+    (ckpt / checkpoint.CONFIG_NAME).unlink()
+    gone = model_gone(cfg, ray_data_error)
+    assert isinstance(gone, checkpoint.CheckpointError)
+    assert str(gone).startswith(f"no checkpoint at {ckpt}") and str(gone).endswith("(the run stopped with AssertionError)")
+    # the actor's own CheckpointError already says it
+    assert model_gone(cfg, checkpoint.CheckpointError(f"cannot read checkpoint {ckpt}")) is None

@@ -195,10 +195,33 @@ def colorize(
         left = _what_is_left(config, output, p)
         if on_total:
             on_total(left.total, left.total - left.rows)
-        run = _stream_and_merge(config, output, left, meta.model_id, render_size, start, on_rows) if left.todo else _Run()
+        try:
+            run = _stream_and_merge(config, output, left, meta.model_id, render_size, start, on_rows) if left.todo else _Run()
+        except Exception as e:
+            gone = model_gone(config, e)
+            if gone:
+                raise gone from e
+            raise
         return _summary(config, output, p, left, run, meta.model_id, render_size, start)
     finally:
         ledger.release_lock(output, lock, store=config.storage)
+
+
+def model_gone(config: ColorizeConfig, err: Exception) -> checkpoint.CheckpointError | None:
+    """After a failed stream: the error to report instead when the checkpoint cannot be read any more.
+
+    A model actor that dies mid-run (OOM, a lost node, a kill) is restarted and loads the checkpoint again. If
+    that load fails, the actor fails its next batch with a CheckpointError, but Ray Data 2.60 can end the run
+    first with its own error about the dead actor's unfinished task (an AssertionError from its operator's
+    on_data_ready), which names neither the model nor the fix. So the checkpoint's config.json is read again
+    (one small read, on a failure only). None when it reads, or when err already is the CheckpointError."""
+    if isinstance(err, checkpoint.CheckpointError):
+        return None
+    try:
+        checkpoint.read_meta(config.checkpoint, store=config.storage)
+    except checkpoint.CheckpointError as e:
+        return checkpoint.CheckpointError(f"{e} (the run stopped with {type(err).__name__})")
+    return None
 
 
 def check_config(config: ColorizeConfig) -> None:
