@@ -90,7 +90,7 @@ class ColorizeConfig:
     # "8" or "16" force it. JPEG and WebP hold 8 bits only.
     bit_depth: Literal["auto", "8", "16"] = "auto"
     # bytes one decode or finish task may hold; None: no budget. Each such task asks Ray for this much memory, so
-    # a node runs only as many as fit, and an image whose full-resolution working set (colorize.BYTES_PER_PIXEL)
+    # a node runs only as many as fit, and an image whose full-resolution working set (budget.BYTES_PER_PIXEL)
     # is over it becomes a "too_large" error row instead of an out-of-memory kill (docs/colorizing.md, sizing)
     memory_per_cpu: int | None = None
     storage: StorageConfig = field(default_factory=StorageConfig)

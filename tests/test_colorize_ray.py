@@ -220,7 +220,7 @@ def test_a_scan_over_the_memory_budget_is_an_error_row_and_the_rest_fit(ray_loca
     """--memory-per-cpu: decode and finish tasks ask Ray for that much memory (the run still schedules and
     finishes), and an image whose working set is over it alone is a "too_large" row that names the budget;
     not a transient error, so --retry-errors does not send it back into memory trouble."""
-    from raycolor.core.colorize import BYTES_PER_PIXEL
+    from raycolor.core.budget import BYTES_PER_PIXEL
 
     inp = tmp_path / "in"
     inp.mkdir()

@@ -127,6 +127,25 @@ def test_the_stages_import_torch_only_where_they_use_it():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_the_colorize_driver_plans_without_torch(tiny_ckpt):
+    """The colorize driver reads the checkpoint's config.json and sizes the run (blocks, the memory budget) but
+    runs no model: `raycolor colorize` must not pay ~2 s of CPU and ~300 MB for torch before its first line."""
+    code = (
+        "import sys\n"
+        "from raycolor.config import ColorizeConfig\n"
+        "from raycolor.pipelines.colorize import check_config, resolve_model\n"
+        "from raycolor.pipelines.stages import ModelStage\n"
+        "import raycolor.cli\n"
+        f"cfg = ColorizeConfig(inputs=('x',), output='/tmp/o', checkpoint={tiny_ckpt!r}, memory_per_cpu=2**30)\n"
+        "meta, size = resolve_model(cfg.checkpoint, None, store=cfg.storage)\n"
+        "check_config(cfg)\n"
+        "stage = ModelStage.for_colorize(cfg, size)\n"
+        "assert stage.block_pixels > 0 and stage.pixel_limit()[0] > 0 and stage.dataset_limits(2)\n"
+        "assert 'torch' not in sys.modules, 'torch'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_a_warning_from_our_code_fails_the_suite():
     """pyproject's filterwarnings turns any warning raised from a raycolor module into an error; a third
     party's stays a warning (Ray Data's chatter is handled by runtime.quiet_stderr)."""

@@ -13,14 +13,21 @@ import hashlib
 import io
 import json
 from dataclasses import asdict, dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from raycolor import storage
 from raycolor.config import DEFAULT_STORE, StorageConfig
-from raycolor.core import color
-from raycolor.core.model import ARCH, Colorizer
 
+if TYPE_CHECKING:
+    import torch
+
+    from raycolor.core.model import Colorizer
+
+# torch is imported by the functions that save or load weights, not here: the colorize driver reads a
+# checkpoint's config.json (read_meta) and never the weights, and `raycolor colorize` should not pay ~2 s of CPU
+# and ~300 MB for torch on the driver.
+
+ARCH = "vgg16-unet"  # raycolor.core.model's architecture: the name every checkpoint of this version holds
 FORMAT = "raycolor"
 VERSION = 1
 CONFIG_NAME = "config.json"
@@ -49,6 +56,8 @@ def _fs(uri: str, store: StorageConfig):
 
 
 def state_bytes(state: dict) -> bytes:
+    import torch
+
     buf = io.BytesIO()
     torch.save(state, buf)
     return buf.getvalue()
@@ -57,6 +66,8 @@ def state_bytes(state: dict) -> bytes:
 def save(
     uri: str, model: Colorizer, *, render_size: int, extra: dict | None = None, store: StorageConfig = DEFAULT_STORE
 ) -> CheckpointMeta:
+    from raycolor.core import color
+
     model = getattr(model, "module", model)  # unwrap DDP
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     data = state_bytes(state)
@@ -97,6 +108,10 @@ def load(
     uri: str, *, map_location: str | torch.device = "cpu", store: StorageConfig = DEFAULT_STORE
 ) -> tuple[Colorizer, CheckpointMeta]:
     """Load a checkpoint directory; the model is returned in eval mode."""
+    import torch
+
+    from raycolor.core.model import Colorizer
+
     meta = read_meta(uri, store=store)
     fs, path = _fs(uri, store)
     try:

@@ -15,8 +15,6 @@ from torch import nn
 
 from raycolor.core import color
 
-ARCH = "vgg16-unet"
-
 # VGG16 `features` indices of the five blocks. Each block begins with the previous block's max-pool,
 # so block k outputs the last ReLU before pool k (conv1_2 .. conv5_3): exactly the U-Net skip tensors.
 VGG_BLOCKS: tuple[tuple[int, int], ...] = ((0, 4), (4, 9), (9, 16), (16, 23), (23, 30))

@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 from raycolor import inputs, storage
 from raycolor.config import DEFAULT_MAX_PIXELS, ColorizeConfig, StorageConfig
 from raycolor.core import images, metadata
+from raycolor.core.budget import BLOCK_PIXELS, BYTES_PER_PIXEL, DEVICE_PIXELS
 from raycolor.outputs import ledger
 from raycolor.outputs.ledger import IMAGE_COLUMN, MANIFEST_SCHEMA
 from raycolor.outputs.writers import WRITERS
@@ -93,8 +94,6 @@ class ModelStage:
     def pixel_limit(self) -> tuple[int | None, str]:
         """(most pixels an input may have, how to name that limit in its error row): --max-pixels, or fewer
         when the memory budget holds fewer (at the bytes per pixel of the deepest image this stage decodes)."""
-        from raycolor.core.colorize import BYTES_PER_PIXEL
-
         if not self.memory_budget:
             return self.max_pixels, "the limit"
         bpp = BYTES_PER_PIXEL[8 if self.depth == "8" else 16]
@@ -106,10 +105,8 @@ class ModelStage:
     @property
     def block_pixels(self) -> int:
         """Most pixels one block of decoded images holds (one bigger image travels alone): the memory budget's
-        worth at this stage's bytes per pixel, or colorize.BLOCK_PIXELS without one. Blocks, and so every
+        worth at this stage's bytes per pixel, or budget.BLOCK_PIXELS without one. Blocks, and so every
         decode, model and finish call, are cut by this rather than by a row count."""
-        from raycolor.core.colorize import BLOCK_PIXELS, BYTES_PER_PIXEL
-
         if not self.memory_budget:
             return BLOCK_PIXELS
         return max(1, min(BLOCK_PIXELS, self.memory_budget // BYTES_PER_PIXEL[8 if self.depth == "8" else 16]))
@@ -353,9 +350,7 @@ class Predictor:
 
     def __call__(self, batch: dict) -> dict:
         """A block of decoded rows -> predicted rows, stage.batch_size rows per model call. With the compose on
-        the device, a call also holds at most colorize.DEVICE_PIXELS of full-resolution images there."""
-        from raycolor.core.colorize import DEVICE_PIXELS
-
+        the device, a call also holds at most budget.DEVICE_PIXELS of full-resolution images there."""
         if self.broken is not None:
             raise self.broken
         sizes = np.asarray(batch["width"], dtype=np.int64) * np.asarray(batch["height"], dtype=np.int64)
