@@ -184,12 +184,14 @@ def test_block_sizing_rule():
 
 def test_training_modules_import_without_ray():
     """The fast tier imports the training steps, the transforms and CheckpointStore with `import ray` disabled:
-    every module of pipelines.training imports Ray only where it uses it; the hold-out maths not even torch."""
+    every module of pipelines.training imports Ray only where it uses it; the hold-out maths and the data wiring
+    not even torch (Ray Train's SplitCoordinator and the expand tasks unpickle functions of training.data and
+    run no colour maths)."""
     modules = sorted(m for m in _modules() if m.startswith("raycolor.pipelines.training."))
     code = (
         "import importlib, sys\n"
         "sys.modules['ray'] = None\n"
-        "import raycolor.pipelines.training.split\n"
+        "import raycolor.pipelines.training.split, raycolor.pipelines.training.data\n"
         "assert 'torch' not in sys.modules\n"
         f"for name in {modules!r}:\n"
         "    importlib.import_module(name)\n"

@@ -12,18 +12,24 @@ from __future__ import annotations
 import logging
 import math
 import random
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from raycolor import inputs, storage
 from raycolor.config import DEFAULT_STORE, StorageConfig, TrainConfig
-from raycolor.core import color, colorize
 from raycolor.pipelines import runtime
 from raycolor.pipelines.stages import expand_batch
 from raycolor.pipelines.training.plan import Data, expand_shard
 from raycolor.pipelines.training.split import Split
+
+if TYPE_CHECKING:
+    import torch
+
+# torch (and the colour maths, which is torch) is imported only by the transforms that decode: Ray Train's
+# SplitCoordinator and the expand tasks unpickle this module's functions too, and need neither (~1.6 s of CPU
+# and ~300 MB a process, as in pipelines/stages.py)
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +106,8 @@ def _rgbs(
 
 
 def _lab_batch(labs: list[torch.Tensor], size: int) -> dict[str, np.ndarray]:
+    import torch
+
     if not labs:
         return {"L": np.zeros((0, 1, size, size), np.float32), "ab": np.zeros((0, 2, size, size), np.float32)}
     lab = torch.stack(labs).to(torch.float32).numpy()
@@ -131,7 +139,10 @@ def train_transform(
     batch: dict[str, np.ndarray], *, size: int, store: StorageConfig = DEFAULT_STORE, max_pixels=None,
 ) -> dict[str, np.ndarray]:
     """Rows of items -> {"L": (n,1,s,s), "ab": (n,2,s,s)} float32: random-resized crop, h-flip, Lab."""
+    import torch
     from PIL import Image
+
+    from raycolor.core import color
 
     torch.set_num_threads(1)
     rng = np.random.default_rng()  # fresh entropy per call: every epoch sees new crops
@@ -152,6 +163,10 @@ def val_transform(
     batch: dict[str, np.ndarray], *, size: int, store: StorageConfig = DEFAULT_STORE, max_pixels=None,
 ) -> dict[str, np.ndarray]:
     """Rows of items -> Lab squashed to size x size exactly as inference renders L (colorize.render_l)."""
+    import torch
+
+    from raycolor.core import color, colorize
+
     torch.set_num_threads(1)
     labs = []
     for rgb in _rgbs(batch, store=store, max_pixels=max_pixels, what="validation"):
