@@ -35,7 +35,7 @@ test-tools:
 
 test: $(STAMP) test-tools
 	$(BIN)/python -m pytest -q --durations=15 $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
-	$(MAKE) --no-print-directory test-kernels
+	$(MAKE) --no-print-directory test-kernels KERNELS=--others
 
 # The tests whose results go through torch's CPU kernels (colour maths, compose, model, metrics, and the metadata
 # test that checks L* against raycolor.core.color): ATEN_CPU_CAPABILITY changes nothing else. Image decoding and
@@ -54,8 +54,10 @@ test-fast: $(STAMP) test-tools
 # The torch-kernel tests once more under each CPU kernel torch has for this machine (default and avx2 always, avx512
 # where the CPU has it): SIMD kernels round differently, and a newcomer's CPU must not surprise CI. Each run
 # checks that torch really uses the kernel asked for (tests/test_color.py::test_runs_on_the_cpu_kernel_asked_for).
+# `make test` passes KERNELS=--others: its main run has just checked these tests on the kernel it ran with.
+KERNELS ?=
 test-kernels: $(STAMP)
-	@set -e; for cap in $$($(BIN)/python tests/cpu_kernels.py); do \
+	@set -e; for cap in $$($(BIN)/python tests/cpu_kernels.py $(KERNELS)); do \
 		echo "== numeric core with ATEN_CPU_CAPABILITY=$$cap"; \
 		ATEN_CPU_CAPABILITY=$$cap $(BIN)/python -m pytest -q -p no:xdist -p no:cacheprovider -m "not kernel_free" $(KERNEL_TESTS); \
 	done
