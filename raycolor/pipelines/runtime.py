@@ -180,17 +180,24 @@ def _malloc_trim():
 
 def ray_get(refs, *, cancel=()):
     """``ray.get(refs)``, with a failed task's error raised as the error the task raised (Ray's RayTaskError
-    unwrapped with ``as_instanceof_cause``: an InputError in a planning task is an InputError on the driver,
+    unwrapped: an InputError in a planning task is an InputError on the driver,
     which the CLI reports in one line); the refs in ``cancel`` (e.g. the tasks still pending) are cancelled
-    first. The one place the drivers unwrap a task's error."""
+    first, their workers killed. The one place the drivers unwrap a task's error."""
     import ray
 
     try:
         return ray.get(refs)
     except ray.exceptions.RayTaskError as e:
         for ref in cancel:
-            ray.cancel(ref)
-        raise e.as_instanceof_cause() from None
+            # force: Ray's plain cancel interrupts a task only between bytecodes, so a listing task blocked in a
+            # long object-store call runs on, and it is best effort even then (a running task's cancel was lost
+            # under load here, ray-project/ray#32954); killing the worker frees its slot now, and Ray does not
+            # retry a cancelled task
+            ray.cancel(ref, force=True)
+        # the task's own exception (its message alone: the CLI prints it as its one error line); the wrapper
+        # as_instanceof_cause() makes is an InputError too, but its message is Ray's whole remote traceback
+        cause = getattr(e, "cause", None)
+        raise (cause if isinstance(cause, Exception) else e.as_instanceof_cause()) from None
 
 
 def check_memory_request(per_task: int | None) -> None:
