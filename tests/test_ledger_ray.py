@@ -402,6 +402,9 @@ def test_a_planning_task_error_reaches_the_driver_as_itself(ray_local, tmp_path)
     # the task's own message, the CLI's one error line: not Ray's remote traceback around it
     assert str(raised.value) == f"bad manifest {bad}: not UTF-8 text (the line at byte 7)"
     assert not isinstance(raised.value, ray.exceptions.RayTaskError)
+    # and chained to Ray's error, whose remote traceback says where in the task it failed (shown in full for a bug)
+    assert isinstance(raised.value.__cause__, ray.exceptions.RayTaskError)
+    assert "txt_entries" in str(raised.value.__cause__)
 
     def fails():
         raise inputs.InputError("bad manifest m.txt: not UTF-8 text")

@@ -194,10 +194,11 @@ def ray_get(refs, *, cancel=()):
             # under load here, ray-project/ray#32954); killing the worker frees its slot now, and Ray does not
             # retry a cancelled task
             ray.cancel(ref, force=True)
-        # the task's own exception (its message alone: the CLI prints it as its one error line); the wrapper
-        # as_instanceof_cause() makes is an InputError too, but its message is Ray's whole remote traceback
+        # the task's own exception, whose message alone is the CLI's one error line (as_instanceof_cause()'s
+        # wrapper is an InputError too, but its message is Ray's whole remote traceback); chained to Ray's error,
+        # so an unexpected failure shown in full still shows where in the task it happened
         cause = getattr(e, "cause", None)
-        raise (cause if isinstance(cause, Exception) else e.as_instanceof_cause()) from None
+        raise (cause if isinstance(cause, Exception) else e.as_instanceof_cause()) from e
 
 
 def check_memory_request(per_task: int | None) -> None:
