@@ -108,30 +108,38 @@ def test_plain_progress_lines_without_a_terminal(ray_address, tiny_ckpt, tmp_pat
     assert "raycolor colorize" in r.stdout and "images/s" in r.stdout
 
 
-def test_verbose_shows_rays_own_logs(ray_address, tiny_ckpt, tmp_path):
-    r = subprocess.run(
-        _colorize_args(tiny_ckpt, tmp_path / "out", "--verbose"),
-        capture_output=True, text=True, env=_env(ray_address), timeout=300,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert RAY_NOISE.search(r.stderr), r.stderr[-3000:]
+# Ray's own log-line format ("INFO file.py:123 -- ..."): shown with --verbose, never without
+RAY_LOG_LINE = re.compile(r"\b(INFO|WARNING)\b.*\.py:\d+ --")
 
 
-def test_a_one_image_run_shows_no_python_warning_unless_verbose(ray_address, tiny_ckpt, tmp_path):
-    """On one image Ray Data warns that its finish stage "only received 1 input(s)" (a UserWarning on the
-    driver, between the progress lines): Ray's chatter, shown with --verbose only. The warning comes from the
-    driver's planning, the same in local mode and in a job joining a cluster, so both runs join the session's
-    Ray (a fresh local Ray each costs a 2-core box ~20 s); local mode's own output is the pty test's."""
-    one = tmp_path / "one"
+@pytest.fixture(scope="module")
+def one_image_runs(ray_address, tiny_ckpt, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
+    """The same one-image job, quiet and --verbose, each joining the session's Ray (a fresh local Ray each costs
+    a 2-core box ~20 s; local mode's own output is the pty test's). Two tests read them."""
+    tmp = tmp_path_factory.mktemp("one_image")
+    one = tmp / "one"
     one.mkdir()
     (one / "a.jpg").write_bytes((Path(SAMPLES) / "05-kite.jpg").read_bytes())
     runs = {}
     for flag in ("", "--verbose"):
-        args = [*RAYCOLOR, "colorize", str(one), "--output", str(tmp_path / f"out{flag}"), "--checkpoint", tiny_ckpt]
+        args = [*RAYCOLOR, "colorize", str(one), "--output", str(tmp / f"out{flag}"), "--checkpoint", tiny_ckpt]
         runs[flag] = subprocess.run(args + ([flag] if flag else []), capture_output=True, text=True,
                                     env=_env(ray_address), timeout=300)
         assert runs[flag].returncode == 0, runs[flag].stderr[-3000:]
-    quiet = runs[""].stderr
+    return runs
+
+
+def test_verbose_shows_rays_own_logs(one_image_runs):
+    verbose, quiet = one_image_runs["--verbose"].stderr, one_image_runs[""].stderr
+    assert [line for line in verbose.splitlines() if RAY_LOG_LINE.search(line)], verbose[-3000:]
+    assert not [line for line in quiet.splitlines() if RAY_LOG_LINE.search(line)], quiet[-3000:]
+
+
+def test_a_one_image_run_shows_no_python_warning_unless_verbose(one_image_runs):
+    """On one image Ray Data warns that its finish stage "only received 1 input(s)" (a UserWarning on the
+    driver, between the progress lines): Ray's chatter, shown with --verbose only. The warning comes from the
+    driver's planning, the same in local mode and in a job joining a cluster."""
+    quiet = one_image_runs[""].stderr
     assert "ok 1, errors 0" in quiet
     assert not [line for line in quiet.splitlines() if RAY_NOISE.search(line)], quiet
-    assert "UserWarning: The maximum number of concurrent tasks" in runs["--verbose"].stderr
+    assert "UserWarning: The maximum number of concurrent tasks" in one_image_runs["--verbose"].stderr
