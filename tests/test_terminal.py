@@ -25,9 +25,11 @@ pytestmark = pytest.mark.slow
 SAMPLES = str(Path(__file__).resolve().parents[1] / "raycolor" / "samples")
 N_SAMPLES = 16
 RAYCOLOR = [sys.executable, "-m", "raycolor.cli"]
+# Ray's own log-line format ("INFO file.py:123 -- ..."): shown with --verbose, never without
+RAY_LOG_LINE = re.compile(r"\b(INFO|WARNING)\b.*\.py:\d+ --")
 # what Ray prints when nothing keeps it quiet (seen on a terminal before this was fixed)
 RAY_NOISE = re.compile(
-    r"\b(INFO|WARNING)\b.*\.py:\d+ --|core_worker\.cc|streaming_executor|Execution plan|"
+    RAY_LOG_LINE.pattern + r"|core_worker\.cc|streaming_executor|Execution plan|"
     r"A new progress UI|tqdm is not installed|Token authentication is enabled|Started a local Ray instance|"
     r"Warning: |warnings\.warn\("  # a Python warning: "path.py:N: UserWarning: ..." then its source line
 )
@@ -106,10 +108,6 @@ def test_plain_progress_lines_without_a_terminal(ray_address, tiny_ckpt, tmp_pat
     noise = [line for line in r.stderr.splitlines() if RAY_NOISE.search(line)]
     assert not noise, noise
     assert "raycolor colorize" in r.stdout and "images/s" in r.stdout
-
-
-# Ray's own log-line format ("INFO file.py:123 -- ..."): shown with --verbose, never without
-RAY_LOG_LINE = re.compile(r"\b(INFO|WARNING)\b.*\.py:\d+ --")
 
 
 @pytest.fixture(scope="module")
