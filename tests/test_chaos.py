@@ -117,20 +117,32 @@ for victim_kind, layout in (("cpu-only", "files"), ("actor", "webdataset")):
         # every shard of the run; a finished shard's stats record stays
         return any(fs.exists(d) and fs.find(d) for d in (spool, stats))
 
-    # mid-run: the model actor is up and the first images are written, not all shards done (checked below)
-    while time.time() < deadline and t.is_alive() and not (alive("Predictor") and some_written()):
+    # mid-run: the first images are written, not all shards done (checked below), with the model actor up. On
+    # a loaded box the tiny model can predict all 12 images before the first write lands, and Ray Data ends the
+    # actor (polls seen: actor up until 6.5 s, the first write at 6.7 s); then the strike is at the first write
+    # and "the actor's node" is the node it ran on, still running finish/write tasks (actor_up_at_kill says which)
+    polls = []  # (seconds into the run, actor seen, written seen, seconds the poll took): says why a miss missed
+    last_on = set()
+    while time.time() < deadline and t.is_alive():
+        p0 = time.time()
+        on = alive("Predictor")
+        last_on = on or last_on
+        written = some_written()
+        polls.append((round(p0 - deadline + 300, 1), bool(on), written, round(time.time() - p0, 2)))
+        if written and last_on:
+            break
         time.sleep(0.1)
     on = alive("Predictor")
-    hit = [w for w in workers if (w.node_id in on) == (victim_kind == "actor")]
+    hit = [w for w in workers if (w.node_id in (on or last_on)) == (victim_kind == "actor")]
     if not t.is_alive() or not hit:
-        emit(name, {"setup": f"not mid-run or no worker fits: running {t.is_alive()}, {result}, actor on {on}, "
-                             f"head {cluster.head_node.node_id}"})
+        emit(name, {"setup": f"not mid-run or no worker fits: running {t.is_alive()}, {result}, actor on {on or last_on}, "
+                             f"head {cluster.head_node.node_id}, {len(polls)} polls, the last 20: {polls[-20:]}"})
         t.join()
         continue
     done_at_kill = sum(json.loads(fs.cat_file(p))["rows"] for p in (fs.ls(stats, refresh=True) if fs.exists(stats) else []))
     remove(hit[0])
     t.join(timeout=400)
-    record = {"layout": layout, "out": out, "done_at_kill": done_at_kill, "hung": t.is_alive(),
+    record = {"layout": layout, "out": out, "done_at_kill": done_at_kill, "hung": t.is_alive(), "actor_up_at_kill": bool(on),
               "first": {"error": result.get("error"), "ok": getattr(result.get("value"), "ok", None)}, "rerun": None}
     if not t.is_alive() and "error" in result:
         s = colorize(cfg)
@@ -204,7 +216,8 @@ def cluster_runs(s3_server, tiny_ckpt, tmp_path_factory) -> dict:
         if line.startswith("RESULT "):
             name, record = line[len("RESULT "):].split(" ", 1)
             runs[name] = json.loads(record)
-    print("cluster scenarios, seconds:", {k: r.get("seconds") for k, r in runs.items()})
+    print("cluster scenarios, seconds:", {k: r.get("seconds") for k, r in runs.items()},
+          "model actor up at the strike:", {k: r["actor_up_at_kill"] for k, r in runs.items() if "actor_up_at_kill" in r})
     runs["_text"] = text[-6000:]
     runs["_rc"] = proc.returncode
     runs["_env"] = {"src": src, "tmp": tmp, "fs": fs}
@@ -253,7 +266,9 @@ def _s3_outputs(fs, out: str, layout: str) -> list[str]:
 @pytest.mark.parametrize("scenario", ["cpu-only-files", "actor-webdataset"])
 def test_colorize_node_removed_mid_run_exactly_once(cluster_runs, scenario):
     """OUTPUT on S3 (the realistic multi-node case). "actor": the node running the model actor is removed (Ray
-    Data restarts the actor on another node); "cpu-only": a node running only decode/write tasks."""
+    Data restarts the actor on another node, when it still has images to predict: on a loaded box it may have
+    finished them before the first write, and then its node goes while running finish/write tasks, the record's
+    actor_up_at_kill); "cpu-only": a node running only decode/write tasks."""
     case = _run_of(cluster_runs, f"colorize-{scenario}")
     assert "setup" not in case, case["setup"]
     env = cluster_runs["_env"]
@@ -287,7 +302,8 @@ def test_train_node_of_a_worker_removed_restores_from_checkpoint(cluster_runs):
     result = _run_of(cluster_runs, "train")
     assert result["removed"], "no training worker ran on a removable node"
     assert not result["hung"], "training hung after its node was removed"
-    assert result["error"] is None and result["epoch"] == 4, result
+    assert result["error"] is None, result["error"]  # in full: the cause is in the middle of Ray's traceback
+    assert result["epoch"] == 4, result
     fs, out = cluster_runs["_env"]["fs"], result["out"][len("s3://"):]
     lines = [json.loads(x) for x in fs.cat_file(f"{out}/metrics.jsonl").decode().splitlines()]
     assert [m["epoch"] for m in lines] == [1, 2, 3, 4], lines
