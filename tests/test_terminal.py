@@ -128,9 +128,8 @@ def one_image_runs(ray_address, tiny_ckpt, tmp_path_factory) -> dict[str, subpro
 
 
 def test_verbose_shows_rays_own_logs(one_image_runs):
-    verbose, quiet = one_image_runs["--verbose"].stderr, one_image_runs[""].stderr
+    verbose = one_image_runs["--verbose"].stderr  # the quiet run's side: RAY_NOISE, in the test below
     assert [line for line in verbose.splitlines() if RAY_LOG_LINE.search(line)], verbose[-3000:]
-    assert not [line for line in quiet.splitlines() if RAY_LOG_LINE.search(line)], quiet[-3000:]
 
 
 def test_a_one_image_run_shows_no_python_warning_unless_verbose(one_image_runs):
