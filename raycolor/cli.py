@@ -132,6 +132,12 @@ def _usage_errors() -> tuple[type[BaseException], ...]:
     return (InputError, CheckpointError, WeightsUnavailableError, ValueError, ConnectionError, FileNotFoundError)
 
 
+def _stopped_errors() -> tuple[type[BaseException], ...]:
+    from raycolor.pipelines.colorize import InternalErrors
+
+    return (InternalErrors,)
+
+
 class _Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread like Ctrl-C so that every `finally` (the OUTPUT lock) runs."""
 
@@ -205,6 +211,10 @@ def _run(
             leave()
             typer.echo(f"error: {redact(e)}", err=True)
             raise typer.Exit(EXIT_USAGE) from None
+        except _stopped_errors() as e:  # the run stopped itself and says why and what to do, in one line
+            leave()
+            typer.echo(f"error: {redact(e)}", err=True)
+            raise typer.Exit(1) from None
         except Exception as e:
             if not _out_of_space(e):
                 if connect:
@@ -387,6 +397,11 @@ def colorize(
     layout: Annotated[
         Layout, typer.Option("--layout", help="files: OUTPUT/images/...; webdataset: one tar per shard in OUTPUT/shards/.")
     ] = Layout(ColorizeConfig.layout),
+    stop_after_internal: Annotated[
+        int,
+        typer.Option(min=0, help="Stop after this many consecutive images fail with an internal error (a bug, not a "
+                     "bad file; each bad file is its own error row); 0: never."),
+    ] = ColorizeConfig.stop_after_internal,
     s3_endpoint: S3Endpoint = None,
     retries: Retries = StorageConfig.retries,
     io_concurrency: IOConcurrency = StorageConfig.io_concurrency,
@@ -417,6 +432,7 @@ def colorize(
         retry_errors="all" if retry_all_errors else "transient" if retry_errors else "none",
         force_unlock=force_unlock,
         layout=layout.value,
+        stop_after_internal=stop_after_internal,
         storage=StorageConfig(
             s3_endpoint=s3_endpoint, retries=retries, io_concurrency=io_concurrency, shared_output=shared_output
         ),

@@ -93,6 +93,11 @@ class ColorizeConfig:
     # a node runs only as many as fit, and an image whose full-resolution working set (budget.BYTES_PER_PIXEL)
     # is over it becomes a "too_large" error row instead of an out-of-memory kill (docs/colorizing.md, sizing)
     memory_per_cpu: int | None = None
+    # stop the run after this many consecutive images failed with an "internal" error (an exception no one
+    # planned for: a bug, not a bad file), 0: never. One odd file is its own error row and the run goes on; a bug
+    # that fails every image must not write 100M error rows. 50 rows is a few batches: past any run of odd files
+    # seen together in one folder, and seconds of work on a GPU node.
+    stop_after_internal: int = 50
     storage: StorageConfig = field(default_factory=StorageConfig)
 
     @property

@@ -10,6 +10,7 @@ import numpy as np
 
 from raycolor import storage
 from raycolor.config import DEFAULT_MAX_PIXELS, DEFAULT_STORE, StorageConfig
+from raycolor.core.failures import internal_error
 from raycolor.core.images import DecodedImage, DecodeError, Depth, decode
 from raycolor.core.metadata import Metadata
 from raycolor.inputs.listing import Item
@@ -22,7 +23,7 @@ class Decoded(NamedTuple):
     meta: Metadata | None = None  # the input's metadata (set with ``rgb``)
     data: bytes | None = None  # the item's own bytes, when ``peek`` took them (set with ``peeked``)
     peeked: Any = None  # what ``peek`` returned
-    error: str | None = None  # "read_failed: <redacted cause>" or the DecodeError text ("truncated: ...")
+    error: str | None = None  # "read_failed: <redacted cause>", the DecodeError text ("truncated: ...") or "internal: ..."
 
 
 def read_decoded(
@@ -41,7 +42,8 @@ def read_decoded(
     per-item retries), then each item is decoded with :func:`~raycolor.core.images.decode` when the caller asks for it, so a
     caller that works as it goes holds one full-size RGB at a time (plus the batch's bytes, each released
     once its item is yielded). A read that failed after its retries is ``error="read_failed: ..."`` (the
-    cause redacted), an undecodable item is ``error=str(DecodeError)``; neither stops the others. ``peek``
+    cause redacted), an undecodable item is ``error=str(DecodeError)``, and anything else ``peek`` or the
+    decoder raises is ``error="internal: ..."`` (:mod:`raycolor.core.failures`); none of them stops the others. ``peek``
     (e.g. the device-codec check, :func:`~raycolor.core.images.device_decodable_jpeg`) sees each item's bytes first: when it
     returns something other than None the item is not decoded here and comes back as ``data`` +
     ``peeked``.
@@ -53,14 +55,17 @@ def read_decoded(
         if isinstance(data, Exception):
             yield Decoded(error=f"read_failed: {storage.redact(data, item.uri)}")
             continue
-        peeked = peek(data) if peek is not None else None
-        if peeked is not None:
-            yield Decoded(data=data, peeked=peeked)
-            continue
         try:
-            box = [decode(data, max_pixels=max_pixels, depth=depth, limit=limit)]
+            peeked = peek(data) if peek is not None else None
+            box = [] if peeked is not None else [decode(data, max_pixels=max_pixels, depth=depth, limit=limit)]
         except DecodeError as e:
             yield Decoded(error=str(e))
+            continue
+        except Exception as e:  # a file no one planned for: this item's error row, never the task's end
+            yield Decoded(error=storage.redact(internal_error(e, "decode"), item.uri))
+            continue
+        if peeked is not None:
+            yield Decoded(data=data, peeked=peeked)
             continue
         del data
         # popped on the way out: no local of this generator holds the pixels while it waits for the caller,

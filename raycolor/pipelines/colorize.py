@@ -324,6 +324,7 @@ def _stream_and_merge(config: ColorizeConfig, output: str, left: _Left, model_id
     merge_kw = {"output": output, "store": config.storage,
                 "layout": config.layout, "parquet_images": config.parquet_images}
     run = _Run()
+    streak = _InternalStreak(config.stop_after_internal)
     seen: dict[str, int] = {}
     expected: dict[str, int] = {}
     merging: dict[str, object] = {}
@@ -343,6 +344,7 @@ def _stream_and_merge(config: ColorizeConfig, output: str, left: _Left, model_id
         if on_rows:
             n_ok = int(np.count_nonzero(batch["status"] == "ok"))
             on_rows(n_ok, n - n_ok)
+        streak.add(batch["internal"])
     incomplete = {sid: (seen[sid], expected[sid]) for sid in seen if sid not in merging}
     for s in left.todo:
         if s.id in seen:
@@ -356,6 +358,34 @@ def _stream_and_merge(config: ColorizeConfig, output: str, left: _Left, model_id
         sid, (got, want) = next(iter(incomplete.items()))
         raise RuntimeError(f"{len(incomplete)} shard(s) came back incomplete, e.g. {sid}: {got} of {want} rows; re-run to redo them")
     return run
+
+
+class InternalErrors(RuntimeError):
+    """The run stopped: its last ColorizeConfig.stop_after_internal images all failed with internal errors."""
+
+
+@dataclass
+class _InternalStreak:
+    """Consecutive rows, as they come back, whose error is "internal" (raycolor.core.failures): one odd file is
+    its row and the run goes on, but a bug that fails every image stops the run at `limit` (0: never)."""
+
+    limit: int
+    run: int = 0
+    first: str = ""
+
+    def add(self, internal_errors) -> None:
+        for err in internal_errors:
+            if not err:
+                self.run, self.first = 0, ""
+                continue
+            self.run, self.first = self.run + 1, self.first or str(err)
+            if self.limit and self.run >= self.limit:
+                raise InternalErrors(
+                    f"stopped: the last {self.run} images all failed with an internal error, which is a bug or a "
+                    f"broken installation rather than bad files; the first: {self.first}. The traceback is in the "
+                    "workers' log. Fix it and re-run the same command (what was written is kept); "
+                    "--stop-after-internal 0 never stops"
+                )
 
 
 def _summary(config: ColorizeConfig, output: str, p, left: _Left, run: _Run, model_id: str, render_size: int,

@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 from raycolor import inputs, storage
 from raycolor.config import DEFAULT_MAX_PIXELS, ColorizeConfig, StorageConfig
 from raycolor.core import images, metadata
+from raycolor.core.failures import INTERNAL, internal_error
 from raycolor.core.budget import BLOCK_PIXELS, BYTES_PER_PIXEL, DEVICE_PIXELS
 from raycolor.outputs import ledger
 from raycolor.outputs.ledger import IMAGE_COLUMN, MANIFEST_SCHEMA
@@ -183,13 +184,16 @@ def _decode_row(decoded: Iterator[inputs.Decoded], stage: ModelStage) -> dict:
                 "meta": m.pack(), "bits": stage.output_bits(8)}
     rgb, meta = got.rgb, got.meta
     del got
-    row = {"height": rgb.shape[0], "width": rgb.shape[1], "bits": stage.output_bits(16 if rgb.dtype == np.uint16 else 8),
-           "meta": meta.pack()}
-    if stage.keep_rgb:
-        row["original"] = rgb.tobytes()
-    L, small = prepare(rgb, stage.render_size)
-    del rgb  # a 39 MP scan: 117 MB gone before L is packed
-    row.update(l_full=pack_l(L), l_small=small.numpy())
+    try:
+        row = {"height": rgb.shape[0], "width": rgb.shape[1],
+               "bits": stage.output_bits(16 if rgb.dtype == np.uint16 else 8), "meta": meta.pack()}
+        if stage.keep_rgb:
+            row["original"] = rgb.tobytes()
+        L, small = prepare(rgb, stage.render_size)
+        del rgb  # a 39 MP scan: 117 MB gone before L is packed
+        row.update(l_full=pack_l(L), l_small=small.numpy())
+    except Exception as e:  # this image's error row (raycolor.core.failures), never the task's end
+        return {"error": internal_error(e, "prepare")}
     return row
 
 
@@ -356,8 +360,30 @@ class Predictor:
         sizes = np.asarray(batch["width"], dtype=np.int64) * np.asarray(batch["height"], dtype=np.int64)
         cuts = chunks(sizes, rows=self.stage.batch_size, pixels=DEVICE_PIXELS if self.stage.compose_on_device else None)
         if len(cuts) == 1:
+            return self._guarded(batch)
+        return _concat([self._guarded({k: v[a:b] for k, v in batch.items()}) for a, b in cuts])
+
+    def _guarded(self, batch: dict) -> dict:
+        """_predict, with an unexpected exception costing only the images that raise it: the batch is tried
+        again one image at a time, and an image that still raises becomes its error row."""
+        try:
             return self._predict(batch)
-        return _concat([self._predict({k: v[a:b] for k, v in batch.items()}) for a, b in cuts])
+        except Exception as e:
+            if len(batch["error"]) == 1:
+                return self._failed(batch, internal_error(e, "model"))
+        return _concat([self._guarded({k: v[i:i + 1] for k, v in batch.items()}) for i in range(len(batch["error"]))])
+
+    def _failed(self, batch: dict, error: str) -> dict:
+        """A one-row batch as _predict hands it on, with `error` set and nothing predicted."""
+        r = batch["l_small"].shape[-1]
+        consumed = {"l_small", "jpeg", "orientation"} | ({"l_full"} if self.stage.compose_on_device else set())
+        out = {k: v for k, v in batch.items() if k not in consumed}
+        out["error"] = _objects([error])
+        if self.stage.compose_on_device:
+            out["rgb"], out["encoded"] = _objects([b""]), _objects([b""])
+        else:
+            out["ab"] = np.zeros((1, 2, r, r), dtype=np.float16)
+        return out
 
     def _predict(self, batch: dict) -> dict:
         import torch
@@ -446,6 +472,18 @@ def colorized_rgb(batch: dict, i: int, stage: ModelStage) -> np.ndarray:
     return compose(packed_l(batch["l_full"][i], h, w), torch.from_numpy(batch["ab"][i].astype(np.float32)), bits=bits).numpy()
 
 
+def _encode_one(batch: dict, i: int, *, stage: ModelStage, config: ColorizeConfig, prov: metadata.Provenance,
+                keep: bool) -> tuple[bytes, str]:
+    """Row i of a predicted batch -> (the output's bytes with its metadata, the metadata report)."""
+    meta = metadata.Metadata.unpack(batch["meta"][i])
+    if stage.encode_jpeg_quality is not None:  # encoded by the actor (nvJPEG): metadata goes in here
+        return metadata.embed_jpeg(bytes(batch["encoded"][i]), meta, prov, keep=keep,
+                                   width=int(batch["width"][i]), height=int(batch["height"][i]))
+    rgb = colorized_rgb(batch, i, stage)
+    return metadata.encode(rgb, config.format, meta, prov, keep=keep, png_level=config.png_level,
+                           jpeg_quality=config.jpeg_quality)
+
+
 def _part_name(sources_in_batch) -> str:
     return f"part-{storage.digest(chr(10).join(sorted(sources_in_batch)), 20)}.parquet"
 
@@ -478,8 +516,14 @@ def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, outp
 
     def write_pending() -> None:
         # the pending images are written before the manifest part that names them
-        written = writer.write_images([(out_uris[i], encoded[i]) for i in pending], [shard_col[i] for i in pending],
-                                      output=output, store=store)
+        try:
+            written = writer.write_images([(out_uris[i], encoded[i]) for i in pending], [shard_col[i] for i in pending],
+                                          output=output, store=store)
+        except Exception as e:  # the writer itself broke (not a store's answer): these images' rows say so
+            err = internal_error(e, "write")
+            written = [None] * len(pending)
+            for i in pending:
+                internal[i] = err
         failures.update(zip(pending, written))
         handled = sum(len(encoded[i]) + 3 * int(batch["width"][i]) * int(batch["height"][i]) for i in pending)
         if not keep_blobs:
@@ -488,21 +532,16 @@ def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, outp
         pending.clear()
         runtime.trim_heap(handled)  # what was composed and encoded
 
+    internal: dict[int, str] = {}  # row -> its "internal: ..." error (raycolor.core.failures)
     for i in range(n):
         if not batch["error"][i]:
-            meta = metadata.Metadata.unpack(batch["meta"][i])
-            if stage.encode_jpeg_quality is not None:  # encoded by the actor (nvJPEG): metadata goes in here
-                encoded[i], reports[i] = metadata.embed_jpeg(
-                    bytes(batch["encoded"][i]), meta, prov, keep=keep,
-                    width=int(batch["width"][i]), height=int(batch["height"][i]),
-                )
-            else:
-                rgb = colorized_rgb(batch, i, stage)
-                encoded[i], reports[i] = metadata.encode(
-                    rgb, fmt, meta, prov, keep=keep, png_level=config.png_level, jpeg_quality=config.jpeg_quality
-                )
-                del rgb
-            out_uris[i] = writer.row_output(output, inputs.output_key(batch["relpath"][i], ext))
+            try:
+                encoded[i], reports[i] = _encode_one(batch, i, stage=stage, config=config, prov=prov, keep=keep)
+                out_uris[i] = writer.row_output(output, inputs.output_key(batch["relpath"][i], ext))
+            except Exception as e:  # this image's error row, never the task's end
+                internal[i] = internal_error(e, "encode")
+                encoded[i] = reports[i] = out_uris[i] = None
+                continue
             if not writer.spools_images:
                 pending.append(i)
                 if sum(len(encoded[j]) for j in pending) >= WRITE_BYTES:
@@ -514,6 +553,8 @@ def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, outp
         out_uri, blob = out_uris[i], encoded[i] if keep_blobs else None
         if failures.get(i) is not None:  # past the retry limit: an error row, never a silent loss
             err, out_uri, blob = f"write_failed: {storage.redact(failures[i], out_uri)}", None, None
+        elif i in internal:
+            err, out_uri, blob = storage.redact(internal[i], source), None, None
         rows["source"].append(source)
         rows["output"].append(out_uri)
         rows["status"].append("ok" if err is None else "error")
@@ -540,6 +581,8 @@ def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, outp
     return {
         "source": np.array(rows["source"], dtype=object),
         "status": np.array(rows["status"], dtype=object),
+        # the driver stops a run whose every image fails with an internal error (ColorizeConfig.stop_after_internal)
+        "internal": np.array([e if ledger.reason_of(e) == INTERNAL else "" for e in rows["error"]], dtype=object),
         "shard": np.array(shard_col, dtype=object),
         "shard_n": np.asarray(batch["shard_n"], dtype=np.int64),
     }
