@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Iterator
 from typing import IO
 
+from raycolor import storage
 from raycolor.config import DEFAULT_STORE, StorageConfig
 
 AUTH_MODE_ENV = "RAY_AUTH_MODE"  # Ray >= 2.52 token authentication
@@ -58,9 +59,13 @@ def connect(
     and the workers' output stay in Ray's log files, and Ray Data's own progress bars are off (the caller shows
     its own).
     """
+    problem = storage.endpoint_problem(store.s3_endpoint)
+    if problem:  # checked before it could reach Ray's runtime environment, which Ray shows to anyone who asks
+        raise storage.InputError(f"--s3-endpoint {storage.redact(store.s3_endpoint)}: {problem}")
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS") or None
+    # the only variable exported: credentials reach workers through each node's own AWS chain, never through Ray
     runtime_env = {"env_vars": {"AWS_ENDPOINT_URL": store.s3_endpoint}} if store.s3_endpoint else None
     quiet = {} if verbose else {"logging_level": logging.ERROR, "log_to_driver": False}
     if not verbose:

@@ -9,8 +9,9 @@ is :mod:`raycolor.inputs`; what an OUTPUT holds is :mod:`raycolor.outputs.ledger
 * URIs: :func:`filesystem` (local paths, ``file://``, ``s3://`` and any installed fsspec protocol),
   :func:`join_uri` (never escapes its base), :func:`absolute`, :func:`is_local`, :func:`to_uri`,
   :func:`protocol`; :func:`sanitize_relpath` is the path-safety rule ``join_uri`` applies to each part.
-* Credentials: never in URIs (:func:`has_credentials` refuses them); :func:`redact` scrubs any text built
-  from an exception before it is shown or stored.
+* Credentials: never in URIs (:func:`has_credentials` refuses them) nor in an endpoint
+  (:func:`endpoint_problem`); :func:`stored_uri` is a URI as it may be stored (no presigned query);
+  :func:`redact` scrubs any text built from an exception before it is shown or stored.
 * Retries: :func:`retrying` (exponential backoff with jitter) on the failures :func:`is_transient` names.
 * Reads and writes: :func:`read_item` / :func:`read_items` (whole objects or one range read),
   :func:`write_bytes_atomic` / :func:`write_many` (temp-then-rename locally, one PUT on object stores),
@@ -35,6 +36,7 @@ from raycolor.storage.uris import (
     absolute,
     digest,
     digest_parts,
+    endpoint_problem,
     filesystem,
     has_credentials,
     is_local,
@@ -42,6 +44,7 @@ from raycolor.storage.uris import (
     protocol,
     redact,
     sanitize_relpath,
+    stored_uri,
     to_uri,
     without_credentials,
 )
@@ -55,6 +58,7 @@ __all__ = [
     "absolute",
     "digest",
     "digest_parts",
+    "endpoint_problem",
     "exists",
     "filesystem",
     "has_credentials",
@@ -68,6 +72,7 @@ __all__ = [
     "remove",
     "retrying",
     "sanitize_relpath",
+    "stored_uri",
     "to_uri",
     "without_credentials",
     "write_bytes_atomic",

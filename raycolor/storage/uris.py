@@ -97,10 +97,22 @@ def protocol(uri: str) -> str | None:
     return proto or None
 
 
-def _redact(text: object, uri: str | None = None) -> str:
-    """One line, no userinfo in URIs, no credential values from the environment.
+# Query parameters that carry a credential or a signature: presigned S3 (SigV4 and SigV2), Azure SAS, GCS signed
+# URLs, and the usual token names. Their values are scrubbed from any text, with or without the URL around them.
+_SECRET_PARAM_RE = re.compile(
+    r"((?<![\w-])(?:X-Amz-(?:Credential|Signature|Security-Token)|X-Goog-(?:Credential|Signature)|AWSAccessKeyId"
+    r"|Signature|sig|token|access_token|api_key|apikey|password|secret)=)[^&\s#\"']+",
+    re.IGNORECASE,
+)
+# the query string of an http(s) URL in any text (stored_uri's rule): everything from "?" to the end of the URL
+_URL_QUERY_RE = re.compile(r"(\bhttps?://[^\s?#\"']*)\?[^\s#\"']*", re.IGNORECASE)
 
-    ``uri``: the URI the text is about; its userinfo (if any) is scrubbed wherever it appears,
+
+def _redact(text: object, uri: str | None = None) -> str:
+    """One line, no userinfo in URIs, no query string of a remote URL, no credential-like query parameter, no
+    credential values from the environment.
+
+    ``uri``: the URI the text is about; its userinfo and query (if any) are scrubbed wherever they appear,
     e.g. when a library echoes the path back without the scheme.
     """
     text = str(text)
@@ -108,7 +120,12 @@ def _redact(text: object, uri: str | None = None) -> str:
         userinfo = uri.split("://", 1)[1].split("/", 1)[0].rpartition("@")[0]
         if userinfo:
             text = text.replace(userinfo, "***")
+        query = _query(uri)
+        if query:
+            text = text.replace(query, "***")
     text = re.sub(r"(://)[^/@\s]*@", r"\1***@", text)
+    text = _URL_QUERY_RE.sub(lambda m: m.group(1) + "?***", text)
+    text = _SECRET_PARAM_RE.sub(lambda m: m.group(1) + "***", text)
     for var in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ACCESS_KEY_ID"):
         value = os.environ.get(var)
         if value and len(value) >= 4:
@@ -138,6 +155,46 @@ def without_credentials(uri: str) -> str:
     scheme, rest = uri.split("://", 1)
     authority, sep, path = rest.partition("/")
     return f"{scheme}://***@{authority.rpartition('@')[2]}{sep}{path}"
+
+
+def _query(uri: str) -> str:
+    """The query string of a remote URL (after "?", before any "#"), '' for local paths and URLs without one."""
+    proto = protocol(uri)
+    if proto is None or proto in LOCAL_PROTOCOLS or "?" not in uri:
+        return ""
+    return uri.split("?", 1)[1].split("#", 1)[0]
+
+
+def stored_uri(uri: str) -> str:
+    """``uri`` as it may be stored (a manifest row's ``source``, an output key, a log): without the query string
+    of a remote URL, which is where presigned URLs carry their signature and credential (``X-Amz-Credential``,
+    ``X-Amz-Signature``) and other stores their tokens. What is *read* keeps the whole URI; what is *kept* never
+    does. Local paths are kept as they are (``?`` is a letter of a file name there). On an object store, a
+    ``?`` in an s3:// key is kept unless the query holds a credential-like parameter."""
+    query = _query(uri)
+    if not query:
+        return uri
+    if protocol(uri) not in ("http", "https") and not _SECRET_PARAM_RE.search(query):
+        return uri
+    head, _, rest = uri.partition("?")
+    fragment = rest.partition("#")[2]
+    return head + (f"#{fragment}" if fragment else "")
+
+
+def endpoint_problem(endpoint: str | None) -> str | None:
+    """Why an S3 endpoint URL cannot be used, or None. An endpoint is exported to every worker (Ray's runtime
+    environment, which ``ray job list`` and the dashboard show), so it must not carry a secret: userinfo
+    (``http://key:secret@host``) or a query string is refused; credentials come from the AWS chain."""
+    if not endpoint:
+        return None
+    if "://" not in endpoint:
+        return "it must be a URL such as http://host:9000"
+    if _userinfo(endpoint):
+        return ("it carries user:password@ (refused: the endpoint is shown in Ray's runtime environment); give "
+                "credentials as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE or an instance role")
+    if "?" in endpoint or "#" in endpoint:
+        return "it carries a query string or fragment (refused: an endpoint is a scheme, host and port)"
+    return None
 
 
 def redact(text: object, uri: str | None = None) -> str:
@@ -185,6 +242,9 @@ def filesystem(uri: str, *, store: StorageConfig = DEFAULT_STORE) -> tuple[fsspe
             "config_kwargs": {"retries": {"max_attempts": 3, "mode": "standard"}},
         }
         endpoint = _s3_endpoint(store.s3_endpoint)
+        problem = endpoint_problem(endpoint)
+        if problem:
+            raise InputError(f"bad S3 endpoint {_redact(endpoint)}: {problem}")
         if endpoint:
             kwargs["endpoint_url"] = endpoint
         # aiobotocore's connection pool defaults to 10 connections per filesystem (per process): fewer than the
