@@ -3,6 +3,7 @@ the OUTPUT lock (local O_EXCL and S3 conditional PUT against the moto server).""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -75,7 +76,10 @@ def test_parquet_manifest_row_ranges_read_only_their_row_groups(tmp_path):
     shards = inputs.size_object("parquet", str(m), "t", root=str(m), shard_size=12)
     assert [(s.start, s.stop, s.count) for s in shards] == [(0, 12, 12), (12, 24, 12), (24, 36, 12), (36, 48, 12), (48, 50, 2)]
     assert _entries(shards) == uris
-    assert inputs.expand(shards[1])[0].relpath == "p/012.jpg"
+    assert {s.key_rule for s in shards} == {inputs.KEY_RULE} and inputs.expand(shards[1])[0].relpath == "b/p/012.jpg"
+    # a descriptor of rule 1 (an older OUTPUT's root; a row without the field) keys as rule 1 did: bucket dropped
+    old = {k: v for k, v in dataclasses.asdict(shards[1]).items() if k != "key_rule"}
+    assert inputs.Shard.from_row(old).key_rule == 1 and inputs.expand(inputs.Shard.from_row(old))[0].relpath == "p/012.jpg"
     # a listing saved with a relpath column keeps those relpaths
     pq.write_table(pa.table({"uri": ["/x/a.jpg", "/y/a.jpg"], "relpath": ["a.jpg", "sub/a.jpg"]}), tmp_path / "l.parquet")
     items = inputs.expand(inputs.size_object("parquet", str(tmp_path / "l.parquet"), "t", root="r", shard_size=9)[0])
@@ -126,8 +130,10 @@ def test_listing_chunks_are_content_defined(tmp_path):
 
 
 def test_namespaces_first_run_plain_later_roots_hashed():
-    first = ledger.assign_namespaces(["/a/scans", "/a/more.tar"], {})
-    assert first == {"/a/scans": "", "/a/more.tar": ""}
+    first = ledger.assign_namespaces(["/a/scans", "/a/more.tar"], {}, listed=["/a/scans"])
+    # the folder (listed, de-duplicated with the other listed roots) is plain; the tar, whose keys are made in
+    # its own task, gets its own namespace even on the first run
+    assert first == {"/a/scans": "", "/a/more.tar": ledger.namespace_for("/a/more.tar")}
     known = {r: {"root": r, "namespace": ns} for r, ns in first.items()}
     later = ledger.assign_namespaces(["/a/scans", "/b/scans"], known)
     assert later["/a/scans"] == "" and later["/b/scans"].startswith("scans-") and len(later["/b/scans"]) == len("scans-") + 8

@@ -324,8 +324,9 @@ def test_manifests(tmp_path):
     assert [(it.source, it.relpath) for it in items] == [
         (str(a), str(a).lstrip("/")),
         (str(b), "imgs/sub/b.png"),  # relative entry: resolved next to the manifest, relpath as written
-        ("s3://some-bucket/p/q/c.jpg", "p/q/c.jpg"),  # path after the bucket
+        ("s3://some-bucket/p/q/c.jpg", "some-bucket/p/q/c.jpg"),  # the bucket, then its path (key rule 2)
     ]  # the file:// duplicate of a is dropped
+    assert list_items([str(txt)], key_rule=1)[2].relpath == "p/q/c.jpg"  # rule 1 (older OUTPUTs): the bucket dropped
     assert read_item(items[1]) == _payload("b")
 
     import pyarrow as pa
@@ -334,7 +335,7 @@ def test_manifests(tmp_path):
     pqt = tmp_path / "m.parquet"
     pq.write_table(pa.table({"uri": [str(b), None, "", "s3://bkt/z.tif"], "other": [1, 2, 3, 4]}), pqt)
     items = list_items([str(pqt)])
-    assert [(it.source, it.relpath) for it in items] == [(str(b), str(b).lstrip("/")), ("s3://bkt/z.tif", "z.tif")]
+    assert [(it.source, it.relpath) for it in items] == [(str(b), str(b).lstrip("/")), ("s3://bkt/z.tif", "bkt/z.tif")]
 
     nocol = tmp_path / "nocol.parquet"
     pq.write_table(pa.table({"path": ["x"]}), nocol)
@@ -361,7 +362,7 @@ def test_manifest_makes_no_listing_calls(tmp_path, monkeypatch):
     for name in ("find", "ls", "walk", "glob", "exists"):
         monkeypatch.setattr(type(fs), name, boom)
     items = list_items([str(txt)])
-    assert len(items) == 1000 and items[7].relpath == "huge/prefix/7.jpg"
+    assert len(items) == 1000 and items[7].relpath == "bucket/huge/prefix/7.jpg"
 
 
 def test_duplicates_and_collisions(tmp_path):
@@ -522,8 +523,8 @@ def test_s3_tar_and_manifest(s3_env):
     # relative entries resolve next to the manifest: "../loose/z.jpg" is the same source as the
     # first line (dropped); no existence check is made for rel/w.jpg (a manifest is trusted)
     assert [(it.source, it.relpath) for it in m] == [
-        (f"s3://{bucket}/loose/z.jpg", "loose/z.jpg"),
-        (f"s3://{bucket}/lists/rel/w.jpg", "rel/w.jpg"),
+        (f"s3://{bucket}/loose/z.jpg", f"{bucket}/loose/z.jpg"),  # the bucket, then the path (key rule 2)
+        (f"s3://{bucket}/lists/rel/w.jpg", "rel/w.jpg"),  # a relative entry keeps its text
     ]
     assert read_item(m[0]) == _payload("z")
 

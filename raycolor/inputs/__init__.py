@@ -15,8 +15,10 @@ Inputs accepted by :func:`list_items` (any mix, in any number):
 * a ``.tar`` (uncompressed) archive: its regular image members are listed by reading the tar
   headers only (seekable, no extraction, nothing written to disk). Each member becomes an item
   whose ``uri`` is the tar itself plus ``offset``/``size``, so :func:`storage.read_item` does one range
-  read. ``relpath`` = ``"<tar basename>/<member name>"``, sanitised. Links, devices, directories
-  and sparse members are skipped.
+  read. ``relpath`` = ``"<the tar's path below its root's base>/<member name>"``, sanitised: for a tar
+  found by a glob (``in/*/batch.tar``), below the glob's last folder without a wildcard
+  (``alice/batch.tar/x.png``); for a tar in a folder of tars, below that folder; for a tar given
+  directly, its basename (``batch.tar/x.png``). Links, devices, directories and sparse members are skipped.
 * a manifest -- ``.txt`` (one URI per line; blank lines and ``#`` comments ignored) or
   ``.parquet`` with a string ``uri`` column. Entries are taken as image files *as given*: no
   listing and no existence check is done (that is the point of a manifest on a huge prefix); an
@@ -24,10 +26,12 @@ Inputs accepted by :func:`list_items` (any mix, in any number):
   Relative entries are resolved against the manifest's own folder. An entry with credentials in
   its URI (``s3://key:secret@b/x.jpg``) is listed with them replaced by ``***`` and fails to
   read: credentials in URIs are not supported anywhere (see :func:`storage.filesystem`).
-  **Manifest relpath rule**: the entry's path without scheme and bucket/host -- ``s3://b/p/x.jpg``
-  -> ``p/x.jpg``, ``/data/p/x.jpg`` -> ``data/p/x.jpg``, ``file:///data/x.jpg`` ->
-  ``data/x.jpg``; a relative entry keeps its text (``imgs/x.jpg`` -> ``imgs/x.jpg``); always
-  sanitised.
+  **Manifest relpath rule**: a remote entry is its bucket or host, then its path, without scheme
+  or userinfo -- ``s3://b/p/x.jpg`` -> ``b/p/x.jpg``, ``https://h/p/x.jpg`` -> ``h/p/x.jpg``; a local
+  one its path -- ``/data/p/x.jpg`` -> ``data/p/x.jpg``, ``file:///data/x.jpg`` -> ``data/x.jpg``; a
+  relative entry keeps its text (``imgs/x.jpg`` -> ``imgs/x.jpg``), under the manifest's folder below
+  its root's base when the manifest was found by a glob or in a folder (``lists/*/m.txt``: ``alice/imgs/x.jpg``);
+  always sanitised.
 
 The order is deterministic: inputs in the order given; within a folder, sorted by relpath; within
 a tar, archive order (which is also the best order for range reads); within a manifest, file
@@ -36,7 +40,22 @@ Two different sources whose outputs would collide -- same relpath up to the exte
 letter case, e.g. ``x.jpg`` and ``x.PNG`` both become ``x.png`` -- are disambiguated
 deterministically: the first keeps its name, later ones get ``"__" + sha1(source)[:8]`` before the
 extension (``x__1a2b3c4d.PNG``). "First keeps its name" means that appending inputs to a rerun
-never renames outputs that already exist.
+never renames outputs that already exist. That renaming sees the items listed together: all of
+:func:`list_items`, a folder listing group, one shard. Across the shards and roots of a run, keys are kept
+apart by construction instead: the tar and manifest rules above make the keys of different objects of one
+root differ, and on a first run only the folder and image roots (listed together) share the plain namespace
+(``raycolor.outputs.ledger.assign_namespaces``). Not covered: two entries of one manifest (or of two
+manifests of one root) in different shards whose keys differ only in extension or letter case
+(``p/x.jpg``, ``p/x.PNG``), or that name one bucket through two schemes; two tars of one root whose paths
+differ only in letter case.
+
+**Key rules.** The rules above are key rule 2 (:data:`KEY_RULE`). Rule 1, the rule before it, keyed a tar's
+members under the tar's basename alone and a remote manifest entry under its path alone (bucket/host
+dropped), and kept relative manifest entries' text as is. An OUTPUT's root keeps the rule its outputs were
+written with (its record in ``OUTPUT/_roots/``; no ``key_rule`` there means 1) on every later run, and a
+new root gets the current rule: the rule travels on the shard descriptor (``Shard.key_rule``, 1 when
+absent), so expansion in tasks keys each item by its own root's rule. Folder listings and single images are
+keyed alike under both rules.
 
 A **shard** is the unit of work, of resume and of the ledger:
 
@@ -66,6 +85,8 @@ from raycolor.inputs.folders import (
     write_bin,
 )
 from raycolor.inputs.listing import (
+    KEY_RULE,
+    KEY_RULES,
     LISTING_SCHEMA,
     Item,
     dedupe,
@@ -73,10 +94,12 @@ from raycolor.inputs.listing import (
     input_error,
     is_image,
     list_items,
+    below_base,
     list_tar,
     manifest_items,
     no_images,
     output_key,
+    tar_prefix,
     txt_entries,
 )
 from raycolor.inputs.reading import Decoded, read_decoded
@@ -96,6 +119,8 @@ from raycolor.storage import InputError
 
 __all__ = [
     "IMAGE_SUFFIXES",  # these three and suffix(): raycolor.core.suffixes, the one definition
+    "KEY_RULE",
+    "KEY_RULES",
     "LISTING_SCHEMA",
     "LIST_FANOUT_DEPTH",
     "MANIFEST_SUFFIXES",
@@ -107,6 +132,7 @@ __all__ = [
     "RootPlan",
     "Shard",
     "chunk_listing",
+    "below_base",
     "classify",
     "dedupe",
     "expand",
@@ -126,6 +152,7 @@ __all__ = [
     "remove_stale_parts",
     "shard_id",
     "size_object",
+    "tar_prefix",
     "txt_entries",
     "write_bin",
 ]

@@ -31,6 +31,15 @@ _TAR_BLOCK_SIZE = 4 * 2**20
 
 LISTING_SCHEMA = pa.schema([("uri", pa.string()), ("relpath", pa.string()), ("source", pa.string())])
 
+# The output-key rule new roots are written with (see the module docstring of raycolor.inputs, "Key rules"). A root
+# keeps the rule its outputs were first written with, on every later run (OUTPUT/_roots/<id>.json says which; a
+# record without it means 1): changing the rule never renames what an earlier run wrote.
+#   1: a tar member is "<tar basename>/<member>"; a manifest entry with a remote scheme is "<path>" (bucket dropped)
+#   2: a tar member is "<the tar's path below its root's base>/<member>"; a remote manifest entry is
+#      "<bucket or host>/<path>"; a relative manifest entry gets the manifest's folder below its root's base
+KEY_RULE = 2
+KEY_RULES = (1, 2)
+
 @dataclass(frozen=True)
 class Item:
     source: str  # user-visible URI: "s3://b/p/x.jpg", "/abs/x.jpg", or "s3://b/shard.tar#dir/x.jpg"
@@ -111,8 +120,9 @@ def _reading_input(uri: str) -> Iterator[None]:
         raise input_error("read", uri, exc) from exc
 
 
-def list_items(inputs: Sequence[str], *, store: StorageConfig = DEFAULT_STORE) -> list[Item]:
-    """Every image named by ``inputs`` (folders, image files, .tar archives, .txt/.parquet manifests).
+def list_items(inputs: Sequence[str], *, key_rule: int = KEY_RULE, store: StorageConfig = DEFAULT_STORE) -> list[Item]:
+    """Every image named by ``inputs`` (folders, image files, .tar archives, .txt/.parquet manifests), keyed by
+    the rule ``key_rule`` (:data:`KEY_RULE`, the current one, unless an OUTPUT's record says otherwise).
 
     See the module docstring for the rules. Raises :class:`InputError` for an input that does not
     exist, cannot be read, is not a supported kind, or yields no image.
@@ -123,11 +133,11 @@ def list_items(inputs: Sequence[str], *, store: StorageConfig = DEFAULT_STORE) -
         raise InputError("no inputs given")
     items: list[Item] = []
     for uri in inputs:
-        items.extend(_list_one(uri, store=store))
+        items.extend(_list_one(uri, key_rule=_check_rule(key_rule), store=store))
     return _dedupe(items)
 
 
-def _list_one(uri: str, *, store: StorageConfig) -> list[Item]:
+def _list_one(uri: str, *, key_rule: int, store: StorageConfig) -> list[Item]:
     if not isinstance(uri, str) or not uri.strip():
         raise InputError(f"empty input URI: {uri!r}")
     uri = uri.strip()
@@ -141,9 +151,9 @@ def _list_one(uri: str, *, store: StorageConfig) -> list[Item]:
     ext = suffix(path)
     with _reading_input(uri):
         if ext in TAR_SUFFIXES:
-            return _list_tar(fs, path, uri)
+            return _list_tar(fs, path, uri, key_rule=key_rule)
         if ext in MANIFEST_SUFFIXES:
-            return _list_manifest(fs, path, uri, ext)
+            return _list_manifest(fs, path, uri, ext, key_rule=key_rule)
     if ext in IMAGE_SUFFIXES:
         source = storage.to_uri(fs, path, uri)
         return [Item(source=source, relpath=storage.sanitize_relpath(posixpath.basename(path)), uri=source)]
@@ -191,9 +201,46 @@ def no_images(uri: str) -> InputError:
     return InputError(f"no images found under {storage.redact(uri)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
 
 
-def _list_tar(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> list[Item]:
+def _glob_base(root: str) -> str:
+    """The folder a glob root starts from: its components before the first one holding a wildcard
+    (``/d/*/b.tar`` -> ``/d``, ``s3://b/in/x-*.tar`` -> ``s3://b/in``, ``s3://*/x.tar`` -> ``s3://``)."""
+    head, sep, rest = root.partition("://") if "://" in root else ("", "", root)
+    parts = rest.split("/")
+    n = next((i for i, p in enumerate(parts) if any(c in p for c in "*?[")), len(parts))
+    return head + sep + "/".join(parts[:n])
+
+
+def below_base(uri: str, root: str) -> str | None:
+    """``uri`` (a tar or manifest object of the root ``root``, both as planning spells them) relative to the
+    root's base: the glob's non-wildcard folder for a glob root, else the root itself (a folder of tars or
+    manifests). None when ``uri`` is not below it: the object was given directly (``uri == root``)."""
+    base = _glob_base(root) if any(c in root for c in "*?[") else root
+    if base.endswith("://"):
+        rest = uri.split("://", 1)[1] if uri.startswith(base) else ""
+    else:
+        base = base.rstrip("/") + "/"
+        rest = uri[len(base):] if uri.startswith(base) else ""
+    return rest.strip("/") or None
+
+
+def _check_rule(key_rule: int) -> int:
+    if key_rule not in KEY_RULES:
+        raise ValueError(f"unknown output key rule {key_rule!r} (this raycolor knows {', '.join(map(str, KEY_RULES))}); "
+                         "the OUTPUT was written by a newer raycolor")
+    return key_rule
+
+
+def tar_prefix(tar_uri: str, root: str | None, key_rule: int = KEY_RULE) -> str:
+    """The folder a tar's members are keyed under (sanitised): rule 1, the tar's basename; rule 2, the tar's
+    path below its root's base (:func:`below_base`), or its basename when the tar is the root itself."""
+    rel = below_base(tar_uri, root) if root and _check_rule(key_rule) >= 2 else None
+    return storage.sanitize_relpath(rel or posixpath.basename(tar_uri.split("://", 1)[-1].rstrip("/")))
+
+
+def _list_tar(fs: fsspec.AbstractFileSystem, path: str, uri: str, *, root: str | None = None,
+              key_rule: int = KEY_RULE) -> list[Item]:
     tar_uri = storage.to_uri(fs, path, uri)
-    base = storage.sanitize_relpath(posixpath.basename(path))
+    base = tar_prefix(tar_uri, root, key_rule)
     rows = []
     open_kwargs = {} if isinstance(fs, LocalFileSystem) else {"block_size": _TAR_BLOCK_SIZE, "cache_type": "readahead"}
     with fs.open(path, "rb", **open_kwargs) as f:
@@ -261,36 +308,48 @@ def _manifest_entries(fs: fsspec.AbstractFileSystem, path: str, uri: str, suffix
     return [v.strip() for v in column.to_pylist() if v is not None and v.strip()]
 
 
-def _manifest_relpath(entry: str) -> str:
+def _manifest_relpath(entry: str, key_rule: int = KEY_RULE, folder: str = "") -> str:
+    """The relpath of a manifest entry (the rule: :mod:`raycolor.inputs`). ``folder``: for a relative entry
+    under rule 2, the manifest's folder below its root's base ("" for a manifest given directly)."""
     proto = storage.protocol(entry)
     if proto is None:
+        if folder and not entry.startswith(("/", "~")) and not storage.DRIVE_RE.match(entry):
+            return storage.sanitize_relpath(posixpath.join(folder, entry))
         return storage.sanitize_relpath(entry)
     rest = entry.split("://", 1)[1]
     if proto not in storage.LOCAL_PROTOCOLS:
-        rest = rest.lstrip("/").split("/", 1)[1] if "/" in rest.lstrip("/") else ""
+        authority, _, path = rest.lstrip("/").partition("/")
+        if key_rule >= 2:  # the bucket or host, never a userinfo (credentials) before it
+            rest = posixpath.join(authority.rpartition("@")[2], path)
+        else:
+            rest = path
     return storage.sanitize_relpath(rest)
 
 
-def _list_manifest(fs: fsspec.AbstractFileSystem, path: str, uri: str, suffix: str) -> list[Item]:
+def _list_manifest(fs: fsspec.AbstractFileSystem, path: str, uri: str, suffix: str, *, key_rule: int) -> list[Item]:
     entries = _manifest_entries(fs, path, uri, suffix)
     if not entries:
         raise InputError(f"empty manifest (no URIs): {storage.redact(uri)}")
-    return _manifest_items(fs, path, uri, entries)
+    return _manifest_items(fs, path, uri, entries, key_rule=key_rule)
 
 
-def manifest_items(uri: str, entries: Sequence[str], *, store: StorageConfig = DEFAULT_STORE) -> list[Item]:
+def manifest_items(uri: str, entries: Sequence[str], *, root: str | None = None, key_rule: int = KEY_RULE,
+                   store: StorageConfig = DEFAULT_STORE) -> list[Item]:
     """Items for ``entries`` (lines or ``uri`` values) of the manifest at ``uri``: the manifest rules of
-    :func:`list_items` (relative entries resolve next to the manifest; relpath rule) applied to a part of
-    a manifest, as a shard task reads it. Not de-duplicated."""
+    :func:`list_items` (relative entries resolve next to the manifest; relpath rule ``key_rule``) applied to a
+    part of a manifest, as a shard task reads it. ``root``: the input the manifest belongs to (a glob or a
+    folder of manifests; default: the manifest itself). Not de-duplicated."""
     fs, path = storage.filesystem(uri, store=store)
-    return _manifest_items(fs, path, uri, [e.strip() for e in entries if e and e.strip()])
+    return _manifest_items(fs, path, uri, [e.strip() for e in entries if e and e.strip()], root=root, key_rule=key_rule)
 
 
-def list_tar(uri: str, *, store: StorageConfig = DEFAULT_STORE) -> list[Item]:
-    """The image members of the tar archive at ``uri`` (header walk only), as :func:`list_items` lists them."""
+def list_tar(uri: str, *, root: str | None = None, key_rule: int = KEY_RULE, store: StorageConfig = DEFAULT_STORE) -> list[Item]:
+    """The image members of the tar archive at ``uri`` (header walk only), as :func:`list_items` lists them.
+    ``root``: the input the tar belongs to (a glob or a folder of tars; default: the tar itself), whose base
+    the members' relpaths start from under rule 2 (:func:`tar_prefix`)."""
     fs, path = storage.filesystem(uri, store=store)
     with _reading_input(uri):
-        return _list_tar(fs, path, uri)
+        return _list_tar(fs, path, uri, root=root, key_rule=key_rule)
 
 
 def dedupe(items: Iterable[Item]) -> list[Item]:
@@ -298,8 +357,11 @@ def dedupe(items: Iterable[Item]) -> list[Item]:
     return _dedupe(items)
 
 
-def _manifest_items(fs: fsspec.AbstractFileSystem, path: str, uri: str, entries: Sequence[str]) -> list[Item]:
+def _manifest_items(fs: fsspec.AbstractFileSystem, path: str, uri: str, entries: Sequence[str], *,
+                    root: str | None = None, key_rule: int = KEY_RULE) -> list[Item]:
     manifest_dir = posixpath.dirname(path) if not isinstance(fs, LocalFileSystem) else os.path.dirname(path)
+    below = below_base(storage.to_uri(fs, path, uri), root) if root and _check_rule(key_rule) >= 2 else None
+    folder = posixpath.dirname(below) if below else ""  # relative entries of a manifest inside a glob/folder root
     checked: set[str] = set()
     rows = []
     for n, entry in enumerate(entries, 1):
@@ -327,7 +389,7 @@ def _manifest_items(fs: fsspec.AbstractFileSystem, path: str, uri: str, entries:
                 # kept as an item (it becomes an error row) but never with its credentials: the
                 # source is stored in the manifest and shipped to workers
                 target = storage.without_credentials(target)
-        rows.append(Item(source=target, relpath=_manifest_relpath(entry), uri=target))
+        rows.append(Item(source=target, relpath=_manifest_relpath(entry, key_rule, folder), uri=target))
     return rows
 
 

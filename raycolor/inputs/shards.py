@@ -19,6 +19,7 @@ from raycolor.core.suffixes import (
     object_kind,
 )
 from raycolor.inputs.listing import (
+    KEY_RULE,
     LISTING_SCHEMA,
     Item,
     dedupe,
@@ -48,15 +49,19 @@ class Shard:
     count: int = 0  # inputs in the shard as planned (before de-duplication within the shard)
     id: str = ""
     retry: str = "none"  # "none" | "transient" | "all": redo only the shard's error rows of that kind
+    # the output-key rule of the root's outputs (listing.KEY_RULE; planning sets it from the root's record):
+    # expansion keys the items by it. 1 by default: a descriptor without it was planned before rules had numbers
+    key_rule: int = 1
 
     def with_(self, **kw) -> Shard:
         return Shard(**{**asdict(self), **kw})
 
     @classmethod
     def from_row(cls, row: Mapping) -> Shard:
-        """The shard of a descriptor row (a dict holding at least the shard's fields, e.g. a Ray Data row
-        with a `marker` too; other keys ignored)."""
-        return cls(**{k: row[k] for k in cls.__dataclass_fields__})
+        """The shard of a descriptor row (a dict holding the shard's fields, e.g. a Ray Data row with a
+        `marker` too; other keys ignored; a field it lacks, such as `key_rule` in an older one, takes its
+        default)."""
+        return cls(**{k: row[k] for k in cls.__dataclass_fields__ if k in row})
 
 
 def shard_id(kind: str, root: str, uri: str, start: int, stop: int, tag: str) -> str:
@@ -153,8 +158,14 @@ def list_folder(root: str, *, store: StorageConfig = DEFAULT_STORE) -> RootPlan:
     raise no_images(root)
 
 
-def size_object(kind: str, uri: str, tag: str, *, root: str, shard_size: int, store: StorageConfig = DEFAULT_STORE) -> list[Shard]:
-    """The shards of one manifest or tar object (reads a tar's headers, a Parquet footer, or a .txt once)."""
+def size_object(kind: str, uri: str, tag: str, *, root: str, shard_size: int, key_rule: int = KEY_RULE,
+                store: StorageConfig = DEFAULT_STORE) -> list[Shard]:
+    """The shards of one manifest or tar object (reads a tar's headers, a Parquet footer, or a .txt once),
+    to be keyed by the rule ``key_rule``."""
+    return [s.with_(key_rule=key_rule) for s in _size_object(kind, uri, tag, root=root, shard_size=shard_size, store=store)]
+
+
+def _size_object(kind: str, uri: str, tag: str, *, root: str, shard_size: int, store: StorageConfig) -> list[Shard]:
     fs, path = storage.filesystem(uri, store=store)
     if kind == "tar":
         n = len(list_tar(uri, store=store))
@@ -249,16 +260,17 @@ def listing_items(t: pa.Table) -> list[Item]:
 
 
 def expand(shard: Shard, *, store: StorageConfig = DEFAULT_STORE) -> list[Item]:
-    """The shard's items, de-duplicated and collision-renamed within the shard (first wins)."""
+    """The shard's items, keyed by its root's rule (``shard.key_rule``), de-duplicated and collision-renamed
+    within the shard (first wins)."""
     if shard.kind == "tar":
-        return dedupe(list_tar(shard.uri, store=store))
+        return dedupe(list_tar(shard.uri, root=shard.root, key_rule=shard.key_rule, store=store))
     fs, path = storage.filesystem(shard.uri, store=store)
     if shard.kind == "listing":
         return listing_items(storage.retrying(lambda: pq.read_table(io.BytesIO(fs.cat_file(path))), store.retries))
     if shard.kind == "parquet":
         t = storage.retrying(lambda: _parquet_rows(fs, path, shard.start, shard.stop, ["uri", "relpath"]), store.retries)
         uris = [u for u in t.column("uri").to_pylist()]
-        items = manifest_items(shard.uri, [u for u in uris if u], store=store)
+        items = manifest_items(shard.uri, [u for u in uris if u], root=shard.root, key_rule=shard.key_rule, store=store)
         if "relpath" in t.column_names:  # a listing saved by `raycolor list` keeps the folder's relpaths
             rel = [r for u, r in zip(uris, t.column("relpath").to_pylist()) if u and u.strip()]
             items = [Item(source=i.source, relpath=storage.sanitize_relpath(r) if r else i.relpath, uri=i.uri) for i, r in zip(items, rel)]
@@ -266,5 +278,5 @@ def expand(shard: Shard, *, store: StorageConfig = DEFAULT_STORE) -> list[Item]:
     if shard.kind == "txt":
         raw = storage.retrying(lambda: fs.cat_file(path, start=shard.start, end=shard.stop), store.retries)
         entries = [e for _, e in txt_entries(raw, shard.uri, offset=shard.start)]
-        return dedupe(manifest_items(shard.uri, entries, store=store))
+        return dedupe(manifest_items(shard.uri, entries, root=shard.root, key_rule=shard.key_rule, store=store))
     raise ValueError(f"unknown shard kind {shard.kind!r}")

@@ -11,7 +11,7 @@ OUTPUT layout::
     OUTPUT/shards/<shard id>.tar                 the colorized images of one shard (layout "webdataset")
     OUTPUT/manifest/<shard id>.parquet           one part per shard: one row per input of the shard
     OUTPUT/_stats/<shard id>.json                counts of the shard; written after its part: "shard done"
-    OUTPUT/_roots/<root id>.json                 one per input root: its namespace and its current shards
+    OUTPUT/_roots/<root id>.json                 one per input root: its namespace, key rule and current shards
     OUTPUT/_listing/<shard id>.parquet           listing chunks (folder inputs)
     OUTPUT/_spool/<shard id>/<hash>.parquet      rows of finished batches until their shard is merged
     OUTPUT/_lock.json                            held while a driver runs
@@ -23,6 +23,12 @@ skips every shard whose stats record exists and redoes the others (their images 
 identical bytes, their part replaced). When an input changes (a folder gained files, a manifest was
 rewritten), the shards of that root that are no longer planned are *superseded*: their stats, part and
 listing chunk are removed before any new work, so the OUTPUT never holds two rows for one input.
+
+A root's record (``_roots/<root id>.json``: ``root``, ``namespace``, ``key_rule``, ``shards``) fixes its output names
+for good: its namespace (:func:`assign_namespaces`) and the output-key rule its outputs were written with
+(``key_rule``, :func:`key_rules`; the rules are stated in :mod:`raycolor.inputs`). A record without ``key_rule``
+was written before rules had numbers: that root keeps rule 1 on every later run, and new roots get the current
+rule, so a change of rule never renames what an earlier run wrote.
 """
 
 from __future__ import annotations
@@ -196,7 +202,7 @@ def read_stats(output: str, ids: Iterable[str], *, store: StorageConfig = DEFAUL
 
 
 def read_roots(output: str, *, store: StorageConfig = DEFAULT_STORE) -> dict[str, dict]:
-    """root URI -> its record (namespace, shards) for every root OUTPUT has seen."""
+    """root URI -> its record (namespace, key_rule when written, shards) for every root OUTPUT has seen."""
     names = [p for p in _ls(output, "_roots", store=store) if p.endswith(".json")]
     if not names:
         return {}
@@ -215,13 +221,36 @@ def remove(uris: Iterable[str], *, store: StorageConfig = DEFAULT_STORE) -> None
         storage.remove(uri, store=store)
 
 
-def assign_namespaces(roots: Sequence[str], known: dict[str, dict]) -> dict[str, str]:
-    """Each root's output namespace. A root OUTPUT already knows keeps its namespace. New roots share
-    the plain namespace ("") only when OUTPUT has no root yet (the first run; its roots are listed
-    together, folder listings de-duplicated together); a root that arrives when OUTPUT already holds
-    another root's outputs gets ``<basename>-<hash of the root>``, so it can never overwrite them."""
-    first_run = not known
-    return {r: known[r]["namespace"] if r in known else ("" if first_run else namespace_for(r)) for r in roots}
+def assign_namespaces(roots: Sequence[str], known: dict[str, dict], *, listed: Iterable[str] = ()) -> dict[str, str]:
+    """Each root's output namespace. A root OUTPUT already knows keeps its namespace, forever.
+
+    New roots share the plain namespace ("") only when OUTPUT has no root yet (the first run), and then only
+    those whose keys cannot collide: the ``listed`` roots (folders and single images, listed and
+    de-duplicated together by the planner) share ""; when there is none, the first root takes "" (a
+    single-input run keeps plain names). Every other root -- a tar, a manifest, a glob, a root that arrives
+    when OUTPUT already holds another root's outputs -- gets ``<basename>-<hash of the root>``
+    (:func:`namespace_for`), so it can never overwrite another root's outputs."""
+    roots = list(dict.fromkeys(roots))
+    listed = set(listed)
+    new = [r for r in roots if r not in known]
+    plain: set[str] = set()
+    if not known and new:
+        plain = {r for r in new if r in listed} or {new[0]}
+    return {r: known[r]["namespace"] if r in known else ("" if r in plain else namespace_for(r)) for r in roots}
+
+
+def key_rule_of(record: dict) -> int:
+    """The output-key rule (inputs.KEY_RULE) a root's outputs were written with: its record's ``key_rule``; a
+    record without one was written before rules had numbers, by rule 1."""
+    return int(record.get("key_rule", 1))
+
+
+def key_rules(roots: Sequence[str], known: dict[str, dict]) -> dict[str, int]:
+    """Each root's output-key rule: a root OUTPUT already knows keeps its own (:func:`key_rule_of`), so an
+    earlier run's outputs are never renamed; a new root gets the current rule, ``inputs.KEY_RULE``."""
+    from raycolor.inputs.listing import KEY_RULE
+
+    return {r: key_rule_of(known[r]) if r in known else KEY_RULE for r in roots}
 
 
 # --------------------------------------------------------------------------------------------

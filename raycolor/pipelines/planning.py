@@ -124,7 +124,7 @@ def list_in_tasks(groups: list, *, chunk_uri: str, shard_size: int, store: Stora
 
 
 def shard_inputs(roots: list, *, shard_size: int, listing: str, namespaces: dict[str, str] | None = None,
-                 store: StorageConfig = DEFAULT_STORE) -> dict[str, list[inputs.Shard]]:
+                 key_rules: dict[str, int] | None = None, store: StorageConfig = DEFAULT_STORE) -> dict[str, list[inputs.Shard]]:
     """Classified inputs (:func:`inputs.classify`) -> each distinct root's shards, in input order: the
     driver's "inputs -> shards" step, shared by colorize (:func:`plan`) and training (``pipelines.training.plan``).
 
@@ -136,7 +136,9 @@ def shard_inputs(roots: list, *, shard_size: int, listing: str, namespaces: dict
     no image but manifests or tars (e.g. written by ``raycolor list``) is those objects.
 
     ``namespaces``: {root URI: namespace} sets each root's namespace (on its shards, and as the
-    de-duplication group); a root not in it (or no mapping) is in namespace "".
+    de-duplication group); a root not in it (or no mapping) is in namespace "". ``key_rules``: {root URI:
+    output-key rule} sets the rule each root's shards are expanded with (``Shard.key_rule``); a root not in it
+    gets the current rule, :data:`inputs.KEY_RULE`.
     """
     import ray
 
@@ -147,6 +149,10 @@ def shard_inputs(roots: list, *, shard_size: int, listing: str, namespaces: dict
             seen.add(r.root)
             unique.append(r)
     ns = {r.root: (namespaces or {}).get(r.root, "") for r in unique}
+
+    def rule(root: str) -> int:
+        return (key_rules or {}).get(root, inputs.KEY_RULE)
+
     groups: dict[str, list] = {}
     for r in unique:
         if r.kind in ("folder", "listing"):
@@ -157,7 +163,8 @@ def shard_inputs(roots: list, *, shard_size: int, listing: str, namespaces: dict
               and not found[r.root] else r for r in unique]
     sizer = ray.remote(num_cpus=0.5, max_retries=3)(inputs.size_object)
     refs = {
-        r.root: [sizer.remote(kind, uri, tag, root=r.root, shard_size=size, store=store) for kind, uri, tag in r.objects]
+        r.root: [sizer.remote(kind, uri, tag, root=r.root, shard_size=size, key_rule=rule(r.root), store=store)
+                 for kind, uri, tag in r.objects]
         for r in unique
         if r.kind == "objects"
     }
@@ -170,7 +177,7 @@ def shard_inputs(roots: list, *, shard_size: int, listing: str, namespaces: dict
             mine = [s for ref in refs[r.root] for s in runtime.ray_get(ref)]
         else:
             mine = by_root.get(r.root, [])
-        out[r.root] = [s.with_(namespace=ns[r.root]) for s in mine]
+        out[r.root] = [s.with_(namespace=ns[r.root], key_rule=rule(r.root)) for s in mine]
     return out
 
 
@@ -203,16 +210,26 @@ def write_listing(uris: Sequence[str], output: str, *, shard_size: int, store: S
 
 def plan(config: ColorizeConfig, output: str, roots: list | None = None) -> Plan:
     """The shards of the inputs (:func:`shard_inputs`; folder listings chunked into OUTPUT/_listing/) with
-    each root's namespace (see ledger.assign_namespaces). Call with OUTPUT locked."""
+    each root's namespace (ledger.assign_namespaces) and output-key rule (ledger.key_rules). Call with
+    OUTPUT locked.
+
+    On a first run, the folder and image roots (listed and de-duplicated together) share the plain namespace;
+    a folder that turns out to hold no image but tars or manifests is not one of them (its keys are made in
+    its shards' tasks, where no other root's are seen), so the namespaces are settled once the roots are sized."""
     roots = classify_inputs(config) if roots is None else roots
     known = ledger.read_roots(output, store=config.storage)
-    ns = ledger.assign_namespaces(list(dict.fromkeys(r.root for r in roots)), known)
-    by_root = shard_inputs(roots, shard_size=config.shard_size, namespaces=ns, listing=ledger.listing_uri(output, "{id}"),
-                           store=config.storage)
+    order = list(dict.fromkeys(r.root for r in roots))
+    listed = {r.root for r in roots if r.kind in ("folder", "listing")}
+    rules = ledger.key_rules(order, known)
+    by_root = shard_inputs(roots, shard_size=config.shard_size, namespaces=ledger.assign_namespaces(order, known, listed=listed),
+                           key_rules=rules, listing=ledger.listing_uri(output, "{id}"), store=config.storage)
+    listed -= {root for root, mine in by_root.items() if any(s.kind != "listing" for s in mine)}
+    ns = ledger.assign_namespaces(order, known, listed=listed)
     shards, records = [], {}
     for root, mine in by_root.items():
+        mine = [s.with_(namespace=ns[root]) for s in mine]
         shards += mine
-        records[root] = {"root": root, "namespace": ns[root], "shards": [s.id for s in mine]}
+        records[root] = {"root": root, "namespace": ns[root], "key_rule": rules[root], "shards": [s.id for s in mine]}
     superseded = [
         sid for root, rec in known.items() if root in records for sid in rec.get("shards", []) if sid not in set(records[root]["shards"])
     ]
