@@ -117,7 +117,7 @@ def test_an_output_of_key_rule_1_keeps_its_names_when_a_root_is_added(ray_local,
     assert (again.inputs, again.ok, again.processed, again.skipped) == (2, 2, 1, 1)
     assert (old.read_bytes(), old.stat().st_mtime_ns) == before  # not rewritten
     ns = again.settings["namespaces"]
-    assert ns == {glob: "", more: ledger.namespace_for(more)}
+    assert ns == {glob: "", more: ledger.namespace_for(more)} and again.settings["key_rules"] == {glob: 1, more: 2}
     rows = _two_outputs(out, {f"{a}#x.png": (32, 24), f"{c}#x.png": (20, 30)})
     assert rows[f"{a}#x.png"]["output"] == str(old)  # the old row, its old name
     assert rows[f"{c}#x.png"]["output"] == str(out / "images" / ns[more] / "carol" / "batch.tar" / "x.png")

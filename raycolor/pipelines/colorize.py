@@ -415,6 +415,7 @@ def _summary(config: ColorizeConfig, output: str, p, left: _Left, run: _Run, mod
         "retry_errors": config.retry_errors,
         "layout": config.layout,
         "namespaces": {r: rec["namespace"] for r, rec in p.roots.items()},
+        "key_rules": {r: rec["key_rule"] for r, rec in p.roots.items()},  # the output-key rule of each root
     }
     summary = ColorizeSummary(
         inputs=inputs,
