@@ -147,8 +147,14 @@ def test_s3_in_and_out_with_tar_and_manifest(ray_local, s3_env, tiny_ckpt, tmp_p
     s = colorize(ColorizeConfig(inputs=inputs, output=out, checkpoint=tiny_ckpt, format="jpeg", batch_size=2))
     assert (s.inputs, s.ok, s.error) == (6, 6, 0)
     keys = sorted(k.split("/out/images/", 1)[1] for k in fs.find(f"{bucket}/out/images"))
-    assert keys == ["loose/x.jpg", "p0.jpg", "p1.jpg", "p2.jpg", "shard-000.tar/a/m0.jpg", "shard-000.tar/m1.jpg"]
-    m1 = Image.open(io.BytesIO(fs.cat(f"{bucket}/out/images/shard-000.tar/m1.jpg")))
+    # the folder keeps plain names; the tar and the manifest, whose keys are made in their own tasks, have their
+    # own namespaces (a first run shares "" only among roots listed together); the entry keeps its bucket
+    ns = s.settings["namespaces"]
+    tar_ns, list_ns = ns[inputs[1]], ns[inputs[2]]
+    assert ns[inputs[0]] == "" and tar_ns.startswith("shard-000.tar-") and list_ns.startswith("list.txt-")
+    assert keys == sorted(["p0.jpg", "p1.jpg", "p2.jpg", f"{list_ns}/{bucket}/loose/x.jpg",
+                           f"{tar_ns}/shard-000.tar/a/m0.jpg", f"{tar_ns}/shard-000.tar/m1.jpg"])
+    m1 = Image.open(io.BytesIO(fs.cat(f"{bucket}/out/images/{tar_ns}/shard-000.tar/m1.jpg")))
     assert m1.size == (12, 40)
     table = read_manifest(out)
     assert table.num_rows == 6 and set(table.column("status").to_pylist()) == {"ok"}
