@@ -26,8 +26,8 @@ Inputs accepted by :func:`list_items` (any mix, in any number):
   Relative entries are resolved against the manifest's own folder. An entry with credentials in
   its URI (``s3://key:secret@b/x.jpg``) is listed with them replaced by ``***`` and fails to
   read: credentials in URIs are not supported anywhere (see :func:`storage.filesystem`).
-  **Manifest relpath rule**: a remote entry is its bucket or host, then its path, without scheme
-  or userinfo -- ``s3://b/p/x.jpg`` -> ``b/p/x.jpg``, ``https://h/p/x.jpg`` -> ``h/p/x.jpg``; a local
+  **Manifest relpath rule**: a remote entry is its bucket or host, then its path, without scheme,
+  userinfo or a presigned URL's query (``storage.stored_uri``) -- ``s3://b/p/x.jpg`` -> ``b/p/x.jpg``, ``https://h/p/x.jpg`` -> ``h/p/x.jpg``; a local
   one its path -- ``/data/p/x.jpg`` -> ``data/p/x.jpg``, ``file:///data/x.jpg`` -> ``data/x.jpg``; a
   relative entry keeps its text (``imgs/x.jpg`` -> ``imgs/x.jpg``), under the manifest's folder below
   its root's base when the manifest was found by a glob or in a folder (``lists/*/m.txt``: ``alice/imgs/x.jpg``);

@@ -310,7 +310,10 @@ def _manifest_entries(fs: fsspec.AbstractFileSystem, path: str, uri: str, suffix
 
 def _manifest_relpath(entry: str, key_rule: int = KEY_RULE, folder: str = "") -> str:
     """The relpath of a manifest entry (the rule: :mod:`raycolor.inputs`). ``folder``: for a relative entry
-    under rule 2, the manifest's folder below its root's base ("" for a manifest given directly)."""
+    under rule 2, the manifest's folder below its root's base ("" for a manifest given directly). Rule 2 keys
+    the entry as it may be stored (:func:`storage.stored_uri`: never a presigned URL's query)."""
+    if key_rule >= 2:
+        entry = storage.stored_uri(entry)
     proto = storage.protocol(entry)
     if proto is None:
         if folder and not entry.startswith(("/", "~")) and not storage.DRIVE_RE.match(entry):
