@@ -560,8 +560,8 @@ def test_credentials_in_uris_are_refused_and_never_listed(tmp_path):
     manifest.write_text(f"s3://AKIAFAKEKEYID:{SECRET}@bucket/p/x.jpg\nhttps://u:{SECRET}@example.invalid/q/y.jpg\n")
     items = inputs.list_items([str(manifest)])
     assert [(it.source, it.uri, it.relpath) for it in items] == [
-        ("s3://***@bucket/p/x.jpg", "s3://***@bucket/p/x.jpg", "p/x.jpg"),
-        ("https://***@example.invalid/q/y.jpg", "https://***@example.invalid/q/y.jpg", "q/y.jpg"),
+        ("s3://***@bucket/p/x.jpg", "s3://***@bucket/p/x.jpg", "bucket/p/x.jpg"),  # key rule 2 keeps the bucket
+        ("https://***@example.invalid/q/y.jpg", "https://***@example.invalid/q/y.jpg", "example.invalid/q/y.jpg"),
     ]
     with pytest.raises(storage.InputError, match="credentials in URIs are not supported"):
         storage.read_item(items[0])

@@ -64,3 +64,16 @@ def test_an_endpoint_with_a_secret_is_refused_everywhere(endpoint, monkeypatch):
 def test_a_plain_endpoint_is_accepted():
     assert storage.endpoint_problem("http://127.0.0.1:9000") is None
     assert storage.endpoint_problem(None) is None
+
+
+def test_a_manifest_of_presigned_urls_keeps_them_for_reading_only(tmp_path):
+    """The manifest row's source (and so error text and the output name) holds the URL without its query; the
+    item read keeps the whole URL, which a presigned URL needs. A user who needs the full URL joins their own
+    manifest on `source` = the URL up to its "?" (docs/security.md)."""
+    from raycolor import inputs
+
+    manifest = tmp_path / "list.txt"
+    manifest.write_text(PRESIGNED + "\n")
+    [item] = inputs.list_items([str(manifest)])
+    assert item.source == "https://bucket.s3.amazonaws.com/p/x.jpg" and item.uri == PRESIGNED
+    assert _clean(item.relpath) and item.relpath.endswith("p/x.jpg")

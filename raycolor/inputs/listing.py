@@ -392,7 +392,8 @@ def _manifest_items(fs: fsspec.AbstractFileSystem, path: str, uri: str, entries:
                 # kept as an item (it becomes an error row) but never with its credentials: the
                 # source is stored in the manifest and shipped to workers
                 target = storage.without_credentials(target)
-        rows.append(Item(source=target, relpath=_manifest_relpath(entry, key_rule, folder), uri=target))
+        # the source is stored (manifest rows, error text): never a presigned URL's query; the read keeps it
+        rows.append(Item(source=storage.stored_uri(target), relpath=_manifest_relpath(entry, key_rule, folder), uri=target))
     return rows
 
 
