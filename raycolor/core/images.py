@@ -228,6 +228,9 @@ def _decode(data: bytes, max_pixels: int | None, depth: Depth, limit: str) -> De
         raise ValueError(f"max_pixels must be positive or None, got {max_pixels}")
 
     lift = _needs_lift(max_pixels)
+    big_icc, pre_notes = None, ()
+    if bytes(data[:8]) == _PNG_SIGNATURE:
+        data, big_icc, pre_notes = _png_within_caps(data)
     im = _open(data, max_pixels, lift)
     try:
         width, height = im.size
@@ -239,7 +242,13 @@ def _decode(data: bytes, max_pixels: int | None, depth: Depth, limit: str) -> De
                 "too_large", f"{width}x{height} = {pixels} pixels exceeds {limit} of {max_pixels}"
             )
         meta = _read_meta(im, pixels, lift)
-        mode, icc = im.mode, im.info.get("icc_profile")
+        if pre_notes:
+            meta = replace(meta, notes=(*pre_notes, *meta.notes))
+        mode, icc = im.mode, big_icc or im.info.get("icc_profile")
+        if icc and len(icc) > metadata.MAX_ICC_BYTES:
+            note = ("icc", f"dropped: a profile of {len(icc)} bytes exceeds the ICC cap of {metadata.MAX_ICC_BYTES}; "
+                    "assumed sRGB")
+            icc, meta = None, replace(meta, notes=(*meta.notes, note))
         rgb48 = None
         if depth != "8" and meta.bit_depth == 16 and im.format == "TIFF" and mode == "RGB":
             rgb48, meta = _tiff_rgb48(data, im, meta)
@@ -291,13 +300,17 @@ def _tiff_rgb48(data: bytes, im: Image.Image, meta: Metadata) -> tuple[np.ndarra
     """A 48-bit RGB TIFF's first page at 16 bits, upright (Pillow reads only the high bytes).
 
     tifffile without imagecodecs decodes uncompressed and deflate TIFFs; anything else (LZW, JPEG,
-    PackBits) stays on Pillow's 8-bit path with a note.
+    PackBits) stays on Pillow's 8-bit path with a note. tifffile inflates a whole strip whatever it holds, so
+    each deflate strip is first inflated here with a bound (:func:`_check_strips`); one that would inflate past
+    its pixels keeps the image on the 8-bit path too (Pillow has loaded it already, and libtiff inflates into
+    a buffer of the strip's size), with a note: corrupt 16-bit data, but the picture is often fine.
     """
     try:
         import tifffile
 
         with tifffile.TiffFile(io.BytesIO(data)) as tf:
             page = tf.pages[0]
+            _check_strips(data, page)
             a = page.asarray()
             if page.planarconfig == tifffile.PLANARCONFIG.SEPARATE and a.ndim == 3:
                 a = np.moveaxis(a, 0, -1)
@@ -313,6 +326,34 @@ def _tiff_rgb48(data: bytes, im: Image.Image, meta: Metadata) -> tuple[np.ndarra
         note = ("depth", f"48-bit RGB TIFF read at 8 bits: tifffile: {type(e).__name__}: {e}")
         return None, replace(meta, notes=(*meta.notes, note))
     return np.ascontiguousarray(a), meta
+
+
+def _check_strips(data: bytes, page: Any) -> None:
+    """Raise ValueError unless every strip (or tile) of ``page`` inflates to at most the pixels it holds.
+
+    Checked before tifffile allocates anything: each stream is inflated with ``max_length`` one byte past its
+    share of the pixel budget (rows per strip x width x samples x 2 bytes, or a tile's), so a stream that
+    would inflate 1000x costs at most its share. The price is a second inflate of each legitimate strip
+    (tifffile's own), on the 48-bit deflate path only. Why here and not trust tifffile: without imagecodecs it
+    inflates with ``zlib.decompress``, unbounded; imagecodecs' libdeflate decodes into a buffer of the strip's
+    size (it refuses the bomb too), but it is optional. Other codecs (LZW, ...) exist only with imagecodecs,
+    which decodes them into the strip's buffer; they are left to it.
+    """
+    compression = int(page.compression)
+    if compression not in (8, 32946):  # uncompressed: its bytes are the file's own; others: see above
+        return
+    contig = int(page.planarconfig) == 1
+    samples = int(page.samplesperpixel) if contig else 1
+    if page.is_tiled:
+        per = int(page.tilewidth) * int(page.tilelength) * max(1, int(page.tiledepth)) * samples * 2
+    else:
+        rows = min(int(page.rowsperstrip) or int(page.imagelength), int(page.imagelength))
+        per = rows * int(page.imagewidth) * samples * 2
+    for offset, count in zip(page.dataoffsets, page.databytecounts):
+        stream = data[int(offset) : int(offset) + int(count)]
+        out = zlib.decompressobj().decompress(stream, per + 1)
+        if len(out) > per:
+            raise ValueError(f"a strip at byte {offset} inflates past its {per} bytes of pixels (a deflate bomb)")
 
 
 def _orient_array(a: np.ndarray, orientation: int) -> np.ndarray:
@@ -414,6 +455,108 @@ def _open(data: bytes, max_pixels: int | None, lift: bool) -> Image.Image:
     except Exception as e:  # a plugin raised something Image.open does not catch
         reason = "truncated" if _has_signature(data) else "not_an_image"
         raise DecodeError(reason, f"cannot parse header: {type(e).__name__}: {e}") from None
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_TEXT = (b"tEXt", b"zTXt", b"iTXt")
+_TEXT_GROUPS = {"XML:com.adobe.xmp": "xmp", "Raw profile type iptc": "iptc", "Raw profile type 8bim": "iptc",
+                "Raw profile type exif": "exif"}
+
+
+def _png_within_caps(data: bytes) -> tuple[bytes, bytes | None, tuple[tuple[str, str], ...]]:
+    """A PNG without the chunks Pillow would refuse the whole image for, the ICC profile taken out of an
+    oversize iCCP, and notes: (bytes for Pillow, that profile or None, notes).
+
+    Pillow raises on a text or ICC chunk that inflates past ``PngImagePlugin.MAX_TEXT_CHUNK`` (1 MiB), and on
+    text past ``MAX_TEXT_MEMORY`` in all, and the image is lost as truncated. Its limits are globals, never
+    changed here; instead one walk over the chunk headers (linear: each chunk's header once, each text or
+    ICC stream inflated once with a bound) drops what is over metadata's caps with a note, and hands an ICC
+    profile over Pillow's limit but within ``metadata.MAX_ICC_BYTES`` (large genuine ones exist) to decode
+    directly. The bytes are rebuilt only when a chunk goes.
+    """
+    from PIL import PngImagePlugin
+
+    pil_chunk = min(metadata.MAX_TEXT_CHUNK, PngImagePlugin.MAX_TEXT_CHUNK)
+    pil_total = min(metadata.MAX_TEXT_TOTAL, PngImagePlugin.MAX_TEXT_MEMORY)
+    pieces, notes, icc = [], [], None
+    pos, keep_from, text_total, n = 8, 0, 0, len(data)
+    while pos + 12 <= n:
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        end = pos + 12 + length
+        if end > n or kind == b"IEND":
+            break
+        if kind == b"iCCP" or kind in _PNG_TEXT:
+            body = bytes(data[pos + 8 : pos + 8 + length])
+            why, profile = None, None
+            if kind == b"iCCP":
+                why, profile = _oversize_icc(body, pil_chunk)
+                icc = profile if profile is not None else icc
+                group = "icc"
+            else:
+                key, size = _png_text_size(kind, body, pil_chunk)
+                group = _TEXT_GROUPS.get(key, f"png.{kind.decode()}")
+                if size >= pil_chunk:  # (at exactly the limit Pillow may still refuse: zlib's end is unread)
+                    why = f"dropped: a {kind.decode()} chunk {key[:40]!r} inflates past the text cap of {pil_chunk} bytes"
+                elif text_total + size > pil_total:
+                    why = f"dropped: a {kind.decode()} chunk {key[:40]!r} goes past the cap of {pil_total} bytes of text"
+                else:
+                    text_total += size
+            if why is not None or profile is not None:
+                pieces.append(data[keep_from:pos])
+                keep_from = end
+                if why is not None:
+                    notes.append((group, why))
+        pos = end
+    if not pieces:
+        return data, icc, tuple(notes)
+    pieces.append(data[keep_from:])
+    return b"".join(pieces), icc, tuple(notes)
+
+
+def _oversize_icc(body: bytes, pil_limit: int) -> tuple[str | None, bytes | None]:
+    """For an iCCP chunk: (why it goes, None), (None, the profile) when Pillow would refuse a profile within
+    our cap, or (None, None) when Pillow can read it (or it is not ours to judge: Pillow ignores bad zlib)."""
+    zero = body.find(b"\0", 0, 80)
+    if zero < 0 or zero + 2 > len(body) or body[zero + 1] != 0:
+        return None, None
+    d = zlib.decompressobj()
+    try:
+        profile = d.decompress(body[zero + 2 :], metadata.MAX_ICC_BYTES + 1)
+    except zlib.error:
+        return None, None
+    if len(profile) > metadata.MAX_ICC_BYTES:
+        return f"dropped: the iCCP profile inflates past the ICC cap of {metadata.MAX_ICC_BYTES} bytes; assumed sRGB", None
+    if len(profile) < pil_limit:
+        return None, None
+    return None, profile
+
+
+def _png_text_size(kind: bytes, body: bytes, limit: int) -> tuple[str, int]:
+    """(keyword, the text's size once inflated, or limit + 1 when past it) of a tEXt/zTXt/iTXt chunk.
+
+    What Pillow would skip (no keyword, a bad stream) counts 0: dropping it is not ours to decide."""
+    zero = body.find(b"\0", 0, 80)
+    key = body[: max(zero, 0)].decode("latin-1")
+    if zero < 0:
+        return body[:79].decode("latin-1"), 0
+    if kind == b"tEXt":
+        return key, len(body) - zero - 1
+    if kind == b"zTXt":
+        stream = body[zero + 2 :]
+    else:  # iTXt: flag, method, language\0, translated keyword\0, text
+        if len(body) < zero + 3:
+            return key, 0
+        lang = body.find(b"\0", zero + 3)
+        tk = body.find(b"\0", lang + 1) if lang >= 0 else -1
+        if tk < 0:
+            return key, 0
+        if body[zero + 1] == 0:
+            return key, len(body) - tk - 1
+        stream = body[tk + 1 :]
+    try:
+        return key, len(zlib.decompressobj().decompress(stream, limit + 1))
+    except zlib.error:
+        return key, 0
 
 
 def _has_signature(data: bytes) -> bool:

@@ -36,6 +36,28 @@ image's IFD0, Exif/GPS sub-IFDs, XMP 700, IPTC 33723, ICC 34675), WebP (EXIF, IC
 
 Bad metadata never costs an image: a group that cannot be read or written is dropped and the report
 names it and says why.
+
+Hostile metadata costs no more than its size: every step here is linear in its input, and each group has a
+byte cap (the constants below, defined once here and quoted in docs/colorizing.md). What goes over is
+dropped with a note, which the output's report carries; the image is still decoded and written.
+
+* :data:`MAX_EXIF_VALUE` (1 MiB): one EXIF value. The largest real ones (MakerNotes, PrintIM) are tens of kB.
+* :data:`MAX_EXIF_TOTAL` (2 MiB): all EXIF values together, counted as parsed: entries that overlap or
+  point at one shared value count once each, so a 64 kB block of aliases cannot become 64 MB in an output
+  (without it, 4 directories x 4096 entries x a 16 MiB value was possible).
+* :data:`MAX_IRB_BYTES` (16 MiB): a TIFF's Photoshop image-resource block, read only for its IPTC.
+* :data:`MAX_IPTC_BYTES` (256 kB): the IPTC-IIM datasets (a JPEG's APP13 holds 64 kB).
+* :data:`MAX_XMP_BYTES` (2 MiB): the XMP packet (parsed into a tree of some 100 bytes per element).
+* :data:`MAX_TEXT_CHUNK` (1 MiB, Pillow's own per-chunk limit) and :data:`MAX_TEXT_TOTAL` (8 MiB, under
+  Pillow's 64 MiB): a PNG text chunk, inflated, and all of them. Pillow refuses a whole PNG past its
+  limits, so :func:`raycolor.core.images.decode` drops such chunks before Pillow sees them.
+* :data:`MAX_ICC_BYTES` (16 MiB): an ICC profile (large genuine printer and scanner profiles are a few MB).
+* :data:`DPI_RANGE` (1 to 100,000 dpi): a resolution outside it is dropped (why: next to it).
+
+Typed tags raycolor reads or rewrites itself (Orientation, resolutions and their units, ColorSpace, the
+pixel dimensions, YCbCrPositioning, the sub-IFD pointers) are normalised to their spec types on reading:
+converted where that loses nothing (a SHORT written as a LONG, an integer resolution), otherwise dropped
+with a note, so a malformed value is never copied into an output that readers then refuse.
 """
 
 from __future__ import annotations
@@ -44,8 +66,10 @@ import io
 import json
 import re
 import struct
+import math
 import xml.etree.ElementTree as ET
 import zlib
+from xml.parsers import expat
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import cache
@@ -58,7 +82,16 @@ from raycolor import __version__
 
 __all__ = [
     "DIGITAL_SOURCE_TYPE",
+    "DPI_RANGE",
     "FORMATS",
+    "MAX_EXIF_TOTAL",
+    "MAX_EXIF_VALUE",
+    "MAX_ICC_BYTES",
+    "MAX_IPTC_BYTES",
+    "MAX_IRB_BYTES",
+    "MAX_TEXT_CHUNK",
+    "MAX_TEXT_TOTAL",
+    "MAX_XMP_BYTES",
     "SOFTWARE",
     "Metadata",
     "Provenance",
@@ -72,6 +105,21 @@ __all__ = [
 DIGITAL_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia"
 SOFTWARE = f"raycolor {__version__}"
 FORMATS = ("jpeg", "png", "tiff", "webp")
+
+# The caps of the module docstring.
+MAX_EXIF_VALUE = 1 << 20
+MAX_EXIF_TOTAL = 2 << 20
+MAX_IRB_BYTES = 16 << 20
+MAX_IPTC_BYTES = 256 << 10
+MAX_XMP_BYTES = 2 << 20
+MAX_TEXT_CHUNK = 1 << 20
+MAX_TEXT_TOTAL = 8 << 20
+MAX_ICC_BYTES = 16 << 20
+# Why 1..100,000 dpi: the finest optical scans in an archive (drum and film scanners, microfilm) are near
+# 10,000 dpi, an order of magnitude inside; values past it come from a unit mix-up (pixels per metre written
+# as per inch) or from garbage, and under 1 dpi from a unit error too. Every container holds the range: JFIF
+# (clamped to its 65,535), pHYs (pixels per metre, 32 bits) and an EXIF RATIONAL.
+DPI_RANGE = (1.0, 100_000.0)
 
 
 # --------------------------------------------------------------------------- the carried record
@@ -173,8 +221,8 @@ def read(im: Image.Image) -> Metadata:
         tiff = _guard(notes, "exif", lambda: _read_tiff_tags(im))
     exif = _guard(notes, "exif", lambda: _read_exif(im, tiff, notes))
     iptc = _guard(notes, "iptc", lambda: _read_iptc(im, tiff, notes))
-    xmp = _guard(notes, "xmp", lambda: _read_xmp(im))
-    dpi = _guard(notes, "dpi", lambda: _read_dpi(im, exif))
+    xmp = _guard(notes, "xmp", lambda: _read_xmp(im, notes))
+    dpi = _guard(notes, "dpi", lambda: _read_dpi(im, exif, notes))
     return Metadata(
         exif=exif,
         xmp=xmp,
@@ -214,6 +262,10 @@ def _read_exif(im: Image.Image, tiff: _Exif | None, notes: list[tuple[str, str]]
         notes.append(("exif", f"corrupt: {e}"))
         return None
     notes.extend(parsed.problems)
+    if parsed.capped or len(raw) > MAX_EXIF_TOTAL:  # what travels with the pixels is what the caps kept
+        if not parsed.ifd0.entries and not parsed.ifd0.children:
+            return None
+        return _exif_bytes(parsed)
     return raw
 
 
@@ -252,6 +304,9 @@ def _read_iptc(im: Image.Image, tiff: _Exif | None, notes: list[tuple[str, str]]
                 break
     if not raw:
         return None
+    if len(raw) > MAX_IPTC_BYTES:
+        notes.append(("iptc", f"dropped: {len(raw)} bytes exceed the IPTC cap of {MAX_IPTC_BYTES}"))
+        return None
     end, problem = _iim_extent(bytes(raw))
     if end == 0:
         notes.append(("iptc", f"corrupt: {problem or 'no datasets'}"))
@@ -261,31 +316,41 @@ def _read_iptc(im: Image.Image, tiff: _Exif | None, notes: list[tuple[str, str]]
     return bytes(raw[:end])
 
 
-def _read_xmp(im: Image.Image) -> bytes | None:
+def _read_xmp(im: Image.Image, notes: list[tuple[str, str]]) -> bytes | None:
     xmp = im.info.get("xmp")
     if xmp is None and im.format == "PNG":
         xmp = im.info.get("XML:com.adobe.xmp")
     if isinstance(xmp, str):
         xmp = xmp.encode("utf-8")
+    if xmp and len(xmp) > MAX_XMP_BYTES:
+        notes.append(("xmp", f"dropped: a packet of {len(xmp)} bytes exceeds the XMP cap of {MAX_XMP_BYTES}"))
+        return None
     return bytes(xmp) if xmp else None
 
 
-def _read_dpi(im: Image.Image, exif: bytes | None) -> tuple[float, float] | None:
+def _read_dpi(im: Image.Image, exif: bytes | None, notes: list[tuple[str, str]]) -> tuple[float, float] | None:
     dpi = im.info.get("dpi")
     if im.format in ("JPEG", "MPO") and im.info.get("jfif_unit") not in (1, 2):
         dpi = None  # not JFIF's: Pillow's guess from EXIF, 72 dpi when EXIF has none; EXIF is read below
-    dpi = dpi or (_exif_dpi(exif) if exif else None)
+    dpi = dpi or (_exif_dpi(_parse_exif(exif)) if exif else None)
     if not dpi:
         return None
+    return _sane_dpi(dpi, notes.append)
+
+
+def _sane_dpi(dpi, note) -> tuple[float, float] | None:
+    """``dpi`` as two floats inside DPI_RANGE, or None after ``note(("dpi", reason))``."""
     x, y = (float(v) for v in dpi)
-    if not (0 < x < 1e6 and 0 < y < 1e6):
-        return None
+    lo, hi = DPI_RANGE
+    for v in (x, y):
+        if not (math.isfinite(v) and lo <= v <= hi):
+            note(("dpi", f"dropped: {v:g} dpi is outside {lo:g}..{hi:g}"))
+            return None
     return (x, y)
 
 
-def _exif_dpi(exif: bytes) -> tuple[float, float] | None:
+def _exif_dpi(parsed: _Exif) -> tuple[float, float] | None:
     """EXIF resolution, for containers without a density field of their own (PNG without pHYs, WebP)."""
-    parsed = _parse_exif(exif)
     e, bo = parsed.ifd0.entries, parsed.bo
     unit = e.get(296)
     per_inch = {2: 1.0, 3: 2.54}.get(_first_int(unit.typ, unit.data, bo) if unit else 2)
@@ -336,6 +401,7 @@ class _Exif:
     has_ifd1: bool  # a thumbnail directory follows IFD0
     problems: list[tuple[str, str]]
     iptc: dict[int, _Entry]  # IPTC-NAA / Photoshop tags found in a TIFF's IFD0
+    capped: bool = False  # a value was dropped over a byte cap
 
 
 _SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 129: 1}
@@ -352,7 +418,30 @@ _NOT_CARRIED_IFD0 = frozenset(
     | {700, 0x83BB, 0x8649, 0x8773, 37724, 32995, 32996, 32997, 32998}
 )
 _MAX_ENTRIES = 4096
-_MAX_VALUE = 1 << 24
+_TYPE_NAMES = {1: "BYTE", 2: "ASCII", 3: "SHORT", 4: "LONG", 5: "RATIONAL", 6: "SBYTE", 7: "UNDEFINED", 8: "SSHORT",
+               9: "SLONG", 10: "SRATIONAL", 11: "FLOAT", 12: "DOUBLE", 13: "IFD", 129: "UTF-8"}
+_INT_TYPES = {1: "B", 3: "H", 4: "I", 13: "I", 6: "b", 8: "h", 9: "i"}
+_POINTER_TAGS = frozenset({_EXIF_IFD, _GPS_IFD, _INTEROP_IFD})
+# The typed tags raycolor reads or rewrites itself, per directory: tag -> (name, the spec's types, count). Every
+# one is a single value; a value of another type is converted when nothing is lost, else dropped (_normalise).
+_TYPED_TAGS: dict[str, dict[int, tuple[str, tuple[int, ...], int]]] = {
+    "IFD0": {
+        274: ("Orientation", (3,), 1),
+        282: ("XResolution", (5,), 1),
+        283: ("YResolution", (5,), 1),
+        296: ("ResolutionUnit", (3,), 1),
+        531: ("YCbCrPositioning", (3,), 1),
+    },
+    "ExifIFD": {
+        0xA001: ("ColorSpace", (3,), 1),
+        0xA002: ("PixelXDimension", (3, 4), 1),
+        0xA003: ("PixelYDimension", (3, 4), 1),
+        0xA20E: ("FocalPlaneXResolution", (5,), 1),
+        0xA20F: ("FocalPlaneYResolution", (5,), 1),
+        0xA210: ("FocalPlaneResolutionUnit", (3,), 1),
+    },
+}
+_U32 = (1 << 32) - 1
 
 
 class _FileView:
@@ -367,13 +456,25 @@ class _FileView:
 
 
 def _strip_exif_header(raw: bytes) -> bytes:
-    while raw.startswith(b"Exif\0\0"):
-        raw = raw[6:]
-    return raw
+    n = 0
+    while raw.startswith(b"Exif\0\0", n):  # one slice at the end: a slice per header is quadratic in a run of them
+        n += 6
+    return raw[n:] if n else raw
 
 
 def _parse_exif(raw: bytes) -> _Exif:
     return _parse_tiff(_FileView(raw), skip=_NOT_CARRIED_IFD0)
+
+
+class _Walk:
+    """One parse's state: directories seen (loops), the bytes read so far (the total cap), what was noted."""
+
+    def __init__(self, skip: frozenset[int]) -> None:
+        self.skip = skip
+        self.seen: set[int] = set()
+        self.total = 0
+        self.capped = False
+        self.problems: list[tuple[str, str]] = []
 
 
 def _parse_tiff(view: _FileView, *, skip: frozenset[int]) -> _Exif:
@@ -382,18 +483,23 @@ def _parse_tiff(view: _FileView, *, skip: frozenset[int]) -> _Exif:
     bo = {b"II*\0": "<", b"MM\0*": ">"}.get(head[:4])
     if bo is None or len(head) < 8:
         raise ValueError(f"not a TIFF header ({head[:8]!r})")
-    problems: list[tuple[str, str]] = []
+    walk = _Walk(skip)
     (offset,) = struct.unpack(bo + "I", head[4:])
-    ifd0, nxt = _parse_dir(view, bo, offset, "IFD0", skip, problems, set())
+    ifd0, nxt = _parse_dir(view, bo, offset, "IFD0", walk)
     iptc = {t: ifd0.entries.pop(t) for t in _IPTC_TAGS if t in ifd0.entries}
-    _drop_bad_makernote(ifd0, problems)
-    return _Exif(bo, ifd0, nxt != 0, problems, iptc)
+    _drop_bad_makernote(ifd0, walk.problems)
+    return _Exif(bo, ifd0, nxt != 0, walk.problems, iptc, walk.capped)
 
 
-def _parse_dir(view, bo, offset, name, skip, problems, seen) -> tuple[_Dir, int]:
-    if offset < 8 or offset in seen:
+def _few(items: list[str], n: int = 4) -> str:
+    """A list for a note, bounded: a hostile directory has thousands of entries."""
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def _parse_dir(view, bo, offset, name, walk: _Walk) -> tuple[_Dir, int]:
+    if offset < 8 or offset in walk.seen:
         raise ValueError(f"{name} offset {offset} is invalid or loops")
-    seen.add(offset)
+    walk.seen.add(offset)
     head = view.at(offset, 2)
     if len(head) < 2:
         raise ValueError(f"{name} at offset {offset} is past the end")
@@ -403,37 +509,68 @@ def _parse_dir(view, bo, offset, name, skip, problems, seen) -> tuple[_Dir, int]
     table = view.at(offset + 2, 12 * n + 4)
     entries: dict[int, _Entry] = {}
     children: dict[int, _Dir] = {}
-    lost = []
+    lost: list[str] = []
+    capped: dict[str, list[str]] = {"value": [], "total": []}
     for i in range(n):
         row = table[12 * i : 12 * i + 12]
         if len(row) < 12:
             lost.append(f"{n - i} entries")
             break
         tag, typ, count, value = struct.unpack(bo + "HHI4s", row)
-        if tag in skip and name == "IFD0":
+        if tag in walk.skip and name == "IFD0":
             continue
-        data = _entry_data(view, bo, typ, count, value)
+        k = len(capped["value"]) + len(capped["total"])
+        data = _entry_data(view, bo, name, tag, typ, count, value, walk, capped)
         if data is None:
-            lost.append(f"0x{tag:04X}")
+            if len(capped["value"]) + len(capped["total"]) == k:
+                lost.append(f"0x{tag:04X}")
         elif tag in _CHILD_TAGS.get(name, ()):
             child = _DIR_NAMES[tag]
+            ptr = _first_int(typ, data, bo) if count == 1 and typ in (3, 4, 13) else None
+            if ptr is None:
+                walk.problems.append((f"exif.{child}", f"dropped: its pointer is {_TYPE_NAMES.get(typ, typ)} x {count}"))
+                continue
             try:
-                children[tag], _ = _parse_dir(view, bo, _first_int(typ, data, bo) or 0, child, skip, problems, seen)
+                children[tag], _ = _parse_dir(view, bo, ptr, child, walk)
             except (ValueError, struct.error) as e:
-                problems.append((f"exif.{child}", f"unreadable: {e}"))
+                walk.problems.append((f"exif.{child}", f"unreadable: {e}"))
+        elif tag in _POINTER_TAGS:  # a sub-IFD pointer out of place: its offset means nothing once moved
+            walk.problems.append((f"exif.{name}", f"dropped: a stray {_DIR_NAMES[tag]} pointer"))
         else:
-            entries[tag] = _Entry(typ, count, data)
+            entry = _normalise(name, tag, _Entry(typ, count, data), bo, walk.problems)
+            if entry is not None:
+                entries[tag] = entry
     if lost:
-        problems.append((f"exif.{name}", f"truncated or corrupt: {', '.join(lost)} unreadable, the rest kept"))
+        walk.problems.append((f"exif.{name}", f"truncated or corrupt: {_few(lost)} unreadable, the rest kept"))
+    if capped["value"] or capped["total"]:
+        walk.capped = True
+        over = [f"{len(capped['value'])} over the per-value cap ({_few(capped['value'])})"] if capped["value"] else []
+        if capped["total"]:
+            over.append(f"{len(capped['total'])} past the total of {MAX_EXIF_TOTAL} bytes ({_few(capped['total'])})")
+        walk.problems.append((f"exif.{name}", f"values dropped over the byte caps: {'; '.join(over)}"))
     nxt = struct.unpack(bo + "I", table[12 * n : 12 * n + 4])[0] if len(table) >= 12 * n + 4 else 0
     return _Dir(entries, children), nxt
 
 
-def _entry_data(view, bo, typ, count, value) -> bytes | None:
+def _entry_data(view, bo, name, tag, typ, count, value, walk: _Walk, capped: dict[str, list[str]]) -> bytes | None:
+    """The value's bytes; None when unreadable, or over a cap (then also listed in ``capped``).
+
+    The caps are checked before anything is read, so a value that claims gigabytes costs nothing. Every value
+    counts towards the total, however many entries share its bytes.
+    """
     size = _SIZES.get(typ)
-    if size is None or count * size > _MAX_VALUE:
+    if size is None:
         return None
     n = count * size
+    iptc = name == "IFD0" and tag in _IPTC_TAGS  # a TIFF's own IPTC / Photoshop block (EXIF's are skipped)
+    if n > (MAX_IRB_BYTES if iptc else MAX_EXIF_VALUE):
+        capped["value"].append(f"0x{tag:04X}: {n} bytes")
+        return None
+    if not iptc:
+        if walk.total + n > MAX_EXIF_TOTAL:
+            capped["total"].append(f"0x{tag:04X}")
+            return None
+        walk.total += n
     if n <= 4:
         return value[:n]
     (ptr,) = struct.unpack(bo + "I", value)
@@ -441,8 +578,48 @@ def _entry_data(view, bo, typ, count, value) -> bytes | None:
     return data if len(data) == n else None
 
 
+def _normalise(dirname: str, tag: int, e: _Entry, bo: str, problems: list[tuple[str, str]]) -> _Entry | None:
+    """A typed tag in its spec type (see _TYPED_TAGS): as it is, converted losslessly, or None with a note."""
+    spec = _TYPED_TAGS.get(dirname, {}).get(tag)
+    if spec is None:
+        return e
+    name, types, count = spec
+    if e.typ in types and e.count == count:
+        if e.typ != 5 or _positive_rational(e.data, bo):
+            return e
+        problems.append((f"exif.{name}", "dropped: not a positive number"))
+        return None
+    have = f"{_TYPE_NAMES.get(e.typ, f'type {e.typ}')} x {e.count}"
+    want = f"{' or '.join(_TYPE_NAMES[t] for t in types)} x {count}"
+    value = None
+    if e.count == 1 and e.typ in _INT_TYPES:
+        value = _first_int(e.typ, e.data, bo)
+    elif e.count == 1 and e.typ == 10 and len(e.data) == 8:  # a positive SRATIONAL is the same RATIONAL
+        num, den = struct.unpack(bo + "ii", e.data)
+        if num > 0 and den > 0:
+            problems.append((f"exif.{name}", f"converted from {have} to {want}"))
+            return _Entry(5, 1, struct.pack(bo + "II", num, den))
+    if value is not None:
+        if 5 in types and 0 < value <= _U32:
+            problems.append((f"exif.{name}", f"converted from {have} to {want}"))
+            return _Entry(5, 1, struct.pack(bo + "II", value, 1))
+        if 3 in types and 0 <= value <= 0xFFFF:
+            problems.append((f"exif.{name}", f"converted from {have} to {want}"))
+            return _shorts(bo, value)
+        if 4 in types and 0 <= value <= _U32:
+            problems.append((f"exif.{name}", f"converted from {have} to {want}"))
+            return _longs(bo, value)
+    problems.append((f"exif.{name}", f"dropped: {have}, not the spec's {want}, and no lossless conversion"))
+    return None
+
+
+def _positive_rational(data: bytes, bo: str) -> bool:
+    num, den = struct.unpack(bo + "II", data[:8]) if len(data) >= 8 else (0, 0)
+    return num > 0 and den > 0
+
+
 def _first_int(typ: int, data: bytes, bo: str) -> int | None:
-    fmt = {1: "B", 3: "H", 4: "I", 13: "I", 6: "b", 8: "h", 9: "i"}.get(typ)
+    fmt = _INT_TYPES.get(typ)
     if fmt is None or len(data) < struct.calcsize(fmt):
         return None
     return struct.unpack_from(bo + fmt, data)[0]
@@ -495,9 +672,21 @@ def _longs(bo: str, *values: int) -> _Entry:
 
 
 def _rationals(bo: str, *values: float) -> _Entry:
-    fracs = [Fraction(v).limit_denominator(1 << 16) for v in values]
-    flat = [x for f in fracs for x in (f.numerator, f.denominator)]
-    return _Entry(5, len(values), struct.pack(f"{bo}{len(flat)}I", *flat))
+    return _Entry(5, len(values), b"".join(struct.pack(bo + "II", *_rational(v)) for v in values))
+
+
+def _rational(v: float) -> tuple[int, int]:
+    """The nearest RATIONAL, both terms in 32 bits: values past what one holds are clamped (0 .. 2**32 - 1),
+    and the denominator is bounded so the numerator cannot overflow (it did for ~889k dpi)."""
+    v = float(v)
+    if not math.isfinite(v) or v <= 0:
+        return (0, 1)
+    if v >= _U32:
+        return (_U32, 1)
+    f = Fraction(v).limit_denominator(max(1, min(1 << 16, int(_U32 // max(v, 1.0)))))
+    if f.numerator > _U32 or f.denominator > _U32:  # cannot happen after the bound above; never write one
+        return (min(_U32, round(v)), 1)
+    return (f.numerator, f.denominator)
 
 
 # MakerNotes whose offsets are relative to the MakerNote itself survive being moved; others do not.
@@ -565,11 +754,20 @@ def _irb(rid: int, data: bytes) -> bytes:
 
 
 def _raw_profile(text: str) -> bytes:
-    """ImageMagick's / exiftool's PNG text form: "\\n<name>\\n<length>\\n<hex lines>"."""
-    m = re.match(r"\s*[^\n]*\n\s*(\d+)\s*\n(.*)", text.lstrip("\n"), re.S)
-    if m is None:
+    """ImageMagick's / exiftool's PNG text form: "\\n<name>\\n<length>\\n<hex lines>".
+
+    Parsed line by line, each step one scan: a regex with two adjacent whitespace-eating groups backtracked
+    quadratically on a chunk of spaces (80k spaces took 3 s).
+    """
+    body = text.lstrip()
+    eol = body.find("\n")  # the name line
+    rest = body[eol + 1 :].lstrip() if eol >= 0 else ""
+    digits = len(rest) - len(rest.lstrip("0123456789"))
+    after = rest[digits:]
+    gap = len(after) - len(after.lstrip())
+    if not 0 < digits <= 10 or "\n" not in after[:gap]:
         raise ValueError("not a raw profile")
-    return bytes.fromhex(re.sub(r"\s+", "", m.group(2)))[: int(m.group(1))]
+    return bytes.fromhex("".join(after[gap:].split()))[: int(rest[:digits])]
 
 
 def _raw_profile_text(name: str, data: bytes) -> str:
@@ -603,7 +801,9 @@ def _q(prefix: str, name: str) -> str:
 
 
 def _xmp_for_output(meta: Metadata, prov: Provenance, keep: bool, size: tuple[int, int], rep: _Report) -> bytes:
-    if keep and meta.xmp:
+    if keep and meta.xmp and len(meta.xmp) > MAX_XMP_BYTES:
+        rep.dropped["xmp"] = f"a packet of {len(meta.xmp)} bytes exceeds the XMP cap of {MAX_XMP_BYTES}; a fresh packet carries the provenance"
+    elif keep and meta.xmp:
         try:
             rdf, prefixes = _parse_xmp(meta.xmp)
             changes = _fix_xmp(rdf, size)
@@ -629,8 +829,7 @@ def _fresh_xmp(prov: Provenance) -> bytes:
 
 def _parse_xmp(packet: bytes) -> tuple[ET.Element, dict[str, str]]:
     text = bytes(packet).strip(b"\0 \t\r\n")
-    if b"<!DOCTYPE" in text or b"<!ENTITY" in text:  # XMP never has a DTD; refusing one refuses entity bombs
-        raise ValueError("a DTD in an XMP packet")
+    _refuse_dtd(text)
     prefixes: dict[str, str] = {}
     root = None
     for event, obj in ET.iterparse(io.BytesIO(text), events=("start-ns", "start")):
@@ -648,6 +847,26 @@ def _parse_xmp(packet: bytes) -> tuple[ET.Element, dict[str, str]]:
     return rdf, prefixes
 
 
+def _refuse_dtd(text: bytes) -> None:
+    """Raise ValueError at a DTD or an entity declaration, in whatever encoding the packet is.
+
+    XMP never has a DTD; refusing one refuses entity expansion (a 500x bomb). A byte test for b"<!DOCTYPE" let
+    a UTF-16 packet through, so expat itself is asked, before anything is expanded: one pass in C, linear.
+    (ElementTree's C parser does not expose its expat handlers, hence this pass of its own.)
+    """
+
+    def refuse(*_):
+        raise ValueError("a DTD in an XMP packet (XMP has none; refused, with any entities it declares)")
+
+    p = expat.ParserCreate()
+    p.StartDoctypeDeclHandler = refuse
+    p.EntityDeclHandler = refuse
+    try:
+        p.Parse(text, True)
+    except expat.ExpatError as e:
+        raise ValueError(f"not well-formed XML: {e}") from None
+
+
 def _descriptions(rdf: ET.Element) -> list[ET.Element]:
     return rdf.findall(_q("rdf", "Description"))
 
@@ -662,11 +881,14 @@ def _set_simple(rdf: ET.Element, key: str, value: str | None) -> bool:
                 del desc.attrib[key]
             else:
                 desc.attrib[key] = value
-        for child in desc.findall(key):
-            if value is None:
-                desc.remove(child)
+        if value is None:
+            kept = [child for child in desc if child.tag != key]
+            if len(kept) != len(desc):  # one rebuild: Element.remove per child is quadratic in a run of them
+                desc[:] = kept
                 changed = True
-            elif len(child) == 0:
+            continue
+        for child in desc.findall(key):
+            if len(child) == 0:
                 changed |= (child.text or "") != value
                 child.text = value
     return changed
@@ -707,17 +929,22 @@ def _add_provenance(rdf: ET.Element, prov: Provenance) -> None:
         ET.SubElement(desc, key).text = value
 
 
+_PREFIX_RE = re.compile(r"[A-Za-z_][\w.-]*")
+
+
 def _serialize_xmp(rdf: ET.Element, prefixes: dict[str, str]) -> bytes:
     names: dict[str, str] = {}
     used = {"x", "xml"}
+    next_k: dict[str, int] = {}  # per base, the suffix to try next: restarting at 1 was quadratic in "ns" URIs
 
     def prefix(uri: str) -> str:
         if uri not in names:
             p = prefixes.get(uri) or _PREFIX_OF.get(uri) or "ns"
-            p = p if re.fullmatch(r"[A-Za-z_][\w.-]*", p) else "ns"
-            base, k = p, 1
+            p = p if _PREFIX_RE.fullmatch(p) else "ns"
+            base, k = p, next_k.get(p, 1)
             while p in used:
                 p, k = f"{base}{k}", k + 1
+            next_k[base] = k
             names[uri], _ = p, used.add(p)
         return names[uri]
 
@@ -811,9 +1038,14 @@ def _prepare(meta: Metadata | None, prov: Provenance, keep: bool, size: tuple[in
     meta = meta if meta is not None else Metadata()
     rep = _Report(meta, keep)
     dpi = meta.dpi if keep else None
+    if dpi is not None:  # (read() keeps it in range; a Metadata made elsewhere may not)
+        dpi = _sane_dpi(dpi, lambda n: rep.dropped.setdefault(*n))
     if dpi is not None:
         rep.kept.append("dpi")
     iptc = meta.iptc if keep else None
+    if iptc is not None and len(iptc) > MAX_IPTC_BYTES:
+        rep.dropped["iptc"] = f"dropped: {len(iptc)} bytes exceed the IPTC cap of {MAX_IPTC_BYTES}"
+        iptc = None
     if iptc is not None:
         rep.kept.append("iptc")
     exif = _exif_for_output(meta, prov, keep, size, dpi, rep)
@@ -829,7 +1061,11 @@ def _exif_for_output(
         try:
             exif = _parse_exif(meta.exif)
             changes = _fix_exif(exif, size)
-            _exif_bytes(exif)  # a value that cannot be written must fail here, not in the container
+            # a value that cannot be written must fail here, not in the container; and what we write must read
+            # again with our own parser, without a problem (a cheap guard for every output's EXIF)
+            again = _parse_exif(_exif_bytes(exif))
+            if again.problems:
+                raise ValueError(f"the rewritten EXIF does not read back cleanly: {again.problems[0]}")
             rep.kept.append("exif")
         except MemoryError:
             raise
@@ -837,6 +1073,10 @@ def _exif_for_output(
             rep.dropped.setdefault("exif", f"cannot be rewritten: {type(e).__name__}: {e}")
             exif, changes = _Exif("<", _Dir({}, {}), False, [], {}), []
     bo, ifd0 = exif.bo, exif.ifd0
+    if dpi is None and _exif_dpi(exif) is not None and _sane_dpi(_exif_dpi(exif), lambda n: None) is None:
+        for tag in (282, 283, 296):  # a resolution read as insane (and noted as a dpi drop) is not written either
+            ifd0.entries.pop(tag, None)
+        changes.append("resolution removed (out of range)")
     if dpi is not None:
         ifd0.entries[282], ifd0.entries[283] = _rationals(bo, dpi[0]), _rationals(bo, dpi[1])
         ifd0.entries[296] = _shorts(bo, 2)
