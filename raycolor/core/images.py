@@ -158,7 +158,7 @@ _EXIF_ORIENTATION = 0x0112
 # warning limit, runs under it; ordinary decodes proceed in parallel.
 _PIL_GLOBALS_LOCK = threading.Lock()
 
-_TRUNCATION_ERRORS = (OSError, SyntaxError, EOFError, ValueError, IndexError, struct.error, zlib.error)
+_TRUNCATION_ERRORS = (OSError, SyntaxError, EOFError, ValueError, IndexError, struct.error, zlib.error, SystemError)
 _UNSUPPORTED_HINTS = ("not supported", "unsupported", "not available", "unknown pixel mode", "unknown raw mode")
 
 
@@ -252,8 +252,11 @@ def _decode(data: bytes, max_pixels: int | None, depth: Depth, limit: str) -> De
         rgb48 = None
         if depth != "8" and meta.bit_depth == 16 and im.format == "TIFF" and mode == "RGB":
             rgb48, meta = _tiff_rgb48(data, im, meta)
-        im = _apply_orientation(im)
-        rgb = rgb48 if rgb48 is not None else _managed_pixels(im, meta, depth)
+        try:
+            im = _apply_orientation(im)
+            rgb = rgb48 if rgb48 is not None else _managed_pixels(im, meta, depth)
+        except SystemError as e:  # Pillow's C layer on a loaded image whose tiles contradict its size (fuzzed TIFF)
+            raise DecodeError("truncated", f"{im.format} pixel data is corrupt: {type(e).__name__}: {e}") from None
         if depth != "8" and meta.bit_depth == 16 and rgb.dtype == np.uint8 and "depth" not in dict(meta.notes):
             note = ("depth", f"samples wider than 8 bits read at 8 bits (no 16-bit path for {im.format} {mode})")
             meta = replace(meta, notes=(*meta.notes, note))

@@ -599,6 +599,15 @@ def _normalise(dirname: str, tag: int, e: _Entry, bo: str, problems: list[tuple[
         if num > 0 and den > 0:
             problems.append((f"exif.{name}", f"converted from {have} to {want}"))
             return _Entry(5, 1, struct.pack(bo + "II", num, den))
+    elif e.count == 1 and e.typ in (11, 12) and len(e.data) == _SIZES[e.typ]:  # a float, when exactly a ratio
+        (v,) = struct.unpack(bo + ("f" if e.typ == 11 else "d"), e.data)
+        exact = Fraction(v) if math.isfinite(v) and v > 0 else None
+        if exact is not None and exact.numerator <= _U32 and exact.denominator <= _U32:
+            if 5 in types:
+                problems.append((f"exif.{name}", f"converted from {have} to {want}"))
+                return _Entry(5, 1, struct.pack(bo + "II", exact.numerator, exact.denominator))
+            if exact.denominator == 1:
+                value = exact.numerator
     if value is not None:
         if 5 in types and 0 < value <= _U32:
             problems.append((f"exif.{name}", f"converted from {have} to {want}"))
