@@ -199,6 +199,7 @@ def amplification() -> dict[str, bytes]:
         "amplification_exif_64k.jpg": jpeg_with(0xE1, b"Exif\0\0" + jpeg_block),
         "amplification_exif_aliases.png": png_with(png_chunk(b"eXIf", aliased_exif(4096, 65_000))),
         "amplification_exif_aliases.webp": _webp_with_exif(aliased_exif(2000, 60_000)),
+        "amplification_tiff_aliases.tif": tiff_with_aliases(2000, 60_000),
     }
 
 
@@ -302,6 +303,7 @@ EXPECTED.update(
         "amplification_exif_64k.jpg": "ok",
         "amplification_exif_aliases.png": "ok",
         "amplification_exif_aliases.webp": "ok",
+        "amplification_tiff_aliases.tif": "ok",
         "bomb_tiff48_deflate.tif": "ok",
         "bomb_png_iccp_2mb.png": "ok",
         "bomb_png_iccp_over_cap.png": "ok",
@@ -329,6 +331,7 @@ NOTES.update(
         "amplification_exif_64k.jpg": "exif.",
         "amplification_exif_aliases.png": "exif.",
         "amplification_exif_aliases.webp": "exif.",
+        "amplification_tiff_aliases.tif": "exif.",
         "bomb_tiff48_deflate.tif": "depth",
         "bomb_png_iccp_over_cap.png": "icc",
         "bomb_png_ztxt.png": "png.",
@@ -356,3 +359,25 @@ def corpus() -> dict[str, tuple[bytes, str]]:
             out[name] = (data, cls)
     assert set(out) == set(EXPECTED), set(out) ^ set(EXPECTED)
     return out
+
+
+def tiff_with_aliases(n: int, value: int) -> bytes:
+    """An 8-bit RGB TIFF (uncompressed) whose IFD0 also holds ``n`` private UNDEFINED tags all pointing at one
+    ``value``-byte blob: what Pillow's own TIFF reader and raycolor's parser do with a TIFF's aliases."""
+    w, h = SIZE
+    pixels = _pixels(5).tobytes()
+    blob_at = 8
+    pix_at = blob_at + value
+    ifd_at = pix_at + len(pixels)
+    ifd_at += ifd_at & 1
+    base = [
+        (256, 4, 1, _u32(w)), (257, 4, 1, _u32(h)), (258, 3, 3, None), (259, 3, 1, struct.pack("<HH", 1, 0)),
+        (262, 3, 1, struct.pack("<HH", 2, 0)), (273, 4, 1, _u32(pix_at)), (277, 3, 1, struct.pack("<HH", 3, 0)),
+        (278, 4, 1, _u32(h)), (279, 4, 1, _u32(len(pixels))),
+    ]
+    rows = base + [(0xC000 + i, 7, value, _u32(blob_at)) for i in range(n)]
+    bits_at = ifd_at + 2 + 12 * len(rows) + 4
+    table = b"".join(struct.pack("<HHI", t, ty, c) + (v if v is not None else _u32(bits_at)) for t, ty, c, v in rows)
+    out = b"II*\0" + _u32(ifd_at) + bytes(range(256)) * (value // 256) + bytes(value % 256) + pixels
+    out += b"\0" * (ifd_at - len(out))
+    return out + struct.pack("<H", len(rows)) + table + _u32(0) + struct.pack("<3H", 8, 8, 8)

@@ -203,6 +203,19 @@ def test_one_value_over_the_per_value_cap_is_dropped():
         assert im.tag_v2[0x010E] == "abc" and 0xC000 not in im.tag_v2
 
 
+def test_an_xmp_packet_of_tiny_elements_is_capped_by_its_tags():
+    """2 MB of <a/> parsed to 150 MB in 4 s; now it is dropped after one scan (the tag cap)."""
+    packet = hostile._xmp("<rdf:Description>" + "<a/>" * 400_000 + "</rdf:Description>").encode()
+    tracemalloc.start()
+    try:
+        (out, report), seconds = _timed(encode, np.zeros((4, 4, 3), np.uint8), "png", Metadata(xmp=packet), PROV)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "tags exceed the XMP cap" in json.loads(report)["dropped"]["xmp"] and DIGITAL_SOURCE_TYPE.encode() in out
+    assert seconds < 1.0 and peak < 8 * len(packet), (seconds, peak)
+
+
 def test_group_caps_on_xmp_and_iptc():
     rgb = np.zeros((4, 4, 3), np.uint8)
     big_xmp = hostile._xmp("<!--" + "x" * metadata.MAX_XMP_BYTES + "-->").encode()

@@ -32,6 +32,10 @@ writeable array out, or a :class:`DecodeError` with a typed ``reason``):
   - 48-bit RGB PNG / TIFF: Pillow itself exposes these as 8-bit ``RGB`` (high byte).
   - Anything else: ``DecodeError("unsupported")``.
 
+* **Metadata that Pillow would refuse the whole file for** (a PNG text or ICC chunk that inflates past
+  ``PngImagePlugin.MAX_TEXT_CHUNK``, or text past ``MAX_TEXT_MEMORY``) is dropped before Pillow sees it, with
+  a note, within :mod:`raycolor.core.metadata`'s byte caps; an ICC profile over Pillow's limit but within
+  ``metadata.MAX_ICC_BYTES`` is kept (large genuine ones exist). Pillow's limits are never changed.
 * **max_pixels**: ``width * height`` from the header is checked before any pixel data is
   decoded; over the limit -> ``"too_large"``. ``None`` disables the check, including
   Pillow's own decompression-bomb limit. Pillow's ``DecompressionBombError`` /

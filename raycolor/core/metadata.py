@@ -47,7 +47,9 @@ dropped with a note, which the output's report carries; the image is still decod
   (without it, 4 directories x 4096 entries x a 16 MiB value was possible).
 * :data:`MAX_IRB_BYTES` (16 MiB): a TIFF's Photoshop image-resource block, read only for its IPTC.
 * :data:`MAX_IPTC_BYTES` (256 kB): the IPTC-IIM datasets (a JPEG's APP13 holds 64 kB).
-* :data:`MAX_XMP_BYTES` (2 MiB): the XMP packet (parsed into a tree of some 100 bytes per element).
+* :data:`MAX_XMP_BYTES` (2 MiB) and :data:`MAX_XMP_TAGS` (100,000 ``<``): the XMP packet, and its markup. A
+  parsed element costs some 300 bytes, so 2 MB of ``<a/>`` was 150 MB and 4 s; a real packet's elements are
+  tens of bytes each, so the tag cap bites only on such a packet (or a Photoshop history of that length).
 * :data:`MAX_TEXT_CHUNK` (1 MiB, Pillow's own per-chunk limit) and :data:`MAX_TEXT_TOTAL` (8 MiB, under
   Pillow's 64 MiB): a PNG text chunk, inflated, and all of them. Pillow refuses a whole PNG past its
   limits, so :func:`raycolor.core.images.decode` drops such chunks before Pillow sees them.
@@ -92,6 +94,7 @@ __all__ = [
     "MAX_TEXT_CHUNK",
     "MAX_TEXT_TOTAL",
     "MAX_XMP_BYTES",
+    "MAX_XMP_TAGS",
     "SOFTWARE",
     "Metadata",
     "Provenance",
@@ -112,6 +115,7 @@ MAX_EXIF_TOTAL = 2 << 20
 MAX_IRB_BYTES = 16 << 20
 MAX_IPTC_BYTES = 256 << 10
 MAX_XMP_BYTES = 2 << 20
+MAX_XMP_TAGS = 100_000
 MAX_TEXT_CHUNK = 1 << 20
 MAX_TEXT_TOTAL = 8 << 20
 MAX_ICC_BYTES = 16 << 20
@@ -810,8 +814,11 @@ def _q(prefix: str, name: str) -> str:
 
 
 def _xmp_for_output(meta: Metadata, prov: Provenance, keep: bool, size: tuple[int, int], rep: _Report) -> bytes:
+    fresh = "a fresh packet carries the provenance"
     if keep and meta.xmp and len(meta.xmp) > MAX_XMP_BYTES:
-        rep.dropped["xmp"] = f"a packet of {len(meta.xmp)} bytes exceeds the XMP cap of {MAX_XMP_BYTES}; a fresh packet carries the provenance"
+        rep.dropped["xmp"] = f"a packet of {len(meta.xmp)} bytes exceeds the XMP cap of {MAX_XMP_BYTES}; {fresh}"
+    elif keep and meta.xmp and meta.xmp.count(b"<") > MAX_XMP_TAGS:  # one scan, before a tree is built
+        rep.dropped["xmp"] = f"{meta.xmp.count(b'<')} tags exceed the XMP cap of {MAX_XMP_TAGS}; {fresh}"
     elif keep and meta.xmp:
         try:
             rdf, prefixes = _parse_xmp(meta.xmp)
