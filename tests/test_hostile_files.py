@@ -257,10 +257,24 @@ def test_a_large_genuine_icc_profile_is_kept(corpus):
             im.load()
 
 
-def test_tiff48_deflate_bomb_is_refused_before_tifffile_inflates_it(corpus):
-    dec = decode(corpus["bomb_tiff48_deflate.tif"][0])
-    assert dec.rgb.dtype == np.uint8
-    assert any(g == "depth" and "deflate bomb" in r for g, r in dec.meta.notes), dec.meta.notes
+@pytest.mark.parametrize("bounded", [False, True])
+def test_tiff48_deflate_bomb_is_refused_before_tifffile_inflates_it(corpus, monkeypatch, bounded):
+    """Without imagecodecs tifffile inflates a strip with zlib.decompress, unbounded: the strips are checked first
+    (bounded=False, forced here whatever is installed). With it, libdeflate refuses the bomb itself."""
+    if bounded and not images._tifffile_inflates_bounded():
+        pytest.skip("tifffile's deflate decoder here is its unbounded zlib fallback (no imagecodecs)")
+    monkeypatch.setattr(images, "_tifffile_inflates_bounded", lambda: bounded)
+    data = corpus["bomb_tiff48_deflate.tif"][0]
+    tracemalloc.start()
+    try:
+        dec = decode(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert dec.rgb.dtype == np.uint8 and peak < CAPS_BYTES, peak  # the stream inflates to 98 MB
+    assert any(g == "depth" and "8 bits" in r for g, r in dec.meta.notes), dec.meta.notes
+    if not bounded:
+        assert any("deflate bomb" in r for _, r in dec.meta.notes), dec.meta.notes
 
 
 def test_genuine_48bit_deflate_tiff_still_decodes_at_16_bits():
