@@ -515,9 +515,9 @@ def _png_within_caps(data: bytes) -> tuple[bytes, bytes | None, tuple[tuple[str,
                 key, size = _png_text_size(kind, body, pil_chunk)
                 group = _TEXT_GROUPS.get(key, f"png.{kind.decode()}")
                 if size >= pil_chunk:  # (at exactly the limit Pillow may still refuse: zlib's end is unread)
-                    why = f"dropped: a {kind.decode()} chunk {key[:40]!r} inflates past the text cap of {pil_chunk} bytes"
+                    why = f"dropped: a {kind.decode()} chunk {key[:40]!r} inflates past the text cap ({pil_chunk} B)"
                 elif text_total + size > pil_total:
-                    why = f"dropped: a {kind.decode()} chunk {key[:40]!r} goes past the cap of {pil_total} bytes of text"
+                    why = f"dropped: a {kind.decode()} chunk {key[:40]!r} goes past the text total ({pil_total} B)"
                 else:
                     text_total += size
             if why is not None or profile is not None:
@@ -544,7 +544,7 @@ def _oversize_icc(body: bytes, pil_limit: int) -> tuple[str | None, bytes | None
     except zlib.error:
         return None, None
     if len(profile) > metadata.MAX_ICC_BYTES:
-        return f"dropped: the iCCP profile inflates past the ICC cap of {metadata.MAX_ICC_BYTES} bytes; assumed sRGB", None
+        return f"dropped: the iCCP profile inflates past the ICC cap ({metadata.MAX_ICC_BYTES} B); assumed sRGB", None
     if len(profile) < pil_limit:
         return None, None
     return None, profile

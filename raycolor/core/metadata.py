@@ -532,7 +532,8 @@ def _parse_dir(view, bo, offset, name, walk: _Walk) -> tuple[_Dir, int]:
             child = _DIR_NAMES[tag]
             ptr = _first_int(typ, data, bo) if count == 1 and typ in (3, 4, 13) else None
             if ptr is None:
-                walk.problems.append((f"exif.{child}", f"dropped: its pointer is {_TYPE_NAMES.get(typ, typ)} x {count}"))
+                what = f"{_TYPE_NAMES.get(typ, typ)} x {count}"
+                walk.problems.append((f"exif.{child}", f"dropped: its pointer is {what}"))
                 continue
             try:
                 children[tag], _ = _parse_dir(view, bo, ptr, child, walk)
