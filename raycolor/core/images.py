@@ -235,7 +235,16 @@ def _decode(data: bytes, max_pixels: int | None, depth: Depth, limit: str) -> De
     big_icc, pre_notes = None, ()
     if bytes(data[:8]) == _PNG_SIGNATURE:
         data, big_icc, pre_notes = _png_within_caps(data)
-    im = _open(data, max_pixels, lift)
+    try:
+        im = _open(data, max_pixels, lift)
+    except DecodeError as e:
+        # a JPEG whose EXIF Pillow's own reader trips on (a resolution of the wrong type): the pixels are whole,
+        # so they are decoded without that EXIF, and the report says it was dropped
+        bare = _jpeg_without_exif(data) if e.reason == "truncated" else None
+        if bare is None:
+            raise
+        im = _open(bare, max_pixels, lift)
+        data, pre_notes = bare, (*pre_notes, ("exif", f"dropped: Pillow cannot read it ({e.detail})"))
     try:
         width, height = im.size
         if width < 1 or height < 1:
@@ -474,6 +483,23 @@ def _open(data: bytes, max_pixels: int | None, lift: bool) -> Image.Image:
     except Exception as e:  # a plugin raised something Image.open does not catch
         reason = "truncated" if _has_signature(data) else "not_an_image"
         raise DecodeError(reason, f"cannot parse header: {type(e).__name__}: {e}") from None
+
+
+def _jpeg_without_exif(data: bytes) -> bytes | None:
+    """A JPEG with its APP1 Exif segments cut out (one walk over the segments before the image data), or None
+    when it is not a JPEG or has none."""
+    if bytes(data[:2]) != b"\xff\xd8":
+        return None
+    pos, keep, cut = 2, [b"\xff\xd8"], False
+    while pos + 4 <= len(data) and data[pos] == 0xFF and data[pos + 1] not in (0xDA, 0xD9):
+        n = struct.unpack(">H", data[pos + 2 : pos + 4])[0]
+        seg = data[pos : pos + 2 + n]
+        if data[pos + 1] == 0xE1 and seg[4:10] == b"Exif\0\0":
+            cut = True
+        else:
+            keep.append(bytes(seg))
+        pos += 2 + n
+    return b"".join([*keep, bytes(data[pos:])]) if cut else None
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
