@@ -422,7 +422,7 @@ def _main_header(data: bytes, start: int, end: int, *, is_jp2: bool) -> tuple[Jp
                     "component_signed": tuple(bool(c[0] & 0x80) for c in comps)}
 
 
-def _walk_tile_parts(data: bytes, p: _Parsed) -> None:
+def _walk_tile_parts(data: bytes, p: _Parsed) -> bool:
     """Hop the tile-parts by their Psot lengths: a codestream cut short (or corrupt) is found here, before
     OpenJPEG, which may decode the part it has and say nothing."""
     pos, end, tiles = p.extra["first_sot"], p.cs_end, p.header.tiles
@@ -439,8 +439,10 @@ def _walk_tile_parts(data: bytes, p: _Parsed) -> None:
         _, lsot, isot, psot, tpsot, tnsot = struct.unpack_from(">HHHIBB", data, pos)
         if lsot != 10 or isot >= tiles:
             raise Jp2Error("truncated", f"corrupt SOT marker at byte {pos - p.cs_start}")
-        if psot == 0:  # the last tile-part, running to EOC
-            psot = end - pos - 2 if bytes(data[end - 2:end]) == b"\xff\xd9" else end - pos
+        if psot == 0:  # the last tile-part, running to EOC: without one, nothing says it is whole
+            if bytes(data[end - 2:end]) != b"\xff\xd9":
+                raise Jp2Error("truncated", f"codestream cut short in tile {isot} (open-ended, no EOC)")
+            psot = end - pos - 2
         if psot < 14 or pos + psot > end:
             raise Jp2Error("truncated", f"codestream cut short in tile {isot} "
                                         f"({pos + psot - end} bytes missing of its tile-part)")
@@ -455,7 +457,9 @@ def _walk_tile_parts(data: bytes, p: _Parsed) -> None:
     if short.size:
         raise Jp2Error("truncated", f"codestream cut short: tile {int(short[0])} lacks tile-parts")
     if not (pos + 2 <= end and struct.unpack_from(">H", data, pos)[0] == _EOC):
-        p.notes.add("jp2", "codestream has no EOC marker after its last tile (all tile data present)")
+        p.notes.add("jp2", "codestream has no EOC marker after its last tile (all tile data present): one added")
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- public API
@@ -483,9 +487,12 @@ def decode(data: bytes, *, max_pixels: int | None, threads: int = 1) -> Jp2Image
         raise Jp2Error("unsupported", "signed samples")
     if max(p.extra["component_bits"]) > 16:
         raise Jp2Error("unsupported", f"{max(p.extra['component_bits'])}-bit samples")
-    _walk_tile_parts(data, p)
+    codestream = memoryview(data)[p.cs_start:p.cs_end]
+    if not _walk_tile_parts(data, p):
+        # OpenJPEG fails a codestream without EOC even when every tile is whole; the walk has just shown it is.
+        codestream = bytes(codestream) + b"\xff\xd9"
     try:
-        raw = imagecodecs.jpeg2k_decode(memoryview(data)[p.cs_start:p.cs_end], numthreads=max(1, threads))
+        raw = imagecodecs.jpeg2k_decode(codestream, numthreads=max(1, threads))
     except imagecodecs.Jpeg2kError as e:
         raise Jp2Error("truncated", f"OpenJPEG: {e}") from None
     except MemoryError:
