@@ -63,9 +63,10 @@ class ColorizeConfig:
     output: str
     checkpoint: str
     render_size: int | None = None  # None: the checkpoint's own render size
-    format: Literal["png", "jpeg", "tiff", "webp"] = "png"
+    format: str = "png"  # a format raycolor writes (raycolor.core.formats.WRITABLE; colorize checks it)
     png_level: int = 1  # zlib level; 1 is ~3x faster than Pillow's default 6 and still lossless
     jpeg_quality: int = 92
+    jp2_rate: float | None = None  # JPEG 2000: None is lossless (the master form); else bits per pixel, lossy
     batch_size: int = 32
     gpus: int = 0  # 0: CPU actor pool sized to the cluster's CPUs
     cpu_actors: int | None = None  # CPU-mode pool size; None: one actor (it gets the cores the CPU tasks leave)
@@ -86,8 +87,8 @@ class ColorizeConfig:
     # "strip": none of it. Either way the output says a model made its colour (XMP DigitalSourceType,
     # CreatorTool, model id; EXIF Software) and carries an sRGB ICC profile. docs/colorizing.md has the table.
     metadata: Literal["keep", "strip"] = "keep"
-    # output bits per sample for PNG and TIFF: "auto" follows the input (a 16-bit master gives 16-bit output),
-    # "8" or "16" force it. JPEG and WebP hold 8 bits only.
+    # output bits per sample, for a format that holds 16 (PNG, TIFF, JP2): "auto" follows the input (a 16-bit
+    # master gives 16-bit output), "8" or "16" force it. JPEG and WebP hold 8 bits only.
     bit_depth: Literal["auto", "8", "16"] = "auto"
     # bytes one decode or finish task may hold; None: no budget. Each such task asks Ray for this much memory, so
     # a node runs only as many as fit, and an image whose full-resolution working set (budget.BYTES_PER_PIXEL)
@@ -99,11 +100,6 @@ class ColorizeConfig:
     # seen together in one folder, and seconds of work on a GPU node.
     stop_after_internal: int = 50
     storage: StorageConfig = field(default_factory=StorageConfig)
-
-    @property
-    def decode_depth(self) -> Literal["8", "auto"]:
-        """How deep the decode stage keeps a 16-bit input: only as deep as the output can hold."""
-        return "auto" if self.format in ("png", "tiff") and self.bit_depth != "8" else "8"
 
     @property
     def uses_device_codec(self) -> bool:

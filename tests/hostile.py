@@ -263,8 +263,10 @@ def _tiff_with_tags(exif: bytes) -> bytes:
         data = value[:size] if size <= 4 else exif[struct.unpack("<I", value)[0] :][:size]
         raw[tag] = m._Entry(typ, count, data)
     prov = m.Provenance("hostile", "-")
-    parts = m._Parts(m._Exif("<", m._Dir(raw, {}), False, [], {}), m._fresh_xmp(prov), None, None, prov)
-    return m._tiff(_pixels(), parts, m._Report(m.Metadata(), True), 6)
+    from raycolor.core import formats
+
+    parts = m.Prepared(m._Exif("<", m._Dir(raw, {}), False, [], {}), m._fresh_xmp(prov), None, None, prov)
+    return formats.REGISTRY["tiff"].write(_pixels(), parts, m.Report(m.Metadata(), True), formats.EncodeOptions(png_level=6))
 
 
 def xmp() -> dict[str, bytes]:

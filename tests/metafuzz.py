@@ -1,5 +1,5 @@
 """A seeded fuzz target for metadata read -> write: real EXIF, XMP and IPTC blocks, mutated, in JPEG, PNG, TIFF
-and WebP containers, through :func:`raycolor.core.images.decode` and :func:`raycolor.core.metadata.encode` to
+and WebP containers, through :func:`raycolor.core.images.decode` and :func:`raycolor.core.formats.encode` to
 every format, and each output decoded again (raycolor and Pillow).
 
 The rule checked: decoding raises nothing but a ``DecodeError``; encoding never raises; every output decodes
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from raycolor.core import images, metadata
+from raycolor.core import formats, images, metadata
 from raycolor.core.images import DecodeError
 from raycolor.core.metadata import Metadata, Provenance
 
@@ -97,8 +97,8 @@ def container(fmt: str, rgb: np.ndarray, b: Blocks) -> bytes:
         except Exception:
             exif = metadata._Exif("<", metadata._Dir({}, {}), False, [], {})
         iptc = b.iptc if b.iptc else None
-        parts = metadata._Parts(exif, b.xmp, iptc, None, PROV)
-        return metadata._tiff(rgb, parts, metadata._Report(Metadata(), True), 1)
+        parts = metadata.Prepared(exif, b.xmp, iptc, None, PROV)
+        return formats.REGISTRY["tiff"].write(rgb, parts, metadata.Report(Metadata(), True), formats.EncodeOptions())
     buf = io.BytesIO()
     im = Image.fromarray(rgb)
     if fmt == "jpeg":
@@ -270,11 +270,11 @@ def check(data: bytes) -> str | None:
         return None
     except Exception as e:
         return f"decode raised {type(e).__name__}: {e}\n{traceback.format_exc(limit=4)}"
-    for fmt in metadata.FORMATS:
+    for fmt in formats.WRITABLE:
         if fmt == "webp" and max(dec.rgb.shape[:2]) > WEBP_MAX:  # a flipped header byte: WebP cannot hold the size
             continue
         try:
-            out, _ = metadata.encode(dec.rgb, fmt, dec.meta, PROV)
+            out, _ = formats.encode(dec.rgb, fmt, dec.meta, PROV)
         except Exception as e:
             return f"encode {fmt} raised {type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"
         try:

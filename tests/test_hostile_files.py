@@ -28,7 +28,9 @@ from PIL import Image
 
 from raycolor.core import images, metadata
 from raycolor.core.images import DecodeError, decode
-from raycolor.core.metadata import DIGITAL_SOURCE_TYPE, FORMATS, Metadata, Provenance, encode
+from raycolor.core.formats import WRITABLE as FORMATS
+from raycolor.core.formats import encode
+from raycolor.core.metadata import DIGITAL_SOURCE_TYPE, Metadata, Provenance
 
 try:
     import hostile
@@ -291,8 +293,8 @@ def test_rewritten_exif_always_parses_again(corpus):
         if hostile.EXPECTED[name] != "ok":
             continue
         dec = decode(data)
-        parts, _ = metadata._prepare(dec.meta, PROV, True, (8, 8))
-        again = metadata._parse_exif(metadata._exif_bytes(parts.exif))
+        parts, _ = metadata.prepare(dec.meta, PROV, True, (8, 8))
+        again = metadata._parse_exif(parts.exif_bytes())
         assert again.problems == [], (name, again.problems)
 
 

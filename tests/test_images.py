@@ -318,7 +318,8 @@ def test_encode_rejects_non_rgb_uint8(bad):
 
 
 def test_image_extensions():
-    assert IMAGE_SUFFIXES == frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
+    assert IMAGE_SUFFIXES == frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif",
+                                        ".jp2", ".j2k", ".j2c", ".jpf", ".jpx", ".jph"})
     assert all(e == e.lower() for e in IMAGE_SUFFIXES)
 
 

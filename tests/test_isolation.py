@@ -60,14 +60,14 @@ def test_an_exception_in_encoding_is_that_images_row(tmp_path, tiny_ckpt, model,
     Now it is the image's row, and the traceback is logged once however many images meet the same line."""
     m, meta = model
     manifest, srcs = _with_odd(tmp_path)
-    real = stages.metadata.encode
+    real = stages.formats.encode
 
     def encode(rgb, *a, **kw):
         if rgb.shape[:2] == ODD[1]:
             struct.pack(">I", 1 << 40)  # what a too-large pHYs did inside the PNG writer
         return real(rgb, *a, **kw)
 
-    monkeypatch.setattr(stages.metadata, "encode", encode)
+    monkeypatch.setattr(stages.formats, "encode", encode)
     out = tmp_path / "out"
     with caplog.at_level(logging.ERROR, logger="raycolor"):
         finished, _ = _run_stages(_config(manifest, out, tiny_ckpt), _shards(manifest, 100), m, meta, block_rows=3)
@@ -134,7 +134,7 @@ def test_a_bug_that_fails_every_image_stops_the_run(tmp_path, tiny_ckpt, model, 
     def encode(*a, **kw):
         raise ValueError("a broken installation")
 
-    monkeypatch.setattr(stages.metadata, "encode", encode)
+    monkeypatch.setattr(stages.formats, "encode", encode)
     finished, _ = _run_stages(_config(manifest, tmp_path / "out", tiny_ckpt), _shards(manifest, 100), m, meta)
     col = [r["internal"] for r in finished]
     assert len(col) == len(srcs) and all(col)

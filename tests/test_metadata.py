@@ -32,12 +32,11 @@ from support import (
 
 from raycolor.core import images, metadata
 from raycolor.core.images import decode, decode_rgb
+from raycolor.core.formats import embed_jpeg, encode
 from raycolor.core.metadata import (
     DIGITAL_SOURCE_TYPE,
     Metadata,
     Provenance,
-    embed_jpeg,
-    encode,
 )
 
 try:

@@ -96,7 +96,7 @@ from PIL import (
 )
 
 from raycolor.config import DEFAULT_MAX_PIXELS
-from raycolor.core import metadata
+from raycolor.core import formats, metadata
 from raycolor.core.metadata import Metadata
 
 if TYPE_CHECKING:
@@ -123,22 +123,8 @@ __all__ = [
 DecodeReason = Literal["truncated", "not_an_image", "too_large", "unsupported"]
 _REASONS: frozenset[str] = frozenset(get_args(DecodeReason))
 
-# Pillow format ids Image.open may use (MPO comes back through the JPEG factory).
-_WANTED_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")
-_FORMATS: tuple[str, ...] = tuple(f for f in _WANTED_FORMATS if f in Image.OPEN)
-
-# Strong signatures of the supported formats: used to tell "truncated" from
-# "not_an_image" when Pillow cannot even parse the header.
-_SIGNATURES: tuple[bytes, ...] = (
-    b"\xff\xd8\xff",  # JPEG
-    b"\x89PNG\r\n\x1a\n",  # PNG
-    b"GIF87a",
-    b"GIF89a",
-    b"II*\x00",  # TIFF little-endian
-    b"MM\x00*",  # TIFF big-endian
-    b"II+\x00",  # BigTIFF
-    b"MM\x00+",
-)
+# Pillow format ids Image.open may use (the registry's; MPO comes back through the JPEG factory)
+_FORMATS: tuple[str, ...] = tuple(f for f in formats.PILLOW_IDS if f in Image.OPEN)
 
 _GREY16_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _ALPHA_MODES = frozenset({"LA", "La", "RGBA", "RGBa", "PA"})
@@ -231,6 +217,9 @@ def _decode(data: bytes, max_pixels: int | None, depth: Depth, limit: str) -> De
     if max_pixels is not None and max_pixels < 1:
         raise ValueError(f"max_pixels must be positive or None, got {max_pixels}")
 
+    own = formats.sniff(data)
+    if own is not None and own.read is not None:  # a format Pillow does not decode for us (JPEG 2000)
+        return _decode_own(own, data, max_pixels, depth, limit)
     lift = _needs_lift(max_pixels)
     big_icc, pre_notes = None, ()
     if bytes(data[:8]) == _PNG_SIGNATURE:
@@ -281,6 +270,47 @@ def _decode(data: bytes, max_pixels: int | None, depth: Depth, limit: str) -> De
         return DecodedImage(rgb, meta)
     finally:
         im.close()
+
+
+def _decode_own(fmt: formats.Format, data: bytes, max_pixels: int | None, depth: Depth, limit: str) -> DecodedImage:
+    """A format with its own decoder (formats.Format.read): the same policy as Pillow's formats (pixel limit from
+    the header before any pixel, EXIF orientation, ICC through LittleCMS, 8/16 bits, the metadata's caps)."""
+    try:
+        got = fmt.read(data, max_pixels=max_pixels)
+    except ValueError as e:  # the decoder's own error, with a reason of ours (jp2.Jp2Error)
+        reason = getattr(e, "reason", "truncated")
+        detail = getattr(e, "detail", str(e))
+        if reason == "too_large":
+            detail = f"{detail} ({limit})"
+        raise DecodeError(reason if reason in _REASONS else "truncated", f"{fmt.name.upper()}: {detail}") from None
+    pix = got.pixels
+    bits = 16 if got.bits > 8 else 8
+    meta = metadata.from_groups(exif=got.exif, iptc=got.iptc, xmp=got.xmp, dpi=got.dpi, bit_depth=bits,
+                                notes=got.notes)
+    grey = pix.ndim == 2
+    if depth == "8" and pix.dtype == np.uint16:
+        pix = _scale_16bit(pix)
+    pix = _oriented(pix, metadata.orientation(meta.exif))
+    rgb = _grey_to_rgb(pix) if grey else np.ascontiguousarray(pix)
+    icc = got.icc if got.colorspace == "icc" else None
+    rgb, note = _to_srgb(rgb, ("I;16" if rgb.dtype == np.uint16 else "L") if grey else "RGB", icc)
+    if note is not None:
+        meta = replace(meta, notes=(*meta.notes, ("icc", note)))
+    if depth == "16" and rgb.dtype == np.uint8:
+        rgb = rgb.astype(np.uint16) * np.uint16(257)
+    return DecodedImage(rgb, meta)
+
+
+def _oriented(pix: np.ndarray, orientation: int) -> np.ndarray:
+    """Pixels stored for EXIF ``orientation`` (2..8), made upright (the same mapping as PIL.ImageOps.exif_transpose)."""
+    if orientation in (5, 6, 7, 8):
+        pix = np.swapaxes(pix, 0, 1)  # transpose first, then the flips below
+        orientation = {5: 1, 6: 2, 7: 3, 8: 4}[orientation]
+    if orientation in (2, 3):
+        pix = pix[:, ::-1]
+    if orientation in (3, 4):
+        pix = pix[::-1]
+    return pix
 
 
 def _read_meta(im: Image.Image, pixels: int, lift: bool) -> Metadata:
@@ -605,10 +635,7 @@ def _png_text_size(kind: bytes, body: bytes, limit: int) -> tuple[str, int]:
 
 
 def _has_signature(data: bytes) -> bool:
-    head = bytes(data[:16])
-    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
-        return True
-    return head.startswith(_SIGNATURES)
+    return formats.sniff(data) is not None
 
 
 def _diagnose_unidentified(data: bytes) -> tuple[DecodeReason, str]:
@@ -941,11 +968,6 @@ def encode_jpeg(rgb: np.ndarray, *, quality: int = 92) -> bytes:
     return buf.getvalue()
 
 
-_EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "jpg": ".jpg", "tiff": ".tif", "tif": ".tif", "webp": ".webp"}
-
-
 def extension(fmt: str) -> str:
-    """File suffix for an output format: ``".png"``, ``".jpg"``, ``".tif"`` or ``".webp"``."""
-    if fmt not in _EXTENSIONS:
-        raise ValueError(f"unknown output format {fmt!r} (expected png, jpeg, tiff or webp)")
-    return _EXTENSIONS[fmt]
+    """File suffix for an output format (the format registry's: ``".png"``, ``".jpg"``, ``".tif"``, ...)."""
+    return formats.extension(fmt)

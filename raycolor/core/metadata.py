@@ -5,9 +5,10 @@ Pure stdlib + NumPy + Pillow (no Ray, no torch), like :mod:`raycolor.core.images
 Why: an archive's value is in its captions, credits, dates and places as much as in its pixels, and a
 colorized copy must say a model made its colour. So the decoder reads the input's metadata once
 (:func:`read`, into a :class:`Metadata` that :meth:`Metadata.pack` makes small enough to travel next to
-the pixels through Ray's object store), and the encoder writes it back (:func:`encode`, or
-:func:`embed_jpeg` for a JPEG encoded elsewhere, e.g. by nvJPEG) with what is no longer true fixed, plus
-provenance. Each output also gets a short JSON report of what was kept, added, changed and dropped.
+the pixels through Ray's object store), and :func:`prepare` makes what an output carries of it, with what is
+no longer true fixed, plus provenance (a :class:`Prepared`), and a :class:`Report` of what was kept, added,
+changed and dropped (the manifest's ``metadata`` column). Each format's writer in :mod:`raycolor.core.formats`
+puts the prepared metadata where its container says.
 
 What is carried (``keep=True``):
 
@@ -29,10 +30,7 @@ Provenance, always (also with ``keep=False``, which otherwise writes none of the
 the IPTC 2025.1 AI properties ``Iptc4xmpExt:AISystemUsed`` (the software) and
 ``Iptc4xmpExt:AISystemVersionUsed`` (the model id), EXIF Software; and an sRGB ICC profile.
 
-Per format: JPEG (APP0 JFIF density, APP1 Exif, APP1 XMP, APP2 ICC, APP13 Photoshop 8BIM 0x0404 IPTC),
-PNG (pHYs, iCCP, eXIf, iTXt XMP, zTXt "Raw profile type iptc" as exiftool writes it; 16-bit RGB by a
-minimal writer here), TIFF (deflate + predictor, one writer for 8 and 16 bits: EXIF IFD0 tags in the
-image's IFD0, Exif/GPS sub-IFDs, XMP 700, IPTC 33723, ICC 34675), WebP (EXIF, ICC, XMP; no IPTC-IIM).
+Where each group goes in each format: :mod:`raycolor.core.formats` (one module per format).
 
 Bad metadata never costs an image: a group that cannot be read or written is dropped and the report
 names it and says why.
@@ -85,7 +83,6 @@ from raycolor import __version__
 __all__ = [
     "DIGITAL_SOURCE_TYPE",
     "DPI_RANGE",
-    "FORMATS",
     "MAX_EXIF_TOTAL",
     "MAX_EXIF_VALUE",
     "MAX_ICC_BYTES",
@@ -97,9 +94,12 @@ __all__ = [
     "MAX_XMP_TAGS",
     "SOFTWARE",
     "Metadata",
+    "Prepared",
     "Provenance",
-    "embed_jpeg",
-    "encode",
+    "Report",
+    "from_groups",
+    "orientation",
+    "prepare",
     "read",
     "source_bit_depth",
     "srgb_icc",
@@ -107,7 +107,6 @@ __all__ = [
 
 DIGITAL_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia"
 SOFTWARE = f"raycolor {__version__}"
-FORMATS = ("jpeg", "png", "tiff", "webp")
 
 # The caps of the module docstring.
 MAX_EXIF_VALUE = 1 << 20
@@ -238,6 +237,32 @@ def read(im: Image.Image) -> Metadata:
     )
 
 
+def from_groups(*, exif: bytes | None = None, iptc: bytes | None = None, xmp: bytes | None = None,
+                dpi: tuple[float, float] | None = None, bit_depth: int = 8, notes=()) -> Metadata:
+    """The metadata of a container raycolor reads itself (JPEG 2000's boxes), from its raw groups: the same caps,
+    checks and notes as :func:`read` gives a Pillow image's. Never raises."""
+    out: list[tuple[str, str]] = list(notes)
+    exif = _guard(out, "exif", lambda: _exif_from_raw(exif, out))
+    iptc = _guard(out, "iptc", lambda: _iptc_from_raw(iptc, out))
+    xmp = _guard(out, "xmp", lambda: _xmp_from_raw(xmp, out))
+    found = _guard(out, "dpi", lambda: dpi or (_exif_dpi(_parse_exif(exif)) if exif else None))
+    dpi = _sane_dpi(found, out.append) if found else None
+    return Metadata(exif=exif, xmp=xmp, iptc=iptc, dpi=dpi, bit_depth=bit_depth, notes=tuple(out))
+
+
+def orientation(exif: bytes | None) -> int:
+    """The EXIF Orientation (1..8) of an EXIF block (TIFF header onwards); 1 when absent or unreadable."""
+    if not exif:
+        return 1
+    try:
+        parsed = _parse_exif(_strip_exif_header(bytes(exif)))
+        e = parsed.ifd0.entries.get(274)
+        value = _first_int(e.typ, e.data, parsed.bo) if e is not None else 1
+    except (ValueError, struct.error):
+        return 1
+    return value if value in range(1, 9) else 1
+
+
 def _guard(notes: list[tuple[str, str]], group: str, fn):
     try:
         return fn()
@@ -257,6 +282,10 @@ def _read_exif(im: Image.Image, tiff: _Exif | None, notes: list[tuple[str, str]]
     raw = im.info.get("exif")
     if raw is None and isinstance(im.info.get("Raw profile type exif"), str):  # ImageMagick's PNG text form
         raw = _raw_profile(im.info["Raw profile type exif"])
+    return _exif_from_raw(raw, notes)
+
+
+def _exif_from_raw(raw: bytes | None, notes: list[tuple[str, str]]) -> bytes | None:
     if not raw:
         return None
     raw = _strip_exif_header(bytes(raw))
@@ -306,6 +335,10 @@ def _read_iptc(im: Image.Image, tiff: _Exif | None, notes: list[tuple[str, str]]
                 if raw.startswith(b"8BIM"):
                     raw = _irb_resource(raw, 0x0404)
                 break
+    return _iptc_from_raw(raw, notes)
+
+
+def _iptc_from_raw(raw: bytes | None, notes: list[tuple[str, str]]) -> bytes | None:
     if not raw:
         return None
     if len(raw) > MAX_IPTC_BYTES:
@@ -324,6 +357,10 @@ def _read_xmp(im: Image.Image, notes: list[tuple[str, str]]) -> bytes | None:
     xmp = im.info.get("xmp")
     if xmp is None and im.format == "PNG":
         xmp = im.info.get("XML:com.adobe.xmp")
+    return _xmp_from_raw(xmp, notes)
+
+
+def _xmp_from_raw(xmp: bytes | str | None, notes: list[tuple[str, str]]) -> bytes | None:
     if isinstance(xmp, str):
         xmp = xmp.encode("utf-8")
     if xmp and len(xmp) > MAX_XMP_BYTES:
@@ -814,7 +851,7 @@ def _q(prefix: str, name: str) -> str:
     return f"{{{_NS[prefix]}}}{name}"
 
 
-def _xmp_for_output(meta: Metadata, prov: Provenance, keep: bool, size: tuple[int, int], rep: _Report) -> bytes:
+def _xmp_for_output(meta: Metadata, prov: Provenance, keep: bool, size: tuple[int, int], rep: Report) -> bytes:
     fresh = "a fresh packet carries the provenance"
     if keep and meta.xmp and len(meta.xmp) > MAX_XMP_BYTES:
         rep.dropped["xmp"] = f"a packet of {len(meta.xmp)} bytes exceeds the XMP cap of {MAX_XMP_BYTES}; {fresh}"
@@ -1007,7 +1044,7 @@ def _esc(text: str, attr: bool = False) -> str:
 # --------------------------------------------------------------------------- the output's metadata
 
 
-class _Report:
+class Report:
     """What happened to each group, as the short JSON of the manifest's ``metadata`` column."""
 
     def __init__(self, meta: Metadata, keep: bool) -> None:
@@ -1030,6 +1067,12 @@ class _Report:
     def change(self, group: str, what: str) -> None:
         self.changed[group] = f"{self.changed[group]}; {what}" if group in self.changed else what
 
+    def drop(self, group: str, why: str) -> None:
+        """A group the output's container could not take after all: no longer kept or changed, dropped for ``why``."""
+        self.dropped[group] = why
+        self.kept = [g for g in self.kept if g != group]
+        self.changed.pop(group, None)
+
     def json(self) -> str:
         order = {"exif": 0, "iptc": 1, "xmp": 2, "dpi": 3}
         out = {"kept": sorted(set(self.kept), key=order.get), "added": self.added}
@@ -1041,8 +1084,11 @@ class _Report:
 
 
 @dataclass
-class _Parts:
-    """The output's metadata, ready for any container."""
+class Prepared:
+    """The output's metadata, sanitised and fixed for the output's pixels, ready for any container: what a format's
+    writer (:mod:`raycolor.core.formats`) puts where its container says. The EXIF is kept as parsed entries, so a
+    writer never re-parses bytes: it asks for the block (:meth:`exif_bytes`) or, for TIFF, the whole first
+    directory (:meth:`tiff_ifd`)."""
 
     exif: _Exif
     xmp: bytes
@@ -1050,10 +1096,51 @@ class _Parts:
     dpi: tuple[float, float] | None
     prov: Provenance
 
+    def exif_bytes(self) -> bytes:
+        """The EXIF block, TIFF header onwards (no ``Exif\\0\\0``)."""
+        return _exif_bytes(self.exif)
 
-def _prepare(meta: Metadata | None, prov: Provenance, keep: bool, size: tuple[int, int]) -> tuple[_Parts, _Report]:
+    def software_exif_bytes(self) -> bytes:
+        """An EXIF block holding only Software (the provenance), for a container too small for the whole block."""
+        return _exif_bytes(_Exif("<", _Dir({305: _ascii(self.prov.software)}, {}), False, [], {}))
+
+    def fresh_xmp(self) -> bytes:
+        """A packet holding only the provenance, for a container too small for the carried one."""
+        return _fresh_xmp(self.prov)
+
+    def iptc_irb(self) -> bytes:
+        """The IPTC-IIM as a Photoshop image-resource block (8BIM 0x0404), the form JPEG APP13 and PNG text hold."""
+        return _irb(0x0404, self.iptc or b"")
+
+    def iptc_raw_profile(self) -> bytes:
+        """The IPTC as exiftool's PNG text form ("Raw profile type iptc": hex of :meth:`iptc_irb`)."""
+        return _raw_profile_text("IPTC profile", self.iptc_irb()).encode("latin-1")
+
+    @property
+    def byte_order(self) -> str:
+        """"<" or ">": the EXIF's own, which a TIFF output keeps."""
+        return self.exif.bo
+
+    def tiff_ifd(self, offset: int, structure: dict[int, tuple[str, tuple[int, ...]]]) -> bytes:
+        """A TIFF's first directory at ``offset``: the carried EXIF IFD0 (with its Exif/GPS sub-IFDs), the
+        container's ``structure`` tags ({tag: ("short" | "long", values)}: size, strips, compression, ...), XMP (700),
+        the sRGB ICC profile (34675) and IPTC (33723). Values and sub-directories follow it."""
+        bo = self.exif.bo
+        ifd0 = _Dir(dict(self.exif.ifd0.entries), dict(self.exif.ifd0.children))
+        for tag, (kind, values) in structure.items():
+            ifd0.entries[tag] = (_shorts if kind == "short" else _longs)(bo, *values)
+        ifd0.entries[700] = _Entry(1, len(self.xmp), self.xmp)
+        ifd0.entries[0x8773] = _Entry(7, len(srgb_icc()), srgb_icc())
+        if self.iptc is not None:  # LONG, zero-padded, as Photoshop and exiftool write IPTC-NAA
+            iim = self.iptc + b"\0" * (-len(self.iptc) % 4)
+            ifd0.entries[0x83BB] = _Entry(4, len(iim) // 4, iim)
+        return _pack_dir(ifd0, bo, offset)
+
+
+def prepare(meta: Metadata | None, prov: Provenance, keep: bool, size: tuple[int, int]) -> tuple[Prepared, Report]:
+    """The output's metadata for an image of ``size`` (W, H), and the report of what was kept, changed, dropped."""
     meta = meta if meta is not None else Metadata()
-    rep = _Report(meta, keep)
+    rep = Report(meta, keep)
     dpi = meta.dpi if keep else None
     if dpi is not None:  # (read() keeps it in range; a Metadata made elsewhere may not)
         dpi = _sane_dpi(dpi, lambda n: rep.dropped.setdefault(*n))
@@ -1067,11 +1154,11 @@ def _prepare(meta: Metadata | None, prov: Provenance, keep: bool, size: tuple[in
         rep.kept.append("iptc")
     exif = _exif_for_output(meta, prov, keep, size, dpi, rep)
     xmp = _xmp_for_output(meta, prov, keep, size, rep)
-    return _Parts(exif, xmp, iptc, dpi, prov), rep
+    return Prepared(exif, xmp, iptc, dpi, prov), rep
 
 
 def _exif_for_output(
-    meta: Metadata, prov: Provenance, keep: bool, size: tuple[int, int], dpi, rep: _Report
+    meta: Metadata, prov: Provenance, keep: bool, size: tuple[int, int], dpi, rep: Report
 ) -> _Exif:
     exif, changes = _Exif("<", _Dir({}, {}), False, [], {}), []
     if keep and meta.exif:
@@ -1143,267 +1230,3 @@ def srgb_icc() -> bytes:
 
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     return icc[:24] + bytes(12) + icc[36:]  # LittleCMS stamps today's date: zero it, so outputs are reproducible
-
-
-# --------------------------------------------------------------------------- encoding
-
-
-def encode(
-    rgb: np.ndarray,
-    fmt: str,
-    meta: Metadata | None,
-    prov: Provenance,
-    *,
-    keep: bool = True,
-    png_level: int = 1,
-    jpeg_quality: int = 92,
-) -> tuple[bytes, str]:
-    """Encode upright sRGB pixels with the input's metadata and provenance; returns (bytes, JSON report).
-
-    ``rgb``: uint8 or uint16 ``(H, W, 3)``. PNG and TIFF keep 16 bits; JPEG and WebP are 8-bit
-    (``round(v / 257)``). ``png_level`` is the zlib level of PNG and of TIFF's deflate; ``jpeg_quality``
-    that of JPEG and (lossy) WebP. JPEG pixels are encoded exactly as :func:`raycolor.core.images.encode_jpeg`
-    does, then take the metadata the way :func:`embed_jpeg` adds it, so both paths write the same.
-    """
-    fmt = _check_format(fmt)
-    arr = _check_pixels(rgb)
-    if not 0 <= png_level <= 9:
-        raise ValueError(f"png level must be in 0..9, got {png_level}")
-    if not 1 <= jpeg_quality <= 100:
-        raise ValueError(f"jpeg quality must be in 1..100, got {jpeg_quality}")
-    h, w = arr.shape[:2]
-    parts, rep = _prepare(meta, prov, keep, (w, h))
-    if arr.dtype == np.uint16 and fmt in ("jpeg", "webp"):
-        arr = ((arr.astype(np.uint32) + 128) // 257).astype(np.uint8)
-        rep.change("depth", f"16-bit samples written as 8-bit ({fmt.upper()} has no 16-bit mode)")
-    if fmt == "jpeg":
-        buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, format="JPEG", quality=jpeg_quality, subsampling="4:2:0", optimize=False)
-        return _embed_jpeg(buf.getvalue(), parts, rep), rep.json()
-    if fmt == "png":
-        return _png(arr, parts, rep, png_level), rep.json()
-    if fmt == "tiff":
-        return _tiff(arr, parts, rep, png_level), rep.json()
-    return _webp(arr, parts, rep, jpeg_quality), rep.json()
-
-
-def embed_jpeg(
-    jpeg: bytes, meta: Metadata | None, prov: Provenance, *, keep: bool = True, width: int, height: int
-) -> tuple[bytes, str]:
-    """The metadata :func:`encode` writes, inserted into a JPEG encoded elsewhere (e.g. nvJPEG on a GPU).
-
-    Segments go right after SOI; an existing JFIF APP0 gets the density, existing APP1 Exif/XMP, APP2
-    ICC and APP13 Photoshop segments are replaced, everything else is copied unchanged.
-    """
-    parts, rep = _prepare(meta, prov, keep, (int(width), int(height)))
-    return _embed_jpeg(bytes(jpeg), parts, rep), rep.json()
-
-
-def _check_format(fmt: str) -> str:
-    fmt = {"jpg": "jpeg", "tif": "tiff"}.get(fmt, fmt)
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown output format {fmt!r} (expected one of {FORMATS})")
-    return fmt
-
-
-def _check_pixels(rgb: np.ndarray) -> np.ndarray:
-    arr = np.asarray(rgb)
-    if arr.dtype not in (np.uint8, np.uint16) or arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"expected a uint8 or uint16 (H, W, 3) array, got {arr.dtype} {arr.shape}")
-    if arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise ValueError(f"cannot encode an empty image {arr.shape}")
-    return np.ascontiguousarray(arr)
-
-
-# JPEG: a segment holds at most 65533 bytes after its length field.
-_JPEG_MAX = 65533
-_XMP_ID = b"http://ns.adobe.com/xap/1.0/\0"
-
-
-def _segment(marker: int, payload: bytes) -> bytes:
-    return bytes((0xFF, marker)) + struct.pack(">H", len(payload) + 2) + payload
-
-
-def _embed_jpeg(jpeg: bytes, parts: _Parts, rep: _Report) -> bytes:
-    if jpeg[:2] != b"\xff\xd8":
-        raise ValueError("not a JPEG (no SOI marker)")
-    jfif, others, pos = None, [], 2
-    while pos + 4 <= len(jpeg) and jpeg[pos] == 0xFF and (0xE0 <= jpeg[pos + 1] <= 0xEF or jpeg[pos + 1] == 0xFE):
-        marker, (n,) = jpeg[pos + 1], struct.unpack(">H", jpeg[pos + 2 : pos + 4])
-        seg, body = jpeg[pos : pos + 2 + n], jpeg[pos + 4 : pos + 2 + n]
-        pos += 2 + n
-        if marker == 0xE0 and body.startswith(b"JFIF\0") and jfif is None:
-            jfif = seg
-        elif not _replaced_segment(marker, body):
-            others.append(seg)
-    return b"".join([b"\xff\xd8", _jfif(jfif, parts.dpi), *_jpeg_segments(parts, rep), *others, jpeg[pos:]])
-
-
-def _replaced_segment(marker: int, body: bytes) -> bool:
-    return (
-        (marker == 0xE1 and (body.startswith(b"Exif\0") or body.startswith(_XMP_ID)))
-        or (marker == 0xE2 and body.startswith(b"ICC_PROFILE\0"))
-        or (marker == 0xED and body.startswith(b"Photoshop 3.0\0"))
-    )
-
-
-def _jfif(seg: bytes | None, dpi) -> bytes:
-    units, x, y = (1, *(min(65535, max(1, round(v))) for v in dpi)) if dpi else (0, 1, 1)
-    if seg is None or len(seg) < 18:
-        return _segment(0xE0, b"JFIF\0\x01\x01" + struct.pack(">BHH", units, x, y) + b"\0\0")
-    return seg[:11] + struct.pack(">BHH", units, x, y) + seg[16:]
-
-
-def _jpeg_segments(parts: _Parts, rep: _Report) -> list[bytes]:
-    segs = []
-    exif = b"Exif\0\0" + _exif_bytes(parts.exif)
-    if len(exif) > _JPEG_MAX:
-        rep.dropped["exif"] = f"{len(exif)} bytes exceed a JPEG APP1 segment ({_JPEG_MAX}); only Software written"
-        rep.kept = [g for g in rep.kept if g != "exif"]
-        bare = _Exif("<", _Dir({305: _ascii(parts.prov.software)}, {}), False, [], {})
-        exif = b"Exif\0\0" + _exif_bytes(bare)
-    segs.append(_segment(0xE1, exif))
-    xmp = parts.xmp
-    if len(_XMP_ID) + len(xmp) > _JPEG_MAX:  # extended XMP would be possible; a drop is honest and simple
-        rep.dropped["xmp"] = (
-            f"packet of {len(xmp)} bytes exceeds a JPEG APP1 segment ({_JPEG_MAX - len(_XMP_ID)}); "
-            "a fresh packet carries the provenance"
-        )
-        rep.kept = [g for g in rep.kept if g != "xmp"]
-        rep.changed.pop("xmp", None)
-        xmp = _fresh_xmp(parts.prov)
-    segs.append(_segment(0xE1, _XMP_ID + xmp))
-    icc = srgb_icc()  # 588 bytes: one APP2 chunk
-    segs.append(_segment(0xE2, b"ICC_PROFILE\0\x01\x01" + icc))
-    if parts.iptc is not None:
-        payload = b"Photoshop 3.0\0" + _irb(0x0404, parts.iptc)
-        if len(payload) > _JPEG_MAX:
-            rep.dropped["iptc"] = f"{len(parts.iptc)} bytes exceed a JPEG APP13 segment ({_JPEG_MAX})"
-            rep.kept = [g for g in rep.kept if g != "iptc"]
-        else:
-            segs.append(_segment(0xED, payload))
-    return segs
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def _png(arr: np.ndarray, parts: _Parts, rep: _Report, level: int) -> bytes:
-    if arr.dtype == np.uint8:
-        buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, format="PNG", compress_level=level)
-        png = buf.getbuffer()  # no copy: the file is copied once, below
-        pieces = [png[:33], png[33:]]
-    else:
-        pieces = _png16(arr, level)
-    # every metadata chunk may precede IDAT, so they all go right after IHDR (8 + 25 bytes); one join: a 100 MP
-    # master's file is copied once, not once per step
-    return b"".join([pieces[0], *_png_meta_chunks(parts), *pieces[1:]])
-
-
-def _png16(arr: np.ndarray, level: int) -> list[bytes]:
-    """A 48-bit RGB PNG, as pieces to join (signature + IHDR first): Pillow has no 16-bit RGB mode and
-    imageio/scikit-image write PNG through Pillow, so this minimal writer (IHDR, IDAT with the Up filter,
-    IEND) is the one dependency-free way."""
-    h, w = arr.shape[:2]
-    # in row strips (a 100 MP master would need ~24 B/pixel of copies at once); zlib's stream does not depend
-    # on how its input is cut, so the file is the same byte for byte
-    z = zlib.compressobj(level)
-    idat = []
-    above = np.zeros((1, w * 6), np.uint8)  # the row before the first: Up filters row 0 against zeros
-    step = max(1, (1 << 22) // max(1, w * 6))
-    for y0 in range(0, h, step):
-        rows = arr[y0 : y0 + step].astype(">u2").reshape(-1, w * 6 // 2).view(np.uint8)
-        raw = np.empty((rows.shape[0], w * 6 + 1), np.uint8)
-        raw[:, 0] = 2  # filter type 2 (Up); uint8 arithmetic wraps modulo 256 as PNG wants
-        np.subtract(rows, np.concatenate([above, rows[:-1]]), out=raw[:, 1:])
-        above = rows[-1:]
-        idat.append(z.compress(raw.tobytes()))
-    idat.append(z.flush())
-    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
-    crc = zlib.crc32(b"IDAT")
-    for piece in idat:
-        crc = zlib.crc32(piece, crc)
-    return [b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr), struct.pack(">I", sum(map(len, idat))) + b"IDAT", *idat,
-            struct.pack(">I", crc), _png_chunk(b"IEND", b"")]
-
-
-def _png_meta_chunks(parts: _Parts) -> list[bytes]:
-    chunks = [_png_chunk(b"iCCP", b"sRGB\0\0" + zlib.compress(srgb_icc()))]
-    if parts.dpi is not None:
-        ppm = [max(1, round(v / 0.0254)) for v in parts.dpi]
-        chunks.append(_png_chunk(b"pHYs", struct.pack(">IIB", ppm[0], ppm[1], 1)))
-    chunks.append(_png_chunk(b"eXIf", _exif_bytes(parts.exif)))
-    chunks.append(_png_chunk(b"iTXt", b"XML:com.adobe.xmp\0\0\0\0\0" + parts.xmp))
-    if parts.iptc is not None:  # exiftool's form: hex of a Photoshop 8BIM block holding the IIM
-        text = _raw_profile_text("IPTC profile", _irb(0x0404, parts.iptc)).encode("latin-1")
-        chunks.append(_png_chunk(b"zTXt", b"Raw profile type iptc\0\0" + zlib.compress(text)))
-    return chunks
-
-
-def _tiff(arr: np.ndarray, parts: _Parts, rep: _Report, level: int) -> bytes:
-    """TIFF with deflate and the horizontal predictor, 8 or 16 bits, written here for both depths:
-    Pillow's libtiff writer cannot write the Exif/GPS sub-IFDs and has no 48-bit RGB mode."""
-    bo = parts.exif.bo
-    h, w = arr.shape[:2]
-    bits = 16 if arr.dtype == np.uint16 else 8
-    row_bytes = w * 3 * bits // 8
-    rows_per_strip = min(h, max(1, (256 << 10) // row_bytes))
-
-    def strip(y: int) -> bytes:  # one TIFF strip at a time: no full-size copy beside the output
-        diff = arr[y : y + rows_per_strip].copy()
-        diff[:, 1:] -= arr[y : y + rows_per_strip, :-1]  # predictor 2, per sample, modulo 2**bits
-        return zlib.compress((diff.astype(f"{bo}u2") if bits == 16 else diff).tobytes(), level)
-
-    strips = [strip(y) for y in range(0, h, rows_per_strip)]
-    offsets, pos = [], 8
-    for s in strips:
-        offsets.append(pos)
-        pos += len(s)
-    ifd_offset = pos + (pos & 1)
-    ifd0 = _Dir(dict(parts.exif.ifd0.entries), dict(parts.exif.ifd0.children))
-    ifd0.entries.update(
-        {
-            256: _longs(bo, w),
-            257: _longs(bo, h),
-            258: _shorts(bo, bits, bits, bits),
-            259: _shorts(bo, 8),  # Adobe deflate
-            262: _shorts(bo, 2),  # RGB
-            273: _longs(bo, *offsets),
-            277: _shorts(bo, 3),
-            278: _longs(bo, rows_per_strip),
-            279: _longs(bo, *(len(s) for s in strips)),
-            284: _shorts(bo, 1),
-            317: _shorts(bo, 2),
-            700: _Entry(1, len(parts.xmp), parts.xmp),
-            0x8773: _Entry(7, len(srgb_icc()), srgb_icc()),
-        }
-    )
-    if parts.iptc is not None:  # LONG, zero-padded, as Photoshop and exiftool write IPTC-NAA
-        iim = parts.iptc + b"\0" * (-len(parts.iptc) % 4)
-        ifd0.entries[0x83BB] = _Entry(4, len(iim) // 4, iim)
-    return b"".join(
-        [
-            (b"II*\0" if bo == "<" else b"MM\0*") + struct.pack(bo + "I", ifd_offset),
-            *strips,
-            b"\0" * (ifd_offset - pos),
-            _pack_dir(ifd0, bo, ifd_offset),
-        ]
-    )
-
-
-def _webp(arr: np.ndarray, parts: _Parts, rep: _Report, quality: int) -> bytes:
-    if parts.iptc is not None:
-        rep.dropped["iptc"] = "WebP has no IPTC-IIM container (its XMP keeps the IPTC Core fields it has)"
-        rep.kept = [g for g in rep.kept if g != "iptc"]
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(
-        buf,
-        format="WEBP",
-        quality=quality,
-        exif=_exif_bytes(parts.exif),
-        icc_profile=srgb_icc(),
-        xmp=parts.xmp,
-    )
-    return buf.getvalue()

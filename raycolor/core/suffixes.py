@@ -1,15 +1,16 @@
-"""What an input is, by its file suffix: the one list of image suffixes, and those of tar archives and
-manifests. No imports: :mod:`raycolor.core.images` (decoding) and :mod:`raycolor.inputs` (listing) both take
-their suffixes from here, so neither needs the other for them."""
+"""What an input is, by its file suffix: the image suffixes (the format registry's, :mod:`raycolor.core.formats`),
+and those of tar archives and manifests. :mod:`raycolor.inputs` (listing) takes its suffixes from here."""
 
 from __future__ import annotations
 
 import posixpath
 
+from raycolor.core.formats import INPUT_SUFFIXES
+
 __all__ = ["IMAGE_SUFFIXES", "MANIFEST_SUFFIXES", "OBJECT_KINDS", "TAR_SUFFIXES", "object_kind", "suffix"]
 
-# the one list of inputs we take (any case); GIF is included because its first frame decodes like any still
-IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
+# the inputs we take (any case): every format the registry reads (GIF too: its first frame decodes like any still)
+IMAGE_SUFFIXES: frozenset[str] = INPUT_SUFFIXES
 TAR_SUFFIXES: frozenset[str] = frozenset({".tar"})
 MANIFEST_SUFFIXES: frozenset[str] = frozenset({".txt", ".parquet"})
 # suffix -> the kind of shard object a planner sizes (inputs.size_object)

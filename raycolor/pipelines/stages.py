@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from raycolor import inputs, storage
 from raycolor.config import DEFAULT_MAX_PIXELS, ColorizeConfig, StorageConfig
-from raycolor.core import images, metadata
+from raycolor.core import formats, images, metadata
 from raycolor.core.failures import INTERNAL, internal_error
 from raycolor.core.budget import BLOCK_PIXELS, BYTES_PER_PIXEL, DEVICE_PIXELS
 from raycolor.outputs import ledger
@@ -77,6 +77,7 @@ class ModelStage:
     @classmethod
     def for_colorize(cls, config: ColorizeConfig, render_size: int) -> ModelStage:
         codec = config.uses_device_codec
+        deep = formats.holds(config.format, 16) and config.bit_depth != "8"
         return cls(
             checkpoint=config.checkpoint,
             render_size=render_size,
@@ -86,9 +87,10 @@ class ModelStage:
             max_pixels=config.max_pixels,
             storage=config.storage,
             device_codec=codec,
-            encode_jpeg_quality=config.jpeg_quality if codec and config.format == "jpeg" else None,
-            depth=config.decode_depth,
-            bits=config.bit_depth if config.format in ("png", "tiff") else "8",
+            encode_jpeg_quality=config.jpeg_quality if codec and formats.get(config.format).name == "jpeg" else None,
+            # a 16-bit master stays 16-bit only as deep as the output can hold it
+            depth="auto" if deep else "8",
+            bits=config.bit_depth if deep else "8",
             memory_budget=config.memory_per_cpu,
         )
 
@@ -477,11 +479,15 @@ def _encode_one(batch: dict, i: int, *, stage: ModelStage, config: ColorizeConfi
     """Row i of a predicted batch -> (the output's bytes with its metadata, the metadata report)."""
     meta = metadata.Metadata.unpack(batch["meta"][i])
     if stage.encode_jpeg_quality is not None:  # encoded by the actor (nvJPEG): metadata goes in here
-        return metadata.embed_jpeg(bytes(batch["encoded"][i]), meta, prov, keep=keep,
+        return formats.embed_jpeg(bytes(batch["encoded"][i]), meta, prov, keep=keep,
                                    width=int(batch["width"][i]), height=int(batch["height"][i]))
     rgb = colorized_rgb(batch, i, stage)
-    return metadata.encode(rgb, config.format, meta, prov, keep=keep, png_level=config.png_level,
-                           jpeg_quality=config.jpeg_quality)
+    return formats.encode(rgb, config.format, meta, prov, keep=keep, options=encode_options(config))
+
+
+def encode_options(config: ColorizeConfig) -> formats.EncodeOptions:
+    """How this run encodes its outputs (one finish task is one CPU: a codec's threads stay at one)."""
+    return formats.EncodeOptions(png_level=config.png_level, jpeg_quality=config.jpeg_quality, jp2_rate=config.jp2_rate)
 
 
 def _part_name(sources_in_batch) -> str:
