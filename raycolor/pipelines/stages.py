@@ -529,7 +529,7 @@ def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, outp
             err = internal_error(e, "write")
             written = [None] * len(pending)
             for i in pending:
-                internal[i] = err
+                own_errors[i] = err
         failures.update(zip(pending, written))
         handled = sum(len(encoded[i]) + 3 * int(batch["width"][i]) * int(batch["height"][i]) for i in pending)
         if not keep_blobs:
@@ -538,14 +538,18 @@ def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, outp
         pending.clear()
         runtime.trim_heap(handled)  # what was composed and encoded
 
-    internal: dict[int, str] = {}  # row -> its "internal: ..." error (raycolor.core.failures)
+    own_errors: dict[int, str] = {}  # row -> the error this task gave it ("internal: ...", "too_large: ...")
     for i in range(n):
         if not batch["error"][i]:
             try:
                 encoded[i], reports[i] = _encode_one(batch, i, stage=stage, config=config, prov=prov, keep=keep)
                 out_uris[i] = writer.row_output(output, inputs.output_key(batch["relpath"][i], ext))
+            except formats.CannotHold as e:  # e.g. wider than WebP holds: a property of the image, not a bug
+                own_errors[i] = f"too_large: {e}"
+                encoded[i] = reports[i] = out_uris[i] = None
+                continue
             except Exception as e:  # this image's error row, never the task's end
-                internal[i] = internal_error(e, "encode")
+                own_errors[i] = internal_error(e, "encode")
                 encoded[i] = reports[i] = out_uris[i] = None
                 continue
             if not writer.spools_images:
@@ -559,8 +563,8 @@ def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, outp
         out_uri, blob = out_uris[i], encoded[i] if keep_blobs else None
         if failures.get(i) is not None:  # past the retry limit: an error row, never a silent loss
             err, out_uri, blob = f"write_failed: {storage.redact(failures[i], out_uri)}", None, None
-        elif i in internal:
-            err, out_uri, blob = storage.redact(internal[i], source), None, None
+        elif i in own_errors:
+            err, out_uri, blob = storage.redact(own_errors[i], source), None, None
         rows["source"].append(source)
         rows["output"].append(out_uri)
         rows["status"].append("ok" if err is None else "error")

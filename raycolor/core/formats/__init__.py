@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from raycolor.core.formats import jp2, jpeg, png, readonly, tiff, webp
-from raycolor.core.formats.base import EncodeOptions, Format
+from raycolor.core.formats.base import CannotHold, EncodeOptions, Format
 from raycolor.core.metadata import Metadata, Provenance, prepare
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "PILLOW_IDS",
     "REGISTRY",
     "WRITABLE",
+    "CannotHold",
     "EncodeOptions",
     "Format",
     "embed_jpeg",
@@ -100,7 +101,7 @@ def encode(
     arr = _check_pixels(rgb)
     h, w = arr.shape[:2]
     if entry.max_side is not None and max(h, w) > entry.max_side:
-        raise ValueError(f"{w}x{h} is larger than {entry.name} holds ({entry.max_side} px a side)")
+        raise CannotHold(f"{w}x{h} is larger than {entry.name} holds ({entry.max_side} px a side)")
     prepared, report = prepare(meta, prov, keep, (w, h))
     if arr.dtype == np.uint16 and 16 not in entry.bits:
         arr = ((arr.astype(np.uint32) + 128) // 257).astype(np.uint8)

@@ -6,6 +6,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
+class CannotHold(ValueError):
+    """An image its output format cannot hold (WebP: at most 16383 px a side): that image's ``too_large`` row."""
+
+
 @dataclass(frozen=True)
 class EncodeOptions:
     """How an output is encoded, whatever its format (each writer reads what concerns it)."""
