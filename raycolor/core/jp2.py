@@ -720,14 +720,15 @@ def _encode_imagecodecs(pix, levels: int, lossless: bool, ratio: float | None, t
     if lossless:
         return enc(pix, 0)
     # imagecodecs' lossy knob is a target PSNR (dB), not a rate: find the PSNR that gives the rate on a centre
-    # crop of at most 1024² (a few small encodes), then encode the whole image once at it. The rate is hit
+    # crop of at most 512² (a few small encodes), then encode the whole image once at it. The rate is hit
     # approximately (as well as the crop stands for the image).
     h, w = pix.shape[:2]
-    crop = pix[max(0, (h - TILE) // 2):][:TILE, max(0, (w - TILE) // 2):][:, :TILE]
+    side = TILE // 2
+    crop = pix[max(0, (h - side) // 2):][:side, max(0, (w - side) // 2):][:, :side]
     crop = np.ascontiguousarray(crop)
     want = crop.shape[0] * crop.shape[1] * 48 / ratio / 8
     lo, hi = 30.0, 100.0
-    for _ in range(7):
+    for _ in range(6):
         mid = (lo + hi) / 2
         if len(enc(crop, mid)) > want:
             hi = mid
