@@ -208,12 +208,13 @@ def test_list_group_on_s3_one_level_then_a_subtree(s3_env):
         fs.pipe_file(f"{bucket}/{key}", b"x")
     root, chunks = f"s3://{bucket}/in", f"s3://{bucket}/out/{{id}}.parquet"
     top = inputs.ListGroup(key="", dirs=((root, root),), exclude=(root,))
-    (shards, nxt, found, left), rest = inputs.list_group(top, chunk_uri=chunks, shard_size=2, fan_out=True)
+    (shards, nxt, found, left, not_taken), rest = inputs.list_group(top, chunk_uri=chunks, shard_size=2, fan_out=True)
     assert [(g.key, g.dirs, g.depth) for g in nxt] == [("x", ((root, f"{root}/x"),), 1), ("z", ((root, f"{root}/z"),), 1)]
     assert (shards, found, dict(left)) == ([], {root: 1}, {root: 1})  # one image, fewer than shard_size: left to bin
+    assert not_taken == {}  # the first level holds a.jpg only; z/notes.txt is its own group's to count
     assert rest.column("relpath").to_pylist() == ["a.jpg"] and rest.column("root").to_pylist() == [root]
-    (shards, nxt, found, left), rest = inputs.list_group(nxt[0], chunk_uri=chunks, shard_size=2, fan_out=False)
-    assert (nxt, found, dict(left), rest.num_rows) == ([], {root: 3}, {}, 0)
+    (shards, nxt, found, left, not_taken), rest = inputs.list_group(nxt[0], chunk_uri=chunks, shard_size=2, fan_out=False)
+    assert (nxt, found, dict(left), rest.num_rows, not_taken) == ([], {root: 3}, {}, 0, {})
     assert all(s.uri == chunks.replace("{id}", s.id) and fs.exists(s.uri) for _, s in shards)
     listed = [("s3://" + f"{bucket}/in/a.jpg", "a.jpg")] + [(i.source, i.relpath) for _, s in shards for i in inputs.expand(s)]
     assert sorted(listed) == sorted((i.source, i.relpath) for i in inputs.list_items([root]))
@@ -229,9 +230,10 @@ def test_list_group_leaves_a_nested_root_to_its_own_listing(tmp_path):
     for p in (outer / "a.JPG", outer / "notes.txt", inner / "b.png", inner / "deep" / "c.tif", outer / "Inner2.jpg"):
         p.write_bytes(b"x")
     group = inputs.ListGroup(key="", dirs=((str(outer), str(outer)), (str(inner), str(inner))), exclude=(str(outer), str(inner)))
-    (shards, nxt, found, left), rest = inputs.list_group(group, chunk_uri=str(tmp_path / "c-{id}.parquet"), shard_size=100,
-                                                          fan_out=False)
+    (shards, nxt, found, left, not_taken), rest = inputs.list_group(group, chunk_uri=str(tmp_path / "c-{id}.parquet"),
+                                                                     shard_size=100, fan_out=False)
     assert (shards, nxt, found) == ([], [], {str(outer): 4, str(inner): 2})
+    assert not_taken == {str(outer): {".txt": 1}}  # counted once, by the root that holds it
     rows = list(zip(rest.column("root").to_pylist(), rest.column("relpath").to_pylist()))
     assert rows == [(str(outer), "Inner2.jpg"), (str(outer), "a.JPG"), (str(inner), "b.png"), (str(inner), "deep/c.tif")]
     assert sorted(rest.column("source").to_pylist()) == sorted(i.source for i in inputs.list_items([str(outer)]))

@@ -676,3 +676,125 @@ def test_absolute_makes_local_outputs_usable_from_any_working_directory(tmp_path
     assert storage.absolute(" file://rel/x ") == str(tmp_path / "rel" / "x")
     assert storage.absolute("~/runs") == str(tmp_path / "home" / "runs")
     assert storage.absolute("s3://bucket/prefix//") == "s3://bucket/prefix"
+
+
+# ------------------------------------------------------------------------------------------
+# Not taken: a listing counts what it leaves out, by suffix (never a silent skip)
+# ------------------------------------------------------------------------------------------
+
+
+def _archive_folder(root) -> dict[str, int]:
+    """A folder as archives deliver them: scans beside PDFs, XML, a kind of image raycolor does not read, a
+    tar and a manifest (in a folder of images: not expanded), names without a suffix. Returns what is not taken."""
+    for rel in ("a.jpg", "box1/b.JPG", "box1/f1/c.png", "box2/d.tif"):
+        _write(root / rel, _payload(rel))
+    for rel in ("a.pdf", "box1/b.PDF", "box1/f1/c.pdf", "box2/d.Pdf", "box1/mets.xml", "box2/alto.XML",
+                "box2/f2/scan.psd", "box1/batch.tar", "box1/list.txt", "README", "box2/.DS_Store"):
+        _write(root / rel, b"not taken")
+    return {".pdf": 4, ".xml": 2, "(none)": 2, ".psd": 1, ".tar": 1, ".txt": 1}
+
+
+def test_folder_listing_counts_what_it_does_not_take_by_suffix(tmp_path):
+    """Listing tasks' counts (inputs.list_group, run here without Ray): one recursive listing, or the first level
+    fanned out and each sub-folder's subtree listed by its own task, count the same files, per root."""
+    assert ".psd" not in inputs.IMAGE_SUFFIXES and ".pdf" not in inputs.IMAGE_SUFFIXES
+    root = str(tmp_path / "in")
+    want = _archive_folder(tmp_path / "in")
+    chunks = str(tmp_path / "c-{id}.parquet")
+    top = inputs.ListGroup(key="", dirs=((root, root),), exclude=(root,))
+    (_, _, found, _, not_taken), _ = inputs.list_group(top, chunk_uri=chunks, shard_size=100, fan_out=False)
+    assert found == {root: 4} and not_taken == {root: want}
+    assert list(not_taken[root]) == [".pdf", "(none)", ".xml", ".psd", ".tar", ".txt"]  # largest first, ties by name
+
+    (_, nxt, _, _, first), _ = inputs.list_group(top, chunk_uri=chunks, shard_size=100, fan_out=True)
+    assert first == {root: {"(none)": 1, ".pdf": 1}}  # README and a.pdf: the first level only
+    below = [inputs.list_group(g, chunk_uri=chunks, shard_size=100, fan_out=False)[0][4] for g in nxt]
+    assert inputs.merge_not_taken(*(c[root] for c in [first, *below] if root in c)) == want
+
+    plan = inputs.list_folder(root)  # the driver's one-listing path (a folder given to list_folder) counts alike
+    assert plan.kind == "listing" and dict(plan.not_taken) == want
+
+
+def test_a_root_inside_another_is_counted_once(tmp_path):
+    outer, inner = tmp_path / "outer", tmp_path / "outer" / "inner"
+    for p, data in ((outer / "a.jpg", b"x"), (outer / "a.xml", b"x"), (inner / "b.jpg", b"x"), (inner / "b.pdf", b"x"),
+                    (inner / "deep" / "c.pdf", b"x")):
+        _write(p, data)
+    group = inputs.ListGroup(key="", dirs=((str(outer), str(outer)), (str(inner), str(inner))), exclude=(str(outer), str(inner)))
+    (_, _, _, _, not_taken), _ = inputs.list_group(group, chunk_uri=str(tmp_path / "c-{id}.parquet"), shard_size=100,
+                                                   fan_out=False)
+    assert not_taken == {str(outer): {".xml": 1}, str(inner): {".pdf": 2}}
+
+
+def test_a_folder_of_a_kind_raycolor_does_not_read_names_that_kind(tmp_path):
+    reads = f"(it reads {', '.join(sorted(inputs.IMAGE_SUFFIXES))})"
+    assert not {".psd", ".heic"} & inputs.IMAGE_SUFFIXES
+    psd = tmp_path / "psd"
+    for name in ("a.psd", "b.PSD", "sub/c.psd", "sub/d.heic"):
+        _write(psd / name, b"8BPS")
+    want = f"no images found under {psd}: 3 .psd files and 1 .heic file are not a kind raycolor reads {reads}"
+    for listing in (lambda: list_items([str(psd)]), lambda: inputs.list_folder(str(psd))):
+        with pytest.raises(InputError) as err:
+            listing()
+        assert str(err.value) == want
+    _write(tmp_path / "one" / "x.heic", b"x")
+    with pytest.raises(InputError, match=r"under .*one: 1 \.heic file is not a kind raycolor reads \(it reads "):
+        inputs.list_folder(str(tmp_path / "one"))
+    many = tmp_path / "many"
+    for k, ext in enumerate((".a", ".b", ".c", ".d", ".e", ".f", ".g")):
+        for n in range(k + 1):
+            _write(many / f"{n}{ext}", b"x")
+    _write(many / "NOTES", b"x")
+    with pytest.raises(InputError, match=r": 7 \.g files, 6 \.f files, 5 \.e files, 4 \.d files, 3 \.c files and 4 more "
+                                         r"files are not a kind raycolor reads"):
+        inputs.list_folder(str(many))
+
+
+def test_tar_members_not_taken_are_counted_by_the_same_header_walk(tmp_path):
+    link = tarfile.TarInfo("link.jpg")
+    link.type = tarfile.SYMTYPE
+    link.linkname = "x.jpg"
+    folder = tarfile.TarInfo("pages")
+    folder.type = tarfile.DIRTYPE
+    tar = tmp_path / "batch.tar"
+    tar.write_bytes(_make_tar({"x.jpg": _payload("x"), "pages/1.pdf": b"%PDF", "pages/2.PDF": b"%PDF", "mets.xml": b"<x/>",
+                               "MANIFEST": b"m"}, extra=[link, folder]))
+    items, not_taken = inputs.tar_members(str(tar))
+    assert [i.relpath for i in items] == ["batch.tar/x.jpg"]
+    assert not_taken == {".pdf": 2, "(none)": 1, ".jpg": 1, ".xml": 1}  # the link is not taken either; the folder is no file
+    shards, counted = inputs.size_and_count("tar", str(tar), "t", root=str(tar), shard_size=10)
+    assert counted == not_taken and [s.count for s in shards] == [1]
+    assert inputs.size_object("tar", str(tar), "t", root=str(tar), shard_size=10) == shards
+    assert inputs.size_and_count("txt", str(_manifest(tmp_path)), "t", root="r", shard_size=10)[1] == {}  # entries as given
+    docs = tmp_path / "docs.tar"
+    docs.write_bytes(_make_tar({"a.pdf": b"%PDF", "b.pdf": b"%PDF"}))
+    with pytest.raises(InputError, match=r"no image members in tar archive .*docs\.tar: 2 \.pdf files are not a kind "):
+        inputs.tar_members(str(docs))
+
+
+def _manifest(tmp_path):
+    m = tmp_path / "m.txt"
+    m.write_text("a.jpg\nb.pdf\n")
+    return m
+
+
+def test_glob_and_folder_of_manifests_count_what_is_not_an_object(tmp_path):
+    d = tmp_path / "lists"
+    for name in ("a.tar", "b.txt", "notes.pdf", "_SUCCESS"):
+        _write(d / name, _make_tar({"x.jpg": b"x"}) if name.endswith(".tar") else b"x")
+    (d / "sub").mkdir()
+    glob = inputs.classify(str(d / "*"))
+    assert [os.path.basename(u) for _, u, _ in glob.objects] == ["a.tar", "b.txt"]
+    assert dict(glob.not_taken) == {"(none)": 1, ".pdf": 1}  # the folder matched is not a file
+    plan = inputs.list_folder(str(d))
+    assert plan.kind == "objects" and dict(plan.not_taken) == {"(none)": 1, ".pdf": 1}
+
+
+def test_not_taken_counts_stay_a_small_dict_and_keep_their_sum():
+    counts = {f".x{i:02d}": i + 1 for i in range(40)}
+    merged = inputs.merge_not_taken(counts, {".x39": 1, ".none": 0})
+    assert len(merged) == 32 and sum(merged.values()) == sum(counts.values()) + 1
+    assert list(merged)[:2] == [".x39", ".x38"] and merged[".x39"] == 41 and ".none" not in merged
+    assert list(merged)[-1] == "(other)" and merged["(other)"] == sum(range(1, 10))  # the nine rarest, folded, last
+    assert inputs.merge_not_taken(merged, merged)["(other)"] == 2 * merged["(other)"]
+    assert inputs.not_taken_key("a/B.PDF") == ".pdf" and inputs.not_taken_key("a/README") == "(none)"

@@ -33,6 +33,15 @@ Inputs accepted by :func:`list_items` (any mix, in any number):
   its root's base when the manifest was found by a glob or in a folder (``lists/*/m.txt``: ``alice/imgs/x.jpg``);
   always sanitised.
 
+**Not taken.** Nothing is skipped silently. A folder's files that are not images (by suffix: PDFs, XML, a kind
+of image raycolor does not read, tars and manifests inside a folder of images), a tar's members that are not
+images (links and sparse members too) and a glob's matches that are not tars or manifests are counted by
+lower-cased suffix (``"(none)"`` for a name without one): ``{".pdf": 12000, ".xml": 345}``
+(:func:`merge_not_taken`: largest first, at most a few dozen suffixes, the rest as ``"(other)"``). A folder's
+files are counted by the tasks that list it and a tar's members by the task that sizes it, on every run; the
+driver holds one such dict per root. Manifest entries are taken as given: nothing is counted for them. A
+folder with no image names what it holds instead (:func:`no_images`).
+
 The order is deterministic: inputs in the order given; within a folder, sorted by relpath; within
 a tar, archive order (which is also the best order for range reads); within a manifest, file
 order. The same ``source`` appearing twice (across or within inputs) is kept once (first wins).
@@ -95,10 +104,14 @@ from raycolor.inputs.listing import (
     is_image,
     list_items,
     below_base,
+    describe_not_taken,
     list_tar,
     manifest_items,
+    merge_not_taken,
     no_images,
+    not_taken_key,
     output_key,
+    tar_members,
     tar_prefix,
     txt_entries,
 )
@@ -113,6 +126,7 @@ from raycolor.inputs.shards import (
     list_folder,
     listing_table,
     shard_id,
+    size_and_count,
     size_object,
 )
 from raycolor.storage import InputError
@@ -135,6 +149,7 @@ __all__ = [
     "below_base",
     "classify",
     "dedupe",
+    "describe_not_taken",
     "expand",
     "find_files",
     "images_below",
@@ -146,12 +161,16 @@ __all__ = [
     "list_tar",
     "listing_table",
     "manifest_items",
+    "merge_not_taken",
     "no_images",
+    "not_taken_key",
     "output_key",
     "read_decoded",
     "remove_stale_parts",
     "shard_id",
+    "size_and_count",
     "size_object",
+    "tar_members",
     "tar_prefix",
     "txt_entries",
     "write_bin",

@@ -17,7 +17,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from raycolor import storage
 from raycolor.config import DEFAULT_STORE, StorageConfig
-from raycolor.inputs.listing import Item, dedupe, images_below, input_error
+from raycolor.inputs.listing import Item, dedupe, images_below, input_error, merge_not_taken
 from raycolor.inputs.shards import (
     Shard,
     chunk_listing,
@@ -58,7 +58,8 @@ def _is_under(path: str, folders: Iterable[str]) -> bool:
 
 
 def list_group(group: ListGroup, *, chunk_uri: str, shard_size: int, fan_out: bool, store: StorageConfig = DEFAULT_STORE
-               ) -> tuple[tuple[list[tuple[tuple, Shard]], list[ListGroup], dict[str, int], Counter], pa.Table]:
+               ) -> tuple[tuple[list[tuple[tuple, Shard]], list[ListGroup], dict[str, int], Counter, dict[str, dict[str, int]]],
+                          pa.Table]:
     """One listing task: the images directly in the group's folders (``fan_out``: one paged listing of each
     folder's first level; its sub-folders come back as the next level's groups) or below them (not
     ``fan_out``: one recursive listing each), de-duplicated and collision-renamed together
@@ -70,12 +71,16 @@ def list_group(group: ListGroup, *, chunk_uri: str, shard_size: int, fan_out: bo
     small shards.
 
     Returns (([(sort key, listing Shard with its uri)], [next groups], {root: images found under it, before
-    de-duplication}, {root: rows in the table}), the table (root + :data:`LISTING_SCHEMA`)). Run as a Ray
-    task with two returns: the driver fetches the first, never the images."""
+    de-duplication}, {root: rows in the table}, {root: {suffix: files listed here that are not taken}}), the
+    table (root + :data:`LISTING_SCHEMA`)). The not-taken counts are of the files this task listed (a folder's
+    first level when fanning out), not of those inside another input root (its own listing counts them);
+    a suffix-keyed dict per root (:func:`merge_not_taken`), never a row per file. Run as a Ray task with two
+    returns: the driver fetches the first, never the images."""
     given = dict(group.files)
     tagged: list[tuple[str, Item]] = []  # (root, item) in the order of the roots
     children: dict[str, list] = {}
     found: dict[str, int] = {}
+    not_taken: dict[str, dict[str, int]] = {}
     for root, folder in group.dirs:
         found.setdefault(root, 0)
         if folder in given:
@@ -103,8 +108,10 @@ def list_group(group: ListGroup, *, chunk_uri: str, shard_size: int, fan_out: bo
                 files = storage.retrying(lambda fs=fs, path=path: fs.find(path, withdirs=False), store.retries)
         except Exception as exc:
             raise input_error("list", folder, exc) from exc
-        mine, n = images_below(fs, prefix, root, files, exclude=excluded)
+        mine, n, others = images_below(fs, prefix, root, files, exclude=excluded)
         found[root] += n
+        if others:
+            not_taken[root] = merge_not_taken(not_taken.get(root, {}), others)
         tagged += [(root, i) for i in mine]
     owner: dict[str, str] = {}
     for root, item in tagged:
@@ -123,7 +130,7 @@ def list_group(group: ListGroup, *, chunk_uri: str, shard_size: int, fan_out: bo
     nxt = [ListGroup(key=k, dirs=tuple(d), depth=group.depth + 1, exclude=group.exclude) for k, d in sorted(children.items())]
     rest = listing_table(i for _, i in small)
     rest = rest.add_column(0, "root", pa.array([r for r, _ in small], pa.string()))
-    return (shards, nxt, found, Counter(r for r, _ in small)), rest
+    return (shards, nxt, found, Counter(r for r, _ in small), not_taken), rest
 
 
 def _write_chunk(shard: Shard, chunk: Sequence[Item], chunk_uri: str, *, store: StorageConfig) -> Shard:

@@ -7,6 +7,7 @@ import contextlib
 import os
 import posixpath
 import tarfile
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -94,6 +95,58 @@ def is_image(path: str) -> bool:
     return suffix(path) in IMAGE_SUFFIXES
 
 
+# What a listing did not take, counted by suffix (never silently skipped; see raycolor.inputs, "Not taken").
+NO_SUFFIX = "(none)"  # the key of files without a suffix ("README", ".DS_Store")
+OTHER_SUFFIXES = "(other)"  # the key the rarest suffixes are folded into beyond NOT_TAKEN_KINDS
+NOT_TAKEN_KINDS = 32  # distinct suffixes kept per count: a listing of odd names stays a small dict
+
+
+def not_taken_key(path: str) -> str:
+    """The key a file that is not taken is counted under: its lower-cased suffix, or :data:`NO_SUFFIX`."""
+    return suffix(path) or NO_SUFFIX
+
+
+def merge_not_taken(*counts: Mapping[str, int]) -> dict[str, int]:
+    """Not-taken counts ({suffix: files}) added up, largest first (ties by suffix); beyond
+    :data:`NOT_TAKEN_KINDS` distinct suffixes the rarest are folded into :data:`OTHER_SUFFIXES` (last), so the
+    sum is always kept and the dict stays small however odd the names are. Zero counts are dropped."""
+    total: Counter = Counter()
+    for c in counts:
+        total.update(c)
+    ranked = sorted(((k, n) for k, n in total.items() if n > 0 and k != OTHER_SUFFIXES), key=lambda t: (-t[1], t[0]))
+    other = total.get(OTHER_SUFFIXES, 0)
+    if len(ranked) > NOT_TAKEN_KINDS:
+        keep = NOT_TAKEN_KINDS - 1
+        other += sum(n for _, n in ranked[keep:])
+        ranked = ranked[:keep]
+    out = dict(ranked)
+    if other:
+        out[OTHER_SUFFIXES] = other
+    return out
+
+
+def _files(n: int, key: str) -> str:
+    s = "" if n == 1 else "s"
+    if key == NO_SUFFIX:
+        return f"{n:,} file{s} with no suffix"
+    if key == OTHER_SUFFIXES:
+        return f"{n:,} file{s} of other kinds"
+    return f"{n:,} {key} file{s}"
+
+
+def describe_not_taken(counts: Mapping[str, int], *, most: int = 5) -> str:
+    """``{".psd": 3, ".heic": 1}`` -> ``"3 .psd files and 1 .heic file are"`` (largest first, at most ``most``
+    kinds named, then the rest as one count), for an error that goes on "... not a kind raycolor reads"."""
+    ranked = list(merge_not_taken(counts).items())
+    parts = [_files(n, k) for k, n in ranked[:most]]
+    rest = sum(n for _, n in ranked[most:])
+    if rest:
+        parts.append(f"{rest:,} more file{'' if rest == 1 else 's'}")
+    text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    one = len(parts) == 1 and sum(n for _, n in ranked) == 1
+    return f"{text} {'is' if one else 'are'}"
+
+
 def input_error(action: str, uri: str, exc: BaseException) -> InputError:
     if isinstance(exc, InputError):
         return exc
@@ -151,7 +204,7 @@ def _list_one(uri: str, *, key_rule: int, store: StorageConfig) -> list[Item]:
     ext = suffix(path)
     with _reading_input(uri):
         if ext in TAR_SUFFIXES:
-            return _list_tar(fs, path, uri, key_rule=key_rule)
+            return _list_tar(fs, path, uri, key_rule=key_rule)[0]
         if ext in MANIFEST_SUFFIXES:
             return _list_manifest(fs, path, uri, ext, key_rule=key_rule)
     if ext in IMAGE_SUFFIXES:
@@ -168,37 +221,49 @@ def _list_folder(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> list[Ite
         found = storage.retrying(lambda: fs.find(path, withdirs=False), 3)
     except Exception as exc:
         raise input_error("list", uri, exc) from exc
-    rows, _ = images_below(fs, path, uri, found)
+    rows, _, not_taken = images_below(fs, path, uri, found)
     if not rows:
-        raise no_images(uri)
+        raise no_images(uri, not_taken)
     return rows
 
 
 def images_below(fs: fsspec.AbstractFileSystem, folder: str, like: str, paths: Iterable[str], *,
-                 exclude: Iterable[str] = ()) -> tuple[list[Item], int]:
+                 exclude: Iterable[str] = ()) -> tuple[list[Item], int, dict[str, int]]:
     """The folder rule, stated once (:func:`list_items`, and the listing tasks, :func:`list_group`): the images
     among ``paths`` (files listed below ``folder``, both paths on ``fs``): image suffixes only (any case),
     ``relpath`` = the path relative to ``folder``, sanitised; ``source`` = ``uri`` = the file's URI (scheme
     as in ``like``, the URI the user gave); sorted by (relpath, source). Images in or under an ``exclude``
     folder (paths on ``fs``) strictly inside ``folder`` are left out. Returns (items, images found,
-    excluded ones too)."""
+    excluded ones too, the files below ``folder`` not taken: {suffix: files} (:func:`merge_not_taken`), those
+    in an ``exclude`` folder left to its own listing)."""
     local = isinstance(fs, LocalFileSystem)
     prefix = (folder.replace(os.sep, "/") if local else folder).rstrip("/") + "/"
     skip = [x.rstrip("/") for x in exclude if x.startswith(prefix)]
-    images = [p for p in (p.replace(os.sep, "/") if local else p for p in paths) if p.startswith(prefix) and is_image(p)]
-    items = []
-    for p in images:
+    items, images, others = [], 0, Counter()
+    for p in (p.replace(os.sep, "/") if local else p for p in paths):
+        if not p.startswith(prefix):
+            continue
+        image = is_image(p)
+        images += image
         if any(p == x or p.startswith(x + "/") for x in skip):
+            continue  # another root's, which lists (and counts) it
+        if not image:
+            others[not_taken_key(p)] += 1
             continue
         source = storage.to_uri(fs, p, like)
         items.append(Item(source=source, relpath=storage.sanitize_relpath(p[len(prefix):]), uri=source))
     items.sort(key=lambda it: (it.relpath, it.source))
-    return items, len(images)
+    return items, images, merge_not_taken(others)
 
 
-def no_images(uri: str) -> InputError:
-    """The error for a folder that holds no image."""
-    return InputError(f"no images found under {storage.redact(uri)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+def no_images(uri: str, not_taken: Mapping[str, int] | None = None) -> InputError:
+    """The error for a folder that holds no image; ``not_taken``: its files, counted by suffix
+    (:func:`images_below`), named in the error: a folder of a kind raycolor does not read says which."""
+    reads = ", ".join(sorted(IMAGE_SUFFIXES))
+    if not_taken and any(not_taken.values()):
+        return InputError(f"no images found under {storage.redact(uri)}: {describe_not_taken(not_taken)} not a kind "
+                          f"raycolor reads (it reads {reads})")
+    return InputError(f"no images found under {storage.redact(uri)} (looked for {reads})")
 
 
 def _glob_base(root: str) -> str:
@@ -238,10 +303,13 @@ def tar_prefix(tar_uri: str, root: str | None, key_rule: int = KEY_RULE) -> str:
 
 
 def _list_tar(fs: fsspec.AbstractFileSystem, path: str, uri: str, *, root: str | None = None,
-              key_rule: int = KEY_RULE) -> list[Item]:
+              key_rule: int = KEY_RULE) -> tuple[list[Item], dict[str, int]]:
+    """The tar's image members and the members it did not take: {suffix: members} (every member but a
+    directory: links, devices and sparse members too, under their own suffix)."""
     tar_uri = storage.to_uri(fs, path, uri)
     base = tar_prefix(tar_uri, root, key_rule)
     rows = []
+    others: Counter = Counter()
     open_kwargs = {} if isinstance(fs, LocalFileSystem) else {"block_size": _TAR_BLOCK_SIZE, "cache_type": "readahead"}
     with fs.open(path, "rb", **open_kwargs) as f:
         # "r:" (seekable, uncompressed): tarfile reads each header and seeks over member data, so
@@ -249,6 +317,8 @@ def _list_tar(fs: fsspec.AbstractFileSystem, path: str, uri: str, *, root: str |
         with tarfile.open(fileobj=f, mode="r:") as tar:
             for member in tar:
                 if not member.isfile() or member.issparse() or not is_image(member.name):
+                    if not member.isdir():
+                        others[not_taken_key(member.name)] += 1
                     continue
                 rows.append(
                     Item(
@@ -260,10 +330,12 @@ def _list_tar(fs: fsspec.AbstractFileSystem, path: str, uri: str, *, root: str |
                     )
                 )
     if not rows:
-        raise InputError(
-            f"no image members in tar archive {storage.redact(uri)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
-        )
-    return rows
+        reads = ", ".join(sorted(IMAGE_SUFFIXES))
+        if others:
+            raise InputError(f"no image members in tar archive {storage.redact(uri)}: {describe_not_taken(others)} not a "
+                             f"kind raycolor reads (it reads {reads})")
+        raise InputError(f"no image members in tar archive {storage.redact(uri)} (looked for {reads})")
+    return rows, merge_not_taken(others)
 
 
 _BOM = b"\xef\xbb\xbf"
@@ -350,6 +422,13 @@ def list_tar(uri: str, *, root: str | None = None, key_rule: int = KEY_RULE, sto
     """The image members of the tar archive at ``uri`` (header walk only), as :func:`list_items` lists them.
     ``root``: the input the tar belongs to (a glob or a folder of tars; default: the tar itself), whose base
     the members' relpaths start from under rule 2 (:func:`tar_prefix`)."""
+    return tar_members(uri, root=root, key_rule=key_rule, store=store)[0]
+
+
+def tar_members(uri: str, *, root: str | None = None, key_rule: int = KEY_RULE, store: StorageConfig = DEFAULT_STORE
+                ) -> tuple[list[Item], dict[str, int]]:
+    """:func:`list_tar`, and the members it did not take, counted by suffix (the same header walk): every
+    member but a directory, links, devices and sparse members included."""
     fs, path = storage.filesystem(uri, store=store)
     with _reading_input(uri):
         return _list_tar(fs, path, uri, root=root, key_rule=key_rule)

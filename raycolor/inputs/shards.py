@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import posixpath
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
@@ -28,7 +29,10 @@ from raycolor.inputs.listing import (
     list_items,
     list_tar,
     manifest_items,
+    merge_not_taken,
     no_images,
+    not_taken_key,
+    tar_members,
     txt_entries,
 )
 from raycolor.storage import InputError
@@ -94,6 +98,13 @@ class RootPlan:
     kind: str  # "folder" | "listing" | "objects"
     items: tuple = ()  # listing: Item
     objects: tuple = ()  # objects: (kind, uri, tag) with kind "tar" | "parquet" | "txt"
+    # the files the root holds that are not taken, as ((suffix, files), ...) largest first (listing.merge_not_taken);
+    # a tar's members are counted when it is sized (size_and_count), a "folder" when it is listed (list_group)
+    not_taken: tuple = ()
+
+
+def _pairs(counts) -> tuple:
+    return tuple(merge_not_taken(counts).items())
 
 
 def classify(uri: str, *, store: StorageConfig = DEFAULT_STORE) -> RootPlan:
@@ -104,15 +115,20 @@ def classify(uri: str, *, store: StorageConfig = DEFAULT_STORE) -> RootPlan:
     fs, path = storage.filesystem(uri, store=store)
     root = storage.to_uri(fs, path, uri)
     if _is_glob(uri):
-        found = sorted(fs.glob(path))
-        objs = []
+        matched = fs.glob(path, detail=True)
+        found = sorted(matched)
+        objs, others = [], []
         for p in found:
             kind = object_kind(p)
             if kind:
                 objs.append((kind, storage.to_uri(fs, p, uri), _tag(fs.info(p))))
+            else:
+                others.append(p)
         if not objs:
             raise InputError(f"no .tar/.parquet/.txt objects match {storage.redact(uri)}")
-        return RootPlan(root=root, kind="objects", objects=tuple(objs))
+        # what the glob matched that is not an object: folders are not entered, files are not taken
+        files = [p for p in others if (matched[p] or {}).get("type") != "directory"]
+        return RootPlan(root=root, kind="objects", objects=tuple(objs), not_taken=_pairs(Counter(map(not_taken_key, files))))
     try:
         info = storage.retrying(lambda: fs.info(path), 3)
     except Exception as exc:
@@ -145,31 +161,42 @@ def list_folder(root: str, *, store: StorageConfig = DEFAULT_STORE) -> RootPlan:
     The pipelines list folders of images in tasks (:func:`list_group`); this is for the second case."""
     fs, path = storage.filesystem(root, store=store)
     paths = sorted(find_files(root, store=store))
-    items, _ = images_below(fs, path, root, paths)
+    items, _, not_taken = images_below(fs, path, root, paths)
     if items:
-        return RootPlan(root=root, kind="listing", items=tuple(items))
-    objs = []
+        return RootPlan(root=root, kind="listing", items=tuple(items), not_taken=_pairs(not_taken))
+    objs, others = [], Counter()
     for p in paths:
         kind = object_kind(p)
         if kind and not posixpath.basename(p).startswith((".", "_")):
             objs.append((kind, storage.to_uri(fs, p, root), _tag(storage.retrying(lambda p=p: fs.info(p), 3))))
+        else:
+            others[not_taken_key(p)] += 1
     if objs:
-        return RootPlan(root=root, kind="objects", objects=tuple(objs))
-    raise no_images(root)
+        return RootPlan(root=root, kind="objects", objects=tuple(objs), not_taken=_pairs(others))
+    raise no_images(root, not_taken)
 
 
 def size_object(kind: str, uri: str, tag: str, *, root: str, shard_size: int, key_rule: int = KEY_RULE,
                 store: StorageConfig = DEFAULT_STORE) -> list[Shard]:
     """The shards of one manifest or tar object (reads a tar's headers, a Parquet footer, or a .txt once),
     to be keyed by the rule ``key_rule``."""
-    return [s.with_(key_rule=key_rule) for s in _size_object(kind, uri, tag, root=root, shard_size=shard_size, store=store)]
+    return size_and_count(kind, uri, tag, root=root, shard_size=shard_size, key_rule=key_rule, store=store)[0]
 
 
-def _size_object(kind: str, uri: str, tag: str, *, root: str, shard_size: int, store: StorageConfig) -> list[Shard]:
+def size_and_count(kind: str, uri: str, tag: str, *, root: str, shard_size: int, key_rule: int = KEY_RULE,
+                   store: StorageConfig = DEFAULT_STORE) -> tuple[list[Shard], dict[str, int]]:
+    """:func:`size_object`, and what the object holds that is not taken: a tar's members that are not images,
+    by suffix (from the same header walk; {} for a manifest, whose entries are taken as given)."""
+    shards, not_taken = _size_object(kind, uri, tag, root=root, shard_size=shard_size, store=store)
+    return [s.with_(key_rule=key_rule) for s in shards], not_taken
+
+
+def _size_object(kind: str, uri: str, tag: str, *, root: str, shard_size: int, store: StorageConfig
+                 ) -> tuple[list[Shard], dict[str, int]]:
     fs, path = storage.filesystem(uri, store=store)
     if kind == "tar":
-        n = len(list_tar(uri, store=store))
-        return [Shard(kind="tar", uri=uri, root=root, count=n, id=shard_id("tar", root, uri, 0, -1, tag))]
+        members, not_taken = tar_members(uri, store=store)
+        return [Shard(kind="tar", uri=uri, root=root, count=len(members), id=shard_id("tar", root, uri, 0, -1, tag))], not_taken
     if kind == "parquet":
         try:
             with fs.open(path, "rb") as f:
@@ -187,7 +214,7 @@ def _size_object(kind: str, uri: str, tag: str, *, root: str, shard_size: int, s
             Shard(kind="parquet", uri=uri, root=root, start=a, stop=min(rows, a + shard_size), count=min(rows, a + shard_size) - a,
                   id=shard_id("parquet", root, uri, a, min(rows, a + shard_size), tag))
             for a in range(0, rows, shard_size)
-        ]
+        ], {}
     # txt: one pass over the lines, cutting every shard_size entries at a line start
     raw = storage.retrying(lambda: fs.cat_file(path), 3)
     shards, n = [], 0
@@ -204,7 +231,7 @@ def _size_object(kind: str, uri: str, tag: str, *, root: str, shard_size: int, s
     return [
         Shard(kind="txt", uri=uri, root=root, start=a, stop=b, count=c, id=shard_id("txt", root, uri, a, b, tag))
         for a, b, c in shards
-    ]
+    ], {}
 
 
 def chunk_listing(items: Sequence[Item], *, root: str, shard_size: int) -> list[tuple[Shard, list[Item]]]:

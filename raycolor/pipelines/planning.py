@@ -6,13 +6,15 @@ and `raycolor list`. Imports no torch, so that `raycolor list` starts as fast as
                                                    │  by inputs.write_bin tasks) ─▶ listing shards
                                                    └─ manifests/tars: inputs.size_object tasks ─▶ shards
 
-The driver holds folder groups, counts and shard descriptors; never a per-image row.
+The driver holds folder groups, counts and shard descriptors; never a per-image row. What a root holds that is
+not taken (files that are not images, a tar's other members) comes back from the same tasks as one small
+{suffix: files} dict per root (:func:`shard_and_count`), reported by colorize's summary and `raycolor list`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from raycolor import inputs, storage
 from raycolor.config import DEFAULT_STORE, ColorizeConfig, StorageConfig
@@ -25,6 +27,11 @@ class Plan:
     shards: list  # every shard of the inputs (inputs.Shard), namespaces assigned
     superseded: list  # ids of shards OUTPUT holds for these roots that the inputs no longer make
     roots: dict  # root -> record to write to OUTPUT/_roots/
+    not_taken: dict = field(default_factory=dict)  # root -> {suffix: files it holds that are not taken}, largest first
+
+    def not_taken_in_all(self) -> dict[str, int]:
+        """{suffix: files} not taken, of every root together, largest first (inputs.merge_not_taken)."""
+        return inputs.merge_not_taken(*self.not_taken.values())
 
 
 def classify_inputs(config: ColorizeConfig) -> list:
@@ -74,14 +81,15 @@ def packs(remainders: list[tuple[str, object, int]], size: int) -> list[list[tup
 
 
 def list_in_tasks(groups: list, *, chunk_uri: str, shard_size: int, store: StorageConfig = DEFAULT_STORE
-                  ) -> tuple[list[inputs.Shard], dict[str, int]]:
+                  ) -> tuple[list[inputs.Shard], dict[str, int], dict[str, dict[str, int]]]:
     """Folder groups (:class:`inputs.ListGroup`) listed in Ray tasks (:func:`inputs.list_group`): each task
     lists one level of its group (or, below ``inputs.LIST_FANOUT_DEPTH``, its whole subtree), writes its
     listing chunks to ``chunk_uri`` ({id}: the shard id) and hands back listing shards and the next level's
     groups. A group's remainder of fewer than ``shard_size`` images of a root stays in the object store;
     once everything is listed, consecutive remainders (in path order) are packed into chunks of at most
     ``shard_size`` (:func:`packs`; :func:`inputs.write_bin`, a task each). Returns (the shards in path
-    order, {root: images found under it}). The driver holds groups, counts and shard descriptors, never per-image rows: a single
+    order, {root: images found under it}, {root: {suffix: files under it not taken}} for the roots that hold
+    any). The driver holds groups, counts and shard descriptors, never per-image rows: a single
     recursive listing of a 100M-object prefix takes hours (ray-project/ray#40686)."""
     import ray
 
@@ -94,14 +102,16 @@ def list_in_tasks(groups: list, *, chunk_uri: str, shard_size: int, store: Stora
         return meta, (group, rest)
 
     pending = dict(submit(g) for g in groups)
-    shards, found, rests = [], {}, []
+    shards, found, rests, not_taken = [], {}, [], {}
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         group, rest = pending.pop(done[0])
-        got, nxt, seen, left = runtime.ray_get(done[0], cancel=list(pending))
+        got, nxt, seen, left, others = runtime.ray_get(done[0], cancel=list(pending))
         shards += got
         for root, n in seen.items():
             found[root] = found.get(root, 0) + n
+        for root, counts in others.items():
+            not_taken[root] = inputs.merge_not_taken(not_taken.get(root, {}), counts)
         if left:
             rests.append((group, rest, left))
         pending.update(submit(g) for g in nxt)
@@ -120,11 +130,19 @@ def list_in_tasks(groups: list, *, chunk_uri: str, shard_size: int, store: Stora
     ]
     shards += [(key, shard) for (key, _), shard in zip(bins, runtime.ray_get([ref for _, ref in bins]))]
     shards.sort(key=lambda t: t[0])
-    return [s for _, s in shards], found
+    return [s for _, s in shards], found, not_taken
 
 
 def shard_inputs(roots: list, *, shard_size: int, listing: str, namespaces: dict[str, str] | None = None,
                  key_rules: dict[str, int] | None = None, store: StorageConfig = DEFAULT_STORE) -> dict[str, list[inputs.Shard]]:
+    """Each distinct root's shards, in input order (:func:`shard_and_count`, without the not-taken counts)."""
+    return shard_and_count(roots, shard_size=shard_size, listing=listing, namespaces=namespaces, key_rules=key_rules,
+                           store=store)[0]
+
+
+def shard_and_count(roots: list, *, shard_size: int, listing: str, namespaces: dict[str, str] | None = None,
+                    key_rules: dict[str, int] | None = None, store: StorageConfig = DEFAULT_STORE
+                    ) -> tuple[dict[str, list[inputs.Shard]], dict[str, dict[str, int]]]:
     """Classified inputs (:func:`inputs.classify`) -> each distinct root's shards, in input order: the
     driver's "inputs -> shards" step, shared by colorize (:func:`plan`) and training (``pipelines.training.plan``).
 
@@ -139,6 +157,11 @@ def shard_inputs(roots: list, *, shard_size: int, listing: str, namespaces: dict
     de-duplication group); a root not in it (or no mapping) is in namespace "". ``key_rules``: {root URI:
     output-key rule} sets the rule each root's shards are expanded with (``Shard.key_rule``); a root not in it
     gets the current rule, :data:`inputs.KEY_RULE`.
+
+    Returns (each root's shards, {root: {suffix: files}}: what each root holds that is not taken, for the roots
+    that hold any: a folder's files that are not images (counted by its listing tasks), a glob's matches that
+    are not objects, a folder of objects' other files, a tar's members that are not images (counted by its
+    sizing task). Manifest entries are taken as given: nothing of theirs is counted.)
     """
     import ray
 
@@ -157,11 +180,15 @@ def shard_inputs(roots: list, *, shard_size: int, listing: str, namespaces: dict
     for r in unique:
         if r.kind in ("folder", "listing"):
             groups.setdefault(ns[r.root], []).append(r)
-    listed, found = list_in_tasks([_root_group(g) for g in groups.values()], chunk_uri=listing, shard_size=size, store=store)
+    listed, found, not_taken = list_in_tasks([_root_group(g) for g in groups.values()], chunk_uri=listing, shard_size=size,
+                                             store=store)
     # a folder with no image under it: a folder of manifests or tars, or an error
     unique = [inputs.list_folder(r.root, store=store) if r.kind == "folder" and r.root in found
               and not found[r.root] else r for r in unique]
-    sizer = ray.remote(num_cpus=0.5, max_retries=3)(inputs.size_object)
+    for r in unique:
+        if r.kind == "objects":  # a glob, or a folder of objects (its listing counted the objects as not taken)
+            not_taken[r.root] = dict(r.not_taken)
+    sizer = ray.remote(num_cpus=0.5, max_retries=3)(inputs.size_and_count)
     refs = {
         r.root: [sizer.remote(kind, uri, tag, root=r.root, shard_size=size, key_rule=rule(r.root), store=store)
                  for kind, uri, tag in r.objects]
@@ -174,18 +201,21 @@ def shard_inputs(roots: list, *, shard_size: int, listing: str, namespaces: dict
     out: dict[str, list[inputs.Shard]] = {}
     for r in unique:
         if r.kind == "objects":
-            mine = [s for ref in refs[r.root] for s in runtime.ray_get(ref)]
+            sized = [runtime.ray_get(ref) for ref in refs[r.root]]
+            mine = [s for got, _ in sized for s in got]
+            not_taken[r.root] = inputs.merge_not_taken(not_taken.get(r.root, {}), *(counts for _, counts in sized))
         else:
             mine = by_root.get(r.root, [])
         out[r.root] = [s.with_(namespace=ns[r.root], key_rule=rule(r.root)) for s in mine]
-    return out
+    return out, {root: counts for root, counts in not_taken.items() if root in out and counts}
 
 
 def write_listing(uris: Sequence[str], output: str, *, shard_size: int, store: StorageConfig = DEFAULT_STORE
-                  ) -> tuple[int, int]:
+                  ) -> tuple[int, int, dict[str, int]]:
     """`raycolor list`: list folders / prefixes in Ray tasks (:func:`list_in_tasks`) and save the listing as
     Parquet manifest parts ``OUTPUT/part-<chunk id>.parquet`` (``uri``, ``relpath``, ``source``: colorizing
-    OUTPUT gives the output keys colorizing the folders would). Returns (entries, parts).
+    OUTPUT gives the output keys colorizing the folders would). Returns (entries, parts, {suffix: files the
+    folders hold that are not taken}, largest first).
 
     Chunks are content-defined and named by their content, and a part whose bytes are unchanged is not
     rewritten: re-listing a prefix that gained files adds or replaces a few parts, so colorize (whose
@@ -198,14 +228,14 @@ def write_listing(uris: Sequence[str], output: str, *, shard_size: int, store: S
             raise inputs.InputError(f"raycolor list lists folders and prefixes; {storage.redact(uri)} is not one "
                                      "(colorize takes images, .tar shards and manifests as they are)")
         roots.append(r)
-    shards, found = list_in_tasks([_root_group(roots)], chunk_uri=storage.join_uri(output, "part-{id}.parquet"),
-                                  shard_size=shard_size, store=store)
+    shards, found, not_taken = list_in_tasks([_root_group(roots)], chunk_uri=storage.join_uri(output, "part-{id}.parquet"),
+                                             shard_size=shard_size, store=store)
     for root, n in found.items():
         if not n:
-            raise inputs.no_images(root)
+            raise inputs.no_images(root, not_taken.get(root))
     names = [s.uri.rsplit("/", 1)[-1] for s in shards]
     inputs.remove_stale_parts(output, names, store=store)
-    return sum(s.count for s in shards), len(names)
+    return sum(s.count for s in shards), len(names), inputs.merge_not_taken(*not_taken.values())
 
 
 def plan(config: ColorizeConfig, output: str, roots: list | None = None) -> Plan:
@@ -221,8 +251,8 @@ def plan(config: ColorizeConfig, output: str, roots: list | None = None) -> Plan
     order = list(dict.fromkeys(r.root for r in roots))
     listed = {r.root for r in roots if r.kind in ("folder", "listing")}
     rules = ledger.key_rules(order, known)
-    by_root = shard_inputs(roots, shard_size=config.shard_size, namespaces=ledger.assign_namespaces(order, known, listed=listed),
-                           key_rules=rules, listing=ledger.listing_uri(output, "{id}"), store=config.storage)
+    by_root, not_taken = shard_and_count(roots, shard_size=config.shard_size, namespaces=ledger.assign_namespaces(order, known, listed=listed),
+                                         key_rules=rules, listing=ledger.listing_uri(output, "{id}"), store=config.storage)
     listed -= {root for root, mine in by_root.items() if any(s.kind != "listing" for s in mine)}
     ns = ledger.assign_namespaces(order, known, listed=listed)
     shards, records = [], {}
@@ -233,4 +263,4 @@ def plan(config: ColorizeConfig, output: str, roots: list | None = None) -> Plan
     superseded = [
         sid for root, rec in known.items() if root in records for sid in rec.get("shards", []) if sid not in set(records[root]["shards"])
     ]
-    return Plan(shards=shards, superseded=superseded, roots=records)
+    return Plan(shards=shards, superseded=superseded, roots=records, not_taken=not_taken)
