@@ -74,7 +74,7 @@ def encoders():
         tiff = (_tiff, "tifffile zlib+predictor")
         jpeg = (lambda a, t: images.encode_jpeg(a, quality=92), "raycolor images.encode_jpeg")
     return {
-        "jp2 lossless": (lambda a, t: jp2.encode(a, lossless=True, threads=t), None),
+        "jp2 lossless": (lambda a, t: jp2.encode(a, lossless=True, threads=t), None),  # codec: _jp2_encoder
         "jp2 lossy 1bpp": (lambda a, t: jp2.encode(a, lossless=False, rate=1.0, threads=t), None),
         "tiff deflate": tiff,
         "jpeg q92": jpeg,
@@ -88,8 +88,16 @@ def _pil_decode(data: bytes) -> np.ndarray:
 
 
 def _threaded(fmt: str, a: np.ndarray) -> bool:
-    # Only imagecodecs' encoder (16-bit RGB JP2) takes a thread count among the encoders.
-    return fmt.startswith("jp2") and a.ndim == 3 and a.dtype == np.uint16
+    # OpenJPEG's tile writer takes threads for every JP2; of the fallbacks, only imagecodecs (16-bit RGB).
+    if not fmt.startswith("jp2"):
+        return False
+    return jp2._openjpeg() is not None or (a.ndim == 3 and a.dtype == np.uint16)
+
+
+def _jp2_encoder(a: np.ndarray) -> str:
+    if jp2._openjpeg() is not None:
+        return "openjpeg tiles (ctypes)"
+    return "imagecodecs" if a.ndim == 3 and a.dtype == np.uint16 else "pillow"
 
 
 def timed(fn) -> tuple[float, object]:
@@ -120,7 +128,7 @@ def bench_speed(mp: float) -> list[tuple]:
             data = None
             for t in ((1, 2) if _threaded(fmt, a) else (1,)):
                 secs, data = timed(lambda: enc(a, t))
-                rows.append((fmt, kind, "encode", "imagecodecs" if _threaded(fmt, a) else (lib or "pillow"),
+                rows.append((fmt, kind, "encode", lib or _jp2_encoder(a),
                              str(t) if _threaded(fmt, a) else "-", secs * 1e3 / megapixels,
                              len(data) * 8 / (h * w)))
             bpp = len(data) * 8 / (h * w)
@@ -142,6 +150,9 @@ import resource, sys, numpy as np
 sys.path.insert(0, {root!r})
 from raycolor.core import jp2
 from bench.jp2_codecs import photo
+import os
+if os.environ.get("RAYCOLOR_JP2_FALLBACK") == "1":
+    jp2._openjpeg = lambda: None
 
 
 def mark():
@@ -207,7 +218,12 @@ def main(argv=None) -> None:
     ap.add_argument("--memory-mp", type=float, default=25.0, help="megapixels of the 16-bit RGB memory case")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-speed", action="store_true")
+    ap.add_argument("--fallback", action="store_true", help="JP2 encodes by Pillow/imagecodecs, not the tile writer")
     args = ap.parse_args(argv)
+    if args.fallback:
+        jp2._openjpeg = lambda: None
+        os.environ["RAYCOLOR_JP2_FALLBACK"] = "1"
+    print(f"JP2 encoder: {jp2.encoder()}")
     print(f"load average before: {os.getloadavg()}  cpus: {os.cpu_count()}")
     if not args.no_memory:
         memory = bench_memory(args.memory_mp)

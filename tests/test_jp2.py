@@ -78,11 +78,31 @@ def _exiftool(path: Path) -> dict:
     return json.loads(out)[0]
 
 
-@pytest.fixture(scope="module")
-def written(tmp_path_factory):
-    """Every kind the encoder writes: 8/16 bit x grey/RGB x lossless/lossy, 300x200, all with XMP and dpi."""
-    d = tmp_path_factory.mktemp("jp2")
+def _fallback_encoders():
+    """encode() as it runs where Pillow's libopenjp2 cannot be loaded: Pillow / imagecodecs."""
+    mp = pytest.MonkeyPatch()
+    mp.setattr(jp2, "_openjpeg", lambda: None)
+    return mp
+
+
+@pytest.fixture(scope="module", params=["openjpeg", "fallback"])
+def written(request, tmp_path_factory):
+    """Every kind the encoder writes: 8/16 bit x grey/RGB x lossless/lossy, 300x200, all with XMP and dpi; by
+    the tile-by-tile OpenJPEG writer, and by the Pillow/imagecodecs fallback."""
+    if request.param == "openjpeg" and jp2._openjpeg() is None:
+        pytest.skip("Pillow's libopenjp2 2.5 not loadable here")
+    mp = _fallback_encoders() if request.param == "fallback" else None
+    d = tmp_path_factory.mktemp(f"jp2-{request.param}")
     out = {}
+    try:
+        _write_all(d, out)
+    finally:
+        if mp is not None:
+            mp.undo()
+    return out
+
+
+def _write_all(d: Path, out: dict) -> None:
     for bits in (8, 16):
         for rgb in (False, True):
             src = _photo(200, 300, rgb=rgb, bits=bits)
@@ -92,7 +112,6 @@ def written(tmp_path_factory):
                 path = d / f"{bits}-{'rgb' if rgb else 'grey'}-{'lossless' if lossless else 'lossy'}.jp2"
                 path.write_bytes(data)
                 out[path] = (src, data, lossless)
-    return out
 
 
 def test_jpylyzer_says_every_written_jp2_is_valid(written):
@@ -159,16 +178,54 @@ def test_newspaper_profile_from_another_encoder_decodes_to_pillows_pixels():
     assert img.pixels.dtype == np.uint8 and np.array_equal(img.pixels, np.asarray(ref))
 
 
-def test_encoder_tiles_levels_progression_and_plt():
-    """2100x1500: 1024² tiles (6), RPCL, 4 levels (2100/16 = 132 px <= 256; 3 would leave 263), PLT markers.
-    Fails if any of these options stops reaching the encoder."""
-    src = _photo(1500, 2100, rgb=False, bits=8)
-    data = jp2.encode(src, lossless=False, rate=1.0)
+def _marker_segments(data: bytes) -> dict[int, bytes]:
+    """The main header's marker segments, walked by length (a byte search could hit entropy-coded data)."""
+    pos = data.index(b"\xff\x4f\xff\x51") + 2
+    segs: dict[int, bytes] = {}
+    while True:
+        marker, length = struct.unpack_from(">HH", data, pos)
+        if marker == 0xFF90:
+            return segs
+        segs.setdefault(marker, data[pos + 4:pos + 2 + length])
+        pos += 2 + length
+
+
+@pytest.mark.parametrize("rgb,bits,h,w,tiles,levels", [(False, 8, 1500, 2100, 6, 4), (True, 16, 1030, 1100, 4, 3)])
+def test_encoder_tiles_levels_progression_plt_tlm(rgb, bits, h, w, tiles, levels):
+    """1024² tiles, RPCL, levels to <= 256 px (2100/16 = 132; 3 levels would leave 263), the colour
+    transform for RGB, PLT and TLM markers, at 8-bit grey and 16-bit RGB (the case Pillow cannot write). Fails if
+    any of these options stops reaching OpenJPEG (or the ctypes struct layout drifts: a field lands elsewhere)."""
+    if jp2._openjpeg() is None:
+        pytest.skip("Pillow's libopenjp2 2.5 not loadable here")
+    src = _photo(h, w, rgb=rgb, bits=bits)
+    data = jp2.encode(src, lossless=False, rate=1.0, threads=2)
     head = jp2.header(data)
-    assert (head.tiles, head.tile_size, head.levels) == (6, (1024, 1024), 4)
-    cod = data.index(b"\xff\x52")
-    assert data[cod + 5] == 2  # progression order: 2 = RPCL
-    assert b"\xff\x58" in data[cod:]  # PLT
+    assert (head.tiles, head.tile_size, head.levels, head.bits) == (tiles, (1024, 1024), levels, bits)
+    segs = _marker_segments(data)
+    cod = segs[0xFF52]
+    assert cod[1] == 2  # progression order: 2 = RPCL
+    assert cod[4] == (1 if rgb else 0)  # multiple component transform
+    assert 0xFF55 in segs  # TLM
+    assert b"\xff\x58" in data  # PLT (in the tile-part headers)
+    assert len(data) * 8 / (h * w) == pytest.approx(1.0, rel=0.05)
+
+
+def test_fallback_encoder_tiles_and_levels():
+    """Without the OpenJPEG writer: Pillow's 1024² tiles, RPCL and PLT for 8-bit; 16-bit grey in full-width
+    strips (Pillow 13 writes I;16 tiles right of the first column from the wrong offset: with 1024² tiles the
+    lossless round trip below fails, 1030x76 pixels wrong)."""
+    mp = _fallback_encoders()
+    try:
+        grey8 = jp2.encode(_photo(1030, 1100, rgb=False, bits=8), lossless=False, rate=1.0)
+        src16 = _photo(1030, 1100, rgb=False, bits=16)
+        grey16 = jp2.encode(src16)
+    finally:
+        mp.undo()
+    head = jp2.header(grey8)
+    assert (head.tiles, head.tile_size, head.levels) == (4, (1024, 1024), 3)
+    assert _marker_segments(grey8)[0xFF52][1] == 2 and b"\xff\x58" in grey8
+    assert jp2.header(grey16).tile_size == (1100, 1024)
+    assert np.array_equal(jp2.decode(grey16, max_pixels=None).pixels, src16)
     assert jp2.levels_for(300, 200) == 1 and jp2.levels_for(256, 256) == 0 and jp2.levels_for(40000, 100) == 8
 
 

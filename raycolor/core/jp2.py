@@ -17,18 +17,24 @@ Choices (measured with ``bench/jp2_codecs.py``):
   ``numthreads``, and costs the same as Pillow on one thread. It is handed the codestream, not the JP2
   file, because OpenJPEG also parses the boxes after the codestream and fails the whole decode on a bad one;
   the boxes are ours to read (palette, channel definitions and colour space applied here).
-* **Encode**: the codestream from Pillow (1024² tiles, RPCL, PLT markers, the colour transform) for 8-bit
-  grey/RGB and 16-bit grey; Pillow cannot write 16-bit RGB, so that goes to ``imagecodecs.jpeg2k_encode``,
-  which writes one tile, LRCP order, no PLT: still valid, lossless and with the same resolution levels, but
-  an image server must read the whole codestream to cut a region. Neither writes TLM markers.
+* **Encode**: OpenJPEG's own encoder, called through ctypes on the libopenjp2 2.5 that Pillow's wheel bundles
+  (no new dependency), fed one tile at a time: 1024² tiles, RPCL, PLT and TLM markers, the colour transform,
+  at 8 and 16 bits, grey and RGB, with ``threads``; only one tile is ever in its int32 planes. Neither wrapper
+  does all of that: Pillow cannot write 16-bit RGB, has no encoder threads or TLM, and (13.0) writes I;16 tiles
+  right of the first column from the wrong offset, silently; imagecodecs writes one tile in LRCP order
+  without PLT, and its lossy knob is a PSNR, not a rate. Where the library cannot be loaded (another Pillow
+  build, another OpenJPEG version), :func:`encode` falls back to Pillow (16-bit grey in full-width strips,
+  which it encodes right) and imagecodecs (16-bit RGB: one tile, LRCP, no PLT, the rate found by a search on a
+  crop); :func:`encoder` says which runs.
 * **Truncation**: OpenJPEG can return a partial image without an error. Before decoding, the codestream's
   tile-parts are walked by their ``Psot`` lengths (a hop each, linear): a tile-part that runs past the data,
   a missing tile or tile-part, or a hop that lands off a marker is ``truncated``; only a missing final EOC
   after complete tile data is a note.
 
-Memory: OpenJPEG decodes into int32 planes (4 bytes per sample per component) and the result is copied out
-at 1 or 2 bytes per sample, so a 16-bit RGB decode peaks at about 18 bytes per pixel plus the file; the
-encoders hold the whole image the same way (Pillow copies it into OpenJPEG's int32 planes too).
+Memory (``bench/jp2_codecs.py``, 25 MP 16-bit RGB): OpenJPEG decodes into int32 planes (4 bytes per sample per
+component) and the result is copied out at 2 bytes per sample: about 23 bytes per pixel above the file. The
+tile-by-tile encoder adds little beyond the codestream it builds; the fallbacks copy the whole image into int32
+planes first (imagecodecs: about 38 bytes per pixel for a lossless 16-bit RGB encode).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import struct
 import xml.parsers.expat
 from dataclasses import dataclass, field
 from fractions import Fraction
+from functools import cache
 from typing import Literal
 
 import numpy as np
@@ -670,11 +677,21 @@ def encode(
     comps = 1 if pix.ndim == 2 else 3
     levels = min(levels_for(w, h), _max_levels(w, h))
     ratio = None if lossless else bits * comps / float(rate)
-    if bits == 16 and comps == 3:
+    if _openjpeg() is not None:
+        cs = _encode_openjpeg(pix, levels, lossless, ratio, threads)
+    elif bits == 16 and comps == 3:
         cs = _encode_imagecodecs(pix, levels, lossless, ratio, threads)
     else:
         cs = _encode_pillow(pix, levels, lossless, ratio)
     return _wrap(cs, h, w, comps, bits, xmp=xmp, exif=exif, iptc=iptc, dpi=dpi)
+
+
+def encoder() -> str:
+    """Which codestream writer :func:`encode` uses here (for a report row)."""
+    lib = _openjpeg()
+    if lib is not None:
+        return f"OpenJPEG {lib.opj_version().decode()} tile by tile (Pillow's libopenjp2)"
+    return "Pillow (8-bit, 16-bit grey in strips) / imagecodecs (16-bit RGB, one tile)"
 
 
 def _max_levels(w: int, h: int) -> int:
@@ -735,6 +752,176 @@ def _encode_imagecodecs(pix, levels: int, lossless: bool, ratio: float | None, t
         else:
             lo = mid
     return enc(pix, lo)
+
+
+# --- OpenJPEG's own encoder, through ctypes, on the libopenjp2 that Pillow's wheel bundles (no new dependency).
+# Why: it is the one writer here with all of tiles, RPCL, PLT and TLM at 8 and 16 bits, takes threads, and is fed
+# tile by tile (opj_write_tile), so only one tile is ever in OpenJPEG's int32 planes: Pillow and imagecodecs copy
+# the whole image into them first. The structs are OpenJPEG 2.5's openjpeg.h; any other version, or no library,
+# leaves encode() on Pillow/imagecodecs.
+
+_MAXRLVLS, _PATH_LEN, _JPWL_SPECS = 33, 4096, 16
+
+
+@cache
+def _openjpeg():
+    import ctypes as C
+    import glob
+    import os
+
+    try:
+        import PIL
+
+        site = os.path.dirname(os.path.dirname(PIL.__file__))
+        paths = sorted(glob.glob(os.path.join(site, "pillow.libs", "libopenjp2*.so*")))
+        paths += sorted(glob.glob(os.path.join(os.path.dirname(PIL.__file__), ".dylibs", "libopenjp2*.dylib")))
+        if not paths:
+            return None
+        lib = C.CDLL(paths[0])
+        lib.opj_version.restype = C.c_char_p
+        if not lib.opj_version().startswith(b"2.5.") or not hasattr(lib, "opj_encoder_set_extra_options"):
+            return None
+    except (OSError, AttributeError, ImportError):
+        return None
+    u32, i32, vp = C.c_uint32, C.c_int, C.c_void_p
+
+    class Poc(C.Structure):
+        _fields_ = [(n, u32) for n in "resno0 compno0 layno1 resno1 compno1 layno0 precno0 precno1".split()] + [
+            ("prg1", i32), ("prg", i32), ("progorder", C.c_char * 5), ("tile", u32),
+            ("tx0", C.c_int32), ("tx1", C.c_int32), ("ty0", C.c_int32), ("ty1", C.c_int32)] + [
+            (n, u32) for n in ("layS resS compS prcS layE resE compE prcE txS txE tyS tyE dx dy "
+                               "lay_t res_t comp_t prc_t tx0_t ty0_t").split()]
+
+    class CParams(C.Structure):
+        _fields_ = [
+            ("tile_size_on", i32), ("cp_tx0", i32), ("cp_ty0", i32), ("cp_tdx", i32), ("cp_tdy", i32),
+            ("cp_disto_alloc", i32), ("cp_fixed_alloc", i32), ("cp_fixed_quality", i32), ("cp_matrice", vp),
+            ("cp_comment", C.c_char_p), ("csty", i32), ("prog_order", i32), ("POC", Poc * 32), ("numpocs", u32),
+            ("tcp_numlayers", i32), ("tcp_rates", C.c_float * 100), ("tcp_distoratio", C.c_float * 100),
+            ("numresolution", i32), ("cblockw_init", i32), ("cblockh_init", i32), ("mode", i32),
+            ("irreversible", i32), ("roi_compno", i32), ("roi_shift", i32), ("res_spec", i32),
+            ("prcw_init", i32 * _MAXRLVLS), ("prch_init", i32 * _MAXRLVLS), ("infile", C.c_char * _PATH_LEN),
+            ("outfile", C.c_char * _PATH_LEN), ("index_on", i32), ("index", C.c_char * _PATH_LEN),
+            ("image_offset_x0", i32), ("image_offset_y0", i32), ("subsampling_dx", i32), ("subsampling_dy", i32),
+            ("decod_format", i32), ("cod_format", i32), ("jpwl_epc_on", i32), ("jpwl_hprot_MH", i32),
+            ("jpwl_hprot_TPH_tileno", i32 * _JPWL_SPECS), ("jpwl_hprot_TPH", i32 * _JPWL_SPECS),
+            ("jpwl_pprot_tileno", i32 * _JPWL_SPECS), ("jpwl_pprot_packno", i32 * _JPWL_SPECS),
+            ("jpwl_pprot", i32 * _JPWL_SPECS), ("jpwl_sens_size", i32), ("jpwl_sens_addr", i32),
+            ("jpwl_sens_range", i32), ("jpwl_sens_MH", i32), ("jpwl_sens_TPH_tileno", i32 * _JPWL_SPECS),
+            ("jpwl_sens_TPH", i32 * _JPWL_SPECS), ("cp_cinema", i32), ("max_comp_size", i32), ("cp_rsiz", i32),
+            ("tp_on", C.c_char), ("tp_flag", C.c_char), ("tcp_mct", C.c_char), ("jpip_on", i32), ("mct_data", vp),
+            ("max_cs_size", i32), ("rsiz", C.c_uint16),
+        ]
+
+    class CmptParm(C.Structure):
+        _fields_ = [(n, u32) for n in "dx dy w h x0 y0 prec bpp sgnd".split()]
+
+    class ImageHead(C.Structure):  # the leading fields of opj_image_t
+        _fields_ = [("x0", u32), ("y0", u32), ("x1", u32), ("y1", u32), ("numcomps", u32), ("color_space", i32)]
+
+    lib.MSG = C.CFUNCTYPE(None, C.c_char_p, vp)
+    lib.WRITE = C.CFUNCTYPE(C.c_size_t, vp, C.c_size_t, vp)
+    lib.SKIP = C.CFUNCTYPE(C.c_int64, C.c_int64, vp)
+    lib.SEEK = C.CFUNCTYPE(i32, C.c_int64, vp)
+    lib.CParams, lib.CmptParm, lib.ImageHead = CParams, CmptParm, ImageHead
+    sig = {
+        "opj_set_default_encoder_parameters": (None, [C.POINTER(CParams)]),
+        "opj_create_compress": (vp, [i32]),
+        "opj_image_tile_create": (vp, [u32, C.POINTER(CmptParm), i32]),
+        "opj_stream_create": (vp, [C.c_size_t, i32]),
+        "opj_stream_set_write_function": (None, [vp, lib.WRITE]),
+        "opj_stream_set_skip_function": (None, [vp, lib.SKIP]),
+        "opj_stream_set_seek_function": (None, [vp, lib.SEEK]),
+        "opj_set_error_handler": (i32, [vp, lib.MSG, vp]),
+        "opj_setup_encoder": (i32, [vp, C.POINTER(CParams), vp]),
+        "opj_encoder_set_extra_options": (i32, [vp, C.POINTER(C.c_char_p)]),
+        "opj_codec_set_threads": (i32, [vp, i32]),
+        "opj_start_compress": (i32, [vp, vp, vp]),
+        "opj_write_tile": (i32, [vp, u32, vp, u32, vp]),
+        "opj_end_compress": (i32, [vp, vp]),
+        "opj_stream_destroy": (None, [vp]),
+        "opj_destroy_codec": (None, [vp]),
+        "opj_image_destroy": (None, [vp]),
+    }
+    for name, (res, args) in sig.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = res, args
+    return lib
+
+
+def _encode_openjpeg(pix: np.ndarray, levels: int, lossless: bool, ratio: float | None, threads: int) -> bytes:
+    import ctypes as C
+
+    lib = _openjpeg()
+    h, w = pix.shape[:2]
+    nc = 1 if pix.ndim == 2 else 3
+    prec = 8 * pix.dtype.itemsize
+    p = lib.CParams()
+    lib.opj_set_default_encoder_parameters(C.byref(p))
+    p.tile_size_on, p.cp_tdx, p.cp_tdy = 1, min(w, TILE), min(h, TILE)
+    p.prog_order = 2  # RPCL
+    p.numresolution = levels + 1
+    p.tcp_numlayers, p.cp_disto_alloc = 1, 1
+    p.tcp_rates[0] = 0.0 if lossless else float(ratio)  # 0: lossless; else a compression ratio
+    p.irreversible = 0 if lossless else 1
+    p.tcp_mct = 1 if nc == 3 else 0  # RCT (5-3) / ICT (9-7): far smaller RGB files
+    comps = (lib.CmptParm * nc)(*[lib.CmptParm(1, 1, w, h, 0, 0, prec, prec, 0) for _ in range(nc)])
+    image = codec = stream = None
+    errors: list[str] = []
+    out = io.BytesIO()
+
+    def write(buf, n, _):
+        out.write(C.string_at(buf, n))
+        return n
+
+    def skip(n, _):
+        out.seek(n, 1)
+        return n
+
+    def seek(n, _):
+        out.seek(n)
+        return 1
+
+    callbacks = (lib.MSG(lambda m, _: errors.append(m.decode("latin-1").strip())), lib.WRITE(write),
+                 lib.SKIP(skip), lib.SEEK(seek))
+    try:
+        image = lib.opj_image_tile_create(nc, comps, 1 if nc == 3 else 2)  # sRGB / grey; no pixel buffers
+        if not image:
+            raise MemoryError("opj_image_tile_create failed")
+        head = lib.ImageHead.from_address(image)
+        head.x0, head.y0, head.x1, head.y1 = 0, 0, w, h
+        codec = lib.opj_create_compress(0)  # a raw codestream: the boxes are ours
+        lib.opj_set_error_handler(codec, callbacks[0], None)
+        stream = lib.opj_stream_create(1 << 20, 0)
+        lib.opj_stream_set_write_function(stream, callbacks[1])
+        lib.opj_stream_set_skip_function(stream, callbacks[2])
+        lib.opj_stream_set_seek_function(stream, callbacks[3])
+        options = (C.c_char_p * 3)(b"PLT=YES", b"TLM=YES", None)
+        ok = (lib.opj_setup_encoder(codec, C.byref(p), image) and lib.opj_encoder_set_extra_options(codec, options)
+              and (threads <= 1 or lib.opj_codec_set_threads(codec, int(threads)))
+              and lib.opj_start_compress(codec, image, stream))
+        tile = 0
+        for y0 in range(0, h, p.cp_tdy) if ok else ():
+            for x0 in range(0, w, p.cp_tdx):
+                block = pix[y0:y0 + p.cp_tdy, x0:x0 + p.cp_tdx]
+                # opj_write_tile takes one tile, component planes one after another, native-endian samples
+                planar = np.ascontiguousarray(np.moveaxis(block, -1, 0) if nc > 1 else block)
+                if not lib.opj_write_tile(codec, tile, planar.ctypes.data, planar.nbytes, stream):
+                    ok = False
+                    break
+                tile += 1
+            if not ok:
+                break
+        if not (ok and lib.opj_end_compress(codec, stream)):
+            raise RuntimeError(f"OpenJPEG could not encode: {'; '.join(errors[:3]) or 'no message'}")
+    finally:
+        if stream:
+            lib.opj_stream_destroy(stream)
+        if codec:
+            lib.opj_destroy_codec(codec)
+        if image:
+            lib.opj_image_destroy(image)
+    return out.getvalue()
 
 
 def _box(tbox: bytes, *payload: bytes) -> bytes:
