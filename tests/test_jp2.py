@@ -387,3 +387,24 @@ def test_exif_prefix_is_stripped_and_caps_match_metadata():
     assert jp2.MAX_IPTC_BYTES == metadata.MAX_IPTC_BYTES
     assert set(jp2.SUFFIXES) == {".jp2", ".j2k", ".j2c", ".jpf", ".jpx", ".jph"}
     assert all(s in (jp2.JP2_SIGNATURE, jp2.CODESTREAM_SIGNATURE) for s in jp2.SIGNATURES)
+
+
+def test_palette_is_applied():
+    """A 1-component index image with pclr + cmap boxes (as some scanners write bitonal or colour-mapped
+    pages): the colours come back, RGB. Fails if the palette is ignored (the indices would come back grey)."""
+    index = (np.arange(200 * 300) % 4).astype(np.uint8).reshape(200, 300)
+    buf = io.BytesIO()
+    Image.fromarray(index).save(buf, "JPEG2000", no_jp2=True)
+    colours = np.array([[0, 0, 0], [255, 0, 0], [0, 128, 255], [250, 240, 230]], np.uint8)
+    pclr = struct.pack(">I4sHB", 8 + 3 + 3 + colours.size, b"pclr", 4, 3) + b"\x07\x07\x07" + colours.tobytes()
+    cmap = struct.pack(">I4s", 8 + 12, b"cmap") + b"".join(struct.pack(">HBB", 0, 1, j) for j in range(3))
+    data = bytearray(jp2._wrap(buf.getvalue(), 200, 300, 1, 8, xmp=None, exif=None, iptc=None, dpi=None))
+    i = data.index(b"colr") + 7
+    data[i:i + 4] = struct.pack(">I", 16)
+    end = data.index(b"jp2c") - 4
+    data[end:end] = pclr + cmap
+    jp2h = data.index(b"jp2h") - 4
+    struct.pack_into(">I", data, jp2h, struct.unpack_from(">I", data, jp2h)[0] + len(pclr) + len(cmap))
+    img = jp2.decode(bytes(data), max_pixels=None)
+    assert img.pixels.shape == (200, 300, 3) and img.colorspace == "srgb"
+    assert np.array_equal(img.pixels, colours[index])
