@@ -14,6 +14,7 @@ from typing import IO, Annotated, Any, Optional
 import typer
 
 from raycolor import __version__
+from raycolor.core import formats
 from raycolor.config import (
     DEFAULT_STORE,
     ColorizeConfig,
@@ -48,11 +49,8 @@ def parse_bytes(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[unit])
 
 
-class Format(str, Enum):
-    png = "png"
-    jpeg = "jpeg"
-    tiff = "tiff"
-    webp = "webp"
+# --format's choices: every format the registry writes (raycolor.core.formats), nothing spelled here
+Format = Enum("Format", {name: name for name in formats.WRITABLE}, type=str)
 
 
 class MetadataMode(str, Enum):
@@ -252,6 +250,13 @@ def _table(title: str, rows: dict[str, Any]) -> None:
         typer.echo(f"  {key:<{width}}  {value:.3f}" if isinstance(value, float) else f"  {key:<{width}}  {value}")
 
 
+def _not_taken_rows(counts: dict[str, int]) -> dict[str, str]:
+    """The "not taken" row of a summary table: {".pdf": 12000, ".xml": 345} -> "12,000 .pdf, 345 .xml", in
+    the order the listing gave (largest first: inputs.merge_not_taken); no row when nothing was left out."""
+    shown = [f"{n:,} {k}" for k, n in (counts or {}).items() if n]
+    return {"not taken": ", ".join(shown)} if shown else {}
+
+
 @app.command(
     epilog="Example: raycolor train --data s3://photos/train/ --output s3://runs/exp1 --workers 4 --gpu --epochs 20"
 )
@@ -347,7 +352,16 @@ def colorize(
     output: Annotated[str, typer.Option(help="Local directory or s3:// prefix for images/, manifest/, _SUCCESS.json.")],
     checkpoint: Annotated[str, typer.Option(help="Model directory written by `raycolor train` (OUTPUT/model).")],
     render_size: Annotated[Optional[int], typer.Option(help="Model input side (multiple of 16); default: the checkpoint's.")] = None,
-    format: Annotated[Format, typer.Option("--format", help="Output image format (tiff: deflate, tags carried).")] = Format(ColorizeConfig.format),
+    format: Annotated[
+        Format,
+        typer.Option("--format", help="Output image format (tiff: deflate, tags carried; jp2: lossless unless "
+                     "--jp2-rate; docs/colorizing.md has each)."),
+    ] = Format(ColorizeConfig.format),
+    jp2_rate: Annotated[
+        Optional[float],
+        typer.Option("--jp2-rate", min=0.01, max=48,
+                     help="JPEG 2000 bits per pixel for lossy (9-7) access copies, e.g. 1.0; default: lossless 5-3."),
+    ] = ColorizeConfig.jp2_rate,
     metadata: Annotated[
         MetadataMode,
         typer.Option(
@@ -422,6 +436,7 @@ def colorize(
         memory_per_cpu=parse_bytes(memory_per_cpu) if memory_per_cpu else None,
         png_level=png_level,
         jpeg_quality=jpeg_quality,
+        jp2_rate=jp2_rate,
         batch_size=batch_size,
         gpus=gpus,
         cpu_actors=cpu_actors,
@@ -455,6 +470,7 @@ def colorize(
             "images/s": s.images_per_s,
             "first output s": s.first_output_s if s.first_output_s is not None else "-",
             "elapsed s": s.elapsed_s,
+            **_not_taken_rows(s.not_taken),
             "output": s.output,
         },
     )
@@ -486,8 +502,8 @@ def list_(
 
         return write_listing(inputs, output, shard_size=shard_size, store=store)
 
-    entries, parts = _run(address, store, call, verbose=verbose)
-    _table("raycolor list", {"entries": entries, "manifest shards": parts, "output": output})
+    entries, parts, not_taken = _run(address, store, call, verbose=verbose)
+    _table("raycolor list", {"entries": entries, "manifest shards": parts, **_not_taken_rows(not_taken), "output": output})
 
 
 @app.command(

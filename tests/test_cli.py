@@ -224,6 +224,65 @@ def test_end_to_end_colorize_and_evaluate_through_the_cli(ray_local, tiny_ckpt, 
     assert report["images"] == 3 and set(report) >= {"model", "baseline"}
 
 
+@pytest.mark.slow
+def test_colorize_reports_what_it_did_not_take(ray_local, tiny_ckpt, tmp_path):
+    """Never a silent skip: a folder of scans beside PDFs and XML (and a tar with an XML member) colorizes the
+    scans, and _SUCCESS.json, the summary table and a re-run that skips everything say what was not taken;
+    `raycolor list` says it too."""
+    import io
+    import tarfile
+
+    rng = np.random.default_rng(1)
+    src = tmp_path / "in"
+    (src / "box" / "pages").mkdir(parents=True)
+    for rel in ("0.jpg", "box/1.jpg", "box/pages/2.JPG"):
+        Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(src / rel, format="JPEG")
+    for n in range(1001):  # a thousand, to show the separator
+        (src / "box" / "pages" / f"{n}.pdf").write_bytes(b"%PDF-1.4")
+    (src / "mets.xml").write_text("<mets/>")
+    (src / "box" / "ALTO.XML").write_text("<alto/>")
+    jpeg = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(jpeg, format="JPEG")
+    with tarfile.open(tmp_path / "batch.tar", "w") as tar:
+        for name, data in (("t.jpg", jpeg.getvalue()), ("t.xml", b"<x/>")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    out = tmp_path / "out"
+    args = ["colorize", str(src), str(tmp_path / "batch.tar"), "--output", str(out), "--checkpoint", tiny_ckpt,
+            "--format", "jpeg"]
+    for run in ("first", "again"):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 0, r.output
+        summary = json.loads((out / "_SUCCESS.json").read_text())
+        assert (summary["ok"], summary["error"]) == (4, 0)
+        assert summary["skipped"] == (0 if run == "first" else 4)
+        assert summary["not_taken"] == {".pdf": 1001, ".xml": 3}
+        assert list(summary["not_taken"]) == [".pdf", ".xml"]  # largest first
+        (line,) = [x for x in r.output.splitlines() if x.strip().startswith("not taken")]
+        assert line.split(None, 2)[2] == "1,001 .pdf, 3 .xml", r.output
+    written = sorted(p.relative_to(out / "images").as_posix() for p in (out / "images").rglob("*.jpg"))
+    assert written[:1] + written[2:] == ["0.jpg", "box/1.jpg", "box/pages/2.jpg"]  # the tar's in its own namespace
+    assert written[1].endswith("/batch.tar/t.jpg")
+
+    r = runner.invoke(app, ["list", str(src), "--output", str(tmp_path / "lists")])
+    assert r.exit_code == 0, r.output
+    assert "  not taken  " in r.output and "1,001 .pdf, 2 .xml" in r.output
+
+    (tmp_path / "psd").mkdir()
+    for name in ("a.psd", "b.psd"):
+        (tmp_path / "psd" / name).write_bytes(b"8BPS")
+    r = runner.invoke(app, ["colorize", str(tmp_path / "psd"), "--output", str(tmp_path / "o2"), "--checkpoint", tiny_ckpt])
+    assert r.exit_code == 2 and "2 .psd files are not a kind raycolor reads" in _one_line_error(r)
+
+
+def test_summary_table_names_what_was_not_taken_only_when_there_is_some():
+    from raycolor.cli import _not_taken_rows
+
+    assert _not_taken_rows({".pdf": 12000, ".xml": 345, "(none)": 2}) == {"not taken": "12,000 .pdf, 345 .xml, 2 (none)"}
+    assert _not_taken_rows({}) == {} and _not_taken_rows({".pdf": 0}) == {}
+
+
 @needs_ray_library
 def test_imagenet_weights_while_offline_is_exit_2(no_connect, monkeypatch, tmp_path):
     # an empty hub cache and a proxy that refuses every connection: offline, deterministically

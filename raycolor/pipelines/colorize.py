@@ -25,7 +25,7 @@ import numpy as np
 
 from raycolor import inputs, storage
 from raycolor.config import ColorizeConfig, StorageConfig
-from raycolor.core import checkpoint, metadata
+from raycolor.core import checkpoint, formats
 from raycolor.outputs import ledger
 from raycolor.outputs.writers import WRITERS
 from raycolor.pipelines import runtime
@@ -55,6 +55,9 @@ class ColorizeSummary:
     settings: dict = field(default_factory=dict)
     shards: int = 0  # shards of the inputs
     shards_skipped: int = 0  # finished by an earlier run (and nothing to retry)
+    # what the inputs hold that was not taken, on this listing: {suffix: files} ("(none)": no suffix), largest
+    # first, e.g. {".pdf": 12000, ".xml": 345}: folders' files that are not images, tars' other members
+    not_taken: dict = field(default_factory=dict)
 
 
 
@@ -230,16 +233,19 @@ def check_config(config: ColorizeConfig) -> None:
         raise ValueError(f"retry_errors must be none, transient or all, not {config.retry_errors!r}")
     if config.layout not in WRITERS:
         raise ValueError(f"layout must be files or webdataset, not {config.layout!r}")
-    if config.format not in metadata.FORMATS:
-        raise ValueError(f"format must be one of {', '.join(metadata.FORMATS)}, not {config.format!r}")
+    entry = formats.writable(config.format)  # ValueError naming what raycolor writes
     if config.metadata not in ("keep", "strip"):
         raise ValueError(f"metadata must be keep or strip, not {config.metadata!r}")
     if config.bit_depth not in ("auto", "8", "16"):
         raise ValueError(f"bit depth must be auto, 8 or 16, not {config.bit_depth!r}")
     if config.memory_per_cpu is not None and config.memory_per_cpu < 1:
         raise ValueError(f"memory per CPU must be positive, got {config.memory_per_cpu}")
-    if config.bit_depth == "16" and config.format not in ("png", "tiff"):
-        raise ValueError(f"--bit-depth 16 needs PNG or TIFF output: {config.format} holds 8 bits per sample")
+    if config.bit_depth == "16" and 16 not in entry.bits:
+        deep = ", ".join(f.upper() for f in formats.WRITABLE if formats.holds(f, 16))
+        raise ValueError(f"--bit-depth 16 needs {deep} output: {config.format} holds 8 bits per sample")
+    if config.jp2_rate is not None and entry.name != "jp2":
+        raise ValueError(f"--jp2-rate is for --format jp2, not {config.format}")
+    formats.EncodeOptions(png_level=config.png_level, jpeg_quality=config.jpeg_quality, jp2_rate=config.jp2_rate).check()
 
 
 def _check_cluster(config: ColorizeConfig, output: str) -> None:
@@ -407,6 +413,7 @@ def _summary(config: ColorizeConfig, output: str, p, left: _Left, run: _Run, mod
         "memory_per_cpu": config.memory_per_cpu,
         "png_level": config.png_level,
         "jpeg_quality": config.jpeg_quality,
+        "jp2_rate": config.jp2_rate,
         "batch_size": config.batch_size,
         "gpus": config.gpus,
         "parquet_images": config.parquet_images,
@@ -431,6 +438,7 @@ def _summary(config: ColorizeConfig, output: str, p, left: _Left, run: _Run, mod
         settings=settings,
         shards=len(p.shards),
         shards_skipped=len(p.shards) - len(left.todo),
+        not_taken=p.not_taken_in_all(),
     )
     storage.write_bytes_atomic(
         ledger.success_uri(output),
