@@ -5,10 +5,10 @@ happens at import time.
 
 Why a module of its own: archives (the Library of Congress's newspaper programme, national libraries, IIIF
 image servers) keep their masters in JPEG 2000, and neither Pillow nor imagecodecs alone reads and writes all
-of what they hold. Pillow reads 16-bit RGB as 8-bit and cannot write it; imagecodecs cannot write tiles. Both
-wrap the same OpenJPEG, so each job goes to the one that does it, and the JP2 boxes (which carry an archive's
-colour, resolution, XMP, EXIF and IPTC) are read and written here, by a linear walk, so a bad box costs a
-note, never the pixels.
+of what they hold. Pillow reads 16-bit RGB as 8-bit and cannot write it; imagecodecs cannot write tiles. So
+decoding goes to imagecodecs, encoding to OpenJPEG itself, and the JP2 boxes (which carry an archive's colour,
+resolution, XMP, EXIF and IPTC) are read and written here, by a linear walk, so a bad box costs a note, never
+the pixels.
 
 Choices (measured with ``bench/jp2_codecs.py``):
 
@@ -26,15 +26,16 @@ Choices (measured with ``bench/jp2_codecs.py``):
   build, another OpenJPEG version), :func:`encode` falls back to Pillow (16-bit grey in full-width strips,
   which it encodes right) and imagecodecs (16-bit RGB: one tile, LRCP, no PLT, the rate found by a search on a
   crop); :func:`encoder` says which runs.
-* **Truncation**: OpenJPEG can return a partial image without an error. Before decoding, the codestream's
-  tile-parts are walked by their ``Psot`` lengths (a hop each, linear): a tile-part that runs past the data,
-  a missing tile or tile-part, or a hop that lands off a marker is ``truncated``; only a missing final EOC
-  after complete tile data is a note.
+* **Truncation**: OpenJPEG can return a partial image without an error (a lost tile-part comes back as
+  zeros). Before decoding, the codestream's tile-parts are walked by their ``Psot`` lengths (a hop each,
+  linear): a tile-part that runs past the data, a missing tile or tile-part, or a hop that lands off a marker
+  is ``truncated``; only a missing final EOC after complete tile data is a note (and one is added: OpenJPEG
+  refuses the codestream without it).
 
-Memory (``bench/jp2_codecs.py``, 25 MP 16-bit RGB): OpenJPEG decodes into int32 planes (4 bytes per sample per
-component) and the result is copied out at 2 bytes per sample: about 23 bytes per pixel above the file. The
-tile-by-tile encoder adds little beyond the codestream it builds; the fallbacks copy the whole image into int32
-planes first (imagecodecs: about 38 bytes per pixel for a lossless 16-bit RGB encode).
+Memory (``bench/jp2_codecs.py``, 25 MP 16-bit RGB, peak above the inputs): decode about 19 bytes per pixel
+(OpenJPEG's int32 planes, 12, plus the 6-byte result), so about 1.9 GB at 100 MP on top of the file; the
+tile-by-tile lossless encode about 15 (the codestream, 4.5 at 36 bpp, and its copies), a ~1 bpp one under 2;
+the imagecodecs fallback copies the whole image into int32 planes first (about 38 bytes per pixel lossless).
 """
 
 from __future__ import annotations
