@@ -960,12 +960,20 @@ def _wrap(cs: bytes, h: int, w: int, comps: int, bits: int, *, xmp, exif, iptc, 
     if dpi is not None:
         jp2h.append(_box(b"res ", _resc(dpi)))
     parts = [JP2_SIGNATURE, _box(b"ftyp", b"jp2 ", struct.pack(">I", 0), b"jp2 "), _box(b"jp2h", *jp2h)]
+    meta = []
     if xmp is not None:
-        parts.append(_box(b"uuid", XMP_UUID, xmp))
+        meta.append(_box(b"uuid", XMP_UUID, xmp))
     if exif is not None:
         body = exif[len(_EXIF_PREFIX):] if exif.startswith(_EXIF_PREFIX) else exif
-        parts.append(_box(b"uuid", EXIF_UUID, body))
+        meta.append(_box(b"uuid", EXIF_UUID, body))
     if iptc is not None:
-        parts.append(_box(b"uuid", IPTC_UUID, iptc))
-    parts.append(_box(b"jp2c", cs))
-    return b"".join(parts)
+        meta.append(_box(b"uuid", IPTC_UUID, iptc))
+    # Pillow's JP2 reader (OpenJPEG fed through its own stream) fails on a file with more than about 1 MB of
+    # boxes before the codestream ("broken data stream"): metadata that large goes after jp2c, where JP2 allows
+    # uuid boxes too; the usual few kB stay in front, for a server reading the head of the file
+    if sum(map(len, meta)) <= _META_FIRST_BYTES:
+        return b"".join([*parts, *meta, _box(b"jp2c", cs)])
+    return b"".join([*parts, _box(b"jp2c", cs), *meta])
+
+
+_META_FIRST_BYTES = 512 << 10
