@@ -285,7 +285,34 @@ def xmp() -> dict[str, bytes]:
     }
 
 
+def jpeg2000() -> dict[str, bytes]:
+    """JPEG 2000 masters gone wrong: a broken XMP uuid box, a colr ICC profile LittleCMS refuses, a truncated
+    codestream. The first two keep their pixels (the metadata is dropped with a note); the third is truncated."""
+    import struct as st
+
+    from raycolor.core import jp2
+
+    good = jp2.encode(_pixels(9), xmp=b"<x:xmpmeta xmlns:x='adobe:ns:meta/'/>")
+    at = good.index(jp2.XMP_UUID)  # the XMP box: its payload made into something that is not XML
+    n = st.unpack(">I", good[at - 8 : at - 4])[0]
+    broken_xmp = good[: at + 16] + b"<x:xmpmeta><unclosed" + b" " * (n - 8 - 16 - 20) + good[at - 8 + n :]
+    colr = good.index(b"colr")  # enumerated sRGB -> method 2, a restricted ICC profile of garbage
+    n = st.unpack(">I", good[colr - 4 : colr])[0]
+    icc = b"\0\0\0\x80garbage-not-an-icc-profile" + bytes(100)
+    box = st.pack(">I", 8 + 3 + len(icc)) + b"colr" + bytes((2, 0, 0)) + icc
+    jp2h = good.index(b"jp2h")
+    hn = st.unpack(">I", good[jp2h - 4 : jp2h])[0]
+    inner = good[jp2h + 4 : colr - 4] + box + good[colr - 4 + n : jp2h - 4 + hn]
+    bad_icc = good[: jp2h - 4] + st.pack(">I", 8 + len(inner)) + b"jp2h" + inner + good[jp2h - 4 + hn :]
+    return {
+        "jp2_broken_xmp_box.jp2": broken_xmp,
+        "jp2_garbage_icc.jp2": bad_icc,
+        "jp2_truncated.jp2": good[: len(good) * 2 // 3],
+    }
+
+
 _CLASSES = {
+    "jpeg2000": jpeg2000,
     "crash": crash,
     "quadratic": quadratic,
     "amplification": amplification,
@@ -322,6 +349,9 @@ EXPECTED.update(
         "xmp_utf16be_entities.png": "ok",
         "xmp_utf16be_entities.jpg": "ok",
         "xmp_utf8_entities.jpg": "ok",
+        "jp2_broken_xmp_box.jp2": "ok",
+        "jp2_garbage_icc.jp2": "ok",
+        "jp2_truncated.jp2": "truncated",
     }
 )
 NOTES.update(
@@ -349,6 +379,8 @@ NOTES.update(
         "xmp_utf16be_entities.png": "xmp",
         "xmp_utf16be_entities.jpg": "xmp",
         "xmp_utf8_entities.jpg": "xmp",
+        "jp2_broken_xmp_box.jp2": "xmp",
+        "jp2_garbage_icc.jp2": "icc",
     }
 )
 

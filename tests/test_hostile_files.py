@@ -106,8 +106,9 @@ def test_hostile_file_decodes_encodes_and_decodes_again(corpus, name):
 def test_corpus_is_small_and_quick():
     corpus, seconds = _timed(hostile.corpus)
     assert sum(len(d) for d, _ in corpus.values()) < 8 << 20 and seconds < 10
-    assert {c for _, c in corpus.values()} == {"crash", "quadratic", "amplification", "bomb", "malformed_tag", "xmp"}
-    assert all(name.rsplit(".", 1)[1] in ("png", "jpg", "tif", "webp") for name in corpus)
+    assert {c for _, c in corpus.values()} == {"crash", "quadratic", "amplification", "bomb", "malformed_tag", "xmp",
+                                               "jpeg2000"}
+    assert all(name.rsplit(".", 1)[1] in ("png", "jpg", "tif", "webp", "jp2") for name in corpus)
 
 
 # --------------------------------------------------------------------------- the acceptance, one by one
