@@ -52,26 +52,21 @@ def _provenance():
     return metadata.Provenance(software=metadata.SOFTWARE, model_id="bench")
 
 
+def _rgb(a):
+    """raycolor writes colorized (H, W, 3) images: a grey case is timed as its RGB image."""
+    import numpy as np
+
+    return a if a.ndim == 3 else np.repeat(a[..., None], 3, 2)
+
+
 def encoders():
-    """raycolor's own TIFF/JPEG writers where this tree still has ``metadata.encode``; while the format registry
-    moves them, tifffile (deflate + horizontal predictor, as raycolor's writer) and ``images.encode_jpeg``.
-    The codec column says which ran."""
-    from raycolor.core import images, metadata
+    """raycolor's own writers, as an output is written (the format registry's: raycolor.core.formats.encode); JP2
+    straight from raycolor.core.jp2, so that its threads can be set. The codec column says which ran."""
+    from raycolor.core import formats
 
-    if hasattr(metadata, "encode"):
-        prov = _provenance()
-        tiff = (lambda a, t: metadata.encode(a, "tiff", None, prov)[0], "raycolor metadata.encode")
-        jpeg = (lambda a, t: metadata.encode(a, "jpeg", None, prov, jpeg_quality=92)[0], "raycolor metadata.encode")
-    else:
-        import tifffile
-
-        def _tiff(a, t):
-            buf = io.BytesIO()
-            tifffile.imwrite(buf, a, compression="zlib", predictor=True, photometric="rgb" if a.ndim == 3 else None)
-            return buf.getvalue()
-
-        tiff = (_tiff, "tifffile zlib+predictor")
-        jpeg = (lambda a, t: images.encode_jpeg(a, quality=92), "raycolor images.encode_jpeg")
+    prov = _provenance()
+    tiff = (lambda a, t: formats.encode(_rgb(a), "tiff", None, prov)[0], "raycolor formats.encode")
+    jpeg = (lambda a, t: formats.encode(_rgb(a), "jpeg", None, prov, jpeg_quality=92)[0], "raycolor formats.encode")
     return {
         "jp2 lossless": (lambda a, t: jp2.encode(a, lossless=True, threads=t), None),  # codec: _jp2_encoder
         "jp2 lossy 1bpp": (lambda a, t: jp2.encode(a, lossless=False, rate=1.0, threads=t), None),
