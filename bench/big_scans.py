@@ -11,6 +11,8 @@ each time. Cases (--cases, default all):
     1x16    one 39 MP 16-bit grey scan (16-bit PNG out)
     24x16   24 of them
     100x16  one 100 MP (11,550 x 8,660) 16-bit scan         target: completes within 3 GB above the tiny run
+    1x16jp2   one 39 MP 16-bit grey JPEG 2000 master (lossless) in, 16-bit JP2 (lossless) out
+    100x16jp2 one 100 MP 16-bit JPEG 2000 master in, JP2 out  target: within 3 GB above the tiny run, as TIFF
 
     .venv/bin/python bench/big_scans.py --cases 1x8 1x16        # a few minutes on 2 cores
     .venv/bin/python bench/big_scans.py --json                  # everything (~15 min on 2 cores)
@@ -30,7 +32,14 @@ from pathlib import Path
 import numpy as np
 
 CASES = {"1x8": (1, 8, (5400, 7200)), "24x8": (24, 8, (5400, 7200)), "1x16": (1, 16, (5400, 7200)),
-         "24x16": (24, 16, (5400, 7200)), "100x16": (1, 16, (8660, 11550))}
+         "24x16": (24, 16, (5400, 7200)), "100x16": (1, 16, (8660, 11550)),
+         "1x16jp2": (1, 16, (5400, 7200)), "100x16jp2": (1, 16, (8660, 11550))}
+
+
+def container(case: str) -> tuple[str, str]:
+    """(the masters' suffix, the --format written) of a case: JP2 cases are JP2 in and out, the others TIFF in,
+    PNG out."""
+    return (".jp2", "jp2") if case.endswith("jp2") else (".tif", "png")
 
 
 def used_bytes() -> int:
@@ -49,14 +58,19 @@ def scan(height: int, width: int, bits: int, seed: int) -> np.ndarray:
     return np.clip(img * top, 0, top).astype(np.uint16 if bits == 16 else np.uint8)
 
 
-def write_scans(folder: Path, n: int, bits: int, size: tuple[int, int]) -> None:
+def write_scans(folder: Path, n: int, bits: int, size: tuple[int, int], suffix: str = ".tif") -> None:
     from PIL import Image
 
     folder.mkdir(parents=True)
-    first = folder / "scan-000.tif"
-    Image.fromarray(scan(*size, bits, 0)).save(first, compression="tiff_deflate")
+    first = folder / f"scan-000{suffix}"
+    if suffix == ".jp2":  # a lossless master, tiled as archives keep them
+        from raycolor.core import jp2
+
+        first.write_bytes(jp2.encode(scan(*size, bits, 0)))
+    else:
+        Image.fromarray(scan(*size, bits, 0)).save(first, compression="tiff_deflate")
     for i in range(1, n):  # the same pixels under other names: decoding cost is per file, not per content
-        (folder / f"scan-{i:03d}.tif").write_bytes(first.read_bytes())
+        (folder / f"scan-{i:03d}{suffix}").write_bytes(first.read_bytes())
 
 
 def where(top: int = 6) -> str:
@@ -164,9 +178,9 @@ def main() -> None:
         (tmp / "tiny").mkdir()
         Image.fromarray(scan(48, 64, 8, 0)).save(tmp / "tiny" / "tiny.tif")
 
-        def colorize(folder: Path, name: str) -> tuple[int, float, int]:
+        def colorize(folder: Path, name: str, fmt: str = "png") -> tuple[int, float, int]:
             cmd = [*raycolor, str(folder), "--output", str(tmp / f"out-{name}"), "--checkpoint", ckpt,
-                   "--format", "png", *args.extra]
+                   "--format", fmt, *args.extra]
             return run(cmd, tmp / f"{name}.log", breakdown=args.breakdown)
 
         idle = used_bytes()
@@ -177,8 +191,9 @@ def main() -> None:
         for case in args.cases:
             n, bits, (h, w) = CASES[case]
             folder = tmp / f"in-{case}"
-            write_scans(folder, n, bits, (h, w))
-            peak, secs, rc = colorize(folder, case)
+            suffix, fmt = container(case)
+            write_scans(folder, n, bits, (h, w), suffix)
+            peak, secs, rc = colorize(folder, case, fmt)
             log = (tmp / f"{case}.log").read_text()
             above = peak - tiny_peak
             row = {"scans": n, "bits": bits, "megapixels": round(h * w / 1e6, 1), "returncode": rc,
