@@ -172,6 +172,7 @@ class _Peaks:
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc/PID/clear_refs")
+@pytest.mark.timeout(240)  # ~15-25 s on 2 cores; a file that stalls a stage for minutes fails here
 def test_the_corpus_with_good_photos_through_the_cli(ray_local, tiny_ckpt, tmp_path):
     from typer.testing import CliRunner
 
