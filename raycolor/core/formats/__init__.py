@@ -12,6 +12,8 @@ Pure NumPy + Pillow (+ imagecodecs for JPEG 2000, imported when used): no Ray, n
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from raycolor.core.formats import jp2, jpeg, png, readonly, tiff, webp
@@ -92,10 +94,10 @@ def encode(
     entry = writable(fmt)
     options = options or EncodeOptions()
     if png_level is not None or jpeg_quality is not None:
-        options = EncodeOptions(
+        options = dataclasses.replace(
+            options,
             png_level=options.png_level if png_level is None else png_level,
             jpeg_quality=options.jpeg_quality if jpeg_quality is None else jpeg_quality,
-            jp2_rate=options.jp2_rate, threads=options.threads,
         )
     options.check()
     arr = _check_pixels(rgb)

@@ -18,6 +18,7 @@ class EncodeOptions:
     jpeg_quality: int = 92  # JPEG and lossy WebP
     jp2_rate: float | None = None  # None: lossless JPEG 2000 (reversible 5-3); else bits per pixel, lossy 9-7
     threads: int = 1  # threads a codec that has them may use
+    tiff_pyramid: bool = False  # TIFF: tiled, with half-size levels as SubIFDs (for IIIF image servers)
 
     def check(self) -> None:
         if not 0 <= self.png_level <= 9:
