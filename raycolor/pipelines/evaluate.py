@@ -15,12 +15,14 @@ import numpy as np
 from raycolor import inputs, storage
 from raycolor.config import EvaluateConfig
 from raycolor.core import gallery, images
-from raycolor.core.metrics import METRICS
+from raycolor.core.metrics import AB_BINS, METRICS, auc_rebalanced_from_sums, ratio_of_means
 from raycolor.pipelines import runtime
 from raycolor.pipelines.colorize import predicted_dataset, resolve_model
 from raycolor.pipelines.stages import ModelStage, colorized_rgb
 
 _THUMB_H = 160
+_PREFIXES = ("model_", "baseline_")
+_BINS = "ab_bins"  # a batch column per prefix: auc_bin_sums' (2, AB_BINS) float64 as bytes, summed by the driver
 
 
 @dataclass(frozen=True)
@@ -28,9 +30,9 @@ class EvaluateReport:
     model_id: str
     images: int  # evaluated (decodable) images
     errors: int
-    model: dict  # mean of each metric over images
+    model: dict  # each metric over the images: see _summary
     baseline: dict
-    per_image: list  # one dict per image: source, model_<metric>, baseline_<metric>
+    per_image: list  # one dict per image: source, model_<metric>, baseline_<metric> (image_metrics' values)
     gallery: str | None = None
 
     def as_json(self) -> dict:
@@ -48,37 +50,43 @@ def _metrics_batch(batch: dict, *, thumbs: bool, stage: ModelStage) -> dict:
     import torch
 
     from raycolor.core.colorize import grey_baseline
-    from raycolor.core.metrics import image_metrics
+    from raycolor.core.metrics import auc_bin_sums, image_metrics, lab
 
     torch.set_num_threads(1)
     out: dict[str, list] = {"source": [], "error": [], "thumbs": []}
-    for prefix in ("model_", "baseline_"):
+    for prefix in _PREFIXES:
         for m in METRICS:
             out[prefix + m] = []
+        out[prefix + _BINS] = []
     for i, source in enumerate(batch["source"]):
         err = batch["error"][i] or ""
         out["source"].append(source)
         out["error"].append(err)
         if err:
-            for prefix in ("model_", "baseline_"):
+            for prefix in _PREFIXES:
                 for m in METRICS:
                     out[prefix + m].append(math.nan)
+                out[prefix + _BINS].append(b"")
             out["thumbs"].append(b"")
             continue
         h, w = int(batch["height"][i]), int(batch["width"][i])
         original = np.frombuffer(batch["original"][i], dtype=np.uint8).reshape(h, w, 3)
         colorized = colorized_rgb(batch, i, stage)
         grey = grey_baseline(original)
+        original_lab = lab(original)
         for prefix, img in (("model_", colorized), ("baseline_", grey)):
-            for m, v in image_metrics(img, original).items():
+            for m, v in image_metrics(img, original, original_lab=original_lab).items():
                 out[prefix + m].append(v)
+            # per true-ab bin: pixels and AuC scores, added up over the set by the driver (auc_rebalanced)
+            out[prefix + _BINS].append(auc_bin_sums(lab(img), original_lab).tobytes())
         # three small PNGs side by side in one blob, for the driver's gallery
         strip = b""
         if thumbs:
             parts = [images.encode_png(gallery.thumbnail(x, _THUMB_H), level=1) for x in (grey, colorized, original)]
             strip = b"".join(len(p).to_bytes(4, "big") + p for p in parts)
         out["thumbs"].append(strip)
-    return {k: np.array(v, dtype=object if k in ("source", "error", "thumbs") else np.float64) for k, v in out.items()}
+    blobs = ("source", "error", "thumbs", *(p + _BINS for p in _PREFIXES))
+    return {k: np.array(v, dtype=object if k in blobs else np.float64) for k, v in out.items()}
 
 
 def _split_thumbs(blob: bytes) -> list[np.ndarray]:
@@ -93,6 +101,20 @@ def _split_thumbs(blob: bytes) -> list[np.ndarray]:
 def _mean(values: list[float]) -> float:
     finite = [v for v in values if math.isfinite(v)]  # SSIM is NaN for images too small for its window
     return float(np.mean(finite)) if finite else math.nan
+
+
+def _summary(ok: list[dict], prefix: str, bin_sums: np.ndarray) -> dict:
+    """One section of the report: the mean over images of each metric, except two set-level figures --
+    colourfulness_ratio is the ratio of the mean colourfulness to the originals' (the report's own two
+    colourfulness figures; a mean of per-image ratios would be dominated by near-grey originals), and
+    auc_rebalanced weights each pixel by the inverse frequency of its true ab bin over ALL the evaluated
+    pixels (the paper's dataset prior, taken from this set), not per image."""
+    summary = {m: _mean([r[prefix + m] for r in ok]) for m in METRICS}
+    summary["colourfulness_ratio"] = ratio_of_means(
+        [r[prefix + "colourfulness"] for r in ok], [r[prefix + "colourfulness_original"] for r in ok]
+    )
+    summary["auc_rebalanced"] = auc_rebalanced_from_sums(bin_sums)
+    return summary
 
 
 def evaluate(
@@ -126,12 +148,21 @@ def evaluate(
         fn_kwargs={"thumbs": bool(config.gallery), "stage": stage},
     )
     per_image, rows = [], []
+    bin_sums = {p: np.zeros((2, AB_BINS)) for p in _PREFIXES}
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         if on_rows:
             n_err = sum(1 for e in batch["error"] if e)
             on_rows(len(batch["error"]) - n_err, n_err)
+        for p in _PREFIXES:
+            for blob in batch[p + _BINS]:
+                if blob:
+                    bin_sums[p] += np.frombuffer(blob, dtype=np.float64).reshape(2, AB_BINS)
         for i, source in enumerate(batch["source"]):
-            rec = {k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in batch.items() if k != "thumbs"}
+            rec = {
+                k: (v[i].item() if hasattr(v[i], "item") else v[i])
+                for k, v in batch.items()
+                if k != "thumbs" and not k.endswith(_BINS)
+            }
             per_image.append(rec)
             if config.gallery and not rec["error"] and len(rows) < config.gallery_rows:
                 rows.append((source.rsplit("/", 1)[-1], *_split_thumbs(batch["thumbs"][i])))
@@ -149,8 +180,8 @@ def evaluate(
         model_id=meta.model_id,
         images=len(ok),
         errors=len(per_image) - len(ok),
-        model={m: _mean([r["model_" + m] for r in ok]) for m in METRICS},
-        baseline={m: _mean([r["baseline_" + m] for r in ok]) for m in METRICS},
+        model=_summary(ok, "model_", bin_sums["model_"]),
+        baseline=_summary(ok, "baseline_", bin_sums["baseline_"]),
         per_image=per_image,
         gallery=gallery_uri,
     )
