@@ -1,7 +1,12 @@
 """The model checkpoint format: a directory (local or any fsspec URI) holding
 
-    config.json   {"format": "raycolor", "version": 1, "arch", "skips", "render_size", "normalization", "model_id", ...}
+    config.json   {"format": "raycolor", "version": 1, "arch", "skips", "render_size", "normalization", "model_id",
+                   "head", "n_bins", ...}
     weights.pt    the state dict, loadable with torch.load(weights_only=True)
+
+head: "regression" (ab out) or "classification" (logits over n_bins quantised ab bins; the bins and the
+class-rebalancing weights are buffers in weights.pt). A config.json without "head" (every checkpoint written
+before the classification head) is regression, and loads exactly as before.
 
 weights.pt is written first and config.json last, so a directory without config.json is incomplete.
 model_id is the SHA-256 of weights.pt: it names the model in manifests and detects corrupt or partial files.
@@ -48,6 +53,8 @@ class CheckpointMeta:
     format: str = FORMAT
     version: int = VERSION
     extra: dict | None = None  # e.g. training epoch and metrics; never needed to load
+    head: str = "regression"  # absent from older checkpoints: they are all regression
+    n_bins: int | None = None  # classification: Q, the number of ab bins (the logits' channels)
 
 
 def _fs(uri: str, store: StorageConfig):
@@ -78,6 +85,8 @@ def save(
         model_id=hashlib.sha256(data).hexdigest()[:16],
         normalization={"l_cent": color.L_CENT, "l_norm": color.L_NORM, "ab_norm": color.AB_NORM},
         extra=extra,
+        head=getattr(model, "head_kind", "regression"),
+        n_bins=getattr(model, "n_bins", None),
     )
     fs, path = _fs(uri, store)
     fs.makedirs(path, exist_ok=True)
@@ -100,6 +109,11 @@ def read_meta(uri: str, *, store: StorageConfig = DEFAULT_STORE) -> CheckpointMe
         raise CheckpointError(f"{uri} is not a raycolor v{VERSION} checkpoint")
     if raw.get("arch") != ARCH:
         raise CheckpointError(f"{uri} holds architecture {raw.get('arch')!r}, this version reads {ARCH!r}")
+    head = raw.get("head", "regression")
+    if head not in ("regression", "classification"):
+        raise CheckpointError(f"{uri} has head {head!r}, this version reads 'regression' or 'classification'")
+    if head == "classification" and not (isinstance(raw.get("n_bins"), int) and raw["n_bins"] > 0):
+        raise CheckpointError(f"{uri} is a classification checkpoint without a valid n_bins")
     fields = CheckpointMeta.__dataclass_fields__
     return CheckpointMeta(**{k: v for k, v in raw.items() if k in fields})
 
@@ -123,6 +137,9 @@ def load(
     if hashlib.sha256(data).hexdigest()[:16] != meta.model_id:
         raise CheckpointError(f"checkpoint {uri} is corrupt: {WEIGHTS_NAME} does not match its model_id")
     state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-    model = Colorizer(skips=meta.skips)
-    model.load_state_dict(state)
+    model = Colorizer(skips=meta.skips, head=meta.head, n_bins=meta.n_bins)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {uri}: {WEIGHTS_NAME} does not fit its config.json ({meta.head} head): {e}") from None
     return model.eval().to(map_location), meta

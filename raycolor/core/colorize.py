@@ -119,14 +119,21 @@ def _unpacked(packed: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(L)
 
 
+DEFAULT_TEMPERATURE = 0.38  # the annealed mean's T (Zhang et al. 2016); ColorizeConfig.temperature
+
+
 @torch.inference_mode()
-def predict_ab(model: torch.nn.Module, l_small: torch.Tensor) -> torch.Tensor:
-    """(N, 1, r, r) L -> (N, 2, r, r) float32 ab, on the model's device (bf16 autocast on CUDA)."""
+def predict_ab(model: torch.nn.Module, l_small: torch.Tensor, *, temperature: float = DEFAULT_TEMPERATURE) -> torch.Tensor:
+    """(N, 1, r, r) L -> (N, 2, r, r) float32 ab, on the model's device (bf16 autocast on CUDA). A classification
+    model's logits are decoded by the annealed mean at `temperature` (in float32, outside autocast); a regression
+    model's output is its ab, and `temperature` is ignored."""
     device = next(model.parameters()).device
     x = l_small.to(device, non_blocking=True)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        ab = model(x)
-    return ab.float()
+        out = model(x)
+    if getattr(model, "head_kind", "regression") == "classification":
+        return model.decode_ab(out.float(), temperature)
+    return out.float()
 
 
 def _bilinear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -195,13 +202,15 @@ def compose(L: torch.Tensor | np.ndarray, ab_small: torch.Tensor, *, bits: int =
 
 
 def colorize_rgb(
-    model: torch.nn.Module, images: Sequence[np.ndarray | torch.Tensor], *, render_size: int
+    model: torch.nn.Module, images: Sequence[np.ndarray | torch.Tensor], *, render_size: int,
+    temperature: float = DEFAULT_TEMPERATURE,
 ) -> list[np.ndarray]:
-    """Full-res uint8 RGB images of any sizes -> colorized uint8 RGB images of the same sizes."""
+    """Full-res uint8 RGB images of any sizes -> colorized uint8 RGB images of the same sizes (`temperature`: the
+    annealed mean's, for a classification model)."""
     if not images:
         return []
     prepared = [prepare(img, render_size) for img in images]
-    ab = predict_ab(model, torch.stack([small for _, small in prepared])).cpu()
+    ab = predict_ab(model, torch.stack([small for _, small in prepared]), temperature=temperature).cpu()
     return [compose(L, ab[i]).numpy() for i, (L, _) in enumerate(prepared)]
 
 

@@ -1,7 +1,11 @@
 """The colorizer: VGG16 features (torchvision's layers and weights) as encoder, a light U-Net decoder predicting bounded ab.
 
-Contract: forward(L) with L in Lab units [0, 100], shape (N, 1, H, W), H and W multiples of 16,
-returns ab in Lab units, shape (N, 2, H, W), |ab| < AB_NORM.
+Contract: forward(L) with L in Lab units [0, 100], shape (N, 1, H, W), H and W multiples of 16, returns
+  head="regression" (the default): ab in Lab units, shape (N, 2, H, W), |ab| < AB_NORM;
+  head="classification": logits over the Q quantised ab bins (raycolor.core.abbins), shape (N, Q, H, W).
+    model.decode_ab(logits, T) gives ab (the annealed mean); raycolor.core.colorize.predict_ab does that for
+    either head, so everything after "ab" (compose, the Predictor's output, the finish stage) is one path.
+    The bins and the class-rebalancing weights are buffers (`bins`, `prior_weights`): a checkpoint carries them.
 """
 
 from __future__ import annotations
@@ -63,10 +67,19 @@ class _UpBlock(nn.Module):
         return F.relu(self.conv2(F.relu(self.conv1(x))))
 
 
+HEADS = ("regression", "classification")
+
+
 class Colorizer(nn.Module):
-    def __init__(self, *, skips: bool = True) -> None:
+    def __init__(self, *, skips: bool = True, head: str = "regression", n_bins: int | None = None) -> None:
+        """head="classification": n_bins logits per pixel (default: the derived gamut bins, abbins.derive_bins);
+        the buffers `bins` (Q, 2) and `prior_weights` (Q,) are set with set_bins / set_prior (the weights start at
+        1: unweighted). A regression model has no such buffers, so its state dict is exactly today's."""
         super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
         self.skips = skips
+        self.head_kind = head
         # exactly torchvision's vgg16().features, built without the 120M-parameter classifier we never use
         self.encoder = vgg16_features()[:_ENCODER_LEN]
         self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -77,7 +90,31 @@ class Colorizer(nn.Module):
         ins = (256,) + _DECODER_CHANNELS[:-1]
         skip_ch = tuple(reversed(_ENCODER_CHANNELS[:-1])) if skips else (0, 0, 0, 0)
         self.up = nn.ModuleList(_UpBlock(i, s, o) for i, s, o in zip(ins, skip_ch, _DECODER_CHANNELS))
-        self.head = nn.Conv2d(_DECODER_CHANNELS[-1], 2, 1)
+        if head == "regression":
+            self.head = nn.Conv2d(_DECODER_CHANNELS[-1], 2, 1)
+        else:
+            from raycolor.core import abbins
+
+            bins = abbins.derive_bins() if n_bins is None else torch.zeros(n_bins, 2)
+            self.register_buffer("bins", bins.float())
+            self.register_buffer("prior_weights", torch.ones(len(bins)))
+            self.head = nn.Conv2d(_DECODER_CHANNELS[-1], len(bins), 1)
+
+    @property
+    def n_bins(self) -> int | None:
+        return int(self.bins.shape[0]) if self.head_kind == "classification" else None
+
+    def set_prior(self, weights: torch.Tensor) -> None:
+        """The class-rebalancing weights (abbins.rebalancing_weights), one per bin."""
+        self.prior_weights.copy_(torch.as_tensor(weights, dtype=torch.float32).view(-1))
+
+    def decode_ab(self, out: torch.Tensor, temperature: float) -> torch.Tensor:
+        """forward's output -> ab (N, 2, H, W): the annealed mean for classification, as is for regression."""
+        if self.head_kind == "regression":
+            return out
+        from raycolor.core import abbins
+
+        return abbins.annealed_mean(out, self.bins, temperature)
 
     def grey_input(self, L: torch.Tensor) -> torch.Tensor:
         # a pretrained VGG16 expects ImageNet-normalised RGB: give it the grey image with lightness L
@@ -94,6 +131,8 @@ class Colorizer(nn.Module):
         x = F.relu(self.reduce(feats[-1]))  # (N, 256, H/16, W/16)
         for up, skip in zip(self.up, reversed(feats[:-1])):
             x = up(x, skip if self.skips else None)
+        if self.head_kind == "classification":
+            return self.head(x)  # (N, Q, H, W) logits
         return color.denormalize_ab(torch.tanh(self.head(x)))  # (N, 2, H, W), |ab| < AB_NORM
 
     def encoder_block_params(self, block: int) -> list[nn.Parameter]:
@@ -176,9 +215,12 @@ def load_weights(weights: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise WeightsUnavailableError(f"could not read VGG16 weights from {path}: {e}") from None
 
 
-def build_colorizer(*, weights: str | os.PathLike | None = None, skips: bool = True) -> Colorizer:
-    """weights: "imagenet" (torchvision VGG16_Weights.IMAGENET1K_V1), a local VGG16 state-dict path, or None."""
-    model = Colorizer(skips=skips)
+def build_colorizer(
+    *, weights: str | os.PathLike | None = None, skips: bool = True, head: str = "regression"
+) -> Colorizer:
+    """weights: "imagenet" (torchvision VGG16_Weights.IMAGENET1K_V1), a local VGG16 state-dict path, or None.
+    head: "regression" (ab) or "classification" (logits over the derived ab bins)."""
+    model = Colorizer(skips=skips, head=head)
     if weights is not None and str(weights).lower() != "none":
         model.encoder.load_state_dict(vgg16_state_dict_to_encoder(load_weights(weights)))
     return model
