@@ -77,13 +77,25 @@ def _psnr_sum(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(sum(metrics.psnr(x, y) for x, y in zip(a, b)))
 
 
+def _colour_sums(shown: torch.Tensor, truth: torch.Tensor) -> tuple[float, float, float]:
+    """Sums over the batch (uint8 (N, 3, H, W)) of the shown prediction's colourfulness, the truth's, and the
+    AuC of the ab error (metrics.auc): what the epoch record's val_colourfulness_ratio and val_auc come from."""
+    a = shown.permute(0, 2, 3, 1).cpu().numpy()
+    b = truth.permute(0, 2, 3, 1).cpu().numpy()
+    cf = sum(metrics.colourfulness(x) for x in a)
+    cf_ref = sum(metrics.colourfulness(y) for y in b)
+    return float(cf), float(cf_ref), float(sum(metrics.auc(x, y) for x, y in zip(a, b)))
+
+
 @torch.no_grad()
 def evaluate(
     model, batches: Iterable[dict[str, torch.Tensor]], *, loss: str = "smooth_l1", autocast: dict | None = None,
+    colour: list[float] | None = None,
 ) -> tuple[float, float, float, int]:
     """Validation sums over `batches` (as train_one_epoch's): (sum over images of each image's mean loss,
     of the PSNR of the colorized image as `raycolor colorize` shows it, of the PSNR of the grey baseline
-    (ab = 0), images). Leaves the model in training mode.
+    (ab = 0), images). Leaves the model in training mode. `colour`, a list of 3 floats, has _colour_sums'
+    sums over the images added into it.
 
     Give it the plain module, not DDP: DDP's forward would broadcast buffers (a collective) and val shards are uneven.
     """
@@ -102,6 +114,8 @@ def evaluate(
         grey = color.lab_to_rgb_uint8(torch.cat([L, torch.zeros_like(ab)], dim=1))
         psnr += _psnr_sum(shown, truth)
         base += _psnr_sum(grey, truth)
+        if colour is not None:
+            colour[:] = [s + t for s, t in zip(colour, _colour_sums(shown, truth))]
         images += len(L)
     model.train()
     return loss_sum, psnr, base, images
@@ -117,6 +131,9 @@ class EpochSums:
     val_psnr: float = 0.0  # of the prediction as `raycolor colorize` shows it
     val_baseline_psnr: float = 0.0  # of the grey baseline (ab = 0)
     val_images: float = 0.0
+    val_colourfulness: float = 0.0  # sums over validation images: the shown prediction's colourfulness,
+    val_colourfulness_original: float = 0.0  # the truth's,
+    val_auc: float = 0.0  # and the AuC of the ab error (metrics.auc)
 
     def all_reduce(self, device: torch.device) -> EpochSums:
         """Summed over the ranks of torch.distributed's default group; in one process without it, the same sums."""
@@ -249,8 +266,11 @@ def train_loop(loop_config: dict) -> None:
             on_step=lambda n: w.events.step(epoch + 1, config.epochs, n),
         )
         train_time = time.perf_counter() - t0
-        val = evaluate(model, _val_batches(val_shard, config, w.device), loss=config.loss, autocast=w.autocast)
-        sums = EpochSums(loss, images, *val).all_reduce(w.stats_device)
+        colour = [0.0, 0.0, 0.0]
+        val = evaluate(
+            model, _val_batches(val_shard, config, w.device), loss=config.loss, autocast=w.autocast, colour=colour
+        )
+        sums = EpochSums(loss, images, *val, *colour).all_reduce(w.stats_device)
         epoch_times.append(time.perf_counter() - t_epoch)
         line = epoch_record(
             epoch, stage, sums, config=config, steps=steps, train_time=train_time, epoch_time=epoch_times[-1],

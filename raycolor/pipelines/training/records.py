@@ -57,6 +57,9 @@ def epoch_record(epoch: int, stage: str, sums: EpochSums, *, config: TrainConfig
         "val_loss": avg(sums.val_loss, sums.val_images),
         "val_psnr": avg(sums.val_psnr, sums.val_images),
         "baseline_psnr": avg(sums.val_baseline_psnr, sums.val_images),
+        # colour: as `raycolor evaluate`'s colourfulness_ratio (a ratio of the sums) and auc (a mean over images)
+        "val_colourfulness_ratio": avg(sums.val_colourfulness, sums.val_colourfulness_original),
+        "val_auc": avg(sums.val_auc, sums.val_images),
         # all ranks' images over this rank's training wall time (ranks run in lockstep)
         "images_per_s": sums.train_images / train_time if train_time > 0 else 0.0,
         "train_images": int(sums.train_images),
