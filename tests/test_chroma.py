@@ -12,65 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
+from madecolour import cyanotype, grey_noise, grey_ramp, hand_tinted, jpeg, scanned_grey, toned
+
 from raycolor.core import chroma, color, images
 
 SAMPLES = sorted((Path(__file__).parent.parent / "raycolor" / "samples").glob("*.jpg"))
-H, W = 384, 512
-
-
-def _jpeg(rgb: np.ndarray, quality: int = 75) -> np.ndarray:
-    """Through JPEG 4:2:0 at `quality` and back, as an RGB array."""
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, "JPEG", quality=quality, subsampling=2)
-    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
-
-
-def _from_lab(L: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    t = torch.from_numpy(np.stack([L, a, b]).astype(np.float32))
-    return color.lab_to_rgb_uint8(t).permute(1, 2, 0).numpy()
-
-
-def _ramp_l() -> np.ndarray:
-    return np.broadcast_to(np.linspace(5, 95, W), (H, W))
-
-
-def toned(hue: float, peak: float) -> np.ndarray:
-    """A lightness ramp toned at `hue` degrees, chroma `peak` in the midtones, falling to 0 at black and white
-    (as a toning bath colours the silver by its density)."""
-    L = _ramp_l()
-    c = peak * np.sin(np.pi * L / 100)
-    return _from_lab(L, c * np.cos(np.radians(hue)), c * np.sin(np.radians(hue)))
-
-
-def cyanotype() -> np.ndarray:
-    """Prussian blue mixed with white paper along a ramp."""
-    t = np.linspace(0, 1, W)[None, :, None]
-    blue, paper = np.array([18, 46, 110.0]), np.array([235, 240, 245.0])
-    return np.broadcast_to(blue * (1 - t) + paper * t, (H, W, 3)).astype(np.uint8).copy()
-
-
-def grey_ramp() -> np.ndarray:
-    return np.repeat(np.broadcast_to(np.linspace(0, 255, W), (H, W))[..., None], 3, 2).astype(np.uint8)
-
-
-def hand_tinted() -> np.ndarray:
-    """A grey ramp with a red region and a green region laid on it (80 % tint)."""
-    rgb = grey_ramp()
-    for (y, x), tint in (((40, 40), (200, 60, 50)), ((220, 300), (60, 160, 60))):
-        block = rgb[y:y + 120, x:x + 120].astype(np.float64)
-        rgb[y:y + 120, x:x + 120] = (0.8 * np.array(tint) + 0.2 * block).astype(np.uint8)
-    return rgb
-
-
-def grey_noise(seed: int = 0) -> np.ndarray:
-    g = np.random.default_rng(seed).integers(0, 256, (H, W), dtype=np.uint8)
-    return np.repeat(g[..., None], 3, 2)
-
-
-def scanned_grey(sigma: float, seed: int = 0) -> np.ndarray:
-    """A grey print scanned in colour: the grey ramp with independent noise of `sigma` (of 255) per channel."""
-    noise = np.random.default_rng(seed).normal(0, sigma, (H, W, 3))
-    return np.clip(grey_ramp() + noise, 0, 255).astype(np.uint8)
 
 
 def _hue_distance(a: float, b: float) -> float:
@@ -94,7 +40,7 @@ def test_numpy_lab_is_colors_lab():
 def test_toned_prints_are_one_tone(make, hue, through):
     rgb = make()
     if through == "jpeg75":
-        rgb = _jpeg(rgb)
+        rgb = jpeg(rgb)
     elif through == "noise3":
         rgb = np.clip(rgb + np.random.default_rng(2).normal(0, 3, rgb.shape), 0, 255).astype(np.uint8)
     got = chroma.measure(rgb)
@@ -107,7 +53,7 @@ def test_toned_prints_are_one_tone(make, hue, through):
 
 @pytest.mark.parametrize("through", ["png", "jpeg75"])
 def test_hand_tinted_has_colour(through):
-    rgb = hand_tinted() if through == "png" else _jpeg(hand_tinted())
+    rgb = hand_tinted() if through == "png" else jpeg(hand_tinted())
     got = chroma.measure(rgb)
     assert got.has_colour is True and got.tone_hue is None, got
     assert got.input_chroma > 40, got
@@ -129,12 +75,12 @@ def test_hue_spread_alone_would_call_a_photo_toned():
 
 
 @pytest.mark.parametrize("make, most", [
-    (lambda: _jpeg(grey_noise()), 0.05),  # JPEG 4:2:0 q75 of grey noise: flat chroma planes, ~0.004
-    (lambda: _jpeg(grey_noise(), 30), 0.05),
+    (lambda: jpeg(grey_noise()), 0.05),  # JPEG 4:2:0 q75 of grey noise: flat chroma planes, ~0.004
+    (lambda: jpeg(grey_noise(), 30), 0.05),
     (lambda: scanned_grey(2), 2.0),
     (lambda: scanned_grey(5), 4.0),  # ~3.1 after the 4 x 4 means
     (lambda: scanned_grey(5)[:192, :256], 4.5),  # small: the means overlap
-    (lambda: _jpeg(scanned_grey(5)), 2.0),
+    (lambda: jpeg(scanned_grey(5)), 2.0),
 ])
 def test_noisy_grey_is_grey(make, most):
     got = chroma.measure(make())
@@ -183,3 +129,11 @@ def test_cost_is_the_samples_not_the_image():
     per_image = (time.perf_counter() - t0) / 5
     assert got.has_colour
     assert per_image < 0.05, f"{per_image * 1e3:.1f} ms"  # measured ~8 ms on one core
+
+
+def test_grid_reads_what_sample_reads():
+    """The model actor samples a JPEG it decoded on its device by grid()'s rows and columns: the same samples."""
+    for shape in ((384, 512), (5, 3), (1000, 37), (2, 2)):
+        rgb = np.random.default_rng(3).integers(0, 256, (*shape, 3), dtype=np.uint8)
+        rows, cols, k = chroma.grid(*shape)
+        assert np.allclose(chroma.from_grid(rgb[rows][:, cols], k), chroma.sample(rgb))

@@ -22,11 +22,12 @@ raycolor.core.color; tests/test_chroma.py checks the two agree):
    sky and grass, does not. One tone: (chroma, weighted circular mean hue in [0, 360), False). Otherwise
    SEVERAL hues (hand-tinted, or a colour photograph): (chroma, None, True).
 
-Why these numbers (tests/test_chroma.py measures every one of them on each run):
+Why these numbers (measured on made images; tests/test_chroma.py holds each verdict, with bounds on its figures):
 
 - Grey. JPEG 4:2:0 at quality 75 of a grey noise image saved as RGB gives C* 0.004 (JPEG stores grey with
   flat chroma planes: only rounding is left). A colour scan of a grey print with per-channel noise sigma 2,
-  3 and 5 (of 255) gives 1.2, 1.8 and 3.1 after the 4 x 4 means (without them: 4.9, 8.1, 12), and 1.2 at
+  3 and 5 (of 255) gives 1.2, 1.8 and 3.1 after the 4 x 4 means (one sample per pixel of a 256 px crop: 5.4,
+  8.1 and 13.3, and a hue spread of 158 degrees: "several hues" of noise), and 1.2 at
   sigma 5 once JPEG-compressed. GREY_CHROMA 6 is twice the worst of these; NOISE_FLOOR 4 keeps that noise out
   of the hue vote. The faintest tone made (selenium, C* 8 in the midtones) is above it; a fainter tone is
   called grey, which only loses its tone_hue: it is colorized either way.
@@ -97,6 +98,24 @@ def sample(rgb: np.ndarray, side: int = SAMPLE_SIDE, box: int = BOX) -> np.ndarr
     return acc.reshape(-1, 3) / (k * k * scale)
 
 
+def grid(h: int, w: int, side: int = SAMPLE_SIDE, box: int = BOX) -> tuple[np.ndarray, np.ndarray, int]:
+    """The rows and columns :func:`sample` reads, for an image held elsewhere (a decoded JPEG on the model's
+    device): (rows, cols, k) with ``image[rows][:, cols]`` reshaped (len(rows) // k, k, len(cols) // k, k, 3)
+    and averaged over axes 1 and 3 giving sample()'s grid."""
+    step = max(1, -(-max(h, w) // side))
+    k = max(1, min(box, h, w))
+    rows = (np.arange((h - k) // step + 1)[:, None] * step + np.arange(k)).ravel()
+    cols = (np.arange((w - k) // step + 1)[:, None] * step + np.arange(k)).ravel()
+    return rows, cols, k
+
+
+def from_grid(block: np.ndarray, k: int) -> np.ndarray:
+    """``image[rows][:, cols]`` of :func:`grid` -> sample()'s (N, 3) float64 in [0, 1]."""
+    gh, gw = block.shape[0] // k, block.shape[1] // k
+    scale = 65535.0 if block.dtype == np.uint16 else 255.0 if block.dtype == np.uint8 else 1.0
+    return block.reshape(gh, k, gw, k, 3).astype(np.float64).mean(axis=(1, 3)).reshape(-1, 3) / scale
+
+
 def lab(rgb01: np.ndarray) -> np.ndarray:
     """(N, 3) sRGB in [0, 1] -> (N, 3) Lab (D65), float64."""
     lin = np.where(rgb01 <= 0.04045, rgb01 / 12.92, ((np.maximum(rgb01, 0.04045) + 0.055) / 1.055) ** 2.4)
@@ -130,7 +149,14 @@ def measure(rgb: np.ndarray) -> Chroma:
     """(H, W, 3) uint8 / uint16 / float in [0, 1] sRGB -> Chroma (the rule: this module's docstring)."""
     if is_exact_grey(rgb) or rgb.size == 0:
         return GREY
-    lab_ = lab(sample(rgb))
+    return judge(sample(rgb))
+
+
+def judge(samples: np.ndarray) -> Chroma:
+    """(N, 3) sRGB samples in [0, 1] (:func:`sample`, :func:`from_grid`) -> Chroma."""
+    if samples.size == 0:
+        return GREY
+    lab_ = lab(samples)
     ab = lab_[:, 1:]
     c = np.hypot(ab[:, 0], ab[:, 1])
     chroma = float(np.percentile(c, CHROMA_PERCENTILE))
