@@ -26,7 +26,7 @@ def _images(folder) -> list[np.ndarray]:
     rng = np.random.default_rng(7)
     folder.mkdir()
     imgs = []
-    for i, (h, w) in enumerate([(24, 36), (30, 30), (40, 28)]):
+    for h, w in [(24, 36), (30, 30), (40, 28)]:
         img = np.empty((h, w, 3), np.float64)
         img[: h // 2] = rng.integers(30, 226, 3)
         img[h // 2 :] = rng.integers(30, 226, 3)

@@ -16,7 +16,7 @@ SIZE = 32
 
 
 class _Fixed(torch.nn.Module):
-    """Predicts `ab` (2, H, W) for every image, or the truth when ab is None (set per batch)."""
+    """Predicts `ab` (2, H, W), set before each call, for every image of the batch."""
 
     def __init__(self):
         super().__init__()
