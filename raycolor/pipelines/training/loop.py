@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from raycolor.config import TrainConfig
-from raycolor.core import color, metrics
+from raycolor.core import abbins, color, metrics
+from raycolor.core.colorize import DEFAULT_TEMPERATURE
 from raycolor.core.model import ab_loss, build_colorizer, set_trainable_encoder_blocks
 from raycolor.pipelines.training.checkpoints import CheckpointStore
 from raycolor.pipelines.training.records import (
@@ -43,13 +44,28 @@ def _autocast(args: dict | None):
     return torch.autocast(**args) if args else contextlib.nullcontext()
 
 
+def _is_classifier(model) -> bool:
+    return getattr(getattr(model, "module", model), "head_kind", "regression") == "classification"
+
+
+def pixel_loss(model, out: torch.Tensor, ab: torch.Tensor, loss: str) -> torch.Tensor:
+    """The training loss per element of `out`, the model's forward output: regression, ab_loss (N, 2, H, W) of
+    kind `loss`; classification, the class-rebalanced weighted cross-entropy (N, H, W) against the soft-encoded
+    ab, with the bins and prior weights the model holds (`loss` unused). `model` may be DDP-wrapped."""
+    module = getattr(model, "module", model)
+    if _is_classifier(module):
+        return abbins.weighted_cross_entropy(out, ab, module.bins, module.prior_weights)
+    return ab_loss(out, ab, loss)
+
+
 def train_one_epoch(
     model, optimizer, batches: Iterable[dict[str, torch.Tensor]], *, loss: str = "smooth_l1", autocast: dict | None = None,
     on_step: Callable[[int], None] | None = None,
 ) -> tuple[float, int, int]:
     """One optimizer step per batch ({"L": (n, 1, s, s), "ab": (n, 2, s, s)} float32, on the model's device):
-    (sum of batch-mean losses x batch size, images, steps). `model` may be DDP-wrapped; `autocast`: the
-    arguments of torch.autocast (None: full precision); `on_step(steps so far)` after each step."""
+    (sum of batch-mean losses x batch size, images, steps). The loss follows the model's head (pixel_loss).
+    `model` may be DDP-wrapped; `autocast`: the arguments of torch.autocast (None: full precision);
+    `on_step(steps so far)` after each step."""
     model.train()
     loss_sum = None  # a tensor on the batches' device: no host sync per step
     images, steps = 0, 0
@@ -57,7 +73,7 @@ def train_one_epoch(
         L, ab = batch["L"], batch["ab"]
         with _autocast(autocast):
             pred = model(L)
-        batch_loss = ab_loss(pred, ab, loss).mean()
+        batch_loss = pixel_loss(model, pred, ab, loss).mean()
         optimizer.zero_grad(set_to_none=True)
         batch_loss.backward()
         optimizer.step()
@@ -94,8 +110,9 @@ def evaluate(
 ) -> tuple[float, float, float, int]:
     """Validation sums over `batches` (as train_one_epoch's): (sum over images of each image's mean loss,
     of the PSNR of the colorized image as `raycolor colorize` shows it, of the PSNR of the grey baseline
-    (ab = 0), images). Leaves the model in training mode. `colour`, a list of 3 floats, has _colour_sums'
-    sums over the images added into it.
+    (ab = 0), images). A classification model's PSNR is of its annealed mean at T = 0.38, as colorize decodes
+    it by default, so the two heads' PSNRs compare. Leaves the model in training mode. `colour`, a list of 3
+    floats, has _colour_sums' sums over the images added into it.
 
     Give it the plain module, not DDP: DDP's forward would broadcast buffers (a collective) and val shards are uneven.
     """
@@ -107,7 +124,10 @@ def evaluate(
         with _autocast(autocast):
             pred = model(L)
         pred = pred.float()
-        loss_sum += float(ab_loss(pred, ab, loss).mean(dim=(1, 2, 3)).double().sum())
+        per_pixel = pixel_loss(model, pred, ab, loss)
+        loss_sum += float(per_pixel.flatten(1).mean(dim=1).double().sum())
+        if _is_classifier(model):  # PSNR of what colorize shows: the annealed mean at colorize's default T
+            pred = model.decode_ab(pred, DEFAULT_TEMPERATURE)
         truth = color.lab_to_rgb_uint8(torch.cat([L, ab], dim=1))
         # the prediction as `raycolor colorize` shows it: chroma fitted into gamut, L kept
         shown = color.lab_to_rgb_uint8(torch.cat([L, color.fit_ab_to_gamut(L, pred)], dim=1))
