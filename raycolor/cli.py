@@ -69,6 +69,16 @@ class Layout(str, Enum):
     webdataset = "webdataset"
 
 
+class ColourInputs(str, Enum):
+    colorize = "colorize"
+    skip = "skip"
+
+
+class Head(str, Enum):
+    regression = "regression"
+    classification = "classification"
+
+
 class Loss(str, Enum):
     smooth_l1 = "smooth_l1"
     mse = "mse"
@@ -276,7 +286,12 @@ def train(
     finetune_blocks: Annotated[int, typer.Option(min=0, max=5, help="Stage 2: top VGG blocks to unfreeze.")] = TrainConfig.finetune_blocks,
     lr: Annotated[float, typer.Option(help="Decoder learning rate.")] = TrainConfig.lr,
     finetune_lr: Annotated[float, typer.Option(help="Learning rate of unfrozen encoder blocks.")] = TrainConfig.finetune_lr,
-    loss: Annotated[Loss, typer.Option(help="Loss on normalised ab.")] = Loss(TrainConfig.loss),
+    loss: Annotated[Loss, typer.Option(help="Loss on normalised ab (regression head).")] = Loss(TrainConfig.loss),
+    head: Annotated[
+        Head,
+        typer.Option(help="regression: ab directly; classification: quantised ab bins, class-rebalanced weighted "
+                     "cross-entropy, decoded by the annealed mean (Zhang et al. 2016)."),
+    ] = Head(TrainConfig.head),
     weight_decay: float = TrainConfig.weight_decay,
     num_to_keep: Annotated[int, typer.Option(min=1, help="Checkpoints kept in storage.")] = TrainConfig.num_to_keep,
     max_failures: Annotated[int, typer.Option(min=-1, help="Worker failures to recover from (-1: unlimited).")] = TrainConfig.max_failures,
@@ -307,6 +322,7 @@ def train(
         lr=lr,
         finetune_lr=finetune_lr,
         loss=loss.value,
+        head=head.value,
         weight_decay=weight_decay,
         num_to_keep=num_to_keep,
         max_failures=max_failures,
@@ -362,6 +378,11 @@ def colorize(
         typer.Option("--jp2-rate", min=0.01, max=48,
                      help="JPEG 2000 bits per pixel for lossy (9-7) access copies, e.g. 1.0; default: lossless 5-3."),
     ] = ColorizeConfig.jp2_rate,
+    tiff_pyramid: Annotated[
+        bool,
+        typer.Option("--tiff-pyramid", help="With --format tiff: a tiled TIFF (512 px tiles) with half-size levels "
+                     "as SubIFDs down to 256 px, the pyramid IIIF servers (Cantaloupe, IIPImage) and libvips read."),
+    ] = ColorizeConfig.tiff_pyramid,
     metadata: Annotated[
         MetadataMode,
         typer.Option(
@@ -385,6 +406,11 @@ def colorize(
     png_level: Annotated[int, typer.Option(min=0, max=9, help="PNG zlib level (lossless at any level).")] = ColorizeConfig.png_level,
     jpeg_quality: Annotated[int, typer.Option(min=1, max=100)] = ColorizeConfig.jpeg_quality,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = ColorizeConfig.batch_size,
+    temperature: Annotated[
+        float,
+        typer.Option(min=0.0, help="Annealed-mean temperature of a classification checkpoint: toward 0 the most "
+                     "likely colour (vivid), 1 the mean (muted). A regression checkpoint ignores it."),
+    ] = ColorizeConfig.temperature,
     gpus: Annotated[int, typer.Option(min=0, help="Model actors, one GPU each; 0 = CPU actors.")] = ColorizeConfig.gpus,
     cpu_actors: Annotated[Optional[int], typer.Option(min=1, help="CPU-mode model actors (default 1).")] = None,
     parquet_images: Annotated[bool, typer.Option(help="Also store encoded images in the manifest.")] = ColorizeConfig.parquet_images,
@@ -416,6 +442,12 @@ def colorize(
         typer.Option(min=0, help="Stop after this many consecutive images fail with an internal error (a bug, not a "
                      "bad file; each bad file is its own error row); 0: never."),
     ] = ColorizeConfig.stop_after_internal,
+    colour_inputs: Annotated[
+        ColourInputs,
+        typer.Option("--colour-inputs", help="Inputs with several hues (hand-tinted prints, colour photographs): "
+                     "colorize them as any other (the row says has_colour), or skip them: no output, status skipped. "
+                     "Toned prints (sepia, cyanotype) are colorized either way (docs/colorizing.md)."),
+    ] = ColourInputs(ColorizeConfig.colour_inputs),
     s3_endpoint: S3Endpoint = None,
     retries: Retries = StorageConfig.retries,
     io_concurrency: IOConcurrency = StorageConfig.io_concurrency,
@@ -437,7 +469,9 @@ def colorize(
         png_level=png_level,
         jpeg_quality=jpeg_quality,
         jp2_rate=jp2_rate,
+        tiff_pyramid=tiff_pyramid,
         batch_size=batch_size,
+        temperature=temperature,
         gpus=gpus,
         cpu_actors=cpu_actors,
         parquet_images=parquet_images,
@@ -448,6 +482,7 @@ def colorize(
         force_unlock=force_unlock,
         layout=layout.value,
         stop_after_internal=stop_after_internal,
+        colour_inputs=colour_inputs.value,
         storage=StorageConfig(
             s3_endpoint=s3_endpoint, retries=retries, io_concurrency=io_concurrency, shared_output=shared_output
         ),
@@ -466,6 +501,8 @@ def colorize(
             "inputs": s.inputs,
             "ok": s.ok,
             "errors": s.error,
+            **({"skipped (has colour)": s.colour_skipped} if s.colour_skipped else {}),
+            **({"with colour": s.has_colour} if s.has_colour else {}),
             "skipped (done before)": s.skipped,
             "images/s": s.images_per_s,
             "first output s": s.first_output_s if s.first_output_s is not None else "-",

@@ -48,7 +48,10 @@ class TrainConfig:
     finetune_blocks: int = 2  # stage 2: how many top VGG blocks to unfreeze
     lr: float = 1e-3
     finetune_lr: float = 1e-4
-    loss: Literal["smooth_l1", "mse"] = "smooth_l1"
+    loss: Literal["smooth_l1", "mse"] = "smooth_l1"  # regression head only
+    # "regression" (ab, the loss above) or "classification" (logits over quantised ab, class-rebalanced
+    # weighted cross-entropy; raycolor.core.abbins)
+    head: Literal["regression", "classification"] = "regression"
     weight_decay: float = 0.0
     num_to_keep: int = 2
     max_failures: int = 1
@@ -67,6 +70,7 @@ class ColorizeConfig:
     png_level: int = 1  # zlib level; 1 is ~3x faster than Pillow's default 6 and still lossless
     jpeg_quality: int = 92
     jp2_rate: float | None = None  # JPEG 2000: None is lossless (the master form); else bits per pixel, lossy
+    tiff_pyramid: bool = False  # TIFF: tiled, with half-size levels as SubIFDs (IIIF image servers)
     batch_size: int = 32
     gpus: int = 0  # 0: CPU actor pool sized to the cluster's CPUs
     cpu_actors: int | None = None  # CPU-mode pool size; None: one actor (it gets the cores the CPU tasks leave)
@@ -99,6 +103,12 @@ class ColorizeConfig:
     # that fails every image must not write 100M error rows. 50 rows is a few batches: past any run of odd files
     # seen together in one folder, and seconds of work on a GPU node.
     stop_after_internal: int = 50
+    # an input with several hues (hand-tinted, a colour photograph; raycolor.core.chroma): "colorize" it as any
+    # other (its row says has_colour), or "skip" it: no output, status "skipped", error "has_colour: <chroma>"
+    colour_inputs: Literal["colorize", "skip"] = "colorize"
+    # the annealed mean's temperature for a classification checkpoint (T -> 0: the mode, T = 1: the mean);
+    # a regression checkpoint ignores it
+    temperature: float = 0.38
     storage: StorageConfig = field(default_factory=StorageConfig)
 
     @property

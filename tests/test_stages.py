@@ -433,3 +433,96 @@ def test_a_run_that_stops_after_its_checkpoint_went_names_the_checkpoint(tmp_pat
     assert str(gone).startswith(f"no checkpoint at {ckpt}") and str(gone).endswith("(the run stopped with AssertionError)")
     # the actor's own CheckpointError already says it
     assert model_gone(cfg, checkpoint.CheckpointError(f"cannot read checkpoint {ckpt}")) is None
+
+
+# --------------------------------------------------------------------------------------------- inputs with colour
+
+
+def _coloured_inputs(folder: Path) -> tuple[Path, dict[str, str]]:
+    """A sepia JPEG, a grey PNG (decoded as a stride-0 view), a colour photograph (a bundled sample, as a small
+    baseline JPEG) and a hand-tinted JPEG (a red and a green region), listed in folder/list.txt in that order
+    (each of decode_block's parts of _run_stages's 3-row blocks holds a JPEG, for the device codec): (manifest,
+    {relpath: "grey" | "toned" | "colour"})."""
+    from madecolour import grey_ramp, hand_tinted, toned
+
+    folder.mkdir(parents=True, exist_ok=True)
+    photo = Image.open(Path(__file__).parent.parent / "raycolor" / "samples" / "02-colorful-cups.jpg").convert("RGB")
+    photo.thumbnail((160, 160))
+    files = {
+        "sepia.jpg": (encoded(toned(70, 25)[:64, :96], "JPEG", quality=90), "toned"),
+        "grey.png": (encoded(Image.fromarray(grey_ramp()[:64, :96, 0], "L"), "PNG"), "grey"),
+        "photo.jpg": (encoded(photo, "JPEG", quality=90), "colour"),
+        "tinted.jpg": (encoded(hand_tinted()[::3, ::3], "JPEG", quality=90), "colour"),
+    }
+    for rel, (data, _) in files.items():
+        (folder / rel).write_bytes(data)
+    manifest = folder / "list.txt"
+    manifest.write_text("".join(f"{rel}\n" for rel in files))
+    return manifest, {rel: kind for rel, (_, kind) in files.items()}
+
+
+@pytest.mark.parametrize("device_codec", [False, True], ids=["cpu-codec", "device-codec"])
+@pytest.mark.parametrize("colour_inputs", ["colorize", "skip"])
+def test_inputs_with_colour_are_measured_and_skipped_on_request(tmp_path, tiny_ckpt, model, colour_inputs, device_codec):
+    """Every row carries input_chroma, tone_hue (the sepia's 70 degrees) and has_colour; the decode stage measures
+    them, or the actor for a JPEG it decodes itself. With colour_inputs "skip" the hand-tinted print and the
+    photograph are skipped rows (status "skipped", error "has_colour: <input_chroma>", their size, no output) and
+    the stats count them as skipped, not as errors; grey and toned inputs are written either way."""
+    m, meta = model
+    manifest, kinds = _coloured_inputs(tmp_path / "in")
+    shards = _shards(manifest, shard_size=100)
+    out = tmp_path / "out"
+    config = _config(manifest, out, tiny_ckpt, colour_inputs=colour_inputs, device_codec=device_codec)
+    finished, stats = _run_stages(config, shards, m, meta, block_rows=3)
+
+    skip = colour_inputs == "skip"
+    rows = one_row_each(out, [str(tmp_path / "in" / rel) for rel in kinds])
+    for rel, kind in kinds.items():
+        row = rows[str(tmp_path / "in" / rel)]
+        assert row["has_colour"] is (kind == "colour"), row
+        if kind == "grey":
+            assert (row["input_chroma"], row["tone_hue"]) == (0.0, None)
+        elif kind == "toned":
+            assert row["input_chroma"] > 15 and abs(row["tone_hue"] - 70) < 6, row
+        else:
+            assert row["input_chroma"] > 30 and row["tone_hue"] is None, row
+        if skip and kind == "colour":
+            assert (row["status"], row["error"]) == ("skipped", f"has_colour: {row['input_chroma']:.1f}"), row
+            assert row["output"] is None and row["bit_depth"] is None and row["metadata"] is None
+            assert row["width"] and row["height"]  # it was decoded: its size is known
+        else:
+            assert (row["status"], row["error"]) == ("ok", None), row
+            assert Path(row["output"]).is_file()
+    n_skipped = 2 if skip else 0
+    [st] = stats.values()
+    assert (st["rows"], st["ok"], st["error"], st["skipped"], st["has_colour"]) == (4, 4 - n_skipped, 0, n_skipped, 2)
+    assert st["errors_by_reason"] == {}
+    assert sorted(r["status"] for r in finished) == sorted(["ok"] * (4 - n_skipped) + ["skipped"] * n_skipped)
+    written = {p.name for p in (out / "images").iterdir()}
+    assert written == {inputs.output_key(rel, ".png") for rel, kind in kinds.items() if not (skip and kind == "colour")}
+
+
+def test_retry_all_errors_leaves_skipped_rows_alone(tmp_path, tiny_ckpt, model):
+    """A finished shard's skipped rows are done: expanding it again for --retry-errors all redoes its error
+    rows only (here a cut-short PNG), never a skipped one; the merge keeps the skipped row as it was."""
+    m, meta = model
+    manifest, kinds = _coloured_inputs(tmp_path / "in")
+    (tmp_path / "in" / "cut.png").write_bytes(encoded(noise(20, 20), "PNG")[:60])
+    manifest.write_text(manifest.read_text() + "cut.png\n")
+    [shard] = _shards(manifest, shard_size=100)
+    out = tmp_path / "out"
+    _, first = _run_stages(_config(manifest, out, tiny_ckpt, colour_inputs="skip"), [shard], m, meta)
+    assert (first[shard.id]["skipped"], first[shard.id]["errors_by_reason"]) == (2, {"truncated": 1})
+    before = one_row_each(out, [str(tmp_path / "in" / rel) for rel in [*kinds, "cut.png"]])
+
+    retry = shard.with_(retry="all")
+    redo = stages._expand_shard({**asdict(retry), "marker": _descriptor(shard)["marker"]}, output=str(out),
+                                store=StorageConfig(retries=1))
+    assert [r["source"] for r in redo] == [str(tmp_path / "in" / "cut.png")]
+    assert not ledger.is_retryable("has_colour: 54.0", "all") and not ledger.is_retryable("x: y", "all", "skipped")
+    assert ledger.is_retryable("truncated: cut", "all", "error")
+    stages.merge_shard({**_descriptor(shard), "retry": "all"}, output=str(out), store=StorageConfig(retries=1))
+    after = one_row_each(out, before)
+    for src in before:
+        if before[src]["status"] == "skipped":
+            assert after[src] == before[src]

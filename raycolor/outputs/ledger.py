@@ -53,12 +53,16 @@ from raycolor.config import DEFAULT_STORE, StorageConfig
 # (truncated, not_an_image, too_large, unsupported) is a property of the input
 TRANSIENT_REASONS = frozenset({"read_failed", "write_failed", "timeout"})
 
+# the reason of a row left alone by --colour-inputs skip (status "skipped", error "has_colour: <input_chroma>"):
+# done, like "ok": never retried, not counted as an error (raycolor.core.chroma has the rule)
+HAS_COLOUR = "has_colour"
+
 # one row per input across an OUTPUT (docs/colorizing.md, "Manifest schema")
 MANIFEST_SCHEMA = pa.schema(
     [
         ("source", pa.string()),
         ("output", pa.string()),
-        ("status", pa.string()),  # "ok" | "error"
+        ("status", pa.string()),  # "ok" | "error" | "skipped" (--colour-inputs skip: error "has_colour: <chroma>")
         ("error", pa.string()),  # "<reason>: <detail>" or null
         ("width", pa.int64()),
         ("height", pa.int64()),
@@ -69,6 +73,12 @@ MANIFEST_SCHEMA = pa.schema(
         # JSON: metadata groups kept / added / changed / dropped (with the reason), and notes such as "first of 3
         # pages"; null for error rows. Parts written before these two columns read them back as null.
         ("metadata", pa.string()),
+        # the input's own colour (raycolor.core.chroma): the 99th percentile of its C*, the hue of its tone (one
+        # tone: sepia, cyanotype...) and whether it has several hues (hand-tinted, a colour photograph); null
+        # where the input was not decoded. Parts written before these three columns read them back as null.
+        ("input_chroma", pa.float64()),
+        ("tone_hue", pa.float64()),  # degrees in [0, 360), null unless toned
+        ("has_colour", pa.bool_()),
     ]
 )
 IMAGE_COLUMN = pa.field("image", pa.binary())
@@ -86,9 +96,10 @@ def reason_of(error: str | None) -> str:
     return (error or "").split(":", 1)[0]
 
 
-def is_retryable(error: str | None, mode: str) -> bool:
-    """Whether an error row is re-attempted by ``--retry-errors`` (mode "transient") or "all"."""
-    if not error or mode == "none":
+def is_retryable(error: str | None, mode: str, status: str | None = None) -> bool:
+    """Whether an error row is re-attempted by ``--retry-errors`` (mode "transient") or "all". A skipped row
+    (status "skipped", reason HAS_COLOUR) is done, never retried."""
+    if not error or mode == "none" or status == "skipped" or reason_of(error) == HAS_COLOUR:
         return False
     return mode == "all" or reason_of(error) in TRANSIENT_REASONS
 

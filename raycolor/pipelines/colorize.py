@@ -58,6 +58,10 @@ class ColorizeSummary:
     # what the inputs hold that was not taken, on this listing: {suffix: files} ("(none)": no suffix), largest
     # first, e.g. {".pdf": 12000, ".xml": 345}: folders' files that are not images, tars' other members
     not_taken: dict = field(default_factory=dict)
+    # inputs with several hues (hand-tinted, colour photographs; raycolor.core.chroma), colorized or not, and of
+    # them those left alone by --colour-inputs skip (status "skipped": done, neither ok nor error)
+    has_colour: int = 0
+    colour_skipped: int = 0
 
 
 
@@ -231,6 +235,8 @@ def check_config(config: ColorizeConfig) -> None:
     """The settings a ColorizeConfig's type cannot check, refused before anything starts."""
     if config.retry_errors not in ("none", "transient", "all"):
         raise ValueError(f"retry_errors must be none, transient or all, not {config.retry_errors!r}")
+    if config.colour_inputs not in ("colorize", "skip"):
+        raise ValueError(f"colour_inputs must be colorize or skip, not {config.colour_inputs!r}")
     if config.layout not in WRITERS:
         raise ValueError(f"layout must be files or webdataset, not {config.layout!r}")
     entry = formats.writable(config.format)  # ValueError naming what raycolor writes
@@ -245,6 +251,8 @@ def check_config(config: ColorizeConfig) -> None:
         raise ValueError(f"--bit-depth 16 needs {deep} output: {config.format} holds 8 bits per sample")
     if config.jp2_rate is not None and entry.name != "jp2":
         raise ValueError(f"--jp2-rate is for --format jp2, not {config.format}")
+    if config.tiff_pyramid and entry.name != "tiff":
+        raise ValueError(f"--tiff-pyramid is for --format tiff, not {config.format}")
     formats.EncodeOptions(png_level=config.png_level, jpeg_quality=config.jpeg_quality, jp2_rate=config.jp2_rate).check()
 
 
@@ -348,7 +356,7 @@ def _stream_and_merge(config: ColorizeConfig, output: str, left: _Left, model_id
             if seen[sid] >= expected[sid] and sid not in merging:  # the shard's last rows: merge it now
                 merging[sid] = merge.remote(by_id[sid], **merge_kw)
         if on_rows:
-            n_ok = int(np.count_nonzero(batch["status"] == "ok"))
+            n_ok = int(np.count_nonzero(batch["status"] != "error"))  # a skipped row (has colour) is done too
             on_rows(n_ok, n - n_ok)
         streak.add(batch["internal"])
     incomplete = {sid: (seen[sid], expected[sid]) for sid in seen if sid not in merging}
@@ -403,6 +411,7 @@ def _summary(config: ColorizeConfig, output: str, p, left: _Left, run: _Run, mod
     mine = [stats[s.id] for s in p.shards]
     inputs = sum(st["rows"] for st in mine)
     ok = sum(st["ok"] for st in mine)
+    colour_skipped = sum(st.get("skipped", 0) for st in mine)  # stats written before skipping have none
     settings = {
         "inputs": list(config.inputs),
         "checkpoint": config.checkpoint,
@@ -414,6 +423,7 @@ def _summary(config: ColorizeConfig, output: str, p, left: _Left, run: _Run, mod
         "png_level": config.png_level,
         "jpeg_quality": config.jpeg_quality,
         "jp2_rate": config.jp2_rate,
+        "tiff_pyramid": config.tiff_pyramid,
         "batch_size": config.batch_size,
         "gpus": config.gpus,
         "parquet_images": config.parquet_images,
@@ -421,13 +431,14 @@ def _summary(config: ColorizeConfig, output: str, p, left: _Left, run: _Run, mod
         "shard_size": config.shard_size,
         "retry_errors": config.retry_errors,
         "layout": config.layout,
+        "colour_inputs": config.colour_inputs,
         "namespaces": {r: rec["namespace"] for r, rec in p.roots.items()},
         "key_rules": {r: rec["key_rule"] for r, rec in p.roots.items()},  # the output-key rule of each root
     }
     summary = ColorizeSummary(
         inputs=inputs,
         ok=ok,
-        error=inputs - ok,
+        error=inputs - ok - colour_skipped,
         skipped=inputs - run.processed,
         processed=run.processed,
         elapsed_s=round(elapsed, 3),
@@ -439,6 +450,8 @@ def _summary(config: ColorizeConfig, output: str, p, left: _Left, run: _Run, mod
         shards=len(p.shards),
         shards_skipped=len(p.shards) - len(left.todo),
         not_taken=p.not_taken_in_all(),
+        has_colour=sum(st.get("has_colour", 0) for st in mine),
+        colour_skipped=colour_skipped,
     )
     storage.write_bytes_atomic(
         ledger.success_uri(output),

@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from raycolor import inputs, storage
 from raycolor.config import DEFAULT_MAX_PIXELS, ColorizeConfig, StorageConfig
-from raycolor.core import formats, images, metadata
+from raycolor.core import chroma, formats, images, metadata
 from raycolor.core.failures import INTERNAL, internal_error
 from raycolor.core.budget import BLOCK_PIXELS, BYTES_PER_PIXEL, DEVICE_PIXELS
 from raycolor.outputs import ledger
@@ -64,9 +64,11 @@ class ModelStage:
     device_codec: bool = False  # baseline JPEGs travel as their bytes and the actor decodes them
     encode_jpeg_quality: int | None = None  # set: the actor also encodes the output as JPEG (nvJPEG on GPU)
     keep_rgb: bool = False  # the decoded original travels along too (evaluate compares against it)
+    temperature: float = 0.38  # the annealed mean's, for a classification checkpoint (ColorizeConfig.temperature)
     depth: str = "8"  # images.decode's depth: "auto" keeps a 16-bit master at 16 bits (PNG/TIFF output)
     bits: str = "auto"  # composed output: "auto" (the decoded array's), "8" or "16"
     memory_budget: int | None = None  # bytes a decode or finish task may hold (ColorizeConfig.memory_per_cpu)
+    colour_inputs: str = "colorize"  # "skip": an input with several hues becomes a skipped row (ColorizeConfig)
 
     @property
     def compose_on_device(self) -> bool:
@@ -92,6 +94,8 @@ class ModelStage:
             depth="auto" if deep else "8",
             bits=config.bit_depth if deep else "8",
             memory_budget=config.memory_per_cpu,
+            temperature=config.temperature,
+            colour_inputs=config.colour_inputs,
         )
 
     def pixel_limit(self) -> tuple[int | None, str]:
@@ -189,6 +193,11 @@ def _decode_row(decoded: Iterator[inputs.Decoded], stage: ModelStage) -> dict:
     try:
         row = {"height": rgb.shape[0], "width": rgb.shape[1],
                "bits": stage.output_bits(16 if rgb.dtype == np.uint16 else 8), "meta": meta.pack()}
+        colour = chroma.measure(rgb)  # a few ms whatever the size (0 for a grey source's stride-0 view)
+        row.update(_colour_columns(colour))
+        skipped = _skipped(row, colour, stage)
+        if skipped:
+            return skipped
         if stage.keep_rgb:
             row["original"] = rgb.tobytes()
         L, small = prepare(rgb, stage.render_size)
@@ -197,6 +206,25 @@ def _decode_row(decoded: Iterator[inputs.Decoded], stage: ModelStage) -> dict:
     except Exception as e:  # this image's error row (raycolor.core.failures), never the task's end
         return {"error": internal_error(e, "prepare")}
     return row
+
+
+def _colour_columns(c: chroma.Chroma) -> dict:
+    """A decoded row's columns of raycolor.core.chroma's measure (NaN / -1: not measured, null in the manifest)."""
+    return {"input_chroma": c.input_chroma, "tone_hue": np.nan if c.tone_hue is None else c.tone_hue,
+            "has_colour": int(c.has_colour)}
+
+
+def _skips(c: chroma.Chroma, stage: ModelStage) -> str | None:
+    """The error of an input left alone (stage.colour_inputs "skip" and it has colour): "has_colour: <chroma>"
+    (ledger.HAS_COLOUR; finish_batch makes its status "skipped"); None when it is colorized."""
+    return f"{ledger.HAS_COLOUR}: {c.input_chroma:.1f}" if stage.colour_inputs == "skip" and c.has_colour else None
+
+
+def _skipped(row: dict, c: chroma.Chroma, stage: ModelStage) -> dict | None:
+    """`row` as a skipped row (its size and colour, no pixels: it is not colorized), or None (_skips)."""
+    error = _skips(c, stage)
+    keep = ("height", "width", "input_chroma", "tone_hue", "has_colour")
+    return {"error": error, **{k: row[k] for k in keep}} if error else None
 
 
 def _objects(values: list) -> np.ndarray:
@@ -224,6 +252,9 @@ def _decoded_part(passthrough: dict, part: list[tuple[int, dict]], stage: ModelS
         error=_objects([row.get("error") or "" for row in rows]),  # "": no error (an all-null column would not survive Arrow)
         l_full=_objects([row.get("l_full", b"") for row in rows]),
         l_small=l_small,
+        input_chroma=np.array([row.get("input_chroma", np.nan) for row in rows], dtype=np.float64),
+        tone_hue=np.array([row.get("tone_hue", np.nan) for row in rows], dtype=np.float64),
+        has_colour=np.array([row.get("has_colour", -1) for row in rows], dtype=np.int8),  # -1: not measured
     )
     if stage.keep_rgb:
         out["original"] = _objects([row.get("original", b"") for row in rows])
@@ -354,6 +385,21 @@ class Predictor:
             i: orient(t, int(batch["orientation"][i])) for i, t in zip(rows, decoded) if t is not None
         }
 
+    def _measure(self, on_device: dict, i: int, colour: dict, errors: np.ndarray) -> None:
+        """Row i's JPEG, decoded on the device: chroma.measure of its samples (grid's rows and columns, a few
+        MB brought to the host), into the colour columns; with colour_inputs "skip" and colour, a skipped row."""
+        import torch
+
+        t = on_device[i]  # (3, H, W) uint8
+        rows, cols, k = chroma.grid(int(t.shape[1]), int(t.shape[2]))
+        block = t[:, torch.from_numpy(rows).to(t.device)][:, :, torch.from_numpy(cols).to(t.device)]
+        c = chroma.judge(chroma.from_grid(block.permute(1, 2, 0).cpu().numpy(), k))
+        for key, value in _colour_columns(c).items():
+            colour[key][i] = value
+        if _skips(c, self.stage):
+            errors[i] = _skips(c, self.stage)
+            del on_device[i]
+
     def __call__(self, batch: dict) -> dict:
         """A block of decoded rows -> predicted rows, stage.batch_size rows per model call. With the compose on
         the device, a call also holds at most budget.DEVICE_PIXELS of full-resolution images there."""
@@ -399,6 +445,10 @@ class Predictor:
         stage = self.stage
         jpeg_rows = [i for i in range(n) if stage.device_codec and not errors[i] and len(batch["jpeg"][i])]
         on_device = self._decode_jpegs(batch, jpeg_rows, errors) if jpeg_rows else {}
+        colour = {k: np.array(batch[k]) for k in ("input_chroma", "tone_hue", "has_colour") if k in batch}
+        for i in list(on_device):  # the decode stage measured every other image (chroma.measure)
+            if colour:
+                self._measure(on_device, i, colour, errors)
         l_small = torch.from_numpy(np.array(batch["l_small"], dtype=np.float32)).to(self.device)
         l_device = {}
         for i, rgb_t in on_device.items():
@@ -409,7 +459,7 @@ class Predictor:
         rgb = np.full(n, b"", dtype=object)
         encoded = np.full(n, b"", dtype=object)
         if ok.any():
-            pred = predict_ab(self.model, l_small[torch.from_numpy(ok).to(self.device)])
+            pred = predict_ab(self.model, l_small[torch.from_numpy(ok).to(self.device)], temperature=stage.temperature)
             if stage.compose_on_device:
                 # full-res Lab->RGB on the accelerator; the L planes are the only full-res data shipped in
                 composed = {}
@@ -439,6 +489,7 @@ class Predictor:
         # pass every other column through (e.g. evaluate's originals); drop what is consumed here
         consumed = {"l_small", "jpeg", "orientation"} | ({"l_full"} if stage.compose_on_device else set())
         out = {k: v for k, v in batch.items() if k not in consumed}
+        out.update(colour)
         out["error"] = errors
         if stage.compose_on_device:
             out["rgb"] = rgb
@@ -487,7 +538,17 @@ def _encode_one(batch: dict, i: int, *, stage: ModelStage, config: ColorizeConfi
 
 def encode_options(config: ColorizeConfig) -> formats.EncodeOptions:
     """How this run encodes its outputs (one finish task is one CPU: a codec's threads stay at one)."""
-    return formats.EncodeOptions(png_level=config.png_level, jpeg_quality=config.jpeg_quality, jp2_rate=config.jp2_rate)
+    return formats.EncodeOptions(png_level=config.png_level, jpeg_quality=config.jpeg_quality, jp2_rate=config.jp2_rate,
+                                 tiff_pyramid=config.tiff_pyramid)
+
+
+def _colour_of(batch: dict, i: int) -> dict:
+    """Row i's manifest columns input_chroma, tone_hue, has_colour (null where not measured)."""
+    if "has_colour" not in batch or int(batch["has_colour"][i]) < 0:
+        return {"input_chroma": None, "tone_hue": None, "has_colour": None}
+    hue = float(batch["tone_hue"][i])
+    return {"input_chroma": float(batch["input_chroma"][i]), "tone_hue": None if np.isnan(hue) else hue,
+            "has_colour": bool(batch["has_colour"][i])}
 
 
 def _part_name(sources_in_batch) -> str:
@@ -567,7 +628,7 @@ def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, outp
             err, out_uri, blob = storage.redact(own_errors[i], source), None, None
         rows["source"].append(source)
         rows["output"].append(out_uri)
-        rows["status"].append("ok" if err is None else "error")
+        rows["status"].append("ok" if err is None else "skipped" if ledger.reason_of(err) == ledger.HAS_COLOUR else "error")
         rows["error"].append(err)
         rows["width"].append(int(batch["width"][i]) or None)  # 0: never decoded
         rows["height"].append(int(batch["height"][i]) or None)
@@ -576,6 +637,8 @@ def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, outp
         rows["finished_at"].append(time.time())
         rows["bit_depth"].append(int(batch["bits"][i]) if err is None else None)
         rows["metadata"].append(reports[i] if err is None else None)
+        for key, value in _colour_of(batch, i).items():
+            rows[key].append(value)
         blobs.append(blob)
     table = pa.table(rows, schema=MANIFEST_SCHEMA)
     if keep_blobs:
@@ -649,7 +712,7 @@ def merge_shard(shard: dict, *, output: str, store: StorageConfig, layout: str =
     status, errors = table.column("status").to_pylist(), table.column("error").to_pylist()
     reasons: dict[str, int] = {}
     for st, e in zip(status, errors):
-        if st != "ok":
+        if st not in ("ok", "skipped"):  # a skipped row is done (--colour-inputs skip), not an error
             reasons[ledger.reason_of(e)] = reasons.get(ledger.reason_of(e), 0) + 1
     stats = {
         "shard": sid,
@@ -658,7 +721,9 @@ def merge_shard(shard: dict, *, output: str, store: StorageConfig, layout: str =
         "uri": shard["uri"],
         "rows": table.num_rows,
         "ok": sum(1 for st in status if st == "ok"),
-        "error": sum(1 for st in status if st != "ok"),
+        "error": sum(1 for st in status if st not in ("ok", "skipped")),
+        "skipped": sum(1 for st in status if st == "skipped"),  # left alone: they have colour (--colour-inputs skip)
+        "has_colour": sum(1 for h in table.column("has_colour").to_pylist() if h) if "has_colour" in table.column_names else 0,
         "errors_by_reason": reasons,
         "finished_at": time.time(),
     }
@@ -684,12 +749,14 @@ def _expand_shard(row: dict, *, output: str, store: StorageConfig) -> list[dict]
     if shard.retry != "none":
         fs, path = storage.filesystem(ledger.part_uri(output, shard.id), store=store)
         try:
-            old = pq.read_table(io.BytesIO(storage.retrying(lambda: fs.cat_file(path), store.retries)), columns=["source", "error"])
+            old = pq.read_table(io.BytesIO(storage.retrying(lambda: fs.cat_file(path), store.retries)),
+                                columns=["source", "error", "status"])
         except FileNotFoundError:  # the part is gone (removed by hand): the whole shard is redone
             old = None
         if old is not None:
-            redo = {s for s, e in zip(old.column("source").to_pylist(), old.column("error").to_pylist())
-                    if ledger.is_retryable(e, shard.retry)}
+            redo = {s for s, e, st in zip(old.column("source").to_pylist(), old.column("error").to_pylist(),
+                                          old.column("status").to_pylist())
+                    if ledger.is_retryable(e, shard.retry, st)}
             if row["marker"] not in redo:
                 items = [i for i in items if i.source in redo]
     ns = shard.namespace

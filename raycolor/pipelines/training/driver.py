@@ -1,7 +1,7 @@
 """The training driver: fit in named steps, and what it checks and starts on the way.
 
-    fit = check config -> connect -> plan -> checkpoints so far -> progress report -> trainer
-          (datasets, workers) -> run -> summary (export the model, metrics, curves)
+    fit = check config -> connect -> plan -> checkpoints so far -> progress report -> class prior (classification
+          head) -> trainer (datasets, workers) -> run -> summary (export the model, metrics, curves)
 
 The steps are the package's modules: plan (shards, counts, the hold-out rule), data (the datasets), loop (the
 workers), checkpoints (the store), records (metrics.jsonl, curves.png).
@@ -38,6 +38,7 @@ from raycolor.pipelines.training.data import (
 )
 from raycolor.pipelines.training.loop import train_loop
 from raycolor.pipelines.training.plan import Data, classify, plan_data
+from raycolor.pipelines.training.prior import class_prior
 from raycolor.pipelines.training.records import write_curves, write_metrics
 
 __all__ = ["TrainResult", "fit", "validate_config"]
@@ -244,7 +245,16 @@ def _storage(config: TrainConfig) -> tuple[Any, str, CheckpointStore]:
     return storage_fs, storage_path, CheckpointStore(storage_fs, f"{storage_path}/{RUN_NAME}")
 
 
-def _trainer(config: TrainConfig, data: Data, store: CheckpointStore, storage_fs, storage_path: str, events):
+def _prior(config: TrainConfig, data: Data) -> list[float] | None:
+    """The classification head's class-rebalancing weights: OUTPUT/prior.json, made by one Ray Data pass over
+    the training data the first time (prior.class_prior). None for the regression head."""
+    if config.head != "classification":
+        return None
+    return class_prior(config, data)["weights"]
+
+
+def _trainer(config: TrainConfig, data: Data, store: CheckpointStore, storage_fs, storage_path: str, events,
+             prior: list[float] | None = None):
     """The TorchTrainer: the train and val datasets, `workers` DDP workers running loop.train_loop, the run in
     OUTPUT/train with Ray Train's checkpoint and failure settings."""
     import ray.train
@@ -258,7 +268,7 @@ def _trainer(config: TrainConfig, data: Data, store: CheckpointStore, storage_fs
         }
         return TorchTrainer(
             train_loop,
-            train_loop_config={"config": config, "events": events, "threads": threads, "store": store},
+            train_loop_config={"config": config, "events": events, "threads": threads, "store": store, "prior": prior},
             torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
             scaling_config=ray.train.ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu, resources_per_worker=resources),
             run_config=ray.train.RunConfig(
@@ -326,7 +336,8 @@ def fit(config: TrainConfig, *, progress: bool = True, terminal: IO[str] | None 
     start_epoch = int(latest.state["epoch"]) if latest else 0
     report = _progress_report(config, data, start_epoch, terminal) if progress else None
     if start_epoch < config.epochs:
+        prior = _prior(config, data)  # classification: the rebalancing weights (cached in OUTPUT)
         events = _event_queue() if report else None
-        trainer = _trainer(config, data, store, storage_fs, storage_path, events)
+        trainer = _trainer(config, data, store, storage_fs, storage_path, events, prior)
         _run(trainer, events, report)
     return _summary(config, store, start_epoch, t_start)

@@ -221,9 +221,13 @@ def _setup_worker(loop_config: dict) -> _Worker:
     )
 
 
-def _build_model(config: TrainConfig, device: torch.device):
-    """The colorizer on `device` and its one AdamW (model.configure_optimizers)."""
-    model = build_colorizer(weights=config.weights, skips=config.skips).to(device)
+def _build_model(config: TrainConfig, device: torch.device, prior: list[float] | None = None):
+    """The colorizer on `device` and its one AdamW (model.configure_optimizers); a classification model gets the
+    class-rebalancing weights `prior` (the driver's prior step)."""
+    model = build_colorizer(weights=config.weights, skips=config.skips, head=config.head)
+    if prior is not None:
+        model.set_prior(torch.tensor(prior))
+    model = model.to(device)
     optimizer = model.configure_optimizers(lr=config.lr, finetune_lr=config.finetune_lr, weight_decay=config.weight_decay)
     return model, optimizer
 
@@ -266,7 +270,7 @@ def train_loop(loop_config: dict) -> None:
     config: TrainConfig = loop_config["config"]
     store: CheckpointStore = loop_config["store"]
     w = _setup_worker(loop_config)
-    model, optimizer = _build_model(config, w.device)
+    model, optimizer = _build_model(config, w.device, loop_config.get("prior"))
     start_epoch, history = store.restore(model, optimizer)
     if start_epoch >= config.epochs:
         return  # the run already finished: nothing to train (the driver exports the model)
