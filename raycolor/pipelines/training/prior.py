@@ -76,5 +76,6 @@ def class_prior(config: TrainConfig, data: Data) -> dict:
         "lambda": abbins.LAMBDA,
         "image_size": config.image_size,
     }
-    fs.pipe_file(path, json.dumps(prior).encode())
+    # the run's OUTPUT may not exist yet (the prior is the first thing a new run writes): the one write rule
+    storage.write_bytes_atomic(uri, json.dumps(prior).encode(), store=config.storage)
     return prior
