@@ -37,6 +37,19 @@ def noise(w: int, h: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
+def write_tar(path, members: dict[str, bytes]):
+    """An uncompressed tar at ``path`` (its folder made) holding ``members`` {name: bytes}, in that order."""
+    import tarfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
 def encoded(arr_or_im, fmt: str, **kw) -> bytes:
     """An array or Pillow image saved by Pillow in `fmt` ("PNG", "JPEG", "TIFF", ...), as bytes."""
     im = arr_or_im if isinstance(arr_or_im, Image.Image) else Image.fromarray(arr_or_im)

@@ -20,7 +20,6 @@ import io
 import json
 import os
 import struct
-import tarfile
 import threading
 import time
 import zlib
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from support import one_row_each
+from support import one_row_each, write_tar
 from test_stages import _batch
 
 import hostile
@@ -96,15 +95,6 @@ def zeros_deflate(n: int) -> bytes:
     whole, rest = divmod(n, mib)
     tail = c.compress(bytes(rest)) + c.flush()
     return b"\x78\xda" + block * whole + tail + struct.pack(">I", ((n % 65521) << 16) | 1)
-
-
-def _tar(path: Path, members: dict[str, bytes]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w") as tf:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
 
 
 def _worker_pids() -> list[int]:
@@ -188,8 +178,8 @@ def test_the_corpus_with_good_photos_through_the_cli(ray_local, tiny_ckpt, tmp_p
         (folder / p.name).write_bytes(p.read_bytes())
     # collision: a glob over two folders holding a tar of the same name, each with a different x.jpg
     a, b = (good[0].read_bytes(), good[1].read_bytes())
-    _tar(tmp_path / "tars" / "alice" / "batch.tar", {"x.jpg": a})
-    _tar(tmp_path / "tars" / "bob" / "batch.tar", {"x.jpg": b})
+    write_tar(tmp_path / "tars" / "alice" / "batch.tar", {"x.jpg": a})
+    write_tar(tmp_path / "tars" / "bob" / "batch.tar", {"x.jpg": b})
     # credential: a presigned URL (to a closed port: a read error) and a URL with userinfo
     presigned = f"https://127.0.0.1:9/b/p/y.jpg?X-Amz-Credential=AKIAFAKE&X-Amz-Signature={SECRET}"
     manifest = tmp_path / "urls.txt"

@@ -5,27 +5,15 @@ together; an OUTPUT's roots keep the rule their record names (none: rule 1). Col
 
 from __future__ import annotations
 
-import io
-import tarfile
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from support import write_tar
 
 from raycolor import inputs
 from raycolor.inputs import InputError
 from raycolor.outputs import ledger
-
-
-def _tar(path, members: dict[str, bytes]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    path.write_bytes(buf.getvalue())
 
 
 def _keys(uri: str, **kw) -> list[tuple[str, str]]:
@@ -39,7 +27,7 @@ def _keys(uri: str, **kw) -> list[tuple[str, str]]:
 
 def test_tars_of_one_name_in_a_glob_or_folder_get_their_own_keys(tmp_path):
     for who in ("alice", "bob"):
-        _tar(tmp_path / "in" / who / "batch.tar", {"x.png": who.encode(), "d/y.png": b"y"})
+        write_tar(tmp_path / "in" / who / "batch.tar", {"x.png": who.encode(), "d/y.png": b"y"})
     glob = _keys(str(tmp_path / "in" / "*" / "batch.tar"))
     a, b = (str(tmp_path / "in" / w / "batch.tar") for w in ("alice", "bob"))
     assert glob == [(f"{a}#x.png", "alice/batch.tar/x.png"), (f"{a}#d/y.png", "alice/batch.tar/d/y.png"),

@@ -4,32 +4,18 @@ when a root is added. The rules themselves, without Ray: test_output_keys.py."""
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 from pathlib import Path
 
 import pytest
 from PIL import Image
-from support import encoded, noise, one_row_each
+from support import encoded, noise, one_row_each, write_tar
 
 from raycolor.config import ColorizeConfig
 from raycolor.outputs import ledger
 from raycolor.pipelines.colorize import colorize
 
 pytestmark = pytest.mark.slow
-
-
-def _tar(path: Path, members: dict[str, bytes]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    path.write_bytes(buf.getvalue())
-    return path
 
 
 def _png(seed: int, h: int, w: int) -> bytes:
@@ -51,8 +37,8 @@ def _two_outputs(out: Path, sources: dict[str, tuple[int, int]]) -> dict:
 
 
 def test_a_glob_of_same_named_tars_gives_one_output_per_member(ray_local, tiny_ckpt, tmp_path):
-    a = _tar(tmp_path / "in" / "alice" / "batch.tar", {"x.png": _png(1, 24, 32)})
-    b = _tar(tmp_path / "in" / "bob" / "batch.tar", {"x.png": _png(2, 30, 20)})
+    a = write_tar(tmp_path / "in" / "alice" / "batch.tar", {"x.png": _png(1, 24, 32)})
+    b = write_tar(tmp_path / "in" / "bob" / "batch.tar", {"x.png": _png(2, 30, 20)})
     out = tmp_path / "out"
     s = colorize(ColorizeConfig(inputs=(str(tmp_path / "in" / "*" / "batch.tar"),), output=str(out), checkpoint=tiny_ckpt))
     assert (s.inputs, s.ok, s.error) == (2, 2, 0)
@@ -64,8 +50,8 @@ def test_a_glob_of_same_named_tars_gives_one_output_per_member(ray_local, tiny_c
 
 
 def test_two_tars_of_one_name_on_a_first_run(ray_local, tiny_ckpt, tmp_path):
-    a = _tar(tmp_path / "alice" / "batch.tar", {"x.png": _png(3, 24, 32)})
-    b = _tar(tmp_path / "bob" / "batch.tar", {"x.png": _png(4, 30, 20)})
+    a = write_tar(tmp_path / "alice" / "batch.tar", {"x.png": _png(3, 24, 32)})
+    b = write_tar(tmp_path / "bob" / "batch.tar", {"x.png": _png(4, 30, 20)})
     out = tmp_path / "out"
     s = colorize(ColorizeConfig(inputs=(str(a), str(b)), output=str(out), checkpoint=tiny_ckpt))
     assert (s.inputs, s.ok, s.error) == (2, 2, 0)
@@ -95,7 +81,7 @@ def test_a_manifest_naming_one_path_in_two_buckets(ray_local, s3_env, tiny_ckpt,
 def test_an_output_of_key_rule_1_keeps_its_names_when_a_root_is_added(ray_local, tiny_ckpt, tmp_path, monkeypatch):
     from raycolor.inputs import listing
 
-    a = _tar(tmp_path / "in" / "alice" / "batch.tar", {"x.png": _png(7, 24, 32)})
+    a = write_tar(tmp_path / "in" / "alice" / "batch.tar", {"x.png": _png(7, 24, 32)})
     glob = str(tmp_path / "in" / "*" / "batch.tar")
     out = tmp_path / "out"
     # an OUTPUT as raycolor wrote it before key rules had numbers: rule 1 keys, a roots record without key_rule
@@ -111,7 +97,7 @@ def test_an_output_of_key_rule_1_keeps_its_names_when_a_root_is_added(ray_local,
     before = (old.read_bytes(), old.stat().st_mtime_ns)
 
     # a re-run with an added root (same-named tars under another folder)
-    c = _tar(tmp_path / "more" / "carol" / "batch.tar", {"x.png": _png(8, 30, 20)})
+    c = write_tar(tmp_path / "more" / "carol" / "batch.tar", {"x.png": _png(8, 30, 20)})
     more = str(tmp_path / "more" / "*" / "batch.tar")
     again = colorize(ColorizeConfig(inputs=(glob, more), output=str(out), checkpoint=tiny_ckpt))
     assert (again.inputs, again.ok, again.processed, again.skipped) == (2, 2, 1, 1)
