@@ -550,7 +550,7 @@ def evaluate(
     checkpoint: Annotated[str, typer.Option(help="Model directory (OUTPUT/model of a training run).")],
     data: Annotated[list[str], typer.Option("--data", help="Colour images to grey-ify, colorize and compare; repeatable.")],
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object with model and baseline sections.")] = False,
-    gallery: Annotated[Optional[str], typer.Option(help="Write a grey | colorized | original PNG here.")] = None,
+    gallery: Annotated[Optional[str], typer.Option(help="Write a grey | colorized | original PNG here, with the ab histograms.")] = None,
     gallery_rows: Annotated[int, typer.Option(min=1)] = EvaluateConfig.gallery_rows,
     render_size: Annotated[Optional[int], typer.Option()] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = EvaluateConfig.batch_size,
@@ -563,7 +563,7 @@ def evaluate(
     progress_every: ProgressEvery = DEFAULT_EVERY_S,
     verbose: Verbose = False,
 ) -> None:
-    """PSNR, SSIM and colourfulness of the model against the grey baseline (ab = 0)."""
+    """PSNR, SSIM, colourfulness ratio, AuC (raw and rebalanced) and CIEDE2000 of the model against the grey baseline (ab = 0)."""
     config = EvaluateConfig(
         checkpoint=checkpoint,
         data=tuple(data),
