@@ -51,17 +51,19 @@ from typing import Literal
 
 import numpy as np
 
+from raycolor.core import metadata
+
 JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 CODESTREAM_SIGNATURE = b"\xff\x4f\xff\x51"
 SIGNATURES = (JP2_SIGNATURE, CODESTREAM_SIGNATURE)
 SUFFIXES = (".jp2", ".j2k", ".j2c", ".jpf", ".jpx", ".jph")
 
-# Byte caps per box, the same values as raycolor.core.metadata's (tests check they agree): what goes over is
-# dropped with a note, so a hostile box costs no more than its cap.
-MAX_ICC_BYTES = 16 << 20
-MAX_XMP_BYTES = 2 << 20
-MAX_EXIF_BYTES = 2 << 20
-MAX_IPTC_BYTES = 256 << 10
+# Byte caps per box: raycolor.core.metadata's, the one definition (what goes over is dropped with a note, so a
+# hostile box costs no more than its cap)
+MAX_ICC_BYTES = metadata.MAX_ICC_BYTES
+MAX_XMP_BYTES = metadata.MAX_XMP_BYTES
+MAX_EXIF_BYTES = metadata.MAX_EXIF_TOTAL
+MAX_IPTC_BYTES = metadata.MAX_IPTC_BYTES
 # Past this many notes, one more says how many were left out: a file of 10^6 tiny odd boxes stays one row.
 MAX_NOTES = 32
 
