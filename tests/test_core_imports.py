@@ -28,22 +28,88 @@ def _modules() -> dict[str, Path]:
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:
-    """(line, raycolor module) for every import in the file, lazy ones too; imports under TYPE_CHECKING are
-    for annotations only and are left out."""
-    tree = ast.parse(path.read_text())
-    typing_only = {
-        id(n) for node in ast.walk(tree)
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test) for n in ast.walk(node)
-    }
+    """(line, raycolor module or name) for every import in the file: lazy ones, and those under TYPE_CHECKING
+    too (a type hint that reaches up a layer or closes a loop couples the modules as much as a call does)."""
     found = []
-    for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("raycolor"):
             found += [(node.lineno, f"{node.module}.{a.name}") for a in node.names]
         elif isinstance(node, ast.Import):
             found += [(node.lineno, a.name) for a in node.names if a.name.startswith("raycolor")]
     return found
+
+
+def _module_of(target: str, modules) -> str | None:
+    """raycolor.a.b[.name] -> the module it imports from (the longest prefix that is a module)."""
+    parts = target.split(".")
+    return next((m for k in range(len(parts), 0, -1) if (m := ".".join(parts[:k])) in modules), None)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """module -> the raycolor modules it imports. A module's import of its own package (or an ancestor
+    package), i.e. `from raycolor.inputs import Item` inside raycolor/inputs/, is not an edge: it names the
+    package's public face, which Python has already begun importing before the module itself."""
+    modules = _modules()
+    graph = {}
+    for module, path in modules.items():
+        graph[module] = set()
+        for _, target in _imports(path):
+            to = _module_of(target, modules)
+            if to is None or to == module or (path.name != "__init__.py" and module.startswith(to + ".")):
+                continue
+            graph[module].add(to)
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan, iterative)."""
+    index, low, stack, on, found, counter = {}, {}, [], set(), [], [0]
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = counter[0]
+        counter[0] += 1
+        stack.append(root)
+        on.add(root)
+        while work:
+            v, children = work[-1]
+            w = next(children, None)
+            if w is not None:
+                if w not in index:
+                    index[w] = low[w] = counter[0]
+                    counter[0] += 1
+                    stack.append(w)
+                    on.add(w)
+                    work.append((w, iter(sorted(graph[w]))))
+                elif w in on:
+                    low[v] = min(low[v], index[w])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                comp = []
+                while True:
+                    w = stack.pop()
+                    on.discard(w)
+                    comp.append(w)
+                    if w == v:
+                        break
+                if len(comp) > 1:
+                    found.append(sorted(comp))
+    return found
+
+
+def test_the_cycle_finder_finds_a_loop():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_loop_between_modules_even_in_type_hints():
+    """Modules import each other one way: no loop through lazy imports or TYPE_CHECKING ones (a loop closed
+    only by a type hint is still two modules that cannot be understood, or moved, apart)."""
+    assert _cycles(_import_graph()) == []
 
 
 def test_every_module_belongs_to_a_layer_the_test_knows():

@@ -9,7 +9,8 @@ import torch
 
 from raycolor.config import TrainConfig
 from raycolor.core import color, metrics
-from raycolor.pipelines.training.loop import EpochSums, evaluate
+from raycolor.pipelines.training.loop import evaluate
+from raycolor.pipelines.training.records import EpochSums
 from raycolor.pipelines.training.records import epoch_record
 
 SIZE = 32

@@ -25,7 +25,8 @@ from raycolor.core.model import (
 )
 from raycolor.pipelines.stages import expand_batch
 from raycolor.pipelines.training.data import TRAIN_ROWS, shard_rows
-from raycolor.pipelines.training.loop import EpochSums, evaluate, train_one_epoch
+from raycolor.pipelines.training.loop import evaluate, train_one_epoch
+from raycolor.pipelines.training.records import EpochSums
 from raycolor.pipelines.training.split import Split
 
 SIZE = 32

@@ -9,7 +9,7 @@ import os
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, TypeVar
+from typing import Protocol, TypeVar
 
 from fsspec.implementations.local import LocalFileSystem
 
@@ -17,8 +17,14 @@ from raycolor.config import DEFAULT_STORE, StorageConfig
 from raycolor.storage.retry import ShortRead, retrying
 from raycolor.storage.uris import S3_PROTOCOLS, filesystem, is_local, protocol, redact
 
-if TYPE_CHECKING:  # an Item is what an input is (raycolor.inputs, which imports this module)
-    from raycolor.inputs import Item
+
+class Readable(Protocol):
+    """What a read needs of an input (raycolor.inputs.Item has it): storage knows no input type."""
+
+    uri: str
+    offset: int  # where a tar member's bytes start; 0 for a whole object
+    size: int  # bytes to read; -1: to the end
+
 
 T = TypeVar("T")
 
@@ -28,7 +34,7 @@ T = TypeVar("T")
 # --------------------------------------------------------------------------------------------
 
 
-def read_item(item: Item, *, store: StorageConfig = DEFAULT_STORE) -> bytes:
+def read_item(item: Readable, *, store: StorageConfig = DEFAULT_STORE) -> bytes:
     """The bytes of ``item``: the whole object, or one range read for a tar member.
 
     Retries (``store.retries`` attempts in all, exponential backoff) on transient errors only; a missing
@@ -88,7 +94,7 @@ def _bounded_map(fn: Callable[[T], object], args: list[T], max_in_flight: int) -
 
 
 def read_items(
-    items: Sequence[Item],
+    items: Sequence[Readable],
     *,
     store: StorageConfig = DEFAULT_STORE,
 ) -> list[bytes | Exception]:
@@ -105,7 +111,7 @@ def read_items(
     disk included) gets the same code path. Measured in docs/performance.md.
     """
 
-    def one(item: Item) -> bytes | Exception:
+    def one(item: Readable) -> bytes | Exception:
         try:
             return read_item(item, store=store)
         except Exception as exc:  # the caller turns it into this item's error row

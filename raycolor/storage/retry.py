@@ -8,12 +8,9 @@ import random
 import re
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 from raycolor.storage.uris import InputError
-
-if TYPE_CHECKING:  # an Item is what an input is (raycolor.inputs, which imports this module)
-    pass
 
 # Backoff between attempts: base * 2**attempt (with jitter), capped. Module-level so tests can shrink it.
 _BACKOFF_BASE_S = 0.2

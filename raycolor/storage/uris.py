@@ -7,15 +7,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from typing import TYPE_CHECKING
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from raycolor.config import DEFAULT_STORE, StorageConfig
-
-if TYPE_CHECKING:  # an Item is what an input is (raycolor.inputs, which imports this module)
-    pass
 
 LOCAL_PROTOCOLS = frozenset({"file", "local"})
 S3_PROTOCOLS = frozenset({"s3", "s3a"})

@@ -10,7 +10,6 @@ worker's steps only, so the steps import without it.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
 import time
 from collections.abc import Callable, Iterable
@@ -24,11 +23,7 @@ from raycolor.core import abbins, color, metrics
 from raycolor.core.colorize import DEFAULT_TEMPERATURE
 from raycolor.core.model import ab_loss, build_colorizer, set_trainable_encoder_blocks
 from raycolor.pipelines.training.checkpoints import CheckpointStore
-from raycolor.pipelines.training.records import (
-    epoch_record,
-    progress_line,
-    write_metrics,
-)
+from raycolor.pipelines.training.records import EpochSums, epoch_record, progress_line, write_metrics
 
 # ----------------------------------------------------------------------------------------------------
 # Training steps: plain functions of an iterable of batches, no Ray (tests/test_train_steps.py runs them)
@@ -139,30 +134,6 @@ def evaluate(
         images += len(L)
     model.train()
     return loss_sum, psnr, base, images
-
-
-@dataclass
-class EpochSums:
-    """What a rank adds up over one epoch; summed over ranks as one float64 tensor, in field order."""
-
-    train_loss: float = 0.0  # sum over training images of the batch-mean loss
-    train_images: float = 0.0
-    val_loss: float = 0.0  # sum over validation images of each image's mean loss
-    val_psnr: float = 0.0  # of the prediction as `raycolor colorize` shows it
-    val_baseline_psnr: float = 0.0  # of the grey baseline (ab = 0)
-    val_images: float = 0.0
-    val_colourfulness: float = 0.0  # sums over validation images: the shown prediction's colourfulness,
-    val_colourfulness_original: float = 0.0  # the truth's,
-    val_auc: float = 0.0  # and the AuC of the ab error (metrics.auc)
-
-    def all_reduce(self, device: torch.device) -> EpochSums:
-        """Summed over the ranks of torch.distributed's default group; in one process without it, the same sums."""
-        import torch.distributed as dist
-
-        t = torch.tensor(dataclasses.astuple(self), dtype=torch.float64, device=device)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(t)
-        return EpochSums(*t.cpu().tolist())
 
 
 # ----------------------------------------------------------------------------------------------------

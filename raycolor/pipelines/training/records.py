@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from raycolor import storage
@@ -11,7 +13,32 @@ from raycolor.config import TrainConfig
 from raycolor.pipelines.progress import fmt_duration
 
 if TYPE_CHECKING:
-    from raycolor.pipelines.training.loop import EpochSums
+    import torch
+
+@dataclass
+class EpochSums:
+    """What a rank adds up over one epoch; summed over ranks as one float64 tensor, in field order."""
+
+    train_loss: float = 0.0  # sum over training images of the batch-mean loss
+    train_images: float = 0.0
+    val_loss: float = 0.0  # sum over validation images of each image's mean loss
+    val_psnr: float = 0.0  # of the prediction as `raycolor colorize` shows it
+    val_baseline_psnr: float = 0.0  # of the grey baseline (ab = 0)
+    val_images: float = 0.0
+    val_colourfulness: float = 0.0  # sums over validation images: the shown prediction's colourfulness,
+    val_colourfulness_original: float = 0.0  # the truth's,
+    val_auc: float = 0.0  # and the AuC of the ab error (metrics.auc)
+
+    def all_reduce(self, device: torch.device) -> EpochSums:
+        """Summed over the ranks of torch.distributed's default group; in one process without it, the same sums."""
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor(dataclasses.astuple(self), dtype=torch.float64, device=device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(t)
+        return EpochSums(*t.cpu().tolist())
+
 
 METRICS_NAME = "metrics.jsonl"
 CURVES_NAME = "curves.png"
