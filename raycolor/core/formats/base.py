@@ -49,6 +49,7 @@ class Format:
     read: Callable | None = None  # its own decoder, when Pillow's is not the one used (see images.decode)
     sniff: Callable[[bytes], bool] | None = None  # when a prefix is not enough (WebP: RIFF....WEBP)
     summary: str = ""  # one line for --help and the docs
+    mime: str = ""  # its media type ("image/jpeg"): what C2PA signing and HTTP name it by
 
     def recognises(self, head: bytes) -> bool:
         """Whether a file starting with ``head`` (its first 16 bytes or more) is of this format."""

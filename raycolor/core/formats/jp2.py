@@ -19,5 +19,6 @@ def write(arr, prepared: Prepared, report: Report, options: EncodeOptions) -> by
 FORMAT = Format(
     name="jp2", suffixes=jp2.SUFFIXES, magic=jp2.SIGNATURES, write=write, bits=(8, 16),
     carries=frozenset({"exif", "iptc", "xmp", "icc", "dpi"}), aliases=("jpeg2000", "j2k"), max_side=2**32 - 1,
-    read=jp2.decode, summary="JPEG 2000, lossless 5-3 (or lossy at --jp2-rate), 8 or 16 bits, tiled, RPCL",
+    read=jp2.decode, mime="image/jp2",
+    summary="JPEG 2000, lossless 5-3 (or lossy at --jp2-rate), 8 or 16 bits, tiled, RPCL",
 )

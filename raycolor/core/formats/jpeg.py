@@ -86,6 +86,6 @@ def _segments(prepared: Prepared, report: Report) -> list[bytes]:
 
 FORMAT = Format(
     name="jpeg", suffixes=(".jpg", ".jpeg"), magic=(b"\xff\xd8\xff",), pillow=("JPEG",), write=write, bits=(8,),
-    carries=frozenset({"exif", "iptc", "xmp", "icc", "dpi"}), aliases=("jpg",), max_side=65535,
+    carries=frozenset({"exif", "iptc", "xmp", "icc", "dpi"}), aliases=("jpg",), max_side=65535, mime="image/jpeg",
     summary="JPEG, 8 bits, 4:2:0 (access copies)",
 )

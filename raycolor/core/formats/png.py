@@ -73,6 +73,6 @@ def _meta_chunks(prepared: Prepared) -> list[bytes]:
 
 FORMAT = Format(
     name="png", suffixes=(".png",), magic=(SIGNATURE,), pillow=("PNG",), write=write, bits=(8, 16),
-    carries=frozenset({"exif", "iptc", "xmp", "icc", "dpi"}), max_side=2**31 - 1,
+    carries=frozenset({"exif", "iptc", "xmp", "icc", "dpi"}), max_side=2**31 - 1, mime="image/png",
     summary="PNG, lossless, 8 or 16 bits",
 )

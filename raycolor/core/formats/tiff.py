@@ -197,5 +197,6 @@ def _align(out: io.BytesIO) -> int:
 FORMAT = Format(
     name="tiff", suffixes=(".tif", ".tiff"), magic=(b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"), pillow=("TIFF",),
     write=write, bits=(8, 16), carries=frozenset({"exif", "iptc", "xmp", "icc", "dpi"}), aliases=("tif",),
-    max_side=2**32 - 1, summary="TIFF, deflate, 8 or 16 bits, every tag carried (the FADGI master form)",
+    max_side=2**32 - 1, mime="image/tiff",
+    summary="TIFF, deflate, 8 or 16 bits, every tag carried (the FADGI master form)",
 )

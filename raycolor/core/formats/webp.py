@@ -23,7 +23,7 @@ def write(arr, prepared: Prepared, report: Report, options: EncodeOptions) -> by
 
 FORMAT = Format(
     name="webp", suffixes=(".webp",), magic=(b"RIFF",), pillow=("WEBP",), write=write, bits=(8,),
-    carries=frozenset({"exif", "xmp", "icc"}), max_side=MAX_SIDE,
+    carries=frozenset({"exif", "xmp", "icc"}), max_side=MAX_SIDE, mime="image/webp",
     sniff=lambda head: head[:4] == b"RIFF" and head[8:12] == b"WEBP",
     summary="WebP, lossy at --jpeg-quality, 8 bits",
 )
