@@ -1,14 +1,12 @@
 """raycolor.core.signing: C2PA Content Credentials on every format raycolor writes, read back by c2pa's Reader.
 
-Fast, no Ray. The test CA and its ES256 signer are made in the run (a session fixture, in a temporary folder):
-no key is committed. The leaf carries what the C2PA SDK asks of a signer: KeyUsage digitalSignature, EKU
-emailProtection, SubjectKeyIdentifier and AuthorityKeyIdentifier. No trust list names the test CA, so
-``signingCredential.untrusted`` is the one failure a good signature may show.
+Fast, no Ray. The test CA and its ES256 signer are made in the run (tests/c2pa_pki.py, a session fixture, in a
+temporary folder): no key is committed. No trust list names the test CA, so ``signingCredential.untrusted`` is
+the one failure a good signature may show.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import io
 import logging
@@ -16,8 +14,10 @@ import os
 import pickle
 import struct
 
+import c2pa  # the sign extra; dev installs it
 import numpy as np
 import pytest
+from c2pa_pki import make_pki, write_toml
 from support import EXIFTOOL, NO_EXIFTOOL, TAGS, encoded, exiftool_read, exiftool_write, noise
 
 from raycolor.core import formats, metadata
@@ -25,9 +25,6 @@ from raycolor.core.formats import EncodeOptions
 from raycolor.core.images import decode
 from raycolor.core.metadata import DIGITAL_SOURCE_TYPE, Provenance
 from raycolor.core.signing import UNTRUSTED, SignConfig, SignError, Signer, check_format, failure_codes, signable
-
-c2pa = pytest.importorskip("c2pa", reason="the sign extra (c2pa-python) is part of dev: make install")
-x509 = pytest.importorskip("cryptography.x509")
 
 PROV = Provenance(metadata.SOFTWARE, "ckpt-sign-0123")
 SOURCE_SHA = hashlib.sha256(b"the source's bytes").hexdigest()
@@ -45,63 +42,12 @@ CASES = [
 # --------------------------------------------------------------------------- the test CA and signer
 
 
-def _make_pki(folder, *, name: str = "signer"):
-    """A self-made CA and an ES256 leaf it issued: (chain.pem path, key.pem path (mode 600), key PEM bytes)."""
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = dt.datetime.now(dt.timezone.utc)
-
-    def named(cn):
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn),
-                          x509.NameAttribute(NameOID.ORGANIZATION_NAME, "raycolor tests")])
-
-    def cert(subject, key, issuer, issuer_key, extensions):
-        b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
-             .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
-             .not_valid_after(now + dt.timedelta(days=30)))
-        for ext, critical in extensions:
-            b = b.add_extension(ext, critical=critical)
-        return b.sign(issuer_key, hashes.SHA256())
-
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_name = named(f"raycolor test CA ({name})")
-    ca = cert(ca_name, ca_key, ca_name, ca_key, [
-        (x509.BasicConstraints(ca=True, path_length=0), True),
-        (x509.KeyUsage(False, False, False, False, False, True, True, False, False), True),  # keyCertSign, cRLSign
-        (x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False),
-    ])
-    leaf = cert(named(f"raycolor test {name}"), key, ca_name, ca_key, [
-        (x509.BasicConstraints(ca=False, path_length=None), True),
-        (x509.KeyUsage(True, False, False, False, False, False, False, False, False), True),  # digitalSignature
-        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), False),
-        (x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False),
-        (x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False),
-    ])
-    folder.mkdir(parents=True, exist_ok=True)
-    chain = folder / "chain.pem"
-    chain.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (leaf, ca)))
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    key_path = folder / "key.pem"
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others, even briefly
-    os.write(fd, pem)
-    os.close(fd)
-    return chain, key_path, pem
-
-
-def _toml(path, cert, key, alg="es256"):
-    path.write_text(f'alg = "{alg}"\nsign_cert = "{cert}"\nprivate_key = "{key}"\n')
-    return path
-
-
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory):
     """The test signer's folder: chain.pem, key.pem, sign.toml (relative paths); and the key's PEM bytes."""
     d = tmp_path_factory.mktemp("pki")
-    chain, key, pem = _make_pki(d)
-    toml = _toml(d / "sign.toml", chain.name, key.name)
+    chain, key, pem = make_pki(d)
+    toml = write_toml(d / "sign.toml", chain.name, key.name)
     return d, toml, pem
 
 
@@ -259,7 +205,7 @@ def test_a_key_readable_by_others_is_refused(pki, tmp_path):
     d, _, pem = pki
     key = tmp_path / "key.pem"
     key.write_bytes(pem)
-    toml = _toml(tmp_path / "sign.toml", d / "chain.pem", key)
+    toml = write_toml(tmp_path / "sign.toml", d / "chain.pem", key)
     for mode in (0o640, 0o604, 0o660):
         key.chmod(mode)
         with pytest.raises(SignError, match=rf"readable or writable by group or others \(mode {mode:o}\).*chmod 600"):
@@ -271,9 +217,9 @@ def test_a_key_readable_by_others_is_refused(pki, tmp_path):
 def test_a_key_that_is_not_the_certificates_is_refused_at_load(pki, tmp_path):
     """Another CA's key with this certificate: the tiny image signed at load does not verify."""
     d, _, pem = pki
-    _, other_key, other_pem = _make_pki(tmp_path / "other", name="other")
+    _, other_key, other_pem = make_pki(tmp_path / "other", name="other")
     with pytest.raises(SignError, match=r"does not verify \(Invalid: .*claimSignature.mismatch") as e:
-        Signer(SignConfig.load(_toml(tmp_path / "sign.toml", d / "chain.pem", other_key)))
+        Signer(SignConfig.load(write_toml(tmp_path / "sign.toml", d / "chain.pem", other_key)))
     _no_key_in(str(e.value), other_pem)
     _no_key_in(str(e.value), pem)
 
@@ -298,7 +244,7 @@ def test_bad_keys_and_certificates_are_refused_without_showing_the_key(pki, tmp_
     elif case == "no cert":
         cert = tmp_path / "missing-chain.pem"
     with pytest.raises(SignError) as e:
-        Signer(SignConfig.load(_toml(tmp_path / "sign.toml", cert, key, alg)))
+        Signer(SignConfig.load(write_toml(tmp_path / "sign.toml", cert, key, alg)))
     text = str(e.value)
     assert str(key) in text or str(cert) in text  # names what is wrong
     _no_key_in(text, pem)
