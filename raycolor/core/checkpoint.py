@@ -76,7 +76,7 @@ def save(
     from raycolor.core import color
 
     model = getattr(model, "module", model)  # unwrap DDP
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}  # one layout, whatever ran
     data = state_bytes(state)
     meta = CheckpointMeta(
         arch=ARCH,

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from raycolor.core import color
+from raycolor.core.precision import autocast, resolve
 
 
 def _as_chw(rgb: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -123,13 +124,17 @@ DEFAULT_TEMPERATURE = 0.38  # the annealed mean's T (Zhang et al. 2016); Coloriz
 
 
 @torch.inference_mode()
-def predict_ab(model: torch.nn.Module, l_small: torch.Tensor, *, temperature: float = DEFAULT_TEMPERATURE) -> torch.Tensor:
-    """(N, 1, r, r) L -> (N, 2, r, r) float32 ab, on the model's device (bf16 autocast on CUDA). A classification
-    model's logits are decoded by the annealed mean at `temperature` (in float32, outside autocast); a regression
-    model's output is its ab, and `temperature` is ignored."""
+def predict_ab(
+    model: torch.nn.Module, l_small: torch.Tensor, *, temperature: float = DEFAULT_TEMPERATURE, precision: str = "auto",
+) -> torch.Tensor:
+    """(N, 1, r, r) L -> (N, 2, r, r) float32 ab, on the model's device. The trunk runs in `precision` as
+    raycolor.core.precision resolves it for that device ("auto": bf16 on CUDA and on a CPU with native bf16, else
+    fp32); a classification model's logits are decoded by the annealed mean at `temperature` in float32, outside
+    autocast; a regression model's output is its ab, and `temperature` is ignored. The caller lays the model out
+    (raycolor.core.precision.to_layout) once; this only runs it."""
     device = next(model.parameters()).device
     x = l_small.to(device, non_blocking=True)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with autocast(resolve(precision, device), device):
         out = model(x)
     if getattr(model, "head_kind", "regression") == "classification":
         return model.decode_ab(out.float(), temperature)
@@ -203,14 +208,15 @@ def compose(L: torch.Tensor | np.ndarray, ab_small: torch.Tensor, *, bits: int =
 
 def colorize_rgb(
     model: torch.nn.Module, images: Sequence[np.ndarray | torch.Tensor], *, render_size: int,
-    temperature: float = DEFAULT_TEMPERATURE,
+    temperature: float = DEFAULT_TEMPERATURE, precision: str = "auto",
 ) -> list[np.ndarray]:
     """Full-res uint8 RGB images of any sizes -> colorized uint8 RGB images of the same sizes (`temperature`: the
-    annealed mean's, for a classification model)."""
+    annealed mean's, for a classification model; `precision`: predict_ab's)."""
     if not images:
         return []
     prepared = [prepare(img, render_size) for img in images]
-    ab = predict_ab(model, torch.stack([small for _, small in prepared]), temperature=temperature).cpu()
+    ab = predict_ab(model, torch.stack([small for _, small in prepared]), temperature=temperature,
+                    precision=precision).cpu()
     return [compose(L, ab[i]).numpy() for i, (L, _) in enumerate(prepared)]
 
 

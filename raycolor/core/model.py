@@ -131,9 +131,14 @@ class Colorizer(nn.Module):
         x = F.relu(self.reduce(feats[-1]))  # (N, 256, H/16, W/16)
         for up, skip in zip(self.up, reversed(feats[:-1])):
             x = up(x, skip if self.skips else None)
+        # the 1x1 head (<1 % of the FLOPs) in float32 whatever the trunk ran in: under bf16 autocast its output
+        # (logits that the annealed mean divides by T = 0.38, or ab up to 110 after tanh) would otherwise be
+        # rounded to 8 significant bits, 0.25 ab units at |ab| = 100 (raycolor.core.precision)
+        with torch.autocast(x.device.type, enabled=False):
+            out = self.head(x.float())
         if self.head_kind == "classification":
-            return self.head(x)  # (N, Q, H, W) logits
-        return color.denormalize_ab(torch.tanh(self.head(x)))  # (N, 2, H, W), |ab| < AB_NORM
+            return out  # (N, Q, H, W) logits
+        return color.denormalize_ab(torch.tanh(out))  # (N, 2, H, W), |ab| < AB_NORM
 
     def encoder_block_params(self, block: int) -> list[nn.Parameter]:
         a, b = VGG_BLOCKS[block]

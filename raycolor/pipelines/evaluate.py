@@ -14,7 +14,7 @@ import numpy as np
 
 from raycolor import inputs, storage
 from raycolor.config import EvaluateConfig
-from raycolor.core import gallery, images
+from raycolor.core import gallery, images, precision
 from raycolor.core.metrics import AB_BINS, METRICS, auc_rebalanced_from_sums, ratio_of_means
 from raycolor.pipelines import runtime
 from raycolor.pipelines.colorize import predicted_dataset, resolve_model
@@ -34,6 +34,7 @@ class EvaluateReport:
     baseline: dict
     per_image: list  # one dict per image: source, model_<metric>, baseline_<metric> (image_metrics' values)
     gallery: str | None = None
+    precision: str = ""  # what the model ran in ("bf16", "fp32"; "bf16, fp32" if actors differed)
 
     def as_json(self) -> dict:
         return {
@@ -43,6 +44,7 @@ class EvaluateReport:
             "model": self.model,
             "baseline": self.baseline,
             "gallery": self.gallery,
+            "precision": self.precision,
         }
 
 
@@ -53,7 +55,7 @@ def _metrics_batch(batch: dict, *, thumbs: bool, stage: ModelStage) -> dict:
     from raycolor.core.metrics import auc_bin_sums, image_metrics, lab
 
     torch.set_num_threads(1)
-    out: dict[str, list] = {"source": [], "error": [], "thumbs": []}
+    out: dict[str, list] = {"source": [], "error": [], "thumbs": [], "precision": []}
     for prefix in _PREFIXES:
         for m in METRICS:
             out[prefix + m] = []
@@ -62,6 +64,7 @@ def _metrics_batch(batch: dict, *, thumbs: bool, stage: ModelStage) -> dict:
         err = batch["error"][i] or ""
         out["source"].append(source)
         out["error"].append(err)
+        out["precision"].append("" if err or "precision" not in batch else str(batch["precision"][i]))
         if err:
             for prefix in _PREFIXES:
                 for m in METRICS:
@@ -85,7 +88,7 @@ def _metrics_batch(batch: dict, *, thumbs: bool, stage: ModelStage) -> dict:
             parts = [images.encode_png(gallery.thumbnail(x, _THUMB_H), level=1) for x in (grey, colorized, original)]
             strip = b"".join(len(p).to_bytes(4, "big") + p for p in parts)
         out["thumbs"].append(strip)
-    blobs = ("source", "error", "thumbs", *(p + _BINS for p in _PREFIXES))
+    blobs = ("source", "error", "thumbs", "precision", *(p + _BINS for p in _PREFIXES))
     return {k: np.array(v, dtype=object if k in blobs else np.float64) for k, v in out.items()}
 
 
@@ -124,6 +127,7 @@ def evaluate(
     on_rows: Callable[[int, int], None] | None = None,
 ) -> EvaluateReport:
     """Progress hooks as in pipelines.colorize.colorize: on_total(images, 0), then on_rows(ok, error) per batch."""
+    precision.check(config.precision)
     meta, render_size = resolve_model(config.checkpoint, config.render_size, store=config.storage)
     items = inputs.list_items(config.data, store=config.storage)
     runtime.ensure_ray()
@@ -138,6 +142,7 @@ def evaluate(
         max_pixels=config.max_pixels,
         storage=config.storage,
         keep_rgb=True,
+        precision=config.precision,
     )
     ds = predicted_dataset(items, stage)
     ds = ds.map_batches(
@@ -184,4 +189,5 @@ def evaluate(
         baseline=_summary(ok, "baseline_", bin_sums["baseline_"]),
         per_image=per_image,
         gallery=gallery_uri,
+        precision=", ".join(sorted({r["precision"] for r in ok if r["precision"]})),
     )

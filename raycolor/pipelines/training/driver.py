@@ -20,6 +20,7 @@ from typing import IO, Any
 
 from raycolor import storage
 from raycolor.config import TrainConfig
+from raycolor.core import precision
 from raycolor.core.checkpoint import CheckpointError
 from raycolor.core.model import (
     LOSSES,
@@ -95,6 +96,7 @@ def validate_config(config: TrainConfig) -> None:
         raise ValueError(f"weight_decay must be >= 0, got {config.weight_decay}")
     if config.loss not in LOSSES:
         raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {config.loss!r}")
+    precision.check(config.precision)
     if config.num_to_keep < 1:
         raise ValueError(f"num_to_keep must be >= 1, got {config.num_to_keep}")
     if config.max_failures < -1:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from raycolor.config import TrainConfig
-from raycolor.core import abbins, color, metrics
+from raycolor.core import abbins, color, metrics, precision
 from raycolor.core.colorize import DEFAULT_TEMPERATURE
 from raycolor.core.model import ab_loss, build_colorizer, set_trainable_encoder_blocks
 from raycolor.pipelines.training.checkpoints import CheckpointStore
@@ -166,7 +166,8 @@ class _Worker:
     rank: int
     world: int
     device: torch.device
-    autocast: dict  # torch.autocast's arguments: bf16 on GPU, off on CPU
+    precision: str  # "bf16" | "fp32": TrainConfig.precision resolved for this worker's device
+    autocast: dict  # torch.autocast's arguments for it (precision.autocast_args)
     stats_device: torch.device  # where EpochSums are all_reduced (gloo: CPU, NCCL: the GPU)
     events: _Events
 
@@ -184,9 +185,9 @@ def _setup_worker(loop_config: dict) -> _Worker:
         torch.set_num_threads(loop_config["threads"])
     torch.manual_seed(config.seed)
     np.random.seed(config.seed + rank)
+    ran = precision.resolve(config.precision, device)
     return _Worker(
-        rank=rank, world=world, device=device,
-        autocast=dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"),
+        rank=rank, world=world, device=device, precision=ran, autocast=precision.autocast_args(ran, device),
         stats_device=device if device.type == "cuda" else torch.device("cpu"),
         events=_Events(loop_config["events"], rank),
     )
@@ -198,7 +199,7 @@ def _build_model(config: TrainConfig, device: torch.device, prior: list[float] |
     model = build_colorizer(weights=config.weights, skips=config.skips, head=config.head)
     if prior is not None:
         model.set_prior(torch.tensor(prior))
-    model = model.to(device)
+    model = precision.to_layout(model.to(device))  # the optimizer's state follows the parameters' layout
     optimizer = model.configure_optimizers(lr=config.lr, finetune_lr=config.finetune_lr, weight_decay=config.weight_decay)
     return model, optimizer
 
@@ -271,6 +272,7 @@ def train_loop(loop_config: dict) -> None:
             epoch, stage, sums, config=config, steps=steps, train_time=train_time, epoch_time=epoch_times[-1],
             resumed_from=start_epoch, workers=w.world,
         )
+        line["precision"] = w.precision  # what this epoch's steps ran in (rank 0's; every rank resolves alike)
         history.append(line)
         eta_s = (config.epochs - epoch - 1) * (sum(epoch_times) / len(epoch_times))
         _save_epoch(store, w, model, optimizer, line, history, config=config, eta_s=eta_s)
