@@ -24,7 +24,17 @@ from raycolor.core import formats, metadata
 from raycolor.core.formats import EncodeOptions
 from raycolor.core.images import decode
 from raycolor.core.metadata import DIGITAL_SOURCE_TYPE, Provenance
-from raycolor.core.signing import UNTRUSTED, SignConfig, SignError, Signer, check_format, failure_codes, signable
+from raycolor.core.signing import (
+    UNTRUSTED,
+    SignConfig,
+    SignError,
+    SignFailed,
+    Signer,
+    check_format,
+    failure_codes,
+    signable,
+    signer_for,
+)
 
 PROV = Provenance(metadata.SOFTWARE, "ckpt-sign-0123")
 SOURCE_SHA = hashlib.sha256(b"the source's bytes").hexdigest()
@@ -310,3 +320,19 @@ def test_config_errors(tmp_path, text, message):
     p.write_text(text)
     with pytest.raises(SignError, match=message):
         SignConfig.load(p)
+
+
+def test_a_file_the_sdk_cannot_sign_is_that_images_failure(signer):
+    """SignFailed (the finish stage's sign_failed row), with the SDK's reason; the Signer still signs the next."""
+    data = _image("png", "png", EncodeOptions(), 8)
+    for bad, fmt in ((b"not an image at all", "jpeg"), (data[: len(data) // 2], "png"), (data, "tiff")):
+        with pytest.raises(SignFailed) as e:
+            signer.sign(bad, fmt, source_sha256=SOURCE_SHA, source_name="a.tif", model_id="m")
+        assert str(e.value) and e.value.__cause__ is None
+    reader, _ = _read(signer.sign(data, "png", source_sha256=None, source_name="a", model_id="m"), "png")
+    assert failure_codes(reader) == [UNTRUSTED]
+
+
+def test_one_signer_per_process_and_config(pki):
+    config = SignConfig.load(pki[1])
+    assert signer_for(config) is signer_for(SignConfig.load(pki[1]))  # equal configs: the same Signer

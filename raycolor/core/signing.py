@@ -28,6 +28,7 @@ import io
 import os
 import re
 import stat
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from raycolor import __version__
 from raycolor.core import formats
 from raycolor.core.metadata import DIGITAL_SOURCE_TYPE
 
-__all__ = ["ALGS", "SignConfig", "SignError", "Signer", "check_format", "signable"]
+__all__ = ["ALGS", "SignConfig", "SignError", "SignFailed", "Signer", "check_format", "signable", "signer_for"]
 
 # The algorithms c2patool and c2pa-python name in `alg` (C2PA 2.x: ECDSA, RSASSA-PSS, Ed25519)
 ALGS = ("es256", "es384", "es512", "ps256", "ps384", "ps512", "ed25519")
@@ -55,6 +56,11 @@ _PEM_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PR
 class SignError(ValueError):
     """A signing configuration, key or certificate that cannot sign: the run refuses at start. Its text never
     holds key material."""
+
+
+class SignFailed(RuntimeError):
+    """One output the SDK could not sign (a file it cannot parse, a timestamp authority that did not answer):
+    that image's ``sign_failed`` row, never the task's end."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +156,7 @@ class Signer:
         finally:
             info = None  # the struct points at the key's bytes; the SDK holds its own copy now
         self._context = c2pa.Context.from_dict(SETTINGS)
+        self._lock = threading.Lock()  # one signature at a time: the SDK's signer is one native object
         self._check(key)
 
     def __reduce__(self):
@@ -160,13 +167,18 @@ class Signer:
         return f"Signer({self.config!r})"
 
     def sign(self, data: bytes, fmt: str, *, source_sha256: str | None, source_name: str, model_id: str) -> bytes:
-        """``data`` (an output's final bytes in format ``fmt``) with an embedded C2PA manifest. Raises on a file
-        the SDK cannot parse or sign (the caller makes it that image's ``sign_failed`` row)."""
+        """``data`` (an output's final bytes in format ``fmt``) with an embedded C2PA manifest. :class:`SignFailed`
+        when the SDK cannot parse or sign this file (the caller makes it that image's ``sign_failed`` row)."""
         c2pa = _c2pa()
         mime = formats.get(fmt).mime
-        builder = c2pa.Builder.from_json(self._manifest(mime, source_sha256, source_name, model_id), self._context)
         out = io.BytesIO()
-        builder.sign(self._signer, mime, io.BytesIO(data), out)
+        try:
+            builder = c2pa.Builder.from_json(self._manifest(mime, source_sha256, source_name, model_id),
+                                             self._context)
+            with self._lock:
+                builder.sign(self._signer, mime, io.BytesIO(data), out)
+        except c2pa.C2paError as e:
+            raise SignFailed(_scrub(e, b"")) from None
         return out.getvalue()
 
     @staticmethod
@@ -210,6 +222,20 @@ class Signer:
             raise SignError(f"a test image signed with the key {_key_name(self.config)} and certificate "
                             f"{self.config.sign_cert!r} does not verify ({state}: {', '.join(failures)}): is the "
                             "key the certificate's, and the chain leaf first?")
+
+
+_SIGNERS: dict[SignConfig, Signer] = {}
+_SIGNERS_LOCK = threading.Lock()
+
+
+def signer_for(config: SignConfig) -> Signer:
+    """This process's Signer for ``config``, built on first use (a finish task's process signs many batches with
+    one; building it reads the key and checks it, ~10 ms)."""
+    with _SIGNERS_LOCK:
+        signer = _SIGNERS.get(config)
+        if signer is None:
+            signer = _SIGNERS[config] = Signer(config)
+        return signer
 
 
 def failure_codes(reader) -> list[str]:
@@ -264,7 +290,7 @@ def _key_name(config: SignConfig) -> str:
 
 def _scrub(exc: BaseException, key: bytes) -> str:
     """An exception's text with any PEM private key, and any line of ``key``, taken out."""
-    text = _PEM_KEY.sub("[private key]", f"{type(exc).__name__}: {exc}")
+    text = _PEM_KEY.sub("[private key]", f"{type(exc).__name__.lstrip('_')}: {exc}")
     for line in key.decode("utf-8", "replace").splitlines():
         line = line.strip()
         if len(line) >= 8 and "-----" not in line:
