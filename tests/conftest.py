@@ -196,6 +196,20 @@ def tiny_ckpt(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_classification_ckpt(tmp_path_factory) -> str:
+    """tiny_ckpt's classification twin: the derived bins, unweighted prior, rendering at 32 px."""
+    import torch
+
+    from raycolor.core import checkpoint
+    from raycolor.core.model import build_colorizer
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("tiny_classification_ckpt")
+    checkpoint.save(str(d), build_colorizer(weights=None, head="classification"), render_size=32)
+    return str(d)
+
+
+@pytest.fixture(scope="session")
 def ray_address(ray_local) -> str:
     """The GCS address of the session's local Ray, for drivers run as subprocesses (the `raycolor` CLI, job
     scripts) to join with RAY_ADDRESS: a second local Ray per subprocess costs ~20 s of a 2-core CI box's

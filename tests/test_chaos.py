@@ -42,8 +42,8 @@ from raycolor.pipelines.colorize import colorize
 from raycolor.pipelines.training.driver import fit
 from tests.support import base_config
 
-src, s3_out, ckpt, tmp, data = sys.argv[1:6]
-only = sys.argv[6].split(",") if len(sys.argv) > 6 else None  # a subset of the scenarios, when debugging one
+src, s3_out, ckpt, cls_ckpt, tmp, data = sys.argv[1:7]
+only = sys.argv[7].split(",") if len(sys.argv) > 7 else None  # a subset of the scenarios, when debugging one
 fs = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False)
 # a removed node is declared dead after health_check_failure_threshold failed checks, health_check_period_ms
 # apart (Ray's defaults: 5 x 3 s); a killed raylet fails each check at once, so 1 s apart finds it in ~5 s
@@ -98,7 +98,8 @@ if wanted("refusal"):
     emit("refusal", {k: [r.exit_code, r.output] for k, r in runs.items()})
 
 # (b) colorize, S3 OUTPUT, a worker node removed mid-run: one running only CPU tasks, then the node of the
-# model actor (on a multi-node cluster a CPU-mode actor reserves a CPU, so it runs on a worker node)
+# model actor (on a multi-node cluster a CPU-mode actor reserves a CPU, so it runs on a worker node); the
+# actor's scenario runs a classification checkpoint, so both heads colorize on a multi-node cluster
 # (each layout once: ~80 s a scenario on a 2-core box, and the layouts share every step a node loss affects
 # but the final write, which the SIGKILL tests in test_ledger_ray.py cover for both)
 for victim_kind, layout in (("cpu-only", "files"), ("actor", "webdataset")):
@@ -106,7 +107,8 @@ for victim_kind, layout in (("cpu-only", "files"), ("actor", "webdataset")):
     if not wanted(name):
         continue
     out = f"{s3_out}-{victim_kind}-{layout}"
-    cfg = ColorizeConfig(inputs=(src,), output=out, checkpoint=ckpt, batch_size=1, shard_size=2, layout=layout)
+    cfg = ColorizeConfig(inputs=(src,), output=out, checkpoint=cls_ckpt if victim_kind == "actor" else ckpt,
+                         batch_size=1, shard_size=2, layout=layout)
     t, result = in_thread(lambda: colorize(cfg))
     stats, spool = (out.replace("s3://", "") + d for d in ("/_stats", "/_spool"))
     deadline = time.time() + 300
@@ -153,10 +155,11 @@ for victim_kind, layout in (("cpu-only", "files"), ("actor", "webdataset")):
 
 # (c) training as production runs it (an S3 prefix and a tar shard in, checkpoints and model on S3), the node
 # of a training worker removed after epoch 2's checkpoint: epochs 1-2 switch stages within one attempt (DDP
-# re-wrapped), then the restored group resumes from a checkpoint
+# re-wrapped), then the restored group resumes from a checkpoint. It trains the classification head: its prior
+# pass (a Ray Data pass over the training data) runs on the cluster and is cached on S3 for the restored group
 if wanted("train"):
     bucket = src.split("/")[2]
-    cfg = base_config(data, f"s3://{bucket}/train-run", epochs=4, max_failures=1)
+    cfg = base_config(data, f"s3://{bucket}/train-run", epochs=4, max_failures=1, head="classification")
     cfg = dataclasses.replace(cfg, data=(f"s3://{bucket}/train-data", f"s3://{bucket}/train-more.tar"))
     t, outcome = in_thread(lambda: fit(cfg, progress=False))
 
@@ -183,7 +186,7 @@ cluster.shutdown()
 
 
 @pytest.fixture(scope="module")
-def cluster_runs(s3_server, tiny_ckpt, tmp_path_factory) -> dict:
+def cluster_runs(s3_server, tiny_ckpt, tiny_classification_ckpt, tmp_path_factory) -> dict:
     """Run CLUSTER_DRIVER once: {scenario: record} plus "_env" (the S3 bucket's names) for the tests."""
     import s3fs
     from support import jpeg_bytes, make_images
@@ -205,7 +208,8 @@ def cluster_runs(s3_server, tiny_ckpt, tmp_path_factory) -> dict:
     fs.put_file(str(tmp / "more.tar"), f"{bucket}/train-more.tar")
     src = f"s3://{bucket}/in"
     only = [os.environ["CHAOS_ONLY"]] if os.environ.get("CHAOS_ONLY") else []  # e.g. CHAOS_ONLY=train when debugging
-    proc = subprocess.Popen([sys.executable, "-c", CLUSTER_DRIVER, src, f"s3://{bucket}/out", tiny_ckpt, str(tmp), str(data), *only],
+    proc = subprocess.Popen([sys.executable, "-c", CLUSTER_DRIVER, src, f"s3://{bucket}/out", tiny_ckpt, tiny_classification_ckpt, str(tmp),
+                             str(data), *only],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, env=subprocess_env())
     try:
         text = proc.communicate(timeout=1500)[0].decode()
@@ -325,9 +329,13 @@ def test_train_node_of_a_worker_removed_restores_from_checkpoint(cluster_runs):
     assert [n[: len("checkpoint_e000000")] for n in sorted(names)][-2:] == ["checkpoint_e000003", "checkpoint_e000004"], names
     for name in names:
         assert {f"{out}/train/{name}/{f}" for f in ("config.json", "weights.pt", "train_state.pt")} <= keys
-    assert {f"{out}/model/config.json", f"{out}/model/weights.pt", f"{out}/metrics.jsonl"} <= keys
-    _, meta = checkpoint.load(result["model"])
+    assert {f"{out}/model/config.json", f"{out}/model/weights.pt", f"{out}/metrics.jsonl", f"{out}/prior.json"} <= keys
+    model, meta = checkpoint.load(result["model"])
     assert meta.extra["epoch"] == 4
+    # the classification head's prior: one pass on the cluster, cached on S3, carried by the exported model
+    prior = json.loads(fs.cat_file(f"{out}/prior.json"))
+    assert (meta.head, meta.n_bins) == ("classification", len(prior["bins"])) and sum(prior["counts"]) > 0
+    assert torch.equal(model.prior_weights, torch.tensor(prior["weights"]))
     # the optimizer's state came back with the checkpoint: the decoder stepped in every epoch, the top encoder
     # block only in the fine-tuning ones
     state = torch.load(io.BytesIO(fs.cat_file(f"{out}/train/{max(names)}/train_state.pt")), map_location="cpu", weights_only=True)
