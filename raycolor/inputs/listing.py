@@ -196,11 +196,11 @@ def _list_one(uri: str, *, key_rule: int, store: StorageConfig) -> list[Item]:
     uri = uri.strip()
     fs, path = storage.filesystem(uri, store=store)
     try:
-        info = storage.retrying(lambda: fs.info(path), 3)
+        info = storage.retrying(lambda: fs.info(path), store.retries)
     except Exception as exc:
         raise input_error("read", uri, exc) from exc
     if info.get("type") == "directory":
-        return _list_folder(fs, path, uri)
+        return _list_folder(fs, path, uri, store=store)
     ext = suffix(path)
     with _reading_input(uri):
         if ext in TAR_SUFFIXES:
@@ -216,9 +216,9 @@ def _list_one(uri: str, *, key_rule: int, store: StorageConfig) -> list[Item]:
     )
 
 
-def _list_folder(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> list[Item]:
+def _list_folder(fs: fsspec.AbstractFileSystem, path: str, uri: str, *, store: StorageConfig) -> list[Item]:
     try:
-        found = storage.retrying(lambda: fs.find(path, withdirs=False), 3)
+        found = storage.retrying(lambda: fs.find(path, withdirs=False), store.retries)
     except Exception as exc:
         raise input_error("list", uri, exc) from exc
     rows, _, not_taken = images_below(fs, path, uri, found)

@@ -121,7 +121,7 @@ def classify(uri: str, *, store: StorageConfig = DEFAULT_STORE) -> RootPlan:
         for p in found:
             kind = object_kind(p)
             if kind:
-                objs.append((kind, storage.to_uri(fs, p, uri), _tag(fs.info(p))))
+                objs.append((kind, storage.to_uri(fs, p, uri), _tag(storage.retrying(lambda p=p: fs.info(p), store.retries))))
             else:
                 others.append(p)
         if not objs:
@@ -130,7 +130,7 @@ def classify(uri: str, *, store: StorageConfig = DEFAULT_STORE) -> RootPlan:
         files = [p for p in others if (matched[p] or {}).get("type") != "directory"]
         return RootPlan(root=root, kind="objects", objects=tuple(objs), not_taken=_pairs(Counter(map(not_taken_key, files))))
     try:
-        info = storage.retrying(lambda: fs.info(path), 3)
+        info = storage.retrying(lambda: fs.info(path), store.retries)
     except Exception as exc:
         raise input_error("read", uri, exc) from exc
     if info.get("type") == "directory":
@@ -145,7 +145,7 @@ def find_files(uri: str, *, store: StorageConfig = DEFAULT_STORE) -> list[str]:
     """Every file below ``uri`` (recursive, paged by the store's client), as filesystem paths."""
     fs, path = storage.filesystem(uri, store=store)
     try:
-        return list(storage.retrying(lambda: fs.find(path, withdirs=False), 3))
+        return list(storage.retrying(lambda: fs.find(path, withdirs=False), store.retries))
     except Exception as exc:
         raise input_error("list", uri, exc) from exc
 
@@ -168,7 +168,7 @@ def list_folder(root: str, *, store: StorageConfig = DEFAULT_STORE) -> RootPlan:
     for p in paths:
         kind = object_kind(p)
         if kind and not posixpath.basename(p).startswith((".", "_")):
-            objs.append((kind, storage.to_uri(fs, p, root), _tag(storage.retrying(lambda p=p: fs.info(p), 3))))
+            objs.append((kind, storage.to_uri(fs, p, root), _tag(storage.retrying(lambda p=p: fs.info(p), store.retries))))
         else:
             others[not_taken_key(p)] += 1
     if objs:
@@ -216,7 +216,7 @@ def _size_object(kind: str, uri: str, tag: str, *, root: str, shard_size: int, s
             for a in range(0, rows, shard_size)
         ], {}
     # txt: one pass over the lines, cutting every shard_size entries at a line start
-    raw = storage.retrying(lambda: fs.cat_file(path), 3)
+    raw = storage.retrying(lambda: fs.cat_file(path), store.retries)
     shards, n = [], 0
     start = 3 if raw.startswith(b"\xef\xbb\xbf") else 0  # the first range starts after a BOM
     for pos, _ in txt_entries(raw, uri):

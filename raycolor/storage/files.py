@@ -182,7 +182,6 @@ def remove(uri: str, *, store: StorageConfig = DEFAULT_STORE) -> None:
 
 
 def exists(uri: str, *, store: StorageConfig = DEFAULT_STORE) -> bool:
-    """Whether the object/file/folder ``uri`` exists (fresh answer: no listing cache). Only ``store``'s
-    endpoint is used: the answer is retried 3 times, not ``store.retries``."""
+    """Whether the object/file/folder ``uri`` exists (fresh answer: no listing cache), retried as any read."""
     fs, path = filesystem(uri, store=store)
-    return bool(retrying(lambda: fs.exists(path), 3))
+    return bool(retrying(lambda: fs.exists(path), store.retries))
