@@ -18,12 +18,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from raycolor import storage
 from raycolor.config import DEFAULT_STORE, StorageConfig
-from raycolor.core.suffixes import (
-    IMAGE_SUFFIXES,
-    MANIFEST_SUFFIXES,
-    TAR_SUFFIXES,
-    suffix,
-)
+from raycolor.core.suffixes import IMAGE_SUFFIXES, object_kind, suffix
 from raycolor.storage import InputError
 
 # Block size for walking tar headers on object stores: every header costs at most one request of
@@ -190,6 +185,29 @@ def list_items(inputs: Sequence[str], *, key_rule: int = KEY_RULE, store: Storag
     return _dedupe(items)
 
 
+def input_kind(path: str, info: Mapping, uri: str) -> str:
+    """What the input ``uri`` (at ``path``, whose ``info`` its filesystem gave) is: "folder", "tar", "parquet",
+    "txt" or "image". The one classifier: list_items and shards.classify both ask it; anything else is an
+    InputError naming what is taken."""
+    if info.get("type") == "directory":
+        return "folder"
+    kind = object_kind(path)
+    if kind:
+        return kind
+    if is_image(path):
+        return "image"
+    raise InputError(
+        f"not an image, .tar archive or .txt/.parquet manifest: {storage.redact(uri)} "
+        f"(images: {', '.join(sorted(IMAGE_SUFFIXES))})"
+    )
+
+
+def image_item(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> Item:
+    """The item of an input that is one image file."""
+    source = storage.to_uri(fs, path, uri)
+    return Item(source=source, relpath=storage.sanitize_relpath(posixpath.basename(path)), uri=source)
+
+
 def _list_one(uri: str, *, key_rule: int, store: StorageConfig) -> list[Item]:
     if not isinstance(uri, str) or not uri.strip():
         raise InputError(f"empty input URI: {uri!r}")
@@ -199,21 +217,15 @@ def _list_one(uri: str, *, key_rule: int, store: StorageConfig) -> list[Item]:
         info = storage.retrying(lambda: fs.info(path), store.retries)
     except Exception as exc:
         raise input_error("read", uri, exc) from exc
-    if info.get("type") == "directory":
+    kind = input_kind(path, info, uri)
+    if kind == "folder":
         return _list_folder(fs, path, uri, store=store)
-    ext = suffix(path)
+    if kind == "image":
+        return [image_item(fs, path, uri)]
     with _reading_input(uri):
-        if ext in TAR_SUFFIXES:
+        if kind == "tar":
             return _list_tar(fs, path, uri, key_rule=key_rule)[0]
-        if ext in MANIFEST_SUFFIXES:
-            return _list_manifest(fs, path, uri, ext, key_rule=key_rule)
-    if ext in IMAGE_SUFFIXES:
-        source = storage.to_uri(fs, path, uri)
-        return [Item(source=source, relpath=storage.sanitize_relpath(posixpath.basename(path)), uri=source)]
-    raise InputError(
-        f"not an image, .tar archive or .txt/.parquet manifest: {storage.redact(uri)} "
-        f"(images: {', '.join(sorted(IMAGE_SUFFIXES))})"
-    )
+        return _list_manifest(fs, path, uri, suffix(path), key_rule=key_rule)
 
 
 def _list_folder(fs: fsspec.AbstractFileSystem, path: str, uri: str, *, store: StorageConfig) -> list[Item]:
