@@ -14,10 +14,10 @@ import pytest
 from PIL import Image, ImageFile
 
 from raycolor.config import DEFAULT_MAX_PIXELS
+from raycolor.core import formats, metadata
 from raycolor.core.images import (
     DecodeError,
     decode_rgb,
-    encode_jpeg,
     encode_png,
     extension,
 )
@@ -287,17 +287,19 @@ def test_encode_png_round_trips_exactly():
     assert np.array_equal(decode_rgb(encode_png(view)), view)
 
 
-def test_encode_jpeg_is_close():
+def test_the_registry_jpeg_is_close():
+    """JPEG has one encoder, the format registry's (formats.encode): 4:2:0, close to its input."""
     y, x = np.mgrid[0:48, 0:64]
     rgb = np.stack([x * 4, y * 5, (x + y) * 2], axis=-1).astype(np.uint8)
-    data = encode_jpeg(rgb, quality=92)
+    prov = metadata.Provenance(software=metadata.SOFTWARE, model_id="m")
+    data = formats.encode(rgb, "jpeg", None, prov, keep=False, jpeg_quality=92)[0]
     assert data.startswith(b"\xff\xd8\xff")
     back = decode_rgb(data)
     assert back.shape == rgb.shape
     assert np.abs(back.astype(int) - rgb.astype(int)).mean() < 3
     with Image.open(io.BytesIO(data)) as im:
         assert im.layer[0][1:3] == (2, 2)  # luma sampled 2x2: 4:2:0
-    assert len(encode_jpeg(rgb, quality=50)) < len(data)
+    assert len(formats.encode(rgb, "jpeg", None, prov, keep=False, jpeg_quality=50)[0]) < len(data)
 
 
 def test_extension():
@@ -314,7 +316,7 @@ def test_encode_rejects_non_rgb_uint8(bad):
     with pytest.raises(ValueError):
         encode_png(bad)
     with pytest.raises(ValueError):
-        encode_jpeg(bad)
+        formats.encode(bad, "jpeg", None, metadata.Provenance(software=metadata.SOFTWARE, model_id="m"), keep=False)
 
 
 def test_image_extensions():

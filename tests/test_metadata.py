@@ -32,7 +32,7 @@ from support import (
 
 from raycolor.core import images, metadata
 from raycolor.core.images import decode, decode_rgb
-from raycolor.core.formats import embed_jpeg, encode
+from raycolor.core.formats import EncodeOptions, embed_jpeg, encode
 from raycolor.core.metadata import (
     DIGITAL_SOURCE_TYPE,
     Metadata,
@@ -177,7 +177,9 @@ def test_embed_jpeg_writes_what_encode_writes(round_trip):
     """The GPU path (nvJPEG pixels + embed_jpeg) and the CPU path give the same file."""
     dec, data, report = round_trip[0]["jpeg", True]
     h, w = dec.rgb.shape[:2]
-    embedded, report2 = embed_jpeg(images.encode_jpeg(dec.rgb), dec.meta, PROV, width=w, height=h)
+    # pixels from another encoder (nvJPEG on a GPU: here Pillow, with the registry's JPEG settings)
+    foreign = encoded(dec.rgb, "JPEG", quality=EncodeOptions().jpeg_quality, subsampling="4:2:0", optimize=False)
+    embedded, report2 = embed_jpeg(foreign, dec.meta, PROV, width=w, height=h)
     assert embedded == data and json.loads(report2) == report
     # no JFIF, an old EXIF and ICC in the way: JFIF added, the rest replaced, the pixels untouched
     other = encoded(dec.rgb, "JPEG", exif=b"Exif\0\0II*\0\x08\0\0\0\0\0\0\0\0\0", icc_profile=b"x" * 40)

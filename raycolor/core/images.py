@@ -115,7 +115,6 @@ __all__ = [
     "Depth",
     "decode",
     "decode_rgb",
-    "encode_jpeg",
     "encode_png",
     "extension",
 ]
@@ -956,15 +955,6 @@ def encode_png(rgb: np.ndarray, *, level: int = 1) -> bytes:
         raise ValueError(f"png level must be in 0..9, got {level}")
     buf = io.BytesIO()
     _rgb_image(rgb).save(buf, format="PNG", compress_level=level)
-    return buf.getvalue()
-
-
-def encode_jpeg(rgb: np.ndarray, *, quality: int = 92) -> bytes:
-    """Baseline JPEG (4:2:0, no Huffman optimisation) of a uint8 ``(H, W, 3)`` array."""
-    if not 1 <= quality <= 100:
-        raise ValueError(f"jpeg quality must be in 1..100, got {quality}")
-    buf = io.BytesIO()
-    _rgb_image(rgb).save(buf, format="JPEG", quality=quality, subsampling="4:2:0", optimize=False)
     return buf.getvalue()
 
 

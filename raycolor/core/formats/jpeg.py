@@ -1,6 +1,6 @@
 """JPEG: APP0 JFIF density, APP1 Exif, APP1 XMP, APP2 ICC, APP13 Photoshop 8BIM 0x0404 IPTC; 8 bits.
 
-The pixels are encoded as raycolor.core.images.encode_jpeg does (4:2:0, no Huffman optimisation); the
+The pixels are encoded here, the one JPEG encoder (4:2:0, no Huffman optimisation); the
 metadata goes in as :func:`embed` inserts it into a JPEG encoded elsewhere (nvJPEG on a GPU), so both paths
 write the same file."""
 
