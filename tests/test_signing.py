@@ -30,10 +30,12 @@ from raycolor.core.signing import (
     SignError,
     SignFailed,
     Signer,
+    acceptable,
     check_format,
     failure_codes,
     signable,
     signer_for,
+    verify,
 )
 
 PROV = Provenance(metadata.SOFTWARE, "ckpt-sign-0123")
@@ -97,6 +99,8 @@ def test_every_output_form_carries_a_valid_manifest(signer, name, fmt, options, 
     reader, manifest = _read(signed, fmt)
     assert reader.get_validation_state() == "Valid"
     assert failure_codes(reader) == [UNTRUSTED]  # the test CA is on no trust list; nothing else fails
+    assert verify(signed, fmt) == ("Valid", [UNTRUSTED]) and acceptable(*verify(signed, fmt))
+    assert not acceptable(*verify(signed, fmt), trust_list=True)  # a trust list would have to name the test CA
     actions = next(a["data"]["actions"] for a in manifest["assertions"] if a["label"].startswith("c2pa.actions"))
     assert [a["action"] for a in actions] == ["c2pa.opened", "c2pa.color_adjustments"]
     edit = actions[1]
@@ -150,6 +154,7 @@ def test_one_changed_pixel_byte_fails_validation(signer, name, fmt, options, bit
     reader, _ = _read(bytes(signed), fmt)
     assert reader.get_validation_state() == "Invalid"
     assert "assertion.dataHash.mismatch" in failure_codes(reader)
+    assert not acceptable(*verify(bytes(signed), fmt))
 
 
 def test_jp2_is_refused_at_start():

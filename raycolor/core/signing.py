@@ -36,7 +36,10 @@ from raycolor import __version__
 from raycolor.core import formats
 from raycolor.core.metadata import DIGITAL_SOURCE_TYPE
 
-__all__ = ["ALGS", "SignConfig", "SignError", "SignFailed", "Signer", "check_format", "signable", "signer_for"]
+__all__ = [
+    "ALGS", "SignConfig", "SignError", "SignFailed", "Signer", "acceptable", "check_format", "signable", "signer_for",
+    "verify",
+]
 
 # The algorithms c2patool and c2pa-python name in `alg` (C2PA 2.x: ECDSA, RSASSA-PSS, Ed25519)
 ALGS = ("es256", "es384", "es512", "ps256", "ps384", "ps512", "ed25519")
@@ -205,7 +208,6 @@ class Signer:
     def _check(self, key: bytes) -> None:
         """Sign a tiny JPEG and verify it: a key that is not the certificate's, or a certificate the SDK refuses,
         fails here, before any image of the run."""
-        c2pa = _c2pa()
         from PIL import Image
 
         buf = io.BytesIO()
@@ -213,12 +215,11 @@ class Signer:
         try:
             signed = self.sign(buf.getvalue(), "jpeg", source_sha256="0" * 64, source_name="check.jpg",
                                model_id="check")
-            reader = c2pa.Reader("image/jpeg", io.BytesIO(signed), context=self._context)
-            state, failures = reader.get_validation_state(), failure_codes(reader)
+            state, failures = verify(signed, "jpeg")
         except Exception as e:
             raise SignError(f"signing a test image with the key {_key_name(self.config)} and certificate "
                             f"{self.config.sign_cert!r} failed: {_scrub(e, key)}") from None
-        if state not in ("Valid", "Trusted") or set(failures) - {UNTRUSTED}:
+        if not acceptable(state, failures):
             raise SignError(f"a test image signed with the key {_key_name(self.config)} and certificate "
                             f"{self.config.sign_cert!r} does not verify ({state}: {', '.join(failures)}): is the "
                             "key the certificate's, and the chain leaf first?")
@@ -236,6 +237,34 @@ def signer_for(config: SignConfig) -> Signer:
         if signer is None:
             signer = _SIGNERS[config] = Signer(config)
         return signer
+
+
+def verify(data: bytes, fmt: str) -> tuple[str, list[str]]:
+    """(validation state, failure codes) of a signed file's active manifest, as c2pa's Reader gives them: state
+    "Valid" (or "Trusted" with a trust list) when the signature and every hash match; "Invalid" otherwise, e.g.
+    with ``assertion.dataHash.mismatch`` after one changed byte. Raises c2pa.C2paError when there is no
+    manifest. Offline: no OCSP, no remote manifest."""
+    c2pa = _c2pa()
+    reader = c2pa.Reader(formats.get(fmt).mime, io.BytesIO(data), context=_reader_context())
+    return reader.get_validation_state(), failure_codes(reader)
+
+
+def acceptable(state: str, failures: list[str], *, trust_list: bool = False) -> bool:
+    """Whether a manifest verifies: valid (trusted when a trust list is configured), and without a trust list
+    no failure besides :data:`UNTRUSTED` (every certificate is untrusted then)."""
+    if trust_list:
+        return state == "Trusted" and not failures
+    return state in ("Valid", "Trusted") and not set(failures) - {UNTRUSTED}
+
+
+_READER_CONTEXT = None
+
+
+def _reader_context():
+    global _READER_CONTEXT
+    if _READER_CONTEXT is None:
+        _READER_CONTEXT = _c2pa().Context.from_dict(SETTINGS)
+    return _READER_CONTEXT
 
 
 def failure_codes(reader) -> list[str]:
