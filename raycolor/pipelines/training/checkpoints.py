@@ -23,7 +23,6 @@ import logging
 import os
 import posixpath
 import tempfile
-import time
 from dataclasses import dataclass
 
 import torch
@@ -32,11 +31,11 @@ from raycolor import storage
 from raycolor.config import StorageConfig
 from raycolor.core import checkpoint as core_checkpoint
 from raycolor.core.checkpoint import CheckpointError
+from raycolor.outputs import layout
 
 log = logging.getLogger(__name__)
 
 TRAIN_STATE_NAME = "train_state.pt"
-CHECKPOINT_PREFIX = "checkpoint_"
 STATE_FORMAT = 1
 
 
@@ -59,15 +58,14 @@ class CheckpointStore:
 
     @staticmethod
     def new_name(epoch: int) -> str:
-        # epoch first so names sort by progress; the time keeps a re-trained epoch's name unique
-        return f"{CHECKPOINT_PREFIX}e{epoch:06d}_{time.strftime('%Y%m%d-%H%M%S')}_{time.time_ns() % 10**9:09d}"
+        return layout.checkpoint_name(epoch)
 
     def names(self) -> list[str]:
         import pyarrow.fs as pafs
 
         infos = self.fs.get_file_info(pafs.FileSelector(self.exp_path, allow_not_found=True))
         return sorted(
-            i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith(CHECKPOINT_PREFIX)
+            i.base_name for i in infos if i.type == pafs.FileType.Directory and layout.is_checkpoint_name(i.base_name)
         )
 
     @staticmethod

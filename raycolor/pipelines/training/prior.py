@@ -19,11 +19,10 @@ import numpy as np
 
 from raycolor import storage
 from raycolor.config import TrainConfig
+from raycolor.outputs import layout
 from raycolor.pipelines.training.plan import Data
 
 log = logging.getLogger(__name__)
-
-PRIOR_NAME = "prior.json"
 
 
 def _count_batch(batch: dict[str, np.ndarray], *, bins: np.ndarray) -> dict[str, np.ndarray]:
@@ -57,7 +56,7 @@ def class_prior(config: TrainConfig, data: Data) -> dict:
     from raycolor.core import abbins
 
     bins = abbins.derive_bins()
-    uri = storage.join_uri(config.output, PRIOR_NAME)
+    uri = layout.prior_uri(config.output)
     fs, path = storage.filesystem(uri, store=config.storage)
     if fs.exists(path):
         prior = json.loads(fs.cat_file(path))
