@@ -247,3 +247,44 @@ def test_a_checkpoint_written_under_either_precision_colorizes_under_either(tmp_
             want = colorize_rgb(model, [rgb], render_size=32, precision=run_in)[0]
             assert got.shape == rgb.shape and got.dtype == np.uint8
             np.testing.assert_array_equal(got, want)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# what ran, on record: the manifest, the shard stats, _SUCCESS.json (local Ray)
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_manifest_stats_and_summary_say_which_precision_ran_and_old_parts_resume(ray_local, tiny_ckpt, tmp_path):
+    """Each ok row, each shard's stats and the summary name the precision the actor resolved; a manifest part
+    written before the column existed reads back as null and its shard is not redone."""
+    import json
+
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from raycolor.outputs import ledger
+    from raycolor.pipelines.colorize import colorize
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (24, 40, 3), dtype=np.uint8)).save(src / f"{i}.png")
+    (src / "bad.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    s = colorize(ColorizeConfig(inputs=(str(src),), output=str(out), checkpoint=tiny_ckpt, precision="fp32"))
+    assert s.precision == {"fp32": 3} and s.settings["precision"] == "fp32"
+    assert json.loads((out / "_SUCCESS.json").read_text())["precision"] == {"fp32": 3}
+    table = ledger.read_manifest(str(out))
+    by_status = {(r["status"], r["precision"]) for r in table.to_pylist()}
+    assert by_status == {("ok", "fp32"), ("error", None)}
+    [stats] = [json.loads(p.read_text()) for p in (out / "_stats").iterdir()]
+    assert stats["precision"] == {"fp32": 3}
+    # an OUTPUT written before the column: its part lacks it, its stats have no precision; a re-run skips the shard
+    # and the manifest reads the column back as null
+    [part] = list((out / "manifest").iterdir())
+    pq.write_table(pq.read_table(part).drop_columns(["precision"]), part)
+    (out / "_stats" / f"{part.stem}.json").write_text(json.dumps({k: v for k, v in stats.items() if k != "precision"}))
+    again = colorize(ColorizeConfig(inputs=(str(src),), output=str(out), checkpoint=tiny_ckpt))
+    assert (again.processed, again.shards_skipped, again.precision) == (0, 1, {})
+    assert set(ledger.read_manifest(str(out)).column("precision").to_pylist()) == {None}
