@@ -81,7 +81,7 @@ def _no_key_in(text: str, pem: bytes) -> None:
 
 
 def _image(name: str, fmt: str, options: EncodeOptions, bits: int, meta=None) -> bytes:
-    rgb = noise(96, 64, seed=len(name))
+    rgb = noise(*((600, 400) if options.tiff_pyramid else (96, 64)), seed=len(name))  # a pyramid needs > 256 px
     if bits == 16:
         rgb = rgb.astype(np.uint16) * 257 + np.uint16(3)  # 16 significant bits, not 8 widened
     return formats.encode(rgb, fmt, meta, PROV, options=options)[0]
@@ -116,6 +116,14 @@ def test_every_output_form_carries_a_valid_manifest(signer, name, fmt, options, 
     assert manifest["signature_info"]["common_name"] == "raycolor test signer"
     # the pixels are untouched: the signed file decodes to what was signed
     assert np.array_equal(decode(signed).rgb, decode(data).rgb)
+    if options.tiff_pyramid:  # the SDK rewrites a TIFF's IFD0: the SubIFD levels must survive it
+        import tifffile
+
+        def levels(b):
+            with tifffile.TiffFile(io.BytesIO(b)) as t:
+                return [lv.shape for lv in t.series[0].levels]
+
+        assert levels(signed) == levels(data) and len(levels(data)) > 1
 
 
 def test_the_manifest_is_small(signer):
