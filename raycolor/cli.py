@@ -5,6 +5,7 @@ Ray and torch are imported inside the commands, so `raycolor --help` is instant.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from enum import Enum
@@ -19,6 +20,7 @@ from raycolor.config import (
     DEFAULT_STORE,
     ColorizeConfig,
     DemoConfig,
+    DerivativeSpec,
     EvaluateConfig,
     StorageConfig,
     TrainConfig,
@@ -84,6 +86,12 @@ class Loss(str, Enum):
     mse = "mse"
 
 
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
 Address = Annotated[
     Optional[str],
     typer.Option("--address", help="Ray cluster to join (else RAY_ADDRESS, else a local Ray on 127.0.0.1)."),
@@ -106,6 +114,14 @@ SharedOutput = Annotated[
     ),
 ]
 Retries = Annotated[int, typer.Option(min=1, help="Attempts per object read/write before an item becomes an error row.")]
+PrecisionOpt = Annotated[
+    Precision,
+    typer.Option(
+        "--precision",
+        help="The model's numeric precision: auto is bf16 on GPUs and on CPUs that run it natively (AVX512_BF16, AMX), "
+        "fp32 elsewhere. L and the colour maths stay float32 either way (docs/performance.md, docs/quality.md).",
+    ),
+]
 IOConcurrency = Annotated[
     int,
     typer.Option(
@@ -246,6 +262,16 @@ def _run(
             raise typer.Exit(143 if term else 130) from None
 
 
+def _derivative(text: str) -> DerivativeSpec:
+    """One --derivative, parsed (config.DerivativeSpec.parse) with its format's registry name ("jpg" -> "jpeg"); its
+    options are checked with the rest of the config (colorize.check_config)."""
+    try:
+        spec = DerivativeSpec.parse(text)
+        return dataclasses.replace(spec, format=formats.get(spec.format).name)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--derivative") from None
+
+
 def _progress(label: str, terminal: IO[str], every_s: float):
     from raycolor.pipelines.progress import Progress
 
@@ -297,6 +323,7 @@ def train(
     max_failures: Annotated[int, typer.Option(min=-1, help="Worker failures to recover from (-1: unlimited).")] = TrainConfig.max_failures,
     seed: int = TrainConfig.seed,
     max_pixels: int = TrainConfig.max_pixels,
+    precision: PrecisionOpt = Precision(TrainConfig.precision),
     s3_endpoint: S3Endpoint = None,
     retries: Retries = StorageConfig.retries,
     io_concurrency: IOConcurrency = StorageConfig.io_concurrency,
@@ -328,6 +355,7 @@ def train(
         max_failures=max_failures,
         seed=seed,
         max_pixels=max_pixels,
+        precision=precision.value,
         storage=StorageConfig(
             s3_endpoint=s3_endpoint, retries=retries, io_concurrency=io_concurrency, shared_output=shared_output
         ),
@@ -383,6 +411,21 @@ def colorize(
         typer.Option("--tiff-pyramid", help="With --format tiff: a tiled TIFF (512 px tiles) with half-size levels "
                      "as SubIFDs down to 256 px, the pyramid IIIF servers (Cantaloupe, IIPImage) and libvips read."),
     ] = ColorizeConfig.tiff_pyramid,
+    derivative: Annotated[
+        Optional[list[str]],
+        typer.Option("--derivative", metavar="FORMAT:LONG_EDGE[:OPTION=VALUE...]",
+                     help="Also write a copy of each output at this long edge (never upscaled), e.g. jpeg:3000 "
+                     "(an access copy) or jpeg:400:jpeg_quality=80 (a thumbnail), to OUTPUT/derivatives/<format>-<edge>/; "
+                     "repeatable. Made from the same prediction; the manifest's `outputs` lists them."),
+    ] = None,
+    sign: Annotated[
+        Optional[str],
+        typer.Option("--sign", metavar="CONFIG",
+                     help="Sign every output (master and derivatives) with C2PA Content Credentials: CONFIG is a TOML "
+                     "with alg, sign_cert, private_key (a file only its owner reads, or env:NAME) and optionally "
+                     "ta_url, at the same path on every node. Checked before any image; needs raycolor[sign]. "
+                     "JPEG, PNG, TIFF and WebP (not JP2). docs/security.md: how the key reaches the workers."),
+    ] = ColorizeConfig.sign,
     metadata: Annotated[
         MetadataMode,
         typer.Option(
@@ -448,6 +491,7 @@ def colorize(
                      "colorize them as any other (the row says has_colour), or skip them: no output, status skipped. "
                      "Toned prints (sepia, cyanotype) are colorized either way (docs/colorizing.md)."),
     ] = ColourInputs(ColorizeConfig.colour_inputs),
+    precision: PrecisionOpt = Precision(ColorizeConfig.precision),
     s3_endpoint: S3Endpoint = None,
     retries: Retries = StorageConfig.retries,
     io_concurrency: IOConcurrency = StorageConfig.io_concurrency,
@@ -470,6 +514,8 @@ def colorize(
         jpeg_quality=jpeg_quality,
         jp2_rate=jp2_rate,
         tiff_pyramid=tiff_pyramid,
+        derivatives=tuple(_derivative(d) for d in derivative or ()),
+        sign=sign,
         batch_size=batch_size,
         temperature=temperature,
         gpus=gpus,
@@ -483,6 +529,7 @@ def colorize(
         layout=layout.value,
         stop_after_internal=stop_after_internal,
         colour_inputs=colour_inputs.value,
+        precision=precision.value,
         storage=StorageConfig(
             s3_endpoint=s3_endpoint, retries=retries, io_concurrency=io_concurrency, shared_output=shared_output
         ),
@@ -505,12 +552,52 @@ def colorize(
             **({"with colour": s.has_colour} if s.has_colour else {}),
             "skipped (done before)": s.skipped,
             "images/s": s.images_per_s,
+            "precision": ", ".join(f"{k} ({v})" for k, v in sorted(s.precision.items())) or "-",
             "first output s": s.first_output_s if s.first_output_s is not None else "-",
             "elapsed s": s.elapsed_s,
             **_not_taken_rows(s.not_taken),
             "output": s.output,
         },
     )
+
+
+@app.command(epilog="Example: raycolor verify s3://archive/colour --sources")
+def verify(
+    output: Annotated[str, typer.Argument(help="A colorize OUTPUT (local directory or s3:// prefix).")],
+    sources: Annotated[
+        bool, typer.Option("--sources", help="Check the inputs against the source_sha256 their rows recorded, "
+                           "instead of the outputs.")
+    ] = False,
+    s3_endpoint: S3Endpoint = None,
+    retries: Retries = StorageConfig.retries,
+    io_concurrency: IOConcurrency = StorageConfig.io_concurrency,
+    address: Address = None,
+    verbose: Verbose = False,
+) -> None:
+    """Re-read every output an OUTPUT's manifest names, in Ray tasks, and compare it with the SHA-256 recorded
+    when it was written: missing, changed and unexpected files are named, and any of them exits 1."""
+    store = StorageConfig(s3_endpoint=s3_endpoint, retries=retries, io_concurrency=io_concurrency)
+
+    def call(terminal):
+        from raycolor.pipelines.verify import verify as ray_verify
+
+        return ray_verify(output, sources=sources, store=store)
+
+    result = _run(address, store, call, verbose=verbose)
+    r = result.report
+    _table(
+        f"raycolor verify{' --sources' if sources else ''}",
+        {"manifest parts": result.parts, "checked": r.checked, "ok": r.ok,
+         **({"unhashed (written before fixity)": r.unhashed} if r.unhashed else {}),
+         **{kind: n for kind, n in r.counts.items() if n or kind != "unreadable"}, "output": result.output},
+    )
+    for kind, names in r.named.items():
+        for name in sorted(names):
+            typer.echo(f"{kind}: {name}", err=True)
+        if r.counts[kind] > len(names):
+            typer.echo(f"{kind}: ... and {r.counts[kind] - len(names):,} more", err=True)
+    if not result.ok:
+        raise typer.Exit(1)
 
 
 @app.command(
@@ -556,6 +643,7 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(min=1)] = EvaluateConfig.batch_size,
     gpus: Annotated[int, typer.Option(min=0)] = EvaluateConfig.gpus,
     max_pixels: int = EvaluateConfig.max_pixels,
+    precision: PrecisionOpt = Precision(EvaluateConfig.precision),
     s3_endpoint: S3Endpoint = None,
     retries: Retries = StorageConfig.retries,
     io_concurrency: IOConcurrency = StorageConfig.io_concurrency,
@@ -573,6 +661,7 @@ def evaluate(
         gallery=gallery,
         gallery_rows=gallery_rows,
         max_pixels=max_pixels,
+        precision=precision.value,
         storage=StorageConfig(s3_endpoint=s3_endpoint, retries=retries, io_concurrency=io_concurrency),
     )
 
@@ -588,7 +677,7 @@ def evaluate(
 
         typer.echo(json.dumps(report.as_json(), allow_nan=True))
         return
-    typer.echo(f"raycolor evaluate: {report.images} images, {report.errors} errors")
+    typer.echo(f"raycolor evaluate: {report.images} images, {report.errors} errors, precision {report.precision or '-'}")
     width = max(len(k) for k in report.model)
     typer.echo(f"  {'metric':<{width}}  {'model':>9}  {'grey baseline':>13}")
     for key in report.model:

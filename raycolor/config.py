@@ -32,6 +32,51 @@ DEFAULT_STORE = StorageConfig()
 
 
 @dataclass(frozen=True)
+class DerivativeSpec:
+    """One --derivative: a copy of each colorized output in `format`, its long edge `long_edge` px (never
+    upscaled: an image no bigger is written at its own size), encoded with `options` (EncodeOptions fields, e.g.
+    (("jpeg_quality", 80),)) over the run's own. Written to OUTPUT/derivatives/<name>/. `format` and the option
+    names are checked against the format registry by colorize's check_config."""
+
+    format: str
+    long_edge: int
+    options: tuple[tuple[str, int | float | bool], ...] = ()
+
+    @property
+    def name(self) -> str:
+        """Its folder under OUTPUT/derivatives/ and its `name` in the manifest's `outputs`: "jpeg-3000"."""
+        return f"{self.format}-{self.long_edge}"
+
+    @classmethod
+    def parse(cls, text: str) -> DerivativeSpec:
+        """"FORMAT:LONG_EDGE[:OPTION=VALUE...]" ("jpeg:3000", "jpeg:400:jpeg_quality=80") -> a spec; ValueError
+        saying what is wrong. Values: integers, decimals, true / false."""
+        parts = str(text).strip().split(":")
+        if len(parts) < 2 or not parts[0] or not parts[1].isdigit() or int(parts[1]) < 1:
+            raise ValueError(f"{text!r} is not FORMAT:LONG_EDGE[:OPTION=VALUE...] (e.g. jpeg:3000, jpeg:400:jpeg_quality=80)")
+        options: dict[str, int | float | bool] = {}
+        for opt in parts[2:]:
+            key, eq, value = opt.partition("=")
+            if not eq or not key or not value or key in options:
+                raise ValueError(f"{text!r}: {opt!r} is not OPTION=VALUE (each option once)")
+            options[key] = _option_value(value)
+        return cls(format=parts[0].lower(), long_edge=int(parts[1]), options=tuple(sorted(options.items())))
+
+
+def _option_value(text: str) -> int | float | bool:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"option value {text!r} is not a number, true or false") from None
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     data: tuple[str, ...]
     output: str
@@ -57,6 +102,9 @@ class TrainConfig:
     max_failures: int = 1
     seed: int = 0
     max_pixels: int = DEFAULT_MAX_PIXELS
+    # the trunk's numeric precision: "bf16", "fp32", or "auto": bf16 on CUDA and on a CPU that runs it natively
+    # (AVX512_BF16, AMX), fp32 elsewhere (raycolor.core.precision; the softmax, losses and L stay float32)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     storage: StorageConfig = field(default_factory=StorageConfig)
 
 
@@ -109,6 +157,16 @@ class ColorizeConfig:
     # the annealed mean's temperature for a classification checkpoint (T -> 0: the mode, T = 1: the mean);
     # a regression checkpoint ignores it
     temperature: float = 0.38
+    # the trunk's numeric precision: "bf16", "fp32", or "auto": bf16 on CUDA and on a CPU that runs it natively
+    # (AVX512_BF16, AMX), fp32 elsewhere (raycolor.core.precision; the softmax, losses and L stay float32)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # copies of every output at other sizes and formats, made in the same pass from the colorized full-resolution
+    # image (--derivative jpeg:3000); each input's row lists them in `outputs`
+    derivatives: tuple[DerivativeSpec, ...] = ()
+    # --sign: the path of a C2PA signing TOML (alg, sign_cert, private_key path or env:NAME, ta_url;
+    # raycolor.core.signing), the same on every node; every output then carries signed Content Credentials. It
+    # names files, never holds the key: each finish task process reads the key itself (docs/security.md)
+    sign: str | None = None
     storage: StorageConfig = field(default_factory=StorageConfig)
 
     @property
@@ -127,6 +185,9 @@ class EvaluateConfig:
     gallery: str | None = None  # path of a grey | colorized | original PNG
     gallery_rows: int = 8
     max_pixels: int = DEFAULT_MAX_PIXELS
+    # the trunk's numeric precision: "bf16", "fp32", or "auto": bf16 on CUDA and on a CPU that runs it natively
+    # (AVX512_BF16, AMX), fp32 elsewhere (raycolor.core.precision; the softmax, losses and L stay float32)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     storage: StorageConfig = field(default_factory=StorageConfig)
 
 

@@ -80,7 +80,7 @@ def run_demo(
 ) -> DemoResult:
     """progress(label) makes a raycolor.pipelines.progress.Progress for the colorize and evaluate steps (none: silent);
     terminal: where training draws its progress."""
-    from raycolor.outputs import ledger
+    from raycolor.outputs import paths
     from raycolor.pipelines import colorize as ray_colorize
     from raycolor.pipelines import evaluate as ray_evaluate
     from raycolor.pipelines.training import driver as ray_train
@@ -142,8 +142,8 @@ def run_demo(
         weights=weights,
         model=fit.model_uri,
         metrics=fit.metrics_uri,
-        images=ledger.images_dir(str(colorized)),
-        manifest=ledger.manifest_dir(str(colorized)),
+        images=paths.images_dir(str(colorized)),
+        manifest=paths.manifest_dir(str(colorized)),
         gallery=str(gallery),
         curves=fit.curves_uri,
         val_psnr=metrics.get("val_psnr"),

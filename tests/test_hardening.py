@@ -29,7 +29,7 @@ from raycolor.config import ColorizeConfig, StorageConfig
 from raycolor.core import checkpoint, images
 from raycolor.core.colorize import full_l
 from raycolor.core.model import build_colorizer
-from raycolor.outputs import ledger
+from raycolor.outputs import paths
 from raycolor.outputs.ledger import read_manifest
 from raycolor.pipelines.colorize import colorize
 from tests import badimages
@@ -203,7 +203,7 @@ def test_bad_corpus_one_row_each_right_output_or_reason(ray_local, tiny_ckpt, tm
     assert (out / "images" / "fotografía_ü.png").is_file()
     assert (out / "images" / "sub dír ñ" / "ünï cödé 写真.png").is_file()
     # the tars are roots of their own beside the folder: key rule 2 gives each its own namespace on a first run
-    ns = ledger.namespace_for(str(names_tar))
+    ns = paths.namespace_for(str(names_tar))
     for member, rel in NASTY_TAR.items():
         assert rows[f"{names_tar}#{member}"]["output"] == str(out / "images" / ns / rel)
 

@@ -15,7 +15,7 @@ import pytest
 
 from raycolor import inputs, storage
 from raycolor.config import StorageConfig
-from raycolor.outputs import ledger
+from raycolor.outputs import ledger, paths
 from raycolor.outputs.ledger import OutputLocked
 
 
@@ -133,12 +133,12 @@ def test_namespaces_first_run_plain_later_roots_hashed():
     first = ledger.assign_namespaces(["/a/scans", "/a/more.tar"], {}, listed=["/a/scans"])
     # the folder (listed, de-duplicated with the other listed roots) is plain; the tar, whose keys are made in
     # its own task, gets its own namespace even on the first run
-    assert first == {"/a/scans": "", "/a/more.tar": ledger.namespace_for("/a/more.tar")}
+    assert first == {"/a/scans": "", "/a/more.tar": paths.namespace_for("/a/more.tar")}
     known = {r: {"root": r, "namespace": ns} for r, ns in first.items()}
     later = ledger.assign_namespaces(["/a/scans", "/b/scans"], known)
     assert later["/a/scans"] == "" and later["/b/scans"].startswith("scans-") and len(later["/b/scans"]) == len("scans-") + 8
     assert ledger.assign_namespaces(["/b/scans"], known) == {"/b/scans": later["/b/scans"]}  # deterministic
-    assert ledger.namespace_for("/c/scans") != later["/b/scans"]
+    assert paths.namespace_for("/c/scans") != later["/b/scans"]
 
 
 def test_retryable_reasons():
@@ -192,11 +192,11 @@ def test_s3_lock_uses_a_conditional_put(s3_env):
     with pytest.raises(OutputLocked, match="host elsewhere"):
         ledger.acquire_lock(out)
     # the create itself is exclusive on the server (If-None-Match: *), not exists-then-put
-    fs, path = storage.filesystem(ledger.lock_uri(out))
-    assert ledger._create_exclusive(ledger.lock_uri(out), b"{}", store=StorageConfig()) is False
+    fs, path = storage.filesystem(paths.lock_uri(out))
+    assert ledger._create_exclusive(paths.lock_uri(out), b"{}", store=StorageConfig()) is False
     fs.rm(path)
-    assert ledger._create_exclusive(ledger.lock_uri(out), b"{}", store=StorageConfig()) is True
-    assert ledger._create_exclusive(ledger.lock_uri(out), b"{}", store=StorageConfig()) is False
+    assert ledger._create_exclusive(paths.lock_uri(out), b"{}", store=StorageConfig()) is True
+    assert ledger._create_exclusive(paths.lock_uri(out), b"{}", store=StorageConfig()) is False
 
 
 def test_list_group_on_s3_one_level_then_a_subtree(s3_env):

@@ -13,7 +13,7 @@ from support import write_tar
 
 from raycolor import inputs
 from raycolor.inputs import InputError
-from raycolor.outputs import ledger
+from raycolor.outputs import ledger, paths
 
 
 def _keys(uri: str, **kw) -> list[tuple[str, str]]:
@@ -93,18 +93,18 @@ def test_first_run_namespaces_share_plain_keys_only_where_they_cannot_collide():
     ns = ledger.assign_namespaces
     # two tars (or globs, or manifests): the first is plain, the second has its own namespace
     two = ns(["/a/batch.tar", "/b/batch.tar"], {})
-    assert two == {"/a/batch.tar": "", "/b/batch.tar": ledger.namespace_for("/b/batch.tar")}
+    assert two == {"/a/batch.tar": "", "/b/batch.tar": paths.namespace_for("/b/batch.tar")}
     assert two["/b/batch.tar"].startswith("batch.tar-")
     # folders and images, listed and de-duplicated together, share the plain namespace; objects do not
     mixed = ns(["/t/one.tar", "/f/scans", "/f/x.jpg", "/m/list.txt"], {}, listed=["/f/scans", "/f/x.jpg"])
-    assert mixed == {"/t/one.tar": ledger.namespace_for("/t/one.tar"), "/f/scans": "", "/f/x.jpg": "",
-                     "/m/list.txt": ledger.namespace_for("/m/list.txt")}
+    assert mixed == {"/t/one.tar": paths.namespace_for("/t/one.tar"), "/f/scans": "", "/f/x.jpg": "",
+                     "/m/list.txt": paths.namespace_for("/m/list.txt")}
     assert ns(["/a/batch.tar"], {}) == {"/a/batch.tar": ""}  # a single input keeps plain names
     assert ns(["/s/*/batch.tar"], {}) == {"/s/*/batch.tar": ""}
     # a later run: known roots keep theirs (a rule-1 OUTPUT's tars sharing "" too), new roots are hashed
     known = {"/a/batch.tar": {"root": "/a/batch.tar", "namespace": ""}, "/b/batch.tar": {"root": "/b/batch.tar", "namespace": ""}}
     later = ns(["/a/batch.tar", "/b/batch.tar", "/c/scans"], known, listed=["/c/scans"])
-    assert later == {"/a/batch.tar": "", "/b/batch.tar": "", "/c/scans": ledger.namespace_for("/c/scans")}
+    assert later == {"/a/batch.tar": "", "/b/batch.tar": "", "/c/scans": paths.namespace_for("/c/scans")}
 
 
 def test_key_rules_come_from_the_roots_record():

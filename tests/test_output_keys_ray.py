@@ -12,7 +12,7 @@ from PIL import Image
 from support import encoded, noise, one_row_each, write_tar
 
 from raycolor.config import ColorizeConfig
-from raycolor.outputs import ledger
+from raycolor.outputs import ledger, paths
 from raycolor.pipelines.colorize import colorize
 
 pytestmark = pytest.mark.slow
@@ -56,7 +56,7 @@ def test_two_tars_of_one_name_on_a_first_run(ray_local, tiny_ckpt, tmp_path):
     s = colorize(ColorizeConfig(inputs=(str(a), str(b)), output=str(out), checkpoint=tiny_ckpt))
     assert (s.inputs, s.ok, s.error) == (2, 2, 0)
     ns = s.settings["namespaces"]
-    assert ns[str(a)] == "" and ns[str(b)] == ledger.namespace_for(str(b))
+    assert ns[str(a)] == "" and ns[str(b)] == paths.namespace_for(str(b))
     rows = _two_outputs(out, {f"{a}#x.png": (32, 24), f"{b}#x.png": (20, 30)})
     assert rows[f"{b}#x.png"]["output"] == str(out / "images" / ns[str(b)] / "batch.tar" / "x.png")
 
@@ -90,7 +90,7 @@ def test_an_output_of_key_rule_1_keeps_its_names_when_a_root_is_added(ray_local,
     monkeypatch.undo()
     assert first.ok == 1
     old = out / "images" / "batch.tar" / "x.png"  # rule 1: the tar's basename only
-    record_uri = Path(ledger.root_uri(str(out), glob))
+    record_uri = Path(paths.root_uri(str(out), glob))
     record = json.loads(record_uri.read_text())
     record.pop("key_rule", None)
     record_uri.write_text(json.dumps(record))
@@ -103,7 +103,7 @@ def test_an_output_of_key_rule_1_keeps_its_names_when_a_root_is_added(ray_local,
     assert (again.inputs, again.ok, again.processed, again.skipped) == (2, 2, 1, 1)
     assert (old.read_bytes(), old.stat().st_mtime_ns) == before  # not rewritten
     ns = again.settings["namespaces"]
-    assert ns == {glob: "", more: ledger.namespace_for(more)} and again.settings["key_rules"] == {glob: 1, more: 2}
+    assert ns == {glob: "", more: paths.namespace_for(more)} and again.settings["key_rules"] == {glob: 1, more: 2}
     rows = _two_outputs(out, {f"{a}#x.png": (32, 24), f"{c}#x.png": (20, 30)})
     assert rows[f"{a}#x.png"]["output"] == str(old)  # the old row, its old name
     assert rows[f"{c}#x.png"]["output"] == str(out / "images" / ns[more] / "carol" / "batch.tar" / "x.png")

@@ -43,7 +43,7 @@ from raycolor import inputs, storage
 from raycolor.config import ColorizeConfig, StorageConfig
 from raycolor.core import checkpoint, color, images
 from raycolor.core.colorize import L_SCALE
-from raycolor.outputs import ledger, writers
+from raycolor.outputs import ledger, paths, writers
 from raycolor.pipelines import stages
 
 # (relpath in the manifest, (h, w)): sizes all different, so an image written under another row's name shows
@@ -146,7 +146,7 @@ def _check_ledger(out: Path, shards: list[inputs.Shard], stats: dict, *, ok: int
         assert on_disk[s.id] == st
         assert (st["shard"], st["kind"], st["uri"], st["root"]) == (s.id, "txt", s.uri, s.root)
         assert st["rows"] == s.count == st["ok"] + st["error"]
-        assert Path(ledger.part_uri(str(out), s.id)).is_file()
+        assert Path(paths.part_uri(str(out), s.id)).is_file()
     assert sum(st["ok"] for st in stats.values()) == ok
     reasons: dict[str, int] = {}
     for st in stats.values():
@@ -218,7 +218,7 @@ def test_webdataset_layout_writes_one_tar_per_shard(tmp_path, tiny_ckpt, model):
         with tarfile.open(tar) as tf:
             members[str(tar)] = {mb.name: tf.extractfile(mb).read() for mb in tf.getmembers()}
         assert len(members[str(tar)]) == 2 * s.count  # an image and its sidecar per input
-        assert "image" not in pq.read_schema(ledger.part_uri(str(out), s.id)).names
+        assert "image" not in pq.read_schema(paths.part_uri(str(out), s.id)).names
     for src, rel in srcs.items():
         row = rows[src]
         tar, name = row["output"].split("#")
@@ -279,7 +279,7 @@ def test_merge_keeps_one_row_per_source_after_a_retried_task(tmp_path, tiny_ckpt
     assert list(first["status"]) == ["ok"] * len(GOOD)
     cut = {k: v[:3] for k, v in predicted.items()}  # the retry's batch: the first three rows only
     stages.finish_batch(cut, config=config, stage=stage, output=str(out), model_id=meta.model_id)
-    spooled = list(Path(ledger.spool_dir(str(out), shard.id)).glob("*.parquet"))
+    spooled = list(Path(paths.spool_dir(str(out), shard.id)).glob("*.parquet"))
     assert len(spooled) == 2 and sum(pq.read_metadata(p).num_rows for p in spooled) == len(GOOD) + 3
     newest = {r["source"]: r["finished_at"] for r in pq.read_table(min(spooled, key=lambda p: pq.read_metadata(p).num_rows)).to_pylist()}
 

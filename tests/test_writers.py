@@ -12,7 +12,7 @@ import pytest
 
 from raycolor import storage
 from raycolor.config import StorageConfig
-from raycolor.outputs import ledger
+from raycolor.outputs import paths
 from raycolor.outputs.ledger import IMAGE_COLUMN, MANIFEST_SCHEMA
 from raycolor.outputs.writers import WRITERS, FilesWriter, WebDatasetWriter, wds_key
 
@@ -84,7 +84,7 @@ def test_webdataset_writer_joins_a_shard_into_one_tar(tmp_path):
     )
     merged = _merge(w, table, out)
 
-    tar = ledger.shard_tar_uri(str(out), SID)
+    tar = paths.shard_tar_uri(str(out), SID)
     assert tar == str(out / "shards" / f"{SID}.tar") and _files(out) == {f"shards/{SID}.tar"}
     clash = f"v1_2/c_d__{storage.digest('/in/v1_2/c_d.png', 8)}"
     members = _members(Path(tar))
@@ -107,7 +107,7 @@ def test_a_retried_webdataset_shard_keeps_its_old_members(tmp_path):
     out, w = tmp_path / "out", WebDatasetWriter()
     first = _merge(w, _rows(_ok("/in/a.png", "a.png", b"old A"),
                             {"source": "/in/b.png", "status": "error", "error": "read_failed: timeout"}), out)
-    tar = Path(ledger.shard_tar_uri(str(out), SID))
+    tar = Path(paths.shard_tar_uri(str(out), SID))
     assert list(_members(tar)) == ["a.png", "a.json"]
 
     # the merge's table on a retry: the old part's row for a (no image: the part does not hold it) and b retried

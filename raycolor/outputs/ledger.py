@@ -1,21 +1,10 @@
 """The resume ledger of a colorize OUTPUT: pure fsspec/pyarrow, no Ray (a test asserts it).
 
 What a shard is and how inputs become shards is :mod:`raycolor.inputs`; this module records what became of
-them: every OUTPUT path below (:func:`image_uri`, :func:`shard_tar_uri`, :func:`part_uri`, :func:`stats_uri`,
-:func:`root_uri`, :func:`listing_uri`, :func:`spool_dir`, :func:`lock_uri`, :func:`success_uri`), the manifest schema and error reasons, per-shard stats, roots and their namespaces, the
-lock, and reading the manifest back.
+them: the manifest schema and error reasons, per-shard stats, roots and their namespaces, the lock, and reading
+the manifest back.
 
-OUTPUT layout::
-
-    OUTPUT/images/[<namespace>/]<key>            the colorized images (layout "files")
-    OUTPUT/shards/<shard id>.tar                 the colorized images of one shard (layout "webdataset")
-    OUTPUT/manifest/<shard id>.parquet           one part per shard: one row per input of the shard
-    OUTPUT/_stats/<shard id>.json                counts of the shard; written after its part: "shard done"
-    OUTPUT/_roots/<root id>.json                 one per input root: its namespace, key rule and current shards
-    OUTPUT/_listing/<shard id>.parquet           listing chunks (folder inputs)
-    OUTPUT/_spool/<shard id>/<hash>.parquet      rows of finished batches until their shard is merged
-    OUTPUT/_lock.json                            held while a driver runs
-    OUTPUT/_SUCCESS.json                         written last
+Every OUTPUT path is made by :mod:`raycolor.outputs.paths`, which draws the layout.
 
 Shard ids are deterministic: a hash of the root, the shard's kind and object, its range and, for listing
 chunks, the sources it holds. The same command over unchanged inputs plans the same shards, so a re-run
@@ -48,6 +37,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from raycolor import storage
 from raycolor.config import DEFAULT_STORE, StorageConfig
+from raycolor.outputs import paths
 
 # error reasons that a later run may cure by itself (object-store or network trouble); everything else
 # (truncated, not_an_image, too_large, unsupported) is a property of the input
@@ -56,6 +46,11 @@ TRANSIENT_REASONS = frozenset({"read_failed", "write_failed", "timeout"})
 # the reason of a row left alone by --colour-inputs skip (status "skipped", error "has_colour: <input_chroma>"):
 # done, like "ok": never retried, not counted as an error (raycolor.core.chroma has the rule)
 HAS_COLOUR = "has_colour"
+
+# the reason of an image --sign could not sign (raycolor.core.signing.SignFailed: the SDK refused the file, the
+# timestamp authority did not answer; or this node's Signer could not be built: the key is not there). Not
+# transient: --retry-errors all retries it
+SIGN_FAILED = "sign_failed"
 
 # one row per input across an OUTPUT (docs/colorizing.md, "Manifest schema")
 MANIFEST_SCHEMA = pa.schema(
@@ -68,6 +63,9 @@ MANIFEST_SCHEMA = pa.schema(
         ("height", pa.int64()),
         ("model_id", pa.string()),
         ("format", pa.string()),
+        # what the model ran in for this row ("bf16" | "fp32", raycolor.core.precision); null for rows not
+        # colorized. Parts written before this column read it back as null (they ran fp32 on CPU, bf16 on GPU).
+        ("precision", pa.string()),
         ("finished_at", pa.float64()),
         ("bit_depth", pa.int64()),  # bits per sample of the written image (8 or 16); null for error rows
         # JSON: metadata groups kept / added / changed / dropped (with the reason), and notes such as "first of 3
@@ -79,9 +77,28 @@ MANIFEST_SCHEMA = pa.schema(
         ("input_chroma", pa.float64()),
         ("tone_hue", pa.float64()),  # degrees in [0, 360), null unless toned
         ("has_colour", pa.bool_()),
+        # fixity (raycolor verify): the hex SHA-256 of the input's bytes as read, and of the written output's (the
+        # master's); hashed while the bytes were in memory, never read again. `outputs`: every output of the
+        # input, the master first and then each --derivative (its fields below). Parts written before these columns
+        # read them back as null; verify checks such a row's files exist and counts them as unhashed.
+        ("source_sha256", pa.string()),
+        ("sha256", pa.string()),
+        ("outputs", pa.list_(pa.struct([
+            ("name", pa.string()),  # MASTER, or a derivative's name ("jpeg-3000")
+            ("uri", pa.string()),  # as `output` is: a file, or <tar uri>#<member> (layout "webdataset")
+            ("format", pa.string()),
+            ("width", pa.int64()),
+            ("height", pa.int64()),
+            ("bytes", pa.int64()),
+            ("sha256", pa.string()),
+        ]))),
     ]
 )
 IMAGE_COLUMN = pa.field("image", pa.binary())
+# the derivatives' bytes, in `outputs` order after the master, where the spool carries images (webdataset)
+DERIVATIVE_IMAGES_COLUMN = pa.field("derivative_images", pa.list_(pa.binary()))
+# the `name` of an input's own colorized output in `outputs` (its derivatives are named "<format>-<long edge>")
+MASTER = "master"
 
 
 class OutputLocked(ValueError):
@@ -111,7 +128,7 @@ def is_retryable(error: str | None, mode: str, status: str | None = None) -> boo
 
 def read_manifest(output: str, *, store: StorageConfig = DEFAULT_STORE, columns=None) -> pa.Table:
     """All manifest rows under OUTPUT/manifest/ (empty table if none), with a `_part` column."""
-    fs, path = storage.filesystem(manifest_dir(output), store=store)
+    fs, path = storage.filesystem(paths.manifest_dir(output), store=store)
     try:
         names = sorted(p for p in fs.ls(path, detail=False) if p.endswith(".parquet"))
     except FileNotFoundError:
@@ -138,67 +155,17 @@ def with_manifest_columns(table: pa.Table, cols=None) -> pa.Table:
     })
 
 
-def images_dir(output: str) -> str:
-    return storage.join_uri(output, "images")
-
-
-def image_uri(output: str, key: str) -> str:
-    return storage.join_uri(output, "images", key)
-
-
-def shard_tar_uri(output: str, sid: str) -> str:
-    return storage.join_uri(output, "shards", f"{sid}.tar")
-
-
-def manifest_dir(output: str) -> str:
-    return storage.join_uri(output, "manifest")
-
-
-def part_uri(output: str, sid: str) -> str:
-    return storage.join_uri(output, "manifest", f"{sid}.parquet")
-
-
-def stats_uri(output: str, sid: str) -> str:
-    return storage.join_uri(output, "_stats", f"{sid}.json")
-
-
-def listing_uri(output: str, sid: str) -> str:
-    return storage.join_uri(output, "_listing", f"{sid}.parquet")
-
-
-def spool_dir(output: str, sid: str) -> str:
-    return storage.join_uri(output, "_spool", sid)
-
-
-def root_uri(output: str, root: str) -> str:
-    return storage.join_uri(output, "_roots", f"{root_id(root)}.json")
-
-
-def success_uri(output: str) -> str:
-    return storage.join_uri(output, "_SUCCESS.json")
-
-
-def root_id(root: str) -> str:
-    return storage.digest_parts("root", root)
-
-
-def namespace_for(root: str) -> str:
-    stem = posixpath.basename(root.rstrip("/").split("#", 1)[0]) or "root"
-    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:40].strip(".") or "root"
-    return f"{stem}-{storage.digest_parts('ns', root, n=8)}"
-
-
-def _ls(output: str, folder: str, *, store: StorageConfig) -> list[str]:
-    fs, path = storage.filesystem(storage.join_uri(output, folder), store=store)
+def _ls(folder: str, *, store: StorageConfig) -> list[str]:
+    fs, path = storage.filesystem(folder, store=store)
     try:
-        return sorted(storage.retrying(lambda: fs.ls(path, detail=False), 3))
+        return sorted(storage.retrying(lambda: fs.ls(path, detail=False), store.retries))
     except FileNotFoundError:
         return []
 
 
 def finished_shards(output: str, *, store: StorageConfig = DEFAULT_STORE) -> set[str]:
     """Ids of the shards whose stats record exists: one listing of OUTPUT/_stats/, no row is read."""
-    return {posixpath.basename(p)[: -len(".json")] for p in _ls(output, "_stats", store=store) if p.endswith(".json")}
+    return {posixpath.basename(p)[: -len(".json")] for p in _ls(paths.stats_dir(output), store=store) if p.endswith(".json")}
 
 
 def read_stats(output: str, ids: Iterable[str], *, store: StorageConfig = DEFAULT_STORE) -> dict[str, dict]:
@@ -207,18 +174,18 @@ def read_stats(output: str, ids: Iterable[str], *, store: StorageConfig = DEFAUL
     if not ids:
         return {}
     fs, _ = storage.filesystem(output, store=store)
-    paths = {storage.filesystem(stats_uri(output, i), store=store)[1]: i for i in ids}
-    blobs = storage.retrying(lambda: fs.cat(list(paths)), 3)  # s3fs: one batch of concurrent GETs
-    return {paths[p]: json.loads(b) for p, b in blobs.items()}
+    wanted = {storage.filesystem(paths.stats_uri(output, i), store=store)[1]: i for i in ids}
+    blobs = storage.retrying(lambda: fs.cat(list(wanted)), store.retries)  # s3fs: one batch of concurrent GETs
+    return {wanted[p]: json.loads(b) for p, b in blobs.items()}
 
 
 def read_roots(output: str, *, store: StorageConfig = DEFAULT_STORE) -> dict[str, dict]:
     """root URI -> its record (namespace, key_rule when written, shards) for every root OUTPUT has seen."""
-    names = [p for p in _ls(output, "_roots", store=store) if p.endswith(".json")]
+    names = [p for p in _ls(paths.roots_dir(output), store=store) if p.endswith(".json")]
     if not names:
         return {}
     fs, _ = storage.filesystem(output, store=store)
-    blobs = storage.retrying(lambda: fs.cat(names), 3)
+    blobs = storage.retrying(lambda: fs.cat(names), store.retries)
     records = [json.loads(b) for b in blobs.values()]
     return {r["root"]: r for r in records}
 
@@ -247,7 +214,7 @@ def assign_namespaces(roots: Sequence[str], known: dict[str, dict], *, listed: I
     plain: set[str] = set()
     if not known and new:
         plain = {r for r in new if r in listed} or {new[0]}
-    return {r: known[r]["namespace"] if r in known else ("" if r in plain else namespace_for(r)) for r in roots}
+    return {r: known[r]["namespace"] if r in known else ("" if r in plain else paths.namespace_for(r)) for r in roots}
 
 
 def key_rule_of(record: dict) -> int:
@@ -272,10 +239,6 @@ def key_rules(roots: Sequence[str], known: dict[str, dict]) -> dict[str, int]:
 # attempts of every lock call, whatever ``store.retries`` says: the lock is taken and released once per run,
 # so it keeps the one fixed policy it always had
 _LOCK_ATTEMPTS = 5
-
-
-def lock_uri(output: str) -> str:
-    return storage.join_uri(output, "_lock.json")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -324,7 +287,7 @@ def acquire_lock(output: str, *, force: bool = False, store: StorageConfig = DEF
     A lock left by a dead process on this same host is stale and taken over; ``force`` takes over any lock
     (use it only when the driver that held it is known to be gone)."""
     me = {"host": socket.gethostname(), "pid": os.getpid(), "started_at": time.time(), "token": storage.digest_parts(time.time(), os.getpid(), os.urandom(8))}
-    uri = lock_uri(output)
+    uri = paths.lock_uri(output)
     for _ in range(3):
         # retried on transient errors: a PUT that reached the store but lost its answer comes back as
         # "exists", and the token read below tells that the lock is ours
@@ -353,7 +316,7 @@ def acquire_lock(output: str, *, force: bool = False, store: StorageConfig = DEF
 
 def release_lock(output: str, lock: dict, *, store: StorageConfig = DEFAULT_STORE) -> None:
     """Remove OUTPUT/_lock.json if it is still ours."""
-    uri = lock_uri(output)
+    uri = paths.lock_uri(output)
     fs, path = storage.filesystem(uri, store=store)
     try:
         held = json.loads(storage.retrying(lambda: fs.cat_file(path), _LOCK_ATTEMPTS))

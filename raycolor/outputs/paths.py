@@ -1,5 +1,18 @@
-"""Where a run's files go under its OUTPUT: every path raycolor writes is made here (colorize's are next to the
-ledger that reads them back, in raycolor.outputs.ledger, until they move here), and nothing else spells one.
+"""Where a run's files go under its OUTPUT: every path raycolor writes is made here, and nothing else spells one
+(tests/test_paths.py holds that).
+
+Colorize (`raycolor colorize ... --output OUTPUT`):
+
+    OUTPUT/images/[<namespace>/]<key>            the colorized images (layout "files")
+    OUTPUT/derivatives/<name>/[<namespace>/]<key>  each --derivative's copy of them, e.g. name "jpeg-3000" (layout "files")
+    OUTPUT/shards/<shard id>.tar                 the colorized images of one shard (layout "webdataset")
+    OUTPUT/manifest/<shard id>.parquet           one part per shard: one row per input of the shard
+    OUTPUT/_stats/<shard id>.json                counts of the shard; written after its part: "shard done"
+    OUTPUT/_roots/<root id>.json                 one per input root: its namespace, key rule and current shards
+    OUTPUT/_listing/<shard id>.parquet           listing chunks (folder inputs)
+    OUTPUT/_spool/<shard id>/<hash>.parquet      rows of finished batches until their shard is merged
+    OUTPUT/_lock.json                            held while a driver runs
+    OUTPUT/_SUCCESS.json                         written last
 
 Training (`raycolor train --output OUTPUT`):
 
@@ -13,6 +26,7 @@ Training (`raycolor train --output OUTPUT`):
 
 from __future__ import annotations
 
+import posixpath
 import time
 
 from raycolor import storage
@@ -20,6 +34,97 @@ from raycolor import storage
 # Ray Train names the run's folder (RunConfig(name=...)) below OUTPUT itself: the name, not a path
 TRAIN_RUN = "train"
 CHECKPOINT_PREFIX = "checkpoint_"
+
+
+# --- colorize
+
+
+def images_dir(output: str) -> str:
+    return storage.join_uri(output, "images")
+
+
+def image_uri(output: str, key: str) -> str:
+    return storage.join_uri(output, "images", key)
+
+
+def derivatives_dir(output: str) -> str:
+    return storage.join_uri(output, "derivatives")
+
+
+def derivative_uri(output: str, name: str, key: str) -> str:
+    """Where the derivative `name` of the output `key` goes (layout "files"): OUTPUT/derivatives/<name>/<key>."""
+    return storage.join_uri(output, "derivatives", name, key)
+
+
+def shards_dir(output: str) -> str:
+    return storage.join_uri(output, "shards")
+
+
+def shard_tar_uri(output: str, sid: str) -> str:
+    return storage.join_uri(output, "shards", f"{sid}.tar")
+
+
+def manifest_dir(output: str) -> str:
+    return storage.join_uri(output, "manifest")
+
+
+def part_uri(output: str, sid: str) -> str:
+    return storage.join_uri(output, "manifest", f"{sid}.parquet")
+
+
+def stats_dir(output: str) -> str:
+    return storage.join_uri(output, "_stats")
+
+
+def stats_uri(output: str, sid: str) -> str:
+    return storage.join_uri(stats_dir(output), f"{sid}.json")
+
+
+def listing_uri(output: str, sid: str) -> str:
+    return storage.join_uri(output, "_listing", f"{sid}.parquet")
+
+
+def spool_dir(output: str, sid: str) -> str:
+    return storage.join_uri(output, "_spool", sid)
+
+
+def roots_dir(output: str) -> str:
+    return storage.join_uri(output, "_roots")
+
+
+def spool_part_uri(output: str, sid: str, sources) -> str:
+    """One finished batch's rows of shard `sid`, named by the sources it holds: a retried task overwrites its own."""
+    return storage.join_uri(spool_dir(output, sid), f"part-{storage.digest(chr(10).join(sorted(sources)), 20)}.parquet")
+
+
+def list_parts_uri(output: str) -> str:
+    """`raycolor list OUTPUT`'s listing parts' URI pattern ({id}: the shard id)."""
+    return storage.join_uri(output, "part-{id}.parquet")
+
+
+def root_uri(output: str, root: str) -> str:
+    return storage.join_uri(roots_dir(output), f"{root_id(root)}.json")
+
+
+def success_uri(output: str) -> str:
+    return storage.join_uri(output, "_SUCCESS.json")
+
+
+def root_id(root: str) -> str:
+    return storage.digest_parts("root", root)
+
+
+def namespace_for(root: str) -> str:
+    stem = posixpath.basename(root.rstrip("/").split("#", 1)[0]) or "root"
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:40].strip(".") or "root"
+    return f"{stem}-{storage.digest_parts('ns', root, n=8)}"
+
+
+def lock_uri(output: str) -> str:
+    return storage.join_uri(output, "_lock.json")
+
+
+# --- training
 
 
 def train_run_uri(output: str) -> str:
@@ -44,7 +149,7 @@ def prior_uri(output: str) -> str:
 
 def training_listing_uri(output: str) -> str:
     """The listing chunks' URI pattern ({id}: the shard id), as colorize's OUTPUT/_listing/."""
-    return storage.join_uri(output, "_listing", "{id}.parquet")
+    return listing_uri(output, "{id}")
 
 
 def checkpoint_name(epoch: int) -> str:

@@ -15,6 +15,7 @@ crash from leaving duplicates: raycolor/pipelines/stages.py).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -25,8 +26,8 @@ import numpy as np
 
 from raycolor import inputs, storage
 from raycolor.config import ColorizeConfig, StorageConfig
-from raycolor.core import checkpoint, formats
-from raycolor.outputs import ledger
+from raycolor.core import checkpoint, formats, precision
+from raycolor.outputs import ledger, paths
 from raycolor.outputs.writers import WRITERS
 from raycolor.pipelines import runtime
 from raycolor.pipelines.planning import classify_inputs, plan
@@ -34,6 +35,7 @@ from raycolor.pipelines.stages import (
     ModelStage,
     Predictor,
     decode_block,
+    derivative_options,
     expand_batch,
     finish_batch,
     merge_shard,
@@ -62,6 +64,11 @@ class ColorizeSummary:
     # them those left alone by --colour-inputs skip (status "skipped": done, neither ok nor error)
     has_colour: int = 0
     colour_skipped: int = 0
+    # ok images by the precision the model ran in ({"bf16": 600}; raycolor.core.precision), over every shard's
+    # stats; shards finished before stats recorded it are not counted
+    precision: dict = field(default_factory=dict)
+    # inputs the model predicted in this run: one prediction per input, however many outputs (--derivative) it has
+    predictions: int = 0
 
 
 
@@ -192,8 +199,8 @@ def colorize(
     """
     start = time.time()
     output = storage.absolute(config.output)
+    check_config(config)  # what the flags say, before any read: a typo costs nothing
     meta, render_size = resolve_model(config.checkpoint, config.render_size, store=config.storage)
-    check_config(config)
     roots = classify_inputs(config)
     _check_cluster(config, output)
     lock = ledger.acquire_lock(output, force=config.force_unlock, store=config.storage)
@@ -237,6 +244,7 @@ def check_config(config: ColorizeConfig) -> None:
         raise ValueError(f"retry_errors must be none, transient or all, not {config.retry_errors!r}")
     if config.colour_inputs not in ("colorize", "skip"):
         raise ValueError(f"colour_inputs must be colorize or skip, not {config.colour_inputs!r}")
+    precision.check(config.precision)
     if config.layout not in WRITERS:
         raise ValueError(f"layout must be files or webdataset, not {config.layout!r}")
     entry = formats.writable(config.format)  # ValueError naming what raycolor writes
@@ -254,6 +262,41 @@ def check_config(config: ColorizeConfig) -> None:
     if config.tiff_pyramid and entry.name != "tiff":
         raise ValueError(f"--tiff-pyramid is for --format tiff, not {config.format}")
     formats.EncodeOptions(png_level=config.png_level, jpeg_quality=config.jpeg_quality, jp2_rate=config.jp2_rate).check()
+    _check_derivatives(config)
+    if config.sign is not None:
+        _check_signing(config)
+
+
+def _check_signing(config: ColorizeConfig) -> None:
+    """--sign: every output format signable (not JP2), the TOML readable, and the key and certificate able to
+    sign: a fresh Signer here reads the key (refused if its group or others may read it), signs an 8x8 JPEG and
+    verifies it, so a bad key stops the run before any image (signing.SignError, a ValueError: exit 2)."""
+    from raycolor.core import signing
+
+    for fmt in (config.format, *(spec.format for spec in config.derivatives)):
+        signing.check_format(fmt)
+    signing.Signer(signing.SignConfig.load(config.sign))  # not signer_for's cached one: check the key as it is now
+
+
+def _check_derivatives(config: ColorizeConfig) -> None:
+    """Each --derivative: a format raycolor writes, options that EncodeOptions has (with values of its kind, in
+    its ranges), one name each."""
+    fields = {f.name: f.default for f in dataclasses.fields(formats.EncodeOptions) if f.name != "threads"}
+    names: set[str] = set()
+    for spec in config.derivatives:
+        entry = formats.writable(spec.format)
+        if spec.name in names:
+            raise ValueError(f"--derivative {spec.name} is given twice")
+        names.add(spec.name)
+        for key, value in spec.options:
+            if key not in fields:
+                raise ValueError(f"--derivative {spec.name}: no option {key!r} (options: {', '.join(sorted(fields))})")
+            if isinstance(value, bool) != isinstance(fields[key], bool) or (isinstance(fields[key], int) and not isinstance(value, int)):
+                raise ValueError(f"--derivative {spec.name}: {key}={value} is not a value {key} takes")
+        options = derivative_options(config, spec)
+        options.check()
+        if options.tiff_pyramid and entry.name != "tiff":
+            raise ValueError(f"--derivative {spec.name}: tiff_pyramid is for a tiff derivative")
 
 
 def _check_cluster(config: ColorizeConfig, output: str) -> None:
@@ -276,13 +319,13 @@ def _plan(config: ColorizeConfig, output: str, roots):
     # inputs that changed since an earlier run: their old shards go before anything new is written
     if p.superseded:
         ledger.remove(
-            [u for sid in p.superseded for u in (ledger.stats_uri(output, sid), ledger.part_uri(output, sid),
-                                                  ledger.listing_uri(output, sid), ledger.spool_dir(output, sid),
-                                                  ledger.shard_tar_uri(output, sid))],
+            [u for sid in p.superseded for u in (paths.stats_uri(output, sid), paths.part_uri(output, sid),
+                                                  paths.listing_uri(output, sid), paths.spool_dir(output, sid),
+                                                  paths.shard_tar_uri(output, sid))],
             store=config.storage,
         )
     for rec in p.roots.values():
-        ledger.write_json(ledger.root_uri(output, rec["root"]), rec, store=config.storage)
+        ledger.write_json(paths.root_uri(output, rec["root"]), rec, store=config.storage)
     return p
 
 
@@ -321,6 +364,7 @@ class _Run:
     """What streaming the left shards gave: rows processed, seconds to the first, each merged shard's stats."""
 
     processed: int = 0
+    predictions: int = 0  # rows the model predicted (each input once, whatever its outputs)
     first_output: float | None = None
     merged: dict = field(default_factory=dict)
 
@@ -332,7 +376,7 @@ def _stream_and_merge(config: ColorizeConfig, output: str, left: _Left, model_id
     import ray
 
     # _SUCCESS.json marks a finished run: one from an earlier run must not outlive new work
-    storage.remove(ledger.success_uri(output), store=config.storage)
+    storage.remove(paths.success_uri(output), store=config.storage)
     by_id = {s.id: {**asdict(s), "marker": _marker(s)} for s in left.todo}
     merge = ray.remote(num_cpus=0, max_retries=3)(merge_shard)
     merge_kw = {"output": output, "store": config.storage,
@@ -349,6 +393,7 @@ def _stream_and_merge(config: ColorizeConfig, output: str, left: _Left, model_id
             run.first_output = time.time() - start
         n = len(batch["source"])
         run.processed += n
+        run.predictions += int(np.sum(batch["predicted"]))
         for sid, sn in zip(batch["shard"], batch["shard_n"]):
             seen[sid] = seen.get(sid, 0) + 1
             expected[sid] = int(sn)
@@ -402,6 +447,14 @@ class _InternalStreak:
                 )
 
 
+def _precision_ran(stats: list[dict]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for st in stats:
+        for p, n in st.get("precision", {}).items():
+            counts[p] = counts.get(p, 0) + n
+    return dict(sorted(counts.items()))
+
+
 def _summary(config: ColorizeConfig, output: str, p, left: _Left, run: _Run, model_id: str, render_size: int,
              start: float) -> ColorizeSummary:
     """The run's summary, from every shard's stats (this run's and earlier ones'), written last as
@@ -432,6 +485,9 @@ def _summary(config: ColorizeConfig, output: str, p, left: _Left, run: _Run, mod
         "retry_errors": config.retry_errors,
         "layout": config.layout,
         "colour_inputs": config.colour_inputs,
+        "derivatives": [{"name": d.name, "format": d.format, "long_edge": d.long_edge, "options": dict(d.options)}
+                        for d in config.derivatives],
+        "precision": config.precision,  # as asked for; the summary's `precision` says what ran
         "namespaces": {r: rec["namespace"] for r, rec in p.roots.items()},
         "key_rules": {r: rec["key_rule"] for r, rec in p.roots.items()},  # the output-key rule of each root
     }
@@ -452,9 +508,11 @@ def _summary(config: ColorizeConfig, output: str, p, left: _Left, run: _Run, mod
         not_taken=p.not_taken_in_all(),
         has_colour=sum(st.get("has_colour", 0) for st in mine),
         colour_skipped=colour_skipped,
+        precision=_precision_ran(mine),
+        predictions=run.predictions,
     )
     storage.write_bytes_atomic(
-        ledger.success_uri(output),
+        paths.success_uri(output),
         json.dumps(asdict(summary), indent=2).encode(),
         store=config.storage,
     )

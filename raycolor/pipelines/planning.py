@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from raycolor import inputs, storage
 from raycolor.config import DEFAULT_STORE, ColorizeConfig, StorageConfig
-from raycolor.outputs import ledger
+from raycolor.outputs import ledger, paths
 from raycolor.pipelines import runtime
 
 
@@ -228,7 +228,7 @@ def write_listing(uris: Sequence[str], output: str, *, shard_size: int, store: S
             raise inputs.InputError(f"raycolor list lists folders and prefixes; {storage.redact(uri)} is not one "
                                      "(colorize takes images, .tar shards and manifests as they are)")
         roots.append(r)
-    shards, found, not_taken = list_in_tasks([_root_group(roots)], chunk_uri=storage.join_uri(output, "part-{id}.parquet"),
+    shards, found, not_taken = list_in_tasks([_root_group(roots)], chunk_uri=paths.list_parts_uri(output),
                                              shard_size=shard_size, store=store)
     for root, n in found.items():
         if not n:
@@ -252,7 +252,7 @@ def plan(config: ColorizeConfig, output: str, roots: list | None = None) -> Plan
     listed = {r.root for r in roots if r.kind in ("folder", "listing")}
     rules = ledger.key_rules(order, known)
     by_root, not_taken = shard_and_count(roots, shard_size=config.shard_size, namespaces=ledger.assign_namespaces(order, known, listed=listed),
-                                         key_rules=rules, listing=ledger.listing_uri(output, "{id}"), store=config.storage)
+                                         key_rules=rules, listing=paths.listing_uri(output, "{id}"), store=config.storage)
     listed -= {root for root, mine in by_root.items() if any(s.kind != "listing" for s in mine)}
     ns = ledger.assign_namespaces(order, known, listed=listed)
     shards, records = [], {}

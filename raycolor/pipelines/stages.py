@@ -27,7 +27,10 @@ sources they hold, so a retried task overwrites its own file instead of adding a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import io
+import posixpath
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -38,12 +41,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raycolor import inputs, storage
-from raycolor.config import DEFAULT_MAX_PIXELS, ColorizeConfig, StorageConfig
-from raycolor.core import chroma, formats, images, metadata
+from raycolor.config import DEFAULT_MAX_PIXELS, ColorizeConfig, DerivativeSpec, StorageConfig
+from raycolor.core import chroma, derivatives, formats, images, metadata, signing
 from raycolor.core.failures import INTERNAL, internal_error
 from raycolor.core.budget import BLOCK_PIXELS, BYTES_PER_PIXEL, DEVICE_PIXELS
-from raycolor.outputs import ledger
-from raycolor.outputs.ledger import IMAGE_COLUMN, MANIFEST_SCHEMA
+from raycolor.outputs import ledger, paths
+from raycolor.outputs.ledger import DERIVATIVE_IMAGES_COLUMN, IMAGE_COLUMN, MANIFEST_SCHEMA
 from raycolor.outputs.writers import WRITERS
 from raycolor.pipelines import runtime
 
@@ -69,6 +72,9 @@ class ModelStage:
     bits: str = "auto"  # composed output: "auto" (the decoded array's), "8" or "16"
     memory_budget: int | None = None  # bytes a decode or finish task may hold (ColorizeConfig.memory_per_cpu)
     colour_inputs: str = "colorize"  # "skip": an input with several hues becomes a skipped row (ColorizeConfig)
+    # "auto" | "fp32" | "bf16" as asked for (ColorizeConfig.precision): each actor resolves it for its own device
+    # (raycolor.core.precision) and its rows' column `precision` says what ran
+    precision: str = "auto"
 
     @property
     def compose_on_device(self) -> bool:
@@ -89,13 +95,16 @@ class ModelStage:
             max_pixels=config.max_pixels,
             storage=config.storage,
             device_codec=codec,
-            encode_jpeg_quality=config.jpeg_quality if codec and formats.get(config.format).name == "jpeg" else None,
+            # derivatives are reduced from the composed RGB on the CPU: the actor then hands that on, not a JPEG
+            encode_jpeg_quality=(config.jpeg_quality if codec and formats.get(config.format).name == "jpeg"
+                                 and not config.derivatives else None),
             # a 16-bit master stays 16-bit only as deep as the output can hold it
             depth="auto" if deep else "8",
             bits=config.bit_depth if deep else "8",
             memory_budget=config.memory_per_cpu,
             temperature=config.temperature,
             colour_inputs=config.colour_inputs,
+            precision=config.precision,
         )
 
     def pixel_limit(self) -> tuple[int | None, str]:
@@ -182,17 +191,18 @@ def _decode_row(decoded: Iterator[inputs.Decoded], stage: ModelStage) -> dict:
     from raycolor.core.colorize import pack_l, prepare
 
     got = next(decoded)
+    sha = {"source_sha256": got.sha256} if got.sha256 else {}  # the bytes read, hashed by the reading loop
     if got.error is not None:
-        return {"error": got.error}
+        return {"error": got.error, **sha}
     if got.peeked is not None:  # a JPEG the actor decodes on its device
         orientation, width, height, m = got.peeked
         return {"jpeg": got.data, "orientation": orientation, "width": width, "height": height,
-                "meta": m.pack(), "bits": stage.output_bits(8)}
+                "meta": m.pack(), "bits": stage.output_bits(8), **sha}
     rgb, meta = got.rgb, got.meta
     del got
     try:
         row = {"height": rgb.shape[0], "width": rgb.shape[1],
-               "bits": stage.output_bits(16 if rgb.dtype == np.uint16 else 8), "meta": meta.pack()}
+               "bits": stage.output_bits(16 if rgb.dtype == np.uint16 else 8), "meta": meta.pack(), **sha}
         colour = chroma.measure(rgb)  # a few ms whatever the size (0 for a grey source's stride-0 view)
         row.update(_colour_columns(colour))
         skipped = _skipped(row, colour, stage)
@@ -204,7 +214,7 @@ def _decode_row(decoded: Iterator[inputs.Decoded], stage: ModelStage) -> dict:
         del rgb  # a 39 MP scan: 117 MB gone before L is packed
         row.update(l_full=pack_l(L), l_small=small.numpy())
     except Exception as e:  # this image's error row (raycolor.core.failures), never the task's end
-        return {"error": internal_error(e, "prepare")}
+        return {"error": internal_error(e, "prepare"), **sha}
     return row
 
 
@@ -223,8 +233,8 @@ def _skips(c: chroma.Chroma, stage: ModelStage) -> str | None:
 def _skipped(row: dict, c: chroma.Chroma, stage: ModelStage) -> dict | None:
     """`row` as a skipped row (its size and colour, no pixels: it is not colorized), or None (_skips)."""
     error = _skips(c, stage)
-    keep = ("height", "width", "input_chroma", "tone_hue", "has_colour")
-    return {"error": error, **{k: row[k] for k in keep}} if error else None
+    keep = ("height", "width", "input_chroma", "tone_hue", "has_colour", "source_sha256")
+    return {"error": error, **{k: row[k] for k in keep if k in row}} if error else None
 
 
 def _objects(values: list) -> np.ndarray:
@@ -255,6 +265,7 @@ def _decoded_part(passthrough: dict, part: list[tuple[int, dict]], stage: ModelS
         input_chroma=np.array([row.get("input_chroma", np.nan) for row in rows], dtype=np.float64),
         tone_hue=np.array([row.get("tone_hue", np.nan) for row in rows], dtype=np.float64),
         has_colour=np.array([row.get("has_colour", -1) for row in rows], dtype=np.int8),  # -1: not measured
+        source_sha256=_objects([row.get("source_sha256") or "" for row in rows]),  # "": never read
     )
     if stage.keep_rgb:
         out["original"] = _objects([row.get("original", b"") for row in rows])
@@ -356,11 +367,12 @@ class Predictor:
         return self
 
     def _use(self, model, device, stage: ModelStage) -> None:
-        import torch
+        from raycolor.core import precision
 
         self.device = device
-        self.model = model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
+        self.model = precision.to_layout(model)
         self.stage = stage
+        self.precision = precision.resolve(stage.precision, device)  # "bf16" | "fp32": what this actor runs
 
     def _decode_jpegs(self, batch: dict, rows: list[int], errors: np.ndarray) -> dict:
         """Rows' JPEG bytes -> upright uint8 (3, H, W) on the device; a failing image becomes an error row."""
@@ -427,6 +439,7 @@ class Predictor:
         consumed = {"l_small", "jpeg", "orientation"} | ({"l_full"} if self.stage.compose_on_device else set())
         out = {k: v for k, v in batch.items() if k not in consumed}
         out["error"] = _objects([error])
+        out["precision"] = _objects([self.precision])  # the columns _predict's rows have, for _concat
         if self.stage.compose_on_device:
             out["rgb"], out["encoded"] = _objects([b""]), _objects([b""])
         else:
@@ -459,7 +472,8 @@ class Predictor:
         rgb = np.full(n, b"", dtype=object)
         encoded = np.full(n, b"", dtype=object)
         if ok.any():
-            pred = predict_ab(self.model, l_small[torch.from_numpy(ok).to(self.device)], temperature=stage.temperature)
+            pred = predict_ab(self.model, l_small[torch.from_numpy(ok).to(self.device)], temperature=stage.temperature,
+                              precision=self.precision)
             if stage.compose_on_device:
                 # full-res Lab->RGB on the accelerator; the L planes are the only full-res data shipped in
                 composed = {}
@@ -491,6 +505,7 @@ class Predictor:
         out = {k: v for k, v in batch.items() if k not in consumed}
         out.update(colour)
         out["error"] = errors
+        out["precision"] = np.full(n, self.precision, dtype=object)
         if stage.compose_on_device:
             out["rgb"] = rgb
             out["encoded"] = encoded
@@ -525,15 +540,74 @@ def colorized_rgb(batch: dict, i: int, stage: ModelStage) -> np.ndarray:
     return compose(packed_l(batch["l_full"][i], h, w), torch.from_numpy(batch["ab"][i].astype(np.float32)), bits=bits).numpy()
 
 
-def _encode_one(batch: dict, i: int, *, stage: ModelStage, config: ColorizeConfig, prov: metadata.Provenance,
-                keep: bool) -> tuple[bytes, str]:
-    """Row i of a predicted batch -> (the output's bytes with its metadata, the metadata report)."""
+@dataclass(frozen=True)
+class Rendered:
+    """One final output of an input (the master or a derivative): what finish_batch hashes and writes, and the
+    manifest's `outputs` describes."""
+
+    name: str  # ledger.MASTER, or the derivative's name ("jpeg-3000")
+    format: str
+    extension: str  # ".tif", ".jpg"
+    width: int
+    height: int
+    data: bytes  # the file's final bytes
+    report: str  # the metadata report (the manifest's `metadata` column is the master's)
+
+
+def rendered_outputs(batch: dict, i: int, *, stage: ModelStage, config: ColorizeConfig, prov: metadata.Provenance,
+                     keep: bool) -> list[Rendered]:
+    """Row i of a predicted batch -> its final outputs: the master, then each of config.derivatives. The input was
+    decoded and predicted once; every derivative is reduced (raycolor.core.derivatives) from the same colorized
+    full-resolution array the master was encoded from, and carries the master's metadata with its own size.
+    Every output leaves through :func:`_final`."""
     meta = metadata.Metadata.unpack(batch["meta"][i])
+    w, h = int(batch["width"][i]), int(batch["height"][i])
     if stage.encode_jpeg_quality is not None:  # encoded by the actor (nvJPEG): metadata goes in here
-        return formats.embed_jpeg(bytes(batch["encoded"][i]), meta, prov, keep=keep,
-                                   width=int(batch["width"][i]), height=int(batch["height"][i]))
-    rgb = colorized_rgb(batch, i, stage)
-    return formats.encode(rgb, config.format, meta, prov, keep=keep, options=encode_options(config))
+        rgb = None  # (ModelStage.for_colorize leaves the encoding on the CPU when there are derivatives)
+        data, report = formats.embed_jpeg(bytes(batch["encoded"][i]), meta, prov, keep=keep, width=w, height=h)
+    else:
+        rgb = colorized_rgb(batch, i, stage)
+        data, report = formats.encode(rgb, config.format, meta, prov, keep=keep, options=encode_options(config))
+    outs = [Rendered(ledger.MASTER, config.format, images.extension(config.format), w, h, data, report)]
+    for spec in config.derivatives:
+        small = derivatives.reduce(rgb, spec.long_edge)  # rgb itself when it is no bigger: never upscaled
+        size = (int(small.shape[1]), int(small.shape[0]))
+        data, report = formats.encode(small, spec.format, derivatives.scaled_meta(meta, (w, h), size), prov, keep=keep,
+                                      options=derivative_options(config, spec))
+        outs.append(Rendered(spec.name, spec.format, images.extension(spec.format), *size, data, report))
+        del small
+    sha = batch.get("source_sha256")
+    source = {"source_sha256": (str(sha[i]) or None) if sha is not None else None,  # "": never read
+              "source_name": posixpath.basename(str(batch["relpath"][i])), "model_id": prov.model_id}
+    return [_final(out, config, **source) for out in outs]
+
+
+def _final(out: Rendered, config: ColorizeConfig, *, source_sha256: str | None, source_name: str,
+           model_id: str) -> Rendered:
+    """An output's bytes as they will be hashed, written and verified. The one place to change them after
+    encoding: with --sign, the C2PA manifest goes in here (raycolor/core/signing.py), so the manifest's sha256 is
+    the signed file's. signing.SignFailed (or a SignError building this process's Signer: the key missing on
+    this node) is the image's sign_failed row (finish_batch)."""
+    if config.sign is None:
+        return out
+    signer = signing.signer_for(_sign_config(config.sign))  # one per finish task process
+    data = signer.sign(out.data, out.format, source_sha256=source_sha256, source_name=source_name, model_id=model_id)
+    return dataclasses.replace(out, data=data)
+
+
+_SIGN_CONFIGS: dict[str, signing.SignConfig] = {}
+
+
+def _sign_config(path: str) -> signing.SignConfig:
+    """The --sign TOML, read once per process (it names files; the key is read by the Signer)."""
+    if path not in _SIGN_CONFIGS:
+        _SIGN_CONFIGS[path] = signing.SignConfig.load(path)
+    return _SIGN_CONFIGS[path]
+
+
+def derivative_options(config: ColorizeConfig, spec: DerivativeSpec) -> formats.EncodeOptions:
+    """How a derivative is encoded: the run's options (encode_options), no pyramid unless asked, then its own."""
+    return dataclasses.replace(encode_options(config), **{"tiff_pyramid": False, **dict(spec.options)})
 
 
 def encode_options(config: ColorizeConfig) -> formats.EncodeOptions:
@@ -551,18 +625,16 @@ def _colour_of(batch: dict, i: int) -> dict:
             "has_colour": bool(batch["has_colour"][i])}
 
 
-def _part_name(sources_in_batch) -> str:
-    return f"part-{storage.digest(chr(10).join(sorted(sources_in_batch)), 20)}.parquet"
-
-
 # Encoded images a finish task holds before it writes them (all of a batch of thumbnails, one by one for big
 # masters): writes in flight together hide object-store latency, a bound keeps a block of scans from piling up.
 WRITE_BYTES = 64 << 20
 
 
 def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, output: str, model_id: str) -> dict:
-    """Encode, write the images (unless config.layout's writer spools them: its merge writes them), spool the
-    rows per shard. `output`: config.output made absolute."""
+    """Encode (rendered_outputs: the master and its derivatives), hash, write the images (unless config.layout's
+    writer spools them: its merge writes them), spool the rows per shard. An input is done only when every one of
+    its outputs is written: a failed write of any of them makes its row an error row. `output`: config.output made
+    absolute."""
     import torch
 
     torch.set_num_threads(1)
@@ -570,62 +642,79 @@ def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, outp
     rows: dict[str, list] = {name: [] for name in MANIFEST_SCHEMA.names}
     blobs: list[bytes | None] = []
     fmt, writer, store = config.format, WRITERS[config.layout], config.storage
-    ext = images.extension(fmt)
     prov = metadata.Provenance(software=metadata.SOFTWARE, model_id=model_id)
     keep = config.metadata == "keep"
-    out_uris: list[str | None] = [None] * n
-    encoded: list[bytes | None] = [None] * n
-    reports: list[str | None] = [None] * n
+    done: list[list[Rendered] | None] = [None] * n  # each row's outputs, master first
+    uris: list[list[str] | None] = [None] * n  # where each goes (writer.row_output / derivative_output)
     failures: dict[int, Exception | None] = {}
     shard_col = [str(x) for x in batch["shard"]]
     keep_blobs = config.parquet_images or writer.spools_images  # the spool carries the images too
     pending: list[int] = []
+    source_sha = batch.get("source_sha256")
 
     def write_pending() -> None:
         # the pending images are written before the manifest part that names them
+        pairs = [(uri, out.data) for i in pending for uri, out in zip(uris[i], done[i])]
+        owners = [i for i in pending for _ in done[i]]
         try:
-            written = writer.write_images([(out_uris[i], encoded[i]) for i in pending], [shard_col[i] for i in pending],
-                                          output=output, store=store)
+            written = writer.write_images(pairs, [shard_col[i] for i in owners], output=output, store=store)
         except Exception as e:  # the writer itself broke (not a store's answer): these images' rows say so
             err = internal_error(e, "write")
-            written = [None] * len(pending)
+            written = [None] * len(pairs)
             for i in pending:
                 own_errors[i] = err
-        failures.update(zip(pending, written))
-        handled = sum(len(encoded[i]) + 3 * int(batch["width"][i]) * int(batch["height"][i]) for i in pending)
+        for i, (uri, _), failed in zip(owners, pairs, written):  # a row fails with its first output that failed
+            if failures.get(i) is None:
+                failures[i] = failed
+                if failed is not None:
+                    failed_uri[i] = uri
+        handled = sum(len(out.data) for i in pending for out in done[i])
+        handled += sum(3 * int(batch["width"][i]) * int(batch["height"][i]) for i in pending)
         if not keep_blobs:
-            for i in pending:
-                encoded[i] = None  # written: a task holds WRITE_BYTES of encoded images, not its block's
+            for i in pending:  # written: a task holds WRITE_BYTES of encoded images, not its block's
+                done[i] = [dataclasses.replace(out, data=b"") for out in done[i]]
         pending.clear()
         runtime.trim_heap(handled)  # what was composed and encoded
 
     own_errors: dict[int, str] = {}  # row -> the error this task gave it ("internal: ...", "too_large: ...")
+    failed_uri: dict[int, str] = {}
+    hashes: list[list[tuple[str, int]] | None] = [None] * n  # each output's (sha256, bytes), before the bytes go
     for i in range(n):
         if not batch["error"][i]:
             try:
-                encoded[i], reports[i] = _encode_one(batch, i, stage=stage, config=config, prov=prov, keep=keep)
-                out_uris[i] = writer.row_output(output, inputs.output_key(batch["relpath"][i], ext))
+                done[i] = rendered_outputs(batch, i, stage=stage, config=config, prov=prov, keep=keep)
+                relpath = batch["relpath"][i]
+                uris[i] = [writer.row_output(output, inputs.output_key(relpath, out.extension)) if out.name == ledger.MASTER
+                           else writer.derivative_output(output, out.name, inputs.output_key(relpath, out.extension))
+                           for out in done[i]]
+                hashes[i] = [(hashlib.sha256(out.data).hexdigest(), len(out.data)) for out in done[i]]
+            except (signing.SignFailed, signing.SignError) as e:  # --sign: this image's row, never the task's end
+                own_errors[i] = f"{ledger.SIGN_FAILED}: {e}"
+                done[i] = uris[i] = None
+                continue
             except formats.CannotHold as e:  # e.g. wider than WebP holds: a property of the image, not a bug
                 own_errors[i] = f"too_large: {e}"
-                encoded[i] = reports[i] = out_uris[i] = None
+                done[i] = uris[i] = None
                 continue
             except Exception as e:  # this image's error row, never the task's end
                 own_errors[i] = internal_error(e, "encode")
-                encoded[i] = reports[i] = out_uris[i] = None
+                done[i] = uris[i] = None
                 continue
             if not writer.spools_images:
                 pending.append(i)
-                if sum(len(encoded[j]) for j in pending) >= WRITE_BYTES:
+                if sum(len(out.data) for j in pending for out in done[j]) >= WRITE_BYTES:
                     write_pending()
     if pending:
         write_pending()
+    extra: list[list[bytes] | None] = []
     for i in range(n):
         source, err = batch["source"][i], batch["error"][i] or None
-        out_uri, blob = out_uris[i], encoded[i] if keep_blobs else None
+        outs = done[i]
+        out_uri = uris[i][0] if uris[i] else None
         if failures.get(i) is not None:  # past the retry limit: an error row, never a silent loss
-            err, out_uri, blob = f"write_failed: {storage.redact(failures[i], out_uri)}", None, None
+            err, outs, out_uri = f"write_failed: {storage.redact(failures[i], failed_uri.get(i))}", None, None
         elif i in own_errors:
-            err, out_uri, blob = storage.redact(own_errors[i], source), None, None
+            err, outs, out_uri = storage.redact(own_errors[i], source), None, None
         rows["source"].append(source)
         rows["output"].append(out_uri)
         rows["status"].append("ok" if err is None else "skipped" if ledger.reason_of(err) == ledger.HAS_COLOUR else "error")
@@ -634,22 +723,32 @@ def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, outp
         rows["height"].append(int(batch["height"][i]) or None)
         rows["model_id"].append(model_id)
         rows["format"].append(fmt)
+        rows["precision"].append(str(batch["precision"][i]) if err is None and "precision" in batch else None)
         rows["finished_at"].append(time.time())
         rows["bit_depth"].append(int(batch["bits"][i]) if err is None else None)
-        rows["metadata"].append(reports[i] if err is None else None)
+        rows["metadata"].append(outs[0].report if err is None else None)
         for key, value in _colour_of(batch, i).items():
             rows[key].append(value)
-        blobs.append(blob)
+        rows["source_sha256"].append((source_sha[i] or None) if source_sha is not None else None)
+        rows["sha256"].append(hashes[i][0][0] if err is None else None)
+        rows["outputs"].append(None if err is not None else [
+            {"name": out.name, "uri": uri, "format": out.format, "width": out.width, "height": out.height,
+             "bytes": size, "sha256": sha}
+            for out, uri, (sha, size) in zip(outs, uris[i], hashes[i])])
+        blobs.append(outs[0].data if keep_blobs and err is None else None)
+        extra.append([out.data for out in outs[1:]] if keep_blobs and err is None else None)
     table = pa.table(rows, schema=MANIFEST_SCHEMA)
     if keep_blobs:
         table = table.append_column(IMAGE_COLUMN, pa.array(blobs, type=pa.binary()))
+        if config.derivatives:
+            table = table.append_column(DERIVATIVE_IMAGES_COLUMN, pa.array(extra, type=DERIVATIVE_IMAGES_COLUMN.type))
     # one spool file per shard in this batch; named by its sources, so a retried task overwrites its own
     for sid in sorted(set(shard_col)):
         rows_of = [i for i, x in enumerate(shard_col) if x == sid]
         part = table.take(pa.array(rows_of, type=pa.int64()))
         buf = io.BytesIO()
         pq.write_table(part, buf)
-        uri = storage.join_uri(ledger.spool_dir(output, sid), _part_name([rows["source"][i] for i in rows_of]))
+        uri = paths.spool_part_uri(output, sid, [rows["source"][i] for i in rows_of])
         storage.write_bytes_atomic(uri, buf.getvalue(), store=store)
     return {
         "source": np.array(rows["source"], dtype=object),
@@ -658,6 +757,8 @@ def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, outp
         "internal": np.array([e if ledger.reason_of(e) == INTERNAL else "" for e in rows["error"]], dtype=object),
         "shard": np.array(shard_col, dtype=object),
         "shard_n": np.asarray(batch["shard_n"], dtype=np.int64),
+        # 1: the model predicted this row (it reached this stage without an error); _SUCCESS.json's `predictions`
+        "predicted": np.array([0 if batch["error"][i] else 1 for i in range(n)], dtype=np.int8),
     }
 
 
@@ -675,14 +776,14 @@ def merge_shard(shard: dict, *, output: str, store: StorageConfig, layout: str =
     shard's old part is the base and the new rows replace its rows for the same sources.
     """
     sid = shard["id"]
-    fs, spool = storage.filesystem(ledger.spool_dir(output, sid), store=store)
+    fs, spool = storage.filesystem(paths.spool_dir(output, sid), store=store)
     try:
         names = sorted(p for p in storage.retrying(lambda: fs.ls(spool, detail=False), store.retries) if p.endswith(".parquet"))
     except FileNotFoundError:
         names = []
     tables = []
     if shard.get("retry", "none") != "none":
-        pfs, ppath = storage.filesystem(ledger.part_uri(output, sid), store=store)
+        pfs, ppath = storage.filesystem(paths.part_uri(output, sid), store=store)
         try:
             tables.append(pq.read_table(io.BytesIO(storage.retrying(lambda: pfs.cat_file(ppath), store.retries))))
         except FileNotFoundError:
@@ -708,7 +809,7 @@ def merge_shard(shard: dict, *, output: str, store: StorageConfig, layout: str =
                                   parquet_images=parquet_images, store=store)
     buf = io.BytesIO()
     pq.write_table(table, buf)
-    storage.write_bytes_atomic(ledger.part_uri(output, sid), buf.getvalue(), store=store, tmp_dir=ledger.spool_dir(output, sid))
+    storage.write_bytes_atomic(paths.part_uri(output, sid), buf.getvalue(), store=store, tmp_dir=paths.spool_dir(output, sid))
     status, errors = table.column("status").to_pylist(), table.column("error").to_pylist()
     reasons: dict[str, int] = {}
     for st, e in zip(status, errors):
@@ -724,17 +825,28 @@ def merge_shard(shard: dict, *, output: str, store: StorageConfig, layout: str =
         "error": sum(1 for st in status if st not in ("ok", "skipped")),
         "skipped": sum(1 for st in status if st == "skipped"),  # left alone: they have colour (--colour-inputs skip)
         "has_colour": sum(1 for h in table.column("has_colour").to_pylist() if h) if "has_colour" in table.column_names else 0,
+        # ok rows by what the model ran in ({"bf16": n}); rows of parts older than the column are not counted
+        "precision": _precision_counts(table, status),
         "errors_by_reason": reasons,
         "finished_at": time.time(),
     }
     # written after the part: a stats record means "this shard's part is complete"
-    ledger.write_json(ledger.stats_uri(output, sid), stats, store=store)
+    ledger.write_json(paths.stats_uri(output, sid), stats, store=store)
     if names or storage.is_local(output):  # locally the spool also holds what killed writes left (temp files)
         try:
             fs.rm(spool, recursive=True)
         except FileNotFoundError:
             pass
     return stats
+
+
+def _precision_counts(table: pa.Table, status: list) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    if "precision" in table.column_names:
+        for p, st in zip(table.column("precision").to_pylist(), status):
+            if st == "ok" and p:
+                counts[p] = counts.get(p, 0) + 1
+    return counts
 
 
 def _expand_shard(row: dict, *, output: str, store: StorageConfig) -> list[dict]:
@@ -747,7 +859,7 @@ def _expand_shard(row: dict, *, output: str, store: StorageConfig) -> list[dict]
         return [{"source": row["marker"], "relpath": "", "uri": "", "offset": 0, "size": 0, "shard": shard.id,
                  "shard_n": 1, "error": f"read_failed: {storage.redact(e, shard.uri)}"}]
     if shard.retry != "none":
-        fs, path = storage.filesystem(ledger.part_uri(output, shard.id), store=store)
+        fs, path = storage.filesystem(paths.part_uri(output, shard.id), store=store)
         try:
             old = pq.read_table(io.BytesIO(storage.retrying(lambda: fs.cat_file(path), store.retries)),
                                 columns=["source", "error", "status"])

@@ -31,7 +31,7 @@ from raycolor import storage
 from raycolor.config import StorageConfig
 from raycolor.core import checkpoint as core_checkpoint
 from raycolor.core.checkpoint import CheckpointError
-from raycolor.outputs import layout
+from raycolor.outputs import paths
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +58,14 @@ class CheckpointStore:
 
     @staticmethod
     def new_name(epoch: int) -> str:
-        return layout.checkpoint_name(epoch)
+        return paths.checkpoint_name(epoch)
 
     def names(self) -> list[str]:
         import pyarrow.fs as pafs
 
         infos = self.fs.get_file_info(pafs.FileSelector(self.exp_path, allow_not_found=True))
         return sorted(
-            i.base_name for i in infos if i.type == pafs.FileType.Directory and layout.is_checkpoint_name(i.base_name)
+            i.base_name for i in infos if i.type == pafs.FileType.Directory and paths.is_checkpoint_name(i.base_name)
         )
 
     @staticmethod

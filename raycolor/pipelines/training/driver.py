@@ -28,7 +28,7 @@ from raycolor.core.model import (
     WeightsUnavailableError,
     build_colorizer,
 )
-from raycolor.outputs import layout
+from raycolor.outputs import paths
 from raycolor.pipelines import runtime
 from raycolor.pipelines.progress import TrainProgress
 from raycolor.pipelines.training.checkpoints import CheckpointStore
@@ -243,7 +243,7 @@ def _storage(config: TrainConfig) -> tuple[Any, str, CheckpointStore]:
     else:
         # s3fs (endpoint, no credentials) wrapped for Ray; it pickles to the controller and workers
         storage_fs, storage_path = pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path.rstrip("/")
-    return storage_fs, storage_path, CheckpointStore(storage_fs, f"{storage_path}/{layout.TRAIN_RUN}")
+    return storage_fs, storage_path, CheckpointStore(storage_fs, f"{storage_path}/{paths.TRAIN_RUN}")
 
 
 def _prior(config: TrainConfig, data: Data) -> list[float] | None:
@@ -273,7 +273,7 @@ def _trainer(config: TrainConfig, data: Data, store: CheckpointStore, storage_fs
             torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
             scaling_config=ray.train.ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu, resources_per_worker=resources),
             run_config=ray.train.RunConfig(
-                name=layout.TRAIN_RUN,
+                name=paths.TRAIN_RUN,
                 storage_path=storage_path,
                 storage_filesystem=storage_fs,
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.num_to_keep),
@@ -304,7 +304,7 @@ def _summary(config: TrainConfig, store: CheckpointStore, start_epoch: int, t_st
     final = store.latest_valid(want_files=True)
     if final is None:
         raise CheckpointError(f"training finished without a checkpoint in {store.exp_path}")
-    model_uri = CheckpointStore.export(final, layout.model_uri(config.output), config.storage)
+    model_uri = CheckpointStore.export(final, paths.model_uri(config.output), config.storage)
     history = list(final.state.get("history", []))
     metrics_uri = write_metrics(history, config)
     curves_uri = write_curves(history, config)

@@ -13,7 +13,7 @@ from typing import Any
 
 from raycolor import inputs
 from raycolor.config import DEFAULT_SHARD_SIZE, StorageConfig, TrainConfig
-from raycolor.outputs import layout
+from raycolor.outputs import paths
 from raycolor.pipelines import runtime
 from raycolor.pipelines.training.split import Split, SplitStats
 
@@ -61,7 +61,7 @@ def plan_data(config: TrainConfig, data_roots: list, val_roots: list) -> Data:
 
     from raycolor.pipelines.planning import shard_inputs
 
-    listing = layout.training_listing_uri(config.output)
+    listing = paths.training_listing_uri(config.output)
 
     def descriptors(roots: list) -> list[dict]:
         return [dataclasses.asdict(shard)

@@ -19,7 +19,7 @@ import numpy as np
 
 from raycolor import storage
 from raycolor.config import TrainConfig
-from raycolor.outputs import layout
+from raycolor.outputs import paths
 from raycolor.pipelines.training.plan import Data
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def class_prior(config: TrainConfig, data: Data) -> dict:
     from raycolor.core import abbins
 
     bins = abbins.derive_bins()
-    uri = layout.prior_uri(config.output)
+    uri = paths.prior_uri(config.output)
     fs, path = storage.filesystem(uri, store=config.storage)
     if fs.exists(path):
         prior = json.loads(fs.cat_file(path))

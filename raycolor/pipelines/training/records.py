@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from raycolor import storage
 from raycolor.config import TrainConfig
-from raycolor.outputs import layout
+from raycolor.outputs import paths
 from raycolor.pipelines.progress import fmt_duration
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ def epoch_record(epoch: int, stage: str, sums: EpochSums, *, config: TrainConfig
 
 def write_metrics(history: list[dict], config: TrainConfig) -> str:
     """OUTPUT/metrics.jsonl, rewritten whole (one line per finished epoch); its URI."""
-    uri = layout.metrics_uri(config.output)
+    uri = paths.metrics_uri(config.output)
     storage.write_bytes_atomic(uri, _metrics_jsonl(history), store=config.storage)
     return uri
 
@@ -114,6 +114,6 @@ def write_curves(history: list[dict], config: TrainConfig) -> str | None:
         if history:
             print("training curves skipped: install matplotlib (pip install 'raycolor[plots]') for OUTPUT/curves.png")
         return None
-    uri = layout.curves_uri(config.output)
+    uri = paths.curves_uri(config.output)
     storage.write_bytes_atomic(uri, png, store=config.storage)
     return uri
