@@ -568,6 +568,10 @@ def verify(
         bool, typer.Option("--sources", help="Check the inputs against the source_sha256 their rows recorded, "
                            "instead of the outputs.")
     ] = False,
+    c2pa: Annotated[
+        bool, typer.Option("--c2pa", help="Also verify each output's Content Credentials (--sign): any state but "
+                           "valid (untrusted is accepted: no trust list is configured) fails.")
+    ] = False,
     s3_endpoint: S3Endpoint = None,
     retries: Retries = StorageConfig.retries,
     io_concurrency: IOConcurrency = StorageConfig.io_concurrency,
@@ -581,15 +585,17 @@ def verify(
     def call(terminal):
         from raycolor.pipelines.verify import verify as ray_verify
 
-        return ray_verify(output, sources=sources, store=store)
+        return ray_verify(output, sources=sources, store=store, c2pa=c2pa)
 
     result = _run(address, store, call, verbose=verbose)
     r = result.report
     _table(
-        f"raycolor verify{' --sources' if sources else ''}",
+        f"raycolor verify{' --sources' if sources else ''}{' --c2pa' if c2pa else ''}",
         {"manifest parts": result.parts, "checked": r.checked, "ok": r.ok,
          **({"unhashed (written before fixity)": r.unhashed} if r.unhashed else {}),
-         **{kind: n for kind, n in r.counts.items() if n or kind != "unreadable"}, "output": result.output},
+         **{kind: n for kind, n in r.counts.items()
+            if n or kind in ("missing", "changed", "unexpected") or (kind == "c2pa" and c2pa)},
+         "output": result.output},
     )
     for kind, names in r.named.items():
         for name in sorted(names):

@@ -115,7 +115,7 @@ def test_a_flipped_byte_a_deleted_file_and_a_stray_file_are_named(tmp_path, tiny
     b.unlink()
     (out / "images" / "stray.png").write_bytes(b"not ours")
     r = _verify(out)
-    assert r.counts == {"missing": 1, "changed": 1, "unreadable": 0, "unexpected": 1}
+    assert r.counts == {"missing": 1, "changed": 1, "unreadable": 0, "unexpected": 1, "c2pa": 0}
     assert r.named["changed"] == [str(a)] and r.named["missing"] == [str(b)]
     assert r.named["unexpected"] == [str(out / "images" / "stray.png")]
     part = Path(fixity.part_uris(str(out))[0])

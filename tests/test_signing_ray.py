@@ -43,6 +43,9 @@ def test_colorize_sign_on_ray(ray_local, tiny_ckpt, tmp_path, monkeypatch):
             assert hashlib.sha256(data).hexdigest() == e["sha256"]
             assert verify(data, e["format"]) == ("Valid", [UNTRUSTED])
         assert row["source_sha256"] == hashlib.sha256(Path(source).read_bytes()).hexdigest()
+    # raycolor verify --c2pa: the same checks in Ray tasks, from the bytes verify reads anyway
+    v = CliRunner().invoke(app, ["verify", str(out), "--c2pa"])
+    assert v.exit_code == 0 and "c2pa" in v.output, v.output
 
     key_lines = [line for line in pem.decode().splitlines() if "-----" not in line]
     texts = [r.output, str(ray.get_runtime_context().runtime_env)]

@@ -9,6 +9,8 @@ import dataclasses
 import hashlib
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from c2pa_pki import make_pki, write_toml
@@ -16,6 +18,7 @@ from test_stages import _config, _inputs, _run_stages, _shards
 
 from raycolor.config import DerivativeSpec
 from raycolor.core import checkpoint, formats
+from raycolor.core.metadata import Provenance
 from raycolor.core.signing import UNTRUSTED, SignError, verify
 from raycolor.outputs import ledger
 from raycolor.pipelines.colorize import check_config
@@ -88,3 +91,43 @@ def test_the_run_refuses_jp2_and_bad_keys_at_start(tmp_path, sign_toml):
     finally:
         (sign_toml.parent / "key.pem").chmod(0o600)
     assert formats.get("jp2").mime == "image/jp2"
+
+
+def test_verify_c2pa_reads_each_outputs_credentials(tmp_path, tiny_ckpt, model, sign_toml):
+    """`raycolor verify --c2pa`'s check (fixity.check_part, what each verify task runs): signed outputs pass; an
+    unsigned output fails, and so does a signed one changed after signing even where its recorded sha256 was
+    made to agree (the tampering the hash alone cannot see when the record is rewritten too)."""
+    from raycolor.outputs import fixity
+
+    m, meta = model
+    manifest = _inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    config = _config(manifest, out, tiny_ckpt, format="jpeg", sign=str(sign_toml),
+                     derivatives=(DerivativeSpec.parse("png:16"),))
+    _run_stages(config, _shards(manifest, 2), m, meta)
+    parts = fixity.part_uris(str(out))
+    total = fixity.Report()
+    for part in parts:
+        total.merge(fixity.check_part(part, c2pa=True))
+    assert total.problems == 0 and total.ok == total.checked > 0
+    assert sum(fixity.check_part(p).counts["c2pa"] for p in parts) == 0  # without --c2pa: not asked
+
+    table = pq.read_table(parts[0])
+    row = next(r for r in table.to_pylist() if r["status"] == "ok")
+    master, derivative = (Path(e["uri"]) for e in row["outputs"])
+    data = bytearray(master.read_bytes())
+    data[-200] ^= 0x01  # one byte of the JPEG's entropy-coded pixels
+    master.write_bytes(bytes(data))
+    unsigned = formats.encode(np.zeros((16, 16, 3), np.uint8), "png", None, Provenance(software="t", model_id="m"),
+                              keep=False)[0]
+    derivative.write_bytes(unsigned)
+    outputs = [dict(e, sha256=hashlib.sha256((master if i == 0 else derivative).read_bytes()).hexdigest(),
+                    bytes=len((master if i == 0 else derivative).read_bytes())) for i, e in enumerate(row["outputs"])]
+    rows = table.to_pylist()
+    rows[rows.index(row)] = dict(row, outputs=outputs)
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), parts[0])
+    report = fixity.check_part(parts[0], c2pa=True)
+    assert report.counts["changed"] == 0 and report.counts["c2pa"] == 2, report.as_dict()
+    named = " ".join(report.named["c2pa"])
+    assert str(master) in named and "Invalid" in named and "dataHash.mismatch" in named
+    assert str(derivative) in named and "no readable Content Credentials" in named

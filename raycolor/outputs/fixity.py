@@ -40,7 +40,8 @@ from raycolor.outputs import ledger, paths
 MAX_NAMED = 1000
 # bytes of outputs read at once by one check (read_items keeps a batch's bytes until it is hashed)
 READ_BYTES = 64 << 20
-KINDS = ("missing", "changed", "unreadable", "unexpected")
+# "c2pa": a file whose Content Credentials do not verify (`verify --c2pa`: missing, or not valid)
+KINDS = ("missing", "changed", "unreadable", "unexpected", "c2pa")
 
 
 @dataclass
@@ -53,6 +54,7 @@ class Report:
     unhashed: int = 0  # present, no hash recorded (a row written before fixity)
     files: int = 0  # plain files (not tar members) named and found: what the folders hold if nothing is unexpected
     counts: dict = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    c2pa: bool = False  # this check also verifies Content Credentials
     named: dict = field(default_factory=lambda: {k: [] for k in KINDS})
 
     def add(self, kind: str, name: str) -> None:
@@ -87,6 +89,7 @@ class Expected:
     uri: str
     sha256: str | None
     size: int | None = None
+    format: str | None = None  # the format it was written in (what a C2PA reader is told it is)
 
 
 # --------------------------------------------------------------------------------------------- what rows name
@@ -112,15 +115,16 @@ def read_part(uri: str, *, store: StorageConfig = DEFAULT_STORE) -> pa.Table:
 def expected_outputs(table: pa.Table) -> Iterator[Expected]:
     """Every output the rows of a part name: each ok row's `outputs` (the master and its derivatives), or, for a
     row written before that column, its `output` with its `sha256` (null before fixity)."""
-    cols = {c: table.column(c).to_pylist() for c in ("status", "output", "sha256", "outputs")}
-    for status, out, sha, listed in zip(cols["status"], cols["output"], cols["sha256"], cols["outputs"]):
+    cols = {c: table.column(c).to_pylist() for c in ("status", "output", "sha256", "outputs", "format")}
+    for status, out, sha, listed, fmt in zip(cols["status"], cols["output"], cols["sha256"], cols["outputs"],
+                                             cols["format"]):
         if status != "ok":
             continue
         if listed:
             for e in listed:
-                yield Expected(e["uri"], e["sha256"], e["bytes"])
+                yield Expected(e["uri"], e["sha256"], e["bytes"], e["format"])
         elif out:
-            yield Expected(out, sha)
+            yield Expected(out, sha, format=fmt)
 
 
 def expected_sources(table: pa.Table) -> Iterator[Expected]:
@@ -139,12 +143,14 @@ def tar_member(uri: str) -> tuple[str, str] | None:
 # --------------------------------------------------------------------------------------------- checking
 
 
-def check(expected: Iterable[Expected], *, store: StorageConfig = DEFAULT_STORE, tar_extras: bool = False) -> Report:
+def check(expected: Iterable[Expected], *, store: StorageConfig = DEFAULT_STORE, tar_extras: bool = False,
+          c2pa: bool = False) -> Report:
     """Read every expected file once and compare it with its record. Files are read READ_BYTES at a time
     (storage.read_items: store.io_concurrency in flight), tar members by one streaming pass over their tar.
     ``tar_extras``: also report a tar's members that nothing expected names (a WebDataset shard's: each
-    sample's .json beside its image is expected)."""
-    report = Report()
+    sample's .json beside its image is expected). ``c2pa``: also verify each file's Content Credentials
+    (core.signing.verify: valid, or untrusted without a trust list; anything else is a "c2pa" problem)."""
+    report = Report(c2pa=c2pa)
     plain: list[Expected] = []
     tars: dict[str, dict[str, Expected]] = {}
     for e in expected:
@@ -170,6 +176,8 @@ def check(expected: Iterable[Expected], *, store: StorageConfig = DEFAULT_STORE,
 
 def _compare(e: Expected, data: bytes, report: Report, name: str) -> None:
     report.checked += 1
+    if report.c2pa:
+        _check_c2pa(e, data, report, name)
     if e.sha256 is None:  # present; nothing to compare it with
         report.unhashed += 1
         return
@@ -177,6 +185,18 @@ def _compare(e: Expected, data: bytes, report: Report, name: str) -> None:
         report.add("changed", name)
         return
     report.ok += 1
+
+
+def _check_c2pa(e: Expected, data: bytes, report: Report, name: str) -> None:
+    from raycolor.core import signing
+
+    try:
+        state, failures = signing.verify(data, e.format or "")
+    except Exception as err:  # no manifest, or one the reader cannot parse: not signed as far as anyone can tell
+        report.add("c2pa", f"{name}: no readable Content Credentials ({type(err).__name__}: {storage.redact(err)})"[:500])
+        return
+    if not signing.acceptable(state, failures):
+        report.add("c2pa", f"{name}: {state} {', '.join(failures)}")
 
 
 def _check_files(batch: list[Expected], report: Report, store: StorageConfig) -> None:
@@ -227,7 +247,7 @@ def _sample(member: str) -> str:
     return posixpath.join(head, base.split(".", 1)[0])
 
 
-def check_part(part: str, *, sources: bool = False, store: StorageConfig = DEFAULT_STORE) -> Report:
+def check_part(part: str, *, sources: bool = False, store: StorageConfig = DEFAULT_STORE, c2pa: bool = False) -> Report:
     """One manifest part: its outputs (or, with `sources`, its inputs) read and compared. A WebDataset part's tar
     is also checked for members no row names. A part that cannot be read is itself reported, unreadable."""
     try:
@@ -237,7 +257,7 @@ def check_part(part: str, *, sources: bool = False, store: StorageConfig = DEFAU
         report.add("unreadable", f"{part}: {storage.redact(e, part)}")
         return report
     wanted = expected_sources(table) if sources else expected_outputs(table)
-    return check(wanted, store=store, tar_extras=not sources)
+    return check(wanted, store=store, tar_extras=not sources, c2pa=c2pa and not sources)
 
 
 def named_files(part: str, *, store: StorageConfig = DEFAULT_STORE) -> list[str]:

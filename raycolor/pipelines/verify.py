@@ -60,9 +60,11 @@ def _join(output: str, store: StorageConfig, n_found: int, *chunks) -> fixity.Re
     return fixity.unexpected(chunks[:n_found], chunks[n_found:], output=output, store=store)
 
 
-def verify(output: str, *, sources: bool = False, store: StorageConfig = DEFAULT_STORE) -> VerifyResult:
+def verify(output: str, *, sources: bool = False, store: StorageConfig = DEFAULT_STORE, c2pa: bool = False
+           ) -> VerifyResult:
     """Check OUTPUT against its manifest (module docstring); the result says every problem found (by count, and
-    by name up to fixity.MAX_NAMED each)."""
+    by name up to fixity.MAX_NAMED each). ``c2pa``: each output's Content Credentials are verified too, from the
+    same read."""
     import ray
 
     from raycolor import storage
@@ -74,7 +76,7 @@ def verify(output: str, *, sources: bool = False, store: StorageConfig = DEFAULT
         raise ValueError(f"{storage.redact(output)} holds no manifest (OUTPUT/manifest/*.parquet): nothing to verify")
     check = ray.remote(num_cpus=1, max_retries=3)(fixity.check_part)
     total = fixity.Report()
-    for report in _bounded(lambda part: check.remote(part, sources=sources, store=store), parts):
+    for report in _bounded(lambda part: check.remote(part, sources=sources, store=store, c2pa=c2pa), parts):
         total.merge(report)
     if sources:
         return VerifyResult(output=output, sources=sources, parts=len(parts), report=total)
