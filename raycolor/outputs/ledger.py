@@ -29,7 +29,7 @@ import posixpath
 import socket
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -221,6 +221,49 @@ def key_rule_of(record: dict) -> int:
     """The output-key rule (inputs.KEY_RULE) a root's outputs were written with: its record's ``key_rule``; a
     record without one was written before rules had numbers, by rule 1."""
     return int(record.get("key_rule", 1))
+
+
+@dataclass(frozen=True)
+class RootBook:
+    """The roots' bookkeeping in one place: what OUTPUT's records say of this run's roots (read once), each
+    root's namespace and output-key rule, and, once the roots are sharded, the records to write and the shards
+    of an earlier run the inputs no longer make (superseded). :func:`record_roots` writes what it settles."""
+
+    order: tuple[str, ...]  # this run's roots, in input order, once each
+    known: dict  # root -> its record, every root OUTPUT has seen
+    rules: dict  # root -> its output-key rule (key_rules)
+
+    @classmethod
+    def read(cls, output: str, roots: Sequence[str], *, store: StorageConfig = DEFAULT_STORE) -> RootBook:
+        order = tuple(dict.fromkeys(roots))
+        known = read_roots(output, store=store)
+        return cls(order=order, known=known, rules=key_rules(order, known))
+
+    def namespaces(self, listed: Iterable[str]) -> dict[str, str]:
+        return assign_namespaces(self.order, self.known, listed=listed)
+
+    def settle(self, by_root: dict, listed: Iterable[str]) -> tuple[list, dict[str, dict], list[str]]:
+        """(every shard with its root's namespace, root -> the record to write, superseded shard ids), from each
+        root's shards (inputs.Shard) and the roots listed together (that may share the plain namespace)."""
+        ns = self.namespaces(listed)
+        shards, records = [], {}
+        for root, mine in by_root.items():
+            mine = [s.with_(namespace=ns[root]) for s in mine]
+            shards += mine
+            records[root] = {"root": root, "namespace": ns[root], "key_rule": self.rules[root], "shards": [s.id for s in mine]}
+        superseded = [sid for root, rec in self.known.items() if root in records
+                      for sid in rec.get("shards", []) if sid not in set(records[root]["shards"])]
+        return shards, records, superseded
+
+
+def record_roots(output: str, records: dict[str, dict], superseded: Sequence[str], *,
+                 store: StorageConfig = DEFAULT_STORE) -> None:
+    """Before any image: what superseded shards left is removed (inputs that changed since an earlier run: their old
+    shards go before anything new is written), then each root's record is written."""
+    if superseded:
+        remove([u for sid in superseded for u in paths.shard_files(output, sid)], store=store)
+    for rec in records.values():
+        write_json(paths.root_uri(output, rec["root"]), rec, store=store)
 
 
 def key_rules(roots: Sequence[str], known: dict[str, dict]) -> dict[str, int]:

@@ -102,6 +102,13 @@ def list_parts_uri(output: str) -> str:
     return storage.join_uri(output, "part-{id}.parquet")
 
 
+def shard_files(output: str, sid: str) -> list[str]:
+    """Every file and folder of OUTPUT's bookkeeping that shard `sid` writes (its outputs aside: they are the
+    images or, in a WebDataset, its tar): what goes when the shard is superseded."""
+    return [stats_uri(output, sid), part_uri(output, sid), listing_uri(output, sid), spool_dir(output, sid),
+            shard_tar_uri(output, sid)]
+
+
 def root_uri(output: str, root: str) -> str:
     return storage.join_uri(roots_dir(output), f"{root_id(root)}.json")
 

@@ -316,16 +316,7 @@ def _plan(config: ColorizeConfig, output: str, roots):
     """The shards of every input (planning.plan), with what an earlier run left for changed inputs removed
     and each root's record written (before any image)."""
     p = plan(config, output, roots)
-    # inputs that changed since an earlier run: their old shards go before anything new is written
-    if p.superseded:
-        ledger.remove(
-            [u for sid in p.superseded for u in (paths.stats_uri(output, sid), paths.part_uri(output, sid),
-                                                  paths.listing_uri(output, sid), paths.spool_dir(output, sid),
-                                                  paths.shard_tar_uri(output, sid))],
-            store=config.storage,
-        )
-    for rec in p.roots.values():
-        ledger.write_json(paths.root_uri(output, rec["root"]), rec, store=config.storage)
+    ledger.record_roots(output, p.roots, p.superseded, store=config.storage)
     return p
 
 

@@ -240,27 +240,17 @@ def write_listing(uris: Sequence[str], output: str, *, shard_size: int, store: S
 
 def plan(config: ColorizeConfig, output: str, roots: list | None = None) -> Plan:
     """The shards of the inputs (:func:`shard_inputs`; folder listings chunked into OUTPUT/_listing/) with
-    each root's namespace (ledger.assign_namespaces) and output-key rule (ledger.key_rules). Call with
-    OUTPUT locked.
+    each root's namespace and output-key rule, and the shards they supersede (ledger.RootBook, the roots'
+    bookkeeping). Call with OUTPUT locked.
 
     On a first run, the folder and image roots (listed and de-duplicated together) share the plain namespace;
     a folder that turns out to hold no image but tars or manifests is not one of them (its keys are made in
     its shards' tasks, where no other root's are seen), so the namespaces are settled once the roots are sized."""
     roots = classify_inputs(config) if roots is None else roots
-    known = ledger.read_roots(output, store=config.storage)
-    order = list(dict.fromkeys(r.root for r in roots))
+    book = ledger.RootBook.read(output, [r.root for r in roots], store=config.storage)
     listed = {r.root for r in roots if r.kind in ("folder", "listing")}
-    rules = ledger.key_rules(order, known)
-    by_root, not_taken = shard_and_count(roots, shard_size=config.shard_size, namespaces=ledger.assign_namespaces(order, known, listed=listed),
-                                         key_rules=rules, listing=paths.listing_uri(output, "{id}"), store=config.storage)
+    by_root, not_taken = shard_and_count(roots, shard_size=config.shard_size, namespaces=book.namespaces(listed),
+                                         key_rules=book.rules, listing=paths.listing_uri(output, "{id}"), store=config.storage)
     listed -= {root for root, mine in by_root.items() if any(s.kind != "listing" for s in mine)}
-    ns = ledger.assign_namespaces(order, known, listed=listed)
-    shards, records = [], {}
-    for root, mine in by_root.items():
-        mine = [s.with_(namespace=ns[root]) for s in mine]
-        shards += mine
-        records[root] = {"root": root, "namespace": ns[root], "key_rule": rules[root], "shards": [s.id for s in mine]}
-    superseded = [
-        sid for root, rec in known.items() if root in records for sid in rec.get("shards", []) if sid not in set(records[root]["shards"])
-    ]
+    shards, records, superseded = book.settle(by_root, listed)
     return Plan(shards=shards, superseded=superseded, roots=records, not_taken=not_taken)
