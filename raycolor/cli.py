@@ -457,6 +457,9 @@ def colorize(
     gpus: Annotated[int, typer.Option(min=0, help="Model actors, one GPU each; 0 = CPU actors.")] = ColorizeConfig.gpus,
     cpu_actors: Annotated[Optional[int], typer.Option(min=1, help="CPU-mode model actors (default 1).")] = None,
     parquet_images: Annotated[bool, typer.Option(help="Also store encoded images in the manifest.")] = ColorizeConfig.parquet_images,
+    dedupe: Annotated[str, typer.Option(
+        "--dedupe", help="content: an input whose bytes (source_sha256) another input of this run already wrote is "
+        "not written again; its row names those outputs (duplicate_of). Layout files only.")] = ColorizeConfig.dedupe,
     max_pixels: Annotated[int, typer.Option(help="Decompression-bomb limit per image.")] = ColorizeConfig.max_pixels,
     device_codec: Annotated[
         Optional[bool],
@@ -521,6 +524,7 @@ def colorize(
         gpus=gpus,
         cpu_actors=cpu_actors,
         parquet_images=parquet_images,
+        dedupe=dedupe,
         max_pixels=max_pixels,
         device_codec=device_codec,
         shard_size=shard_size,

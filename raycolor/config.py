@@ -123,6 +123,9 @@ class ColorizeConfig:
     gpus: int = 0  # 0: CPU actor pool sized to the cluster's CPUs
     cpu_actors: int | None = None  # CPU-mode pool size; None: one actor (it gets the cores the CPU tasks leave)
     parquet_images: bool = False  # also store the encoded image bytes in the manifest
+    # "content": an input whose bytes (source_sha256) an earlier input of the run wrote is not written again; its
+    # row points at those outputs (duplicate_of). Opt-in: one actor holds ~200 bytes per image written (layout files)
+    dedupe: Literal["none", "content"] = "none"
     max_pixels: int = DEFAULT_MAX_PIXELS
     # decode baseline JPEGs (and encode JPEG output) inside the model actor with torchvision/nvJPEG
     # instead of Pillow in CPU tasks; None: on exactly when the actors have GPUs

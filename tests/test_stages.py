@@ -102,7 +102,7 @@ def _batch(rows: list[dict]) -> dict[str, np.ndarray]:
             for k in rows[0]}
 
 
-def _run_stages(config: ColorizeConfig, shards: list[inputs.Shard], model, meta, *, block_rows: int = 4):
+def _run_stages(config: ColorizeConfig, shards: list[inputs.Shard], model, meta, *, block_rows: int = 4, claims=None):
     """shards -> expand -> decode_block -> Predictor -> finish_batch -> merge_shard, by hand. Blocks of
     `block_rows` item rows cut across shards, as Ray Data's blocks do. Returns (the rows finish_batch handed
     back, {shard id: merge_shard's stats})."""
@@ -116,7 +116,8 @@ def _run_stages(config: ColorizeConfig, shards: list[inputs.Shard], model, meta,
         for decoded in stages.decode_block(_batch(rows[start:start + block_rows]), stage=stage):
             if stage.device_codec:  # the JPEGs really went to the actor as their bytes
                 assert any(len(j) for j in decoded["jpeg"])
-            out = stages.finish_batch(predictor(decoded), config=config, stage=stage, output=output, model_id=meta.model_id)
+            out = stages.finish_batch(predictor(decoded), config=config, stage=stage, output=output, model_id=meta.model_id,
+                                      claims=claims)
             finished += [dict(zip(out, values)) for values in zip(*out.values())]
             for sid, n in zip(out["shard"], out["shard_n"]):
                 seen[sid] = seen.get(sid, 0) + 1

@@ -115,10 +115,10 @@ def read_part(uri: str, *, store: StorageConfig = DEFAULT_STORE) -> pa.Table:
 def expected_outputs(table: pa.Table) -> Iterator[Expected]:
     """Every output the rows of a part name: each ok row's `outputs` (the master and its derivatives), or, for a
     row written before that column, its `output` with its `sha256` (null before fixity)."""
-    cols = {c: table.column(c).to_pylist() for c in ("status", "output", "sha256", "outputs", "format")}
-    for status, out, sha, listed, fmt in zip(cols["status"], cols["output"], cols["sha256"], cols["outputs"],
-                                             cols["format"]):
-        if status != "ok":
+    cols = {c: table.column(c).to_pylist() for c in ("status", "output", "sha256", "outputs", "format", "duplicate_of")}
+    for status, out, sha, listed, fmt, dup in zip(cols["status"], cols["output"], cols["sha256"], cols["outputs"],
+                                                  cols["format"], cols["duplicate_of"]):
+        if status != "ok" or dup:  # a copy's files are its first's, checked with that row
             continue
         if listed:
             for e in listed:

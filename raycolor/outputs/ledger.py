@@ -92,6 +92,9 @@ MANIFEST_SCHEMA = pa.schema(
             ("bytes", pa.int64()),
             ("sha256", pa.string()),
         ]))),
+        # --dedupe content: the source of the input of this run that wrote these bytes first; this row's `output`,
+        # `sha256` and `outputs` are that input's (written once). Null for every input written itself.
+        ("duplicate_of", pa.string()),
     ]
 )
 IMAGE_COLUMN = pa.field("image", pa.binary())

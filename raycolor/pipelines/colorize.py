@@ -37,6 +37,8 @@ from raycolor.pipelines.stages import (
     decode_block,
     derivative_options,
     expand_batch,
+    Claims,
+    RemoteClaims,
     finish_batch,
     merge_shard,
 )
@@ -162,8 +164,18 @@ def build_dataset(shards: list[inputs.Shard], config: ColorizeConfig, *, output:
         num_cpus=0 if one_node else 1,
         compute=TaskPoolStrategy(size=runtime.cluster_cpus()) if one_node else None,
         **({"memory": config.memory_per_cpu} if config.memory_per_cpu else {}),
-        fn_kwargs={"config": config, "stage": stage, "output": output, "model_id": model_id},
+        fn_kwargs={"config": config, "stage": stage, "output": output, "model_id": model_id, "claims": _claims(config)},
     )
+
+
+def _claims(config: ColorizeConfig) -> RemoteClaims | None:
+    """--dedupe content: the run's one record of which input wrote which bytes (an actor of this driver's: it ends
+    with the run; a re-run starts a new one, so copies are found within a run)."""
+    import ray
+
+    if config.dedupe != "content":
+        return None
+    return RemoteClaims(ray.remote(num_cpus=0, max_restarts=0)(Claims).remote())
 
 
 def _marker(shard: inputs.Shard) -> str:
@@ -247,6 +259,11 @@ def check_config(config: ColorizeConfig) -> None:
     precision.check(config.precision)
     if config.layout not in WRITERS:
         raise ValueError(f"layout must be files or webdataset, not {config.layout!r}")
+    if config.dedupe not in ("none", "content"):
+        raise ValueError(f"dedupe must be none or content, not {config.dedupe!r}")
+    if config.dedupe == "content" and config.layout != "files":
+        raise ValueError("--dedupe content needs --layout files: a WebDataset sample's member exists only once its "
+                         "shard is merged, so a copy in another shard could point at nothing yet")
     entry = formats.writable(config.format)  # ValueError naming what raycolor writes
     if config.metadata not in ("keep", "strip"):
         raise ValueError(f"metadata must be keep or strip, not {config.metadata!r}")

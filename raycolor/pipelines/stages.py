@@ -630,11 +630,42 @@ def _colour_of(batch: dict, i: int) -> dict:
 WRITE_BYTES = 64 << 20
 
 
-def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, output: str, model_id: str) -> dict:
+class Claims:
+    """`--dedupe content`: which input of this run first wrote the bytes of each source_sha256 (a dict here; on Ray
+    one actor of the driver's holds it, ClaimsActor). An input is registered only once all its outputs are written,
+    so a duplicate never points at an output that is not there."""
+
+    def __init__(self) -> None:
+        self.first: dict[str, dict] = {}
+
+    def lookup(self, shas: list[str]) -> list[dict | None]:
+        return [self.first.get(s) for s in shas]
+
+    def register(self, entries: list[tuple[str, dict]]) -> None:
+        for sha, entry in entries:
+            self.first.setdefault(sha, entry)
+
+
+class RemoteClaims:
+    """Claims through the driver's actor (ClaimsActor): one call per finish batch each way."""
+
+    def __init__(self, actor) -> None:
+        self.actor = actor
+
+    def lookup(self, shas: list[str]) -> list[dict | None]:
+        return runtime.ray_get(self.actor.lookup.remote(shas))
+
+    def register(self, entries: list[tuple[str, dict]]) -> None:
+        runtime.ray_get(self.actor.register.remote(entries))
+
+
+def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, output: str, model_id: str,
+                 claims: Claims | RemoteClaims | None = None) -> dict:
     """Encode (rendered_outputs: the master and its derivatives), hash, write the images (unless config.layout's
     writer spools them: its merge writes them), spool the rows per shard. An input is done only when every one of
     its outputs is written: a failed write of any of them makes its row an error row. `output`: config.output made
-    absolute."""
+    absolute. `claims` (`--dedupe content`): an input whose bytes an earlier input of this run already wrote is
+    not written again; its row points at those outputs (`duplicate_of`: that input's source)."""
     import torch
 
     torch.set_num_threads(1)
@@ -679,33 +710,70 @@ def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, outp
     own_errors: dict[int, str] = {}  # row -> the error this task gave it ("internal: ...", "too_large: ...")
     failed_uri: dict[int, str] = {}
     hashes: list[list[tuple[str, int]] | None] = [None] * n  # each output's (sha256, bytes), before the bytes go
+    # --dedupe content: row -> the entry of the input that wrote its bytes (an earlier batch's), or the row of this
+    # batch that writes them (its first with those bytes: written below, then its copies point at it)
+    earlier: dict[int, dict] = {}
+    copy_of: dict[int, int] = {}
+    if claims is not None and source_sha is not None:
+        todo = [i for i in range(n) if not batch["error"][i] and source_sha[i]]
+        for i, entry in zip(todo, claims.lookup([str(source_sha[i]) for i in todo])):
+            if entry is not None:
+                earlier[i] = entry
+        first_here: dict[str, int] = {}
+        for i in todo:
+            if i not in earlier:
+                j = first_here.setdefault(str(source_sha[i]), i)
+                if j != i:
+                    copy_of[i] = j
+
+    def encode(i: int) -> None:
+        """Row i's outputs rendered, placed and hashed (an error: its own row); queued for writing."""
+        try:
+            done[i] = rendered_outputs(batch, i, stage=stage, config=config, prov=prov, keep=keep)
+            relpath = batch["relpath"][i]
+            uris[i] = [writer.row_output(output, inputs.output_key(relpath, out.extension)) if out.name == ledger.MASTER
+                       else writer.derivative_output(output, out.name, inputs.output_key(relpath, out.extension))
+                       for out in done[i]]
+            hashes[i] = [(hashlib.sha256(out.data).hexdigest(), len(out.data)) for out in done[i]]
+        except (signing.SignFailed, signing.SignError) as e:  # --sign: this image's row, never the task's end
+            own_errors[i] = f"{ledger.SIGN_FAILED}: {e}"
+            done[i] = uris[i] = None
+            return
+        except formats.CannotHold as e:  # e.g. wider than WebP holds: a property of the image, not a bug
+            own_errors[i] = f"too_large: {e}"
+            done[i] = uris[i] = None
+            return
+        except Exception as e:  # this image's error row, never the task's end
+            own_errors[i] = internal_error(e, "encode")
+            done[i] = uris[i] = None
+            return
+        if not writer.spools_images:
+            pending.append(i)
+            if sum(len(out.data) for j in pending for out in done[j]) >= WRITE_BYTES:
+                write_pending()
+
+    def written(i: int) -> bool:
+        return done[i] is not None and failures.get(i) is None and i not in own_errors
+
     for i in range(n):
-        if not batch["error"][i]:
-            try:
-                done[i] = rendered_outputs(batch, i, stage=stage, config=config, prov=prov, keep=keep)
-                relpath = batch["relpath"][i]
-                uris[i] = [writer.row_output(output, inputs.output_key(relpath, out.extension)) if out.name == ledger.MASTER
-                           else writer.derivative_output(output, out.name, inputs.output_key(relpath, out.extension))
-                           for out in done[i]]
-                hashes[i] = [(hashlib.sha256(out.data).hexdigest(), len(out.data)) for out in done[i]]
-            except (signing.SignFailed, signing.SignError) as e:  # --sign: this image's row, never the task's end
-                own_errors[i] = f"{ledger.SIGN_FAILED}: {e}"
-                done[i] = uris[i] = None
-                continue
-            except formats.CannotHold as e:  # e.g. wider than WebP holds: a property of the image, not a bug
-                own_errors[i] = f"too_large: {e}"
-                done[i] = uris[i] = None
-                continue
-            except Exception as e:  # this image's error row, never the task's end
-                own_errors[i] = internal_error(e, "encode")
-                done[i] = uris[i] = None
-                continue
-            if not writer.spools_images:
-                pending.append(i)
-                if sum(len(out.data) for j in pending for out in done[j]) >= WRITE_BYTES:
-                    write_pending()
+        if not batch["error"][i] and i not in earlier and i not in copy_of:
+            encode(i)
     if pending:
         write_pending()
+    for i, j in copy_of.items():  # a copy whose first could not be written is written itself
+        if not written(j):
+            del copy_of[i]
+            encode(i)
+    if pending:
+        write_pending()
+    if claims is not None and source_sha is not None:
+        firsts = [i for i in range(n) if written(i) and source_sha[i]]
+        claims.register([(str(source_sha[i]), {"source": batch["source"][i], "output": uris[i][0],
+                                                "sha256": hashes[i][0][0], "outputs": _outputs_of(done[i], uris[i], hashes[i])})
+                         for i in firsts])
+        for i, j in copy_of.items():
+            earlier[i] = {"source": batch["source"][j], "output": uris[j][0], "sha256": hashes[j][0][0],
+                          "outputs": _outputs_of(done[j], uris[j], hashes[j])}
     extra: list[list[bytes] | None] = []
     for i in range(n):
         source, err = batch["source"][i], batch["error"][i] or None
@@ -726,15 +794,21 @@ def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, outp
         rows["precision"].append(str(batch["precision"][i]) if err is None and "precision" in batch else None)
         rows["finished_at"].append(time.time())
         rows["bit_depth"].append(int(batch["bits"][i]) if err is None else None)
-        rows["metadata"].append(outs[0].report if err is None else None)
+        rows["metadata"].append(outs[0].report if err is None and outs else None)
         for key, value in _colour_of(batch, i).items():
             rows[key].append(value)
         rows["source_sha256"].append((source_sha[i] or None) if source_sha is not None else None)
+        first = earlier.get(i) if err is None else None
+        rows["duplicate_of"].append(first["source"] if first else None)
+        if first:  # written once, by `first`: this row names its outputs
+            rows["output"][-1] = first["output"]
+            rows["sha256"].append(first["sha256"])
+            rows["outputs"].append(first["outputs"])
+            blobs.append(None)
+            extra.append(None)
+            continue
         rows["sha256"].append(hashes[i][0][0] if err is None else None)
-        rows["outputs"].append(None if err is not None else [
-            {"name": out.name, "uri": uri, "format": out.format, "width": out.width, "height": out.height,
-             "bytes": size, "sha256": sha}
-            for out, uri, (sha, size) in zip(outs, uris[i], hashes[i])])
+        rows["outputs"].append(None if err is not None else _outputs_of(outs, uris[i], hashes[i]))
         blobs.append(outs[0].data if keep_blobs and err is None else None)
         extra.append([out.data for out in outs[1:]] if keep_blobs and err is None else None)
     table = pa.table(rows, schema=MANIFEST_SCHEMA)
@@ -760,6 +834,12 @@ def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, outp
         # 1: the model predicted this row (it reached this stage without an error); _SUCCESS.json's `predictions`
         "predicted": np.array([0 if batch["error"][i] else 1 for i in range(n)], dtype=np.int8),
     }
+
+
+def _outputs_of(outs: list[Rendered], uris: list[str], hashes: list[tuple[str, int]]) -> list[dict]:
+    """The manifest's `outputs` entries of one input: the master first, then each derivative."""
+    return [{"name": out.name, "uri": uri, "format": out.format, "width": out.width, "height": out.height,
+             "bytes": size, "sha256": sha} for out, uri, (sha, size) in zip(outs, uris, hashes)]
 
 
 def merge_shard(shard: dict, *, output: str, store: StorageConfig, layout: str = "files",
