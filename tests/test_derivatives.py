@@ -24,7 +24,7 @@ from support import TAGS, check_provenance, encoded, exiftool_read, exiftool_wri
 from raycolor import inputs, storage
 from raycolor.config import ColorizeConfig, DerivativeSpec, StorageConfig
 from raycolor.core import checkpoint, derivatives
-from raycolor.outputs import fixity, ledger, paths
+from raycolor.outputs import fixity, ledger, merge, paths
 from raycolor.pipelines import stages
 from raycolor.pipelines.colorize import check_config
 
@@ -101,7 +101,7 @@ def colorize_by_hand(config: ColorizeConfig, model, *, retry: str = "none") -> l
                 out = stages.finish_batch(predictor(decoded), config=config, stage=stage, output=output,
                                           model_id=meta.model_id)
                 colorize_by_hand.predicted += int(out["predicted"].sum())
-        stages.merge_shard(descriptor, output=output, store=config.storage, layout=config.layout,
+        merge.merge_shard(descriptor, output=output, store=config.storage, layout=config.layout,
                            parquet_images=config.parquet_images)
     return shards
 

@@ -23,7 +23,7 @@ from support import encoded, noise, one_row_each
 from raycolor import inputs, storage
 from raycolor.config import ColorizeConfig, StorageConfig
 from raycolor.core import checkpoint
-from raycolor.outputs import fixity, ledger, paths
+from raycolor.outputs import fixity, ledger, merge, paths
 from raycolor.pipelines import stages
 
 SIZES = {"a.png": (24, 32), "sub/b.jpg": (40, 20), "c.png": (17, 30)}
@@ -61,7 +61,7 @@ def colorize_by_hand(config: ColorizeConfig, model, *, retry: str = "none") -> l
                      for k in rows[0]}
             for decoded in stages.decode_block(batch, stage=stage):
                 stages.finish_batch(predictor(decoded), config=config, stage=stage, output=output, model_id=meta.model_id)
-        stages.merge_shard(descriptor, output=output, store=config.storage, layout=config.layout,
+        merge.merge_shard(descriptor, output=output, store=config.storage, layout=config.layout,
                            parquet_images=config.parquet_images)
     return shards
 

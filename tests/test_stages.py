@@ -43,7 +43,7 @@ from raycolor import inputs, storage
 from raycolor.config import ColorizeConfig, StorageConfig
 from raycolor.core import checkpoint, color, images
 from raycolor.core.colorize import L_SCALE
-from raycolor.outputs import ledger, paths, writers
+from raycolor.outputs import ledger, merge, paths, writers
 from raycolor.pipelines import stages
 
 # (relpath in the manifest, (h, w)): sizes all different, so an image written under another row's name shows
@@ -122,7 +122,7 @@ def _run_stages(config: ColorizeConfig, shards: list[inputs.Shard], model, meta,
             for sid, n in zip(out["shard"], out["shard_n"]):
                 seen[sid] = seen.get(sid, 0) + 1
                 if seen[sid] == n:  # the shard's last row is back: merge it
-                    stats[sid] = stages.merge_shard(descriptors[sid], output=output, store=config.storage,
+                    stats[sid] = merge.merge_shard(descriptors[sid], output=output, store=config.storage,
                                                 layout=config.layout,
                                                 parquet_images=config.parquet_images)
     return finished, stats
@@ -284,7 +284,7 @@ def test_merge_keeps_one_row_per_source_after_a_retried_task(tmp_path, tiny_ckpt
     assert len(spooled) == 2 and sum(pq.read_metadata(p).num_rows for p in spooled) == len(GOOD) + 3
     newest = {r["source"]: r["finished_at"] for r in pq.read_table(min(spooled, key=lambda p: pq.read_metadata(p).num_rows)).to_pylist()}
 
-    stats = stages.merge_shard(_descriptor(shard), output=str(out), store=StorageConfig(retries=1))
+    stats = merge.merge_shard(_descriptor(shard), output=str(out), store=StorageConfig(retries=1))
     assert (stats["rows"], stats["ok"]) == (len(GOOD), len(GOOD))
     rows = one_row_each(out, [str(tmp_path / "in" / rel) for rel, _ in GOOD])
     for src, t in newest.items():
@@ -522,7 +522,7 @@ def test_retry_all_errors_leaves_skipped_rows_alone(tmp_path, tiny_ckpt, model):
     assert [r["source"] for r in redo] == [str(tmp_path / "in" / "cut.png")]
     assert not ledger.is_retryable("has_colour: 54.0", "all") and not ledger.is_retryable("x: y", "all", "skipped")
     assert ledger.is_retryable("truncated: cut", "all", "error")
-    stages.merge_shard({**_descriptor(shard), "retry": "all"}, output=str(out), store=StorageConfig(retries=1))
+    merge.merge_shard({**_descriptor(shard), "retry": "all"}, output=str(out), store=StorageConfig(retries=1))
     after = one_row_each(out, before)
     for src in before:
         if before[src]["status"] == "skipped":

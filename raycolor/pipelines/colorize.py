@@ -28,6 +28,7 @@ from raycolor import inputs, storage
 from raycolor.config import ColorizeConfig, StorageConfig
 from raycolor.core import checkpoint, formats, precision
 from raycolor.outputs import ledger, paths
+from raycolor.outputs.merge import merge_shard
 from raycolor.outputs.writers import WRITERS
 from raycolor.pipelines import runtime
 from raycolor.pipelines.planning import classify_inputs, plan
@@ -40,7 +41,6 @@ from raycolor.pipelines.stages import (
     Claims,
     RemoteClaims,
     finish_batch,
-    merge_shard,
 )
 
 

@@ -13,7 +13,7 @@ processes ran one merge and nothing else). Importing torch there cost ~2 s of CP
     Predictor           the model on one device: L small -> ab small, or on a device full-res RGB (JPEGs
                         decoded/encoded there with nvJPEG)
     finish_batch        compose + encode + write images (the layout's writer), spool rows per shard
-    merge_shard         per shard: one manifest part + stats (+ the layout's writer's merge: one tar for webdataset)
+    (merge_shard        per shard: one manifest part + stats (+ the layout's writer's merge): raycolor/outputs/merge.py)
 
 ModelStage, settled once on the driver, says what each stage does; no stage guesses from its columns. What
 crosses the object store: L as uint16 (2 B/pixel) and render-size L/ab on the CPU path; with the device codec
@@ -47,6 +47,7 @@ from raycolor.core.failures import INTERNAL, internal_error
 from raycolor.core.budget import BLOCK_PIXELS, BYTES_PER_PIXEL, DEVICE_PIXELS
 from raycolor.outputs import ledger, paths
 from raycolor.outputs.ledger import DERIVATIVE_IMAGES_COLUMN, IMAGE_COLUMN, MANIFEST_SCHEMA
+from raycolor.outputs.merge import spool
 from raycolor.outputs.writers import WRITERS
 from raycolor.pipelines import runtime
 
@@ -816,14 +817,7 @@ def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, outp
         table = table.append_column(IMAGE_COLUMN, pa.array(blobs, type=pa.binary()))
         if config.derivatives:
             table = table.append_column(DERIVATIVE_IMAGES_COLUMN, pa.array(extra, type=DERIVATIVE_IMAGES_COLUMN.type))
-    # one spool file per shard in this batch; named by its sources, so a retried task overwrites its own
-    for sid in sorted(set(shard_col)):
-        rows_of = [i for i, x in enumerate(shard_col) if x == sid]
-        part = table.take(pa.array(rows_of, type=pa.int64()))
-        buf = io.BytesIO()
-        pq.write_table(part, buf)
-        uri = paths.spool_part_uri(output, sid, [rows["source"][i] for i in rows_of])
-        storage.write_bytes_atomic(uri, buf.getvalue(), store=store)
+    spool(table, shard_col, output=output, store=store)
     return {
         "source": np.array(rows["source"], dtype=object),
         "status": np.array(rows["status"], dtype=object),
@@ -840,93 +834,6 @@ def _outputs_of(outs: list[Rendered], uris: list[str], hashes: list[tuple[str, i
     """The manifest's `outputs` entries of one input: the master first, then each derivative."""
     return [{"name": out.name, "uri": uri, "format": out.format, "width": out.width, "height": out.height,
              "bytes": size, "sha256": sha} for out, uri, (sha, size) in zip(outs, uris, hashes)]
-
-
-def merge_shard(shard: dict, *, output: str, store: StorageConfig, layout: str = "files",
-                 parquet_images: bool = False) -> dict:
-    """Spooled rows of one finished shard -> OUTPUT/manifest/<id>.parquet, then OUTPUT/_stats/<id>.json.
-
-    Why a spool and a merge rather than one task per shard: the model sits in an actor pool between the
-    CPU stages, so the rows of one shard come back from many finish tasks, in any order, mixed with other
-    shards' rows; grouping them inside Ray Data (groupby) is an all-to-all barrier that would hold every
-    output until the whole dataset is done. The spool costs one small PUT per (batch, shard) plus one GET
-    and one DELETE per spool file at merge time, about 0.1 request per image at batch size 32, and keeps
-    the ledger at one part and one stats record per shard. Rows are de-duplicated by source here (a
-    crashed earlier attempt may have left spool files), the newest row winning; with ``retry`` set, the
-    shard's old part is the base and the new rows replace its rows for the same sources.
-    """
-    sid = shard["id"]
-    fs, spool = storage.filesystem(paths.spool_dir(output, sid), store=store)
-    try:
-        names = sorted(p for p in storage.retrying(lambda: fs.ls(spool, detail=False), store.retries) if p.endswith(".parquet"))
-    except FileNotFoundError:
-        names = []
-    tables = []
-    if shard.get("retry", "none") != "none":
-        pfs, ppath = storage.filesystem(paths.part_uri(output, sid), store=store)
-        try:
-            tables.append(pq.read_table(io.BytesIO(storage.retrying(lambda: pfs.cat_file(ppath), store.retries))))
-        except FileNotFoundError:
-            pass
-    blobs = storage.retrying(lambda: fs.cat(names), store.retries) if names else {}
-    tables += [pq.read_table(io.BytesIO(blobs[n])) for n in names]
-    if tables:
-        table = pa.concat_tables(tables, promote_options="default")
-    else:
-        table = MANIFEST_SCHEMA.empty_table()
-    # newest row per source (old part rows are older than this run's rows)
-    srcs = table.column("source").to_pylist()
-    when = table.column("finished_at").to_pylist()
-    best: dict[str, int] = {}
-    for i, (src, t) in enumerate(zip(srcs, when)):
-        if src not in best or (t or 0) >= (when[best[src]] or 0):
-            best[src] = i
-    if shard.get("marker") in best and len(best) > 1:  # a shard that failed to expand, now expanded
-        del best[shard["marker"]]
-    table = table.take(pa.array(sorted(best.values()), type=pa.int64()))
-    # the layout's images (webdataset: the shard's tar), before its part
-    table = WRITERS[layout].merge(table, output=output, sid=sid, retried=shard.get("retry", "none") != "none",
-                                  parquet_images=parquet_images, store=store)
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    storage.write_bytes_atomic(paths.part_uri(output, sid), buf.getvalue(), store=store, tmp_dir=paths.spool_dir(output, sid))
-    status, errors = table.column("status").to_pylist(), table.column("error").to_pylist()
-    reasons: dict[str, int] = {}
-    for st, e in zip(status, errors):
-        if st not in ("ok", "skipped"):  # a skipped row is done (--colour-inputs skip), not an error
-            reasons[ledger.reason_of(e)] = reasons.get(ledger.reason_of(e), 0) + 1
-    stats = {
-        "shard": sid,
-        "root": shard["root"],
-        "kind": shard["kind"],
-        "uri": shard["uri"],
-        "rows": table.num_rows,
-        "ok": sum(1 for st in status if st == "ok"),
-        "error": sum(1 for st in status if st not in ("ok", "skipped")),
-        "skipped": sum(1 for st in status if st == "skipped"),  # left alone: they have colour (--colour-inputs skip)
-        "has_colour": sum(1 for h in table.column("has_colour").to_pylist() if h) if "has_colour" in table.column_names else 0,
-        # ok rows by what the model ran in ({"bf16": n}); rows of parts older than the column are not counted
-        "precision": _precision_counts(table, status),
-        "errors_by_reason": reasons,
-        "finished_at": time.time(),
-    }
-    # written after the part: a stats record means "this shard's part is complete"
-    ledger.write_json(paths.stats_uri(output, sid), stats, store=store)
-    if names or storage.is_local(output):  # locally the spool also holds what killed writes left (temp files)
-        try:
-            fs.rm(spool, recursive=True)
-        except FileNotFoundError:
-            pass
-    return stats
-
-
-def _precision_counts(table: pa.Table, status: list) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    if "precision" in table.column_names:
-        for p, st in zip(table.column("precision").to_pylist(), status):
-            if st == "ok" and p:
-                counts[p] = counts.get(p, 0) + 1
-    return counts
 
 
 def _expand_shard(row: dict, *, output: str, store: StorageConfig) -> list[dict]:
