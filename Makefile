@@ -24,14 +24,20 @@ demo: $(STAMP)
 # 2 cores well (1467 s vs 1711 s for the same suite; docs/performance.md). TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 2
 
-# exiftool (Debian's libimage-exiftool-perl) is the independent reader the metadata tests check outputs with;
-# installed here when missing and this user may (root, or sudo without a password); without it those tests skip
+# exiftool (Debian's libimage-exiftool-perl) is the independent reader the metadata tests check outputs with, and
+# libvips' tools (libvips-tools) the one the pyramid tests open each level with; installed here when missing and
+# this user may (root, or sudo without a password); without them those tests skip
 test-tools:
 	@command -v exiftool >/dev/null 2>&1 || { \
 		SUDO=$$( [ "$$(id -u)" = 0 ] && echo "" || echo "sudo -n" ); \
 		( $$SUDO apt-get install -y -q libimage-exiftool-perl >/dev/null 2>&1 || \
 		  { $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q libimage-exiftool-perl >/dev/null 2>&1; } ) \
 		|| echo "note: could not install exiftool (libimage-exiftool-perl); the metadata read-back tests will skip"; }
+	@command -v vipsheader >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] && echo "" || echo "sudo -n" ); \
+		( $$SUDO apt-get install -y -q libvips-tools >/dev/null 2>&1 || \
+		  { $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q libvips-tools >/dev/null 2>&1; } ) \
+		|| echo "note: could not install libvips-tools; the libvips pyramid test will skip"; }
 
 test: $(STAMP) test-tools
 	$(BIN)/python -m pytest -q --durations=15 $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -147,3 +149,22 @@ def _big_endian_exif() -> bytes:
     import struct
 
     return b"MM\0*" + struct.pack(">IH", 8, 1) + struct.pack(">HHI", 0x013B, 2, 4) + b"Bob\0" + b"\0\0\0\0"
+
+
+@pytest.mark.skipif(shutil.which("vips") is None, reason="libvips' command-line tools (libvips-tools) not installed")
+@pytest.mark.parametrize("bits", [8, 16])
+def test_libvips_opens_every_level(tmp_path, bits):
+    """What IIIF image servers built on libvips (and vips itself) see: each SubIFD level opens, at its size and
+    depth, with the pixels tifffile reads (libvips reads the file with its own libtiff, an independent reader)."""
+    a = pixels(1037, 1301, bits, seed=3)
+    data, _ = encode(a, "tiff", None, PROV, options=PYRAMID)
+    path = tmp_path / "pyramid.tif"
+    path.write_bytes(data)
+    _, lv = levels(data)
+    for n, level in enumerate(lv):  # subifd=-1 is IFD0 itself, 0.. its SubIFDs
+        ref = f"{path}[subifd={n - 1}]"
+        head = subprocess.run(["vipsheader", ref], capture_output=True, text=True, check=True).stdout
+        h, w = level.shape[:2]
+        assert f"{w}x{h} {'uchar' if bits == 8 else 'ushort'}, 3 bands" in head, head
+        avg = float(subprocess.run(["vips", "avg", ref], capture_output=True, text=True, check=True).stdout)
+        assert abs(avg - level.astype(np.float64).mean()) < 1e-6 * max(1.0, avg), (n, avg)  # the same pixels
