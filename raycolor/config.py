@@ -102,8 +102,8 @@ class TrainConfig:
     max_failures: int = 1
     seed: int = 0
     max_pixels: int = DEFAULT_MAX_PIXELS
-    # the trunk's numeric precision: "bf16", "fp32", or "auto": bf16 on CUDA and on a CPU that runs it natively
-    # (AVX512_BF16, AMX), fp32 elsewhere (raycolor.core.precision; the softmax, losses and L stay float32)
+    # the trunk's numeric precision: "bf16", "fp32", or "auto": bf16 on CUDA, fp32 on a CPU (training's auto: bf16
+    # did not clearly hold the demo's curve; raycolor.core.precision), the losses and L float32 either way
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     storage: StorageConfig = field(default_factory=StorageConfig)
 

@@ -78,6 +78,10 @@ def test_auto_follows_the_capability_probe(monkeypatch, native):
         assert precision.resolve(p, CPU) == p == precision.resolve(p, "cuda")
     with pytest.raises(ValueError, match="auto, fp32, bf16"):
         precision.resolve("fp16", CPU)
+    # training: auto is fp32 on any CPU (the demo's curve did not hold in bf16), bf16 on CUDA; asked for, honoured
+    assert precision.resolve("auto", CPU, training=True) == "fp32"
+    assert precision.resolve("auto", torch.device("cuda"), training=True) == "bf16"
+    assert precision.resolve("bf16", CPU, training=True) == "bf16"
     # the Predictor asks the same probe, and its rows say what ran
     stage = ModelStage(checkpoint="c", render_size=32, batch_size=2)
     assert stage.precision == "auto"

@@ -185,7 +185,7 @@ def _setup_worker(loop_config: dict) -> _Worker:
         torch.set_num_threads(loop_config["threads"])
     torch.manual_seed(config.seed)
     np.random.seed(config.seed + rank)
-    ran = precision.resolve(config.precision, device)
+    ran = precision.resolve(config.precision, device, training=True)
     return _Worker(
         rank=rank, world=world, device=device, precision=ran, autocast=precision.autocast_args(ran, device),
         stats_device=device if device.type == "cuda" else torch.device("cpu"),
