@@ -10,21 +10,17 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
-from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 from support import encoded, noise, one_row_each
+from test_derivatives import colorize_by_hand
 
-from raycolor import inputs, storage
 from raycolor.config import ColorizeConfig, StorageConfig
 from raycolor.core import checkpoint
-from raycolor.outputs import fixity, ledger, merge, paths
-from raycolor.pipelines import stages
+from raycolor.outputs import fixity, ledger, paths
 
 SIZES = {"a.png": (24, 32), "sub/b.jpg": (40, 20), "c.png": (17, 30)}
 
@@ -41,29 +37,6 @@ def _inputs(folder: Path) -> Path:
         p.write_bytes(encoded(noise(w, h, k), "PNG" if rel.endswith(".png") else "JPEG"))
     (folder / "list.txt").write_text("".join(f"{rel}\n" for rel in SIZES))
     return folder / "list.txt"
-
-
-def colorize_by_hand(config: ColorizeConfig, model, *, retry: str = "none") -> list[inputs.Shard]:
-    """The manifest's shards through expand -> decode_block -> Predictor -> finish_batch -> merge_shard."""
-    m, meta = model
-    plan = inputs.classify(config.inputs[0])
-    [(kind, uri, tag)] = plan.objects
-    shards = inputs.size_object(kind, uri, tag, root=plan.root, shard_size=config.shard_size)
-    output = storage.absolute(config.output)
-    stage = stages.ModelStage.for_colorize(config, meta.render_size)
-    predictor = stages.Predictor.with_model(m, torch.device("cpu"), stage)
-    for s in shards:
-        descriptor = {**asdict(s.with_(retry=retry)), "marker": f"{s.uri}#bytes={s.start}-{s.stop}"}
-        # expand_batch: on a retry, only the rows to redo (the earlier part's other rows stay as they are)
-        rows = stages.expand_batch(pa.Table.from_pylist([descriptor]), output=output, store=config.storage).to_pylist()
-        if rows:
-            batch = {k: np.array([r[k] for r in rows], dtype=np.int64 if isinstance(rows[0][k], int) else object)
-                     for k in rows[0]}
-            for decoded in stages.decode_block(batch, stage=stage):
-                stages.finish_batch(predictor(decoded), config=config, stage=stage, output=output, model_id=meta.model_id)
-        merge.merge_shard(descriptor, output=output, store=config.storage, layout=config.layout,
-                           parquet_images=config.parquet_images)
-    return shards
 
 
 def _config(tmp_path: Path, ckpt: str, **kw) -> ColorizeConfig:
