@@ -26,7 +26,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from raycolor.config import DemoConfig, TrainConfig
-    from raycolor.demo import HELD_OUT_EVERY, sample_photos
+    from raycolor.demo import write_split
     from raycolor.pipelines import runtime
     from raycolor.pipelines.training import driver as ray_train
 
@@ -34,11 +34,7 @@ def main() -> None:
     epochs = args.epochs or demo.epochs
     out = Path(args.out).absolute()
     out.mkdir(parents=True, exist_ok=True)
-    photos = sample_photos()
-    held = photos[HELD_OUT_EVERY - 1 :: HELD_OUT_EVERY]
-    train = [p for p in photos if p not in held]
-    (out / "train.txt").write_text("".join(f"{p}\n" for p in train))
-    (out / "held-out.txt").write_text("".join(f"{p}\n" for p in held))
+    write_split(out)  # out/train.txt, out/held-out.txt
     print(runtime.connect(None))
     runs = {}
     for head in args.heads.split(","):

@@ -20,6 +20,24 @@ from raycolor.config import ColorizeConfig, DemoConfig, EvaluateConfig, TrainCon
 HELD_OUT_EVERY = 4  # every 4th sample photo is held out: 12 train, 4 colorized
 
 
+def split_photos() -> tuple[list[Path], list[Path]]:
+    """The demo's split of the sample photos: (train, held out), every HELD_OUT_EVERY-th held out."""
+    photos = sample_photos()
+    held = photos[HELD_OUT_EVERY - 1 :: HELD_OUT_EVERY]
+    return [p for p in photos if p not in held], held
+
+
+def write_split(folder: Path) -> tuple[Path, Path]:
+    """The demo's split as two .txt manifests in `folder` (train.txt, held-out.txt), for the demo and the benches
+    that compare choices under its budget."""
+    train, held = split_photos()
+    folder.mkdir(parents=True, exist_ok=True)
+    lists = folder / "train.txt", folder / "held-out.txt"
+    for path, photos in zip(lists, (train, held)):
+        path.write_text("".join(f"{p}\n" for p in photos))
+    return lists
+
+
 @dataclass(frozen=True)
 class DemoResult:
     output: str
@@ -87,14 +105,8 @@ def run_demo(
 
     start = time.time()
     out = Path(config.output).resolve()
-    photos = sample_photos()
-    held_out = photos[HELD_OUT_EVERY - 1 :: HELD_OUT_EVERY]
-    train = [p for p in photos if p not in held_out]
-    inputs = out / "inputs"
-    inputs.mkdir(parents=True, exist_ok=True)
-    train_list, held_list = inputs / "train.txt", inputs / "held-out.txt"
-    train_list.write_text("".join(f"{p}\n" for p in train))
-    held_list.write_text("".join(f"{p}\n" for p in held_out))
+    train, held_out = split_photos()
+    train_list, held_list = write_split(out / "inputs")
     weights = _resolve_weights(config.weights, echo)
     echo(f"demo: training on {len(train)} sample photos, {config.epochs} epochs at {config.image_size} px")
     fit = ray_train.fit(
