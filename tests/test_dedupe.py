@@ -61,6 +61,24 @@ def test_copies_are_written_once_and_point_at_the_first(tmp_path, tiny_ckpt, mod
     assert report.problems == 0 and report.ok == len(GOOD)  # each file checked once, by its first's row
 
 
+def test_a_copy_whose_first_could_not_be_written_is_written_itself(tmp_path, tiny_ckpt, model):
+    """In one batch: a.png's output path is blocked (a folder stands where its file goes), so its write fails; its
+    copy is then written itself, not pointed at a file that is not there, and the task ends normally."""
+    m, meta = model
+    folder = tmp_path / "in"
+    manifest = _inputs(folder)
+    (folder / "again.png").write_bytes((folder / "a.png").read_bytes())
+    manifest.write_text(manifest.read_text() + "again.png\n")
+    out = tmp_path / "out"
+    (out / "images" / "a.png").mkdir(parents=True)  # where a.png's output goes
+    _run_stages(_config(manifest, out, tiny_ckpt, dedupe="content"), _shards(manifest, 100), m, meta,
+                block_rows=100, claims=Claims())
+    rows = {Path(r["source"]).name: r for r in _rows(out)}
+    assert rows["a.png"]["status"] == "error" and rows["a.png"]["error"].startswith("write_failed")
+    assert rows["again.png"]["status"] == "ok" and rows["again.png"]["duplicate_of"] is None
+    assert (out / "images" / "again.png").is_file()
+
+
 def test_without_dedupe_every_copy_is_written(tmp_path, tiny_ckpt, model):
     m, meta = model
     folder = tmp_path / "in"

@@ -761,7 +761,7 @@ def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, outp
             encode(i)
     if pending:
         write_pending()
-    for i, j in copy_of.items():  # a copy whose first could not be written is written itself
+    for i, j in list(copy_of.items()):  # a copy whose first could not be written is written itself
         if not written(j):
             del copy_of[i]
             encode(i)
