@@ -62,20 +62,21 @@ def test_copies_are_written_once_and_point_at_the_first(tmp_path, tiny_ckpt, mod
 
 
 def test_a_copy_whose_first_could_not_be_written_is_written_itself(tmp_path, tiny_ckpt, model):
-    """In one batch: a.png's output path is blocked (a folder stands where its file goes), so its write fails; its
-    copy is then written itself, not pointed at a file that is not there, and the task ends normally."""
+    """In one batch: sub/b.jpg's output path is blocked (a folder stands where its file goes), so its write fails; its
+    copy is then written itself, not pointed at a file that is not there, and the task ends normally (the stages
+by hand cut this manifest into parts a | b, again | c, d | e)."""
     m, meta = model
     folder = tmp_path / "in"
     manifest = _inputs(folder)
-    (folder / "again.png").write_bytes((folder / "a.png").read_bytes())
-    manifest.write_text(manifest.read_text() + "again.png\n")
+    (folder / "again.jpg").write_bytes((folder / "sub" / "b.jpg").read_bytes())
+    manifest.write_text(manifest.read_text().replace("sub/b.jpg\n", "sub/b.jpg\nagain.jpg\n", 1))
     out = tmp_path / "out"
-    (out / "images" / "a.png").mkdir(parents=True)  # where a.png's output goes
+    (out / "images" / "sub" / "b.png").mkdir(parents=True)  # where sub/b.jpg's output goes
     _run_stages(_config(manifest, out, tiny_ckpt, dedupe="content"), _shards(manifest, 100), m, meta,
                 block_rows=100, claims=Claims())
     rows = {Path(r["source"]).name: r for r in _rows(out)}
-    assert rows["a.png"]["status"] == "error" and rows["a.png"]["error"].startswith("write_failed")
-    assert rows["again.png"]["status"] == "ok" and rows["again.png"]["duplicate_of"] is None
+    assert rows["b.jpg"]["status"] == "error" and rows["b.jpg"]["error"].startswith("write_failed")
+    assert rows["again.jpg"]["status"] == "ok" and rows["again.jpg"]["duplicate_of"] is None
     assert (out / "images" / "again.png").is_file()
 
 
