@@ -177,6 +177,12 @@ class ColorizeConfig:
         """device_codec as set, or by default on exactly when the model actors have GPUs."""
         return self.gpus > 0 if self.device_codec is None else self.device_codec
 
+    @property
+    def encode_settings(self) -> dict:
+        """The flags that say how outputs are encoded, as raycolor.core.formats.EncodeOptions' keywords."""
+        return {"png_level": self.png_level, "jpeg_quality": self.jpeg_quality, "jp2_rate": self.jp2_rate,
+                "tiff_pyramid": self.tiff_pyramid}
+
 
 @dataclass(frozen=True)
 class EvaluateConfig:

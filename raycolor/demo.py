@@ -98,7 +98,7 @@ def run_demo(
 ) -> DemoResult:
     """progress(label) makes a raycolor.pipelines.progress.Progress for the colorize and evaluate steps (none: silent);
     terminal: where training draws its progress."""
-    from raycolor.outputs import paths
+    from raycolor import paths
     from raycolor.pipelines import colorize as ray_colorize
     from raycolor.pipelines import evaluate as ray_evaluate
     from raycolor.pipelines.training import driver as ray_train

@@ -117,6 +117,45 @@ def success_uri(output: str) -> str:
     return storage.join_uri(output, "_SUCCESS.json")
 
 
+# --------------------------------------------------------------------------------------------
+# Output names: a source's relpath -> [<namespace>/]key (its extension the format registry's) -> WebDataset member
+# --------------------------------------------------------------------------------------------
+
+
+def split_ext(relpath: str) -> tuple[str, str]:
+    """("a/b/x.JPG") -> ("a/b/x", ".JPG"); a dot-file has no extension: ".hidden" -> (".hidden", "")."""
+    head, base = posixpath.split(relpath)
+    stem, ext = posixpath.splitext(base)
+    return posixpath.join(head, stem) if head else stem, ext
+
+
+def output_key(relpath: str, ext: str) -> str:
+    """``relpath`` (sanitised) with its extension replaced by ``ext`` (the output format's, ``Format.extension``):
+    ("a/b/x.JPG", ".png") -> "a/b/x.png"."""
+    if ext and not ext.startswith("."):
+        ext = "." + ext
+    stem, _ = split_ext(storage.sanitize_relpath(relpath))
+    return stem + ext
+
+
+def disambiguated(name: str, salt: str) -> str:
+    """``name`` made distinct from another that collides with it (case-insensitively), by a hash of ``salt`` (the
+    input's source): the one renaming rule of input relpaths (inputs.listing's de-duplication) and of WebDataset
+    members."""
+    return f"{name}__{storage.digest(salt, 8)}"
+
+
+def namespaced(namespace: str, relpath: str) -> str:
+    """An input's relpath inside its root's namespace ("" : the plain one, no prefix)."""
+    return f"{namespace}/{relpath}" if namespace else relpath
+
+
+def wds_key(output_key: str) -> str:
+    """WebDataset member key of an output key: extension off, dots in the path replaced (keys hold no dots)."""
+    stem = output_key.rsplit(".", 1)[0] if "." in output_key.rsplit("/", 1)[-1] else output_key
+    return stem.replace(".", "_")
+
+
 def root_id(root: str) -> str:
     return storage.digest_parts("root", root)
 

@@ -8,8 +8,8 @@ import raycolor
 PACKAGE = Path(raycolor.__file__).parent
 # The layers, lowest first: a module imports only from its own layer or those below it. The surface (cli, demo)
 # is everything that is not in a sub-package. docs/architecture.md draws the same stack.
-LAYERS = ("config", "storage", "core", "inputs", "outputs", "pipelines", "surface")
-BELOW_RAY = ("config", "storage", "core", "inputs", "outputs")
+LAYERS = ("config", "storage", "core", "paths", "inputs", "outputs", "pipelines", "surface")
+BELOW_RAY = ("config", "storage", "core", "paths", "inputs", "outputs")
 
 
 def _layer(module: str) -> str:

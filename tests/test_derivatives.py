@@ -24,7 +24,8 @@ from support import TAGS, check_provenance, encoded, exiftool_read, exiftool_wri
 from raycolor import inputs, storage
 from raycolor.config import ColorizeConfig, DerivativeSpec, StorageConfig
 from raycolor.core import checkpoint, derivatives
-from raycolor.outputs import fixity, ledger, merge, paths
+from raycolor import paths
+from raycolor.outputs import fixity, ledger, merge
 from raycolor.pipelines import stages
 from raycolor.pipelines.colorize import check_config
 
@@ -134,9 +135,9 @@ def test_files_layout_master_and_derivatives_from_one_prediction(tmp_path, tiny_
         row = rows[str(tmp_path / "in" / rel)]
         master, jpeg, png = row["outputs"]
         assert (master["name"], master["uri"], master["sha256"]) == (ledger.MASTER, row["output"], row["sha256"])
-        assert master["uri"] == str(out / "images" / inputs.output_key(rel, ".tif"))
-        assert jpeg["uri"] == str(out / "derivatives" / "jpeg-32" / inputs.output_key(rel, ".jpg"))
-        assert png["uri"] == str(out / "derivatives" / "png-16" / inputs.output_key(rel, ".png"))
+        assert master["uri"] == str(out / "images" / paths.output_key(rel, ".tif"))
+        assert jpeg["uri"] == str(out / "derivatives" / "jpeg-32" / paths.output_key(rel, ".jpg"))
+        assert png["uri"] == str(out / "derivatives" / "png-16" / paths.output_key(rel, ".png"))
         for entry, want in ((master, (w, h)), (jpeg, derivatives.target_size(w, h, 32)),
                             (png, derivatives.target_size(w, h, 16))):
             data = Path(entry["uri"]).read_bytes()

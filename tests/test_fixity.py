@@ -20,7 +20,8 @@ from test_derivatives import colorize_by_hand
 
 from raycolor.config import ColorizeConfig, StorageConfig
 from raycolor.core import checkpoint
-from raycolor.outputs import fixity, ledger, paths
+from raycolor import paths
+from raycolor.outputs import fixity, ledger
 
 SIZES = {"a.png": (24, 32), "sub/b.jpg": (40, 20), "c.png": (17, 30)}
 

@@ -29,7 +29,7 @@ from raycolor.config import ColorizeConfig, StorageConfig
 from raycolor.core import checkpoint, images
 from raycolor.core.colorize import full_l
 from raycolor.core.model import build_colorizer
-from raycolor.outputs import paths
+from raycolor import paths
 from raycolor.outputs.ledger import read_manifest
 from raycolor.pipelines.colorize import colorize
 from tests import badimages

@@ -15,7 +15,8 @@ import pytest
 
 from raycolor import inputs, storage
 from raycolor.config import StorageConfig
-from raycolor.outputs import ledger, paths
+from raycolor import paths
+from raycolor.outputs import ledger
 from raycolor.outputs.ledger import OutputLocked
 
 

@@ -359,7 +359,8 @@ def test_folder_plan_lists_in_tasks_bins_small_folders_and_cuts_big_ones(ray_loc
     30 small sub-folders are packed into chunks of at most --shard-size, one big sub-folder is cut by its
     own task; an unchanged folder plans the same shards and rewrites no chunk."""
     from raycolor import inputs
-    from raycolor.pipelines.planning import plan
+    from raycolor.outputs import ledger
+    from raycolor.pipelines.planning import classify_inputs, plan
 
     src, out = tmp_path / "scans", tmp_path / "out"
     names = [f"box{b:02d}/{i}.jpg" for b in range(30) for i in range(3)] + [f"big/{i:03d}.jpg" for i in range(50)] + ["top.jpg"]
@@ -367,7 +368,11 @@ def test_folder_plan_lists_in_tasks_bins_small_folders_and_cuts_big_ones(ray_loc
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         (src / name).write_bytes(b"x")
     cfg = ColorizeConfig(inputs=(str(src),), output=str(out), checkpoint="unused", shard_size=20)
-    p = plan(cfg, str(out))
+    def planned():
+        with ledger.locked(str(out)) as book:
+            return plan(cfg, str(out), classify_inputs(cfg.inputs), book)
+
+    p = planned()
     shards = p.shards
     assert all(s.kind == "listing" and 0 < s.count <= 20 for s in shards), shards
     assert sum(s.count for s in shards) == len(names)
@@ -381,7 +386,7 @@ def test_folder_plan_lists_in_tasks_bins_small_folders_and_cuts_big_ones(ray_loc
     assert len(packs) <= 10 and all(n >= 10 for n in sorted(packs)[1:]), packs
     chunks = {p.name: p.stat().st_mtime_ns for p in (out / "_listing").iterdir()}
     assert sorted(chunks) == sorted(f"{s.id}.parquet" for s in shards)
-    again = plan(cfg, str(out))
+    again = planned()
     assert [s.id for s in again.shards] == [s.id for s in shards]
     assert {p.name: p.stat().st_mtime_ns for p in (out / "_listing").iterdir()} == chunks
 

@@ -13,7 +13,8 @@ from support import write_tar
 
 from raycolor import inputs
 from raycolor.inputs import InputError
-from raycolor.outputs import ledger, paths
+from raycolor import paths
+from raycolor.outputs import ledger
 
 
 def _keys(uri: str, **kw) -> list[tuple[str, str]]:

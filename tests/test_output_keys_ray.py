@@ -12,7 +12,8 @@ from PIL import Image
 from support import encoded, noise, one_row_each, write_tar
 
 from raycolor.config import ColorizeConfig
-from raycolor.outputs import ledger, paths
+from raycolor import paths
+from raycolor.outputs import ledger
 from raycolor.pipelines.colorize import colorize
 
 pytestmark = pytest.mark.slow

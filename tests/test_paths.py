@@ -1,4 +1,4 @@
-"""Every OUTPUT path is made by raycolor.outputs.paths, and nothing else spells one (issue 38, 1): no module but
+"""Every OUTPUT path is made by raycolor.paths, and nothing else spells one (issue 38, 1): no module but
 paths joins a literal into a URI, and no module but paths holds the name of a folder or file of the layout
 (docstrings and help texts, which describe the layout to a person, aside)."""
 
@@ -8,10 +8,10 @@ import ast
 from pathlib import Path
 
 import raycolor
-from raycolor.outputs import paths
+from raycolor import paths
 
 PACKAGE = Path(raycolor.__file__).parent
-OWNER = PACKAGE / "outputs" / "paths.py"
+OWNER = PACKAGE / "paths.py"
 # the names of the layout's own folders and files; its plain words ("images", "shards", "manifest", "model",
 # "train") are also the code's dict keys and split names, and are caught by the join rule instead
 NAMES = {"_stats", "_roots", "_listing", "_spool", "_lock.json", "_SUCCESS.json", "metrics.jsonl", "curves.png",

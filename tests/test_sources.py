@@ -17,7 +17,8 @@ import pytest
 
 from raycolor import inputs, storage
 from raycolor.config import StorageConfig
-from raycolor.inputs import InputError, Item, list_items, output_key
+from raycolor.inputs import InputError, Item, list_items
+from raycolor.paths import output_key
 from raycolor.storage import (
     exists,
     filesystem,
@@ -389,7 +390,7 @@ def test_duplicates_and_collisions(tmp_path):
 def test_digest_is_the_one_name_hash():
     """storage.digest: sha1 hex of the UTF-8 text, also for undecodable local names (lone surrogates), and
     the collision suffix of dedupe is its first 8 digits."""
-    from raycolor.outputs import paths
+    from raycolor import paths
 
     name = "/scans/caf\udce9.jpg"  # os.fsdecode of a Latin-1 file name
     assert storage.digest(name) == hashlib.sha1(b"/scans/caf\xed\xb3\xa9.jpg").hexdigest()

@@ -43,7 +43,8 @@ from raycolor import inputs, storage
 from raycolor.config import ColorizeConfig, StorageConfig
 from raycolor.core import checkpoint, color, images
 from raycolor.core.colorize import L_SCALE
-from raycolor.outputs import ledger, merge, paths, writers
+from raycolor import paths
+from raycolor.outputs import ledger, merge, writers
 from raycolor.pipelines import stages
 
 # (relpath in the manifest, (h, w)): sizes all different, so an image written under another row's name shows
@@ -188,14 +189,14 @@ def test_files_layout_decode_predict_finish_merge(tmp_path, tiny_ckpt, model):
     rows = one_row_each(out, srcs)
     for rel, _ in GOOD:
         row = rows[str(tmp_path / "in" / rel)]
-        want = out / "images" / inputs.output_key(rel, ".png")
+        want = out / "images" / paths.output_key(rel, ".png")
         assert row["output"] == str(want) and (row["status"], row["error"]) == ("ok", None)
         assert (row["model_id"], row["format"], row["bit_depth"]) == (meta.model_id, "png", 8)
         assert "provenance" in json.loads(row["metadata"])["added"]
         _check_image(want.read_bytes(), tmp_path / "in" / rel, row)
     # nothing else written: the images, one part and one stats record per shard
     written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
-    assert written == ({f"images/{inputs.output_key(rel, '.png')}" for rel, _ in GOOD}
+    assert written == ({f"images/{paths.output_key(rel, '.png')}" for rel, _ in GOOD}
                        | {f"manifest/{s.id}.parquet" for s in shards} | {f"_stats/{s.id}.json" for s in shards})
 
 
@@ -223,7 +224,7 @@ def test_webdataset_layout_writes_one_tar_per_shard(tmp_path, tiny_ckpt, model):
     for src, rel in srcs.items():
         row = rows[src]
         tar, name = row["output"].split("#")
-        key = writers.wds_key(inputs.output_key(rel, ".png"))
+        key = paths.wds_key(paths.output_key(rel, ".png"))
         assert name == f"{key}.png" and tar in members
         _check_image(members[tar][name], Path(src), row)
         side = json.loads(members[tar][f"{key}.json"])
@@ -427,13 +428,13 @@ def test_a_run_that_stops_after_its_checkpoint_went_names_the_checkpoint(tmp_pat
     shutil.copytree(tiny_ckpt, ckpt)
     cfg = ColorizeConfig(inputs=(str(tmp_path),), output=str(tmp_path / "out"), checkpoint=str(ckpt))
     ray_data_error = AssertionError("Above ray.get should raise an exception.")
-    assert model_gone(cfg, ray_data_error) is None  # readable: the pipeline's own error stands
+    assert model_gone(cfg.checkpoint, ray_data_error, store=cfg.storage) is None  # readable: the pipeline's own error stands
     (ckpt / checkpoint.CONFIG_NAME).unlink()
-    gone = model_gone(cfg, ray_data_error)
+    gone = model_gone(cfg.checkpoint, ray_data_error, store=cfg.storage)
     assert isinstance(gone, checkpoint.CheckpointError)
     assert str(gone).startswith(f"no checkpoint at {ckpt}") and str(gone).endswith("(the run stopped with AssertionError)")
     # the actor's own CheckpointError already says it
-    assert model_gone(cfg, checkpoint.CheckpointError(f"cannot read checkpoint {ckpt}")) is None
+    assert model_gone(cfg.checkpoint, checkpoint.CheckpointError(f"cannot read checkpoint {ckpt}"), store=cfg.storage) is None
 
 
 # --------------------------------------------------------------------------------------------- inputs with colour
@@ -500,7 +501,7 @@ def test_inputs_with_colour_are_measured_and_skipped_on_request(tmp_path, tiny_c
     assert st["errors_by_reason"] == {}
     assert sorted(r["status"] for r in finished) == sorted(["ok"] * (4 - n_skipped) + ["skipped"] * n_skipped)
     written = {p.name for p in (out / "images").iterdir()}
-    assert written == {inputs.output_key(rel, ".png") for rel, kind in kinds.items() if not (skip and kind == "colour")}
+    assert written == {paths.output_key(rel, ".png") for rel, kind in kinds.items() if not (skip and kind == "colour")}
 
 
 def test_retry_all_errors_leaves_skipped_rows_alone(tmp_path, tiny_ckpt, model):

@@ -12,9 +12,10 @@ import pytest
 
 from raycolor import storage
 from raycolor.config import StorageConfig
-from raycolor.outputs import paths
+from raycolor import paths
 from raycolor.outputs.ledger import IMAGE_COLUMN, MANIFEST_SCHEMA
-from raycolor.outputs.writers import WRITERS, FilesWriter, WebDatasetWriter, wds_key
+from raycolor.outputs.writers import WRITERS, FilesWriter, WebDatasetWriter
+from raycolor.paths import wds_key
 
 SID = "shard0"
 

@@ -1,5 +1,5 @@
-"""The listing rules: what a folder, a tar or a manifest yields (:class:`Item`), the output-name rule
-(:func:`output_key`) and de-duplication; the rules themselves are stated in :mod:`raycolor.inputs`."""
+"""The listing rules: what a folder, a tar or a manifest yields (:class:`Item`) and de-duplication (the output names
+it keeps apart are :mod:`raycolor.paths`'); the rules themselves are stated in :mod:`raycolor.inputs`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from raycolor import storage
+from raycolor import paths, storage
 from raycolor.config import DEFAULT_STORE, StorageConfig
 from raycolor.core.suffixes import IMAGE_SUFFIXES, object_kind, suffix
 from raycolor.storage import InputError
@@ -60,25 +60,6 @@ class Item:
 
 
 _ITEM_COLUMNS = ("source", "relpath", "uri", "offset", "size")
-
-
-# --------------------------------------------------------------------------------------------
-# Output names (the rule de-duplication is stated in)
-# --------------------------------------------------------------------------------------------
-
-
-def _split_ext(relpath: str) -> tuple[str, str]:
-    head, base = posixpath.split(relpath)
-    stem, ext = posixpath.splitext(base)  # ".hidden" -> (".hidden", "")
-    return posixpath.join(head, stem) if head else stem, ext
-
-
-def output_key(relpath: str, ext: str) -> str:
-    """``relpath`` (sanitised) with its extension replaced by ``ext``: ("a/b/x.JPG", ".png") -> "a/b/x.png"."""
-    if ext and not ext.startswith("."):
-        ext = "." + ext
-    stem, _ = _split_ext(storage.sanitize_relpath(relpath))
-    return stem + ext
 
 
 # --------------------------------------------------------------------------------------------
@@ -497,12 +478,12 @@ def _dedupe(items: Iterable[Item]) -> list[Item]:
         if item.source in seen_sources:
             continue
         seen_sources.add(item.source)
-        stem, ext = _split_ext(item.relpath)
+        stem, ext = paths.split_ext(item.relpath)
         key = stem.lower()
         if key in taken:
             salt = item.source
             while True:
-                new_stem = f"{stem}__{storage.digest(salt, 8)}"
+                new_stem = paths.disambiguated(stem, salt)
                 if new_stem.lower() not in taken:
                     break
                 salt += "#"  # astronomically rare: keep deterministic

@@ -33,7 +33,8 @@ import pyarrow.parquet as pq
 from raycolor import storage
 from raycolor.config import DEFAULT_STORE, StorageConfig
 from raycolor.inputs import Item
-from raycolor.outputs import ledger, paths
+from raycolor import paths
+from raycolor.outputs import ledger
 
 # names a report keeps of each kind of problem (its counts are exact): a run that lost everything must not send
 # 100M names back to one driver

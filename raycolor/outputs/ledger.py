@@ -4,7 +4,7 @@ What a shard is and how inputs become shards is :mod:`raycolor.inputs`; this mod
 them: the manifest schema and error reasons, per-shard stats, roots and their namespaces, the lock, and reading
 the manifest back.
 
-Every OUTPUT path is made by :mod:`raycolor.outputs.paths`, which draws the layout.
+Every OUTPUT path is made by :mod:`raycolor.paths`, which draws the layout.
 
 Shard ids are deterministic: a hash of the root, the shard's kind and object, its range and, for listing
 chunks, the sources it holds. The same command over unchanged inputs plans the same shards, so a re-run
@@ -28,7 +28,8 @@ import os
 import posixpath
 import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import pyarrow as pa
@@ -37,7 +38,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from raycolor import storage
 from raycolor.config import DEFAULT_STORE, StorageConfig
-from raycolor.outputs import paths
+from raycolor import paths
 
 # error reasons that a later run may cure by itself (object-store or network trouble); everything else
 # (truncated, not_an_image, too_large, unsupported) is a property of the input
@@ -227,46 +228,83 @@ def key_rule_of(record: dict) -> int:
 
 
 @dataclass(frozen=True)
-class RootBook:
-    """The roots' bookkeeping in one place: what OUTPUT's records say of this run's roots (read once), each
-    root's namespace and output-key rule, and, once the roots are sharded, the records to write and the shards
-    of an earlier run the inputs no longer make (superseded). :func:`record_roots` writes what it settles."""
+class Left:
+    """What earlier runs left to do of a plan's shards: the shards to run (a finished one again only for its errors
+    to retry)."""
 
-    order: tuple[str, ...]  # this run's roots, in input order, once each
-    known: dict  # root -> its record, every root OUTPUT has seen
-    rules: dict  # root -> its output-key rule (key_rules)
+    done_before: dict  # shard id -> stats of a shard an earlier run finished
+    todo: list  # inputs.Shard
+    rows: int  # images to process
+    total: int  # images in all the plan's shards
+
+
+class Book:
+    """OUTPUT's bookkeeping as a run finds it, in one place: every root's record and the shards earlier runs
+    finished (read once, under the lock: :func:`locked`). From it, for this run's roots: each root's namespace and
+    output-key rule, once the roots are sharded the records to write and the shards of an earlier run the inputs
+    no longer make (superseded), writing and removing those records (:meth:`record`), and what is left to do
+    (:meth:`left`)."""
+
+    def __init__(self, output: str, *, known: dict[str, dict], finished: set[str], store: StorageConfig = DEFAULT_STORE):
+        self.output = output
+        self.known = known  # root -> its record, every root OUTPUT has seen
+        self.finished = finished  # ids of the shards whose stats record exists
+        self.store = store
 
     @classmethod
-    def read(cls, output: str, roots: Sequence[str], *, store: StorageConfig = DEFAULT_STORE) -> RootBook:
-        order = tuple(dict.fromkeys(roots))
-        known = read_roots(output, store=store)
-        return cls(order=order, known=known, rules=key_rules(order, known))
+    def read(cls, output: str, *, store: StorageConfig = DEFAULT_STORE) -> Book:
+        return cls(output, known=read_roots(output, store=store), finished=finished_shards(output, store=store),
+                   store=store)
 
-    def namespaces(self, listed: Iterable[str]) -> dict[str, str]:
-        return assign_namespaces(self.order, self.known, listed=listed)
+    def rules(self, roots: Sequence[str]) -> dict[str, int]:
+        """Each root's output-key rule (:func:`key_rules`)."""
+        return key_rules(list(dict.fromkeys(roots)), self.known)
 
-    def settle(self, by_root: dict, listed: Iterable[str]) -> tuple[list, dict[str, dict], list[str]]:
-        """(every shard with its root's namespace, root -> the record to write, superseded shard ids), from each
-        root's shards (inputs.Shard) and the roots listed together (that may share the plain namespace)."""
-        ns = self.namespaces(listed)
+    def namespaces(self, roots: Sequence[str], listed: Iterable[str]) -> dict[str, str]:
+        return assign_namespaces(roots, self.known, listed=listed)
+
+    def settle(self, roots: Sequence[str], by_root: dict, listed: Iterable[str]) -> tuple[list, dict[str, dict], list[str]]:
+        """(every shard with its root's namespace, root -> the record to write, superseded shard ids), from this
+        run's roots (in input order), each root's shards (inputs.Shard) and the roots listed together (that may
+        share the plain namespace)."""
+        ns, rules = self.namespaces(roots, listed), self.rules(roots)
         shards, records = [], {}
         for root, mine in by_root.items():
             mine = [s.with_(namespace=ns[root]) for s in mine]
             shards += mine
-            records[root] = {"root": root, "namespace": ns[root], "key_rule": self.rules[root], "shards": [s.id for s in mine]}
+            records[root] = {"root": root, "namespace": ns[root], "key_rule": rules[root], "shards": [s.id for s in mine]}
         superseded = [sid for root, rec in self.known.items() if root in records
                       for sid in rec.get("shards", []) if sid not in set(records[root]["shards"])]
         return shards, records, superseded
 
+    def record(self, records: dict[str, dict], superseded: Sequence[str]) -> None:
+        """Before any image: what superseded shards left is removed (inputs that changed since an earlier run:
+        their old shards go before anything new is written), then each root's record is written."""
+        if superseded:
+            remove([u for sid in superseded for u in paths.shard_files(self.output, sid)], store=self.store)
+            self.finished -= set(superseded)
+        for rec in records.values():
+            write_json(paths.root_uri(self.output, rec["root"]), rec, store=self.store)
+            self.known[rec["root"]] = rec
 
-def record_roots(output: str, records: dict[str, dict], superseded: Sequence[str], *,
-                 store: StorageConfig = DEFAULT_STORE) -> None:
-    """Before any image: what superseded shards left is removed (inputs that changed since an earlier run: their old
-    shards go before anything new is written), then each root's record is written."""
-    if superseded:
-        remove([u for sid in superseded for u in paths.shard_files(output, sid)], store=store)
-    for rec in records.values():
-        write_json(paths.root_uri(output, rec["root"]), rec, store=store)
+    def left(self, shards: Sequence, retry_errors: str) -> Left:
+        """What is left of ``shards`` (inputs.Shard): those no earlier run finished, and with ``retry_errors``
+        ("transient" or "all"; "none": no retry) the finished ones whose errors of that kind are redone."""
+        done_before = read_stats(self.output, [s.id for s in shards if s.id in self.finished], store=self.store)
+        todo, rows = [], 0
+        for s in shards:
+            if s.id not in done_before:
+                todo.append(s)
+                rows += s.count
+                continue
+            if retry_errors != "none":
+                redo = sum(n for reason, n in done_before[s.id].get("errors_by_reason", {}).items()
+                           if retry_errors == "all" or reason in TRANSIENT_REASONS)
+                if redo:
+                    todo.append(s.with_(retry=retry_errors))
+                    rows += redo
+        total = sum(done_before[s.id]["rows"] if s.id in done_before else s.count for s in shards)
+        return Left(done_before=done_before, todo=todo, rows=rows, total=total)
 
 
 def key_rules(roots: Sequence[str], known: dict[str, dict]) -> dict[str, int]:
@@ -370,3 +408,14 @@ def release_lock(output: str, lock: dict, *, store: StorageConfig = DEFAULT_STOR
         return
     if held.get("token") == lock.get("token"):
         remove([uri], store=replace(store, retries=_LOCK_ATTEMPTS))
+
+
+@contextmanager
+def locked(output: str, *, force: bool = False, store: StorageConfig = DEFAULT_STORE) -> Iterator[Book]:
+    """OUTPUT locked for one driver (:func:`acquire_lock`, released on the way out), and its :class:`Book` as
+    this run finds it, read under the lock."""
+    lock = acquire_lock(output, force=force, store=store)
+    try:
+        yield Book.read(output, store=store)
+    finally:
+        release_lock(output, lock, store=store)

@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 
 from raycolor import storage
 from raycolor.config import StorageConfig
-from raycolor.outputs import ledger, paths
+from raycolor import paths
+from raycolor.outputs import ledger
 from raycolor.outputs.ledger import MANIFEST_SCHEMA
 from raycolor.outputs.writers import WRITERS
 

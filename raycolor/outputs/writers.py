@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from raycolor import storage
 from raycolor.config import StorageConfig
-from raycolor.outputs import paths
+from raycolor import paths
 from raycolor.outputs.ledger import DERIVATIVE_IMAGES_COLUMN, IMAGE_COLUMN
 
 
@@ -109,9 +109,9 @@ class WebDatasetWriter:
                     new_outputs.append(None)
                     new_listed.append(listed[i])
                     continue
-                key = wds_key(out)
+                key = paths.wds_key(out)
                 if key.lower() in taken:  # two output keys that differ only by their dots: keep both
-                    key = f"{key}__{storage.digest(cols['source'][i], 8)}"
+                    key = paths.disambiguated(key, cols['source'][i])
                 taken.add(key.lower())
                 ext = out.rsplit(".", 1)[-1]
                 meta = {k: cols[k][i] for k in member_cols}
@@ -177,12 +177,6 @@ class WebDatasetWriter:
         if has_images:
             return table.set_column(table.schema.get_field_index(IMAGE_COLUMN.name), IMAGE_COLUMN, image)
         return table.append_column(IMAGE_COLUMN, image)
-
-
-def wds_key(output_key: str) -> str:
-    """WebDataset member key of an output key: extension off, dots in the path replaced (keys hold no dots)."""
-    stem = output_key.rsplit(".", 1)[0] if "." in output_key.rsplit("/", 1)[-1] else output_key
-    return stem.replace(".", "_")
 
 
 # the writer of each --layout (ColorizeConfig.layout); its keys are the layouts check_config accepts

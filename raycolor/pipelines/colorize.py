@@ -27,7 +27,8 @@ import numpy as np
 from raycolor import inputs, storage
 from raycolor.config import ColorizeConfig, StorageConfig
 from raycolor.core import checkpoint, formats, precision
-from raycolor.outputs import ledger, paths
+from raycolor import paths
+from raycolor.outputs import ledger
 from raycolor.outputs.merge import merge_shard
 from raycolor.outputs.writers import WRITERS
 from raycolor.pipelines import runtime
@@ -36,7 +37,6 @@ from raycolor.pipelines.stages import (
     ModelStage,
     Predictor,
     decode_block,
-    derivative_options,
     expand_batch,
     Claims,
     RemoteClaims,
@@ -207,33 +207,31 @@ def colorize(
     each batch of finished rows as it comes back.
 
     The driver in named steps: check (config, model, inputs, cluster: all before anything is written) ->
-    lock -> plan -> what is left -> stream + merge -> summary.
+    lock (OUTPUT's ledger.Book read under it) -> plan (shards, the roots' records, what is left) -> stream +
+    merge -> summary.
     """
     start = time.time()
     output = storage.absolute(config.output)
     check_config(config)  # what the flags say, before any read: a typo costs nothing
     meta, render_size = resolve_model(config.checkpoint, config.render_size, store=config.storage)
-    roots = classify_inputs(config)
+    roots = classify_inputs(config.inputs, store=config.storage)
     _check_cluster(config, output)
-    lock = ledger.acquire_lock(output, force=config.force_unlock, store=config.storage)
-    try:
-        p = _plan(config, output, roots)
-        left = _what_is_left(config, output, p)
+    with ledger.locked(output, force=config.force_unlock, store=config.storage) as book:
+        p = plan(config, output, roots, book)
         if on_total:
-            on_total(left.total, left.total - left.rows)
+            on_total(p.left.total, p.left.total - p.left.rows)
         try:
-            run = _stream_and_merge(config, output, left, meta.model_id, render_size, start, on_rows) if left.todo else _Run()
+            run = (_stream_and_merge(config, output, p.left, meta.model_id, render_size, start, on_rows)
+                   if p.left.todo else _Run())
         except Exception as e:
-            gone = model_gone(config, e)
+            gone = model_gone(config.checkpoint, e, store=config.storage)
             if gone:
                 raise gone from e
             raise
-        return _summary(config, output, p, left, run, meta.model_id, render_size, start)
-    finally:
-        ledger.release_lock(output, lock, store=config.storage)
+        return _summary(config, output, p, run, meta.model_id, render_size, start)
 
 
-def model_gone(config: ColorizeConfig, err: Exception) -> checkpoint.CheckpointError | None:
+def model_gone(checkpoint_uri: str, err: Exception, *, store: StorageConfig) -> checkpoint.CheckpointError | None:
     """After a failed stream: the error to report instead when the checkpoint cannot be read any more.
 
     A model actor that dies mid-run (OOM, a lost node, a kill) is restarted and loads the checkpoint again. If
@@ -244,7 +242,7 @@ def model_gone(config: ColorizeConfig, err: Exception) -> checkpoint.CheckpointE
     if isinstance(err, checkpoint.CheckpointError):
         return None
     try:
-        checkpoint.read_meta(config.checkpoint, store=config.storage)
+        checkpoint.read_meta(checkpoint_uri, store=store)
     except checkpoint.CheckpointError as e:
         return checkpoint.CheckpointError(f"{e} (the run stopped with {type(err).__name__})")
     return None
@@ -278,7 +276,7 @@ def check_config(config: ColorizeConfig) -> None:
         raise ValueError(f"--jp2-rate is for --format jp2, not {config.format}")
     if config.tiff_pyramid and entry.name != "tiff":
         raise ValueError(f"--tiff-pyramid is for --format tiff, not {config.format}")
-    formats.EncodeOptions(png_level=config.png_level, jpeg_quality=config.jpeg_quality, jp2_rate=config.jp2_rate).check()
+    formats.EncodeOptions(**config.encode_settings).check()
     _check_derivatives(config)
     if config.sign is not None:
         _check_signing(config)
@@ -298,6 +296,7 @@ def _check_signing(config: ColorizeConfig) -> None:
 def _check_derivatives(config: ColorizeConfig) -> None:
     """Each --derivative: a format raycolor writes, options that EncodeOptions has (with values of its kind, in
     its ranges), one name each."""
+    run = formats.EncodeOptions(**config.encode_settings)
     fields = {f.name: f.default for f in dataclasses.fields(formats.EncodeOptions) if f.name != "threads"}
     names: set[str] = set()
     for spec in config.derivatives:
@@ -310,7 +309,7 @@ def _check_derivatives(config: ColorizeConfig) -> None:
                 raise ValueError(f"--derivative {spec.name}: no option {key!r} (options: {', '.join(sorted(fields))})")
             if isinstance(value, bool) != isinstance(fields[key], bool) or (isinstance(fields[key], int) and not isinstance(value, int)):
                 raise ValueError(f"--derivative {spec.name}: {key}={value} is not a value {key} takes")
-        options = derivative_options(config, spec)
+        options = run.derived(spec.options)
         options.check()
         if options.tiff_pyramid and entry.name != "tiff":
             raise ValueError(f"--derivative {spec.name}: tiff_pyramid is for a tiff derivative")
@@ -329,44 +328,6 @@ def _check_cluster(config: ColorizeConfig, output: str) -> None:
         )
 
 
-def _plan(config: ColorizeConfig, output: str, roots):
-    """The shards of every input (planning.plan), with what an earlier run left for changed inputs removed
-    and each root's record written (before any image)."""
-    p = plan(config, output, roots)
-    ledger.record_roots(output, p.roots, p.superseded, store=config.storage)
-    return p
-
-
-@dataclass(frozen=True)
-class _Left:
-    """What an earlier run left to do: the shards to run (a finished one again only for its errors to retry)."""
-
-    done_before: dict  # shard id -> stats of a shard an earlier run finished
-    todo: list  # inputs.Shard
-    rows: int  # images to process
-    total: int  # images in all the run's shards
-
-
-def _what_is_left(config: ColorizeConfig, output: str, p) -> _Left:
-    finished = ledger.finished_shards(output, store=config.storage)
-    done_before = ledger.read_stats(output, [s.id for s in p.shards if s.id in finished], store=config.storage)
-    todo, rows = [], 0
-    for s in p.shards:
-        if s.id not in done_before:
-            todo.append(s)
-            rows += s.count
-            continue
-        st = done_before[s.id]
-        if config.retry_errors != "none":
-            redo = sum(n for reason, n in st.get("errors_by_reason", {}).items()
-                       if config.retry_errors == "all" or reason in ledger.TRANSIENT_REASONS)
-            if redo:
-                todo.append(s.with_(retry=config.retry_errors))
-                rows += redo
-    total = sum(done_before[s.id]["rows"] if s.id in done_before else s.count for s in p.shards)
-    return _Left(done_before=done_before, todo=todo, rows=rows, total=total)
-
-
 @dataclass
 class _Run:
     """What streaming the left shards gave: rows processed, seconds to the first, each merged shard's stats."""
@@ -377,7 +338,7 @@ class _Run:
     merged: dict = field(default_factory=dict)
 
 
-def _stream_and_merge(config: ColorizeConfig, output: str, left: _Left, model_id: str, render_size: int,
+def _stream_and_merge(config: ColorizeConfig, output: str, left: ledger.Left, model_id: str, render_size: int,
                       start: float, on_rows) -> _Run:
     """Run the pipeline over the left shards, counting rows as they stream back; merge each shard as soon as
     its last row is back (a Ray task each), and fail if a shard came back incomplete."""
@@ -463,11 +424,12 @@ def _precision_ran(stats: list[dict]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def _summary(config: ColorizeConfig, output: str, p, left: _Left, run: _Run, model_id: str, render_size: int,
+def _summary(config: ColorizeConfig, output: str, p, run: _Run, model_id: str, render_size: int,
              start: float) -> ColorizeSummary:
     """The run's summary, from every shard's stats (this run's and earlier ones'), written last as
     OUTPUT/_SUCCESS.json."""
     elapsed = time.time() - start
+    left = p.left
     stats = {**left.done_before, **run.merged}
     mine = [stats[s.id] for s in p.shards]
     inputs = sum(st["rows"] for st in mine)

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 from raycolor import inputs, storage
 from raycolor.config import DEFAULT_STORE, ColorizeConfig, StorageConfig
-from raycolor.outputs import ledger, paths
+from raycolor import paths
+from raycolor.outputs import ledger
 from raycolor.pipelines import runtime
 
 
@@ -28,18 +29,19 @@ class Plan:
     superseded: list  # ids of shards OUTPUT holds for these roots that the inputs no longer make
     roots: dict  # root -> record to write to OUTPUT/_roots/
     not_taken: dict = field(default_factory=dict)  # root -> {suffix: files it holds that are not taken}, largest first
+    left: ledger.Left | None = None  # what earlier runs left to do of `shards`
 
     def not_taken_in_all(self) -> dict[str, int]:
         """{suffix: files} not taken, of every root together, largest first (inputs.merge_not_taken)."""
         return inputs.merge_not_taken(*self.not_taken.values())
 
 
-def classify_inputs(config: ColorizeConfig) -> list:
+def classify_inputs(uris: Sequence[str], *, store: StorageConfig = DEFAULT_STORE) -> list:
     """What each input is (folders are listed later, in tasks); raises InputError before anything is
     started or written."""
-    if not config.inputs:
+    if not uris:
         raise inputs.InputError("no inputs given")
-    return [inputs.classify(u, store=config.storage) for u in config.inputs]
+    return [inputs.classify(u, store=store) for u in uris]
 
 
 def _root_group(roots: list) -> inputs.ListGroup:
@@ -238,19 +240,24 @@ def write_listing(uris: Sequence[str], output: str, *, shard_size: int, store: S
     return sum(s.count for s in shards), len(names), inputs.merge_not_taken(*not_taken.values())
 
 
-def plan(config: ColorizeConfig, output: str, roots: list | None = None) -> Plan:
-    """The shards of the inputs (:func:`shard_inputs`; folder listings chunked into OUTPUT/_listing/) with
-    each root's namespace and output-key rule, and the shards they supersede (ledger.RootBook, the roots'
-    bookkeeping). Call with OUTPUT locked.
+def plan(config: ColorizeConfig, output: str, roots: list, book: ledger.Book) -> Plan:
+    """The run's one planning step, with OUTPUT locked (``book``: ledger.locked's): the shards of the inputs
+    (``roots``, :func:`classify_inputs`'s; :func:`shard_and_count`; folder listings chunked into OUTPUT/_listing/)
+    with each root's namespace and
+    output-key rule, the shards they supersede, each root's record written and what superseded shards left
+    removed (before any image), and what is left to do (the ledger's :class:`~raycolor.outputs.ledger.Book` keeps
+    all of that bookkeeping).
 
     On a first run, the folder and image roots (listed and de-duplicated together) share the plain namespace;
     a folder that turns out to hold no image but tars or manifests is not one of them (its keys are made in
     its shards' tasks, where no other root's are seen), so the namespaces are settled once the roots are sized."""
-    roots = classify_inputs(config) if roots is None else roots
-    book = ledger.RootBook.read(output, [r.root for r in roots], store=config.storage)
+    order = [r.root for r in roots]
     listed = {r.root for r in roots if r.kind in ("folder", "listing")}
-    by_root, not_taken = shard_and_count(roots, shard_size=config.shard_size, namespaces=book.namespaces(listed),
-                                         key_rules=book.rules, listing=paths.listing_uri(output, "{id}"), store=config.storage)
+    by_root, not_taken = shard_and_count(roots, shard_size=config.shard_size, namespaces=book.namespaces(order, listed),
+                                         key_rules=book.rules(order), listing=paths.listing_uri(output, "{id}"),
+                                         store=config.storage)
     listed -= {root for root, mine in by_root.items() if any(s.kind != "listing" for s in mine)}
-    shards, records, superseded = book.settle(by_root, listed)
-    return Plan(shards=shards, superseded=superseded, roots=records, not_taken=not_taken)
+    shards, records, superseded = book.settle(order, by_root, listed)
+    book.record(records, superseded)
+    return Plan(shards=shards, superseded=superseded, roots=records, not_taken=not_taken,
+                left=book.left(shards, config.retry_errors))

@@ -45,7 +45,8 @@ from raycolor.config import DEFAULT_MAX_PIXELS, ColorizeConfig, DerivativeSpec, 
 from raycolor.core import chroma, derivatives, formats, images, metadata, signing
 from raycolor.core.failures import INTERNAL, internal_error
 from raycolor.core.budget import BLOCK_PIXELS, BYTES_PER_PIXEL, DEVICE_PIXELS
-from raycolor.outputs import ledger, paths
+from raycolor import paths
+from raycolor.outputs import ledger
 from raycolor.outputs.ledger import DERIVATIVE_IMAGES_COLUMN, IMAGE_COLUMN, MANIFEST_SCHEMA
 from raycolor.outputs.merge import spool
 from raycolor.outputs.writers import WRITERS
@@ -608,13 +609,12 @@ def _sign_config(path: str) -> signing.SignConfig:
 
 def derivative_options(config: ColorizeConfig, spec: DerivativeSpec) -> formats.EncodeOptions:
     """How a derivative is encoded: the run's options (encode_options), no pyramid unless asked, then its own."""
-    return dataclasses.replace(encode_options(config), **{"tiff_pyramid": False, **dict(spec.options)})
+    return encode_options(config).derived(spec.options)
 
 
 def encode_options(config: ColorizeConfig) -> formats.EncodeOptions:
     """How this run encodes its outputs (one finish task is one CPU: a codec's threads stay at one)."""
-    return formats.EncodeOptions(png_level=config.png_level, jpeg_quality=config.jpeg_quality, jp2_rate=config.jp2_rate,
-                                 tiff_pyramid=config.tiff_pyramid)
+    return formats.EncodeOptions(**config.encode_settings)
 
 
 def _colour_of(batch: dict, i: int) -> dict:
@@ -670,164 +670,201 @@ def finish_batch(batch: dict, *, config: ColorizeConfig, stage: ModelStage, outp
     import torch
 
     torch.set_num_threads(1)
-    n = len(batch["source"])
-    rows: dict[str, list] = {name: [] for name in MANIFEST_SCHEMA.names}
-    blobs: list[bytes | None] = []
-    fmt, writer, store = config.format, WRITERS[config.layout], config.storage
-    prov = metadata.Provenance(software=metadata.SOFTWARE, model_id=model_id)
-    keep = config.metadata == "keep"
-    done: list[list[Rendered] | None] = [None] * n  # each row's outputs, master first
-    uris: list[list[str] | None] = [None] * n  # where each goes (writer.row_output / derivative_output)
-    failures: dict[int, Exception | None] = {}
-    shard_col = [str(x) for x in batch["shard"]]
-    keep_blobs = config.parquet_images or writer.spools_images  # the spool carries the images too
-    pending: list[int] = []
-    source_sha = batch.get("source_sha256")
+    f = _Finishing(batch, config=config, stage=stage, output=output, model_id=model_id)
+    f.find_copies(claims)  # --dedupe content: rows whose bytes another input writes
+    f.encode_and_write()  # each row's outputs encoded, hashed and written, a bounded number of bytes at a time
+    f.register(claims)  # --dedupe content: what this batch wrote, for the batches after it
+    table = f.manifest()  # one row per input
+    spool(table, f.shard_col, output=output, store=config.storage)
+    return f.driver_rows(table)
 
-    def write_pending() -> None:
-        # the pending images are written before the manifest part that names them
+
+class _Finishing:
+    """One finish batch's state, through finish_batch's steps: each row's rendered outputs, where they go, their
+    hashes, and the error a row got here (an encode that failed, a write past the retry limit)."""
+
+    def __init__(self, batch: dict, *, config: ColorizeConfig, stage: ModelStage, output: str, model_id: str):
+        self.batch, self.config, self.stage, self.output, self.model_id = batch, config, stage, output, model_id
+        self.n = n = len(batch["source"])
+        self.writer, self.store = WRITERS[config.layout], config.storage
+        self.prov = metadata.Provenance(software=metadata.SOFTWARE, model_id=model_id)
+        self.keep = config.metadata == "keep"
+        self.done: list[list[Rendered] | None] = [None] * n  # each row's outputs, master first
+        self.uris: list[list[str] | None] = [None] * n  # where each goes (writer.row_output / derivative_output)
+        self.hashes: list[list[tuple[str, int]] | None] = [None] * n  # each output's (sha256, bytes), before the bytes go
+        self.failures: dict[int, Exception | None] = {}  # row -> its first output's failed write (None: written)
+        self.failed_uri: dict[int, str] = {}
+        self.own_errors: dict[int, str] = {}  # row -> the error this task gave it ("internal: ...", "too_large: ...")
+        self.shard_col = [str(x) for x in batch["shard"]]
+        self.keep_blobs = config.parquet_images or self.writer.spools_images  # the spool carries the images too
+        self.pending: list[int] = []
+        self.source_sha = batch.get("source_sha256")
+        # --dedupe content: row -> the entry of the input that wrote its bytes (an earlier batch's), or the row of
+        # this batch that writes them (its first with those bytes: written, then its copies point at it)
+        self.earlier: dict[int, dict] = {}
+        self.copy_of: dict[int, int] = {}
+
+    def find_copies(self, claims: Claims | RemoteClaims | None) -> None:
+        if claims is None or self.source_sha is None:
+            return
+        sha, batch = self.source_sha, self.batch
+        todo = [i for i in range(self.n) if not batch["error"][i] and sha[i]]
+        for i, entry in zip(todo, claims.lookup([str(sha[i]) for i in todo])):
+            if entry is not None:
+                self.earlier[i] = entry
+        first_here: dict[str, int] = {}
+        for i in todo:
+            if i not in self.earlier:
+                j = first_here.setdefault(str(sha[i]), i)
+                if j != i:
+                    self.copy_of[i] = j
+
+    def encode_and_write(self) -> None:
+        for i in range(self.n):
+            if not self.batch["error"][i] and i not in self.earlier and i not in self.copy_of:
+                self._encode(i)
+        self._write_pending()
+        for i, j in list(self.copy_of.items()):  # a copy whose first could not be written is written itself
+            if not self._written(j):
+                del self.copy_of[i]
+                self._encode(i)
+        self._write_pending()
+
+    def _encode(self, i: int) -> None:
+        """Row i's outputs rendered, placed and hashed (an error: its own row); queued for writing."""
+        try:
+            self.done[i] = rendered_outputs(self.batch, i, stage=self.stage, config=self.config, prov=self.prov,
+                                            keep=self.keep)
+            relpath = self.batch["relpath"][i]
+            self.uris[i] = [self.writer.row_output(self.output, paths.output_key(relpath, out.extension))
+                            if out.name == ledger.MASTER else
+                            self.writer.derivative_output(self.output, out.name, paths.output_key(relpath, out.extension))
+                            for out in self.done[i]]
+            self.hashes[i] = [(hashlib.sha256(out.data).hexdigest(), len(out.data)) for out in self.done[i]]
+        except (signing.SignFailed, signing.SignError) as e:  # --sign: this image's row, never the task's end
+            self._fail(i, f"{ledger.SIGN_FAILED}: {e}")
+            return
+        except formats.CannotHold as e:  # e.g. wider than WebP holds: a property of the image, not a bug
+            self._fail(i, f"too_large: {e}")
+            return
+        except Exception as e:  # this image's error row, never the task's end
+            self._fail(i, internal_error(e, "encode"))
+            return
+        if not self.writer.spools_images:
+            self.pending.append(i)
+            if sum(len(out.data) for j in self.pending for out in self.done[j]) >= WRITE_BYTES:
+                self._write_pending()
+
+    def _fail(self, i: int, error: str) -> None:
+        self.own_errors[i] = error
+        self.done[i] = self.uris[i] = None
+
+    def _write_pending(self) -> None:
+        """The pending images written (before the manifest part that names them)."""
+        if not self.pending:
+            return
+        pending, done, uris = self.pending, self.done, self.uris
         pairs = [(uri, out.data) for i in pending for uri, out in zip(uris[i], done[i])]
         owners = [i for i in pending for _ in done[i]]
         try:
-            written = writer.write_images(pairs, [shard_col[i] for i in owners], output=output, store=store)
+            written = self.writer.write_images(pairs, [self.shard_col[i] for i in owners], output=self.output,
+                                               store=self.store)
         except Exception as e:  # the writer itself broke (not a store's answer): these images' rows say so
             err = internal_error(e, "write")
             written = [None] * len(pairs)
             for i in pending:
-                own_errors[i] = err
+                self.own_errors[i] = err
         for i, (uri, _), failed in zip(owners, pairs, written):  # a row fails with its first output that failed
-            if failures.get(i) is None:
-                failures[i] = failed
+            if self.failures.get(i) is None:
+                self.failures[i] = failed
                 if failed is not None:
-                    failed_uri[i] = uri
+                    self.failed_uri[i] = uri
         handled = sum(len(out.data) for i in pending for out in done[i])
-        handled += sum(3 * int(batch["width"][i]) * int(batch["height"][i]) for i in pending)
-        if not keep_blobs:
+        handled += sum(3 * int(self.batch["width"][i]) * int(self.batch["height"][i]) for i in pending)
+        if not self.keep_blobs:
             for i in pending:  # written: a task holds WRITE_BYTES of encoded images, not its block's
                 done[i] = [dataclasses.replace(out, data=b"") for out in done[i]]
         pending.clear()
         runtime.trim_heap(handled)  # what was composed and encoded
 
-    own_errors: dict[int, str] = {}  # row -> the error this task gave it ("internal: ...", "too_large: ...")
-    failed_uri: dict[int, str] = {}
-    hashes: list[list[tuple[str, int]] | None] = [None] * n  # each output's (sha256, bytes), before the bytes go
-    # --dedupe content: row -> the entry of the input that wrote its bytes (an earlier batch's), or the row of this
-    # batch that writes them (its first with those bytes: written below, then its copies point at it)
-    earlier: dict[int, dict] = {}
-    copy_of: dict[int, int] = {}
-    if claims is not None and source_sha is not None:
-        todo = [i for i in range(n) if not batch["error"][i] and source_sha[i]]
-        for i, entry in zip(todo, claims.lookup([str(source_sha[i]) for i in todo])):
-            if entry is not None:
-                earlier[i] = entry
-        first_here: dict[str, int] = {}
-        for i in todo:
-            if i not in earlier:
-                j = first_here.setdefault(str(source_sha[i]), i)
-                if j != i:
-                    copy_of[i] = j
+    def _written(self, i: int) -> bool:
+        return self.done[i] is not None and self.failures.get(i) is None and i not in self.own_errors
 
-    def encode(i: int) -> None:
-        """Row i's outputs rendered, placed and hashed (an error: its own row); queued for writing."""
-        try:
-            done[i] = rendered_outputs(batch, i, stage=stage, config=config, prov=prov, keep=keep)
-            relpath = batch["relpath"][i]
-            uris[i] = [writer.row_output(output, inputs.output_key(relpath, out.extension)) if out.name == ledger.MASTER
-                       else writer.derivative_output(output, out.name, inputs.output_key(relpath, out.extension))
-                       for out in done[i]]
-            hashes[i] = [(hashlib.sha256(out.data).hexdigest(), len(out.data)) for out in done[i]]
-        except (signing.SignFailed, signing.SignError) as e:  # --sign: this image's row, never the task's end
-            own_errors[i] = f"{ledger.SIGN_FAILED}: {e}"
-            done[i] = uris[i] = None
-            return
-        except formats.CannotHold as e:  # e.g. wider than WebP holds: a property of the image, not a bug
-            own_errors[i] = f"too_large: {e}"
-            done[i] = uris[i] = None
-            return
-        except Exception as e:  # this image's error row, never the task's end
-            own_errors[i] = internal_error(e, "encode")
-            done[i] = uris[i] = None
-            return
-        if not writer.spools_images:
-            pending.append(i)
-            if sum(len(out.data) for j in pending for out in done[j]) >= WRITE_BYTES:
-                write_pending()
+    def _entry(self, i: int) -> dict:
+        """Row i's outputs as a copy of it names them (--dedupe content)."""
+        return {"source": self.batch["source"][i], "output": self.uris[i][0], "sha256": self.hashes[i][0][0],
+                "outputs": _outputs_of(self.done[i], self.uris[i], self.hashes[i])}
 
-    def written(i: int) -> bool:
-        return done[i] is not None and failures.get(i) is None and i not in own_errors
+    def register(self, claims: Claims | RemoteClaims | None) -> None:
+        if claims is None or self.source_sha is None:
+            return
+        firsts = [i for i in range(self.n) if self._written(i) and self.source_sha[i]]
+        claims.register([(str(self.source_sha[i]), self._entry(i)) for i in firsts])
+        for i, j in self.copy_of.items():
+            self.earlier[i] = self._entry(j)
 
-    for i in range(n):
-        if not batch["error"][i] and i not in earlier and i not in copy_of:
-            encode(i)
-    if pending:
-        write_pending()
-    for i, j in list(copy_of.items()):  # a copy whose first could not be written is written itself
-        if not written(j):
-            del copy_of[i]
-            encode(i)
-    if pending:
-        write_pending()
-    if claims is not None and source_sha is not None:
-        firsts = [i for i in range(n) if written(i) and source_sha[i]]
-        claims.register([(str(source_sha[i]), {"source": batch["source"][i], "output": uris[i][0],
-                                                "sha256": hashes[i][0][0], "outputs": _outputs_of(done[i], uris[i], hashes[i])})
-                         for i in firsts])
-        for i, j in copy_of.items():
-            earlier[i] = {"source": batch["source"][j], "output": uris[j][0], "sha256": hashes[j][0][0],
-                          "outputs": _outputs_of(done[j], uris[j], hashes[j])}
-    extra: list[list[bytes] | None] = []
-    for i in range(n):
-        source, err = batch["source"][i], batch["error"][i] or None
-        outs = done[i]
-        out_uri = uris[i][0] if uris[i] else None
-        if failures.get(i) is not None:  # past the retry limit: an error row, never a silent loss
-            err, outs, out_uri = f"write_failed: {storage.redact(failures[i], failed_uri.get(i))}", None, None
-        elif i in own_errors:
-            err, outs, out_uri = storage.redact(own_errors[i], source), None, None
-        rows["source"].append(source)
-        rows["output"].append(out_uri)
-        rows["status"].append("ok" if err is None else "skipped" if ledger.reason_of(err) == ledger.HAS_COLOUR else "error")
-        rows["error"].append(err)
-        rows["width"].append(int(batch["width"][i]) or None)  # 0: never decoded
-        rows["height"].append(int(batch["height"][i]) or None)
-        rows["model_id"].append(model_id)
-        rows["format"].append(fmt)
-        rows["precision"].append(str(batch["precision"][i]) if err is None and "precision" in batch else None)
-        rows["finished_at"].append(time.time())
-        rows["bit_depth"].append(int(batch["bits"][i]) if err is None else None)
-        rows["metadata"].append(outs[0].report if err is None and outs else None)
-        for key, value in _colour_of(batch, i).items():
-            rows[key].append(value)
-        rows["source_sha256"].append((source_sha[i] or None) if source_sha is not None else None)
-        first = earlier.get(i) if err is None else None
-        rows["duplicate_of"].append(first["source"] if first else None)
-        if first:  # written once, by `first`: this row names its outputs
-            rows["output"][-1] = first["output"]
-            rows["sha256"].append(first["sha256"])
-            rows["outputs"].append(first["outputs"])
-            blobs.append(None)
-            extra.append(None)
-            continue
-        rows["sha256"].append(hashes[i][0][0] if err is None else None)
-        rows["outputs"].append(None if err is not None else _outputs_of(outs, uris[i], hashes[i]))
-        blobs.append(outs[0].data if keep_blobs and err is None else None)
-        extra.append([out.data for out in outs[1:]] if keep_blobs and err is None else None)
-    table = pa.table(rows, schema=MANIFEST_SCHEMA)
-    if keep_blobs:
-        table = table.append_column(IMAGE_COLUMN, pa.array(blobs, type=pa.binary()))
-        if config.derivatives:
-            table = table.append_column(DERIVATIVE_IMAGES_COLUMN, pa.array(extra, type=DERIVATIVE_IMAGES_COLUMN.type))
-    spool(table, shard_col, output=output, store=store)
-    return {
-        "source": np.array(rows["source"], dtype=object),
-        "status": np.array(rows["status"], dtype=object),
-        # the driver stops a run whose every image fails with an internal error (ColorizeConfig.stop_after_internal)
-        "internal": np.array([e if ledger.reason_of(e) == INTERNAL else "" for e in rows["error"]], dtype=object),
-        "shard": np.array(shard_col, dtype=object),
-        "shard_n": np.asarray(batch["shard_n"], dtype=np.int64),
-        # 1: the model predicted this row (it reached this stage without an error); _SUCCESS.json's `predictions`
-        "predicted": np.array([0 if batch["error"][i] else 1 for i in range(n)], dtype=np.int8),
-    }
+    def manifest(self) -> pa.Table:
+        """One manifest row per input (MANIFEST_SCHEMA), with the image columns when the spool carries images."""
+        batch, source_sha = self.batch, self.source_sha
+        rows: dict[str, list] = {name: [] for name in MANIFEST_SCHEMA.names}
+        blobs: list[bytes | None] = []
+        extra: list[list[bytes] | None] = []
+        for i in range(self.n):
+            source, err = batch["source"][i], batch["error"][i] or None
+            outs = self.done[i]
+            out_uri = self.uris[i][0] if self.uris[i] else None
+            if self.failures.get(i) is not None:  # past the retry limit: an error row, never a silent loss
+                err, outs, out_uri = f"write_failed: {storage.redact(self.failures[i], self.failed_uri.get(i))}", None, None
+            elif i in self.own_errors:
+                err, outs, out_uri = storage.redact(self.own_errors[i], source), None, None
+            rows["source"].append(source)
+            rows["output"].append(out_uri)
+            rows["status"].append("ok" if err is None else "skipped" if ledger.reason_of(err) == ledger.HAS_COLOUR else "error")
+            rows["error"].append(err)
+            rows["width"].append(int(batch["width"][i]) or None)  # 0: never decoded
+            rows["height"].append(int(batch["height"][i]) or None)
+            rows["model_id"].append(self.model_id)
+            rows["format"].append(self.config.format)
+            rows["precision"].append(str(batch["precision"][i]) if err is None and "precision" in batch else None)
+            rows["finished_at"].append(time.time())
+            rows["bit_depth"].append(int(batch["bits"][i]) if err is None else None)
+            rows["metadata"].append(outs[0].report if err is None and outs else None)
+            for key, value in _colour_of(batch, i).items():
+                rows[key].append(value)
+            rows["source_sha256"].append((source_sha[i] or None) if source_sha is not None else None)
+            first = self.earlier.get(i) if err is None else None
+            rows["duplicate_of"].append(first["source"] if first else None)
+            if first:  # written once, by `first`: this row names its outputs
+                rows["output"][-1] = first["output"]
+                rows["sha256"].append(first["sha256"])
+                rows["outputs"].append(first["outputs"])
+                blobs.append(None)
+                extra.append(None)
+                continue
+            rows["sha256"].append(self.hashes[i][0][0] if err is None else None)
+            rows["outputs"].append(None if err is not None else _outputs_of(outs, self.uris[i], self.hashes[i]))
+            blobs.append(outs[0].data if self.keep_blobs and err is None else None)
+            extra.append([out.data for out in outs[1:]] if self.keep_blobs and err is None else None)
+        table = pa.table(rows, schema=MANIFEST_SCHEMA)
+        if self.keep_blobs:
+            table = table.append_column(IMAGE_COLUMN, pa.array(blobs, type=pa.binary()))
+            if self.config.derivatives:
+                table = table.append_column(DERIVATIVE_IMAGES_COLUMN, pa.array(extra, type=DERIVATIVE_IMAGES_COLUMN.type))
+        return table
+
+    def driver_rows(self, table: pa.Table) -> dict:
+        """What goes back to the driver: a few columns per row (the manifest rows themselves are spooled)."""
+        errors = table.column("error").to_pylist()
+        return {
+            "source": np.array(table.column("source").to_pylist(), dtype=object),
+            "status": np.array(table.column("status").to_pylist(), dtype=object),
+            # the driver stops a run whose every image fails with an internal error (ColorizeConfig.stop_after_internal)
+            "internal": np.array([e if ledger.reason_of(e) == INTERNAL else "" for e in errors], dtype=object),
+            "shard": np.array(self.shard_col, dtype=object),
+            "shard_n": np.asarray(self.batch["shard_n"], dtype=np.int64),
+            # 1: the model predicted this row (it reached this stage without an error); _SUCCESS.json's `predictions`
+            "predicted": np.array([0 if self.batch["error"][i] else 1 for i in range(self.n)], dtype=np.int8),
+        }
 
 
 def _outputs_of(outs: list[Rendered], uris: list[str], hashes: list[tuple[str, int]]) -> list[dict]:
@@ -860,7 +897,7 @@ def _expand_shard(row: dict, *, output: str, store: StorageConfig) -> list[dict]
                 items = [i for i in items if i.source in redo]
     ns = shard.namespace
     return [
-        {"source": i.source, "relpath": f"{ns}/{i.relpath}" if ns else i.relpath, "uri": i.uri, "offset": i.offset,
+        {"source": i.source, "relpath": paths.namespaced(ns, i.relpath), "uri": i.uri, "offset": i.offset,
          "size": i.size, "shard": shard.id, "shard_n": len(items), "error": ""}
         for i in items
     ]

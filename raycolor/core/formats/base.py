@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 class CannotHold(ValueError):
@@ -27,6 +27,10 @@ class EncodeOptions:
             raise ValueError(f"jpeg quality must be in 1..100, got {self.jpeg_quality}")
         if self.jp2_rate is not None and not 0 < self.jp2_rate <= 48:
             raise ValueError(f"jp2 rate must be in (0, 48] bits per pixel, got {self.jp2_rate}")
+
+    def derived(self, options) -> EncodeOptions:
+        """A derivative's options: these (the run's), no pyramid unless asked, then its own ((key, value) pairs)."""
+        return replace(self, **{"tiff_pyramid": False, **dict(options)})
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from raycolor import storage
 from raycolor.config import StorageConfig
 from raycolor.core import checkpoint as core_checkpoint
 from raycolor.core.checkpoint import CheckpointError
-from raycolor.outputs import paths
+from raycolor import paths
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from raycolor.core.model import (
     WeightsUnavailableError,
     build_colorizer,
 )
-from raycolor.outputs import paths
+from raycolor import paths
 from raycolor.pipelines import runtime
 from raycolor.pipelines.progress import TrainProgress
 from raycolor.pipelines.training.checkpoints import CheckpointStore

@@ -13,7 +13,7 @@ from typing import Any
 
 from raycolor import inputs
 from raycolor.config import DEFAULT_SHARD_SIZE, StorageConfig, TrainConfig
-from raycolor.outputs import paths
+from raycolor import paths
 from raycolor.pipelines import runtime
 from raycolor.pipelines.training.split import Split, SplitStats
 

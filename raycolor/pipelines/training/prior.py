@@ -19,7 +19,7 @@ import numpy as np
 
 from raycolor import storage
 from raycolor.config import TrainConfig
-from raycolor.outputs import paths
+from raycolor import paths
 from raycolor.pipelines.training.plan import Data
 
 log = logging.getLogger(__name__)

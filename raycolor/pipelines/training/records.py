@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from raycolor import storage
 from raycolor.config import TrainConfig
-from raycolor.outputs import paths
+from raycolor import paths
 from raycolor.pipelines.progress import fmt_duration
 
 if TYPE_CHECKING:
