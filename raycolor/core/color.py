@@ -149,27 +149,118 @@ def denormalize_ab(ab: torch.Tensor) -> torch.Tensor:
     return ab * AB_NORM
 
 
+_GAMUT_EPS = 1e-4  # how far outside [0, 1] an sRGB value may be and still count as in gamut
+_SRGB_KNEE = 0.0031308  # linear_to_srgb's switch from the linear segment to the power curve
+_SRGB_EXP = 1 / 2.4
+
+
+def _f_inv_(t: torch.Tensor) -> torch.Tensor:
+    """_f_inv in place: the same IEEE operations on the same values, so the same floats (torch's kernels compute
+    t**3 as t * t * t, on every CPU kernel and device)."""
+    cube = t * t
+    cube.mul_(t)
+    above = t > _DELTA
+    t.sub_(4 / 29).mul_(3 * _DELTA**2)
+    return torch.where(above, cube, t, out=t)
+
+
+def _lab_to_xyz(L: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """L, a, b (..., H, W) -> _f_inv(f) * white (..., 3, H, W): what lab_to_rgb hands the matrix, the same floats,
+    in a fresh contiguous tensor as there, so the matrix product (MKL's, layout-dependent) sees the same layout.
+    Written in place: no torch.cat / torch.stack copies, no temporaries beyond one cube and one mask."""
+    xyz = torch.empty((*a.shape[:-2], 3, *a.shape[-2:]), dtype=a.dtype, device=a.device)
+    fx, fy, fz = xyz.unbind(-3)
+    torch.add(L, 16, out=fy).div_(116)  # (L + 16) / 116
+    torch.div(a, 500, out=fx).add_(fy)  # fy + a / 500
+    torch.sub(fy, torch.div(b, 200, out=fz), out=fz)  # fy - b / 200
+    _f_inv_(xyz)
+    fx.mul_(_WHITE[0])  # white's Y is 1.0: multiplying by it changes no float
+    fz.mul_(_WHITE[2])
+    return xyz
+
+
+def _linear_to_srgb_(c: torch.Tensor) -> torch.Tensor:
+    """linear_to_srgb in place. `pow` is the one op here whose result depends on the layout (torch's SIMD and
+    scalar paths differ by an ulp): in place, it runs over the same memory order, numel and lanes as the
+    out-of-place clamp's output it ran on before."""
+    linear = c <= _SRGB_KNEE
+    low = c * 12.92
+    c.clamp_(min=_SRGB_KNEE).pow_(_SRGB_EXP).mul_(1.055).sub_(0.055)
+    return torch.where(linear, low, c, out=c)
+
+
+def _lab_to_rgb_fast(L: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """lab_to_rgb(stack([L, a, b]), clamp=False), bit for bit, without the copies (L, a, b: (..., H, W))."""
+    return _linear_to_srgb_(_mix(_xyz_to_rgb_matrix(a), _lab_to_xyz(L, a, b)))
+
+
+@cache
+def _gamut_thresholds(dtype: torch.dtype, device: torch.device) -> tuple[float, float]:
+    """(c0, p_max): with c linear RGB and p = c.clamp(min=knee) ** (1 / 2.4) as linear_to_srgb computes it,
+    linear_to_srgb(c) >= -eps  <=>  c >= c0,   and   linear_to_srgb(c) <= 1 + eps  <=>  p <= p_max.
+    Both sides are single IEEE roundings of monotone maps (c * 12.92 below the knee, 1.055 * p - 0.055 above it,
+    which is >= 0.04 > -eps), so each condition is a threshold; found here exactly, by stepping through the
+    floats near it with the very torch ops linear_to_srgb and the gamut test use."""
+    eps = _GAMUT_EPS
+
+    def edge(x: float, ok, up: bool) -> float:
+        # the last float (walking up if `up`, else down) where ok() holds, starting near x
+        t = torch.tensor([x], dtype=dtype, device=device)
+        toward = torch.tensor([float("inf") if up else float("-inf")], dtype=dtype, device=device)
+        back = -toward
+        while not bool(ok(t)):
+            t = torch.nextafter(t, back)
+        while True:
+            n = torch.nextafter(t, toward)
+            if not bool(ok(n)):
+                return t.item()
+            t = n
+
+    c0 = edge(-eps / 12.92, lambda c: (c * 12.92 >= -eps).all(), up=False)
+    p_max = edge(((1 + eps) + 0.055) / 1.055, lambda p: (1.055 * p - 0.055 <= 1 + eps).all(), up=True)
+    return c0, p_max
+
+
 def _gamut_fit(L: torch.Tensor, ab: torch.Tensor, steps: int):
-    """(rgb unclamped, out-of-gamut mask or None, fitted ab of those pixels, their rgb), see fit_ab_to_gamut."""
-    rgb = lab_to_rgb(torch.cat([L, ab], dim=-3), clamp=False)
-    eps = 1e-4
-    bad = ((rgb < -eps) | (rgb > 1 + eps)).any(dim=-3, keepdim=True)  # (..., 1, H, W)
-    if not bool(bad.any()):
+    """(rgb unclamped, out-of-gamut mask or None, fitted ab of those pixels, their rgb), see fit_ab_to_gamut.
+
+    Bisection on the chroma scale s of the out-of-gamut pixels, gathered as a (1, C, P, 1) "image". Each step
+    needs only its in/out decision, taken in linear RGB against exact thresholds (_gamut_thresholds): the
+    sRGB curve's affine part and its where/stack copies are skipped, and fy, f_inv(fy) are made once. The
+    linear RGB and the `pow` still run on (1, 3, P, 1) tensors laid out as before, so the decisions are those
+    the full conversion would give; the accepted rgb is converted once at the end, on that same layout, which
+    gives the floats the step that accepted it gave (tests/test_compose_exact.py keeps the old code and
+    checks bit-identity)."""
+    rgb = _lab_to_rgb_fast(L.squeeze(-3), *ab.unbind(-3))
+    eps = _GAMUT_EPS
+    lo_hi = rgb.aminmax()  # one pass; the mask below only where some pixel is out
+    if not bool((lo_hi.min < -eps) | (lo_hi.max > 1 + eps)):
         return rgb, None, None, None
-    # gather the out-of-gamut pixels as a (1, C, P, 1) "image" so lab_to_rgb applies unchanged
+    bad = ((rgb < -eps) | (rgb > 1 + eps)).any(dim=-3, keepdim=True)  # (..., 1, H, W)
     l_bad = L[bad].view(1, 1, -1, 1)
-    ab_bad = _pixels(ab, bad)
+    ab_bad = _pixels(ab, bad)  # (1, 2, P, 1)
+    c0, p_max = _gamut_thresholds(L.dtype, L.device)
+    m = _xyz_to_rgb_matrix(L)
+    xyz = torch.empty((1, 3, l_bad.shape[2], 1), dtype=L.dtype, device=L.device)  # the matrix's input, reused
+    fx, fy, fz = xyz.unbind(1)
+    torch.add(l_bad[:, 0], 16, out=fy).div_(116)
+    fy_plain = fy.clone()  # fy itself, before f_inv
+    _f_inv_(fy)  # white's Y is 1.0
     lo = torch.zeros_like(l_bad)
     hi = torch.ones_like(l_bad)
-    rgb_lo = lab_to_rgb(torch.cat([l_bad, ab_bad * lo], dim=-3), clamp=False)  # grey: always in gamut
     for _ in range(steps):
         mid = (lo + hi) / 2
-        rgb_mid = lab_to_rgb(torch.cat([l_bad, ab_bad * mid], dim=-3), clamp=False)
-        ok = ((rgb_mid >= -eps) & (rgb_mid <= 1 + eps)).all(dim=-3, keepdim=True)
-        lo = torch.where(ok, mid, lo)
-        hi = torch.where(ok, hi, mid)
-        rgb_lo = torch.where(ok, rgb_mid, rgb_lo)
-    return rgb, bad, ab_bad * lo, rgb_lo
+        torch.mul(ab_bad[:, 0], mid[:, 0], out=fx).div_(500).add_(fy_plain)
+        torch.sub(fy_plain, torch.mul(ab_bad[:, 1], mid[:, 0], out=fz).div_(200), out=fz)
+        _f_inv_(fx).mul_(_WHITE[0])
+        _f_inv_(fz).mul_(_WHITE[2])
+        c = _mix(m, xyz)  # (1, 3, P, 1) linear RGB
+        ok = c.amin(dim=1, keepdim=True) >= c0
+        ok &= c.clamp_(min=_SRGB_KNEE).pow_(_SRGB_EXP).amax(dim=1, keepdim=True) <= p_max
+        torch.where(ok, hi, mid, out=hi)
+        torch.where(ok, mid, lo, out=lo)
+    ab_fit = ab_bad * lo
+    return rgb, bad, ab_fit, _lab_to_rgb_fast(l_bad[:, 0], *ab_fit.unbind(1))
 
 
 def fit_ab_to_gamut(L: torch.Tensor, ab: torch.Tensor, *, steps: int = 8) -> torch.Tensor:
@@ -191,7 +282,7 @@ def lab_to_rgb_in_gamut(L: torch.Tensor, ab: torch.Tensor, *, steps: int = 8) ->
     rgb, bad, _, rgb_fit = _gamut_fit(L, ab, steps)
     if bad is not None:
         _scatter_pixels(rgb, bad, rgb_fit.reshape(3, -1))
-    return rgb.clamp(0, 1)
+    return rgb.clamp_(0, 1)
 
 
 def _pixels(x: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
