@@ -43,44 +43,14 @@ if NO_RAY:
     ]
 
 
-# `make test` hands files to its two xdist workers one at a time (--dist loadfile), in collection order. The suite
-# is CPU-bound work on two cores, so its wall time is that work over two plus whatever one worker still runs after
-# the other has finished: the longest files go first (longest-processing-time order) and the tail is small files.
-# pytest-xdist >= 3.7 would otherwise sort the files by their number of tests, which put the one-test training
-# files and the 3-node chaos module last. Worker-seconds of one full run (2026-12-07, `--durations=0`), largest
-# first; a file not named here is under ~40 s and keeps its place after these. A stale figure only costs time.
-LONGEST_FILES = (
-    "test_chaos.py",  # ~430 s: one 3-node cluster, four scenarios
-    "test_ledger_ray.py",  # ~255 s
-    "test_faults.py",  # ~250 s
-    "test_colorize_ray.py",  # ~145 s
-    "test_terminal.py",  # ~135 s
-    "test_derivatives_ray.py",  # ~130 s
-    "test_train.py",  # ~130 s
-    "test_train_classification.py",  # ~110 s
-    "test_demo_and_jobs.py",  # ~95 s
-    "test_hardening.py",  # ~90 s
-    "test_quality.py",  # ~85 s
-    "test_archival.py",  # ~50 s
-    "test_cli.py",  # ~50 s
-    "test_jp2_ray.py",  # ~40 s
-    "test_output_keys_ray.py",  # ~40 s
-)
-
-
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "ray: needs Ray, its library or a cluster (given to every test using ray_local or ray_address); "
         "not in make test-fast")
-    if hasattr(config.option, "loadscopereorder"):  # the xdist controller: keep the order the workers collect
-        config.option.loadscopereorder = False
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects: the marker must be there when it looks
 def pytest_collection_modifyitems(config, items):
-    if hasattr(config, "workerinput"):  # an xdist worker: every worker collects, and all in the same order
-        rank = {name: i for i, name in enumerate(LONGEST_FILES)}
-        items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: within a file, its own order
     for item in items:
         if any(f in item.fixturenames for f in _RAY_FIXTURES):
             item.add_marker(pytest.mark.ray)
