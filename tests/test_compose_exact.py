@@ -229,3 +229,41 @@ def test_the_thresholds_are_the_decisions_of_linear_to_srgb():
         assert torch.equal(got, want)
         if centre != color._SRGB_KNEE:
             assert want.any() and not want.all()  # the window really straddles the edge
+
+
+def test_the_pow_band_holds_for_both_loops():
+    """Outside (c_lo, c_hi) the bisection skips pow: there, pow by torch's SIMD loop and by its scalar loop must
+    both fall on the side of p_max that the band says, on every float32 within 20,000 ulps of the edge."""
+    c0, p_max = color._gamut_thresholds(torch.float32, torch.device("cpu"))
+    c_lo, c_hi = color._pow_band(torch.float32, p_max)
+    bits = torch.tensor([p_max ** 2.4], dtype=torch.float32).view(torch.int32)
+    c = (bits + torch.arange(-20000, 20000, dtype=torch.int32)).view(torch.float32)
+    for p in (color._pow_vec(c), color._pow_scalar(c)):
+        assert bool((p[c <= c_lo] <= p_max).all()) and bool((p[c >= c_hi] > p_max).all())
+    assert 0 < int(((c > c_lo) & (c < c_hi)).sum()) < 200  # a band of a few dozen floats
+
+
+@pytest.mark.parametrize("P, threads", [(37, 1), (1001, 1), (5, 1), (40011, 2)], indirect=["threads"])
+def test_values_in_the_pow_band_get_the_pow_of_their_place(P, threads):
+    """Linear RGB values inside (c_lo, c_hi), where the bisection needs pow exactly as the old loop computed it at
+    that place: SIMD lanes or a scalar tail (the last < 32 values of each thread's chunk). Every value here is in
+    the band, so the tails are hit; the decision must equal pow over the whole tensor's decision, element for
+    element."""
+    c0, p_max = color._gamut_thresholds(torch.float32, torch.device("cpu"))
+    c_lo, c_hi = color._pow_band(torch.float32, p_max)
+    g = torch.Generator().manual_seed(P)
+    lo_bits, hi_bits = (torch.tensor([v], dtype=torch.float32).view(torch.int32).item() for v in (c_lo, c_hi))
+    c = torch.full((1, 3, P, 1), 0.5)
+    floats = torch.arange(lo_bits + 1, hi_bits, dtype=torch.int32).view(torch.float32)  # every float in the band
+    split = floats[(color._pow_vec(floats) <= p_max) != (color._pow_scalar(floats) <= p_max)]  # SIMD, scalar disagree
+    pool = torch.cat([floats, split.repeat(len(floats))]) if len(split) else floats
+    band = pool[torch.randint(0, len(pool), (P,), generator=g)]
+    c[0, torch.randint(0, 3, (P,), generator=g), torch.arange(P), 0] = band  # one channel of each pixel in the band
+    want = color._decide_exact(c.clone(), c0, p_max)
+    got, paths = color._decide_cpu(c.clone(), c0, p_max, c_lo, c_hi, False)
+    assert torch.equal(got, want)
+    if color._pow_probe(torch.float32) is not None:  # SIMD and scalar pow differ on this kernel
+        assert isinstance(paths, torch.Tensor) and not bool(paths.all())  # the tails were found
+        vec_only, _ = color._decide_cpu(c.clone(), c0, p_max, c_lo, c_hi, True)  # as if every place were SIMD
+        if P >= 37 and len(split):
+            assert not torch.equal(vec_only, want)  # the place matters: the test can tell
