@@ -157,15 +157,6 @@ _SRGB_EXP = 1 / 2.4
 def _f_inv_(t: torch.Tensor) -> torch.Tensor:
     """_f_inv in place: the same IEEE operations on the same values, so the same floats (torch's kernels compute
     t**3 as t * t * t, on every CPU kernel and device)."""
-    if t.device.type == "cpu" and t.is_contiguous():
-        # the linear branch (t <= 6/29: L < 8, or a dark a/b side) is a minority: it is computed on its own values
-        # and written over the cube, instead of both branches on every value and a where
-        flat = t.view(-1)
-        below = torch.from_numpy(np.flatnonzero((flat > _DELTA).logical_not_().numpy()))
-        linear = (flat[below] - 4 / 29) * (3 * _DELTA**2)
-        flat.mul_(flat * flat)  # t * t * t
-        flat[below] = linear
-        return t
     cube = t * t
     cube.mul_(t)
     above = t > _DELTA
@@ -308,6 +299,7 @@ def _decide_cpu(c: torch.Tensor, c0: float, p_max: float, c_lo: float, c_hi: flo
     return ok, paths
 
 
+@torch.no_grad()  # a bisection has no useful gradient; and its in-place and out= ops take no autograd inputs
 def _gamut_fit(L: torch.Tensor, ab: torch.Tensor, steps: int):
     """(rgb unclamped, out-of-gamut mask or None, fitted ab of those pixels, their rgb), see fit_ab_to_gamut.
 
