@@ -47,7 +47,7 @@ test: $(STAMP) test-tools
 # test that checks L* against raycolor.core.color): ATEN_CPU_CAPABILITY changes nothing else. Image decoding and
 # the rest of the metadata tests run in Pillow and NumPy, the same under every torch kernel, so they run once, in
 # the main suite; so do the tests marked kernel_free (pyproject.toml).
-KERNEL_TESTS := tests/test_color.py tests/test_colorize.py tests/test_model.py tests/test_metrics.py \
+KERNEL_TESTS := tests/test_color.py tests/test_colorize.py tests/test_compose_exact.py tests/test_model.py tests/test_metrics.py \
 	$(wildcard tests/test_metadata.py)$(if $(wildcard tests/test_metadata.py),::test_lightness_is_raycolor_colors_formula)
 
 # Every test that needs no Ray (the core, storage, inputs, ledger, the colorize stages run by hand, the CLI's flags, ...):
