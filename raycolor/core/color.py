@@ -228,77 +228,6 @@ def _decide_exact(c: torch.Tensor, c0: float, p_max: float) -> torch.Tensor:
     return ok
 
 
-@cache
-def _pow_band(dtype: torch.dtype, p_max: float) -> tuple[float, float]:
-    """(c_lo, c_hi): for c <= c_lo every pow kernel gives c ** (1/2.4) <= p_max, for c >= c_hi every one gives
-    more. torch's pow kernels (Sleef's u10 on SIMD, libm's powf in scalar loops) err by <= 1 ulp; the band is
-    +-8 ulps of p_max (float64 maths: exact enough), so between c_lo and c_hi a pixel needs the kernel's value."""
-    e = float(torch.tensor(_SRGB_EXP, dtype=dtype))  # the exponent as the kernel sees it
-    ulp = float(np.spacing(np.float32(p_max) if dtype == torch.float32 else np.float64(p_max)))
-    return (p_max - 8 * ulp) ** (1 / e), (p_max + 8 * ulp) ** (1 / e)
-
-
-@cache
-def _pow_probe(dtype: torch.dtype) -> float | None:
-    """A base whose pow differs between torch's vectorised and scalar loops on this CPU kernel, or None where they
-    agree (ATEN_CPU_CAPABILITY=default: the vector type's pow is the scalar one)."""
-    x = torch.linspace(0.99, 1.01, 4096, dtype=dtype)
-    vec, scalar = _pow_vec(x), _pow_scalar(x)
-    differ = torch.nonzero(vec != scalar)
-    return None if differ.numel() == 0 else x[differ[0, 0]].item()
-
-
-def _pow_vec(x: torch.Tensor) -> torch.Tensor:
-    """x ** (1/2.4) by torch's vectorised loop for every element: contiguous, a multiple of 64 long (so no scalar
-    tail), below the size torch splits between threads."""
-    out = []
-    for part in x.split(1 << 14):
-        n = part.numel()
-        buf = torch.ones(-(-n // 64) * 64, dtype=x.dtype)
-        buf[:n] = part
-        out.append(buf.pow_(_SRGB_EXP)[:n])
-    return torch.cat(out)
-
-
-def _pow_scalar(x: torch.Tensor) -> torch.Tensor:
-    """x ** (1/2.4) by torch's scalar loop (libm): a strided input is never vectorised."""
-    buf = torch.empty(2 * x.numel(), dtype=x.dtype)
-    buf[::2] = x
-    return buf[::2] ** _SRGB_EXP
-
-
-def _decide_cpu(c: torch.Tensor, c0: float, p_max: float, c_lo: float, c_hi: float, paths):
-    """The gamut decision of each pixel of c (1, 3, P, 1), as `c >= c0` and `pow(c.clamp(min=knee)) <= p_max` on
-    every channel, without the pow on all 3P values: c <= c_lo or c >= c_hi settles the upper side. The few
-    values in between get pow as the old loop computed it at their place: torch runs a contiguous loop in SIMD
-    lanes and its tails (one per thread's chunk) in scalar code, and which place is which depends only on the
-    size and the thread count. So it is read once per bisection off a probe: pow of one value whose SIMD and
-    scalar results differ, over a tensor laid out as c. Returns (ok (1, 1, P, 1), the path map for next time)."""
-    cmin, cmax = torch.aminmax(c, dim=1, keepdim=True)
-    lower = cmin >= c0
-    ok = lower & (cmax <= c_lo)
-    unsure = lower & (cmax > c_lo) & (cmax < c_hi)
-    idx = torch.from_numpy(np.flatnonzero(unsure.view(-1).numpy()))  # numpy's is ~5x torch's nonzero here
-    if idx.numel() == 0:
-        return ok, paths
-    P = c.shape[2]
-    cu = c.view(3, P)[:, idx].clamp_(min=_SRGB_KNEE)  # (3, k)
-    vec, scalar = _pow_vec(cu.reshape(-1)).view_as(cu), _pow_scalar(cu.reshape(-1)).view_as(cu)
-    if paths is False:
-        probe = _pow_probe(c.dtype)
-        if probe is None:
-            paths = True  # one pow for every place
-        else:
-            placed = torch.full_like(c, probe).pow_(_SRGB_EXP).view(3, P)
-            want = _pow_vec(torch.tensor([probe], dtype=c.dtype))
-            paths = placed == want  # (3, P): True where the SIMD loop ran
-            if not bool((paths | (placed == _pow_scalar(torch.tensor([probe], dtype=c.dtype)))).all()):
-                return _decide_exact(c, c0, p_max), None  # a third kind of loop: pow on every value from now on
-    p = vec if paths is True else torch.where(paths[:, idx], vec, scalar)
-    ok.view(-1)[idx] = ((cu >= c0) & (p <= p_max)).all(0)  # cu was clamped: >= c0 either way (c0 < 0 < knee)
-    return ok, paths
-
-
 @torch.no_grad()  # a bisection has no useful gradient; and its in-place and out= ops take no autograd inputs
 def _gamut_fit(L: torch.Tensor, ab: torch.Tensor, steps: int):
     """(rgb unclamped, out-of-gamut mask or None, fitted ab of those pixels, their rgb), see fit_ab_to_gamut.
@@ -327,20 +256,13 @@ def _gamut_fit(L: torch.Tensor, ab: torch.Tensor, steps: int):
     _f_inv_(fy)  # white's Y is 1.0
     lo = torch.zeros_like(l_bad)
     hi = torch.ones_like(l_bad)
-    paths = False if L.device.type == "cpu" else None  # False: the pow path map not made yet (_decide_cpu)
-    if paths is not None:
-        c_lo, c_hi = _pow_band(L.dtype, p_max)
     for _ in range(steps):
         mid = (lo + hi) / 2
         torch.mul(ab_bad[:, 0], mid[:, 0], out=fx).div_(500).add_(fy_plain)
         torch.sub(fy_plain, torch.mul(ab_bad[:, 1], mid[:, 0], out=fz).div_(200), out=fz)
         _f_inv_(fx).mul_(_WHITE[0])
         _f_inv_(fz).mul_(_WHITE[2])
-        c = _mix(m, xyz)  # (1, 3, P, 1) linear RGB
-        if paths is None:  # not on a CPU (one pow kernel), or a CPU pow with more than two paths
-            ok = _decide_exact(c, c0, p_max)
-        else:
-            ok, paths = _decide_cpu(c, c0, p_max, c_lo, c_hi, paths)
+        ok = _decide_exact(_mix(m, xyz), c0, p_max)  # the matrix's (1, 3, P, 1) linear RGB, decided in place
         torch.where(ok, hi, mid, out=hi)
         torch.where(ok, mid, lo, out=lo)
     ab_fit = ab_bad * lo
