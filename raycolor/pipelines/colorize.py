@@ -276,8 +276,9 @@ def check_config(config: ColorizeConfig) -> None:
         raise ValueError(f"--jp2-rate is for --format jp2, not {config.format}")
     if config.tiff_pyramid and entry.name != "tiff":
         raise ValueError(f"--tiff-pyramid is for --format tiff, not {config.format}")
-    formats.EncodeOptions(**config.encode_settings).check()
-    _check_derivatives(config)
+    run = formats.EncodeOptions(**config.encode_settings)
+    run.check()
+    _check_derivatives(config, run)
     if config.sign is not None:
         _check_signing(config)
 
@@ -293,10 +294,9 @@ def _check_signing(config: ColorizeConfig) -> None:
     signing.Signer(signing.SignConfig.load(config.sign))  # not signer_for's cached one: check the key as it is now
 
 
-def _check_derivatives(config: ColorizeConfig) -> None:
+def _check_derivatives(config: ColorizeConfig, run: formats.EncodeOptions) -> None:
     """Each --derivative: a format raycolor writes, options that EncodeOptions has (with values of its kind, in
-    its ranges), one name each."""
-    run = formats.EncodeOptions(**config.encode_settings)
+    its ranges), one name each. `run`: the run's own encode options, which a derivative's override."""
     fields = {f.name: f.default for f in dataclasses.fields(formats.EncodeOptions) if f.name != "threads"}
     names: set[str] = set()
     for spec in config.derivatives:

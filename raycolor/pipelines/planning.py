@@ -28,8 +28,8 @@ class Plan:
     shards: list  # every shard of the inputs (inputs.Shard), namespaces assigned
     superseded: list  # ids of shards OUTPUT holds for these roots that the inputs no longer make
     roots: dict  # root -> record to write to OUTPUT/_roots/
+    left: ledger.Left  # what earlier runs left to do of `shards`
     not_taken: dict = field(default_factory=dict)  # root -> {suffix: files it holds that are not taken}, largest first
-    left: ledger.Left | None = None  # what earlier runs left to do of `shards`
 
     def not_taken_in_all(self) -> dict[str, int]:
         """{suffix: files} not taken, of every root together, largest first (inputs.merge_not_taken)."""
