@@ -1,30 +1,24 @@
 """Issue 36's acceptance on the session's local Ray: a 6,000 px scan through `raycolor colorize --format tiff
 --tiff-pyramid --derivative jpeg:3000 --derivative jpeg:400` (the tiled pyramid, two JPEGs with the provenance
 tags, one manifest row with three outputs and their hashes, one prediction per input), `raycolor verify` passing
-and failing as it must; and a driver SIGKILLed mid-run with derivatives, then re-run: every input with all of its
-outputs, each exactly once (tests/test_ledger_ray.py's kill, with derivatives)."""
+and failing as it must. A driver SIGKILLed mid-run with derivatives, then re-run (every input with all of its
+outputs, each exactly once) is tests/test_ledger_ray.py's kill test, which writes derivatives in both layouts."""
 
 from __future__ import annotations
 
 import json
-import sys
-import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 from PIL import Image
-from support import TAGS, check_provenance, encoded, exiftool_read, exiftool_write, jpeg_bytes, needs_exiftool, one_row_each
+from support import TAGS, check_provenance, encoded, exiftool_read, exiftool_write, needs_exiftool, one_row_each
 from typer.testing import CliRunner
 
 from raycolor.cli import app
-from raycolor.config import ColorizeConfig, DerivativeSpec
 from raycolor.core import checkpoint
 from raycolor.pipelines import runtime
-from raycolor.pipelines.colorize import colorize
-from raycolor.pipelines.verify import verify
 
 pytestmark = pytest.mark.slow
 
@@ -76,55 +70,3 @@ def test_acceptance_6000_px_scan_pyramid_two_jpegs_verify(ray_local, tiny_ckpt, 
     Path(thumb["uri"]).unlink()
     r = run_verify()
     assert r.exit_code == 1 and f"missing: {thumb['uri']}" in r.output, r.output
-
-
-KILLED_DRIVER = textwrap.dedent(
-    """
-    import sys, ray
-    from raycolor.config import ColorizeConfig, DerivativeSpec
-    from raycolor.pipelines.colorize import colorize
-    ray.init()  # RAY_ADDRESS: the session's Ray, joined as a cluster job would
-    colorize(ColorizeConfig(inputs=(sys.argv[1],), output=sys.argv[2], checkpoint=sys.argv[3], batch_size=1, shard_size=3,
-                            layout=sys.argv[4], derivatives=(DerivativeSpec("jpeg", 12), DerivativeSpec("png", 6))))
-    """
-)
-
-
-@pytest.mark.parametrize("layout", ["files", "webdataset"])
-def test_driver_sigkill_mid_run_with_derivatives_then_rerun_is_exactly_once(ray_address, tiny_ckpt, tmp_path, layout):
-    import io
-    import tarfile
-
-    from tests.drivers import joining_env, sigkill_when, spawn
-
-    n = 12
-    src, out = tmp_path / "in", tmp_path / "out"
-    src.mkdir()
-    for i in range(n):
-        (src / f"{i:03d}.jpg").write_bytes(jpeg_bytes(100 + i))
-    proc = spawn([sys.executable, "-c", KILLED_DRIVER, str(src), str(out), tiny_ckpt, layout], joining_env(ray_address),
-                 tmp_path / "logs")
-    sigkill_when(proc, lambda: (out / "_stats").is_dir() and any((out / "_stats").iterdir()))
-    time.sleep(1)
-    done = sum(json.loads(p.read_text())["rows"] for p in (out / "_stats").iterdir())
-    assert 0 < done < n, "the kill must land mid-run for this test to mean anything"
-    derivs = (DerivativeSpec("jpeg", 12), DerivativeSpec("png", 6))
-    s = colorize(ColorizeConfig(inputs=(str(src),), output=str(out), checkpoint=tiny_ckpt, batch_size=4, shard_size=3,
-                                layout=layout, derivatives=derivs))
-    assert (s.inputs, s.ok, s.skipped, s.processed, s.predictions) == (n, n, done, n - done, n - done)
-    rows = one_row_each(out, [str(src / f"{i:03d}.jpg") for i in range(n)])
-    listed = sorted(e["uri"] for r in rows.values() for e in r["outputs"])
-    assert all([e["name"] for e in r["outputs"]] == ["master", "jpeg-12", "png-6"] for r in rows.values())
-    if layout == "files":
-        on_disk = sorted(str(p) for p in out.rglob("*") if p.is_file() and p.parts[len(out.parts)] in ("images", "derivatives"))
-        assert on_disk == listed and len(listed) == 3 * n
-    else:  # each tar's members: three outputs and one .json per input of its shard, once
-        members = []
-        for tar in (out / "shards").iterdir():
-            with tarfile.open(fileobj=io.BytesIO(tar.read_bytes())) as tf:
-                members += [f"{tar}#{m}" for m in tf.getnames()]
-        assert sorted(m for m in members if not m.endswith(".json")) == listed and len(listed) == 3 * n
-        assert len(members) == len(set(members)) == 4 * n
-    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
-    result = verify(str(out))
-    assert result.ok and result.report.ok == 3 * n, result.report.as_dict()

@@ -175,35 +175,40 @@ def test_retry_errors_after_persistent_s3_faults(ray_local, s3_env, tiny_ckpt):
 KILLED_DRIVER = textwrap.dedent(
     """
     import sys, ray
-    from raycolor.config import ColorizeConfig
+    from raycolor.config import ColorizeConfig, DerivativeSpec
     from raycolor.pipelines.colorize import colorize
     ray.init()  # RAY_ADDRESS: the session's Ray, joined as a cluster job would
     colorize(ColorizeConfig(inputs=(sys.argv[1],), output=sys.argv[2], checkpoint=sys.argv[3], batch_size=1, shard_size=3,
-                            layout=sys.argv[4]))
+                            layout=sys.argv[4], derivatives=(DerivativeSpec("jpeg", 12), DerivativeSpec("png", 6))))
     """
 )
 
 
 def _tar_members(fs, folder: str) -> list[str]:
-    """`tar#member` for every .png member of the tars under `folder` (on `fs`)."""
+    """`tar#member` for every member of the tars under `folder` (on `fs`)."""
     import tarfile
 
     members = []
     for key in fs.find(folder):
         with tarfile.open(fileobj=io.BytesIO(fs.cat_file(key))) as tf:
-            members += [f"{key}#{m}" for m in tf.getnames() if m.endswith(".png")]
+            members += [f"{key}#{m}" for m in tf.getnames()]
     return sorted(members)
 
 
 # both layouts and both kinds of storage, each pair once: the layout decides what is written (images or one tar
 # per shard), the storage how (atomic rename or one PUT); the other two pairs run killed too, by other means:
-# local files by test_faults's Ctrl-C/SIGTERM test, S3 webdataset by test_chaos's node-loss test
+# local files by test_faults's Ctrl-C/SIGTERM test, S3 webdataset by test_chaos's node-loss test. Each run writes
+# two derivatives besides the master, so the kill also lands between an input's outputs (issue 36: every input
+# with all of its outputs, each exactly once; tests/test_derivatives_ray.py has the rest of the derivatives).
 @pytest.mark.parametrize("where,layout", [("local", "webdataset"), ("s3", "files")])
 def test_driver_sigkill_mid_run_then_rerun_is_exactly_once(ray_address, s3_env, tiny_ckpt, tmp_path, where, layout):
     """The driver SIGKILLed once its first shard is finished (its lock, spool and half-done shards left behind);
-    the same command then takes the lock over, skips the finished shards and does exactly the rest."""
+    the same command then takes the lock over, skips the finished shards and does exactly the rest, each input
+    with its master and both derivatives once, and `verify` passes."""
     from fsspec.implementations.local import LocalFileSystem
 
+    from raycolor.config import DerivativeSpec
+    from raycolor.pipelines.verify import verify
     from tests.drivers import joining_env, sigkill_when, spawn
 
     n = 12
@@ -221,19 +226,29 @@ def test_driver_sigkill_mid_run_then_rerun_is_exactly_once(ray_address, s3_env, 
     done = sum(json.loads(fs.cat_file(p))["rows"] for p in fs.ls(f"{base}/out/_stats", refresh=True))
     assert 0 < done < n, "the kill must land mid-run for this test to mean anything"
     assert fs.exists(f"{base}/out/_lock.json")  # the dead driver's lock (same host, dead pid): taken over
-    s = colorize(ColorizeConfig(inputs=(src,), output=out, checkpoint=tiny_ckpt, batch_size=4, shard_size=3, layout=layout))
-    assert (s.inputs, s.ok, s.skipped, s.processed) == (n, n, done, n - done)
+    derivs = (DerivativeSpec("jpeg", 12), DerivativeSpec("png", 6))
+    s = colorize(ColorizeConfig(inputs=(src,), output=out, checkpoint=tiny_ckpt, batch_size=4, shard_size=3, layout=layout,
+                                derivatives=derivs))
+    assert (s.inputs, s.ok, s.skipped, s.processed, s.predictions) == (n, n, done, n - done, n - done)
     rows = one_row_each(out, [f"{src}/{i:03d}.jpg" for i in range(n)])
+    assert all([e["name"] for e in r["outputs"]] == ["master", "jpeg-12", "png-6"] for r in rows.values())
+    listed = sorted(e["uri"] for r in rows.values() for e in r["outputs"])
     if layout == "files":
         assert sorted(r["output"] for r in rows.values()) == [f"{out}/images/{i:03d}.png" for i in range(n)]
         assert sorted(fs.find(f"{base}/out/images")) == [f"{base}/out/images/{i:03d}.png" for i in range(n)]
-    else:  # one image per input across the shard tars, each named by one row
+        on_disk = sorted(f"{scheme}{k}" for k in fs.find(f"{base}/out/images") + fs.find(f"{base}/out/derivatives"))
+        assert on_disk == listed and len(listed) == 3 * n
+    else:  # each tar's members: three outputs and one .json per input of its shard, once, each named by one row
         members = [f"{scheme}{m}" for m in _tar_members(fs, f"{base}/out/shards")]
-        assert members == sorted(r["output"] for r in rows.values()) and len(members) == n
-        assert sorted(m.rsplit("#", 1)[1] for m in members) == [f"{i:03d}.png" for i in range(n)]
+        assert len(members) == len(set(members)) == 4 * n
+        assert sorted(m for m in members if not m.endswith(".json")) == listed and len(listed) == 3 * n
+        masters = sorted(r["output"] for r in rows.values())  # the master image of each input, one per row
+        assert set(masters) <= set(members) and sorted(m.rsplit("#", 1)[1] for m in masters) == [f"{i:03d}.png" for i in range(n)]
     assert not fs.exists(f"{base}/out/_lock.json")
     assert not [p for p in fs.find(f"{base}/out") if p.endswith(".tmp")]
     assert len(fs.ls(f"{base}/out/manifest", refresh=True)) == s.shards == len(fs.ls(f"{base}/out/_stats", refresh=True))
+    result = verify(out)
+    assert result.ok and result.report.ok == 3 * n, result.report.as_dict()
 
 
 def test_webdataset_layout_one_tar_per_shard(ray_local, tiny_ckpt, tmp_path):
