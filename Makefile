@@ -39,16 +39,10 @@ test-tools:
 		  { $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q libvips-tools >/dev/null 2>&1; } ) \
 		|| echo "note: could not install libvips-tools; the libvips pyramid test will skip"; }
 
+# The numeric core's reruns under the other CPU kernels are tests too (tests/test_cpu_kernels.py), so they run beside
+# the rest instead of after it.
 test: $(STAMP) test-tools
 	$(BIN)/python -m pytest -q --durations=15 $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
-	$(MAKE) --no-print-directory test-kernels KERNELS=--others
-
-# The tests whose results go through torch's CPU kernels (colour maths, compose, model, metrics, and the metadata
-# test that checks L* against raycolor.core.color): ATEN_CPU_CAPABILITY changes nothing else. Image decoding and
-# the rest of the metadata tests run in Pillow and NumPy, the same under every torch kernel, so they run once, in
-# the main suite; so do the tests marked kernel_free (pyproject.toml).
-KERNEL_TESTS := tests/test_color.py tests/test_colorize.py tests/test_compose_exact.py tests/test_model.py tests/test_metrics.py \
-	$(wildcard tests/test_metadata.py)$(if $(wildcard tests/test_metadata.py),::test_lightness_is_raycolor_colors_formula)
 
 # Every test that needs no Ray (the core, storage, inputs, ledger, the colorize stages run by hand, the CLI's flags, ...):
 # about 1.5 minutes on 2 cores, in one process. RAYCOLOR_NO_RAY=1 tells tests/conftest.py to leave out the tests
@@ -60,12 +54,14 @@ test-fast: $(STAMP) test-tools
 # The torch-kernel tests once more under each CPU kernel torch has for this machine (default and avx2 always, avx512
 # where the CPU has it): SIMD kernels round differently, and a newcomer's CPU must not surprise CI. Each run
 # checks that torch really uses the kernel asked for (tests/test_color.py::test_runs_on_the_cpu_kernel_asked_for).
-# `make test` passes KERNELS=--others: its main run has just checked these tests on the kernel it ran with.
+# `make test` runs them under all but the kernel its main run used (tests/test_cpu_kernels.py); the numeric core's
+# list is tests/cpu_kernels.py's. KERNELS=--others leaves out the kernel torch picks here (or ATEN_CPU_CAPABILITY's).
 KERNELS ?=
 test-kernels: $(STAMP)
 	@set -e; for cap in $$($(BIN)/python tests/cpu_kernels.py $(KERNELS)); do \
 		echo "== numeric core with ATEN_CPU_CAPABILITY=$$cap"; \
-		ATEN_CPU_CAPABILITY=$$cap $(BIN)/python -m pytest -q -p no:xdist -p no:cacheprovider -m "not kernel_free" $(KERNEL_TESTS); \
+		ATEN_CPU_CAPABILITY=$$cap $(BIN)/python -m pytest -q -p no:xdist -p no:cacheprovider -m "not kernel_free" \
+			$$($(BIN)/python tests/cpu_kernels.py --tests); \
 	done
 
 bench: $(STAMP)
