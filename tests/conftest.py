@@ -44,6 +44,15 @@ if NO_RAY:
 
 
 def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # Each xdist worker shares the machine's cores with the others, so torch in the worker's own process (the
+        # numeric tests, in-process drivers) keeps to one thread. Two threads per worker on a 2-core box bought no
+        # time and cost a quarter more CPU: the numeric core alone, quiet, took 61 s and 73.7 CPU-s on 2 threads,
+        # 54 s and 59 CPU-s on 1. Only this process: Ray's tasks, the model actor and the training workers set
+        # their own threads (raycolor.pipelines), and tests that need more set them.
+        import torch
+
+        torch.set_num_threads(1)
     config.addinivalue_line(
         "markers", "ray: needs Ray, its library or a cluster (given to every test using ray_local or ray_address); "
         "not in make test-fast")

@@ -31,8 +31,11 @@ def _others() -> list[str]:
 def test_the_numeric_core_under_the_other_cpu_kernels(cap):
     if cap not in _others():
         pytest.skip(f"{cap}: this run used it, or this CPU lacks it (left to run here: {', '.join(_others()) or 'none'})")
-    # a run of its own: none of this xdist worker's settings (PYTEST_XDIST_WORKER, ...) carried into it
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}, "ATEN_CPU_CAPABILITY": cap}
+    # a run of its own: none of this xdist worker's settings (PYTEST_XDIST_WORKER, ...) carried into it; one torch
+    # thread, as it runs beside the rest of the suite (tests/conftest.py's pytest_configure says why; the tests
+    # that check a thread count set it themselves)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}, "ATEN_CPU_CAPABILITY": cap,
+           "OMP_NUM_THREADS": "1"}
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider", "-m", "not kernel_free",
          *KERNEL_TESTS],
