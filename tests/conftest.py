@@ -63,6 +63,10 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if any(f in item.fixturenames for f in _RAY_FIXTURES):
             item.add_marker(pytest.mark.ray)
+    # The numeric core's reruns under the other CPU kernels (one core's work each, ~1 min) go last: xdist hands a
+    # file to whichever worker is free, so they fill the suite's tail, where the other worker runs the last training
+    # file alone and a core would otherwise idle.
+    items.sort(key=lambda item: item.nodeid.startswith("tests/test_cpu_kernels.py"))
     if NO_RAY:
         out = [i for i in items if i.get_closest_marker("slow") or i.get_closest_marker("ray")]
         if out:
