@@ -21,7 +21,9 @@ def test_classification_head_trains_caches_its_prior_and_resumes(ray_local, tmp_
 
     data = make_images(tmp_path / "data")
     out = tmp_path / "out"
-    first = fit(base_config(str(data), str(out), epochs=1, head="classification"), progress=False)
+    # one worker: the classification head under DDP (two workers, a node lost) is test_chaos's training scenario;
+    # a second worker here would only start another process per fit
+    first = fit(base_config(str(data), str(out), epochs=1, head="classification", workers=1), progress=False)
     prior = json.loads((out / "prior.json").read_text())
     bins = abbins.derive_bins()
     assert prior["bins"] == bins.tolist() and sum(prior["counts"]) > 0
@@ -31,7 +33,7 @@ def test_classification_head_trains_caches_its_prior_and_resumes(ray_local, tmp_
     model, meta = checkpoint.load(first.model_uri)
     assert (meta.head, meta.n_bins) == ("classification", len(bins))
     assert torch.equal(model.prior_weights, torch.tensor(prior["weights"]))
-    second = fit(base_config(str(data), str(out), epochs=2, head="classification"), progress=False)
+    second = fit(base_config(str(data), str(out), epochs=2, head="classification", workers=1), progress=False)
     assert (out / "prior.json").stat().st_mtime_ns == stamp  # the resumed run read the cached pass
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == [1, 2] and second.epochs_run == 1
