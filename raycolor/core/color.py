@@ -30,8 +30,16 @@ def _matrix(rows, like: torch.Tensor) -> torch.Tensor:
 
 
 def _xyz_to_rgb_matrix(like: torch.Tensor) -> torch.Tensor:
-    # inverted in float64 so float32 callers get the most exact inverse
-    return torch.linalg.inv(torch.tensor(_RGB_TO_XYZ, dtype=torch.float64)).to(like.dtype).to(like.device)
+    return _xyz_to_rgb_for(like.dtype, like.device)
+
+
+@cache
+def _xyz_to_rgb_for(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    # inverted in float64 so float32 callers get the most exact inverse; once per dtype and device (compose asked
+    # for it a few times per strip: 0.7 ms a 1024x768 image). Read only; a plain tensor even when first asked for
+    # under inference_mode, so autograd code may use it too
+    with torch.inference_mode(False), torch.no_grad():
+        return torch.linalg.inv(torch.tensor(_RGB_TO_XYZ, dtype=torch.float64)).to(dtype).to(device)
 
 
 def _mix(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -277,8 +285,9 @@ def _gamut_fit(L: torch.Tensor, ab: torch.Tensor, steps: int):
     if not bool((lo_hi.min < -eps) | (lo_hi.max > 1 + eps)):
         return rgb, None, None, None
     bad = ((rgb < -eps) | (rgb > 1 + eps)).any(dim=-3, keepdim=True)  # (..., 1, H, W)
-    l_bad = L[bad].view(1, 1, -1, 1)
-    ab_bad = _pixels(ab, bad)  # (1, 2, P, 1)
+    bad = _Bad(bad)
+    l_bad = bad.gather(L)  # (1, 1, P, 1)
+    ab_bad = bad.gather(ab)  # (1, 2, P, 1)
     c0, p_max = _gamut_thresholds(L.dtype, L.device)
     m = _xyz_to_rgb_matrix(L)
     xyz = torch.empty((1, 3, l_bad.shape[2], 1), dtype=L.dtype, device=L.device)  # the matrix's input, reused
@@ -311,7 +320,7 @@ def fit_ab_to_gamut(L: torch.Tensor, ab: torch.Tensor, *, steps: int = 8) -> tor
     if bad is None:
         return ab
     fitted = ab.clone()
-    _scatter_pixels(fitted, bad, ab_fit.reshape(2, -1))
+    bad.scatter(fitted, ab_fit.reshape(2, -1))
     return fitted
 
 
@@ -319,17 +328,39 @@ def lab_to_rgb_in_gamut(L: torch.Tensor, ab: torch.Tensor, *, steps: int = 8) ->
     """sRGB in [0, 1] of (L, fit_ab_to_gamut(L, ab)), converting each in-gamut pixel only once."""
     rgb, bad, _, rgb_fit = _gamut_fit(L, ab, steps)
     if bad is not None:
-        _scatter_pixels(rgb, bad, rgb_fit.reshape(3, -1))
+        bad.scatter(rgb, rgb_fit.reshape(3, -1))
     return rgb.clamp_(0, 1)
 
 
-def _pixels(x: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
-    # (..., C, H, W) with mask (..., 1, H, W) -> (1, C, P, 1), pixel order matching L[bad]
-    moved = x.movedim(-3, -1)  # (..., H, W, C)
-    return moved[bad.squeeze(-3)].T.reshape(1, x.shape[-3], -1, 1)
+class _Bad:
+    """The out-of-gamut pixels of (..., C, H, W) tensors, from their mask (..., 1, H, W): gathered into (1, C, P, 1)
+    in the mask's row-major order (that of L[mask]) and scattered back. One image (the CPU's compose): by the mask's
+    positions, found once and used as plain indices on (C, H*W) views (one nonzero pass instead of one per gather
+    and scatter, no strided channel-last views). A batch: by the mask itself. Copies only: the same floats."""
 
+    def __init__(self, mask: torch.Tensor):
+        self.mask = mask
+        one_image = mask.numel() == mask.shape[-2] * mask.shape[-1]
+        self.pos = mask.reshape(-1).nonzero().squeeze(1) if one_image else None  # (P,) indices into H*W
 
-def _scatter_pixels(x: torch.Tensor, bad: torch.Tensor, values: torch.Tensor) -> None:
-    # values (C, P) back into x (..., C, H, W) at the mask's pixels
-    moved = x.movedim(-3, -1)  # a view: writing into it writes into x
-    moved[bad.squeeze(-3)] = values.T.to(x.dtype)
+    def _flat(self, x: torch.Tensor) -> torch.Tensor | None:
+        # x (1.., C, H, W) as a (C, H*W) view, or None where that would be a copy (a batch, a non-contiguous x)
+        if self.pos is None or not x.is_contiguous():
+            return None
+        return x.view(x.shape[-3], -1)
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        flat = self._flat(x)
+        if flat is None:
+            moved = x.movedim(-3, -1)  # (..., H, W, C)
+            return moved[self.mask.squeeze(-3)].T.reshape(1, x.shape[-3], -1, 1)
+        return flat.index_select(1, self.pos).view(1, x.shape[-3], -1, 1)
+
+    def scatter(self, x: torch.Tensor, values: torch.Tensor) -> None:
+        """values (C, P) back into x (..., C, H, W) at the mask's pixels."""
+        flat = self._flat(x)
+        if flat is None:
+            moved = x.movedim(-3, -1)  # a view: writing into it writes into x
+            moved[self.mask.squeeze(-3)] = values.T.to(x.dtype)
+        else:
+            flat.index_copy_(1, self.pos, values.to(x.dtype))
