@@ -187,3 +187,68 @@ def test_a_grey_master_is_decoded_as_one_plane_and_gives_the_same_l(bits):
     plain = np.ascontiguousarray(rgb)
     assert (plain == grey[:, :, None]).all()
     assert torch.equal(full_l(rgb), full_l(plain))
+
+
+# The grey table's L against the per-pixel path (color.rgb_uint8_to_l). Both take the same table lookup, matrix row
+# and affine maps, exact IEEE operations that give one float whatever the loop; only the cube root `pow` differs,
+# between torch's SIMD loop (the table's entries, color._grey_l_table) and its scalar tail. Each is within 1 ulp of
+# the true cube root (Sleef's u10 functions; the C library's powf), so the two f differ by <= 2 ulp(f), and f <= 1
+# (+ a rounding: Y of white is 1.0 within an ulp), so ulp(f) <= 2^-23: |df| <= 2^-22. 116 f: 116 |df|, plus one
+# rounding of its own on each side that need not agree (116 f < 128: ulp 2^-17). Subtracting 16 is exact (both
+# operands and the result on 2^-17's grid, the result below 128).
+GREY_L_ATOL = 116 * 2.0**-22 + 2.0**-17  # 3.5e-5 L units
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [(64, 96), (197, 263), (3, 5), (1, 300), (257, 1031)])
+def test_grey_l_from_the_table_is_the_per_pixel_path(bits, threads, shape):
+    """A grey image's L comes from a table of the per-pixel path's own floats (color.grey_to_l), with no copy of
+    the decoded pixels. It equals the per-pixel path exactly where torch's loops run whole SIMD blocks (one
+    thread, the pixel count a multiple of 32: every 1024-px-wide photo), and within GREY_L_ATOL (an ulp or two
+    of L) at the scalar tail of a loop or of a thread's share, whatever the size and thread count."""
+    from raycolor.core.colorize import full_l
+
+    g = np.random.default_rng(shape[0] * shape[1] + bits)
+    grey = g.integers(0, 1 << bits, shape).astype(np.uint8 if bits == 8 else np.uint16)
+    grey[0, :2] = (0, (1 << bits) - 1)  # black and white are in it
+    view = np.lib.stride_tricks.as_strided(grey[:, :, None], shape=(*shape, 3), strides=(*grey.strides, 0))
+    view.flags.writeable = False  # as decoded arrays come from Arrow: read only
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = full_l(view)
+        want = color.rgb_uint8_to_l(torch.from_numpy(np.ascontiguousarray(view)).permute(2, 0, 1))
+    finally:
+        torch.set_num_threads(saved)
+    assert got.shape == (1, *shape) and got.dtype == torch.float32
+    if threads == 1 and grey.size % 32 == 0:
+        assert torch.equal(got, want)
+    assert (got - want).abs().max().item() <= GREY_L_ATOL
+
+
+@pytest.mark.parametrize("levels", [256, 65536])
+def test_the_grey_table_bound_catches_a_wrong_table(levels):
+    """GREY_L_ATOL is far below the step between neighbouring codes' L (>= 1e-3 even for 16 bits: near black
+    L = 903.3 Y with Y = code / 65535 / 12.92), so a table one code off, or built from the wrong channel weights,
+    fails the test above."""
+    table = color._grey_l_table(levels)
+    assert table[0] == 0.0 and abs(table[-1] - 100.0) <= GREY_L_ATOL
+    assert np.diff(table).min() > 20 * GREY_L_ATOL
+
+
+def test_only_an_exactly_grey_plain_image_takes_the_grey_table():
+    """A plain (H, W, 3) copy of a grey image takes the table too (the same L as its stride-0 view); one pixel of
+    colour in its last row sends the whole image down the per-pixel path, bit for bit."""
+    from raycolor.core.colorize import full_l
+
+    g = np.random.default_rng(7)
+    rgb = np.repeat(g.integers(0, 256, (131, 77, 1), dtype=np.uint8), 3, axis=2)
+    assert torch.equal(full_l(rgb), full_l(rgb[:, :, :1].repeat(3, axis=2)))
+    rgb[-1, -1, 1] ^= 1
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert torch.equal(full_l(rgb), lightness(rgb))
+    finally:
+        torch.set_num_threads(saved)

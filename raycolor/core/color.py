@@ -30,8 +30,16 @@ def _matrix(rows, like: torch.Tensor) -> torch.Tensor:
 
 
 def _xyz_to_rgb_matrix(like: torch.Tensor) -> torch.Tensor:
-    # inverted in float64 so float32 callers get the most exact inverse
-    return torch.linalg.inv(torch.tensor(_RGB_TO_XYZ, dtype=torch.float64)).to(like.dtype).to(like.device)
+    return _xyz_to_rgb_for(like.dtype, like.device)
+
+
+@cache
+def _xyz_to_rgb_for(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    # inverted in float64 so float32 callers get the most exact inverse; once per dtype and device (compose asked
+    # for it a few times per strip: 0.7 ms a 1024x768 image). Read only; a plain tensor even when first asked for
+    # under inference_mode, so autograd code may use it too
+    with torch.inference_mode(False), torch.no_grad():
+        return torch.linalg.inv(torch.tensor(_RGB_TO_XYZ, dtype=torch.float64)).to(dtype).to(device)
 
 
 def _mix(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -141,6 +149,38 @@ def rgb_uint8_to_l(rgb: torch.Tensor) -> torch.Tensor:
     return 116 * _f(y) - 16
 
 
+# Codes per rgb_uint8_to_l call when the grey table is built: a multiple of torch's widest SIMD block (2 x 16 floats)
+# and under its parallel grain size (32,768 elements), so each call is one thread's loop of whole SIMD blocks
+_GREY_TABLE_RUN = 8192
+
+
+@cache
+def _grey_l_table(levels: int) -> np.ndarray:
+    """rgb_uint8_to_l of the grey pixel (i, i, i) for every code i, float32 (levels 256: uint8, 65536: uint16).
+
+    Made by rgb_uint8_to_l itself, on runs of codes that its elementwise loops take whole in SIMD blocks, so each
+    entry is the float those loops give that pixel. The per-pixel path gives the same float except where torch
+    runs a loop's scalar tail (the last numel % 32 elements of a loop, or of one thread's share of it): there
+    `pow` (the cube root) may round the other way by an ulp (tests/test_colorize.py bounds it). 16 bits: 256 KiB,
+    a few milliseconds once per process."""
+    dtype = torch.uint8 if levels == 256 else torch.uint16
+    codes = torch.arange(levels, dtype=torch.int32).to(dtype)
+    table = np.empty(levels, dtype=np.float32)
+    for a in range(0, levels, _GREY_TABLE_RUN):
+        run = codes[a:a + _GREY_TABLE_RUN].view(1, 1, -1).expand(3, 1, -1)  # (3, 1, n): R = G = B
+        table[a:a + _GREY_TABLE_RUN] = rgb_uint8_to_l(run).reshape(-1).numpy()
+    return table
+
+
+def grey_to_l(grey: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """A uint8 or uint16 grey plane (..., H, W), the R = G = B of a grey image -> its float32 L, written into
+    `out` (same shape): one table lookup a pixel instead of the colour path's three channel lookups, matrix row,
+    cube root and affine map (20 ms -> 0.6 ms for a 1024x768 photo on one core)."""
+    table = _grey_l_table(256 if grey.dtype == np.uint8 else 65536)
+    # mode "clip": every code is in range, and "raise" would buffer `out`
+    return np.take(table, grey, out=out, mode="clip")
+
+
 def normalize_ab(ab: torch.Tensor) -> torch.Tensor:
     return ab / AB_NORM
 
@@ -245,8 +285,9 @@ def _gamut_fit(L: torch.Tensor, ab: torch.Tensor, steps: int):
     if not bool((lo_hi.min < -eps) | (lo_hi.max > 1 + eps)):
         return rgb, None, None, None
     bad = ((rgb < -eps) | (rgb > 1 + eps)).any(dim=-3, keepdim=True)  # (..., 1, H, W)
-    l_bad = L[bad].view(1, 1, -1, 1)
-    ab_bad = _pixels(ab, bad)  # (1, 2, P, 1)
+    bad = _Bad(bad)
+    l_bad = bad.gather(L)  # (1, 1, P, 1)
+    ab_bad = bad.gather(ab)  # (1, 2, P, 1)
     c0, p_max = _gamut_thresholds(L.dtype, L.device)
     m = _xyz_to_rgb_matrix(L)
     xyz = torch.empty((1, 3, l_bad.shape[2], 1), dtype=L.dtype, device=L.device)  # the matrix's input, reused
@@ -279,7 +320,7 @@ def fit_ab_to_gamut(L: torch.Tensor, ab: torch.Tensor, *, steps: int = 8) -> tor
     if bad is None:
         return ab
     fitted = ab.clone()
-    _scatter_pixels(fitted, bad, ab_fit.reshape(2, -1))
+    bad.scatter(fitted, ab_fit.reshape(2, -1))
     return fitted
 
 
@@ -287,17 +328,39 @@ def lab_to_rgb_in_gamut(L: torch.Tensor, ab: torch.Tensor, *, steps: int = 8) ->
     """sRGB in [0, 1] of (L, fit_ab_to_gamut(L, ab)), converting each in-gamut pixel only once."""
     rgb, bad, _, rgb_fit = _gamut_fit(L, ab, steps)
     if bad is not None:
-        _scatter_pixels(rgb, bad, rgb_fit.reshape(3, -1))
+        bad.scatter(rgb, rgb_fit.reshape(3, -1))
     return rgb.clamp_(0, 1)
 
 
-def _pixels(x: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
-    # (..., C, H, W) with mask (..., 1, H, W) -> (1, C, P, 1), pixel order matching L[bad]
-    moved = x.movedim(-3, -1)  # (..., H, W, C)
-    return moved[bad.squeeze(-3)].T.reshape(1, x.shape[-3], -1, 1)
+class _Bad:
+    """The out-of-gamut pixels of (..., C, H, W) tensors, from their mask (..., 1, H, W): gathered into (1, C, P, 1)
+    in the mask's row-major order (that of L[mask]) and scattered back. One image (the CPU's compose): by the mask's
+    positions, found once and used as plain indices on (C, H*W) views (one nonzero pass instead of one per gather
+    and scatter, no strided channel-last views). A batch: by the mask itself. Copies only: the same floats."""
 
+    def __init__(self, mask: torch.Tensor):
+        self.mask = mask
+        one_image = mask.numel() == mask.shape[-2] * mask.shape[-1]
+        self.pos = mask.reshape(-1).nonzero().squeeze(1) if one_image else None  # (P,) indices into H*W
 
-def _scatter_pixels(x: torch.Tensor, bad: torch.Tensor, values: torch.Tensor) -> None:
-    # values (C, P) back into x (..., C, H, W) at the mask's pixels
-    moved = x.movedim(-3, -1)  # a view: writing into it writes into x
-    moved[bad.squeeze(-3)] = values.T.to(x.dtype)
+    def _flat(self, x: torch.Tensor) -> torch.Tensor | None:
+        # x (1.., C, H, W) as a (C, H*W) view, or None where that would be a copy (a batch, a non-contiguous x)
+        if self.pos is None or not x.is_contiguous():
+            return None
+        return x.view(x.shape[-3], -1)
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        flat = self._flat(x)
+        if flat is None:
+            moved = x.movedim(-3, -1)  # (..., H, W, C)
+            return moved[self.mask.squeeze(-3)].T.reshape(1, x.shape[-3], -1, 1)
+        return flat.index_select(1, self.pos).view(1, x.shape[-3], -1, 1)
+
+    def scatter(self, x: torch.Tensor, values: torch.Tensor) -> None:
+        """values (C, P) back into x (..., C, H, W) at the mask's pixels."""
+        flat = self._flat(x)
+        if flat is None:
+            moved = x.movedim(-3, -1)  # a view: writing into it writes into x
+            moved[self.mask.squeeze(-3)] = values.T.to(x.dtype)
+        else:
+            flat.index_copy_(1, self.pos, values.to(x.dtype))
