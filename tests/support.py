@@ -230,8 +230,34 @@ N_IMAGES = 24
 SIZE = 32
 
 
+VAL_FRACTION = 0.15  # base_config's
+
+
+def hold_out_has_a_readable_image(uris, val_fraction: float = VAL_FRACTION) -> bool:
+    """Whether training's hold-out over the images at `uris` (split_items: a hash of each source URI) keeps an image
+    that decodes. The URIs hold a random tmp folder or bucket name, and about one set in 250 (25 images at 0.15)
+    leaves broken.png alone in it: then validation has nothing to measure and the run's val_loss is None."""
+    from raycolor.inputs import list_items
+    from raycolor.pipelines.training.split import split_items
+
+    _, val = split_items(list_items([str(u) for u in uris]), val_fraction)
+    return any(not i.source.endswith("broken.png") for i in val)
+
+
 def make_images(folder: Path, n: int = N_IMAGES, size: int = SIZE, seed: int = 0) -> Path:
-    """`n` learnable PNGs (light red over dark blue under grey texture) and one broken file, in `folder`."""
+    """`n` learnable PNGs (light red over dark blue under grey texture) and one broken file, in `folder`; where
+    `folder`'s name would leave broken.png alone in training's hold-out, in the first `folder`-k that does not. The
+    folder written is returned."""
+    name = folder.name
+    for k in range(1, 100):
+        _write_images(folder, n, size, seed)
+        if n < 2 or hold_out_has_a_readable_image([folder]):
+            return folder
+        folder = folder.parent / f"{name}-{k}"
+    raise AssertionError("no folder name gives a hold-out with a readable image")
+
+
+def _write_images(folder: Path, n: int, size: int, seed: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     for i in range(n):
@@ -251,7 +277,7 @@ def base_config(data: str, output: str, **kw):
     args = dict(
         data=(data,),
         output=output,
-        val_fraction=0.15,
+        val_fraction=VAL_FRACTION,
         epochs=2,
         image_size=SIZE,
         batch_size=4,
