@@ -1,4 +1,5 @@
-"""Ray Train (V2) training end to end on a tiny learnable set: 32 px PNGs, 2 CPU workers, weights=None.
+"""Ray Train (V2) training end to end on a tiny learnable set: 32 px PNGs, 2 CPU workers, weights=None, the
+classification head (its prior pass included; HEAD below says why that head).
 
 Red-over-blue images whose colour follows lightness (light red top, dark blue bottom) under random grey
 texture: a few AdamW steps visibly lower the validation loss. Every fit runs on the session's local Ray
@@ -21,7 +22,8 @@ from PIL import Image
 from support import SIZE, assert_finite_lines, base_config, make_images
 
 from raycolor.config import StorageConfig
-from raycolor.core import checkpoint
+from raycolor.core import abbins, checkpoint
+from raycolor.core.colorize import colorize_rgb
 from raycolor.core.checkpoint import CheckpointError
 from raycolor.core.model import WeightsUnavailableError
 
@@ -146,6 +148,17 @@ def test_shard_split_equals_split_items():
 slow = pytest.mark.slow
 
 
+# The fits below train the classification head: it runs every step the regression head does (two stages, DDP on
+# two workers, checkpoints, resume) plus its own (the prior pass, cached in OUTPUT and read again on resume). The
+# regression head trains on Ray Train in tests/test_quality.py and the demo; the steps of both heads, without Ray,
+# are tests/test_train_steps*.py.
+HEAD = "classification"
+
+
+def config(data, out, **kw):
+    return base_config(str(data), str(out), head=HEAD, **kw)
+
+
 @pytest.fixture(scope="module")
 def resumed_run(ray_local, tmp_path_factory):
     """One epoch, then the same command with epochs=2: the second call resumes and trains epoch 2 only."""
@@ -154,10 +167,12 @@ def resumed_run(ray_local, tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     data = make_images(root / "data")
     out = root / "out"
-    first = fit(base_config(str(data), str(out), epochs=1))
+    first = fit(config(data, out, epochs=1))
     lines_after_first = read_lines(out / "metrics.jsonl")
+    prior_after_first = ((out / "prior.json").read_text(), (out / "prior.json").stat().st_mtime_ns)
+    model_after_first = checkpoint.load(first.model_uri)
     shutil.copytree(out, root / "out-after-1-epoch")
-    second = fit(base_config(str(data), str(out), epochs=2))
+    second = fit(config(data, out, epochs=2))
     return {
         "data": data,
         "out": out,
@@ -165,6 +180,8 @@ def resumed_run(ray_local, tmp_path_factory):
         "first": first,
         "second": second,
         "lines_after_first": lines_after_first,
+        "prior_after_first": prior_after_first,
+        "model_after_first": model_after_first,
     }
 
 
@@ -183,8 +200,11 @@ def test_two_stage_training_exports_a_loadable_model(resumed_run):
     model, meta = checkpoint.load(second.model_uri)
     assert meta.render_size == SIZE and meta.extra["epoch"] == 2
     with torch.no_grad():
-        ab = model(torch.rand(1, 1, SIZE, SIZE) * 100)
-    assert ab.shape == (1, 2, SIZE, SIZE) and torch.isfinite(ab).all()
+        logits = model(torch.rand(1, 1, SIZE, SIZE) * 100)
+    assert logits.shape == (1, meta.n_bins, SIZE, SIZE) and torch.isfinite(logits).all()
+    img = (np.random.default_rng(0).random((SIZE + 8, SIZE, 3)) * 255).astype(np.uint8)
+    got = colorize_rgb(model, [img], render_size=meta.render_size)[0]  # the annealed mean, at full size
+    assert got.shape == img.shape and got.dtype == np.uint8
     # the core files only: the training state stays in the checkpoints
     assert sorted(os.listdir(out / "model")) == ["config.json", "weights.pt"]
     # curves (matplotlib is in the dev extra): loss and PSNR vs the grey baseline
@@ -214,9 +234,26 @@ def test_rerun_resumes_from_checkpoint_with_optimizer_state(resumed_run):
     assert float(state["optimizer"]["state"][encoder[-1]]["step"]) == lines[1]["steps"]
     assert encoder[0] not in state["optimizer"]["state"]
     # a finished run: the same command returns without training (how fast is for the benches, not a test)
-    again = fit(base_config(str(resumed_run["data"]), str(out), epochs=2), progress=False)
+    again = fit(config(resumed_run["data"], out, epochs=2), progress=False)
     assert again.epochs_run == 0 and again.metrics == lines[-1] and again.images_per_s == 0
     assert read_lines(out / "metrics.jsonl") == lines
+
+
+@slow
+def test_the_prior_pass_is_made_once_cached_and_carried_by_the_model(resumed_run):
+    """The classification head's prior: one Ray Data pass, cached in OUTPUT/prior.json; the exported model is a
+    classification checkpoint carrying the bins and that prior; the resumed run read the cached pass."""
+    out = resumed_run["out"]
+    text, stamp = resumed_run["prior_after_first"]
+    prior = json.loads(text)
+    bins = abbins.derive_bins()
+    assert prior["bins"] == bins.tolist() and sum(prior["counts"]) > 0
+    counts = torch.tensor(prior["counts"], dtype=torch.float64)
+    torch.testing.assert_close(torch.tensor(prior["weights"]), abbins.rebalancing_weights(counts, bins))
+    for model, meta in (resumed_run["model_after_first"], checkpoint.load(resumed_run["second"].model_uri)):
+        assert (meta.head, meta.n_bins) == ("classification", len(bins))
+        assert torch.equal(model.prior_weights, torch.tensor(prior["weights"]))
+    assert (out / "prior.json").stat().st_mtime_ns == stamp  # the resumed run read the cached pass, made none
 
 
 # Training on S3 (an S3 prefix and a tar shard in; checkpoints, metrics and model out), with a stage switch
@@ -240,7 +277,7 @@ def test_corrupt_latest_checkpoint_is_never_loaded(resumed_run, tmp_path):
     (only,) = checkpoint_dirs(one)
     truncate(only / "weights.pt")
     with pytest.raises(CheckpointError, match="no usable checkpoint.*does not match its model_id"):
-        fit(base_config(data, str(one), epochs=2), progress=False)
+        fit(config(data, one, epochs=2), progress=False)
 
     # with an older checkpoint to fall back to, that one is used: after the 2-epoch run, corrupt epoch 2;
     # a re-run asking for 1 epoch finds epoch 1 intact and done, and exports it (never the corrupt one)
@@ -248,7 +285,7 @@ def test_corrupt_latest_checkpoint_is_never_loaded(resumed_run, tmp_path):
     shutil.copytree(resumed_run["out"], two)
     first, second = checkpoint_dirs(two)
     truncate(second / "weights.pt")
-    result = fit(base_config(data, str(two), epochs=1), progress=False)
+    result = fit(config(data, two, epochs=1), progress=False)
     assert result.epochs_run == 0 and result.metrics["epoch"] == 1
     model, meta = checkpoint.load(result.model_uri)
     assert meta.extra["epoch"] == 1
