@@ -46,8 +46,9 @@ if NO_RAY:
 def pytest_configure(config):
     # Every Ray the suite starts (the session's, a CLI subprocess's, the chaos cluster's) keeps its idle workers for
     # the next task instead of ending those above num_cpus after 1 s idle. A session's Ray outlives hundreds of small
-    # runs, and each new worker imports torch, Ray Data and raycolor again (~3 CPU-s): that re-import was most of
-    # the suite's CPU. Ray reads RAY_<setting> when it starts; setdefault leaves a caller's own value.
+    # runs, and each new worker imports torch, Ray Data and raycolor again (~3 CPU-s): keeping them cut the suite's
+    # CPU by a sixth (docs/performance.md). Ray reads RAY_<setting> when it starts; setdefault leaves a caller's own
+    # value. A single product run ends no worker mid-run, so raycolor itself keeps Ray's default.
     os.environ.setdefault("RAY_num_workers_soft_limit", "8")
     os.environ.setdefault("RAY_idle_worker_killing_time_threshold_ms", "300000")
     if os.environ.get("PYTEST_XDIST_WORKER"):

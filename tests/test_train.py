@@ -23,8 +23,8 @@ from support import SIZE, assert_finite_lines, base_config, make_images
 
 from raycolor.config import StorageConfig
 from raycolor.core import abbins, checkpoint
-from raycolor.core.colorize import colorize_rgb
 from raycolor.core.checkpoint import CheckpointError
+from raycolor.core.colorize import colorize_rgb
 from raycolor.core.model import WeightsUnavailableError
 
 
