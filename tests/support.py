@@ -257,7 +257,7 @@ def make_images(folder: Path, n: int = N_IMAGES, size: int = SIZE, seed: int = 0
     raise AssertionError("no folder name gives a hold-out with a readable image")
 
 
-def _write_images(folder: Path, n: int, size: int, seed: int) -> Path:
+def _write_images(folder: Path, n: int, size: int, seed: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     for i in range(n):
@@ -267,7 +267,6 @@ def _write_images(folder: Path, n: int, size: int, seed: int) -> Path:
         img += rng.uniform(-25, 25, (size, size, 1))  # grey texture: the same offset on R, G and B
         Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(folder / f"img{i:02d}.png")
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot an image")  # dropped, never fatal
-    return folder
 
 
 def base_config(data: str, output: str, **kw):

@@ -207,6 +207,8 @@ def cluster_runs(s3_server, tiny_ckpt, tiny_classification_ckpt, tmp_path_factor
         fs.put_file(str(tmp / "more.tar"), f"{bucket}/train-more.tar")
         if hold_out_has_a_readable_image([f"s3://{bucket}/train-data", f"s3://{bucket}/train-more.tar"]):
             break
+    else:
+        raise AssertionError("no bucket name gives a hold-out with a readable image")
     for i in range(N_NODE_LOSS):
         fs.pipe_file(f"{bucket}/in/{i:03d}.jpg", jpeg_bytes(300 + i))
     src = f"s3://{bucket}/in"
