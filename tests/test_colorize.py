@@ -240,12 +240,16 @@ def test_the_grey_table_bound_catches_a_wrong_table(levels):
 def test_only_an_exactly_grey_plain_image_takes_the_grey_table():
     """A plain (H, W, 3) copy of a grey image takes the table too (the same L as its stride-0 view); one pixel of
     colour in its last row sends the whole image down the per-pixel path, bit for bit."""
-    from raycolor.core.colorize import full_l
+    from raycolor.core.colorize import _grey_plane, full_l
 
     g = np.random.default_rng(7)
-    rgb = np.repeat(g.integers(0, 256, (131, 77, 1), dtype=np.uint8), 3, axis=2)
-    assert torch.equal(full_l(rgb), full_l(rgb[:, :, :1].repeat(3, axis=2)))
+    grey = g.integers(0, 256, (131, 77), dtype=np.uint8)
+    view = np.lib.stride_tricks.as_strided(grey[:, :, None], shape=(*grey.shape, 3), strides=(*grey.strides, 0))
+    rgb = np.repeat(grey[:, :, None], 3, axis=2)
+    assert rgb.strides[2] != 0 and torch.equal(full_l(rgb), full_l(view))
+    assert _grey_plane(rgb) is not None  # the plain copy itself took the table (equal L alone could be chance)
     rgb[-1, -1, 1] ^= 1
+    assert _grey_plane(rgb) is None
     saved = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
